@@ -1,0 +1,247 @@
+"""Configuration: one place for every tunable, with validation up front.
+
+Every stage takes its own frozen dataclass so that a DAG Param form, the CLI and the tests all
+build the same objects. ``PipelineConfig.from_mapping`` accepts a flat dict (as Airflow Params
+deliver them) and rejects unknown keys with a precise message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "wishlist": 2.0,
+    "cart": 3.0,
+    "remove_from_cart": 0.5,
+    "purchase": 5.0,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if allow_zero and value < 0 or not allow_zero and value <= 0:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    """How events become sessions and tokens."""
+
+    timeout_minutes: float = 30.0
+    token_scheme: str = "{action}_{product_id}"
+    min_session_tokens: int = 2  # shorter sessions carry no co-occurrence signal for training
+
+    def __post_init__(self) -> None:
+        _check_positive("timeout_minutes", self.timeout_minutes)
+        if "{product_id}" not in self.token_scheme:
+            raise ConfigError("token_scheme must contain '{product_id}'")
+        unknown = self.token_scheme.replace("{action}", "").replace("{product_id}", "")
+        if "{" in unknown or "}" in unknown:
+            raise ConfigError(f"token_scheme may only use {{action}} and {{product_id}}: {self.token_scheme!r}")
+        if self.min_session_tokens < 1:
+            raise ConfigError(f"min_session_tokens must be >= 1, got {self.min_session_tokens}")
+
+
+@dataclass(frozen=True)
+class Item2VecParams:
+    """gensim Word2Vec hyperparameters (corpus_file mode)."""
+
+    vector_size: int = 64
+    window: int = 5
+    negative: int = 10
+    ns_exponent: float = 0.75
+    sample: float = 1e-3
+    min_count: int = 1
+    epochs: int = 10
+    sg: int = 1
+    workers: int = 2
+    seed: int = 42
+    alpha: float = 0.025
+    min_alpha: float = 0.0001
+
+    def __post_init__(self) -> None:
+        for name in ("vector_size", "window", "epochs", "workers", "min_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.negative < 0:
+            raise ConfigError(f"negative must be >= 0, got {self.negative}")
+        if self.sg not in (0, 1):
+            raise ConfigError(f"sg must be 0 (CBOW) or 1 (skip-gram), got {self.sg!r}")
+        _check_positive("sample", self.sample, allow_zero=True)
+        _check_positive("alpha", self.alpha)
+        if not -2.0 <= self.ns_exponent <= 2.0:
+            raise ConfigError(f"ns_exponent must be in [-2, 2], got {self.ns_exponent}")
+
+
+@dataclass(frozen=True)
+class AggregationParams:
+    """How a customer's tokens become one vector."""
+
+    action_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+    recency_half_life_days: float | None = None
+    min_tokens: int = 3  # below this the customer is embedded from category averages (cold start)
+
+    def __post_init__(self) -> None:
+        for action, weight in self.action_weights.items():
+            if weight < 0:
+                raise ConfigError(f"action weight for {action!r} must be >= 0, got {weight}")
+        if self.recency_half_life_days is not None:
+            _check_positive("recency_half_life_days", self.recency_half_life_days)
+        if self.min_tokens < 1:
+            raise ConfigError(f"min_tokens must be >= 1, got {self.min_tokens}")
+
+
+@dataclass(frozen=True)
+class TraitParams:
+    """NMF settings."""
+
+    n_traits: int = 16
+    max_iter: int = 500
+    tol: float = 1e-5
+    random_state: int = 0
+    init: str = "nndsvda"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_traits, int) or self.n_traits < 1:
+            raise ConfigError(f"n_traits must be an integer >= 1, got {self.n_traits!r}")
+        if self.init not in ("nndsvd", "nndsvda", "nndsvdar", "random"):
+            raise ConfigError(f"init must be one of nndsvd, nndsvda, nndsvdar, random; got {self.init!r}")
+        _check_positive("tol", self.tol)
+        if self.max_iter < 1:
+            raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
+
+
+@dataclass(frozen=True)
+class TriggerParams:
+    """Thresholds of the weekly retrain branches and the quality gate."""
+
+    new_vocab_threshold: float = 0.05
+    drift_threshold: float = 0.1
+    quality_margin: float = 0.02  # candidate may be at most this much worse (absolute hit rate)
+    training_window_days: int = 90
+
+    def __post_init__(self) -> None:
+        _check_fraction("new_vocab_threshold", self.new_vocab_threshold)
+        _check_fraction("drift_threshold", self.drift_threshold)
+        _check_fraction("quality_margin", self.quality_margin)
+        if self.training_window_days < 1:
+            raise ConfigError(f"training_window_days must be >= 1, got {self.training_window_days}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one pipeline run needs, grouped by stage."""
+
+    sessions: SessionParams = field(default_factory=SessionParams)
+    item2vec: Item2VecParams = field(default_factory=Item2VecParams)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
+    traits: TraitParams = field(default_factory=TraitParams)
+    triggers: TriggerParams = field(default_factory=TriggerParams)
+
+    # Flat parameter names (as shown in the Airflow trigger form) -> (section, field).
+    FLAT_KEYS = {
+        "session_timeout_minutes": ("sessions", "timeout_minutes"),
+        "vector_size": ("item2vec", "vector_size"),
+        "window": ("item2vec", "window"),
+        "negative": ("item2vec", "negative"),
+        "ns_exponent": ("item2vec", "ns_exponent"),
+        "sample": ("item2vec", "sample"),
+        "min_count": ("item2vec", "min_count"),
+        "epochs": ("item2vec", "epochs"),
+        "workers": ("item2vec", "workers"),
+        "seed": ("item2vec", "seed"),
+        "recency_half_life_days": ("aggregation", "recency_half_life_days"),
+        "k": ("traits", "n_traits"),
+        "nmf_max_iter": ("traits", "max_iter"),
+        "nmf_random_state": ("traits", "random_state"),
+        "new_vocab_threshold": ("triggers", "new_vocab_threshold"),
+        "drift_threshold": ("triggers", "drift_threshold"),
+        "quality_margin": ("triggers", "quality_margin"),
+        "training_window_days": ("triggers", "training_window_days"),
+    }
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> PipelineConfig:
+        """Build a config from flat keys (see ``FLAT_KEYS``); unknown keys are an error."""
+        unknown = sorted(set(values) - set(cls.FLAT_KEYS) - set(ignore))
+        if unknown:
+            raise ConfigError(f"unknown config keys: {unknown}; known: {sorted(cls.FLAT_KEYS)}")
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if key in ignore or value is None and key != "recency_half_life_days":
+                continue
+            section, name = cls.FLAT_KEYS[key]
+            sections.setdefault(section, {})[name] = value
+        base = cls()
+        return cls(
+            **{
+                section: dataclasses.replace(getattr(base, section), **overrides)
+                for section, overrides in sections.items()
+            }
+        )
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of ``from_mapping``: flat keys with this config's values."""
+        return {key: getattr(getattr(self, s), f) for key, (s, f) in self.FLAT_KEYS.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested, JSON-serialisable form (stored with every model version)."""
+        out = dataclasses.asdict(self)
+        out["aggregation"]["action_weights"] = dict(self.aggregation.action_weights)
+        return out
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    """A non-empty environment string, else ``default``."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def env_path(name: str, default: Path) -> Path:
+    raw = env_str(name)
+    return Path(raw).expanduser() if raw else default
+
+
+def data_dir() -> Path:
+    """Where the project keeps generated data, models and the embedded Postgres (``TRAITFLOW_DATA_DIR``)."""
+    return env_path("TRAITFLOW_DATA_DIR", Path.cwd() / "data")
+
+
+def database_url() -> str | None:
+    """``TRAITFLOW_DATABASE_URL`` if set; ``None`` means: use the embedded Postgres."""
+    return env_str("TRAITFLOW_DATABASE_URL")
+
+
+def db_schema() -> str:
+    """The Postgres schema Traitflow owns (``TRAITFLOW_DB_SCHEMA``, default ``traitflow``)."""
+    schema = env_str("TRAITFLOW_DB_SCHEMA", "traitflow")
+    assert schema is not None
+    if not schema.isidentifier() or not schema.islower():
+        raise ConfigError(f"TRAITFLOW_DB_SCHEMA must be a lower-case identifier, got {schema!r}")
+    return schema

@@ -1,0 +1,200 @@
+"""The trained model bundle: token vectors + trait components + everything needed to project later.
+
+One ``TraitflowModel`` is what a weekly retrain produces and what every daily run loads. It holds
+arrays only (no gensim object), so it round-trips bit-identically through a directory (``save`` /
+``load``) and through Postgres (``traitflow.store``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from traitflow.config import AggregationParams, Item2VecParams, PipelineConfig, SessionParams, TraitParams
+from traitflow.config import TriggerParams
+
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class TokenTable:
+    """The Item2Vec vocabulary with per-token metadata.
+
+    Attributes
+    ----------
+    tokens : ndarray of str, shape (n_tokens,)
+    actions, product_ids, categories : ndarray of str, shape (n_tokens,); a missing category is ""
+    counts : ndarray of int64, shape (n_tokens,) -- training occurrences, weights the fallback means
+    vectors : ndarray of float32, shape (n_tokens, vector_size)
+    """
+
+    tokens: np.ndarray
+    actions: np.ndarray
+    product_ids: np.ndarray
+    categories: np.ndarray
+    counts: np.ndarray
+    vectors: np.ndarray
+    _index: pd.Index | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        for name in ("actions", "product_ids", "categories", "counts"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"TokenTable.{name} has {len(getattr(self, name))} rows, tokens has {n}")
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n:
+            raise ValueError(f"TokenTable.vectors must have shape ({n}, d), got {self.vectors.shape}")
+
+    @property
+    def vector_size(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def index(self) -> pd.Index:
+        """Hash index token -> row, built once (vectorized lookups use ``get_indexer``)."""
+        if self._index is None:
+            self._index = pd.Index(self.tokens)
+        return self._index
+
+
+@dataclass
+class TraitModel:
+    """NMF traits fitted on shifted customer vectors.
+
+    Attributes
+    ----------
+    components : ndarray of float64, shape (n_traits, vector_size) -- H, non-negative
+    shift : ndarray of float64, shape (vector_size,) -- added to a customer vector before projection;
+        the same shift is used to fit and to project, so daily and weekly profiles agree
+    trait_ids : ndarray of int64, shape (n_traits,) -- stable ids, kept across retrains when matched
+    labels : list of str, length n_traits
+    top_products, top_categories : list of list of str -- what loads most on each trait
+    population_profile : ndarray of float64, shape (n_traits,) -- mean training profile (cold start)
+    population_vector : ndarray of float32, shape (vector_size,) -- mean training customer vector
+    """
+
+    components: np.ndarray
+    shift: np.ndarray
+    trait_ids: np.ndarray
+    labels: list[str]
+    top_products: list[list[str]]
+    top_categories: list[list[str]]
+    population_profile: np.ndarray
+    population_vector: np.ndarray
+
+    @property
+    def n_traits(self) -> int:
+        return int(self.components.shape[0])
+
+
+@dataclass
+class TraitflowModel:
+    """Everything a retrain produces. ``version`` is assigned by the store on save."""
+
+    trained_through: datetime
+    config: PipelineConfig
+    tokens: TokenTable
+    traits: TraitModel
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trait_match: dict[str, Any] | None = None
+    version: int | None = None
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``arrays.npz`` + ``meta.json`` into ``directory`` (created); returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "tokens": self.tokens.tokens.astype(str),
+            "actions": self.tokens.actions.astype(str),
+            "product_ids": self.tokens.product_ids.astype(str),
+            "categories": self.tokens.categories.astype(str),
+            "counts": self.tokens.counts,
+            "vectors": self.tokens.vectors,
+            "components": self.traits.components,
+            "shift": self.traits.shift,
+            "trait_ids": self.traits.trait_ids,
+            "population_profile": self.traits.population_profile,
+            "population_vector": self.traits.population_vector,
+        }
+        np.savez(directory / "arrays.npz", **arrays)
+        meta = {
+            "format_version": MODEL_FORMAT_VERSION,
+            "trained_through": self.trained_through.isoformat(),
+            "config": self.config.to_dict(),
+            "labels": self.traits.labels,
+            "top_products": self.traits.top_products,
+            "top_categories": self.traits.top_categories,
+            "metrics": self.metrics,
+            "trait_match": self.trait_match,
+            "version": self.version,
+        }
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TraitflowModel:
+        directory = Path(directory)
+        meta_path, arrays_path = directory / "meta.json", directory / "arrays.npz"
+        if not meta_path.is_file() or not arrays_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved Traitflow model (needs meta.json, arrays.npz)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ValueError(f"unsupported model format {meta.get('format_version')!r} in {directory}")
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            a = {key: npz[key] for key in npz.files}
+        tokens = TokenTable(
+            tokens=a["tokens"].astype(object),
+            actions=a["actions"].astype(object),
+            product_ids=a["product_ids"].astype(object),
+            categories=a["categories"].astype(object),
+            counts=a["counts"],
+            vectors=a["vectors"],
+        )
+        traits = TraitModel(
+            components=a["components"],
+            shift=a["shift"],
+            trait_ids=a["trait_ids"],
+            labels=list(meta["labels"]),
+            top_products=[list(x) for x in meta["top_products"]],
+            top_categories=[list(x) for x in meta["top_categories"]],
+            population_profile=a["population_profile"],
+            population_vector=a["population_vector"],
+        )
+        return cls(
+            trained_through=datetime.fromisoformat(meta["trained_through"]),
+            config=config_from_dict(meta["config"]),
+            tokens=tokens,
+            traits=traits,
+            metrics=meta.get("metrics") or {},
+            trait_match=meta.get("trait_match"),
+            version=meta.get("version"),
+        )
+
+
+def config_from_dict(nested: dict[str, Any]) -> PipelineConfig:
+    """Inverse of ``PipelineConfig.to_dict``."""
+    return PipelineConfig(
+        sessions=SessionParams(**nested["sessions"]),
+        item2vec=Item2VecParams(**nested["item2vec"]),
+        aggregation=AggregationParams(**nested["aggregation"]),
+        traits=TraitParams(**nested["traits"]),
+        triggers=TriggerParams(**nested["triggers"]),
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

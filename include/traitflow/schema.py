@@ -1,0 +1,123 @@
+"""The canonical event schema every loader produces and every stage consumes.
+
+A canonical events frame has exactly ``CANONICAL_COLUMNS`` with these dtypes:
+
+===============  ==========================  =========================================
+column           dtype                       meaning
+===============  ==========================  =========================================
+customer_id      ``str`` (pandas string)     non-empty, at most ``MAX_ID_LENGTH`` chars
+event_time       ``datetime64[us, UTC]``     when it happened
+action           ``str``                     one of ``ACTIONS``
+product_id       ``str``                     non-empty, at most ``MAX_ID_LENGTH`` chars
+category         ``str`` or missing          optional product category
+price            ``float64`` or NaN          optional
+session_id       ``str`` or missing          optional session id given by the source
+===============  ==========================  =========================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ACTIONS: tuple[str, ...] = ("view", "wishlist", "cart", "remove_from_cart", "purchase")
+
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "event_time",
+    "action",
+    "product_id",
+    "category",
+    "price",
+    "session_id",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("customer_id", "event_time", "action", "product_id")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("category", "price", "session_id")
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 1024  # category and session id
+
+TIME_DTYPE = "datetime64[us, UTC]"
+
+REJECT_COLUMNS: tuple[str, ...] = ("source", "row_number", "raw", "reason")
+
+# Reject reasons (a closed vocabulary so they can be counted and queried).
+REASON_MISSING_CUSTOMER = "missing_customer_id"
+REASON_MISSING_PRODUCT = "missing_product_id"
+REASON_MISSING_TIME = "missing_event_time"
+REASON_BAD_TIME = "unparseable_event_time"
+REASON_TIME_RANGE = "event_time_out_of_range"
+REASON_UNKNOWN_ACTION = "unknown_action"
+REASON_OVERSIZED = "oversized_field"
+REASON_DUPLICATE = "exact_duplicate"
+REASON_BAD_PRICE = "unparseable_price"
+REASON_CONTROL_CHARS = "control_characters_in_field"
+REJECT_REASONS: tuple[str, ...] = (
+    REASON_MISSING_CUSTOMER,
+    REASON_MISSING_PRODUCT,
+    REASON_MISSING_TIME,
+    REASON_BAD_TIME,
+    REASON_TIME_RANGE,
+    REASON_UNKNOWN_ACTION,
+    REASON_OVERSIZED,
+    REASON_DUPLICATE,
+    REASON_BAD_PRICE,
+    REASON_CONTROL_CHARS,
+)
+
+
+def empty_events() -> pd.DataFrame:
+    """A zero-row canonical events frame."""
+    return pd.DataFrame(
+        {
+            "customer_id": pd.Series([], dtype="str"),
+            "event_time": pd.Series([], dtype=TIME_DTYPE),
+            "action": pd.Series([], dtype="str"),
+            "product_id": pd.Series([], dtype="str"),
+            "category": pd.Series([], dtype="str"),
+            "price": pd.Series([], dtype="float64"),
+            "session_id": pd.Series([], dtype="str"),
+        }
+    )
+
+
+def empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source": pd.Series([], dtype="str"),
+            "row_number": pd.Series([], dtype="int64"),
+            "raw": pd.Series([], dtype="str"),
+            "reason": pd.Series([], dtype="str"),
+        }
+    )
+
+
+def as_canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce an already-valid frame to the canonical column order and dtypes.
+
+    Raises ``ValueError`` naming the missing required columns; optional columns are added empty.
+    This does not validate values: use ``traitflow.events.validate_events`` for untrusted input.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"events frame lacks required columns {missing}; has {list(frame.columns)}")
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    out["customer_id"] = frame["customer_id"].astype("str").to_numpy()
+    times = frame["event_time"]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):
+        times = pd.to_datetime(times, utc=True)
+    out["event_time"] = times.dt.tz_convert("UTC").astype(TIME_DTYPE).to_numpy()
+    out["action"] = frame["action"].astype("str").to_numpy()
+    out["product_id"] = frame["product_id"].astype("str").to_numpy()
+    for column in ("category", "session_id"):
+        if column in frame.columns:
+            out[column] = frame[column].astype("str").to_numpy()
+            out.loc[frame[column].isna().to_numpy(), column] = np.nan
+        else:
+            out[column] = pd.Series([np.nan] * len(frame), dtype="str")
+    out["price"] = (
+        pd.to_numeric(frame["price"], errors="coerce").astype("float64").to_numpy()
+        if "price" in frame.columns
+        else np.full(len(frame), np.nan)
+    )
+    return out[list(CANONICAL_COLUMNS)]
