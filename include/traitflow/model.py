@@ -16,8 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import AggregationParams, Item2VecParams, PipelineConfig, SessionParams, TraitParams
-from traitflow.config import TriggerParams
+from traitflow.config import (
+    AggregationParams,
+    Item2VecParams,
+    PipelineConfig,
+    SessionParams,
+    TraitParams,
+    TriggerParams,
+)
 
 MODEL_FORMAT_VERSION = 1
 
@@ -67,28 +73,31 @@ class TokenTable:
 
 @dataclass
 class TraitModel:
-    """NMF traits fitted on shifted customer vectors.
+    """NMF traits fitted on transformed customer vectors (see ``traitflow.traits``).
 
     Attributes
     ----------
-    components : ndarray of float64, shape (n_traits, vector_size) -- H, non-negative
-    shift : ndarray of float64, shape (vector_size,) -- added to a customer vector before projection;
-        the same shift is used to fit and to project, so daily and weekly profiles agree
+    components : ndarray of float64, shape (n_traits, 2 * vector_size) -- H, non-negative
+    center : ndarray of float64, shape (vector_size,) -- the training mean; the NMF input of a
+        customer vector x is ``[max(x - center, 0), max(center - x, 0)]``, the same transform at
+        fit and at every later projection, so daily and weekly profiles agree
     trait_ids : ndarray of int64, shape (n_traits,) -- stable ids, kept across retrains when matched
     labels : list of str, length n_traits
     top_products, top_categories : list of list of str -- what loads most on each trait
     population_profile : ndarray of float64, shape (n_traits,) -- mean training profile (cold start)
     population_vector : ndarray of float32, shape (vector_size,) -- mean training customer vector
+    l1_penalty : float -- the L1 weight on loadings used in the fit; projection uses the same
     """
 
     components: np.ndarray
-    shift: np.ndarray
+    center: np.ndarray
     trait_ids: np.ndarray
     labels: list[str]
     top_products: list[list[str]]
     top_categories: list[list[str]]
     population_profile: np.ndarray
     population_vector: np.ndarray
+    l1_penalty: float = 0.0
 
     @property
     def n_traits(self) -> int:
@@ -119,7 +128,7 @@ class TraitflowModel:
             "counts": self.tokens.counts,
             "vectors": self.tokens.vectors,
             "components": self.traits.components,
-            "shift": self.traits.shift,
+            "center": self.traits.center,
             "trait_ids": self.traits.trait_ids,
             "population_profile": self.traits.population_profile,
             "population_vector": self.traits.population_vector,
@@ -135,6 +144,7 @@ class TraitflowModel:
             "metrics": self.metrics,
             "trait_match": self.trait_match,
             "version": self.version,
+            "l1_penalty": self.traits.l1_penalty,
         }
         (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
         return directory
@@ -144,7 +154,9 @@ class TraitflowModel:
         directory = Path(directory)
         meta_path, arrays_path = directory / "meta.json", directory / "arrays.npz"
         if not meta_path.is_file() or not arrays_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a saved Traitflow model (needs meta.json, arrays.npz)")
+            raise FileNotFoundError(
+                f"{directory} is not a saved Traitflow model (needs meta.json, arrays.npz)"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
             raise ValueError(f"unsupported model format {meta.get('format_version')!r} in {directory}")
@@ -160,13 +172,14 @@ class TraitflowModel:
         )
         traits = TraitModel(
             components=a["components"],
-            shift=a["shift"],
+            center=a["center"],
             trait_ids=a["trait_ids"],
             labels=list(meta["labels"]),
             top_products=[list(x) for x in meta["top_products"]],
             top_categories=[list(x) for x in meta["top_categories"]],
             population_profile=a["population_profile"],
             population_vector=a["population_vector"],
+            l1_penalty=float(meta["l1_penalty"]),
         )
         return cls(
             trained_through=datetime.fromisoformat(meta["trained_through"]),

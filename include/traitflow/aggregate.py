@@ -1,0 +1,128 @@
+"""Customer embeddings: the weighted mean of a customer's token vectors, as one sparse product.
+
+``A`` (customers x lookup rows) holds each event's weight at the row its token resolved to;
+``A @ M`` summed per customer and divided by the weight total is the weighted mean for every
+customer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from traitflow.config import AggregationParams, SessionParams
+from traitflow.item2vec import SOURCE_ZERO, FallbackVectors, fallback_vectors, lookup
+from traitflow.model import TokenTable
+from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
+from traitflow.sessions import tokenize
+
+_MICROS_PER_DAY = 86_400 * 1_000_000
+
+
+@dataclass
+class CustomerEmbeddings:
+    """Embeddings of ``n`` customers.
+
+    customer_ids : ndarray of object (str), shape (n,), sorted
+    vectors : ndarray of float32, shape (n, d); rows with ``has_vector`` False are zeros
+    n_events : ndarray of int64, shape (n,)
+    cold_start : ndarray of object (str), shape (n,) -- see ``traitflow.profiles``
+    has_vector : ndarray of bool, shape (n,) -- False when no event had any usable vector
+    stats : dict -- lookup source counts and OOV rate
+    """
+
+    customer_ids: np.ndarray
+    vectors: np.ndarray
+    n_events: np.ndarray
+    cold_start: np.ndarray
+    has_vector: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: datetime | None) -> np.ndarray:
+    """Per-event weight: action weight times an optional recency decay (half-life in days).
+
+    Returns ndarray of float64, shape (n_events,); unknown actions weigh 0.
+    """
+    weights = (
+        events["action"].map(dict(params.action_weights)).fillna(0.0).to_numpy(dtype=np.float64, copy=True)
+    )
+    if params.recency_half_life_days is not None:
+        if as_of is None:
+            raise ValueError("recency weighting needs as_of")
+        reference = pd.Timestamp(as_of).tz_convert("UTC").as_unit("us").value
+        times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        age_days = np.maximum(reference - times, 0) / _MICROS_PER_DAY
+        weights = weights * np.exp2(-age_days / params.recency_half_life_days)
+    return weights
+
+
+def customer_embeddings(
+    events: pd.DataFrame,
+    tokens: TokenTable,
+    aggregation: AggregationParams,
+    sessions: SessionParams,
+    *,
+    as_of: datetime | None = None,
+    customer_ids: np.ndarray | None = None,
+    fallback: FallbackVectors | None = None,
+) -> CustomerEmbeddings:
+    """Embed every customer in ``events`` (plus ``customer_ids`` with no events, flagged no_history).
+
+    Customers with fewer than ``aggregation.min_tokens`` events are embedded from the category
+    averages of their events (flagged few_tokens): a handful of token vectors is too noisy.
+    """
+    fallback = fallback if fallback is not None else fallback_vectors(tokens)
+    codes, uniques = pd.factorize(events["customer_id"], sort=True)
+    all_ids = np.asarray(uniques, dtype=object)
+    if customer_ids is not None:
+        all_ids = np.union1d(all_ids, np.asarray(customer_ids, dtype=object)).astype(object)
+        codes = np.searchsorted(all_ids, np.asarray(uniques, dtype=object))[codes] if len(codes) else codes
+    n_customers = len(all_ids)
+    n_events = np.bincount(codes, minlength=n_customers).astype(np.int64)
+
+    few_tokens = (n_events > 0) & (n_events < aggregation.min_tokens)
+    token_values = tokenize(events["action"], events["product_id"], sessions.token_scheme)
+    categories = events["category"].to_numpy(dtype=object)
+    resolved = lookup(
+        tokens,
+        fallback,
+        token_values,
+        categories,
+        events["action"].to_numpy(dtype=object),
+        force_category=few_tokens[codes],
+    )
+    weights = event_weights(events, aggregation, as_of)
+    weights[resolved.source == SOURCE_ZERO] = 0.0  # a zero vector says nothing: don't dilute the mean
+
+    assignment = sp.csr_matrix(
+        (weights, (codes, resolved.rows)), shape=(n_customers, fallback.matrix.shape[0])
+    )
+    totals = np.asarray(assignment.sum(axis=1)).ravel()
+    has_vector = totals > 0
+    vectors = np.asarray(assignment @ fallback.matrix, dtype=np.float64)
+    vectors[has_vector] /= totals[has_vector, None]
+
+    cold_start = np.full(n_customers, COLD_START_NONE, dtype=object)
+    cold_start[few_tokens] = COLD_START_FEW_TOKENS
+    cold_start[~has_vector] = COLD_START_NO_HISTORY
+    source_counts = resolved.counts()
+    stats = {
+        "n_events": len(events),
+        "lookup_sources": source_counts,
+        "oov_rate": float(1.0 - resolved.in_vocabulary.mean()) if len(events) else 0.0,
+        "cold_start": {name: int((cold_start == name).sum()) for name in np.unique(cold_start)},
+    }
+    return CustomerEmbeddings(
+        customer_ids=all_ids,
+        vectors=vectors.astype(np.float32),
+        n_events=n_events,
+        cold_start=cold_start,
+        has_vector=has_vector,
+        stats=stats,
+    )

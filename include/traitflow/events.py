@@ -1,0 +1,555 @@
+"""Event loaders: read CSV/Parquet exports, map their columns to the canonical schema, validate.
+
+Every row read ends up in exactly one of two frames (``LoadResult``): the canonical events frame
+(``schema.CANONICAL_COLUMNS``) or the rejects frame (``schema.REJECT_COLUMNS``) with a reason.
+Files are read with every field as a string, so validation sees exactly what the file holds.
+
+A row with several problems gets the first reason in ``REASON_PRECEDENCE``: missing required
+fields first, then fields that cannot be stored safely (control characters, oversized), then
+values that do not parse or make no sense, and duplicates last, because a row is only called a
+duplicate of an earlier row that is itself valid.
+
+Normalization: ids, category and session id are stripped of surrounding whitespace and otherwise
+kept as they are; a blank category or session id becomes missing. The control-character check
+covers all four. Times without an offset are taken as UTC; "iso" times may also end in "UTC" (as
+REES46 writes them). Actions are matched case-insensitively after stripping.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import operator
+import re
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from functools import reduce
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from traitflow import schema
+from traitflow.config import ConfigError
+
+T = TypeVar("T")
+
+REASON_PRECEDENCE: tuple[str, ...] = (
+    schema.REASON_MISSING_CUSTOMER,
+    schema.REASON_MISSING_PRODUCT,
+    schema.REASON_MISSING_TIME,
+    schema.REASON_CONTROL_CHARS,
+    schema.REASON_OVERSIZED,
+    schema.REASON_BAD_TIME,
+    schema.REASON_TIME_RANGE,
+    schema.REASON_UNKNOWN_ACTION,
+    schema.REASON_BAD_PRICE,
+    schema.REASON_DUPLICATE,
+)
+TIME_FORMATS: tuple[str, ...] = ("iso", "unix_s", "unix_ms")
+MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
+MAX_FUTURE = pd.Timedelta(days=1)  # tolerate clock skew between the source and us, nothing more
+
+# Postgres text cannot hold NUL, and tabs/newlines inside ids break tokens and COPY files.
+_CONTROL_CHARS = r"[\x00-\x1f\x7f]"
+# pandas writes a non-range index into Parquet under this name; it is not a field of the data.
+_PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
+
+
+class EventsFileError(ValueError):
+    """An events file is missing, of an unsupported type, malformed, or lacks mapped columns."""
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """How a source's columns and values map to the canonical schema.
+
+    ``columns`` maps canonical names to source column names (required: customer_id, event_time,
+    action, product_id; optional: category, price, session_id). ``header`` names the columns of a
+    headerless CSV in order (``None``: the file has a header row; Parquet files always carry names).
+    ``time_format`` is "iso", "unix_s", "unix_ms" or a strftime pattern. ``action_synonyms`` maps
+    source values (case-insensitive, stripped) to canonical actions, which are always accepted.
+    ``category_fallback_column`` is used where the category column is blank.
+    """
+
+    name: str
+    columns: Mapping[str, str]
+    header: tuple[str, ...] | None = None
+    time_format: str = "iso"
+    action_synonyms: Mapping[str, str] = field(default_factory=dict)
+    category_fallback_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"column mapping name must be a non-empty string, got {self.name!r}")
+        where = f"column mapping {self.name!r}"
+        if not isinstance(self.columns, Mapping):
+            raise ConfigError(f"{where}: columns must be a mapping canonical name -> source column")
+        unknown = sorted(set(self.columns) - set(schema.CANONICAL_COLUMNS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown canonical columns {unknown}; known: {schema.CANONICAL_COLUMNS}"
+            )
+        missing = [c for c in schema.REQUIRED_COLUMNS if c not in self.columns]
+        if missing:
+            raise ConfigError(f"{where}: required columns {missing} are not mapped")
+        for canonical, source in self.columns.items():
+            if not isinstance(source, str) or not source:
+                raise ConfigError(f"{where}: source column for {canonical!r} must be a non-empty string")
+        # Copies, so that mutating the caller's dicts later cannot change a frozen mapping.
+        object.__setattr__(self, "columns", dict(self.columns))
+        if self.category_fallback_column is not None:
+            if not isinstance(self.category_fallback_column, str) or not self.category_fallback_column:
+                raise ConfigError(f"{where}: category_fallback_column must be a non-empty string")
+            if "category" not in self.columns:
+                raise ConfigError(f"{where}: category_fallback_column needs a mapped 'category' column")
+        if self.header is not None:
+            header = tuple(self.header)
+            if not header or not all(isinstance(h, str) and h for h in header):
+                raise ConfigError(f"{where}: header must be a non-empty list of non-empty strings")
+            if len(set(header)) != len(header):
+                raise ConfigError(f"{where}: header has duplicate names: {list(header)}")
+            absent = [c for c in self.source_columns if c not in header]
+            if absent:
+                raise ConfigError(f"{where}: mapped columns {absent} are not in header {list(header)}")
+            object.__setattr__(self, "header", header)
+        if self.time_format not in TIME_FORMATS:
+            if not isinstance(self.time_format, str) or "%" not in self.time_format:
+                raise ConfigError(
+                    f"{where}: time_format must be one of {TIME_FORMATS} or a strftime pattern, "
+                    f"got {self.time_format!r}"
+                )
+            try:  # a bad directive would otherwise surface only when the first file is read
+                pd.to_datetime(pd.Series(["0"], dtype="str"), format=self.time_format, errors="coerce")
+            except ValueError as exc:
+                raise ConfigError(f"{where}: time_format {self.time_format!r}: {exc}") from None
+        object.__setattr__(self, "action_synonyms", self._normalized_synonyms(where))
+
+    def _normalized_synonyms(self, where: str) -> dict[str, str]:
+        if not isinstance(self.action_synonyms, Mapping):
+            raise ConfigError(f"{where}: action_synonyms must be a mapping source value -> action")
+        out: dict[str, str] = {}
+        for value, action in self.action_synonyms.items():
+            key = str(value).strip().lower()
+            if not key:
+                raise ConfigError(f"{where}: action synonym keys must be non-blank")
+            if action not in schema.ACTIONS:
+                raise ConfigError(f"{where}: synonym {value!r} -> {action!r}: not one of {schema.ACTIONS}")
+            if key in schema.ACTIONS and action != key:
+                raise ConfigError(f"{where}: synonym {value!r} cannot remap canonical action {key!r}")
+            if out.get(key, action) != action:
+                raise ConfigError(f"{where}: synonym {value!r} maps to both {out[key]!r} and {action!r}")
+            out[key] = action
+        return out
+
+    @property
+    def source_columns(self) -> list[str]:
+        """The source columns this mapping reads, in canonical order, without repeats."""
+        wanted = [self.columns[c] for c in schema.CANONICAL_COLUMNS if c in self.columns]
+        if self.category_fallback_column is not None:
+            wanted.append(self.category_fallback_column)
+        return list(dict.fromkeys(wanted))
+
+
+PRESETS: dict[str, ColumnMapping] = {
+    "canonical": ColumnMapping(name="canonical", columns={c: c for c in schema.CANONICAL_COLUMNS}),
+    # Kaggle "eCommerce behavior data from multi category store"; category_code is often blank.
+    "rees46": ColumnMapping(
+        name="rees46",
+        columns={
+            "customer_id": "user_id",
+            "event_time": "event_time",
+            "action": "event_type",
+            "product_id": "product_id",
+            "category": "category_code",
+            "price": "price",
+            "session_id": "user_session",
+        },
+        category_fallback_column="category_id",
+    ),
+    # Tianchi Taobao UserBehavior.csv: no header row.
+    "taobao": ColumnMapping(
+        name="taobao",
+        columns={
+            "customer_id": "user_id",
+            "product_id": "item_id",
+            "category": "category_id",
+            "action": "behavior",
+            "event_time": "timestamp",
+        },
+        header=("user_id", "item_id", "category_id", "behavior", "timestamp"),
+        time_format="unix_s",
+        action_synonyms={"pv": "view", "fav": "wishlist", "buy": "purchase"},
+    ),
+    # Kaggle RetailRocket events.csv; categories live in a separate item_properties file.
+    "retailrocket": ColumnMapping(
+        name="retailrocket",
+        columns={
+            "customer_id": "visitorid",
+            "event_time": "timestamp",
+            "action": "event",
+            "product_id": "itemid",
+        },
+        time_format="unix_ms",
+        action_synonyms={"addtocart": "cart", "transaction": "purchase"},
+    ),
+}
+
+
+def mapping_from_dict(d: Mapping[str, Any]) -> ColumnMapping:
+    """Build a mapping from plain data (e.g. a parsed YAML/JSON file); ``name`` defaults to "custom"."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"a column mapping must be a mapping, got {type(d).__name__}")
+    known = [f.name for f in fields(ColumnMapping)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown column mapping keys {unknown}; known: {known}")
+    if "columns" not in d:
+        raise ConfigError("a column mapping needs 'columns' (canonical name -> source column)")
+    values = {"name": "custom", **d}
+    if values.get("header") is not None and not isinstance(values["header"], list | tuple):
+        raise ConfigError(f"header must be a list of column names, got {values['header']!r}")
+    values["action_synonyms"] = values.get("action_synonyms") or {}
+    return ColumnMapping(**values)
+
+
+def load_mapping(path_or_name: str) -> ColumnMapping:
+    """A preset by name (see ``PRESETS``), or a mapping read from a .yaml/.yml/.json file."""
+    if path_or_name in PRESETS:
+        return PRESETS[path_or_name]
+    path = Path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(
+            f"unknown column mapping {path_or_name!r}: not a preset {sorted(PRESETS)} "
+            "nor a .yaml/.yml/.json file"
+        )
+    if not path.is_file():
+        raise ConfigError(f"column mapping file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse column mapping: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a column mapping file must hold a mapping at top level")
+    try:
+        return mapping_from_dict({"name": path.stem, **data})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+@dataclass
+class LoadResult:
+    """Canonical ``events`` (schema.CANONICAL_COLUMNS) and ``rejects`` (schema.REJECT_COLUMNS)."""
+
+    events: pd.DataFrame
+    rejects: pd.DataFrame
+
+    @property
+    def n_read(self) -> int:
+        """Rows read from the source: every one is either an event or a reject."""
+        return len(self.events) + len(self.rejects)
+
+
+def read_events(
+    path: str | Path,
+    mapping: ColumnMapping | str = "canonical",
+    *,
+    source: str | None = None,
+    chunksize: int | None = None,
+) -> LoadResult:
+    """Load and validate a whole .csv, .csv.gz or .parquet file (``source`` defaults to the path).
+
+    With ``chunksize`` the file is read in pieces (lower peak memory) with the same result.
+    """
+    mapping = _resolve_mapping(mapping)
+    path = Path(path)
+    chunks = _open_chunks(path, mapping, chunksize)
+    # One chunk needs no cross-chunk duplicate tracking; several chunks must match one-shot reading.
+    parts = list(_validated(chunks, mapping, source or str(path), track_duplicates=chunksize is not None))
+    if not parts:
+        return LoadResult(schema.empty_events(), schema.empty_rejects())
+    return LoadResult(
+        events=pd.concat([p.events for p in parts], ignore_index=True),
+        rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
+    )
+
+
+def iter_events(
+    path: str | Path,
+    mapping: ColumnMapping | str = "canonical",
+    *,
+    source: str | None = None,
+    chunksize: int = 1_000_000,
+) -> Iterator[LoadResult]:
+    """Validate a file ``chunksize`` rows at a time.
+
+    Row numbers are global, and a row repeating a valid row of an earlier chunk is rejected as
+    ``exact_duplicate`` (tracked by a 64-bit row hash, 8 bytes per kept event), so the chunks
+    concatenated equal ``read_events``. File problems raise here, not on first iteration.
+    """
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+    mapping = _resolve_mapping(mapping)
+    path = Path(path)
+    chunks = _open_chunks(path, mapping, chunksize)
+    return _validated(chunks, mapping, source or str(path), track_duplicates=True)
+
+
+def validate_events(
+    raw: pd.DataFrame, mapping: ColumnMapping, *, source: str, first_row_number: int = 1
+) -> LoadResult:
+    """Validate a string frame with source column names; row numbers start at ``first_row_number``.
+
+    Non-string columns are converted with ``astype(str)`` and missing values treated as blank.
+    """
+    result, _ = _validate(raw, mapping, source, first_row_number, seen=None)
+    return result
+
+
+def _resolve_mapping(mapping: ColumnMapping | str) -> ColumnMapping:
+    return load_mapping(mapping) if isinstance(mapping, str) else mapping
+
+
+def _validated(
+    chunks: Iterable[pd.DataFrame], mapping: ColumnMapping, source: str, *, track_duplicates: bool
+) -> Iterator[LoadResult]:
+    seen = np.empty(0, dtype=np.uint64) if track_duplicates else None
+    first_row = 1
+    for raw in chunks:
+        result, seen = _validate(raw, mapping, source, first_row, seen)
+        first_row += len(raw)
+        yield result
+
+
+def _check_columns(available: list[str], mapping: ColumnMapping, where: str) -> None:
+    missing = [c for c in mapping.source_columns if c not in available]
+    if missing:
+        raise EventsFileError(
+            f"{where}: column mapping {mapping.name!r} needs columns {missing} that are missing; "
+            f"the data has columns {available}"
+        )
+
+
+def _open_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
+    """Check the file now; return a lazy iterator of all-string frames ('' for null or absent)."""
+    if not path.is_file():
+        raise EventsFileError(f"events file not found: {path}")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return _parquet_chunks(path, mapping, chunksize)
+    if name.endswith((".csv", ".csv.gz")):
+        return _csv_chunks(path, mapping, chunksize)
+    raise EventsFileError(f"{path}: unsupported file type; expected .csv, .csv.gz or .parquet")
+
+
+def _csv_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
+    # Strings only, no NA guessing ("NA", "null" stay text), blank lines kept so that row numbers
+    # match the file and a blank line becomes a reject instead of vanishing.
+    options: dict[str, Any] = {
+        "dtype": str,
+        "keep_default_na": False,
+        "na_filter": False,
+        "index_col": False,
+        "skip_blank_lines": False,
+        "encoding": "utf-8",
+    }
+    if mapping.header is None:
+        try:
+            columns = _strict_csv(path, lambda: pd.read_csv(path, nrows=0, **options)).columns
+        except pd.errors.EmptyDataError:
+            raise EventsFileError(f"{path}: file is empty; expected a header row") from None
+        _check_columns(list(columns), mapping, str(path))
+    else:
+        options.update(header=None, names=list(mapping.header))
+    return _csv_frames(path, options, chunksize)
+
+
+def _csv_frames(path: Path, options: dict[str, Any], chunksize: int | None) -> Iterator[pd.DataFrame]:
+    if chunksize is None:
+        yield _strict_csv(path, lambda: pd.read_csv(path, **options))
+        return
+    with _strict_csv(path, lambda: pd.read_csv(path, chunksize=chunksize, **options)) as reader:
+        while (frame := _strict_csv(path, lambda: next(reader, None))) is not None:
+            yield frame
+
+
+def _strict_csv(path: Path, read: Callable[[], T]) -> T:
+    """Run a pandas CSV read, turning lost data (a ParserWarning) and parse failures into errors."""
+    with warnings.catch_warnings():
+        # pandas only *warns* and drops the surplus fields when a first row is longer than the header.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return read()
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+            raise EventsFileError(f"{path}: malformed CSV: {exc}") from exc
+        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise EventsFileError(
+                f"{path}: cannot decode (expected UTF-8 CSV, optionally gzip): {exc}"
+            ) from exc
+
+
+def _parquet_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise EventsFileError(f"{path}: not a readable Parquet file: {exc}") from exc
+    names = [n for n in parquet.schema_arrow.names if not _PANDAS_INDEX_COLUMN.fullmatch(n)]
+    _check_columns(names, mapping, str(path))
+    batches = (
+        parquet.iter_batches(batch_size=chunksize, columns=names) if chunksize else [parquet.read(names)]
+    )
+    return (_arrow_as_strings(path, batch) for batch in batches)
+
+
+def _arrow_as_strings(path: Path, data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+    """Typed Parquet columns as text (ints as digits, timestamps as ISO), like a CSV would hold them."""
+    try:
+        columns = {name: pc.cast(data.column(name), pa.string()) for name in data.column_names}
+    except pa.ArrowException as exc:
+        raise EventsFileError(f"{path}: a column cannot be read as text: {exc}") from exc
+    return pa.table(columns).to_pandas().fillna("")
+
+
+def _text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column as pandas ``str`` with '' for missing, on a fresh RangeIndex."""
+    return frame.reset_index(drop=True).astype("str").fillna("")
+
+
+def _optional(raw: pd.DataFrame, mapping: ColumnMapping, canonical: str) -> pd.Series:
+    """A stripped optional text column; blank or unmapped -> missing (NaN)."""
+    if canonical not in mapping.columns:
+        return pd.Series(np.nan, index=raw.index, dtype="str")
+    values = raw[mapping.columns[canonical]].str.strip()
+    if canonical == "category" and mapping.category_fallback_column is not None:
+        values = values.mask(values == "", raw[mapping.category_fallback_column].str.strip())
+    return values.mask(values == "")
+
+
+def _parse_times(text: pd.Series, time_format: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Stripped time strings -> (UTC times, NaT unless valid; unparseable mask; out-of-range mask).
+
+    Blank strings are neither unparseable nor out of range (they are reported as missing).
+    """
+    blank = text == ""
+    latest = pd.Timestamp.now(tz="UTC") + MAX_FUTURE
+    if time_format in ("unix_s", "unix_ms"):
+        number = pd.to_numeric(text.mask(blank), errors="coerce").astype("float64")
+        parsed = pd.Series(np.isfinite(number), index=text.index)
+        per_second = 1 if time_format == "unix_s" else 1_000
+        # Range check on the numbers: absurd epochs would overflow the datetime conversion.
+        in_range = parsed & number.between(
+            MIN_EVENT_TIME.timestamp() * per_second, latest.timestamp() * per_second
+        )
+        # Via whole microseconds: float seconds straight to datetime are off by 1us now and then.
+        micros = np.round(number * (1_000_000 // per_second))
+        times = pd.to_datetime(micros.where(in_range), unit="us", utc=True)
+    else:
+        if time_format == "iso":
+            # A trailing "UTC" (REES46, BigQuery exports) as an offset keeps pandas on its fast ISO
+            # path; a "%Z" pattern parses ~50x slower. "...+02:00 UTC" stays unparseable. No "\s"
+            # in the pattern: pandas would leave pyarrow's regex engine for Python's (10x slower).
+            text = text.str.replace(r" ?UTC$", "+00:00", regex=True)
+        fmt = "ISO8601" if time_format == "iso" else time_format
+        times = pd.to_datetime(text.mask(blank), format=fmt, utc=True, errors="coerce")
+        parsed = times.notna()
+        in_range = parsed & (times >= MIN_EVENT_TIME) & (times <= latest)
+        times = times.where(in_range)
+    return times.astype(schema.TIME_DTYPE), ~blank & ~parsed, parsed & ~in_range
+
+
+def _validate(
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, first_row_number: int, seen: np.ndarray | None
+) -> tuple[LoadResult, np.ndarray | None]:
+    """Split ``raw`` into events and rejects; ``seen`` holds row hashes of earlier chunks' events."""
+    _check_columns([str(c) for c in raw.columns], mapping, source)
+    raw = _text(raw)
+    customer = raw[mapping.columns["customer_id"]].str.strip()
+    product = raw[mapping.columns["product_id"]].str.strip()
+    when = raw[mapping.columns["event_time"]].str.strip()
+    lookup = {a: a for a in schema.ACTIONS} | dict(mapping.action_synonyms)
+    action = raw[mapping.columns["action"]].str.strip().str.lower().map(lookup)
+    category = _optional(raw, mapping, "category")
+    session = _optional(raw, mapping, "session_id")
+    if "price" in mapping.columns:
+        price_text = raw[mapping.columns["price"]].str.strip()
+        price = pd.to_numeric(price_text.mask(price_text == ""), errors="coerce").astype("float64")
+        bad_price = (price_text != "") & ~np.isfinite(price)  # "nan"/"inf" parse but are no price
+    else:
+        price = pd.Series(np.nan, index=raw.index, dtype="float64")
+        bad_price = pd.Series(False, index=raw.index)
+    times, bad_time, time_out_of_range = _parse_times(when, mapping.time_format)
+
+    ids, texts = (customer, product), (category, session)
+    checks = {
+        schema.REASON_MISSING_CUSTOMER: customer == "",
+        schema.REASON_MISSING_PRODUCT: product == "",
+        schema.REASON_MISSING_TIME: when == "",
+        schema.REASON_CONTROL_CHARS: reduce(
+            operator.or_, (s.str.contains(_CONTROL_CHARS, regex=True, na=False) for s in ids + texts)
+        ),
+        # str.len() of a missing value is NaN, and NaN > n is False: missing is never oversized.
+        schema.REASON_OVERSIZED: reduce(
+            operator.or_,
+            [s.str.len() > schema.MAX_ID_LENGTH for s in ids]
+            + [s.str.len() > schema.MAX_TEXT_LENGTH for s in texts],
+        ),
+        schema.REASON_BAD_TIME: bad_time,
+        schema.REASON_TIME_RANGE: time_out_of_range,
+        schema.REASON_UNKNOWN_ACTION: action.isna(),
+        schema.REASON_BAD_PRICE: bad_price,
+    }
+    # Index into REASON_PRECEDENCE per row, -1 = valid; earlier reasons win.
+    codes = np.full(len(raw), -1, dtype=np.int8)
+    for reason, mask in checks.items():
+        codes[(codes < 0) & mask.to_numpy(dtype=bool)] = REASON_PRECEDENCE.index(reason)
+
+    valid = codes < 0
+    events = pd.DataFrame(
+        {
+            "customer_id": customer[valid],
+            "event_time": times[valid],
+            "action": action[valid].astype("str"),
+            "product_id": product[valid],
+            "category": category[valid],
+            "price": price[valid],
+            "session_id": session[valid],
+        }
+    ).reset_index(drop=True)
+    duplicate = events.duplicated(keep="first").to_numpy()
+    if seen is not None:
+        hashes = pd.util.hash_pandas_object(events, index=False).to_numpy()
+        # Not "|=": arrays from pandas are read-only views under copy-on-write.
+        duplicate = duplicate | _in_sorted(hashes, seen)
+        seen = np.sort(np.concatenate([seen, hashes[~duplicate]]), kind="stable")  # radix sort
+    codes[np.flatnonzero(valid)[duplicate]] = REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
+    events = events[~duplicate].reset_index(drop=True)
+
+    rejected = np.flatnonzero(codes >= 0)
+    records = raw.iloc[rejected].to_dict("records")
+    rejects = pd.DataFrame(
+        {
+            "source": pd.Series([source] * len(rejected), dtype="str"),
+            "row_number": (first_row_number + rejected).astype("int64"),
+            # Control characters come out JSON-escaped, so the raw text is always storable.
+            "raw": pd.Series([json.dumps(r, ensure_ascii=False) for r in records], dtype="str"),
+            "reason": pd.Series(np.asarray(REASON_PRECEDENCE)[codes[rejected]], dtype="str"),
+        }
+    )
+    return LoadResult(events=events, rejects=rejects), seen
+
+
+def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Membership by binary search: np.isin re-sorts both arrays (its cost dominated chunked reads)."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(sorted_values, values).clip(max=len(sorted_values) - 1)
+    return sorted_values[at] == values

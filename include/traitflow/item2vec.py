@@ -1,0 +1,187 @@
+"""Item2Vec: gensim Word2Vec over session corpora, and vectorized token lookup with fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from traitflow.config import Item2VecParams
+from traitflow.model import TokenTable
+from traitflow.sessions import Vocabulary
+
+log = logging.getLogger(__name__)
+
+# Which source served a looked-up token (values of ``TokenLookup.source``).
+SOURCE_TOKEN, SOURCE_CATEGORY, SOURCE_ACTION, SOURCE_ZERO = 0, 1, 2, 3
+SOURCE_NAMES = ("token", "category_average", "action_average", "zero")
+
+
+def train_item2vec(corpus_path: Path, vocabulary: Vocabulary, params: Item2VecParams) -> TokenTable:
+    """Train Word2Vec on ``corpus_path`` (written by ``sessions.write_corpus``) in corpus_file mode.
+
+    Returns the learned tokens only (those gensim kept after ``min_count``), in vocabulary order,
+    with their metadata from ``vocabulary``.
+    """
+    from gensim.models import Word2Vec  # heavy import, only where training happens
+
+    if not Path(corpus_path).is_file() or Path(corpus_path).stat().st_size == 0:
+        raise ValueError(f"corpus file {corpus_path} is missing or empty: no session has 2+ events")
+    model = Word2Vec(
+        corpus_file=str(corpus_path),
+        vector_size=params.vector_size,
+        window=params.window,
+        negative=params.negative,
+        ns_exponent=params.ns_exponent,
+        sample=params.sample,
+        min_count=params.min_count,
+        epochs=params.epochs,
+        sg=params.sg,
+        workers=params.workers,
+        seed=params.seed,
+        alpha=params.alpha,
+        min_alpha=params.min_alpha,
+    )
+    codes = np.asarray(model.wv.index_to_key, dtype=np.int64)
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
+    vectors = np.ascontiguousarray(model.wv.vectors[order], dtype=np.float32)
+    log.info("item2vec: %d tokens x %d dims from %s", len(codes), vectors.shape[1], corpus_path)
+    return TokenTable(
+        tokens=vocabulary.tokens[codes],
+        actions=vocabulary.actions[codes],
+        product_ids=vocabulary.product_ids[codes],
+        categories=vocabulary.categories[codes],
+        counts=vocabulary.counts[codes],
+        vectors=vectors,
+    )
+
+
+@dataclass
+class FallbackVectors:
+    """Count-weighted mean token vectors per category and per action, for unseen tokens.
+
+    ``matrix`` stacks [token vectors; category means; action means; a zero row] so one gather (or
+    one sparse product) serves every lookup. Row offsets are given by the attributes.
+    """
+
+    matrix: np.ndarray  # float32, shape (n_tokens + n_categories + n_actions + 1, d)
+    category_index: pd.Index
+    action_index: pd.Index
+    n_tokens: int
+
+    @property
+    def category_offset(self) -> int:
+        return self.n_tokens
+
+    @property
+    def action_offset(self) -> int:
+        return self.n_tokens + len(self.category_index)
+
+    @property
+    def zero_row(self) -> int:
+        return self.matrix.shape[0] - 1
+
+
+def _group_means(keys: np.ndarray, weights: np.ndarray, vectors: np.ndarray) -> tuple[pd.Index, np.ndarray]:
+    codes, uniques = pd.factorize(keys)
+    groups = sp.csr_matrix(
+        (weights.astype(np.float64), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes))
+    )
+    totals = np.asarray(groups.sum(axis=1)).ravel()
+    means = (groups @ vectors.astype(np.float64)) / np.maximum(totals, 1e-12)[:, None]
+    return pd.Index(uniques), means.astype(np.float32)
+
+
+def fallback_vectors(tokens: TokenTable) -> FallbackVectors:
+    """Build the stacked lookup matrix of ``tokens`` (category averages skip unknown categories)."""
+    has_category = tokens.categories != ""
+    category_index, category_means = _group_means(
+        tokens.categories[has_category], tokens.counts[has_category], tokens.vectors[has_category]
+    )
+    action_index, action_means = _group_means(tokens.actions, tokens.counts, tokens.vectors)
+    zero = np.zeros((1, tokens.vector_size), dtype=np.float32)
+    matrix = np.vstack([tokens.vectors, category_means, action_means, zero]).astype(np.float32)
+    return FallbackVectors(matrix, category_index, action_index, len(tokens))
+
+
+@dataclass(frozen=True)
+class TokenLookup:
+    """Where each looked-up token's vector comes from.
+
+    rows : ndarray of int64, shape (n,) -- row of ``FallbackVectors.matrix``
+    source : ndarray of int8, shape (n,) -- SOURCE_TOKEN / SOURCE_CATEGORY / SOURCE_ACTION / SOURCE_ZERO
+    """
+
+    rows: np.ndarray
+    source: np.ndarray
+    in_vocabulary: np.ndarray  # bool, shape (n,) -- the token itself is known (even if not used)
+
+    def counts(self) -> dict[str, int]:
+        per_source = np.bincount(self.source, minlength=len(SOURCE_NAMES))
+        return {name: int(n) for name, n in zip(SOURCE_NAMES, per_source, strict=True)}
+
+
+def lookup(
+    tokens: TokenTable,
+    fallback: FallbackVectors,
+    token_values: np.ndarray,
+    categories: np.ndarray,
+    actions: np.ndarray,
+    *,
+    force_category: np.ndarray | None = None,
+) -> TokenLookup:
+    """Resolve tokens to rows: the token itself, else its category average, else its action average,
+    else the zero row. Vectorized hash lookups (``Index.get_indexer``).
+
+    Parameters
+    ----------
+    token_values, categories, actions : ndarray of str, shape (n,); missing categories are NaN or ""
+    force_category : ndarray of bool, shape (n,), optional -- skip the token level for these rows
+        (cold-start customers are embedded from category averages)
+    """
+    rows = tokens.index.get_indexer(token_values).astype(np.int64)
+    source = np.full(len(rows), SOURCE_TOKEN, dtype=np.int8)
+    in_vocabulary = rows >= 0
+    if force_category is not None:
+        rows[force_category] = -1
+    missing = rows < 0
+    if missing.any():
+        category_rows = fallback.category_index.get_indexer(categories[missing])
+        rows[missing] = np.where(category_rows >= 0, category_rows + fallback.category_offset, -1)
+        source[missing] = SOURCE_CATEGORY
+        missing = rows < 0
+    if missing.any():
+        action_rows = fallback.action_index.get_indexer(actions[missing])
+        rows[missing] = np.where(action_rows >= 0, action_rows + fallback.action_offset, -1)
+        source[missing] = SOURCE_ACTION
+        missing = rows < 0
+    rows[missing] = fallback.zero_row
+    source[missing] = SOURCE_ZERO
+    return TokenLookup(rows=rows, source=source, in_vocabulary=in_vocabulary)
+
+
+def most_similar(
+    tokens: TokenTable, query_rows: np.ndarray, top_n: int, batch_size: int = 4096
+) -> np.ndarray:
+    """Top-``top_n`` most cosine-similar tokens (excluding itself) for each query token row.
+
+    Returns
+    -------
+    ndarray of int64, shape (len(query_rows), top_n) -- token rows, most similar first
+    """
+    unit = tokens.vectors / np.maximum(np.linalg.norm(tokens.vectors, axis=1, keepdims=True), 1e-12)
+    top_n = min(top_n, len(tokens) - 1)
+    out = np.empty((len(query_rows), top_n), dtype=np.int64)
+    for start in range(0, len(query_rows), batch_size):
+        batch = query_rows[start : start + batch_size]
+        scores = unit[batch] @ unit.T
+        scores[np.arange(len(batch)), batch] = -np.inf
+        top = np.argpartition(-scores, top_n - 1, axis=1)[:, :top_n]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        out[start : start + len(batch)] = np.take_along_axis(top, np.argsort(-top_scores, axis=1), axis=1)
+    return out

@@ -1,0 +1,175 @@
+"""The pipeline stages composed: corpus -> Item2Vec -> customer vectors -> traits -> profiles.
+
+Each function takes canonical events (already validated) and plain config objects, so the CLI,
+the Airflow jobs and the benchmarks share one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from traitflow.aggregate import customer_embeddings
+from traitflow.config import PipelineConfig, SessionParams
+from traitflow.item2vec import train_item2vec
+from traitflow.model import TokenTable, TraitflowModel
+from traitflow.profiles import COLD_START_NONE, ProfileBatch
+from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
+from traitflow.traits import fit_traits, label_traits, match_traits, project
+
+log = logging.getLogger(__name__)
+
+
+def events_before(events: pd.DataFrame, end: datetime) -> pd.DataFrame:
+    """Events strictly before ``end`` (a run for date D never sees what happened after it)."""
+    return events[events["event_time"] < pd.Timestamp(end)]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A training corpus on disk: one line of token codes per session, plus the vocabulary."""
+
+    corpus_path: Path
+    vocabulary_path: Path
+    stats: CorpusStats
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_frame(pd.read_parquet(self.vocabulary_path))
+
+
+def build_corpus(events: pd.DataFrame, params: SessionParams, work_dir: Path) -> Corpus:
+    """Sessionize ``events`` and write ``corpus.txt`` and ``vocabulary.parquet`` into ``work_dir``."""
+    if events.empty:
+        raise ValueError("cannot build a corpus from zero events")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sessionized = sessionize(events, params)
+    vocabulary, codes = build_vocabulary(sessionized)
+    corpus_path = work_dir / "corpus.txt"
+    stats = write_corpus(sessionized, codes, corpus_path, params)
+    vocabulary_path = work_dir / "vocabulary.parquet"
+    vocabulary.to_frame().to_parquet(vocabulary_path, index=False)
+    log.info(
+        "corpus: %d events -> %d sessions (%d written), %d tokens",
+        stats.n_events,
+        stats.n_sessions,
+        stats.n_sessions_written,
+        stats.n_vocabulary,
+    )
+    return Corpus(corpus_path, vocabulary_path, stats)
+
+
+def train_tokens(corpus: Corpus, config: PipelineConfig) -> TokenTable:
+    return train_item2vec(corpus.corpus_path, corpus.vocabulary(), config.item2vec)
+
+
+def fit_model(
+    events: pd.DataFrame,
+    tokens: TokenTable,
+    config: PipelineConfig,
+    trained_through: datetime,
+    *,
+    previous: TraitflowModel | None = None,
+    refit_traits: bool = True,
+) -> TraitflowModel:
+    """Fit (or carry over) the traits for ``tokens`` and return the complete model.
+
+    With a ``previous`` model, ``tokens`` must already be aligned to its space
+    (``triggers.align_tokens``). ``refit_traits=False`` keeps the previous components, centre and
+    ids; otherwise NMF is refitted and traits matched to the previous ones keep their ids.
+    """
+    embeddings = customer_embeddings(
+        events, tokens, config.aggregation, config.sessions, as_of=trained_through
+    )
+    train_rows = embeddings.cold_start == COLD_START_NONE
+    training_vectors = embeddings.vectors[train_rows]
+    metrics: dict = {"n_training_customers": int(train_rows.sum()), "embedding": embeddings.stats}
+    trait_match = None
+    if previous is not None and not refit_traits:
+        traits = previous.traits
+        traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
+        metrics["traits"] = {"refit": False}
+    else:
+        fit = fit_traits(training_vectors, config.traits)
+        traits = fit.traits
+        metrics["traits"] = {
+            "refit": True,
+            "reconstruction_error": fit.reconstruction_error,
+            "n_iter": fit.n_iter,
+        }
+        if previous is not None:
+            previous_profiles = project(previous.traits, training_vectors)
+            next_id = int(max(previous.traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0))) + 1
+            traits.trait_ids, trait_match = match_traits(
+                previous_profiles, fit.profiles, previous.traits.trait_ids, next_id=next_id
+            )
+    label_traits(traits, tokens)
+    metrics["max_trait_id"] = int(
+        max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
+    )
+    return TraitflowModel(
+        trained_through=trained_through,
+        config=config,
+        tokens=tokens,
+        traits=traits,
+        metrics=metrics,
+        trait_match=trait_match,
+    )
+
+
+def train(
+    events: pd.DataFrame,
+    config: PipelineConfig,
+    trained_through: datetime,
+    work_dir: Path,
+) -> TraitflowModel:
+    """Train a model from scratch on events before ``trained_through``."""
+    training_events = events_before(events, trained_through)
+    corpus = build_corpus(training_events, config.sessions, work_dir)
+    tokens = train_tokens(corpus, config)
+    model = fit_model(training_events, tokens, config, trained_through)
+    model.metrics["corpus"] = corpus.stats.__dict__
+    return model
+
+
+def profile_customers(
+    events: pd.DataFrame,
+    model: TraitflowModel,
+    as_of: datetime,
+    *,
+    customer_ids: np.ndarray | None = None,
+) -> ProfileBatch:
+    """Profiles as of ``as_of`` from events before it, for the customers in ``events`` (and
+    ``customer_ids``; those without events get the population profile, flagged no_history)."""
+    usable = events_before(events, as_of)
+    embeddings = customer_embeddings(
+        usable,
+        model.tokens,
+        model.config.aggregation,
+        model.config.sessions,
+        as_of=as_of,
+        customer_ids=customer_ids,
+    )
+    profiles = np.empty((len(embeddings.customer_ids), model.traits.n_traits), dtype=np.float64)
+    known = embeddings.has_vector
+    profiles[known] = project(model.traits, embeddings.vectors[known])
+    profiles[~known] = model.traits.population_profile
+    vectors = embeddings.vectors.copy()
+    vectors[~known] = model.traits.population_vector
+    stats = dict(embeddings.stats)
+    stats["n_customers"] = len(profiles)
+    return ProfileBatch(
+        as_of=as_of,
+        model_version=model.version,
+        customer_ids=embeddings.customer_ids,
+        embeddings=vectors,
+        profiles=profiles,
+        trait_ids=model.traits.trait_ids.copy(),
+        n_events=embeddings.n_events,
+        cold_start=embeddings.cold_start,
+        stats=stats,
+    )

@@ -1,0 +1,107 @@
+"""Quality metrics: embedding quality, profile coherence, next-item hit rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from traitflow.item2vec import most_similar
+from traitflow.model import TokenTable
+
+
+def embedding_quality(
+    tokens: TokenTable, expected_similarity: pd.DataFrame, *, random_state: int = 0
+) -> float:
+    """Spearman correlation between cosine similarities and expected similarities of token pairs.
+
+    Parameters
+    ----------
+    expected_similarity : DataFrame with columns ``token_a``, ``token_b``, ``expected`` (float);
+        pairs with an unknown token are ignored. At least 3 usable pairs are needed.
+    """
+    rows_a = tokens.index.get_indexer(expected_similarity["token_a"].to_numpy(dtype=object))
+    rows_b = tokens.index.get_indexer(expected_similarity["token_b"].to_numpy(dtype=object))
+    usable = (rows_a >= 0) & (rows_b >= 0)
+    if usable.sum() < 3:
+        raise ValueError(f"need >= 3 pairs of known tokens, got {int(usable.sum())}")
+    unit = tokens.vectors / np.maximum(np.linalg.norm(tokens.vectors, axis=1, keepdims=True), 1e-12)
+    cosine = np.sum(unit[rows_a[usable]] * unit[rows_b[usable]], axis=1)
+    expected = expected_similarity["expected"].to_numpy(dtype=np.float64)[usable]
+    return float(spearmanr(cosine, expected).statistic)
+
+
+def same_category_pairs(tokens: TokenTable, n_pairs: int = 5000, *, random_state: int = 0) -> pd.DataFrame:
+    """Random token pairs with expected similarity 1 when they share a category, else 0."""
+    rng = np.random.default_rng(random_state)
+    known = np.flatnonzero(tokens.categories != "")
+    if len(known) < 2:
+        raise ValueError("need at least 2 tokens with a category")
+    a = rng.choice(known, n_pairs)
+    b = rng.choice(known, n_pairs)
+    distinct = a != b
+    a, b = a[distinct], b[distinct]
+    return pd.DataFrame(
+        {
+            "token_a": tokens.tokens[a],
+            "token_b": tokens.tokens[b],
+            "expected": (tokens.categories[a] == tokens.categories[b]).astype(np.float64),
+        }
+    )
+
+
+def profile_coherence(
+    profiles: np.ndarray, segments: np.ndarray, *, sample_size: int = 10_000, random_state: int = 0
+) -> float:
+    """Silhouette of trait profiles grouped by known segment (cosine distance), in [-1, 1]."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(segments)) < 2:
+        raise ValueError("profile coherence needs at least 2 distinct segments")
+    return float(
+        silhouette_score(
+            profiles,
+            segments,
+            metric="cosine",
+            sample_size=min(sample_size, len(profiles)),
+            random_state=random_state,
+        )
+    )
+
+
+def next_item_hit_rate(
+    tokens: TokenTable,
+    sessions: np.ndarray,
+    session_tokens: np.ndarray,
+    *,
+    top_n: int = 10,
+    max_pairs: int = 20_000,
+    random_state: int = 0,
+) -> dict[str, float]:
+    """How often the next token of a held-out session is among the ``top_n`` neighbours of the current.
+
+    Parameters
+    ----------
+    sessions : ndarray of int, shape (n,) -- session index of each event, events in session order
+    session_tokens : ndarray of str, shape (n,) -- token of each event
+
+    Pairs whose tokens are unknown to the model count as misses (a model that knows fewer tokens
+    is not rewarded for it). At most ``max_pairs`` consecutive pairs are scored (sampled).
+    """
+    same_session = sessions[1:] == sessions[:-1]
+    current, following = session_tokens[:-1][same_session], session_tokens[1:][same_session]
+    distinct = current != following  # repeated views of one product are trivially predictable
+    current, following = current[distinct], following[distinct]
+    if len(current) == 0:
+        raise ValueError("no consecutive pairs of distinct tokens in the held-out sessions")
+    if len(current) > max_pairs:
+        pick = np.random.default_rng(random_state).choice(len(current), max_pairs, replace=False)
+        current, following = current[pick], following[pick]
+    current_rows = tokens.index.get_indexer(current)
+    following_rows = tokens.index.get_indexer(following)
+    scorable = (current_rows >= 0) & (following_rows >= 0)
+    hits = np.zeros(len(current), dtype=bool)
+    if scorable.any() and len(tokens) > 1:
+        neighbours = most_similar(tokens, current_rows[scorable], top_n)
+        hits[scorable] = (neighbours == following_rows[scorable, None]).any(axis=1)
+    return {"hit_rate": float(hits.mean()), "n_pairs": len(current), "coverage": float(scorable.mean())}

@@ -1,0 +1,189 @@
+"""Sessionize events per customer, tokenize them, and write the Item2Vec training corpus.
+
+Everything here is vectorized: one sort, one diff, no per-event Python.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from traitflow.config import SessionParams
+
+_PLACEHOLDER = re.compile(r"(\{action\}|\{product_id\})")
+
+
+def tokenize(actions: pd.Series | np.ndarray, product_ids: pd.Series | np.ndarray, scheme: str) -> np.ndarray:
+    """Build tokens such as ``view_prod_001`` from parallel action and product arrays.
+
+    Parameters
+    ----------
+    actions, product_ids : array-like of str, shape (n,)
+    scheme : str -- e.g. ``"{action}_{product_id}"`` (see ``SessionParams.token_scheme``)
+
+    Returns
+    -------
+    ndarray of object (str), shape (n,)
+    """
+    parts = {"{action}": pd.Series(actions, dtype="str"), "{product_id}": pd.Series(product_ids, dtype="str")}
+    n = len(parts["{action}"])
+    if len(parts["{product_id}"]) != n:
+        raise ValueError(f"actions has {n} rows but product_ids has {len(parts['{product_id}'])}")
+    out = pd.Series([""] * n, dtype="str")
+    for piece in _PLACEHOLDER.split(scheme):
+        if not piece:
+            continue
+        out = out + (parts[piece].reset_index(drop=True) if piece in parts else piece)
+    return out.to_numpy(dtype=object)
+
+
+def sort_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Events ordered by (customer_id, event_time), ties kept in input order; index reset."""
+    customer_codes, _ = pd.factorize(events["customer_id"], sort=True)
+    times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    order = np.lexsort((times, customer_codes))
+    return events.iloc[order].reset_index(drop=True)
+
+
+def session_starts(events: pd.DataFrame, timeout_minutes: float) -> np.ndarray:
+    """Boolean mask of rows that start a new session, for events sorted by ``sort_events``.
+
+    A row starts a session when the customer changes; or, when both it and the previous row carry
+    a source ``session_id``, when that id changes (the source's sessions are honoured even across
+    long gaps); otherwise when the gap to the previous event exceeds the inactivity timeout.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_events,)
+    """
+    n = len(events)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    customers = events["customer_id"].to_numpy(dtype=object)
+    times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    session_ids = events["session_id"].to_numpy(dtype=object) if "session_id" in events else None
+
+    starts = np.empty(n, dtype=bool)
+    starts[0] = True
+    new_customer = customers[1:] != customers[:-1]
+    gap_exceeded = np.diff(times) > int(timeout_minutes * 60 * 1_000_000)
+    if session_ids is None:
+        boundary = gap_exceeded
+    else:
+        has_sid = pd.notna(session_ids)
+        both_sid = has_sid[1:] & has_sid[:-1]
+        sid_changed = np.zeros(n - 1, dtype=bool)
+        sid_changed[both_sid] = session_ids[1:][both_sid] != session_ids[:-1][both_sid]
+        boundary = np.where(both_sid, sid_changed, gap_exceeded)
+    starts[1:] = new_customer | boundary
+    return starts
+
+
+def sessionize(events: pd.DataFrame, params: SessionParams) -> pd.DataFrame:
+    """Sort events and add ``session`` (int64, 0..n_sessions-1, global) and ``token`` (str) columns."""
+    ordered = sort_events(events)
+    ordered["session"] = np.cumsum(session_starts(ordered, params.timeout_minutes)) - 1
+    ordered["token"] = tokenize(ordered["action"], ordered["product_id"], params.token_scheme)
+    return ordered
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Every distinct token seen in a set of sessionized events, with metadata.
+
+    ``tokens[i]`` is written to the corpus as the integer ``i`` so that ids containing whitespace
+    (which gensim would split) can never corrupt the training file.
+    """
+
+    tokens: np.ndarray  # object (str), shape (n_tokens,)
+    actions: np.ndarray  # object (str), shape (n_tokens,)
+    product_ids: np.ndarray  # object (str), shape (n_tokens,)
+    categories: np.ndarray  # object (str), shape (n_tokens,); "" when unknown
+    counts: np.ndarray  # int64, shape (n_tokens,)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "token": self.tokens,
+                "action": self.actions,
+                "product_id": self.product_ids,
+                "category": self.categories,
+                "count": self.counts,
+            }
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Vocabulary:
+        return cls(
+            tokens=frame["token"].to_numpy(dtype=object),
+            actions=frame["action"].to_numpy(dtype=object),
+            product_ids=frame["product_id"].to_numpy(dtype=object),
+            categories=frame["category"].fillna("").to_numpy(dtype=object),
+            counts=frame["count"].to_numpy(dtype=np.int64),
+        )
+
+
+def build_vocabulary(sessionized: pd.DataFrame) -> tuple[Vocabulary, np.ndarray]:
+    """Vocabulary of ``sessionized`` and each event's token code.
+
+    Returns
+    -------
+    vocabulary : Vocabulary with tokens in first-appearance order
+    codes : ndarray of int64, shape (n_events,) -- index into ``vocabulary.tokens``
+    """
+    codes, uniques = pd.factorize(sessionized["token"], sort=False)
+    first = np.zeros(len(uniques), dtype=np.int64)
+    # Reversed assignment leaves each token's first occurrence in place.
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    categories = sessionized["category"].to_numpy(dtype=object)[first]
+    categories = np.where(pd.isna(categories), "", categories).astype(object)
+    vocabulary = Vocabulary(
+        tokens=np.asarray(uniques, dtype=object),
+        actions=sessionized["action"].to_numpy(dtype=object)[first],
+        product_ids=sessionized["product_id"].to_numpy(dtype=object)[first],
+        categories=categories,
+        counts=np.bincount(codes, minlength=len(uniques)).astype(np.int64),
+    )
+    return vocabulary, codes.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    n_events: int
+    n_sessions: int
+    n_sessions_written: int
+    n_tokens_written: int
+    n_vocabulary: int
+
+
+def write_corpus(
+    sessionized: pd.DataFrame, codes: np.ndarray, path: Path, params: SessionParams
+) -> CorpusStats:
+    """Write one line per session (token codes separated by spaces) for gensim's corpus_file mode.
+
+    Sessions shorter than ``params.min_session_tokens`` are left out: a lone token has no context
+    to learn from. Sessions are written whole; gensim itself splits lines over 10,000 tokens.
+    """
+    sessions = sessionized["session"].to_numpy()
+    n_sessions = int(sessions[-1]) + 1 if len(sessions) else 0
+    lengths = np.bincount(sessions, minlength=n_sessions)
+    keep = lengths[sessions] >= params.min_session_tokens
+    kept_sessions, kept_codes = sessions[keep], codes[keep]
+    last_in_session = np.ones(len(kept_sessions), dtype=bool)
+    last_in_session[:-1] = kept_sessions[1:] != kept_sessions[:-1]
+    words = kept_codes.astype(str).astype(object)
+    separators = np.where(last_in_session, "\n", " ").astype(object)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="ascii") as handle:
+        handle.write("".join((words + separators).tolist()))
+    return CorpusStats(
+        n_events=len(sessionized),
+        n_sessions=n_sessions,
+        n_sessions_written=int(last_in_session.sum()),
+        n_tokens_written=len(kept_codes),
+        n_vocabulary=int(codes.max()) + 1 if len(codes) else 0,
+    )

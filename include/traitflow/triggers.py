@@ -1,0 +1,125 @@
+"""Retrain triggers: new-vocabulary ratio and drift between two Item2Vec spaces after alignment.
+
+Two independently trained Word2Vec spaces differ by an arbitrary rotation, so comparing raw
+vectors always reports drift. The candidate is first aligned to the active model with orthogonal
+Procrustes on the tokens both know; only what is left after the best rotation is drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.linalg import orthogonal_procrustes
+
+from traitflow.model import TokenTable
+
+_EPS = 1e-12
+
+
+def new_vocab_ratio(candidate_tokens: np.ndarray, active_tokens: np.ndarray | None) -> float:
+    """Share of the candidate vocabulary the active model has never seen (1.0 with no active model)."""
+    candidate = np.unique(np.asarray(candidate_tokens, dtype=object))
+    if len(candidate) == 0:
+        return 0.0
+    if active_tokens is None:
+        return 1.0
+    known = np.isin(candidate, np.asarray(active_tokens, dtype=object))
+    return float(1.0 - known.mean())
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    matrix = matrix.astype(np.float64)
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), _EPS)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """``aligned = scale * source @ rotation`` maps the source space onto the target space."""
+
+    rotation: np.ndarray  # float64, shape (d, d), orthogonal
+    scale: float
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return (self.scale * (vectors.astype(np.float64) @ self.rotation)).astype(np.float32)
+
+
+def shared_rows(source: TokenTable, target: TokenTable, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (into source, into target) of tokens both tables know with >= min_count in both."""
+    target_rows = target.index.get_indexer(source.tokens)
+    source_rows = np.flatnonzero(target_rows >= 0)
+    target_rows = target_rows[source_rows]
+    frequent = (source.counts[source_rows] >= min_count) & (target.counts[target_rows] >= min_count)
+    return source_rows[frequent], target_rows[frequent]
+
+
+def fit_alignment(source: TokenTable, target: TokenTable, min_count: int = 5) -> Alignment:
+    """Orthogonal Procrustes (plus a global scale) from ``source`` onto ``target``.
+
+    Fitted on the shared tokens seen at least ``min_count`` times in both models (rare tokens have
+    noisy vectors); falls back to all shared tokens when fewer than ``d`` are frequent.
+    """
+    source_rows, target_rows = shared_rows(source, target, min_count)
+    if len(source_rows) < source.vector_size:
+        source_rows, target_rows = shared_rows(source, target, 1)
+    if len(source_rows) < 2:
+        raise ValueError(f"cannot align models sharing only {len(source_rows)} tokens")
+    if source.vector_size != target.vector_size:
+        raise ValueError(f"cannot align vector sizes {source.vector_size} and {target.vector_size}")
+    a = source.vectors[source_rows].astype(np.float64)
+    b = target.vectors[target_rows].astype(np.float64)
+    rotation, singular_sum = orthogonal_procrustes(a, b)
+    scale = singular_sum / max(float(np.sum(a * a)), _EPS)
+    return Alignment(rotation=rotation, scale=float(scale))
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Cosine drift per shared token after alignment: 0 = same direction, 2 = opposite."""
+
+    mean_drift: float
+    weighted_mean_drift: float  # weighted by the active model's token counts
+    p95_drift: float
+    max_drift: float
+    n_shared_tokens: int
+    n_candidate_tokens: int
+    n_active_tokens: int
+    min_count: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int = 5) -> DriftReport:
+    """Drift of ``candidate`` from ``active`` after Procrustes alignment on their shared vocabulary."""
+    alignment = fit_alignment(candidate, active, min_count)
+    source_rows, target_rows = shared_rows(candidate, active, min_count)
+    if len(source_rows) == 0:
+        source_rows, target_rows = shared_rows(candidate, active, 1)
+    aligned = _unit_rows(alignment.apply(candidate.vectors[source_rows]))
+    reference = _unit_rows(active.vectors[target_rows])
+    drift = 1.0 - np.sum(aligned * reference, axis=1)
+    weights = active.counts[target_rows].astype(np.float64)
+    return DriftReport(
+        mean_drift=float(drift.mean()),
+        weighted_mean_drift=float(np.average(drift, weights=weights)),
+        p95_drift=float(np.quantile(drift, 0.95)),
+        max_drift=float(drift.max()),
+        n_shared_tokens=len(drift),
+        n_candidate_tokens=len(candidate),
+        n_active_tokens=len(active),
+        min_count=min_count,
+    )
+
+
+def align_tokens(candidate: TokenTable, active: TokenTable, min_count: int = 5) -> TokenTable:
+    """A copy of ``candidate`` with every vector mapped into ``active``'s space."""
+    alignment = fit_alignment(candidate, active, min_count)
+    return TokenTable(
+        tokens=candidate.tokens,
+        actions=candidate.actions,
+        product_ids=candidate.product_ids,
+        categories=candidate.categories,
+        counts=candidate.counts,
+        vectors=alignment.apply(candidate.vectors),
+    )

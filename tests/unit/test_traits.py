@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from traitflow.config import TraitParams
+from traitflow.traits import (
+    fit_traits,
+    match_traits,
+    nmf_input,
+    normalize_profiles,
+    project,
+    project_one,
+    project_weights,
+)
+
+
+def _planted(n: int = 600, d: int = 12, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(k, d))
+    segments = rng.integers(0, k, n)
+    vectors = basis[segments] + 0.1 * rng.normal(size=(n, d))
+    return vectors, segments
+
+
+def test_projection_reproduces_fitted_profiles_of_training_customers():
+    vectors, _ = _planted()
+    fit = fit_traits(vectors, TraitParams(n_traits=4, max_iter=2000, tol=1e-8))
+    # The fitted profile of a training customer is what projecting it later gives, batch or single.
+    again = project(fit.traits, vectors)
+    assert np.max(np.abs(again - fit.profiles)) <= 1e-3
+    singles = np.array([project_one(fit.traits, v) for v in vectors[:50]])
+    assert np.max(np.abs(singles - fit.profiles[:50])) <= 1e-3
+    # And the batched NNLS agrees with sklearn's own W from the factorization it fitted.
+    from sklearn.decomposition import NMF
+
+    inputs = nmf_input(fit.traits.center, vectors)
+    nmf = NMF(n_components=4, init="nndsvd", solver="cd", max_iter=2000, tol=1e-8, random_state=0)
+    w = nmf.fit_transform(inputs)
+    profiles_sklearn, _ = normalize_profiles(w, np.full(4, 0.25))
+    assert np.max(np.abs(profiles_sklearn - fit.profiles)) <= 1e-3
+
+
+def test_nmf_input_uses_the_stored_training_centre_not_a_per_customer_shift():
+    vectors, _ = _planted()
+    fit = fit_traits(vectors, TraitParams(n_traits=4))
+    np.testing.assert_allclose(fit.traits.center, vectors.mean(axis=0))
+    inputs = nmf_input(fit.traits.center, vectors[:3])
+    assert inputs.shape == (3, 24) and np.all(inputs >= 0)
+    np.testing.assert_allclose(inputs[:, :12] - inputs[:, 12:], vectors[:3] - fit.traits.center)
+    # A customer vector moved by a constant is a different customer: the profile must change,
+    # which a per-customer min-shift would hide.
+    moved = vectors[:1] + 0.5
+    assert not np.allclose(project(fit.traits, moved), project(fit.traits, vectors[:1]), atol=1e-3)
+
+
+def test_profiles_are_normalized_and_recover_planted_segments():
+    from sklearn.metrics import adjusted_rand_score
+
+    vectors, segments = _planted()
+    fit = fit_traits(vectors, TraitParams(n_traits=4))
+    assert fit.profiles.shape == (600, 4)
+    assert np.all(fit.profiles >= 0)
+    np.testing.assert_allclose(fit.profiles.sum(axis=1), 1.0)
+    assert adjusted_rand_score(segments, fit.profiles.argmax(axis=1)) >= 0.9
+
+
+def test_project_weights_solves_nnls_exactly():
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(1)
+    components = rng.random((5, 9))
+    targets = rng.random((40, 9))
+    weights = project_weights(components, targets, tol=1e-10, max_iter=5000)
+    exact = np.array([nnls(components.T, t)[0] for t in targets])
+    np.testing.assert_allclose(weights, exact, atol=1e-6)
+
+
+def test_penalized_projection_matches_single_customer_solver():
+    vectors, _ = _planted(seed=3)
+    traits = fit_traits(vectors, TraitParams(n_traits=4, sparsity=0.2)).traits
+    assert traits.l1_penalty > 0
+    batch = project(traits, vectors[:100])
+    singles = np.array([project_one(traits, v) for v in vectors[:100]])
+    np.testing.assert_allclose(batch, singles, atol=1e-4)  # both converge to the one optimum
+
+
+def test_fit_validates_inputs():
+    with pytest.raises(ValueError, match="at least n_traits"):
+        fit_traits(np.zeros((3, 4)), TraitParams(n_traits=4))
+    with pytest.raises(ValueError, match="shape"):
+        vectors, _ = _planted()
+        project(fit_traits(vectors, TraitParams(n_traits=4)).traits, np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="exceeds the NMF input width"):
+        fit_traits(np.random.default_rng(0).random((50, 3)), TraitParams(n_traits=7))
+    with pytest.warns(UserWarning, match="exceeds the NMF input width"):
+        fit_traits(np.random.default_rng(0).random((50, 3)), TraitParams(n_traits=7, init="random"))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_traits(np.full((10, 4), np.nan), TraitParams(n_traits=2))
+
+
+def test_match_traits_keeps_ids_of_permuted_traits_and_numbers_new_ones():
+    rng = np.random.default_rng(0)
+    previous = rng.dirichlet(np.ones(4) * 0.3, size=500)
+    permutation = np.array([2, 0, 3, 1])
+    new = previous[:, permutation].copy()
+    new[:, 3] = rng.dirichlet(np.ones(4), size=500)[:, 0]  # new column 3 is unrelated to anything old
+    ids, report = match_traits(previous, new, np.array([10, 11, 12, 13]), next_id=14)
+    assert ids.tolist()[:3] == [12, 10, 13]
+    assert ids[3] == 14
+    assert report["retired_ids"] == [11]
+    assert report["n_matched"] == 3
