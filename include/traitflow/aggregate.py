@@ -55,7 +55,7 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
     if params.recency_half_life_days is not None:
         if as_of is None:
             raise ValueError("recency weighting needs as_of")
-        reference = pd.Timestamp(as_of).tz_convert("UTC").as_unit("us").value
+        reference = pd.Timestamp(as_of).tz_convert("UTC").value // 1_000  # .value is ns in any unit
         times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
         age_days = np.maximum(reference - times, 0) / _MICROS_PER_DAY
         weights = weights * np.exp2(-age_days / params.recency_half_life_days)

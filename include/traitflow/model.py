@@ -36,7 +36,8 @@ class TokenTable:
     ----------
     tokens : ndarray of str, shape (n_tokens,)
     actions, product_ids, categories : ndarray of str, shape (n_tokens,); a missing category is ""
-    counts : ndarray of int64, shape (n_tokens,) -- training occurrences, weights the fallback means
+    counts : ndarray of int64, shape (n_tokens,) -- occurrences in the training window's events
+        (including one-event sessions left out of the corpus); weights the fallback means
     vectors : ndarray of float32, shape (n_tokens, vector_size)
     """
 
@@ -121,12 +122,7 @@ class TraitflowModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {
-            "tokens": self.tokens.tokens.astype(str),
-            "actions": self.tokens.actions.astype(str),
-            "product_ids": self.tokens.product_ids.astype(str),
-            "categories": self.tokens.categories.astype(str),
-            "counts": self.tokens.counts,
-            "vectors": self.tokens.vectors,
+            **_token_arrays(self.tokens),
             "components": self.traits.components,
             "center": self.traits.center,
             "trait_ids": self.traits.trait_ids,
@@ -162,14 +158,7 @@ class TraitflowModel:
             raise ValueError(f"unsupported model format {meta.get('format_version')!r} in {directory}")
         with np.load(arrays_path, allow_pickle=False) as npz:
             a = {key: npz[key] for key in npz.files}
-        tokens = TokenTable(
-            tokens=a["tokens"].astype(object),
-            actions=a["actions"].astype(object),
-            product_ids=a["product_ids"].astype(object),
-            categories=a["categories"].astype(object),
-            counts=a["counts"],
-            vectors=a["vectors"],
-        )
+        tokens = _tokens_from_arrays(a)
         traits = TraitModel(
             components=a["components"],
             center=a["center"],
@@ -190,6 +179,42 @@ class TraitflowModel:
             trait_match=meta.get("trait_match"),
             version=meta.get("version"),
         )
+
+
+def _token_arrays(tokens: TokenTable) -> dict[str, np.ndarray]:
+    # Fixed-width unicode arrays: saved and loaded without pickle.
+    return {
+        "tokens": tokens.tokens.astype(str),
+        "actions": tokens.actions.astype(str),
+        "product_ids": tokens.product_ids.astype(str),
+        "categories": tokens.categories.astype(str),
+        "counts": tokens.counts,
+        "vectors": tokens.vectors,
+    }
+
+
+def _tokens_from_arrays(arrays: dict[str, np.ndarray]) -> TokenTable:
+    return TokenTable(
+        tokens=arrays["tokens"].astype(object),
+        actions=arrays["actions"].astype(object),
+        product_ids=arrays["product_ids"].astype(object),
+        categories=arrays["categories"].astype(object),
+        counts=arrays["counts"],
+        vectors=arrays["vectors"],
+    )
+
+
+def save_tokens(tokens: TokenTable, path: str | Path) -> Path:
+    """Write a TokenTable alone (a candidate between weekly tasks) to an ``.npz`` file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **_token_arrays(tokens))
+    return path
+
+
+def load_tokens(path: str | Path) -> TokenTable:
+    with np.load(path, allow_pickle=False) as npz:
+        return _tokens_from_arrays({key: npz[key] for key in npz.files})
 
 
 def config_from_dict(nested: dict[str, Any]) -> PipelineConfig:

@@ -6,6 +6,7 @@ the Airflow jobs and the benchmarks share one code path.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,19 +37,42 @@ class Corpus:
 
     corpus_path: Path
     vocabulary_path: Path
+    holdout_path: Path | None
     stats: CorpusStats
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.from_frame(pd.read_parquet(self.vocabulary_path))
 
 
-def build_corpus(events: pd.DataFrame, params: SessionParams, work_dir: Path) -> Corpus:
-    """Sessionize ``events`` and write ``corpus.txt`` and ``vocabulary.parquet`` into ``work_dir``."""
+def build_corpus(
+    events: pd.DataFrame,
+    params: SessionParams,
+    work_dir: Path,
+    *,
+    holdout_fraction: float = 0.0,
+    random_state: int = 0,
+) -> Corpus:
+    """Sessionize ``events`` and write ``corpus.txt`` and ``vocabulary.parquet`` into ``work_dir``.
+
+    With ``holdout_fraction > 0`` that share of sessions (drawn with ``random_state``) is left out
+    of the corpus and written to ``holdout.parquet`` (columns ``session``, ``token``, in session
+    order) for evaluating next-item prediction on sessions the model has not seen.
+    """
     if events.empty:
         raise ValueError("cannot build a corpus from zero events")
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     work_dir.mkdir(parents=True, exist_ok=True)
     sessionized = sessionize(events, params)
     vocabulary, codes = build_vocabulary(sessionized)
+    holdout_path = None
+    if holdout_fraction > 0:
+        n_sessions = int(sessionized["session"].iat[-1]) + 1
+        held_out = np.random.default_rng(random_state).random(n_sessions) < holdout_fraction
+        in_holdout = held_out[sessionized["session"].to_numpy()]
+        holdout_path = work_dir / "holdout.parquet"
+        sessionized.loc[in_holdout, ["session", "token"]].to_parquet(holdout_path, index=False)
+        sessionized, codes = sessionized[~in_holdout], codes[~in_holdout]
     corpus_path = work_dir / "corpus.txt"
     stats = write_corpus(sessionized, codes, corpus_path, params)
     vocabulary_path = work_dir / "vocabulary.parquet"
@@ -60,7 +84,7 @@ def build_corpus(events: pd.DataFrame, params: SessionParams, work_dir: Path) ->
         stats.n_sessions_written,
         stats.n_vocabulary,
     )
-    return Corpus(corpus_path, vocabulary_path, stats)
+    return Corpus(corpus_path, vocabulary_path, holdout_path, stats)
 
 
 def train_tokens(corpus: Corpus, config: PipelineConfig) -> TokenTable:
@@ -81,7 +105,9 @@ def fit_model(
     With a ``previous`` model, ``tokens`` must already be aligned to its space
     (``triggers.align_tokens``). ``refit_traits=False`` keeps the previous components, centre and
     ids; otherwise NMF is refitted and traits matched to the previous ones keep their ids.
+    Events at or after ``trained_through`` are ignored; ``previous`` is never modified.
     """
+    events = events_before(events, trained_through)
     embeddings = customer_embeddings(
         events, tokens, config.aggregation, config.sessions, as_of=trained_through
     )
@@ -90,8 +116,9 @@ def fit_model(
     metrics: dict = {"n_training_customers": int(train_rows.sum()), "embedding": embeddings.stats}
     trait_match = None
     if previous is not None and not refit_traits:
-        traits = previous.traits
+        traits = copy.deepcopy(previous.traits)  # labels and population are updated below
         traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
+        traits.population_profile = project(traits, training_vectors).mean(axis=0)
         metrics["traits"] = {"refit": False}
     else:
         fit = fit_traits(training_vectors, config.traits)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ import numpy as np
 # Values of ``ProfileBatch.cold_start``.
 COLD_START_NONE = "none"
 COLD_START_FEW_TOKENS = "few_tokens"  # fewer than min_tokens tokens: category-based embedding
-COLD_START_NO_HISTORY = "no_history"  # no events at all: population-average profile
+COLD_START_NO_HISTORY = "no_history"  # no usable event (none, or none with a vector): population avg
 COLD_START_VALUES = (COLD_START_NONE, COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY)
 
 
@@ -54,3 +56,43 @@ class ProfileBatch:
 
     def __len__(self) -> int:
         return len(self.customer_ids)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the batch to one ``.npz`` file (a task hands it to the next through a path)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            customer_ids=self.customer_ids.astype(str),
+            embeddings=self.embeddings,
+            profiles=self.profiles,
+            trait_ids=self.trait_ids,
+            n_events=self.n_events,
+            cold_start=self.cold_start.astype(str),
+            meta=np.array(
+                json.dumps(
+                    {
+                        "as_of": self.as_of.isoformat(),
+                        "model_version": self.model_version,
+                        "stats": self.stats,
+                    }
+                )
+            ),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfileBatch:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            return cls(
+                as_of=datetime.fromisoformat(meta["as_of"]),
+                model_version=meta["model_version"],
+                customer_ids=npz["customer_ids"].astype(object),
+                embeddings=npz["embeddings"],
+                profiles=npz["profiles"],
+                trait_ids=npz["trait_ids"],
+                n_events=npz["n_events"],
+                cold_start=npz["cold_start"].astype(object),
+                stats=meta["stats"],
+            )

@@ -10,9 +10,7 @@ from traitflow.item2vec import most_similar
 from traitflow.model import TokenTable
 
 
-def embedding_quality(
-    tokens: TokenTable, expected_similarity: pd.DataFrame, *, random_state: int = 0
-) -> float:
+def embedding_quality(tokens: TokenTable, expected_similarity: pd.DataFrame) -> float:
     """Spearman correlation between cosine similarities and expected similarities of token pairs.
 
     Parameters

@@ -168,9 +168,9 @@ def write_corpus(
     Sessions shorter than ``params.min_session_tokens`` are left out: a lone token has no context
     to learn from. Sessions are written whole; gensim itself splits lines over 10,000 tokens.
     """
-    sessions = sessionized["session"].to_numpy()
-    n_sessions = int(sessions[-1]) + 1 if len(sessions) else 0
-    lengths = np.bincount(sessions, minlength=n_sessions)
+    sessions = sessionized["session"].to_numpy()  # ascending, possibly with gaps (held-out sessions)
+    lengths = np.bincount(sessions) if len(sessions) else np.zeros(0, dtype=np.int64)
+    n_sessions = int(np.count_nonzero(lengths))
     keep = lengths[sessions] >= params.min_session_tokens
     kept_sessions, kept_codes = sessions[keep], codes[keep]
     last_in_session = np.ones(len(kept_sessions), dtype=bool)
