@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from traitflow.store.cli import add_commands
 
-    add_commands(sub)
+    add_commands(sub, names={"profile": "customer"})
     return parser
 
 
@@ -213,15 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
+        status = func(args)
     except (CliError, ConfigError, FileNotFoundError, ValueError) as error:
         if args.verbose:
             raise
         print(f"traitflow: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,409 @@
+"""Task-sized jobs the Airflow DAGs call: plain arguments in, small JSON-able dicts out.
+
+Every function opens its own ``Store`` (a task may run on any worker), passes large data between
+tasks only as files under the run's ``work_dir`` and returns ids, paths and counts for XCom.
+No Airflow imports: the DAG files adapt these to tasks.
+
+Time semantics (backfill safety): a run for the interval [start, end) reads only events before
+``end`` and profiles ``as_of=end`` with the newest promoted model trained through ``end`` or
+earlier (``Store.model_version_for``), so re-running the interval writes the same rows. A weekly
+retrain trained through ``end`` writes every profile as of ``end`` under the new model in the
+same transaction that promotes it; a daily run for the same instant computes identical rows for
+its customers, so the two converge whichever finishes first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from traitflow.config import PipelineConfig
+from traitflow.model import TraitflowModel, load_tokens, save_tokens
+from traitflow.pipeline import build_corpus as _build_corpus
+from traitflow.pipeline import fit_model, profile_customers, train_tokens
+from traitflow.profiles import COLD_START_NONE, ProfileBatch
+from traitflow.quality import next_item_hit_rate
+from traitflow.store import Store
+from traitflow.triggers import align_tokens, new_vocab_ratio
+from traitflow.triggers import measure_drift as _measure_drift
+
+log = logging.getLogger(__name__)
+
+EVENT_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+HOLDOUT_FRACTION = 0.1
+
+
+def _open(database_url: str | None) -> Store:
+    store = Store(database_url)
+    store.upgrade()
+    return store
+
+
+def _config(params: Mapping[str, Any] | None) -> PipelineConfig:
+    return PipelineConfig.from_mapping(dict(params or {}))
+
+
+def _iso(value: datetime) -> str:
+    return pd.Timestamp(value).tz_convert("UTC").isoformat()
+
+
+def _utc(value: datetime | str) -> datetime:
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.to_pydatetime()
+
+
+# ---------------------------------------------------------------------------------------- daily
+
+
+def files_for_interval(input_dir: str | Path, start: datetime) -> list[Path]:
+    """Event files of the day starting at ``start``: names containing its date, ``YYYY-MM-DD``."""
+    day = _utc(start).strftime("%Y-%m-%d")
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {folder} does not exist")
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if day in path.name and path.name.endswith(EVENT_FILE_SUFFIXES) and path.is_file()
+    )
+
+
+def ingest_interval(
+    database_url: str | None,
+    input_dir: str | None,
+    mapping: str,
+    start: datetime,
+    end: datetime,
+    run_id: str,
+) -> dict[str, Any]:
+    """Ingest the interval's event files (idempotent: a re-run adds nothing)."""
+    if not input_dir:
+        return {"skipped": True, "reason": "no input_dir configured; events are expected in the table"}
+    files = files_for_interval(input_dir, start)
+    totals: dict[str, Any] = {"skipped": False, "files": [str(f) for f in files], "n_files": len(files)}
+    with _open(database_url) as store:
+        for path in files:
+            report = store.ingest_file(path, mapping, run_id).to_dict()
+            for key, value in report.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+    if not files:
+        log.warning("no event files for %s in %s", _iso(start), input_dir)
+    return totals
+
+
+def select_customers(
+    database_url: str | None, start: datetime, end: datetime, work_dir: str
+) -> dict[str, Any]:
+    """Customers with events in [start, end), written to a Parquet file."""
+    with _open(database_url) as store:
+        customer_ids = store.customers_with_events(_utc(start), _utc(end))
+    path = Path(work_dir) / "customers.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype="str")}).to_parquet(path, index=False)
+    return {"customers_path": str(path), "n_customers": len(customer_ids)}
+
+
+def _read_customer_ids(path: str | Path) -> np.ndarray:
+    return pd.read_parquet(path)["customer_id"].to_numpy(dtype=object)
+
+
+def update_profiles(
+    database_url: str | None,
+    as_of: datetime,
+    customers_path: str,
+    run_id: str,
+    params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Recompute the listed customers' embeddings and profiles from their whole history before
+    ``as_of``, with the model selected for ``as_of``, and write them in one transaction."""
+    as_of = _utc(as_of)
+    customer_ids = _read_customer_ids(customers_path)
+    with _open(database_url) as store:
+        version = store.model_version_for(as_of)
+        if version is None:
+            return {
+                "model_version": None,
+                "n_profiles": 0,
+                "reason": f"no promoted model trained before {_iso(as_of)}: run the weekly retrain first",
+            }
+        if len(customer_ids) == 0:
+            return {"model_version": version, "n_profiles": 0, "reason": "no customers with events"}
+        model = store.load_model(version)
+        events = store.read_events(end=as_of, customer_ids=list(customer_ids))
+        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
+        batch.model_version = version
+        store.write_profiles(batch)
+    return {
+        "model_version": version,
+        "n_profiles": len(batch),
+        "as_of": _iso(as_of),
+        "stats": batch.stats,
+        "mean_profile": batch.profiles.mean(axis=0).tolist(),
+        "trait_ids": batch.trait_ids.tolist(),
+    }
+
+
+def _js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two distributions."""
+    p = np.asarray(p, dtype=np.float64) / max(float(np.sum(p)), 1e-12)
+    q = np.asarray(q, dtype=np.float64) / max(float(np.sum(q)), 1e-12)
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nonzero = a > 0
+        return float(np.sum(a[nonzero] * np.log2(a[nonzero] / m[nonzero])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def monitor_daily(
+    database_url: str | None, as_of: datetime, run_id: str, update_result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """OOV rate, cold-start share and profile-distribution shift of the day, stored as a run report."""
+    report: dict[str, Any] = {"as_of": _iso(as_of), "run_id": run_id, **dict(update_result)}
+    version = update_result.get("model_version")
+    stats = update_result.get("stats") or {}
+    n_profiles = int(update_result.get("n_profiles") or 0)
+    if version is not None and n_profiles:
+        cold = stats.get("cold_start", {})
+        report["oov_rate"] = stats.get("oov_rate")
+        report["cold_start_share"] = 1.0 - cold.get(COLD_START_NONE, 0) / n_profiles
+        with _open(database_url) as store:
+            population = store.load_model(version).traits.population_profile
+            # Today's customers against the population the model was fitted on: a rising value
+            # means behaviour is moving away from what the traits describe.
+            report["profile_shift_js"] = _js_divergence(np.array(update_result["mean_profile"]), population)
+            store.write_run_report("daily", _iso(as_of), report)
+    else:
+        with _open(database_url) as store:
+            store.write_run_report("daily", _iso(as_of), report)
+    return {key: report[key] for key in report if key not in ("mean_profile", "stats")}
+
+
+# --------------------------------------------------------------------------------------- weekly
+
+
+def build_corpus(
+    database_url: str | None,
+    trained_through: datetime,
+    work_dir: str,
+    params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Sessions of the training window -> corpus file (held-out sessions set aside) + new-vocab ratio."""
+    config = _config(params)
+    end = _utc(trained_through)
+    start = end - timedelta(days=config.triggers.training_window_days)
+    with _open(database_url) as store:
+        events = store.read_events(start=start, end=end)
+        active_version = store.model_version_for(end)
+        active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
+    if events.empty:
+        raise ValueError(f"no events in the training window [{_iso(start)}, {_iso(end)})")
+    corpus = _build_corpus(
+        events,
+        config.sessions,
+        Path(work_dir) / "corpus",
+        holdout_fraction=HOLDOUT_FRACTION,
+        random_state=config.item2vec.seed,
+    )
+    vocabulary = corpus.vocabulary()
+    ratio = new_vocab_ratio(vocabulary.tokens, active_tokens)
+    return {
+        "corpus_path": str(corpus.corpus_path),
+        "vocabulary_path": str(corpus.vocabulary_path),
+        "holdout_path": str(corpus.holdout_path),
+        "tokens_path": str(Path(work_dir) / "candidate" / "tokens.npz"),
+        "window_start": _iso(start),
+        "trained_through": _iso(end),
+        "n_events": len(events),
+        "n_sessions": corpus.stats.n_sessions,
+        "n_vocabulary": len(vocabulary.tokens),
+        "new_vocab_ratio": ratio,
+        "active_version": active_version,
+    }
+
+
+def should_retrain(corpus_info: Mapping[str, Any], force_retrain: bool, threshold: float) -> tuple[bool, str]:
+    if force_retrain:
+        return True, "force_retrain requested"
+    if corpus_info.get("active_version") is None:
+        return True, "no promoted model yet"
+    ratio = float(corpus_info["new_vocab_ratio"])
+    if ratio > threshold:
+        return True, f"new-vocabulary ratio {ratio:.3f} > {threshold}"
+    return False, f"new-vocabulary ratio {ratio:.3f} <= {threshold}"
+
+
+def _corpus(corpus_info: Mapping[str, Any]):
+    from traitflow.pipeline import Corpus
+    from traitflow.sessions import CorpusStats
+
+    return Corpus(
+        corpus_path=Path(corpus_info["corpus_path"]),
+        vocabulary_path=Path(corpus_info["vocabulary_path"]),
+        holdout_path=Path(corpus_info["holdout_path"]),
+        stats=CorpusStats(0, int(corpus_info["n_sessions"]), 0, 0, int(corpus_info["n_vocabulary"])),
+    )
+
+
+def train_candidate(
+    database_url: str | None,
+    corpus_info: Mapping[str, Any],
+    work_dir: str,
+    params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train Item2Vec on the corpus; the candidate's token vectors go to ``tokens_path``."""
+    tokens = train_tokens(_corpus(corpus_info), _config(params))
+    save_tokens(tokens, corpus_info["tokens_path"])
+    return {**dict(corpus_info), "n_tokens": len(tokens), "params": dict(params or {})}
+
+
+def quality_gate(
+    database_url: str | None, candidate_info: Mapping[str, Any], params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The candidate must not be worse than the active model on held-out next-item hit rate by
+    more than ``quality_margin`` (absolute)."""
+    config = _config(params)
+    holdout = pd.read_parquet(candidate_info["holdout_path"])
+    sessions = holdout["session"].to_numpy()
+    tokens_seq = holdout["token"].to_numpy(dtype=object)
+    candidate = next_item_hit_rate(load_tokens(candidate_info["tokens_path"]), sessions, tokens_seq)
+    result: dict[str, Any] = {"candidate": candidate, "margin": config.triggers.quality_margin}
+    active_version = candidate_info.get("active_version")
+    if active_version is None:
+        return {**result, "passed": True, "reason": "no active model to compare with"}
+    with _open(database_url) as store:
+        active = next_item_hit_rate(store.load_model(active_version).tokens, sessions, tokens_seq)
+    result["active"] = active
+    passed = candidate["hit_rate"] >= active["hit_rate"] - config.triggers.quality_margin
+    verdict = "passes" if passed else "fails"
+    reason = (
+        f"candidate hit@10 {candidate['hit_rate']:.4f} vs active {active['hit_rate']:.4f} "
+        f"(margin {config.triggers.quality_margin}): {verdict}"
+    )
+    return {**result, "passed": passed, "reason": reason}
+
+
+def reject_candidate(
+    database_url: str | None, candidate_info: Mapping[str, Any], gate_result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Record why the candidate is not promoted (the active model stays as it is)."""
+    return {"promoted": False, "reason": gate_result.get("reason", "quality gate failed")}
+
+
+def measure_drift(database_url: str | None, candidate_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Drift of the candidate from the active model after Procrustes alignment."""
+    active_version = candidate_info.get("active_version")
+    if active_version is None:
+        return {"measured": False, "reason": "no active model"}
+    with _open(database_url) as store:
+        active = store.load_model(active_version).tokens
+    report = _measure_drift(load_tokens(candidate_info["tokens_path"]), active)
+    return {"measured": True, **report.to_dict()}
+
+
+def should_refit(drift_info: Mapping[str, Any], threshold: float) -> tuple[bool, str]:
+    if not drift_info.get("measured"):
+        return True, f"refit: {drift_info.get('reason', 'drift not measured')}"
+    drift = float(drift_info["weighted_mean_drift"])
+    if drift > threshold:
+        return True, f"weighted mean drift {drift:.3f} > {threshold}"
+    return False, f"weighted mean drift {drift:.3f} <= {threshold}: keep the trait components"
+
+
+def _fit_candidate(
+    database_url: str | None, candidate_info: Mapping[str, Any], params: Mapping[str, Any] | None, refit: bool
+) -> dict[str, Any]:
+    config = _config(params if params is not None else candidate_info.get("params"))
+    tokens = load_tokens(candidate_info["tokens_path"])
+    start, end = _utc(candidate_info["window_start"]), _utc(candidate_info["trained_through"])
+    previous = None
+    with _open(database_url) as store:
+        events = store.read_events(start=start, end=end)
+        if candidate_info.get("active_version") is not None:
+            previous = store.load_model(candidate_info["active_version"])
+            tokens = align_tokens(tokens, previous.tokens)
+    if previous is None and not refit:
+        raise ValueError("cannot keep trait components: there is no active model")
+    model = fit_model(events, tokens, config, end, previous=previous, refit_traits=refit)
+    model_dir = Path(candidate_info["tokens_path"]).parent / "model"
+    model.save(model_dir)
+    return {
+        **dict(candidate_info),
+        "model_dir": str(model_dir),
+        "refit": refit,
+        "trait_match": model.trait_match,
+    }
+
+
+def refit_traits(
+    database_url: str | None, candidate_info: Mapping[str, Any], params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Fit NMF anew; traits matching the active model's keep their ids."""
+    return _fit_candidate(database_url, candidate_info, params, refit=True)
+
+
+def keep_traits(database_url: str | None, candidate_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the active model's components (the candidate's space is aligned to it)."""
+    return _fit_candidate(database_url, candidate_info, None, refit=False)
+
+
+def recompute_profiles(
+    database_url: str | None, candidate_info: Mapping[str, Any], as_of: datetime, work_dir: str
+) -> dict[str, Any]:
+    """Profiles of every customer as of ``as_of`` under the candidate, written to a file."""
+    model = TraitflowModel.load(candidate_info["model_dir"])
+    as_of = _utc(as_of)
+    with _open(database_url) as store:
+        events = store.read_events(end=as_of)
+    batch = profile_customers(events, model, as_of)
+    path = batch.save(Path(work_dir) / "profiles.npz")
+    return {"profiles_path": str(path), "n_profiles": len(batch), "as_of": _iso(as_of), "stats": batch.stats}
+
+
+def promote(
+    database_url: str | None, candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Save the candidate and, in one transaction, write its profiles and make it the active model."""
+    model = TraitflowModel.load(candidate_info["model_dir"])
+    batch = ProfileBatch.load(profiles_info["profiles_path"])
+    with _open(database_url) as store:
+        version = store.save_model(model)
+        batch.model_version = version
+        store.promote(version, profiles=batch)
+    return {"model_version": version, "n_profiles": len(batch), "promoted": True}
+
+
+def weekly_report(database_url: str | None, run_id: str, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Store what the weekly run decided and why (written on every path through the DAG)."""
+    report = {"run_id": run_id, **{key: value for key, value in results.items() if value is not None}}
+    key = str(results.get("trained_through") or run_id)
+    with _open(database_url) as store:
+        store.write_run_report("weekly", key, report)
+    return report
+
+
+def refresh_all_profiles(database_url: str | None, work_dir: str, run_id: str) -> dict[str, Any]:
+    """After a promotion: recompute every customer's profile as of the newest profile date, with
+    the model selected for that date, so current profiles never mix models."""
+    with _open(database_url) as store:
+        as_of = store.latest_profile_as_of()
+        if as_of is None:
+            return {"n_profiles": 0, "reason": "no profiles yet"}
+        version = store.model_version_for(as_of)
+        if version is None:
+            return {"n_profiles": 0, "reason": f"no model for {_iso(as_of)}"}
+        model = store.load_model(version)
+        events = store.read_events(end=as_of)
+        batch = profile_customers(events, model, as_of)
+        batch.model_version = version
+        store.write_profiles(batch)
+    return {"n_profiles": len(batch), "model_version": version, "as_of": _iso(as_of)}

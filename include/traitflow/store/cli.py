@@ -1,0 +1,287 @@
+"""Store subcommands for the ``traitflow`` CLI: ``add_commands(subparsers)`` registers them.
+
+Commands: ``db upgrade``, ``db url``, ``ingest PATH --mapping M``, ``profile ID [--history]``,
+``traits [--model-version N]``, ``top TRAIT_ID [-n N]``, ``similar ID [-n N]``,
+``reports [--kind K]``. Each takes ``--database-url`` (default ``TRAITFLOW_DATABASE_URL``, else
+the embedded server) and ``--schema``; each is a function ``(args) -> 0`` stored as ``args.func``.
+Read commands accept ``--json``. On an expected failure (store, config, connection, not found)
+a command prints ``traitflow: error: ...`` on stderr and raises ``SystemExit(1)``: a clear
+message instead of a traceback, and a non-zero exit status whatever the caller does with the
+return value. ``python -m traitflow.store.cli ...`` runs them standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import pandas as pd
+import psycopg
+
+from traitflow.config import ConfigError
+
+from .core import Store
+from .db import mask_url, resolve_url
+from .errors import StoreError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _handle_errors(func: Command) -> Command:
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (StoreError, ConfigError, ValueError, LookupError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        except psycopg.Error as exc:
+            _fail(f"database: {str(exc).strip()}")
+
+    return wrapper
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"traitflow: error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return Store(args.database_url, args.schema)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def _print_frame(frame: pd.DataFrame, as_json: bool) -> None:
+    if as_json:
+        _print_json(frame.to_dict(orient="records"))
+    elif frame.empty:
+        print("(no rows)")
+    else:
+        with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+            print(frame.to_string(index=False))
+
+
+@_handle_errors
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        applied = store.upgrade()
+        version = store.schema_version()
+    done = f"applied migrations {applied}" if applied else "already up to date"
+    print(f"schema {store.schema!r}: {done} (version {version})")
+    return 0
+
+
+@_handle_errors
+def cmd_db_url(args: argparse.Namespace) -> int:
+    print(mask_url(resolve_url(args.database_url)))
+    return 0
+
+
+@_handle_errors
+def cmd_ingest(args: argparse.Namespace) -> int:
+    run_id = args.run_id or "cli-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    with _store(args) as store:
+        store.upgrade()  # idempotent; a write command should work on a fresh database
+        report = store.ingest_file(
+            args.path, args.mapping, run_id, force=args.force, chunksize=args.chunksize
+        )
+    if args.json:
+        _print_json(report.to_dict())
+    elif report.skipped:
+        print(f"{args.path}: already ingested (sha256 {report.file_sha256}); use --force to re-read it")
+    else:
+        print(
+            f"{args.path}: read {report.n_read} rows -> {report.n_inserted} new events, "
+            f"{report.n_already_present} already present, {report.n_rejected} rejected "
+            f"({report.seconds:.1f}s, run {run_id})"
+        )
+    return 0
+
+
+@_handle_errors
+def cmd_profile(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.history:
+            _print_frame(store.profile_history(args.customer_id), args.json)
+            return 0
+        profile = store.current_profile(args.customer_id)
+    if profile is None:
+        _fail(f"customer {args.customer_id!r} has no profile")
+    if args.json:
+        _print_json(profile)
+        return 0
+    print(
+        f"customer {profile['customer_id']}  as of {profile['as_of']:%Y-%m-%d %H:%M}  "
+        f"model {profile['model_version']}  events {profile['n_events']}  cold start {profile['cold_start']}"
+    )
+    print(f"dominant trait {profile['dominant_trait_id']}: {profile['dominant_label']}")
+    for trait in sorted(profile["traits"], key=lambda t: -t["score"]):
+        print(f"  {trait['trait_id']:>4}  {trait['score']:.3f}  {trait['label']}")
+    return 0
+
+
+@_handle_errors
+def cmd_traits(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        frame = store.traits(args.model_version)
+    if not args.json:
+        frame = frame.assign(
+            top_products=frame["top_products"].map(lambda v: ", ".join(v[:5])),
+            top_categories=frame["top_categories"].map(lambda v: ", ".join(v[:3])),
+        )
+    _print_frame(frame, args.json)
+    return 0
+
+
+@_handle_errors
+def cmd_top(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        _print_frame(store.top_customers(args.trait_id, args.n, args.model_version), args.json)
+    return 0
+
+
+@_handle_errors
+def cmd_similar(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        _print_frame(store.similar_customers(args.customer_id, args.n), args.json)
+    return 0
+
+
+@_handle_errors
+def cmd_reports(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        reports = store.run_reports(args.kind, args.limit)
+    if args.json:
+        _print_json(reports)
+    elif not reports:
+        print("(no reports)")
+    else:
+        for r in reports:
+            print(f"{r['updated_at']:%Y-%m-%d %H:%M:%S}  {r['kind']}  {r['run_key']}")
+            print("  " + json.dumps(r["report"], default=_json_default, ensure_ascii=False)[:500])
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "reports")
+
+
+def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> None:
+    """Register the store commands on an ``argparse`` subparsers object (``add_subparsers()``).
+
+    ``names`` renames commands when mounting, e.g. ``{"profile": "customer"}`` if the host CLI
+    already has a ``profile`` command (argparse refuses duplicate subcommand names).
+    """
+    names = dict(names or {})
+    unknown = sorted(set(names) - set(COMMANDS))
+    if unknown:
+        raise ValueError(f"unknown store commands {unknown}; known: {list(COMMANDS)}")
+    taken = sorted({names.get(c, c) for c in COMMANDS} & set(getattr(subparsers, "choices", {}) or {}))
+    if taken:
+        raise ValueError(
+            f"the CLI already has command(s) {taken}; mount the store commands under other names, "
+            f"e.g. add_commands(subparsers, names={{{taken[0]!r}: 'db-{taken[0]}'}})"
+        )
+
+    def name(command: str) -> str:
+        return names.get(command, command)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL (default: $TRAITFLOW_DATABASE_URL, else the embedded server in the data dir)",
+    )
+    common.add_argument(
+        "--schema", default=None, help="PostgreSQL schema (default: $TRAITFLOW_DB_SCHEMA or traitflow)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    db = subparsers.add_parser(name("db"), help="database schema and connection")
+    db_commands = db.add_subparsers(dest="db_command", metavar="{upgrade,url}")
+    db_commands.required = True
+    p = db_commands.add_parser("upgrade", parents=[common], help="create/migrate the schema (idempotent)")
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db_commands.add_parser(
+        "url", parents=[common], help="print the resolved database URL (password masked)"
+    )
+    p.set_defaults(func=cmd_db_url)
+
+    p = subparsers.add_parser(
+        name("ingest"), parents=[common, as_json], help="load an event file (CSV/Parquet)"
+    )
+    p.add_argument("path", help="event file")
+    p.add_argument("--mapping", required=True, help="column-mapping preset name or mapping file")
+    p.add_argument("--run-id", default=None, help="id recorded with the rows (default: cli-<UTC time>)")
+    p.add_argument(
+        "--force", action="store_true", help="re-read a file already ingested (adds nothing twice)"
+    )
+    p.add_argument("--chunksize", type=_positive_int, default=500_000, help="rows per chunk")
+    p.set_defaults(func=cmd_ingest)
+
+    p = subparsers.add_parser(name("profile"), parents=[common, as_json], help="a customer's trait profile")
+    p.add_argument("customer_id")
+    p.add_argument("--history", action="store_true", help="all stored profiles of the customer over time")
+    p.set_defaults(func=cmd_profile)
+
+    p = subparsers.add_parser(
+        name("traits"), parents=[common, as_json], help="the traits of a model (default: active)"
+    )
+    p.add_argument("--model-version", type=int, default=None)
+    p.set_defaults(func=cmd_traits)
+
+    p = subparsers.add_parser(name("top"), parents=[common, as_json], help="top customers of a trait")
+    p.add_argument("trait_id", type=int)
+    p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
+    p.add_argument("--model-version", type=int, default=None)
+    p.set_defaults(func=cmd_top)
+
+    p = subparsers.add_parser(
+        name("similar"), parents=[common, as_json], help="customers with the most similar profile"
+    )
+    p.add_argument("customer_id")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
+    p.set_defaults(func=cmd_similar)
+
+    p = subparsers.add_parser(name("reports"), parents=[common, as_json], help="recent run reports")
+    p.add_argument("--kind", default=None, help="only reports of this kind")
+    p.add_argument("--limit", type=_positive_int, default=20)
+    p.set_defaults(func=cmd_reports)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m traitflow.store.cli``), also used by the tests."""
+    parser = argparse.ArgumentParser(prog="traitflow", description="Traitflow store commands")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_commands(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as exc:  # a command's clear failure (message already printed)
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

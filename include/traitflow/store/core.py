@@ -1,0 +1,296 @@
+"""``Store``: the one object the pipeline, the DAGs and the CLI use to talk to PostgreSQL.
+
+Transactions: every public write method runs in exactly one transaction; if anything raises
+(bad input detected late, a server error, a bug, a killed task) the transaction rolls back and
+every table is as it was before the call. Reads run in autocommit (or a short read transaction
+when they need a temporary table).
+
+A ``Store`` owns one connection and is not meant to be shared between threads; open one per
+task/thread (connections are cheap next to the work they do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from traitflow import config
+from traitflow.model import TraitflowModel
+from traitflow.profiles import ProfileBatch
+
+from . import ingest as _ingest
+from . import migrations as _migrations
+from . import models as _models
+from . import profiles as _profiles
+from . import reads as _reads
+from . import reports as _reports
+from .db import connect, mask_url, resolve_url, validate_schema
+from .errors import SchemaNotReadyError
+from .ingest import IngestReport, LoadResultLike
+from .profiles import WriteReport
+
+
+class Store:
+    """PostgreSQL persistence for events, models, profiles and run reports.
+
+    Parameters
+    ----------
+    url : database URL (``postgresql://``, ``postgres://`` or ``postgresql+psycopg://``); default
+        ``TRAITFLOW_DATABASE_URL``, else the embedded server under ``TRAITFLOW_DATA_DIR``.
+    schema : PostgreSQL schema holding the tables; default ``traitflow.config.db_schema()``.
+
+    Call ``upgrade()`` once to create/migrate the schema; other methods raise
+    ``SchemaNotReadyError`` with instructions if the schema is missing or behind.
+    """
+
+    def __init__(self, url: str | None = None, schema: str | None = None) -> None:
+        self.schema = validate_schema(config.db_schema() if schema is None else schema)
+        self.url = resolve_url(url)
+        self._conn: psycopg.Connection = connect(self.url, self.schema)
+        self._ready = False
+
+    # ------------------------------------------------------------------ lifecycle / plumbing
+
+    def __repr__(self) -> str:
+        return f"Store(url={mask_url(self.url)!r}, schema={self.schema!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if not self._conn.closed:
+            self._conn.close()
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The underlying autocommit connection (search_path = schema), for ad-hoc SQL."""
+        return self._live()
+
+    def _live(self) -> psycopg.Connection:
+        # Reconnect after a server restart or a dropped connection instead of failing forever.
+        if self._conn.closed or self._conn.broken:
+            self._conn = connect(self.url, self.schema)
+        return self._conn
+
+    def upgrade(self) -> list[int]:
+        """Create the schema and apply pending migrations; returns the versions applied (idempotent)."""
+        applied = _migrations.upgrade(self._live(), self.schema)
+        self._ready = True
+        return applied
+
+    def schema_version(self) -> int:
+        """Highest applied migration (0 if the schema is not initialised)."""
+        return max(_migrations.applied_versions(self._live(), self.schema), default=0)
+
+    def _ensure_ready(self) -> psycopg.Connection:
+        conn = self._live()
+        if not self._ready:
+            pending = _migrations.pending_migrations(conn, self.schema)
+            if pending:
+                raise SchemaNotReadyError(
+                    f"schema {self.schema!r} at {mask_url(self.url)} needs migrations "
+                    f"{[m.version for m in pending]}: run `traitflow db upgrade` (or Store.upgrade())"
+                )
+            self._ready = True
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection]:
+        conn = self._ensure_ready()
+        with conn.transaction():
+            yield conn
+
+    # ---------------------------------------------------------------------------- ingestion
+
+    def ingest_events(
+        self, result: LoadResultLike, source: str, run_id: str, file_sha256: str | None = None
+    ) -> IngestReport:
+        """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
+
+        ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.schema``
+        reject columns). With ``file_sha256`` the input is also recorded in ``ingested_files``.
+        """
+        with self._transaction() as conn:
+            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
+
+    def ingest_file(
+        self,
+        path: str | Path,
+        mapping: Any,
+        run_id: str,
+        *,
+        source: str | None = None,
+        force: bool = False,
+        chunksize: int = _ingest.DEFAULT_CHUNKSIZE,
+    ) -> IngestReport:
+        """Stream a CSV/Parquet file through ``traitflow.events.iter_events`` into the store.
+
+        ``mapping``: a ``ColumnMapping`` or a preset name / mapping file path (``load_mapping``).
+        ``source`` defaults to the file's absolute path. All chunks go in one transaction, and the
+        file's SHA-256 is recorded with them; a file already recorded is skipped without reading
+        (``report.skipped``) unless ``force`` (which re-reads it and still adds nothing twice).
+        """
+        from traitflow import events as ev  # imported lazily: optional for store-only use
+
+        if isinstance(mapping, str | Path):
+            mapping = ev.load_mapping(mapping)
+        file = Path(path)
+        sha = _ingest.file_sha256(file)
+        source = source or str(file.resolve())
+        with self._transaction() as conn:
+            _ingest.lock_file(conn, sha)
+            if not force and _ingest.is_file_ingested(conn, sha):
+                return IngestReport(source=source, run_id=run_id, file_sha256=sha, skipped=True)
+            chunks = ev.iter_events(file, mapping, source=source, chunksize=chunksize)
+            return _ingest.ingest_results(conn, chunks, source, run_id, sha)
+
+    def is_file_ingested(self, sha256: str) -> bool:
+        return _ingest.is_file_ingested(self._ensure_ready(), sha256)
+
+    # -------------------------------------------------------------------------------- events
+
+    def read_events(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        customer_ids: Sequence[str] | np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Canonical events with ``start <= event_time < end`` (end exclusive), ordered by customer, time."""
+        with self._transaction() as conn:
+            return _reads.read_events(conn, start, end, customer_ids)
+
+    def customers_with_events(self, start: datetime | None, end: datetime | None) -> np.ndarray:
+        """Sorted distinct customer ids with events in ``[start, end)``."""
+        return _reads.customers_with_events(self._ensure_ready(), start, end)
+
+    # -------------------------------------------------------------------------------- models
+
+    def save_model(self, model: TraitflowModel) -> int:
+        """Save ``model`` as a new staging version; sets and returns ``model.version``."""
+        with self._transaction() as conn:
+            version = _models.save_model(conn, model)
+        model.version = version
+        return version
+
+    def load_model(self, version: int) -> TraitflowModel:
+        """The saved model, bit-identical arrays (one read transaction: a consistent snapshot)."""
+        with self._transaction() as conn:
+            return _models.load_model(conn, version)
+
+    def promote(self, version: int, profiles: ProfileBatch | None = None) -> None:
+        """Make ``version`` the active model (previous active -> retired), atomically.
+
+        Promoting the active model again is a no-op. With ``profiles``, that batch is written in
+        the same transaction, so consumers never see new profiles without their model or vice versa.
+        """
+        with self._transaction() as conn:
+            if profiles is not None:
+                _profiles.write_profiles(conn, profiles)
+            _models.promote(conn, version)
+
+    def reject_model(self, version: int, reason: str) -> None:
+        """Mark a staging model as rejected (e.g. failed the quality gate), with the reason."""
+        with self._transaction() as conn:
+            _models.reject_model(conn, version, reason)
+
+    def active_model_version(self) -> int | None:
+        return _models.active_model_version(self._ensure_ready())
+
+    def model_version_for(self, as_of: datetime) -> int | None:
+        """Newest promoted (active or retired) model with ``trained_through <= as_of``."""
+        return _models.model_version_for(self._ensure_ready(), as_of)
+
+    def update_model_metadata(
+        self,
+        version: int,
+        *,
+        metrics: dict[str, Any] | None = None,
+        drift: dict[str, Any] | None = None,
+        trait_match: dict[str, Any] | None = None,
+    ) -> None:
+        """Replace the given JSON fields of a model version (None leaves a field unchanged)."""
+        with self._transaction() as conn:
+            _models.update_model_metadata(
+                conn, version, metrics=metrics, drift=drift, trait_match=trait_match
+            )
+
+    def model_versions(self) -> pd.DataFrame:
+        """All model versions with status and metadata (no arrays), newest first."""
+        return _models.list_models(self._ensure_ready())
+
+    # ------------------------------------------------------------------------------ profiles
+
+    def write_profiles(self, batch: ProfileBatch) -> WriteReport:
+        """Write a batch: history replaced per (customer, as_of); current rows only move forward."""
+        with self._transaction() as conn:
+            return _profiles.write_profiles(conn, batch)
+
+    def current_profile(self, customer_id: str) -> dict[str, Any] | None:
+        return _reads.current_profile(self._ensure_ready(), customer_id)
+
+    def profile_history(self, customer_id: str) -> pd.DataFrame:
+        return _reads.profile_history(self._ensure_ready(), customer_id)
+
+    def latest_profile_as_of(self) -> datetime | None:
+        """Newest ``as_of`` among current profiles (None before the first profile write)."""
+        return _reads.latest_profile_as_of(self._ensure_ready())
+
+    def top_customers(self, trait_id: int, n: int = 10, model_version: int | None = None) -> pd.DataFrame:
+        return _reads.top_customers(self._ensure_ready(), trait_id, n, model_version)
+
+    def traits(self, model_version: int | None = None) -> pd.DataFrame:
+        return _reads.traits(self._ensure_ready(), model_version)
+
+    def similar_customers(self, customer_id: str, n: int = 10) -> pd.DataFrame:
+        return _reads.similar_customers(self._ensure_ready(), customer_id, n)
+
+    # ------------------------------------------------------------------------------- reports
+
+    def write_run_report(self, kind: str, run_key: str, report: dict[str, Any]) -> None:
+        """Store a run report; the same (kind, run_key) replaces the previous one."""
+        with self._transaction() as conn:
+            _reports.write_run_report(conn, kind, run_key, report)
+
+    def run_reports(self, kind: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return _reports.run_reports(self._ensure_ready(), kind, limit)
+
+    # ------------------------------------------------------------------------- housekeeping
+
+    def table_counts(self) -> dict[str, int]:
+        return _reads.table_counts(self._ensure_ready())
+
+    def table_checksums(self) -> dict[str, str]:
+        """md5 over each table's rows in a canonical order: equal checksums = identical contents.
+
+        Meant for tests and audits ("re-running this date changed nothing"); it reads every row.
+        """
+        conn = self._ensure_ready()
+        out: dict[str, str] = {}
+        with conn.transaction():  # one snapshot for all tables
+            for table in _reads.TABLES:
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), ''))"
+                        " FROM {} t"
+                    ).format(sql.Identifier(table))
+                ).fetchone()
+                out[table] = str(row[0]) if row else ""
+        return out
+
+    def drop_schema(self) -> None:
+        """Drop the whole schema and everything in it (tests, throw-away environments)."""
+        conn = self._live()
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+        self._ready = False

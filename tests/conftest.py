@@ -1,0 +1,200 @@
+"""Shared fixtures: a real PostgreSQL for every database test, one throw-away schema per test.
+
+* ``database_url`` (session): ``TRAITFLOW_TEST_DATABASE_URL`` if set (e.g.
+  ``postgresql://postgres@127.0.0.1:5432/test``), else an embedded server (pgserver) started in
+  a ``mkdtemp`` dir for this session (about a second; stopped and deleted at the end; not under
+  pytest's tmp_path, whose parent pytest makes private again when any session starts, see
+  ``traitflow.store.db``). Database tests never skip and never mock the database.
+* ``store``: a ``Store`` on a fresh schema ``tf_test_<random>``, migrated, dropped afterwards.
+* ``make_store``: more ``Store`` objects, by default on the ``store`` fixture's schema (a second
+  connection, e.g. for concurrency tests), or on another fresh schema (``fresh=True``).
+* ``build_model`` / ``build_profile_batch``: small hand-made ``TraitflowModel`` / ``ProfileBatch``
+  with awkward values (bit patterns, quotes, emoji), as plain functions and as fixtures.
+
+Nothing here imports Airflow (tests/dags/conftest.py must configure it first).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from traitflow.config import PipelineConfig, TraitParams
+from traitflow.model import TokenTable, TraitflowModel, TraitModel
+from traitflow.profiles import COLD_START_VALUES, ProfileBatch
+from traitflow.store import Store, embedded_url, normalize_url, stop_embedded
+
+
+def _new_schema() -> str:
+    return f"tf_test_{uuid.uuid4().hex[:12]}"
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """URL of the PostgreSQL the tests use (external via env var, else embedded)."""
+    url = os.environ.get("TRAITFLOW_TEST_DATABASE_URL", "").strip()
+    if url:
+        yield normalize_url(url)
+        return
+    pgdata = Path(tempfile.mkdtemp(prefix="traitflow-test-pg-")) / "pgdata"
+    try:
+        url = embedded_url(pgdata, delete_on_exit=True)
+        # A throw-away server: durability settings only cost time (commits, shutdown checkpoint).
+        with psycopg.connect(url, autocommit=True) as conn:
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
+            conn.execute("SELECT pg_reload_conf()")
+        yield url
+    finally:
+        stop_embedded(pgdata)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def store_schema() -> str:
+    """Name of the schema the ``store`` fixture uses (unique per test)."""
+    return _new_schema()
+
+
+@pytest.fixture
+def store(database_url: str, store_schema: str) -> Iterator[Store]:
+    """A migrated ``Store`` on its own schema; the schema is dropped after the test."""
+    s = Store(database_url, store_schema)
+    try:
+        s.upgrade()
+        yield s
+    finally:
+        s.close()
+        _drop_schema(database_url, store_schema)
+
+
+@pytest.fixture
+def make_store(database_url: str, store_schema: str) -> Iterator[Callable[..., Store]]:
+    """Factory: ``make_store()`` -> another Store on the ``store`` schema; ``fresh=True`` -> a new schema.
+
+    Fresh schemas are *not* migrated (tests of migrations want them empty); all are dropped after.
+    """
+    opened: list[Store] = []
+    schemas: set[str] = set()
+
+    def _make(*, fresh: bool = False) -> Store:
+        schema = _new_schema() if fresh else store_schema
+        schemas.add(schema)
+        s = Store(database_url, schema)
+        opened.append(s)
+        return s
+
+    try:
+        yield _make
+    finally:
+        for s in opened:
+            s.close()
+        for schema in schemas:
+            _drop_schema(database_url, schema)
+
+
+# ---------------------------------------------------------------------------- data factories
+
+
+def build_model(
+    *,
+    n_tokens: int = 8,
+    dim: int = 5,
+    trait_ids: Sequence[int] = (3, 7, 11),
+    trained_through: datetime = datetime(2024, 1, 7, tzinfo=UTC),
+    seed: int = 0,
+) -> TraitflowModel:
+    """A small model whose arrays include awkward bit patterns (-0.0, subnormals, extremes)."""
+    rng = np.random.default_rng(seed)
+    k = len(trait_ids)
+    actions = np.array(
+        [["view", "cart", "purchase", "wishlist"][i % 4] for i in range(n_tokens)], dtype=object
+    )
+    products = np.array([f"p{i}" if i % 3 else f"p'{i};\\x" for i in range(n_tokens)], dtype=object)
+    vectors = rng.standard_normal((n_tokens, dim)).astype(np.float32)
+    if n_tokens >= 2 and dim >= 2:
+        vectors[0, 0] = np.float32(-0.0)
+        vectors[0, 1] = np.float32(1e-45)  # smallest float32 subnormal
+        vectors[1, 0] = np.finfo(np.float32).max
+        vectors[1, 1] = np.float32(1 / 3)
+    components = rng.random((k, 2 * dim))  # H acts on [max(x - center, 0), max(center - x, 0)]
+    components[0, 0] = 5e-324  # smallest float64 subnormal
+    components[0, 1] = 0.1 + 0.2
+    labels = [f'trait {t} ✨ "quoted", {{braces}}' for t in trait_ids]
+    return TraitflowModel(
+        trained_through=trained_through,
+        config=PipelineConfig(traits=TraitParams(n_traits=k)),
+        tokens=TokenTable(
+            tokens=np.array([f"{a}_{p}" for a, p in zip(actions, products, strict=True)], dtype=object),
+            actions=actions,
+            product_ids=products,
+            categories=np.array(
+                ["" if i % 4 == 3 else f"cat {i % 3} 🛒" for i in range(n_tokens)], dtype=object
+            ),
+            counts=rng.integers(1, 10**12, n_tokens).astype(np.int64),
+            vectors=vectors,
+        ),
+        traits=TraitModel(
+            components=components,
+            center=rng.standard_normal(dim),
+            trait_ids=np.asarray(trait_ids, dtype=np.int64),
+            labels=labels,
+            top_products=[["p1", "a,b", "{x}", '"q"', "NULL", "back\\slash"][: 2 + i % 4] for i in range(k)],
+            top_categories=[[f"cat {i}", ""] for i in range(k)],
+            population_profile=np.full(k, 1.0 / k),
+            population_vector=rng.standard_normal(dim).astype(np.float32),
+            l1_penalty=0.0123,
+        ),
+        metrics={"hit_rate": 0.25, "nested": {"n": 3, "list": [1, 2.5, "x"]}},
+        trait_match={"matched": [[3, 3]], "new": []},
+    )
+
+
+def build_profile_batch(
+    model_version: int | None,
+    customer_ids: Sequence[str],
+    *,
+    trait_ids: Sequence[int] = (3, 7, 11),
+    dim: int = 5,
+    as_of: datetime = datetime(2024, 1, 10, tzinfo=UTC),
+    seed: int = 0,
+    profiles: np.ndarray | None = None,
+) -> ProfileBatch:
+    """Random but valid profiles (rows sum to 1) for ``customer_ids`` under ``trait_ids``."""
+    rng = np.random.default_rng(seed)
+    n, k = len(customer_ids), len(trait_ids)
+    return ProfileBatch(
+        as_of=as_of,
+        model_version=model_version,
+        customer_ids=np.asarray(customer_ids, dtype=object),
+        embeddings=rng.standard_normal((n, dim)).astype(np.float32),
+        profiles=rng.dirichlet(np.ones(k), n) if profiles is None else profiles,
+        trait_ids=np.asarray(trait_ids, dtype=np.int64),
+        n_events=rng.integers(0, 500, n).astype(np.int64),
+        cold_start=np.asarray([COLD_START_VALUES[i % 3] for i in range(n)], dtype=object),
+    )
+
+
+@pytest.fixture(name="build_model")
+def _build_model_fixture() -> Callable[..., TraitflowModel]:
+    return build_model
+
+
+@pytest.fixture(name="build_profile_batch")
+def _build_profile_batch_fixture() -> Callable[..., ProfileBatch]:
+    return build_profile_batch

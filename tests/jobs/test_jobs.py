@@ -1,0 +1,145 @@
+"""The weekly and daily jobs end to end against a real PostgreSQL, without Airflow."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from traitflow import jobs
+from traitflow.store import Store
+from traitflow.synthetic import SyntheticSpec, write_sample
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window_days": 30}
+
+
+@pytest.fixture
+def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Jobs open their own Store: point them at the test's schema."""
+    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
+    input_dir = tmp_path / "input"
+    spec = SyntheticSpec(
+        n_customers=300,
+        n_products=200,
+        n_categories=12,
+        n_segments=4,
+        n_events=12_000,
+        start=START,
+        days=12,
+        seed=3,
+    )
+    write_sample(input_dir, spec, days_per_file=1)
+    return {"url": database_url, "input": str(input_dir), "work": tmp_path / "work", "store": store}
+
+
+def run_daily(env, day: int) -> dict:
+    start = START + day * DAY
+    end = start + DAY
+    run_id = f"daily-{day}"
+    ingested = jobs.ingest_interval(env["url"], env["input"], "canonical", start, end, run_id)
+    selected = jobs.select_customers(env["url"], start, end, str(env["work"] / run_id))
+    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], run_id, PARAMS)
+    monitored = jobs.monitor_daily(env["url"], end, run_id, updated)
+    return {"ingested": ingested, "selected": selected, "updated": updated, "monitored": monitored}
+
+
+def run_weekly(env, end: datetime, *, force: bool = False) -> dict:
+    work = str(env["work"] / f"weekly-{end:%Y%m%d}")
+    corpus = jobs.build_corpus(env["url"], end, work, PARAMS)
+    retrain, why = jobs.should_retrain(corpus, force, 0.05)
+    result = {"corpus": corpus, "retrain": retrain, "retrain_reason": why}
+    if not retrain:
+        return result
+    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
+    gate = jobs.quality_gate(env["url"], candidate, PARAMS)
+    result["gate"] = gate
+    if not gate["passed"]:
+        result["rejected"] = jobs.reject_candidate(env["url"], candidate, gate)
+        return result
+    drift = jobs.measure_drift(env["url"], candidate)
+    refit, why = jobs.should_refit(drift, 0.1)
+    result.update(drift=drift, refit=refit, refit_reason=why)
+    fitted = (
+        jobs.refit_traits(env["url"], candidate, PARAMS) if refit else jobs.keep_traits(env["url"], candidate)
+    )
+    profiles = jobs.recompute_profiles(env["url"], fitted, end, work)
+    result["promoted"] = jobs.promote(env["url"], fitted, profiles)
+    result["fitted"] = fitted
+    return result
+
+
+def test_first_week_then_daily_runs(env):
+    store: Store = env["store"]
+    for day in range(7):
+        first = run_daily(env, day)
+    # Before any model exists the daily run ingests but cannot profile, and says why.
+    assert first["ingested"]["n_files"] == 1 and first["ingested"]["n_inserted"] > 0
+    assert first["updated"]["model_version"] is None and "weekly retrain" in first["updated"]["reason"]
+
+    week = run_weekly(env, START + 7 * DAY)
+    assert week["retrain"] and week["retrain_reason"] == "no promoted model yet"
+    assert week["gate"]["passed"] and week["refit"]
+    version = week["promoted"]["model_version"]
+    assert store.active_model_version() == version
+    n_customers = len(store.customers_with_events(None, START + 7 * DAY))
+    assert store.table_counts()["customer_profiles"] == n_customers == week["promoted"]["n_profiles"]
+
+    day7 = run_daily(env, 7)
+    assert day7["updated"]["model_version"] == version
+    assert day7["updated"]["n_profiles"] == day7["selected"]["n_customers"] > 0
+    assert 0.0 <= day7["monitored"]["profile_shift_js"] <= 1.0
+    assert [r["run_key"] for r in store.run_reports("daily", limit=1)] == [(START + 8 * DAY).isoformat()]
+
+
+def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
+    for day in range(10):
+        run_daily(env, day)
+    first = run_weekly(env, START + 7 * DAY)
+    second = run_weekly(env, START + 10 * DAY, force=True)
+    assert second["retrain_reason"] == "force_retrain requested"
+    assert second["drift"]["measured"] and second["drift"]["n_shared_tokens"] > 100
+    assert second["gate"]["passed"], second["gate"]["reason"]
+    store: Store = env["store"]
+    assert store.active_model_version() == second["promoted"]["model_version"]
+    assert store.model_version_for(START + 9 * DAY) == first["promoted"]["model_version"]
+    old = set(store.traits(first["promoted"]["model_version"])["trait_id"])
+    new = set(store.traits(second["promoted"]["model_version"])["trait_id"])
+    if second["refit"]:
+        assert second["fitted"]["trait_match"]["n_matched"] >= 4, second["fitted"]["trait_match"]
+    assert len(old & new) >= 4
+
+
+def ingest_days(env, days: range) -> None:
+    for day in days:
+        start = START + day * DAY
+        jobs.ingest_interval(env["url"], env["input"], "canonical", start, start + DAY, "backfill")
+
+
+def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monkeypatch):
+    # A backfill: the history is already loaded, then days are (re)processed in either order.
+    ingest_days(env, range(10))
+    run_weekly(env, START + 7 * DAY)
+    store: Store = env["store"]
+    for day in (7, 8, 9):
+        run_daily(env, day)
+    reverse_store = make_store(fresh=True)
+    reverse_env = {**env, "store": reverse_store, "work": env["work"] / "reverse"}
+    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", reverse_store.schema)
+    ingest_days(env, range(10))
+    run_weekly(reverse_env, START + 7 * DAY)
+    for day in (9, 8, 7):
+        run_daily(reverse_env, day)
+    # Audit timestamps (updated_at, ingested_at) legitimately differ; every data column must not.
+    for query in (
+        "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+        " FROM customer_profile_history ORDER BY customer_id, as_of",
+        "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+        " FROM customer_profiles ORDER BY customer_id",
+        "SELECT customer_id, as_of, model_version, embedding FROM customer_embeddings ORDER BY customer_id",
+    ):
+        forward = store.connection.execute(query).fetchall()
+        assert forward, query
+        assert forward == reverse_store.connection.execute(query).fetchall(), query

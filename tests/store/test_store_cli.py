@@ -1,0 +1,165 @@
+"""The store's CLI commands, run in-process against the test schema."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from traitflow.model import TraitflowModel
+from traitflow.profiles import ProfileBatch
+from traitflow.store import Store
+from traitflow.store.cli import add_commands, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cli(
+    store: Store, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run ``traitflow <args> --database-url <test db> --schema <test schema>``."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([*args, "--database-url", database_url, "--schema", store.schema])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def profiled(
+    store: Store, build_model: Callable[..., TraitflowModel], build_profile_batch: Callable[..., ProfileBatch]
+) -> int:
+    version = store.save_model(build_model())
+    store.promote(version)
+    profiles = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    store.write_profiles(
+        build_profile_batch(
+            version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
+        )
+    )
+    store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
+    return version
+
+
+def test_db_url_masks_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "url", "--database-url", "postgres://admin:hunter2@db.example:5432/prod"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == "postgresql://admin:***@db.example:5432/prod" and "hunter2" not in out
+
+
+def test_db_upgrade_is_idempotent(cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, _ = cli("db", "upgrade")
+    assert code == 0 and "already up to date (version 1)" in out
+
+
+def test_ingest_a_file(cli: Callable[..., tuple[int, str, str]], tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "customer_id,event_time,action,product_id,category,price,session_id\n"
+        "c1,2024-03-01T10:00:00Z,view,p1,,,\n"
+        "c1,2024-03-01T10:05:00Z,purchase,p1,shoes,9.5,s1\n"
+        ",2024-03-01T10:00:00Z,view,p1,,,\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli("ingest", str(path), "--mapping", "canonical", "--run-id", "cli-test")
+    assert code == 0, err
+    assert "read 3 rows -> 2 new events, 0 already present, 1 rejected" in out
+    code, out, _ = cli("ingest", str(path), "--mapping", "canonical", "--json")
+    assert code == 0 and json.loads(out)["skipped"] is True
+    assert store.table_counts()["events"] == 2
+    code, _, err = cli("ingest", str(tmp_path / "missing.csv"), "--mapping", "canonical")
+    assert code == 1 and err.startswith("traitflow: error:")
+
+
+def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
+    code, out, _ = cli("profile", "o'hara 🛒")
+    assert code == 0 and "dominant trait 3" in out and "0.600" in out
+    code, out, _ = cli("profile", "alice", "--json")
+    data = json.loads(out)
+    assert [t["trait_id"] for t in data["traits"]] == [3, 7, 11] and data["model_version"] == profiled
+    code, out, _ = cli("profile", "alice", "--history")
+    assert code == 0 and "trait_11" in out
+    code, out, _ = cli("traits", "--json")
+    assert [t["size"] for t in json.loads(out)] == [2, 1, 0]
+    code, out, _ = cli("top", "7", "-n", "1", "--json")
+    assert [r["customer_id"] for r in json.loads(out)] == ["bob"]
+    code, out, _ = cli("similar", "alice", "-n", "1", "--json")
+    assert [r["customer_id"] for r in json.loads(out)] == ["o'hara 🛒"]
+    code, out, _ = cli("reports", "--kind", "daily")
+    assert code == 0 and "2024-01-10" in out and "oov_rate" in out
+
+
+def test_clear_errors_and_exit_codes(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
+    code, out, err = cli("profile", "nobody")
+    assert (code, out) == (1, "") and "customer 'nobody' has no profile" in err
+    code, _, err = cli("top", "99")
+    assert code == 1 and "trait 99 does not exist" in err
+    code, _, err = cli("traits", "--model-version", "42")
+    assert code == 1 and "model version 42 does not exist" in err
+    assert main(["traits", "--database-url", "mysql://x/y"]) == 1
+
+
+def test_unmigrated_schema_and_unreachable_server(
+    capsys: pytest.CaptureFixture[str], database_url: str
+) -> None:
+    assert main(["traits", "--database-url", database_url, "--schema", "tf_never_created"]) == 1
+    assert "traitflow db upgrade" in capsys.readouterr().err
+    assert main(["reports", "--database-url", "postgresql://u:pw@127.0.0.1:1/x?connect_timeout=2"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect to postgresql://u:***@127.0.0.1:1/x" in err and "pw@" not in err
+
+
+def test_add_commands_mounts_under_other_names() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("profile")  # the host CLI already has one
+    with pytest.raises(ValueError, match="already has command"):
+        add_commands(sub)
+    add_commands(sub, names={"profile": "customer"})
+    args = parser.parse_args(["customer", "c1", "--history"])
+    assert args.func.__name__ == "cmd_profile" and args.history and args.customer_id == "c1"
+
+
+def test_benchmark_smoke(database_url: str, tmp_path: Path) -> None:
+    """bench/bench_store_writes.py runs in-process at a small size and writes its JSON."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_store_writes", REPO / "bench" / "bench_store_writes.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(
+        [
+            "--rows",
+            "500",
+            "--traits",
+            "4",
+            "--dim",
+            "8",
+            "--database-url",
+            database_url,
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert set(result["phases"]) == {"insert", "rerun", "update", "backfill"}
+    assert result["phases"]["insert"]["report"]["history_inserted"] == 500
+    assert result["phases"]["rerun"]["report"]["profiles_written"] == 0
+    assert result["phases"]["update"]["report"]["profiles_written"] == 500
+    assert result["phases"]["backfill"]["report"]["profiles_written"] == 0
+    assert result["table_counts"] == {
+        "customer_profiles": 500,
+        "customer_embeddings": 500,
+        "customer_profile_history": 1500,
+    }
+    saved = json.loads(Path(result["json_path"]).read_text())
+    assert saved["rows"] == 500 and saved["phases"]["insert"]["rows_per_s"] > 0

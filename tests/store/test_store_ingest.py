@@ -1,0 +1,320 @@
+"""Event ingestion and event reads: idempotent, exact, hostile-input safe, atomic."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from traitflow import schema
+from traitflow.events import LoadResult
+from traitflow.store import Store, StoreInputError
+from traitflow.store import ingest as store_ingest
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+# Ids that break naive quoting/escaping (SQL, COPY text and CSV formats, array literals).
+HOSTILE_IDS = [
+    "o'brien",
+    'say "hi"',
+    "a;DROP TABLE events;--",
+    "back\\slash\\N",
+    "\\N",
+    "tab\there",
+    "new\nline",
+    "comma,separated",
+    "{braces}",
+    "NULL",
+    "emoji 🧑‍🚀🛒",
+    "ünïcødé ß 中文",
+    " leading and trailing ",
+    "x" * schema.MAX_ID_LENGTH,
+    "🧑‍🚀" * (schema.MAX_ID_LENGTH // 5),  # multi-codepoint emoji up to the char limit
+]
+
+
+def events_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """A canonical events frame from row dicts (missing optional fields -> missing)."""
+    frame = pd.DataFrame(rows)
+    return schema.as_canonical(frame)
+
+
+def sample_events(n_customers: int = 5, per_customer: int = 4) -> pd.DataFrame:
+    rows = []
+    for c in range(n_customers):
+        for i in range(per_customer):
+            rows.append(
+                {
+                    "customer_id": f"c{c}",
+                    "event_time": T0 + timedelta(hours=c, minutes=7 * i, microseconds=123457 * i),
+                    "action": schema.ACTIONS[(c + i) % len(schema.ACTIONS)],
+                    "product_id": f"p{(c * 3 + i) % 7}",
+                    "category": None if i == 2 else f"cat{i}",
+                    "price": np.nan if i == 1 else 0.1 * (i + 1) + 1e-13,
+                    "session_id": None if i == 3 else f"s{c}",
+                }
+            )
+    return events_frame(rows)
+
+
+def canonical_sort(frame: pd.DataFrame) -> pd.DataFrame:
+    # Python/arrow string order is code-point order = UTF-8 byte order = COLLATE "C".
+    keys = ["customer_id", "event_time", "action", "product_id"]
+    return frame.sort_values(keys, kind="stable", ignore_index=True)
+
+
+def result(events: pd.DataFrame, rejects: pd.DataFrame | None = None) -> LoadResult:
+    return LoadResult(events=events, rejects=schema.empty_rejects() if rejects is None else rejects)
+
+
+def test_ingest_then_read_returns_the_same_canonical_frame(store: Store) -> None:
+    events = sample_events()
+    report = store.ingest_events(result(events), source="unit", run_id="r1")
+    assert (report.n_read, report.n_inserted, report.n_already_present, report.n_rejected) == (20, 20, 0, 0)
+    back = store.read_events()
+    pd.testing.assert_frame_equal(back, canonical_sort(events))
+    assert list(back.dtypes) == list(schema.empty_events().dtypes)
+
+
+def test_reingesting_adds_nothing(store: Store) -> None:
+    events = sample_events()
+    rejects = pd.DataFrame(
+        {
+            "source": ["unit", "unit"],
+            "row_number": [3, 9],
+            "raw": ['{"a": 1}', "x"],
+            "reason": ["unknown_action"] * 2,
+        }
+    )
+    first = store.ingest_events(result(events, rejects), source="unit", run_id="r1", file_sha256="a" * 64)
+    before = store.table_checksums()
+    second = store.ingest_events(result(events, rejects), source="unit", run_id="r2", file_sha256="a" * 64)
+    assert store.table_checksums() == before
+    assert (first.n_inserted, first.n_rejects_recorded) == (20, 2)
+    assert (second.n_inserted, second.n_already_present, second.n_rejected, second.n_rejects_recorded) == (
+        0,
+        20,
+        2,
+        0,
+    )
+    assert store.is_file_ingested("a" * 64)
+
+
+def test_overlapping_batches_count_in_equals_stored_plus_rejected(store: Store) -> None:
+    events = sample_events()
+    store.ingest_events(result(events.iloc[:12]), source="a", run_id="r1")
+    rejects = pd.DataFrame({"row_number": [1], "raw": ["bad"], "reason": ["missing_customer_id"]})
+    report = store.ingest_events(result(events.iloc[8:], rejects), source="b", run_id="r2")
+    assert report.n_read == report.n_inserted + report.n_already_present + report.n_rejected
+    assert (report.n_inserted, report.n_already_present, report.n_rejected) == (8, 4, 1)
+    counts = store.table_counts()
+    assert counts["events"] == 20 and counts["rejected_events"] == 1
+    stored = store.connection.execute("SELECT source FROM rejected_events").fetchall()
+    assert stored == [("b",)]  # a reject without its own source gets the batch's
+
+
+def test_hostile_ids_round_trip_unchanged(store: Store) -> None:
+    rows = [
+        {
+            "customer_id": cid,
+            "event_time": T0 + timedelta(seconds=i),
+            "action": "view",
+            "product_id": cid[::-1] if cid.strip() else "p",
+            "category": cid + " | " + "c" * 500,
+            "price": 1.5,
+            "session_id": cid,
+        }
+        for i, cid in enumerate(HOSTILE_IDS)
+    ]
+    events = events_frame(rows)
+    store.ingest_events(result(events), source="hostile '; source", run_id="r'1")
+    back = store.read_events()
+    pd.testing.assert_frame_equal(back, canonical_sort(events))
+    assert sorted(store.customers_with_events(None, None).tolist()) == sorted(HOSTILE_IDS)
+    subset = store.read_events(customer_ids=[HOSTILE_IDS[2], HOSTILE_IDS[5], "absent"])
+    assert sorted(subset["customer_id"]) == sorted([HOSTILE_IDS[2], HOSTILE_IDS[5]])
+    # The table still exists and holds exactly what went in (the ';DROP' id did nothing).
+    assert store.table_counts()["events"] == len(HOSTILE_IDS)
+
+
+def test_ten_kilobyte_reject_rows_round_trip_and_nul_is_escaped(store: Store) -> None:
+    big = "é😀'\\\"," * 1500  # ~10 KB of awkward text
+    rejects = pd.DataFrame(
+        {
+            "source": ["f.csv", "f.csv"],
+            "row_number": [7, 8],
+            "raw": [big, "a\x00b"],
+            "reason": [schema.REASON_OVERSIZED, schema.REASON_CONTROL_CHARS],
+        }
+    )
+    report = store.ingest_events(result(schema.empty_events(), rejects), source="f.csv", run_id="r")
+    assert report.n_rejected == 2 and report.n_read == 2
+    rows = store.connection.execute("SELECT raw, reason FROM rejected_events ORDER BY row_number").fetchall()
+    assert len(big.encode()) > 10_000
+    assert rows[0] == (big, schema.REASON_OVERSIZED)
+    assert rows[1][0] == "a" + store_ingest.NUL_ESCAPE + "b"  # Postgres text cannot hold NUL
+
+
+@pytest.mark.parametrize("column", ["customer_id", "product_id", "category", "session_id"])
+def test_nul_in_an_event_is_a_clear_error_and_writes_nothing(store: Store, column: str) -> None:
+    store.ingest_events(result(sample_events()), source="ok", run_id="r0")
+    before = store.table_checksums()
+    events = sample_events()
+    events.loc[3, column] = "bad\x00value"
+    with pytest.raises(StoreInputError, match=rf"column '{column}' row 3 contains a NUL"):
+        store.ingest_events(result(events), source="nul", run_id="r1")
+    assert store.table_checksums() == before
+
+
+def test_oversized_or_invalid_events_are_refused(store: Store) -> None:
+    before = store.table_checksums()
+    too_long = sample_events()
+    too_long.loc[0, "customer_id"] = "x" * 10_240
+    with pytest.raises(StoreInputError, match="longer than 256"):
+        store.ingest_events(result(too_long), source="s", run_id="r")
+    bad_action = sample_events()
+    bad_action.loc[1, "action"] = "click"
+    with pytest.raises(StoreInputError, match="action 'click'"):
+        store.ingest_events(result(bad_action), source="s", run_id="r")
+    empty_id = sample_events()
+    empty_id.loc[2, "product_id"] = ""
+    with pytest.raises(StoreInputError, match="'product_id' row 2 is missing or empty"):
+        store.ingest_events(result(empty_id), source="s", run_id="r")
+    assert store.table_checksums() == before
+
+
+def test_a_failure_halfway_through_ingest_leaves_every_table_unchanged(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.ingest_events(result(sample_events().iloc[:5]), source="s", run_id="r0")
+    before = store.table_checksums()
+    rejects = pd.DataFrame({"row_number": [1], "raw": ["x"], "reason": ["exact_duplicate"]})
+    original = store_ingest.copy_in
+
+    def copy_then_fail(conn: object, statement: str, columns: object) -> None:
+        if "_tf_stage_rejects" in statement:  # events are already inserted at this point
+            raise RuntimeError("injected failure")
+        original(conn, statement, columns)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_ingest, "copy_in", copy_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        store.ingest_events(result(sample_events(), rejects), source="s", run_id="r1", file_sha256="b" * 64)
+    assert store.table_checksums() == before
+
+
+def test_time_window_is_start_inclusive_end_exclusive(store: Store) -> None:
+    events = events_frame(
+        [
+            {
+                "customer_id": "a",
+                "event_time": T0 - timedelta(microseconds=1),
+                "action": "view",
+                "product_id": "p",
+            },
+            {"customer_id": "a", "event_time": T0, "action": "view", "product_id": "p"},
+            {
+                "customer_id": "b",
+                "event_time": T0 + timedelta(days=1) - timedelta(microseconds=1),
+                "action": "cart",
+                "product_id": "p",
+            },
+            {"customer_id": "c", "event_time": T0 + timedelta(days=1), "action": "view", "product_id": "p"},
+        ]
+    )
+    store.ingest_events(result(events), source="s", run_id="r")
+    day = store.read_events(T0, T0 + timedelta(days=1))
+    assert day["event_time"].tolist() == [
+        pd.Timestamp(T0),
+        pd.Timestamp(T0 + timedelta(days=1, microseconds=-1)),
+    ]
+    assert store.customers_with_events(T0, T0 + timedelta(days=1)).tolist() == ["a", "b"]
+    assert len(store.read_events(end=T0)) == 1
+    assert len(store.read_events(start=T0 + timedelta(days=1))) == 1
+    # Naive datetimes mean UTC; other offsets are converted.
+    assert len(store.read_events(T0.replace(tzinfo=None), (T0 + timedelta(days=1)).replace(tzinfo=None))) == 2
+    paris = T0.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris"))
+    assert len(store.read_events(paris, paris + timedelta(days=1))) == 2
+
+
+def test_read_events_filters_and_empty_results(store: Store) -> None:
+    store.ingest_events(result(sample_events()), source="s", run_id="r")
+    some = store.read_events(customer_ids=np.array(["c1", "c3", "c3"], dtype=object))
+    assert sorted(set(some["customer_id"])) == ["c1", "c3"] and len(some) == 8
+    empty = store.read_events(customer_ids=[])
+    assert empty.empty and list(empty.dtypes) == list(schema.empty_events().dtypes)
+    none = store.read_events(start=T0 + timedelta(days=30))
+    assert none.empty and list(none.columns) == list(schema.CANONICAL_COLUMNS)
+    assert store.customers_with_events(T0 + timedelta(days=30), None).tolist() == []
+
+
+def test_missing_price_and_optional_text_survive_as_missing(store: Store) -> None:
+    events = sample_events(1, 4)
+    store.ingest_events(result(events), source="s", run_id="r")
+    back = store.read_events()
+    assert back["price"].isna().tolist() == events["price"].isna().tolist()
+    assert back["category"].isna().sum() == 1 and back["session_id"].isna().sum() == 1
+    row = store.connection.execute("SELECT count(*) FROM events WHERE price IS NULL").fetchone()
+    assert row == (1,)  # NaN price is stored as NULL, not as a NaN float
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["customer_id", "event_time", "action", "product_id", "category", "price", "session_id"]
+        )
+        writer.writerows(rows)
+    return path
+
+
+def test_ingest_file_through_the_events_loader(store: Store, tmp_path: Path) -> None:
+    rows = [
+        ["c1", "2024-03-01T10:00:00Z", "view", "p1", "shoes", "10.5", "s1"],
+        ["c1", "2024-03-01T10:01:00Z", "Purchase", "p1", "shoes", "10.5", "s1"],
+        ["o'brien; --", "2024-03-01T11:00:00+02:00", "cart", "p\\2", "", "", ""],
+        ["emoji 🛒", "2024-03-01 12:00:00", "wishlist", "p3", "home", "3", "s2"],
+        ["c1", "2024-03-01T10:00:00Z", "view", "p1", "shoes", "10.5", "s1"],  # exact duplicate
+        ["", "2024-03-01T10:00:00Z", "view", "p1", "", "", ""],  # missing customer
+        ["c2", "not a time", "view", "p1", "", "", ""],
+        ["c3", "2024-03-01T10:00:00Z", "teleport", "p1", "", "", ""],
+        ["c\x00nul", "2024-03-01T10:00:00Z", "view", "p1", "", "", ""],  # NUL: rejected by validation
+        ["x" * 10_240, "2024-03-01T10:00:00Z", "view", "p1", "", "", ""],  # 10 KB id: oversized
+    ]
+    path = write_csv(tmp_path / "events.csv", rows)
+    report = store.ingest_file(path, "canonical", run_id="file-run", chunksize=3)
+    assert report.n_read == len(rows) == report.n_inserted + report.n_already_present + report.n_rejected
+    assert (report.n_inserted, report.n_rejected) == (4, 6)
+    assert report.source == str(path.resolve()) and not report.skipped
+    counts = store.table_counts()
+    assert counts["events"] + counts["rejected_events"] == len(rows)
+    reasons = dict(store.connection.execute("SELECT row_number, reason FROM rejected_events").fetchall())
+    assert (
+        reasons[9] == schema.REASON_CONTROL_CHARS and reasons[10] == schema.REASON_OVERSIZED
+    )  # data rows from 1
+    raw_10k = store.connection.execute("SELECT raw FROM rejected_events WHERE row_number = 10").fetchone()
+    assert raw_10k is not None and "x" * 10_240 in raw_10k[0]
+    assert sorted(store.customers_with_events(None, None).tolist()) == sorted(
+        ["c1", "emoji 🛒", "o'brien; --"]
+    )
+
+    before = store.table_checksums()
+    again = store.ingest_file(path, "canonical", run_id="file-run-2")
+    assert again.skipped and again.n_read == 0 and store.table_checksums() == before
+    forced = store.ingest_file(path, "canonical", run_id="file-run-3", force=True)
+    assert (forced.n_inserted, forced.n_already_present, forced.n_rejected, forced.n_rejects_recorded) == (
+        0,
+        4,
+        6,
+        0,
+    )
+    assert store.table_checksums() == before
+
+
+def test_ingest_events_accepts_any_result_like_object(store: Store) -> None:
+    like = SimpleNamespace(events=sample_events(1, 2), rejects=schema.empty_rejects())
+    assert store.ingest_events(like, source="s", run_id="r").n_inserted == 2  # type: ignore[arg-type]

@@ -1,0 +1,222 @@
+"""Model versions: exact save/load, lifecycle, atomic promotion, model selection for a date."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+import pytest
+
+from traitflow.model import TokenTable, TraitflowModel, TraitModel
+from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError
+from traitflow.store import models as store_models
+
+Build = Callable[..., TraitflowModel]
+WEEK1 = datetime(2024, 1, 7, tzinfo=UTC)
+
+
+def assert_same_array(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal values, dtype and shape, and identical bits (catches -0.0 vs 0.0, NaN payloads)."""
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype.kind in "fiu":
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        assert a.tobytes() == b.tobytes()
+    else:
+        assert np.array_equal(a, b)
+
+
+def assert_same_model(saved: TraitflowModel, loaded: TraitflowModel) -> None:
+    for name in ("tokens", "actions", "product_ids", "categories", "counts", "vectors"):
+        assert_same_array(getattr(saved.tokens, name), getattr(loaded.tokens, name))
+    for name in ("components", "center", "trait_ids", "population_profile", "population_vector"):
+        assert_same_array(getattr(saved.traits, name), getattr(loaded.traits, name))
+    assert loaded.traits.labels == saved.traits.labels
+    assert loaded.traits.top_products == saved.traits.top_products
+    assert loaded.traits.top_categories == saved.traits.top_categories
+    assert loaded.traits.l1_penalty == saved.traits.l1_penalty
+    assert loaded.config == saved.config
+    assert loaded.metrics == saved.metrics
+    assert loaded.trait_match == saved.trait_match
+    assert loaded.trained_through == saved.trained_through
+    assert loaded.version == saved.version
+
+
+def test_the_store_persists_every_field_of_the_model_bundle() -> None:
+    # Fails when someone adds a field to the model dataclasses without teaching the store about it.
+    for cls in (TraitflowModel, TokenTable, TraitModel):
+        assert {f.name for f in dataclasses.fields(cls)} == store_models.PERSISTED_FIELDS[cls.__name__]
+
+
+def test_save_then_load_is_bit_identical(store: Store, build_model: Build) -> None:
+    model = build_model(n_tokens=50, dim=16, trait_ids=(3, 7, 11, 40))
+    version = store.save_model(model)
+    assert model.version == version
+    loaded = store.load_model(version)
+    assert_same_model(model, loaded)
+    assert loaded.tokens.categories[3] == ""  # a missing category stays the empty string
+
+
+def test_special_float_bit_patterns_survive(store: Store, build_model: Build) -> None:
+    model = build_model(n_tokens=4, dim=3)
+    vectors = model.tokens.vectors
+    vectors[2] = np.array([np.nan, np.inf, -np.inf], dtype=np.float32)
+    vectors[3] = np.frombuffer(
+        np.array([0x7FC00001, 0xFFFFFFFF, 0x00000001], dtype=np.uint32).tobytes(), np.float32
+    )
+    model.traits.center[:] = [-0.0, 5e-324, np.finfo(np.float64).max]
+    loaded = store.load_model(store.save_model(model))
+    assert loaded.tokens.vectors.tobytes() == vectors.tobytes()
+    assert loaded.traits.center.tobytes() == model.traits.center.tobytes()
+
+
+def test_a_model_without_tokens_round_trips(store: Store, build_model: Build) -> None:
+    model = build_model(n_tokens=0, dim=4)
+    assert_same_model(model, store.load_model(store.save_model(model)))
+
+
+def test_save_refuses_lossy_or_inconsistent_arrays(store: Store, build_model: Build) -> None:
+    model = build_model()
+    model.tokens.vectors = model.tokens.vectors.astype(np.float64)
+    with pytest.raises(StoreInputError, match=r"tokens\.vectors must be a 2-D float32"):
+        store.save_model(model)
+    model = build_model()
+    model.traits.trait_ids = np.array([1, 1, 2], dtype=np.int64)
+    with pytest.raises(StoreInputError, match="unique"):
+        store.save_model(model)
+    assert store.table_counts()["model_versions"] == 0
+
+
+def test_load_unknown_version(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="model version 42 does not exist"):
+        store.load_model(42)
+
+
+def test_lifecycle_and_single_active_model(store: Store, build_model: Build) -> None:
+    v1, v2, v3 = (store.save_model(build_model(seed=i)) for i in range(3))
+    assert store.active_model_version() is None
+    store.promote(v1)
+    assert store.active_model_version() == v1
+    store.promote(v2)
+    status = dict(store.connection.execute("SELECT model_version, status FROM model_versions").fetchall())
+    assert status == {v1: "retired", v2: "active", v3: "staging"}
+    store.reject_model(v3, "hit rate 0.1 < 0.2")
+    with pytest.raises(ModelStateError, match="rejected"):
+        store.promote(v3)
+    with pytest.raises(ModelStateError, match="only a staging model"):
+        store.reject_model(v2, "no")
+    store.reject_model(v3, "again")  # already rejected: no-op
+    store.promote(v1)  # roll back to a retired model
+    assert store.active_model_version() == v1
+    frame = store.model_versions()
+    assert frame.set_index("model_version").loc[v3, "status_reason"] == "hit rate 0.1 < 0.2"
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the database itself forbids two actives
+        store.connection.execute(
+            "UPDATE model_versions SET status = 'active' WHERE model_version = %s", (v2,)
+        )
+
+
+def test_promoting_the_active_model_again_changes_nothing(store: Store, build_model: Build) -> None:
+    version = store.save_model(build_model())
+    store.promote(version)
+    before = store.table_checksums()
+    store.promote(version)
+    assert store.table_checksums() == before
+
+
+def test_a_failure_halfway_through_promotion_changes_nothing(
+    store: Store, build_model: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1, v2 = store.save_model(build_model(seed=1)), store.save_model(build_model(seed=2))
+    store.promote(v1)
+    before = store.table_checksums()
+
+    def fail(conn: psycopg.Connection, version: int) -> None:
+        raise RuntimeError("injected after the previous model was retired")
+
+    monkeypatch.setattr(store_models, "_activate", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        store.promote(v2)
+    assert store.table_checksums() == before
+    assert store.active_model_version() == v1
+
+
+def test_concurrent_promotions_leave_exactly_one_active(
+    store: Store, build_model: Build, make_store: Callable[..., Store]
+) -> None:
+    versions = [store.save_model(build_model(seed=i)) for i in range(4)]
+    stores = [make_store() for _ in versions]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def run(s: Store, v: int) -> None:
+        try:
+            barrier.wait()
+            s.promote(v)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s, v)) for s, v in zip(stores, versions, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    statuses = [r[0] for r in store.connection.execute("SELECT status FROM model_versions").fetchall()]
+    assert sorted(statuses) == ["active", "retired", "retired", "retired"]
+
+
+def test_model_version_for_picks_the_newest_promoted_model_trained_through_the_date(
+    store: Store, build_model: Build
+) -> None:
+    week = timedelta(days=7)
+    v1 = store.save_model(build_model(trained_through=WEEK1))
+    v2 = store.save_model(build_model(trained_through=WEEK1 + week))
+    v3 = store.save_model(build_model(trained_through=WEEK1 + 2 * week))  # stays staging
+    v4 = store.save_model(build_model(trained_through=WEEK1 + 3 * week))  # rejected
+    assert store.model_version_for(WEEK1 + 10 * week) is None  # nothing promoted yet
+    store.promote(v1)
+    store.promote(v2)
+    store.reject_model(v4, "bad")
+    assert store.model_version_for(WEEK1 - timedelta(microseconds=1)) is None
+    assert store.model_version_for(WEEK1) == v1  # trained_through <= as_of, inclusive
+    assert store.model_version_for(WEEK1 + week - timedelta(seconds=1)) == v1
+    assert store.model_version_for(WEEK1 + week) == v2
+    assert store.model_version_for(WEEK1 + 5 * week) == v2  # v3 staging and v4 rejected are ignored
+    store.promote(v1)  # rolling back does not change history: v2 (retired) still covers later dates
+    assert store.model_version_for(WEEK1 + 5 * week) == v2
+    store.promote(v3)
+    assert store.model_version_for(WEEK1 + 5 * week) == v3
+    naive = (WEEK1 + week).replace(tzinfo=None)
+    assert store.model_version_for(naive) == v2
+
+
+def test_update_model_metadata_replaces_only_given_fields(store: Store, build_model: Build) -> None:
+    model = build_model()
+    version = store.save_model(model)
+    store.update_model_metadata(version, drift={"aligned_cosine": np.float64(0.93), "fired": np.bool_(False)})
+    store.update_model_metadata(version, metrics={"hit_rate": float("nan"), "n": np.int64(5)})
+    loaded = store.load_model(version)
+    assert loaded.metrics == {"hit_rate": None, "n": 5}  # jsonb has no NaN
+    assert loaded.trait_match == model.trait_match
+    drift = store.connection.execute("SELECT drift FROM model_versions").fetchone()
+    assert drift == ({"aligned_cosine": 0.93, "fired": False},)
+    with pytest.raises(NotFoundError):
+        store.update_model_metadata(999, metrics={})
+    with pytest.raises(StoreInputError, match="NUL"):
+        store.update_model_metadata(version, metrics={"bad": "a\x00b"})
+
+
+def test_ten_kilobyte_hostile_labels_and_top_products_round_trip(store: Store, build_model: Build) -> None:
+    model = build_model()
+    big = ('o\'brien; DROP TABLE x;--\\ "q" {a,b} NULL 🧑‍🚀 ' * 300)[:10_240]
+    model.traits.labels[1] = big
+    model.traits.top_products[2] = [big, "", "NULL", "{}", big[::-1]]
+    model.tokens.categories[0] = big
+    loaded = store.load_model(store.save_model(model))
+    assert loaded.traits.labels[1] == big and len(big) == 10_240
+    assert loaded.traits.top_products[2] == [big, "", "NULL", "{}", big[::-1]]
+    assert loaded.tokens.categories[0] == big

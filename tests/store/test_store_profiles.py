@@ -1,0 +1,216 @@
+"""Profile writes: idempotent history, forward-only current rows, validation, atomicity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from traitflow.model import TraitflowModel
+from traitflow.profiles import ProfileBatch
+from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError
+from traitflow.store import profiles as store_profiles
+
+BuildModel = Callable[..., TraitflowModel]
+BuildBatch = Callable[..., ProfileBatch]
+D1 = datetime(2024, 1, 10, tzinfo=UTC)
+D2 = D1 + timedelta(days=1)
+IDS = ["c1", "c2", "o'brien;--", 'quote"d\\', "emoji 🧑‍🚀", "\\N", "tab\tnew\nline", "x" * 256]
+
+
+@pytest.fixture
+def version(store: Store, build_model: BuildModel) -> int:
+    v = store.save_model(build_model())
+    store.promote(v)
+    return v
+
+
+def profile_rows(store: Store) -> dict[str, tuple]:
+    rows = store.connection.execute(
+        "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+        " FROM customer_profiles"
+    ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_write_then_read_back_exactly(store: Store, version: int, build_profile_batch: BuildBatch) -> None:
+    batch = build_profile_batch(version, IDS, as_of=D1)
+    report = store.write_profiles(batch)
+    assert (
+        report.n_customers,
+        report.history_inserted,
+        report.profiles_written,
+        report.embeddings_written,
+    ) == (
+        len(IDS),
+        len(IDS),
+        len(IDS),
+        len(IDS),
+    )
+    for i, cid in enumerate(IDS):
+        profile = store.current_profile(cid)
+        assert profile is not None and profile["customer_id"] == cid
+        assert profile["as_of"] == D1 and profile["model_version"] == version
+        assert [t["trait_id"] for t in profile["traits"]] == [3, 7, 11]
+        assert np.array([t["score"] for t in profile["traits"]]).tobytes() == batch.profiles[i].tobytes()
+        assert profile["dominant_trait_id"] == int(batch.trait_ids[np.argmax(batch.profiles[i])])
+        assert profile["dominant_label"].startswith(f"trait {profile['dominant_trait_id']} ")
+        assert profile["embedding"].tobytes() == batch.embeddings[i].tobytes()  # bit-identical float32
+        assert profile["n_events"] == batch.n_events[i] and profile["cold_start"] == batch.cold_start[i]
+    assert store.current_profile("nobody") is None
+
+
+def test_writing_the_same_batch_twice_changes_nothing(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    batch = build_profile_batch(version, IDS, as_of=D1)
+    store.write_profiles(batch)
+    before = store.table_checksums()  # includes updated_at: an unchanged row is not touched
+    again = store.write_profiles(batch)
+    assert store.table_checksums() == before
+    assert (
+        again.history_inserted,
+        again.history_replaced,
+        again.profiles_written,
+        again.embeddings_written,
+    ) == (
+        0,
+        0,
+        0,
+        0,
+    )
+
+
+def test_rerunning_a_date_replaces_its_history_rows(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    store.write_profiles(build_profile_batch(version, IDS, as_of=D1, seed=1))
+    changed = build_profile_batch(version, IDS, as_of=D1, seed=2)
+    report = store.write_profiles(changed)
+    assert (report.history_inserted, report.history_replaced, report.profiles_written) == (
+        0,
+        len(IDS),
+        len(IDS),
+    )
+    assert store.table_counts()["customer_profile_history"] == len(IDS)
+    history = store.profile_history(IDS[0])
+    assert len(history) == 1
+    assert (
+        history[["trait_3", "trait_7", "trait_11"]].to_numpy()[0].tobytes() == changed.profiles[0].tobytes()
+    )
+
+
+def test_current_rows_only_move_forward(store: Store, version: int, build_profile_batch: BuildBatch) -> None:
+    assert store.latest_profile_as_of() is None
+    newer = build_profile_batch(version, IDS[:4], as_of=D2, seed=1)
+    store.write_profiles(newer)
+    current_before = profile_rows(store)
+    embeddings_before = store.connection.execute(
+        "SELECT customer_id, as_of, embedding FROM customer_embeddings ORDER BY customer_id"
+    ).fetchall()
+    # Backfill the older date for the same customers plus two new ones.
+    backfill = build_profile_batch(version, IDS[:6], as_of=D1, seed=2)
+    report = store.write_profiles(backfill)
+    assert report.history_inserted == 6
+    assert report.profiles_written == 2 and report.embeddings_written == 2  # only the new customers
+    after = profile_rows(store)
+    for cid in IDS[:4]:
+        assert after[cid] == current_before[cid]  # not overwritten by the older date
+    assert after[IDS[4]][0] == D1 and after[IDS[5]][0] == D1
+    embeddings_after = store.connection.execute(
+        "SELECT customer_id, as_of, embedding FROM customer_embeddings WHERE as_of = %s ORDER BY customer_id",
+        (D2,),
+    ).fetchall()
+    assert embeddings_after == embeddings_before
+    assert len(store.profile_history(IDS[0])) == 2  # history keeps both dates
+    assert store.latest_profile_as_of() == D2
+    # The same date again (e.g. the weekly recompute under a new model) does replace.
+    model_b = store.save_model(_model_like(store, version))
+    same_day = build_profile_batch(model_b, IDS[:1], as_of=D2, seed=3)
+    assert store.write_profiles(same_day).profiles_written == 1
+    assert profile_rows(store)[IDS[0]][1] == model_b
+
+
+def _model_like(store: Store, version: int) -> TraitflowModel:
+    model = store.load_model(version)
+    model.version = None
+    return model
+
+
+def test_a_failure_halfway_through_a_profile_write_changes_nothing(
+    store: Store, version: int, build_profile_batch: BuildBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.write_profiles(build_profile_batch(version, IDS[:3], as_of=D1, seed=1))
+    before = store.table_checksums()
+
+    def fail(*args: object) -> int:
+        raise RuntimeError("injected after history and current profiles were written")
+
+    monkeypatch.setattr(store_profiles, "_upsert_embeddings", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        store.write_profiles(build_profile_batch(version, IDS, as_of=D2, seed=2))
+    assert store.table_checksums() == before
+
+
+def test_invalid_batches_are_refused_before_anything_is_written(
+    store: Store, version: int, build_profile_batch: BuildBatch, build_model: BuildModel
+) -> None:
+    store.write_profiles(build_profile_batch(version, IDS[:2], as_of=D1))
+    rejected = store.save_model(build_model(seed=5))
+    store.reject_model(rejected, "bad")
+    before = store.table_checksums()
+
+    def batch(**changes: object) -> ProfileBatch:
+        b = build_profile_batch(version, ["a", "b", "c"], as_of=D2)
+        for name, value in changes.items():
+            setattr(b, name, value)
+        return b
+
+    with pytest.raises(StoreInputError, match="model_version is None"):
+        store.write_profiles(batch(model_version=None))
+    with pytest.raises(NotFoundError, match="model version 999"):
+        store.write_profiles(batch(model_version=999))
+    with pytest.raises(StoreInputError, match="differ from model"):
+        store.write_profiles(batch(trait_ids=np.array([3, 11, 7])))
+    with pytest.raises(StoreInputError, match="embeddings must be float32"):
+        store.write_profiles(batch(embeddings=np.zeros((3, 5))))
+    with pytest.raises(StoreInputError, match="embeddings must be float32"):
+        store.write_profiles(batch(embeddings=np.zeros((3, 4), dtype=np.float32)))
+    with pytest.raises(StoreInputError, match="finite"):
+        store.write_profiles(batch(profiles=np.full((3, 3), np.nan)))
+    with pytest.raises(StoreInputError, match="appears twice"):
+        store.write_profiles(batch(customer_ids=np.array(["a", "b", "a"], dtype=object)))
+    with pytest.raises(StoreInputError, match="cold_start"):
+        store.write_profiles(batch(cold_start=np.array(["none", "maybe", "none"], dtype=object)))
+    with pytest.raises(StoreInputError, match="longer than 256"):
+        store.write_profiles(batch(customer_ids=np.array(["a", "b", "🧑" * 10_000], dtype=object)))
+    with pytest.raises(StoreInputError, match="NUL"):
+        store.write_profiles(batch(customer_ids=np.array(["a", "b\x00", "c"], dtype=object)))
+    with pytest.raises(StoreInputError, match="missing or empty"):
+        store.write_profiles(batch(customer_ids=np.array(["a", "", "c"], dtype=object)))
+    with pytest.raises(ModelStateError, match="rejected"):
+        store.write_profiles(batch(model_version=rejected))
+    assert store.table_checksums() == before
+
+
+def test_an_empty_batch_is_a_no_op(store: Store, version: int, build_profile_batch: BuildBatch) -> None:
+    before = store.table_checksums()
+    report = store.write_profiles(build_profile_batch(version, [], as_of=D1))
+    assert report.n_customers == 0 and store.table_checksums() == before
+
+
+def test_promote_with_profiles_is_one_atomic_switch(
+    store: Store, version: int, build_profile_batch: BuildBatch, build_model: BuildModel
+) -> None:
+    candidate = store.save_model(build_model(seed=9))
+    store.reject_model(candidate, "failed the gate")
+    before = store.table_checksums()
+    with pytest.raises(ModelStateError):  # promotion fails -> the profiles are not written either
+        store.promote(candidate, profiles=build_profile_batch(version, IDS, as_of=D2))
+    assert store.table_checksums() == before
+    fresh = store.save_model(build_model(seed=10))
+    store.promote(fresh, profiles=build_profile_batch(fresh, IDS, as_of=D2))
+    assert store.active_model_version() == fresh
+    assert {row[1] for row in profile_rows(store).values()} == {fresh}

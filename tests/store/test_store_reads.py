@@ -1,0 +1,179 @@
+"""Consumer reads on hand-made profiles with known answers, the SQL view, and run reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from traitflow.model import TraitflowModel
+from traitflow.profiles import ProfileBatch
+from traitflow.store import NotFoundError, Store
+
+BuildModel = Callable[..., TraitflowModel]
+BuildBatch = Callable[..., ProfileBatch]
+D1 = datetime(2024, 1, 10, tzinfo=UTC)
+
+# Trait ids (3, 7, 11); dominant traits: a,d -> 3; b,e -> 7; c -> 11.
+KNOWN = {
+    "a": [0.7, 0.2, 0.1],
+    "b": [0.1, 0.8, 0.1],
+    "c": [0.2, 0.2, 0.6],
+    "d": [0.6, 0.3, 0.1],
+    "e": [0.1, 0.7, 0.2],
+    "o'q;\"🛒": [0.05, 0.05, 0.9],
+}
+
+
+@pytest.fixture
+def known(store: Store, build_model: BuildModel, build_profile_batch: BuildBatch) -> int:
+    version = store.save_model(build_model())
+    store.promote(version)
+    ids = list(KNOWN)
+    store.write_profiles(
+        build_profile_batch(
+            version, ids, as_of=D1, profiles=np.array([KNOWN[c] for c in ids], dtype=np.float64)
+        )
+    )
+    return version
+
+
+def test_top_customers_of_a_trait(store: Store, known: int) -> None:
+    top = store.top_customers(7, n=2)
+    assert top["customer_id"].tolist() == ["b", "e"]
+    assert top["score"].tolist() == [0.8, 0.7]
+    assert (top["model_version"] == known).all() and top["label"].str.startswith("trait 7 ").all()
+    assert store.top_customers(11, n=10)["customer_id"].tolist() == ["o'q;\"🛒", "c", "e", "a", "b", "d"]
+    assert store.top_customers(3, n=10, model_version=known)["customer_id"].tolist()[:2] == ["a", "d"]
+    with pytest.raises(NotFoundError, match="trait 99"):
+        store.top_customers(99)
+
+
+def test_the_view_answers_the_analyst_query(store: Store, known: int) -> None:
+    rows = store.connection.execute(
+        "SELECT customer_id, score FROM customer_trait_scores"
+        " WHERE trait_id = 7 ORDER BY score DESC, customer_id"
+    ).fetchall()
+    assert rows[:3] == [("b", 0.8), ("e", 0.7), ("d", 0.3)]
+    n = store.connection.execute("SELECT count(*) FROM customer_trait_scores").fetchone()
+    assert n == (len(KNOWN) * 3,)
+
+
+def test_traits_with_sizes(store: Store, known: int, build_model: BuildModel) -> None:
+    traits = store.traits()
+    assert traits["trait_id"].tolist() == [3, 7, 11]
+    assert traits["size"].tolist() == [2, 2, 2]
+    assert traits["position"].tolist() == [1, 2, 3]
+    model = build_model()
+    assert traits["label"].tolist() == model.traits.labels
+    assert traits["top_products"].tolist() == model.traits.top_products
+    assert traits["top_categories"].tolist() == model.traits.top_categories
+    assert (traits["model_version"] == known).all()
+
+
+def test_similar_customers_is_cosine_within_the_same_model(
+    store: Store, known: int, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    # A customer profiled with another model must not appear, even with an identical profile.
+    other = store.save_model(build_model(seed=3))
+    store.write_profiles(
+        build_profile_batch(
+            other, ["other-model"], as_of=D1, profiles=np.array([KNOWN["a"]], dtype=np.float64)
+        )
+    )
+    result = store.similar_customers("a", n=3)
+    matrix = np.array(list(KNOWN.values()))
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    cosine = unit @ unit[0]
+    expected = sorted(((-cosine[i], cid) for i, cid in enumerate(KNOWN) if cid != "a"))[:3]
+    assert result["customer_id"].tolist() == [cid for _, cid in expected]
+    assert np.allclose(result["similarity"], [-s for s, _ in expected], rtol=0, atol=1e-12)
+    assert result["customer_id"].tolist()[0] == "d"
+    with pytest.raises(NotFoundError, match="no current profile"):
+        store.similar_customers("nobody")
+
+
+def test_current_profile_and_history_across_models(
+    store: Store, known: int, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    profile = store.current_profile("c")
+    assert profile is not None
+    assert [(t["trait_id"], t["score"]) for t in profile["traits"]] == [(3, 0.2), (7, 0.2), (11, 0.6)]
+    assert profile["dominant_trait_id"] == 11
+    # A retrain keeps traits 3 and 7, replaces 11 by a new trait 12.
+    v2 = store.save_model(build_model(seed=4, trait_ids=(3, 7, 12)))
+    store.promote(v2)
+    later = D1 + timedelta(days=7)
+    store.write_profiles(
+        build_profile_batch(
+            v2,
+            ["c"],
+            as_of=later,
+            trait_ids=(3, 7, 12),
+            profiles=np.array([[0.5, 0.25, 0.25]], dtype=np.float64),
+        )
+    )
+    history = store.profile_history("c")
+    assert list(history.columns) == [
+        "as_of",
+        "model_version",
+        "dominant_trait_id",
+        "n_events",
+        "cold_start",
+        "trait_3",
+        "trait_7",
+        "trait_11",
+        "trait_12",
+    ]
+    assert history["as_of"].tolist() == [pd.Timestamp(D1), pd.Timestamp(later)]
+    assert history["model_version"].tolist() == [known, v2]
+    np.testing.assert_array_equal(
+        history[["trait_3", "trait_7", "trait_11", "trait_12"]].to_numpy(),
+        [[0.2, 0.2, 0.6, np.nan], [0.5, 0.25, np.nan, 0.25]],
+    )
+    assert history["dominant_trait_id"].tolist() == [11, 3]
+    assert store.profile_history("nobody").empty
+    assert store.traits()["size"].tolist() == [1, 0, 0]  # active model v2: only c is profiled with it
+    assert store.traits(model_version=known)["size"].tolist() == [2, 2, 1]
+
+
+def test_reads_without_an_active_model(store: Store) -> None:
+    with pytest.raises(NotFoundError, match="no active model"):
+        store.traits()
+    with pytest.raises(NotFoundError, match="no active model"):
+        store.top_customers(7)
+    with pytest.raises(NotFoundError, match="model version 5 does not exist"):
+        store.traits(model_version=5)
+
+
+def test_table_counts(store: Store, known: int) -> None:
+    counts = store.table_counts()
+    assert counts["customer_profiles"] == len(KNOWN) == counts["customer_embeddings"]
+    assert counts["customer_profile_history"] == len(KNOWN)
+    assert counts["model_versions"] == 1 and counts["trait_components"] == 3 and counts["token_vectors"] == 8
+    assert counts["events"] == 0 and counts["schema_migrations"] == 1
+
+
+def test_run_reports_replace_by_key(store: Store) -> None:
+    store.write_run_report("daily", "2024-01-10", {"oov_rate": 0.1, "n": np.int64(3), "drift": float("nan")})
+    store.write_run_report("weekly", "2024-W02", {"promoted": True})
+    before = store.table_checksums()
+    store.write_run_report("daily", "2024-01-10", {"oov_rate": 0.1, "n": 3, "drift": None})  # same content
+    assert store.table_checksums() == before
+    store.write_run_report("daily", "2024-01-10", {"oov_rate": 0.2})
+    reports = store.run_reports("daily")
+    assert len(reports) == 1 and reports[0]["report"] == {"oov_rate": 0.2}
+    assert reports[0]["updated_at"] >= reports[0]["created_at"]
+    assert {r["kind"] for r in store.run_reports()} == {"daily", "weekly"}
+    assert len(store.run_reports(limit=1)) == 1
+    assert store.run_reports("monthly") == []
+
+
+def test_ten_kilobyte_report_strings_round_trip(store: Store) -> None:
+    big = ("'; DROP TABLE run_reports; -- \\ \" 🧑‍🚀 " * 400)[:10_240]
+    store.write_run_report("kind 'x'", big[:200], {"note": big, "nested": [big]})
+    (report,) = store.run_reports("kind 'x'")
+    assert report["run_key"] == big[:200] and report["report"] == {"note": big, "nested": [big]}
