@@ -15,6 +15,7 @@ its customers, so the two converge whichever finishes first.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
-from traitflow.quality import next_item_hit_rate
+from traitflow.quality import compare_hit_rates, next_item_hit_rate
 from traitflow.store import Store
 from traitflow.triggers import align_tokens, new_vocab_ratio
 from traitflow.triggers import measure_drift as _measure_drift
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 EVENT_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 HOLDOUT_FRACTION = 0.1
+# Fixed, not the Word2Vec seed: a candidate and the active model must be judged on sessions
+# neither was trained on, whatever seeds they were trained with.
+HOLDOUT_SEED = 20240607
 
 
 def _open(database_url: str | None) -> Store:
@@ -62,17 +66,28 @@ def _utc(value: datetime | str) -> datetime:
 # ---------------------------------------------------------------------------------------- daily
 
 
-def files_for_interval(input_dir: str | Path, start: datetime) -> list[Path]:
-    """Event files of the day starting at ``start``: names containing its date, ``YYYY-MM-DD``."""
-    day = _utc(start).strftime("%Y-%m-%d")
-    folder = Path(input_dir)
+_FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+def event_files_through(input_dir: str | Path, day: datetime) -> tuple[list[Path], list[Path]]:
+    """Event files dated ``day`` or earlier (a ``YYYY-MM-DD`` in the name), and files with no date.
+
+    Returns (dated files in date order, undated files).
+    """
+    folder = Path(input_dir).resolve()  # the store records files by resolved path
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {folder} does not exist")
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if day in path.name and path.name.endswith(EVENT_FILE_SUFFIXES) and path.is_file()
-    )
+    last = _utc(day).strftime("%Y-%m-%d")
+    dated, undated = [], []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or not path.name.endswith(EVENT_FILE_SUFFIXES):
+            continue
+        match = _FILE_DATE.search(path.name)
+        if match is None:
+            undated.append(path)
+        elif match.group(1) <= last:
+            dated.append(path)
+    return sorted(dated, key=lambda p: (_FILE_DATE.search(p.name).group(1), p.name)), undated
 
 
 def ingest_interval(
@@ -83,19 +98,33 @@ def ingest_interval(
     end: datetime,
     run_id: str,
 ) -> dict[str, Any]:
-    """Ingest the interval's event files (idempotent: a re-run adds nothing)."""
+    """Ingest the event files of the interval's day and any earlier-dated file not ingested yet.
+
+    Catching up earlier files makes the day's result independent of the order days are run in
+    (a backfill may run newest first). Ingestion is idempotent: a file already recorded under its
+    path is not read again, and re-reading one adds no rows. Files are treated as immutable once
+    delivered: a corrected file needs a new name (or ``traitflow ingest --force``).
+    """
     if not input_dir:
         return {"skipped": True, "reason": "no input_dir configured; events are expected in the table"}
-    files = files_for_interval(input_dir, start)
-    totals: dict[str, Any] = {"skipped": False, "files": [str(f) for f in files], "n_files": len(files)}
+    files, undated = event_files_through(input_dir, start)
+    if undated:
+        log.warning(
+            "ignoring event files without a YYYY-MM-DD date in the name: %s", [p.name for p in undated]
+        )
+    totals: dict[str, Any] = {"skipped": False, "n_files_seen": len(files), "ignored_undated": len(undated)}
     with _open(database_url) as store:
-        for path in files:
+        already = store.ingested_sources([str(path) for path in files])
+        pending = [path for path in files if str(path) not in already]
+        for path in pending:
             report = store.ingest_file(path, mapping, run_id).to_dict()
             for key, value in report.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     totals[key] = totals.get(key, 0) + value
-    if not files:
-        log.warning("no event files for %s in %s", _iso(start), input_dir)
+    totals["files"] = [str(path) for path in pending]
+    totals["n_files"] = len(pending)
+    if not any(_utc(start).strftime("%Y-%m-%d") in path.name for path in files):
+        log.warning("no event file for %s in %s", _iso(start), input_dir)
     return totals
 
 
@@ -212,7 +241,7 @@ def build_corpus(
         config.sessions,
         Path(work_dir) / "corpus",
         holdout_fraction=HOLDOUT_FRACTION,
-        random_state=config.item2vec.seed,
+        random_state=HOLDOUT_SEED,
     )
     vocabulary = corpus.vocabulary()
     ratio = new_vocab_ratio(vocabulary.tokens, active_tokens)
@@ -269,27 +298,41 @@ def train_candidate(
 def quality_gate(
     database_url: str | None, candidate_info: Mapping[str, Any], params: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The candidate must not be worse than the active model on held-out next-item hit rate by
-    more than ``quality_margin`` (absolute)."""
-    config = _config(params)
+    """The candidate must not be clearly worse than the active model on held-out next-item hit rate.
+
+    "Clearly": the paired difference (candidate - active) is below ``-quality_margin`` even at the
+    upper end of its 95% interval, so a few hundred held-out pairs of sampling noise cannot
+    reject a retrain of the same behaviour.
+    """
+    config = _config(params if params is not None else candidate_info.get("params"))
     holdout = pd.read_parquet(candidate_info["holdout_path"])
     sessions = holdout["session"].to_numpy()
-    tokens_seq = holdout["token"].to_numpy(dtype=object)
-    candidate = next_item_hit_rate(load_tokens(candidate_info["tokens_path"]), sessions, tokens_seq)
-    result: dict[str, Any] = {"candidate": candidate, "margin": config.triggers.quality_margin}
+    session_tokens = holdout["token"].to_numpy(dtype=object)
+    candidate = load_tokens(candidate_info["tokens_path"])
+    margin = config.triggers.quality_margin
     active_version = candidate_info.get("active_version")
     if active_version is None:
-        return {**result, "passed": True, "reason": "no active model to compare with"}
+        result = next_item_hit_rate(candidate, sessions, session_tokens)
+        return {
+            "candidate_hit_rate": result["hit_rate"],
+            "n_pairs": result["n_pairs"],
+            "passed": True,
+            "reason": "no active model to compare with",
+            "margin": margin,
+        }
     with _open(database_url) as store:
-        active = next_item_hit_rate(store.load_model(active_version).tokens, sessions, tokens_seq)
-    result["active"] = active
-    passed = candidate["hit_rate"] >= active["hit_rate"] - config.triggers.quality_margin
-    verdict = "passes" if passed else "fails"
+        active = store.load_model(active_version).tokens
+    comparison = compare_hit_rates(candidate, active, sessions, session_tokens)
+    upper = comparison["difference"] + 1.96 * comparison["standard_error"]
+    passed = upper >= -margin
+    verdict = "passes" if passed else "fails: clearly worse than the active model"
     reason = (
-        f"candidate hit@10 {candidate['hit_rate']:.4f} vs active {active['hit_rate']:.4f} "
-        f"(margin {config.triggers.quality_margin}): {verdict}"
+        f"hit@10 candidate {comparison['candidate_hit_rate']:.4f}"
+        f" vs active {comparison['active_hit_rate']:.4f}"
+        f" (difference {comparison['difference']:+.4f} +- {1.96 * comparison['standard_error']:.4f},"
+        f" margin {margin}, {comparison['n_pairs']} held-out pairs): {verdict}"
     )
-    return {**result, "passed": passed, "reason": reason}
+    return {**comparison, "margin": margin, "passed": passed, "reason": reason}
 
 
 def reject_candidate(

@@ -67,6 +67,49 @@ def profile_coherence(
     )
 
 
+def next_item_pairs(
+    sessions: np.ndarray, session_tokens: np.ndarray, *, max_pairs: int = 20_000, random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive (current, next) token pairs of held-out sessions, at most ``max_pairs`` (sampled).
+
+    Parameters
+    ----------
+    sessions : ndarray of int, shape (n,) -- session index of each event, events in session order
+    session_tokens : ndarray of str, shape (n,) -- token of each event
+
+    Returns two ndarrays of str, shape (n_pairs,). Repeats of the same token are left out: a
+    repeated view of one product is trivially predictable.
+    """
+    same_session = sessions[1:] == sessions[:-1]
+    current, following = session_tokens[:-1][same_session], session_tokens[1:][same_session]
+    distinct = current != following
+    current, following = current[distinct], following[distinct]
+    if len(current) == 0:
+        raise ValueError("no consecutive pairs of distinct tokens in the held-out sessions")
+    if len(current) > max_pairs:
+        pick = np.random.default_rng(random_state).choice(len(current), max_pairs, replace=False)
+        current, following = current[pick], following[pick]
+    return current, following
+
+
+def next_item_hits(
+    tokens: TokenTable, current: np.ndarray, following: np.ndarray, *, top_n: int = 10
+) -> np.ndarray:
+    """Whether each ``following`` token is among the ``top_n`` neighbours of its ``current`` token.
+
+    Returns ndarray of bool, shape (n_pairs,). Pairs with a token unknown to the model are misses
+    (a model that knows fewer tokens is not rewarded for it).
+    """
+    current_rows = tokens.index.get_indexer(current)
+    following_rows = tokens.index.get_indexer(following)
+    scorable = (current_rows >= 0) & (following_rows >= 0)
+    hits = np.zeros(len(current), dtype=bool)
+    if scorable.any() and len(tokens) > 1:
+        neighbours = most_similar(tokens, current_rows[scorable], top_n)
+        hits[scorable] = (neighbours == following_rows[scorable, None]).any(axis=1)
+    return hits
+
+
 def next_item_hit_rate(
     tokens: TokenTable,
     sessions: np.ndarray,
@@ -76,30 +119,39 @@ def next_item_hit_rate(
     max_pairs: int = 20_000,
     random_state: int = 0,
 ) -> dict[str, float]:
-    """How often the next token of a held-out session is among the ``top_n`` neighbours of the current.
+    """How often the next token of a held-out session is among the ``top_n`` neighbours of the current
+    (see ``next_item_pairs`` and ``next_item_hits``)."""
+    current, following = next_item_pairs(
+        sessions, session_tokens, max_pairs=max_pairs, random_state=random_state
+    )
+    hits = next_item_hits(tokens, current, following, top_n=top_n)
+    coverage = (tokens.index.get_indexer(current) >= 0) & (tokens.index.get_indexer(following) >= 0)
+    return {"hit_rate": float(hits.mean()), "n_pairs": len(current), "coverage": float(coverage.mean())}
 
-    Parameters
-    ----------
-    sessions : ndarray of int, shape (n,) -- session index of each event, events in session order
-    session_tokens : ndarray of str, shape (n,) -- token of each event
 
-    Pairs whose tokens are unknown to the model count as misses (a model that knows fewer tokens
-    is not rewarded for it). At most ``max_pairs`` consecutive pairs are scored (sampled).
+def compare_hit_rates(
+    candidate: TokenTable,
+    active: TokenTable,
+    sessions: np.ndarray,
+    session_tokens: np.ndarray,
+    *,
+    top_n: int = 10,
+    max_pairs: int = 20_000,
+) -> dict[str, float]:
+    """Paired comparison of two models' next-item hit rates on the same held-out pairs.
+
+    Returns the two hit rates, their difference (candidate - active) and its standard error from
+    the per-pair differences, so a gate can tell "worse" from "sampling noise".
     """
-    same_session = sessions[1:] == sessions[:-1]
-    current, following = session_tokens[:-1][same_session], session_tokens[1:][same_session]
-    distinct = current != following  # repeated views of one product are trivially predictable
-    current, following = current[distinct], following[distinct]
-    if len(current) == 0:
-        raise ValueError("no consecutive pairs of distinct tokens in the held-out sessions")
-    if len(current) > max_pairs:
-        pick = np.random.default_rng(random_state).choice(len(current), max_pairs, replace=False)
-        current, following = current[pick], following[pick]
-    current_rows = tokens.index.get_indexer(current)
-    following_rows = tokens.index.get_indexer(following)
-    scorable = (current_rows >= 0) & (following_rows >= 0)
-    hits = np.zeros(len(current), dtype=bool)
-    if scorable.any() and len(tokens) > 1:
-        neighbours = most_similar(tokens, current_rows[scorable], top_n)
-        hits[scorable] = (neighbours == following_rows[scorable, None]).any(axis=1)
-    return {"hit_rate": float(hits.mean()), "n_pairs": len(current), "coverage": float(scorable.mean())}
+    current, following = next_item_pairs(sessions, session_tokens, max_pairs=max_pairs)
+    candidate_hits = next_item_hits(candidate, current, following, top_n=top_n).astype(np.float64)
+    active_hits = next_item_hits(active, current, following, top_n=top_n).astype(np.float64)
+    difference = candidate_hits - active_hits
+    n = len(difference)
+    return {
+        "candidate_hit_rate": float(candidate_hits.mean()),
+        "active_hit_rate": float(active_hits.mean()),
+        "difference": float(difference.mean()),
+        "standard_error": float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf"),
+        "n_pairs": n,
+    }

@@ -3,6 +3,12 @@
 Two independently trained Word2Vec spaces differ by an arbitrary rotation, so comparing raw
 vectors always reports drift. The candidate is first aligned to the active model with orthogonal
 Procrustes on the tokens both know; only what is left after the best rotation is drift.
+
+Both spaces are centred (on the mean of their shared tokens) before aligning and before taking
+cosines: Word2Vec vectors share a large common direction, strongest when training data are
+small, and that direction makes every pair of tokens look alike. Without centring a model
+trained on different behaviour scored 0.03 drift on a small workload; centred, it scores clearly
+above the 0.1 threshold while retrains on the same behaviour stay well below it.
 """
 
 from __future__ import annotations
@@ -35,13 +41,16 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Alignment:
-    """``aligned = scale * source @ rotation`` maps the source space onto the target space."""
+    """``aligned = scale * (source - source_mean) @ rotation + target_mean``: source onto target."""
 
     rotation: np.ndarray  # float64, shape (d, d), orthogonal
     scale: float
+    source_mean: np.ndarray  # float64, shape (d,)
+    target_mean: np.ndarray  # float64, shape (d,)
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        return (self.scale * (vectors.astype(np.float64) @ self.rotation)).astype(np.float32)
+        centred = vectors.astype(np.float64) - self.source_mean
+        return (self.scale * (centred @ self.rotation) + self.target_mean).astype(np.float32)
 
 
 def shared_rows(source: TokenTable, target: TokenTable, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +77,11 @@ def fit_alignment(source: TokenTable, target: TokenTable, min_count: int = 5) ->
         raise ValueError(f"cannot align vector sizes {source.vector_size} and {target.vector_size}")
     a = source.vectors[source_rows].astype(np.float64)
     b = target.vectors[target_rows].astype(np.float64)
+    source_mean, target_mean = a.mean(axis=0), b.mean(axis=0)
+    a, b = a - source_mean, b - target_mean
     rotation, singular_sum = orthogonal_procrustes(a, b)
     scale = singular_sum / max(float(np.sum(a * a)), _EPS)
-    return Alignment(rotation=rotation, scale=float(scale))
+    return Alignment(rotation=rotation, scale=float(scale), source_mean=source_mean, target_mean=target_mean)
 
 
 @dataclass(frozen=True)
@@ -96,8 +107,8 @@ def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int =
     source_rows, target_rows = shared_rows(candidate, active, min_count)
     if len(source_rows) == 0:
         source_rows, target_rows = shared_rows(candidate, active, 1)
-    aligned = _unit_rows(alignment.apply(candidate.vectors[source_rows]))
-    reference = _unit_rows(active.vectors[target_rows])
+    aligned = _unit_rows(alignment.apply(candidate.vectors[source_rows]) - alignment.target_mean)
+    reference = _unit_rows(active.vectors[target_rows] - alignment.target_mean)
     drift = 1.0 - np.sum(aligned * reference, axis=1)
     weights = active.counts[target_rows].astype(np.float64)
     return DriftReport(

@@ -159,6 +159,10 @@ class Store:
     def is_file_ingested(self, sha256: str) -> bool:
         return _ingest.is_file_ingested(self._ensure_ready(), sha256)
 
+    def ingested_sources(self, sources: Sequence[str]) -> set[str]:
+        """The subset of ``sources`` (file paths as given to ``ingest_file``) already ingested."""
+        return _ingest.ingested_sources(self._ensure_ready(), list(sources))
+
     # -------------------------------------------------------------------------------- events
 
     def read_events(

@@ -274,6 +274,14 @@ def is_file_ingested(conn: psycopg.Connection, sha256: str) -> bool:
     return bool(row and row[0])
 
 
+def ingested_sources(conn: psycopg.Connection, sources: list[str]) -> set[str]:
+    """Which of ``sources`` have been fully ingested (under any content hash)."""
+    rows = conn.execute(
+        "SELECT DISTINCT source FROM ingested_files WHERE source = ANY(%s)", (list(sources),)
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
 def record_file(conn: psycopg.Connection, report: IngestReport) -> None:
     """Remember a fully ingested file (same transaction as its rows: recorded iff complete)."""
     if report.file_sha256 is None:

@@ -1,0 +1,331 @@
+"""Shared wiring for the Traitflow DAG files: the only DAG-side module that imports Airflow.
+
+Kept deliberately thin: Param forms built from ``traitflow.config``, the database URL from the
+Airflow Connection, per-run folders and the run's dates. Pipeline logic lives in ``traitflow.jobs``,
+imported inside task functions only (the dag-processor re-parses DAG files every few seconds and
+must not pay for numpy/gensim/sklearn).
+
+The dags folder is put on ``sys.path`` by Airflow itself (``BundleDagBag`` adds the bundle path
+when the dag-processor parses and when a worker runs a task), so DAG files import this package as
+``traitflow_common``; tests/dags/conftest.py does the same. ``.airflowignore`` keeps the
+dag-processor from parsing this folder as DAG files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from airflow.sdk import Asset, Param
+
+from traitflow.config import PipelineConfig, data_dir, env_str
+
+CONN_ID = "traitflow_db"
+OWNER = "traitflow"
+TAGS = ["traitflow"]
+
+# Emitted by the weekly DAG's promote task; schedules traitflow_refresh_on_promotion.
+MODEL_ASSET = Asset("traitflow://models/active")
+
+# Trigger rule of every join after a branch: run if at least one upstream succeeded and none
+# failed; a plain all_success join would be skipped whenever a branch skipped one of its inputs.
+JOIN = "none_failed_min_one_success"
+
+# Retries with exponential backoff: 2 min, 4 min, 8 min... capped at 30 min. In Airflow 3.x
+# ``retry_exponential_backoff`` is a float multiplier (0 = constant delay), not a bool.
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": OWNER,
+    "retries": 3,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+def start_date() -> datetime:
+    """First logical date of the scheduled DAGs (``TRAITFLOW_START_DATE``, ISO date; naive = UTC).
+
+    Defaults to the start of the bundled sample data (``traitflow sample``); an env read, no DB,
+    so it is safe at parse time.
+    """
+    raw = env_str("TRAITFLOW_START_DATE", "2026-01-01")
+    assert raw is not None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"TRAITFLOW_START_DATE must be an ISO date or datetime, got {raw!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --- Param form -------------------------------------------------------------------------------
+
+_SECTIONS = {
+    "sessions": "Sessions",
+    "item2vec": "Item2Vec (gensim Word2Vec)",
+    "aggregation": "Customer embedding",
+    "traits": "Traits (NMF)",
+    "triggers": "Retrain triggers and quality gate",
+}
+
+# JSON-schema bounds and help text per flat key; defaults always come from PipelineConfig so the
+# form, the CLI and the library cannot disagree. Bounds mirror the dataclass validation (plus a
+# sane upper limit so a typo in the form fails at trigger time, not two hours into training).
+_INT, _NUM = "integer", "number"
+_SPECS: dict[str, dict[str, Any]] = {
+    "session_timeout_minutes": {
+        "type": _NUM,
+        "exclusiveMinimum": 0,
+        "maximum": 1440,
+        "description": "Inactivity gap (minutes) that ends a session.",
+    },
+    "vector_size": {"type": _INT, "minimum": 1, "maximum": 1024, "description": "Embedding dimension."},
+    "window": {"type": _INT, "minimum": 1, "maximum": 100, "description": "Word2Vec context window."},
+    "negative": {"type": _INT, "minimum": 0, "maximum": 100, "description": "Negative samples per token."},
+    "ns_exponent": {
+        "type": _NUM,
+        "minimum": -2,
+        "maximum": 2,
+        "description": "Exponent of the negative-sampling distribution (0.75 = word2vec default).",
+    },
+    "sample": {
+        "type": _NUM,
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Down-sampling threshold for very popular tokens (0 = off).",
+    },
+    "min_count": {
+        "type": _INT,
+        "minimum": 1,
+        "maximum": 10000,
+        "description": "Ignore tokens seen fewer times in the training window.",
+    },
+    "epochs": {"type": _INT, "minimum": 1, "maximum": 500, "description": "Training epochs."},
+    "workers": {"type": _INT, "minimum": 1, "maximum": 64, "description": "Training threads."},
+    "seed": {"type": _INT, "minimum": 0, "maximum": 2**31 - 1, "description": "Word2Vec random seed."},
+    "recency_half_life_days": {
+        "type": ["null", _NUM],
+        "exclusiveMinimum": 0,
+        "description": "Half-life (days) of the recency weight of events; empty = no decay.",
+    },
+    "k": {"type": _INT, "minimum": 1, "maximum": 256, "description": "Number of traits (NMF components)."},
+    "nmf_max_iter": {"type": _INT, "minimum": 1, "maximum": 100000, "description": "NMF iteration limit."},
+    "nmf_random_state": {"type": _INT, "minimum": 0, "maximum": 2**31 - 1, "description": "NMF seed."},
+    "nmf_sparsity": {
+        "type": _NUM,
+        "minimum": 0,
+        "maximum": 10,
+        "description": "Relative L1 penalty on customer loadings; higher = customers lean on fewer traits.",
+    },
+    "new_vocab_threshold": {
+        "type": _NUM,
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Retrain when more than this share of the window's tokens is new to the model.",
+    },
+    "drift_threshold": {
+        "type": _NUM,
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Refit traits when the aligned embedding drift exceeds this.",
+    },
+    "quality_margin": {
+        "type": _NUM,
+        "minimum": 0,
+        "maximum": 1,
+        "description": "Reject a candidate more than this much worse (hit rate) than the active model.",
+    },
+    "training_window_days": {
+        "type": _INT,
+        "minimum": 1,
+        "maximum": 3650,
+        "description": "Days of events the weekly corpus covers.",
+    },
+}
+
+
+def _schema_for(key: str, default: Any) -> dict[str, Any]:
+    """The spec of ``key``, or one inferred from its default (a new config key still gets a field;
+    tests/dags insists on a real spec)."""
+    if key in _SPECS:
+        return dict(_SPECS[key])
+    section, name = PipelineConfig.FLAT_KEYS[key]
+    description = f"PipelineConfig.{section}.{name}"
+    if isinstance(default, bool):
+        return {"type": "boolean", "description": description}
+    if isinstance(default, int):
+        return {"type": _INT, "description": description}
+    if isinstance(default, float):
+        return {"type": _NUM, "description": description}
+    return {"type": ["null", "string", _INT, _NUM], "description": description}
+
+
+def pipeline_params() -> dict[str, Param]:
+    """One Param per ``PipelineConfig.FLAT_KEYS`` entry, defaults from ``PipelineConfig()``."""
+    params: dict[str, Param] = {}
+    for key, default in PipelineConfig().to_flat().items():
+        schema = _schema_for(key, default)
+        description = schema.pop("description", None)
+        section = PipelineConfig.FLAT_KEYS[key][0]
+        schema.update(title=key, section=_SECTIONS.get(section, section))
+        params[key] = Param(default, description=description, **schema)
+    return params
+
+
+def pipeline_config_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Only the ``PipelineConfig.FLAT_KEYS`` entries of a run's params (what ``jobs`` expects)."""
+    return {key: params[key] for key in PipelineConfig.FLAT_KEYS if key in params}
+
+
+# --- Database URL -----------------------------------------------------------------------------
+
+
+def connection_url(conn: Any) -> str:
+    """A libpq-style ``postgresql://`` URL from an Airflow Postgres Connection.
+
+    ``Connection.get_uri()`` is not usable here: it renders ``postgres://``, which SQLAlchemy 2
+    rejects, and it would put Airflow-only extras into the query string. ``schema`` of a Postgres
+    connection is the database name (Airflow convention); string extras such as ``sslmode`` become
+    query parameters.
+    """
+    conn_type = (conn.conn_type or "").lower()
+    if not conn_type.startswith("postgres"):
+        raise ValueError(f"connection {conn.conn_id!r} must be a Postgres connection, got {conn_type!r}")
+    auth = ""
+    if conn.login:
+        auth = quote(conn.login, safe="")
+        if conn.password:
+            auth += ":" + quote(conn.password, safe="")
+        auth += "@"
+    host = conn.host or "localhost"
+    port = f":{conn.port}" if conn.port else ""
+    database = quote(conn.schema or "", safe="")
+    extras = {
+        k: v for k, v in conn.extra_dejson.items() if isinstance(v, str | int) and not isinstance(v, bool)
+    }
+    query = f"?{urlencode(sorted(extras.items()))}" if extras else ""
+    return f"postgresql://{auth}{host}{port}/{database}{query}"
+
+
+def database_url() -> str | None:
+    """Traitflow's database: Connection ``traitflow_db``, else ``TRAITFLOW_DATABASE_URL``, else None.
+
+    None means: the library starts its embedded Postgres. Call inside tasks only (a connection
+    lookup at parse time would hit the secrets backends on every parse), and never return the
+    URL from a task: XCom is stored unencrypted and shown in the UI.
+    """
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(CONN_ID)
+    except AirflowNotFoundException:
+        return env_str("TRAITFLOW_DATABASE_URL")
+    return connection_url(conn)
+
+
+# --- Run context ------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str) -> str:
+    """``value`` usable as one path component (run ids contain ':' and '+')."""
+    return _UNSAFE.sub("_", value).strip("._") or "run"
+
+
+def work_dir(dag_id: str, run_id: str) -> str:
+    """Per-run folder ``$TRAITFLOW_DATA_DIR/runs/<dag_id>/<run_id>``, shared by the run's tasks."""
+    path = data_dir() / "runs" / safe_name(dag_id) / safe_name(run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a task needs to know about its run (dates are timezone-aware)."""
+
+    dag_id: str
+    run_id: str
+    start: datetime
+    end: datetime
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return pipeline_config_values(self.params)
+
+    @property
+    def work_dir(self) -> str:
+        return work_dir(self.dag_id, self.run_id)
+
+    @property
+    def database_url(self) -> str | None:
+        return database_url()
+
+
+def current_run(period: timedelta = timedelta(days=1)) -> RunInfo:
+    """The running task's RunInfo; call inside a task.
+
+    The run covers ``[data_interval_start, data_interval_end)``. Runs without a data interval
+    (manual runs without a logical date, asset-triggered runs) or with an empty one cover the
+    ``period`` that ends at the run's ``run_after``/interval end.
+    """
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    end = context.get("data_interval_end") or context["dag_run"].run_after
+    start = context.get("data_interval_start")
+    if start is None or start >= end:
+        start = end - period
+    return RunInfo(
+        dag_id=context["dag"].dag_id,
+        run_id=context["run_id"],
+        start=start,
+        end=end,
+        params=dict(context["params"]),
+    )
+
+
+def record_decision(branch: str, **details: Any) -> str:
+    """Push a branch task's decision as XCom ``decision`` (for the report) and return ``branch``."""
+    from airflow.sdk import get_current_context
+
+    get_current_context()["ti"].xcom_push(key="decision", value={"branch": branch, **details})
+    return branch
+
+
+def collect_results(task_ids: list[str]) -> dict[str, Any]:
+    """Return values of ``task_ids`` in this run (None for skipped); branch tasks give their decision."""
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    results: dict[str, Any] = {}
+    for task_id in task_ids:
+        decision = ti.xcom_pull(task_ids=task_id, key="decision")
+        results[task_id] = decision if decision is not None else ti.xcom_pull(task_ids=task_id)
+    return results
+
+
+def branch_result(*task_ids: str) -> Any:
+    """Return value of whichever of ``task_ids`` ran, for a join after a branch.
+
+    Pulled with ``ti.xcom_pull`` rather than passed as task arguments: resolving the skipped
+    task's argument logs an ``XCom not found`` error in Airflow 3.3 (harmless, but it alarms).
+    """
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    for task_id in task_ids:
+        value = ti.xcom_pull(task_ids=task_id)
+        if value is not None:
+            return value
+    raise RuntimeError(f"none of {task_ids} returned a value; the join ran without its branch")
+
+
+def env_input_dir() -> str:
+    """Default ``input_dir`` of the daily form (``TRAITFLOW_INPUT_DIR``; empty = use the events table)."""
+    return os.environ.get("TRAITFLOW_INPUT_DIR", "").strip()

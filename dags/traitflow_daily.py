@@ -1,0 +1,115 @@
+"""traitflow_daily: keep the trait profiles of customers with new events current, one day at a time."""
+
+from __future__ import annotations
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from traitflow_common import DEFAULT_ARGS, TAGS, current_run, env_input_dir, pipeline_params, start_date
+
+DOC_MD = """
+### Traitflow daily profile update
+
+`ingest` -> `select_customers` -> `update_profiles` -> `monitor`
+
+* Every run processes its data interval (UTC). A scheduled or backfill run with logical date
+  **D** covers the day **[D, D + 1 day)** and starts after midnight ending that day. A manual run
+  (UI trigger, `dag.test(logical_date=T)`) covers the last complete day before T.
+* **ingest** loads and validates files from `input_dir` (column mapping `mapping`); with an empty
+  `input_dir` it skips and the run works on events already in the `events` table.
+* **update_profiles** uses the newest model trained through the interval end or earlier
+  (backfill-safe) and never overwrites a newer current profile.
+* **monitor** stores a run report (OOV rate, profile-distribution drift).
+
+Backfill after an outage (creates queued runs; a running scheduler executes them):
+
+    airflow backfill create --dag-id traitflow_daily \\
+        --from-date 2026-01-02 --to-date 2026-01-31 --max-active-runs 1
+
+processes Jan 2 to Jan 31 inclusive (the dates are logical dates = first day of each interval).
+Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
+`max_active_runs` does not apply to it. Add `--reprocess-behavior completed` to redo days that ran.
+"""
+
+
+@dag(
+    dag_id="traitflow_daily",
+    # Explicit data-interval timetable: in Airflow 3 a bare "@daily" becomes a CronTriggerTimetable
+    # whose runs have start == end (no day to process) unless [scheduler]
+    # create_cron_data_intervals is set. With intervals, logical date D = the day processed, which
+    # is also what `airflow backfill create --from-date/--to-date` selects on.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=start_date(),
+    catchup=True,
+    max_active_runs=1,  # days build on each other (profiles, history); run them in order
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
+    doc_md=DOC_MD,
+    params={
+        "input_dir": Param(
+            env_input_dir(),
+            type="string",
+            title="input_dir",
+            description="Folder of CSV/Parquet event files to ingest; empty = use the events table only.",
+            section="Input",
+        ),
+        "mapping": Param(
+            "canonical",
+            type="string",
+            minLength=1,
+            title="mapping",
+            description="Column-mapping preset (or path to a mapping file) for the input files.",
+            section="Input",
+        ),
+        **pipeline_params(),
+    },
+)
+def traitflow_daily() -> None:
+    @task
+    def ingest() -> dict:
+        from traitflow import jobs
+
+        run = current_run()
+        return jobs.ingest_interval(
+            run.database_url,
+            run.params["input_dir"] or None,
+            run.params["mapping"],
+            run.start,
+            run.end,
+            run.run_id,
+        )
+
+    @task
+    def select_customers() -> dict:
+        from traitflow import jobs
+
+        run = current_run()
+        return jobs.select_customers(run.database_url, run.start, run.end, run.work_dir)
+
+    @task
+    def update_profiles(selection: dict) -> dict:
+        from traitflow import jobs
+
+        run = current_run()
+        return jobs.update_profiles(
+            run.database_url,
+            as_of=run.end,
+            customers_path=selection["customers_path"],
+            run_id=run.run_id,
+            params=run.config,
+        )
+
+    @task
+    def monitor(update_result: dict) -> dict:
+        from traitflow import jobs
+
+        run = current_run()
+        return jobs.monitor_daily(
+            run.database_url, as_of=run.end, run_id=run.run_id, update_result=update_result
+        )
+
+    selection = select_customers()
+    ingest() >> selection
+    monitor(update_profiles(selection))
+
+
+traitflow_daily()

@@ -1,0 +1,217 @@
+"""traitflow_weekly_retrain: retrain Item2Vec + traits when the catalogue moved, behind quality gates."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from traitflow_common import (
+    DEFAULT_ARGS,
+    JOIN,
+    MODEL_ASSET,
+    TAGS,
+    branch_result,
+    collect_results,
+    current_run,
+    pipeline_params,
+    record_decision,
+    start_date,
+)
+
+WEEK = timedelta(weeks=1)
+
+DOC_MD = """
+### Traitflow weekly retrain
+
+```
+build_corpus -> check_new_vocab
+  |-> skip_retrain ------------------------------------------------------------> report
+  '-> train_candidate -> quality_gate
+        |-> reject_candidate --------------------------------------------------> report
+        '-> measure_drift -> check_drift
+              |-> refit_traits -.
+              '-> keep_traits  --+-> recompute_profiles -> promote [asset] ---> report
+```
+
+* **check_new_vocab** retrains when more than `new_vocab_threshold` of the window's tokens are new
+  to the active model, when there is no active model yet, or when `force_retrain` is set.
+* **quality_gate** rejects a candidate that scores worse than the active model by more than
+  `quality_margin` on held-out sessions.
+* **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
+  refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
+* **promote** switches the active model atomically and emits the asset `traitflow://models/active`,
+  which triggers `traitflow_refresh_on_promotion`.
+* **report** is written on every path (skip, reject, promote); a failed task fails the run instead
+  of being hidden behind an `all_done` report.
+
+A scheduled run with logical date **D** (a Sunday, UTC) covers the week [D, D + 7 days), starts
+when that week is over, and trains on the `training_window_days` before the interval end. A manual
+run covers the last complete week before its trigger time.
+"""
+
+
+@dag(
+    dag_id="traitflow_weekly_retrain",
+    # Explicit data-interval timetable, for the same reason as the daily DAG.
+    schedule=CronDataIntervalTimetable("@weekly", timezone="UTC"),
+    start_date=start_date(),
+    catchup=False,  # a retrain covers a trailing window; replaying missed weeks buys nothing
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=TAGS,
+    doc_md=DOC_MD,
+    params={
+        "force_retrain": Param(
+            False,
+            type="boolean",
+            title="force_retrain",
+            description="Train a candidate even if the new-vocabulary ratio is below the threshold.",
+            section="Run",
+        ),
+        **pipeline_params(),
+    },
+)
+def traitflow_weekly_retrain() -> None:
+    @task
+    def build_corpus() -> dict:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        return jobs.build_corpus(
+            run.database_url, trained_through=run.end, work_dir=run.work_dir, params=run.config
+        )
+
+    @task.branch
+    def check_new_vocab(corpus_info: dict) -> str:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        retrain, reason = jobs.should_retrain(
+            corpus_info, bool(run.params["force_retrain"]), run.params["new_vocab_threshold"]
+        )
+        return record_decision("train_candidate" if retrain else "skip_retrain", reason=reason)
+
+    @task
+    def skip_retrain() -> dict:
+        # Nothing to do: the report records the reason from check_new_vocab's decision.
+        return {"retrained": False}
+
+    @task
+    def train_candidate(corpus_info: dict) -> dict:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        return jobs.train_candidate(run.database_url, corpus_info, run.work_dir, run.config)
+
+    @task.branch
+    def quality_gate(candidate_info: dict) -> str:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        gate = jobs.quality_gate(run.database_url, candidate_info, run.config)
+        return record_decision("measure_drift" if gate["passed"] else "reject_candidate", **gate)
+
+    @task
+    def reject_candidate(candidate_info: dict, gate_result: dict) -> dict:
+        from traitflow import jobs
+
+        return jobs.reject_candidate(current_run(WEEK).database_url, candidate_info, gate_result)
+
+    @task
+    def measure_drift(candidate_info: dict) -> dict:
+        from traitflow import jobs
+
+        return jobs.measure_drift(current_run(WEEK).database_url, candidate_info)
+
+    @task.branch
+    def check_drift(drift_info: dict) -> str:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        refit, reason = jobs.should_refit(drift_info, run.params["drift_threshold"])
+        return record_decision("refit_traits" if refit else "keep_traits", reason=reason)
+
+    @task
+    def refit_traits(candidate_info: dict) -> dict:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        return jobs.refit_traits(run.database_url, candidate_info, run.config)
+
+    @task
+    def keep_traits(candidate_info: dict) -> dict:
+        from traitflow import jobs
+
+        return jobs.keep_traits(current_run(WEEK).database_url, candidate_info)
+
+    @task(trigger_rule=JOIN)
+    def recompute_profiles() -> dict:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        candidate_info = branch_result("refit_traits", "keep_traits")  # exactly one of them ran
+        profiles_info = jobs.recompute_profiles(
+            run.database_url, candidate_info, as_of=run.end, work_dir=run.work_dir
+        )
+        return {"candidate_info": candidate_info, "profiles_info": profiles_info}
+
+    @task(outlets=[MODEL_ASSET])
+    def promote(recomputed: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        from traitflow import jobs
+
+        result = jobs.promote(
+            current_run(WEEK).database_url, recomputed["candidate_info"], recomputed["profiles_info"]
+        )
+        # The asset event tells traitflow_refresh_on_promotion (and the UI) which version is live.
+        get_current_context()["outlet_events"][MODEL_ASSET].extra = {"model_version": result["model_version"]}
+        return result
+
+    @task(trigger_rule=JOIN)
+    def report() -> dict:
+        from traitflow import jobs
+
+        run = current_run(WEEK)
+        results = collect_results(
+            [
+                "build_corpus",
+                "check_new_vocab",
+                "skip_retrain",
+                "train_candidate",
+                "quality_gate",
+                "reject_candidate",
+                "measure_drift",
+                "check_drift",
+                "refit_traits",
+                "keep_traits",
+                "recompute_profiles",
+                "promote",
+            ]
+        )
+        # The interval end identifies the week: a rerun of the same week replaces its report.
+        results["trained_through"] = run.end.isoformat()
+        return jobs.weekly_report(run.database_url, run.run_id, results)
+
+    corpus = build_corpus()
+    candidate = train_candidate(corpus)
+    skipped = skip_retrain()
+    check_new_vocab(corpus) >> [candidate, skipped]
+
+    gate = quality_gate(candidate)
+    drift = measure_drift(candidate)
+    rejected = reject_candidate(candidate, gate["decision"])  # the gate's result, pushed by record_decision
+    gate >> [drift, rejected]
+
+    refitted = refit_traits(candidate)
+    kept = keep_traits(candidate)
+    check_drift(drift) >> [refitted, kept]
+
+    recomputed = recompute_profiles()
+    [refitted, kept] >> recomputed
+    promoted = promote(recomputed)
+    [skipped, rejected, promoted] >> report()
+
+
+traitflow_weekly_retrain()

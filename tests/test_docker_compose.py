@@ -1,0 +1,226 @@
+"""docker-compose.yaml and Dockerfile are consistent with each other, the repo and Airflow 3.3.
+
+No Docker engine is needed: the compose file is parsed with PyYAML (which resolves the ``<<``
+merge keys the file uses) and checked structurally.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+
+DATABASES = {"airflow-db", "traitflow-db"}
+AIRFLOW_RUNTIME = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+AIRFLOW_SERVICES = AIRFLOW_RUNTIME | {"airflow-init"}
+LONG_RUNNING = DATABASES | AIRFLOW_RUNTIME
+PROJECT_MOUNTS = {"./dags", "./plugins", "./include", "./data"}
+# ${VAR}, ${VAR:-default}; not $${VAR}, which compose passes through to the container's shell.
+INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?-[^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # KEY=VALUE form
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _binds(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """Bind mounts of a service as dicts (short ``src:dst`` and long syntax)."""
+    out = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+            if source.startswith((".", "/")):
+                out.append({"source": source, "target": target})
+        elif volume.get("type") == "bind":
+            out.append(volume)
+    return out
+
+
+def _named_volumes(service: dict[str, Any]) -> set[str]:
+    names = set()
+    for volume in service.get("volumes") or []:
+        source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+        is_named = isinstance(volume, str) or volume.get("type") == "volume"
+        if is_named and source and not source.startswith((".", "/")):
+            names.add(source)
+    return names
+
+
+def _gitignored_dirs() -> set[str]:
+    lines = (REPO / ".gitignore").read_text().splitlines()
+    return {line.strip().strip("/") for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_services(services: dict[str, Any]) -> None:
+    assert set(services) == LONG_RUNNING | {"airflow-init"}
+    for name in DATABASES:
+        assert services[name]["image"] == "postgres:15"
+
+
+def test_airflow_image_is_built_from_the_pinned_airflow() -> None:
+    pins = dict(
+        line.split("==", 1) for line in (REPO / "requirements.txt").read_text().splitlines() if "==" in line
+    )
+    base = re.search(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert base is not None
+    assert base.group(1) == f"apache/airflow:{pins['apache-airflow']}-python3.11"
+    text = DOCKERFILE.read_text()
+    assert "-r requirements.txt -c constraints.txt" in text
+    assert "pip install --no-cache-dir --no-deps -e ." in text
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        check = services[name].get("healthcheck")
+        assert check and check.get("test"), name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+    scheduler_env = _env(services["airflow-scheduler"])
+    # The scheduler's health endpoint (port 8974) only exists when enabled.
+    assert scheduler_env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"
+
+
+def test_startup_order(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for target, spec in (service.get("depends_on") or {}).items():
+            assert target in services, (name, target)
+            assert spec["condition"] in ("service_healthy", "service_completed_successfully"), (name, target)
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], (name, target)
+    for name in AIRFLOW_SERVICES:
+        deps = services[name]["depends_on"]
+        for db in DATABASES:
+            assert deps[db]["condition"] == "service_healthy", (name, db)
+    for name in AIRFLOW_RUNTIME:
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    # Task workloads call the api-server's Execution API; start the clients after it is healthy.
+    for name in ("airflow-scheduler", "airflow-triggerer"):
+        assert services[name]["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
+    assert services["airflow-init"].get("restart") == "no"
+
+
+def test_airflow_environment(services: dict[str, Any]) -> None:
+    envs = {name: _env(services[name]) for name in AIRFLOW_SERVICES}
+    shared = {
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW_CONN_TRAITFLOW_DB",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+        "TRAITFLOW_DATA_DIR",
+    }
+    for key in shared:
+        values = {name: env.get(key) for name, env in envs.items()}
+        assert None not in values.values(), (key, values)
+        assert len(set(values.values())) == 1, (key, values)  # e.g. one JWT secret for all
+    env = envs["airflow-scheduler"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    execution_api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    assert execution_api.hostname == "airflow-apiserver" and execution_api.path == "/execution/"
+    assert execution_api.port == 8080 and "8080" in services["airflow-apiserver"]["ports"][0]
+    metadata = urlsplit(INTERPOLATION.sub("x", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
+    assert metadata.scheme == "postgresql+psycopg2" and metadata.hostname == "airflow-db"
+    traitflow = urlsplit(INTERPOLATION.sub("x", env["AIRFLOW_CONN_TRAITFLOW_DB"]))
+    assert traitflow.scheme == "postgresql" and traitflow.hostname == "traitflow-db"
+    assert traitflow.path == "/" + _env(services["traitflow-db"])["POSTGRES_DB"]
+
+
+def test_no_literal_secrets(services: dict[str, Any]) -> None:
+    """Credentials are ${VAR:-local-dev-default} interpolations, overridable from .env."""
+    for name, service in services.items():
+        for key, value in _env(service).items():
+            if re.search(r"PASSWORD|SECRET|FERNET", key) and not key.endswith("_FILE"):
+                assert value.startswith("${"), (name, key)
+            parts = urlsplit(value) if "://" in value else None
+            if parts and "@" in parts.netloc:
+                user_info = parts.netloc.rsplit("@", 1)[0]
+                assert ":" not in user_info or INTERPOLATION.search(user_info.split(":", 1)[1]), (name, key)
+
+
+def test_env_example_documents_every_variable() -> None:
+    lines = [line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    used = set(INTERPOLATION.findall("\n".join(lines)))
+    example = (REPO / ".env.example").read_text()
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", example, re.MULTILINE))
+    assert used <= documented, sorted(used - documented)
+
+
+def test_project_is_mounted_where_airflow_looks(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        binds = {b["source"]: b["target"] for b in _binds(services[name])}
+        assert set(binds) >= PROJECT_MOUNTS, name
+        env = _env(services[name])
+        assert binds["./dags"] == env["AIRFLOW__CORE__DAGS_FOLDER"]
+        assert binds["./plugins"] == env["AIRFLOW__CORE__PLUGINS_FOLDER"]
+        assert binds["./data"] == env["TRAITFLOW_DATA_DIR"]
+        # The image installs the package editable from /opt/traitflow, so the mount replaces it.
+        assert binds["./include"] == "/opt/traitflow/include"
+        assert env["TRAITFLOW_INPUT_DIR"].startswith(("${", env["TRAITFLOW_DATA_DIR"]))
+
+
+def test_host_paths_exist(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    ignored = _gitignored_dirs()
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            context = REPO / build["context"]
+            assert context.is_dir(), name
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        for bind in _binds(service):
+            path = REPO / bind["source"]
+            if (bind.get("bind") or {}).get("create_host_path"):
+                # Generated, git-ignored folders (data/) are created by compose on first `up`.
+                assert path.is_dir() or bind["source"].lstrip("./") in ignored, (name, bind)
+            else:
+                assert path.exists(), (name, bind["source"])
+        for volume in _named_volumes(service):
+            assert volume in (compose.get("volumes") or {}), (name, volume)
+
+
+def test_dockerfile_copies_only_existing_paths() -> None:
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY"):
+            sources = [token for token in line.split()[1:-1] if not token.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), source
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert {".git", ".venv", "data", ".env"} <= set(ignore)  # keep state and secrets out of the image
+
+
+def test_init_prepares_airflow_and_traitflow(services: dict[str, Any]) -> None:
+    init = services["airflow-init"]
+    script = "\n".join(init["command"]) if isinstance(init["command"], list) else init["command"]
+    for step in ("airflow db migrate", "traitflow db upgrade", "traitflow sample"):
+        assert step in script, step
+    assert "set -euo pipefail" in script  # a failed step must fail the init, not start Airflow
+    assert script.index("airflow db migrate") < script.index("traitflow db upgrade")
+
+
+def test_traitflow_db_port_is_local_only(services: dict[str, Any]) -> None:
+    for port in services["traitflow-db"].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port
+    assert "ports" not in services["airflow-db"]
