@@ -198,3 +198,12 @@ def _build_model_fixture() -> Callable[..., TraitflowModel]:
 @pytest.fixture(name="build_profile_batch")
 def _build_profile_batch_fixture() -> Callable[..., ProfileBatch]:
     return build_profile_batch
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """pgserver logs from its own atexit hook, after pytest has closed the captured stream that
+    Airflow's logging setup (tests/dags) attached handlers to; that only prints a spurious
+    "--- Logging error ---" traceback at exit, so the logger is silenced once the tests are done."""
+    import logging
+
+    logging.getLogger("pgserver").disabled = True

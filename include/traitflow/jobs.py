@@ -14,6 +14,7 @@ its customers, so the two converge whichever finishes first.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -271,6 +272,18 @@ def should_retrain(corpus_info: Mapping[str, Any], force_retrain: bool, threshol
     return False, f"new-vocabulary ratio {ratio:.3f} <= {threshold}"
 
 
+def _remember(candidate_info: Mapping[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Keep a step's result beside the candidate, so ``promote`` can store it with the model."""
+    path = Path(candidate_info["tokens_path"]).parent / f"{name}.json"
+    path.write_text(json.dumps(result))
+    return result
+
+
+def _recall(candidate_info: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    path = Path(candidate_info["tokens_path"]).parent / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _corpus(corpus_info: Mapping[str, Any]):
     from traitflow.pipeline import Corpus
     from traitflow.sessions import CorpusStats
@@ -332,7 +345,9 @@ def quality_gate(
         f" (difference {comparison['difference']:+.4f} +- {1.96 * comparison['standard_error']:.4f},"
         f" margin {margin}, {comparison['n_pairs']} held-out pairs): {verdict}"
     )
-    return {**comparison, "margin": margin, "passed": passed, "reason": reason}
+    return _remember(
+        candidate_info, "quality_gate", {**comparison, "margin": margin, "passed": passed, "reason": reason}
+    )
 
 
 def reject_candidate(
@@ -346,11 +361,11 @@ def measure_drift(database_url: str | None, candidate_info: Mapping[str, Any]) -
     """Drift of the candidate from the active model after Procrustes alignment."""
     active_version = candidate_info.get("active_version")
     if active_version is None:
-        return {"measured": False, "reason": "no active model"}
+        return _remember(candidate_info, "drift", {"measured": False, "reason": "no active model"})
     with _open(database_url) as store:
         active = store.load_model(active_version).tokens
     report = _measure_drift(load_tokens(candidate_info["tokens_path"]), active)
-    return {"measured": True, **report.to_dict()}
+    return _remember(candidate_info, "drift", {"measured": True, **report.to_dict()})
 
 
 def should_refit(drift_info: Mapping[str, Any], threshold: float) -> tuple[bool, str]:
@@ -418,9 +433,13 @@ def promote(
     """Save the candidate and, in one transaction, write its profiles and make it the active model."""
     model = TraitflowModel.load(candidate_info["model_dir"])
     batch = ProfileBatch.load(profiles_info["profiles_path"])
+    model.metrics["quality_gate"] = _recall(candidate_info, "quality_gate")
     with _open(database_url) as store:
         version = store.save_model(model)
         batch.model_version = version
+        drift = _recall(candidate_info, "drift")
+        if drift is not None:
+            store.update_model_metadata(version, drift=drift)
         store.promote(version, profiles=batch)
     return {"model_version": version, "n_profiles": len(batch), "promoted": True}
 

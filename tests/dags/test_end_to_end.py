@@ -118,6 +118,10 @@ def test_weekly_branches_daily_updates_and_every_table(pipeline, store: Store):
         "check_drift", key="decision"
     )
     assert store.active_model_version() == 3
+    latest = store.model_versions().set_index("model_version").loc[3]
+    assert latest["drift"]["measured"] and latest["drift"]["weighted_mean_drift"] > 0.25
+    assert latest["metrics"]["quality_gate"]["passed"] is True
+    assert store.load_model(3).trait_match["n_matched"] >= 1  # the match report is kept
     assert refresh().state == "success"
 
     counts = store.table_counts()
