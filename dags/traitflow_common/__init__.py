@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from airflow.sdk import Asset, Param
 
@@ -183,33 +182,6 @@ def pipeline_config_values(params: dict[str, Any]) -> dict[str, Any]:
 # --- Database URL -----------------------------------------------------------------------------
 
 
-def connection_url(conn: Any) -> str:
-    """A libpq-style ``postgresql://`` URL from an Airflow Postgres Connection.
-
-    ``Connection.get_uri()`` is not usable here: it renders ``postgres://``, which SQLAlchemy 2
-    rejects, and it would put Airflow-only extras into the query string. ``schema`` of a Postgres
-    connection is the database name (Airflow convention); string extras such as ``sslmode`` become
-    query parameters.
-    """
-    conn_type = (conn.conn_type or "").lower()
-    if not conn_type.startswith("postgres"):
-        raise ValueError(f"connection {conn.conn_id!r} must be a Postgres connection, got {conn_type!r}")
-    auth = ""
-    if conn.login:
-        auth = quote(conn.login, safe="")
-        if conn.password:
-            auth += ":" + quote(conn.password, safe="")
-        auth += "@"
-    host = conn.host or "localhost"
-    port = f":{conn.port}" if conn.port else ""
-    database = quote(conn.schema or "", safe="")
-    extras = {
-        k: v for k, v in conn.extra_dejson.items() if isinstance(v, str | int) and not isinstance(v, bool)
-    }
-    query = f"?{urlencode(sorted(extras.items()))}" if extras else ""
-    return f"postgresql://{auth}{host}{port}/{database}{query}"
-
-
 def database_url() -> str | None:
     """Traitflow's database: Connection ``traitflow_db``, else ``TRAITFLOW_DATABASE_URL``, else None.
 
@@ -220,11 +192,13 @@ def database_url() -> str | None:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
+    from traitflow.connections import url_from_connection
+
     try:
         conn = Connection.get(CONN_ID)
     except AirflowNotFoundException:
         return env_str("TRAITFLOW_DATABASE_URL")
-    return connection_url(conn)
+    return url_from_connection(conn)
 
 
 # --- Run context ------------------------------------------------------------------------------

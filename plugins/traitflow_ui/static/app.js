@@ -1,0 +1,319 @@
+// Traitflow "Traits" page: plain DOM, no build step. Every value from the API is inserted with
+// textContent (labels and ids are arbitrary text), and every URL is relative to the page, so it
+// works under any Airflow base_url.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function td(text, className) {
+  return el("td", text, className);
+}
+
+function fmtDate(value) {
+  if (!value) return "";
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? String(value) : d.toISOString().replace("T", " ").replace(/:00(\.000)?Z$/, "Z");
+}
+
+function fmtNum(value, digits = 3) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function meter(fraction) {
+  const outer = el("div", null, "meter");
+  const inner = el("span");
+  inner.style.width = `${Math.max(0, Math.min(1, fraction || 0)) * 100}%`;
+  outer.appendChild(inner);
+  return outer;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    body = null;
+  }
+  if (!response.ok) {
+    let detail = body && body.detail !== undefined ? body.detail : response.statusText;
+    if (Array.isArray(detail)) {
+      // FastAPI validation errors: [{loc: [...], msg: "..."}]
+      detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    }
+    if (response.status === 401) detail = "Your Airflow session has expired: reload the page to log in again.";
+    throw new ApiError(response.status, `${detail} (HTTP ${response.status})`);
+  }
+  return body;
+}
+
+// ------------------------------------------------------------------------------------- traits
+
+const traitLabels = new Map();
+
+async function loadTraits() {
+  const tbody = $("traits").querySelector("tbody");
+  tbody.replaceChildren();
+  let data;
+  try {
+    data = await api("api/traits");
+  } catch (e) {
+    const row = el("tr");
+    const cell = td(e.status === 404 ? "No active model yet: run traitflow_weekly_retrain." : e.message);
+    cell.colSpan = 6;
+    row.appendChild(cell);
+    tbody.appendChild(row);
+    if (e.status !== 404) showError(e.message);
+    return;
+  }
+  for (const t of data.traits) {
+    traitLabels.set(t.trait_id, t.label);
+    const row = el("tr");
+    row.dataset.traitId = String(t.trait_id);
+    row.appendChild(td(t.trait_id, "num"));
+    row.appendChild(td(t.label));
+    row.appendChild(td(t.size.toLocaleString(), "num"));
+    const share = td();
+    share.appendChild(meter(t.share));
+    share.title = t.share === null ? "" : `${(t.share * 100).toFixed(1)}%`;
+    row.appendChild(share);
+    row.appendChild(td(t.top_products.join(", "), "tags"));
+    row.appendChild(td(t.top_categories.filter(Boolean).join(", "), "tags"));
+    row.addEventListener("click", () => loadTop(t.trait_id, row));
+    tbody.appendChild(row);
+  }
+}
+
+async function loadTop(traitId, row) {
+  for (const r of $("traits").querySelectorAll("tr.selected")) r.classList.remove("selected");
+  row.classList.add("selected");
+  try {
+    const data = await api(`api/traits/${encodeURIComponent(traitId)}/top?n=20`);
+    $("top-title").textContent = `Top customers of trait ${data.trait_id} · ${data.label}`;
+    const list = $("top-list");
+    list.replaceChildren();
+    for (const c of data.customers) {
+      const item = el("li");
+      item.appendChild(customerButton(c.customer_id));
+      item.appendChild(el("span", ` ${fmtNum(c.score)}`, "muted"));
+      list.appendChild(item);
+    }
+    if (!data.customers.length) list.appendChild(el("li", "no customers profiled with this model", "muted"));
+    $("top").hidden = false;
+    showError("");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function customerButton(customerId) {
+  const button = el("button", customerId);
+  button.type = "button";
+  button.addEventListener("click", () => {
+    $("customer-id").value = customerId;
+    lookup(customerId);
+  });
+  return button;
+}
+
+// ----------------------------------------------------------------------------------- customer
+
+async function lookup(customerId) {
+  const id = encodeURIComponent(customerId);
+  const url = new URL(window.location.href);
+  url.searchParams.set("customer", customerId);
+  window.history.replaceState(null, "", url);
+  let profile;
+  try {
+    profile = await api(`api/customers/${id}`);
+  } catch (e) {
+    $("profile").hidden = true;
+    showError(e.message);
+    return;
+  }
+  showError("");
+  $("profile-title").textContent = `Customer ${profile.customer_id}`;
+  $("profile-meta").textContent =
+    `as of ${fmtDate(profile.as_of)} · model ${profile.model_version} · ${profile.n_events} events` +
+    (profile.cold_start !== "none" ? ` · cold start: ${profile.cold_start}` : "");
+  const bars = $("profile-bars");
+  bars.replaceChildren();
+  const traits = [...profile.traits].sort((a, b) => (b.score || 0) - (a.score || 0));
+  for (const t of traits) {
+    const item = el("li", null, t.trait_id === profile.dominant_trait_id ? "dominant" : "");
+    item.appendChild(el("span", `${t.trait_id} · ${t.label}`, "name"));
+    item.appendChild(meter(t.score));
+    item.appendChild(el("span", fmtNum(t.score), "value"));
+    bars.appendChild(item);
+  }
+  $("profile").hidden = false;
+  loadSimilar(id);
+  loadHistory(id);
+}
+
+async function loadSimilar(id) {
+  const list = $("similar-list");
+  list.replaceChildren();
+  try {
+    const data = await api(`api/customers/${id}/similar?n=10`);
+    for (const c of data.similar) {
+      const item = el("li");
+      item.appendChild(customerButton(c.customer_id));
+      item.appendChild(el("span", ` ${fmtNum(c.similarity)} · ${c.dominant_label ?? c.dominant_trait_id}`, "muted"));
+      list.appendChild(item);
+    }
+  } catch (e) {
+    list.appendChild(el("li", e.message, "muted"));
+  }
+}
+
+async function loadHistory(id) {
+  const tbody = $("history").querySelector("tbody");
+  tbody.replaceChildren();
+  try {
+    const data = await api(`api/customers/${id}/history`);
+    for (const h of [...data.history].reverse()) {
+      const row = el("tr");
+      row.appendChild(td(fmtDate(h.as_of)));
+      row.appendChild(td(h.model_version, "num"));
+      row.appendChild(td(`${h.dominant_trait_id} · ${h.dominant_label ?? ""}`));
+      row.appendChild(td(h.n_events, "num"));
+      row.appendChild(td(h.cold_start));
+      tbody.appendChild(row);
+    }
+  } catch (e) {
+    const row = el("tr");
+    const cell = td(e.message, "muted");
+    cell.colSpan = 5;
+    row.appendChild(cell);
+    tbody.appendChild(row);
+  }
+}
+
+// ------------------------------------------------------------------------------------- models
+
+async function loadModels() {
+  const tbody = $("models").querySelector("tbody");
+  tbody.replaceChildren();
+  try {
+    const data = await api("api/models");
+    const active = data.models.find((m) => m.status === "active");
+    $("model-summary").textContent = active
+      ? `Active model ${active.model_version}, trained through ${fmtDate(active.trained_through)}, ` +
+        `${active.n_traits} traits, ${active.n_tokens.toLocaleString()} tokens.`
+      : "No active model yet: run the traitflow_weekly_retrain DAG.";
+    for (const m of data.models) {
+      const row = el("tr");
+      row.appendChild(td(m.model_version, "num"));
+      row.appendChild(td(m.status));
+      row.appendChild(td(fmtDate(m.trained_through)));
+      row.appendChild(td(m.n_traits, "num"));
+      row.appendChild(td(m.n_tokens.toLocaleString(), "num"));
+      row.appendChild(td(fmtDate(m.promoted_at)));
+      const notes = [];
+      const traits = (m.metrics || {}).traits || {};
+      const gate = (m.metrics || {}).quality_gate;
+      if (gate && gate.candidate_hit_rate !== undefined) notes.push(`hit@10 ${fmtNum(gate.candidate_hit_rate)}`);
+      if (traits.refit === true) notes.push("traits refitted");
+      if (traits.refit === false) notes.push("traits kept");
+      if (m.drift && m.drift.weighted_mean_drift !== undefined) {
+        notes.push(`drift ${fmtNum(m.drift.weighted_mean_drift)}`);
+      }
+      if (m.trait_match && Array.isArray(m.trait_match.new) && m.trait_match.new.length) {
+        notes.push(`${m.trait_match.new.length} new trait(s)`);
+      }
+      if (m.status_reason) notes.push(m.status_reason);
+      row.appendChild(td(notes.join(" · "), "tags"));
+      tbody.appendChild(row);
+    }
+  } catch (e) {
+    $("model-summary").textContent = "";
+    showError(e.message);
+  }
+}
+
+// ------------------------------------------------------------------------------------ reports
+
+const SUMMARY_KEYS = [
+  "model_version", "n_profiles", "oov_rate", "cold_start_share", "profile_shift_js", "promoted", "reason",
+];
+
+function summarize(report) {
+  const parts = [];
+  for (const key of SUMMARY_KEYS) {
+    if (report[key] === undefined || report[key] === null) continue;
+    const value = typeof report[key] === "number" && !Number.isInteger(report[key])
+      ? fmtNum(report[key]) : String(report[key]);
+    parts.push(`${key}: ${value}`);
+  }
+  return parts.join(" · ");
+}
+
+async function loadReports() {
+  const tbody = $("reports").querySelector("tbody");
+  tbody.replaceChildren();
+  try {
+    const data = await api("api/reports?limit=20");
+    if (!data.reports.length) {
+      const row = el("tr");
+      const cell = td("No run reports yet.", "muted");
+      cell.colSpan = 5;
+      row.appendChild(cell);
+      tbody.appendChild(row);
+    }
+    for (const r of data.reports) {
+      const row = el("tr");
+      row.appendChild(td(r.kind));
+      row.appendChild(td(r.run_key));
+      row.appendChild(td(fmtDate(r.updated_at)));
+      row.appendChild(td(summarize(r.report), "tags"));
+      const raw = td();
+      const details = el("details");
+      details.appendChild(el("summary", "JSON"));
+      details.appendChild(el("pre", JSON.stringify(r.report, null, 2)));
+      raw.appendChild(details);
+      row.appendChild(raw);
+      tbody.appendChild(row);
+    }
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+// --------------------------------------------------------------------------------------- boot
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("lookup").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("customer-id").value.trim();
+    if (value) lookup(value);
+  });
+  loadModels();
+  loadTraits();
+  loadReports();
+  const initial = new URL(window.location.href).searchParams.get("customer");
+  if (initial) {
+    $("customer-id").value = initial;
+    lookup(initial);
+  }
+});

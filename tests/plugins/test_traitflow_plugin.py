@@ -1,0 +1,601 @@
+"""The Traitflow Airflow plugin: registration, every endpoint on a real PostgreSQL, and auth
+through Airflow's own api-server app (SimpleAuthManager JWTs, Bearer header and UI cookie).
+
+The endpoint tests call the plugin's FastAPI app with auth overridden; ``TestAirflowApp`` builds
+Airflow's ``create_app(apps="core")`` with this plugin registered and goes through real auth.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+
+if TYPE_CHECKING:  # imported in fixtures, where the Starlette/httpx deprecation is filtered
+    from fastapi.testclient import TestClient
+
+PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
+PLUGIN_FILE = PLUGINS_DIR / "traitflow_plugin.py"
+
+TRAITS = (3, 7, 11)
+# Hand-made profiles (rows sum to 1) so sizes, rankings and similarities are known exactly.
+CUSTOMERS = ["c1", "c2", "c3", "c4", "c5", "c6", 'Zoë "7" ü']
+PROFILES = np.array(
+    [
+        [0.70, 0.20, 0.10],  # dominant 3
+        [0.10, 0.80, 0.10],  # 7
+        [0.60, 0.30, 0.10],  # 3
+        [0.20, 0.20, 0.60],  # 11
+        [0.90, 0.05, 0.05],  # 3
+        [0.65, 0.30, 0.05],  # 3
+        [0.30, 0.30, 0.40],  # 11
+    ]
+)
+AS_OF = datetime(2024, 1, 10, tzinfo=UTC)
+EARLIER = datetime(2024, 1, 9, tzinfo=UTC)
+C1_EARLIER = np.array([[0.10, 0.10, 0.80]])  # c1 on EARLIER: dominant 11
+
+
+@dataclass
+class Seeded:
+    active: int
+    rejected: int
+    model: Any  # the active TraitflowModel
+    batch: Any  # the ProfileBatch written with the promotion
+    schema: str
+
+
+def _env_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, schema: str) -> None:
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", url)
+    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", schema)
+    monkeypatch.delenv("AIRFLOW_CONN_TRAITFLOW_DB", raising=False)
+    monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))  # never the repo's data/
+
+
+@pytest.fixture
+def empty_db(
+    plugin: ModuleType,
+    store: Any,
+    store_schema: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    """A migrated, empty schema the plugin is pointed at (via TRAITFLOW_DATABASE_URL/_DB_SCHEMA)."""
+    _env_for(monkeypatch, tmp_path, database_url, store_schema)
+    plugin.POOL.clear()
+    yield store
+    plugin.POOL.clear()  # close pooled connections before the schema is dropped
+
+
+@pytest.fixture
+def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_batch: Any) -> Seeded:
+    store = empty_db
+    model = build_model(trait_ids=TRAITS)
+    active = store.save_model(model)
+    batch = build_profile_batch(active, CUSTOMERS, trait_ids=TRAITS, profiles=PROFILES, as_of=AS_OF)
+    store.promote(active, profiles=batch)
+    store.write_profiles(  # an older profile of c1: history only, the current row stays at AS_OF
+        build_profile_batch(active, ["c1"], trait_ids=TRAITS, profiles=C1_EARLIER, as_of=EARLIER)
+    )
+    store.update_model_metadata(active, drift={"weighted_mean_drift": 0.12, "measured": True})
+    rejected = store.save_model(
+        build_model(trait_ids=(3, 7, 12), seed=1, trained_through=datetime(2024, 1, 14, tzinfo=UTC))
+    )
+    store.reject_model(rejected, "hit rate below the active model")
+    store.write_run_report("weekly", "2024-01-07", {"promoted": True, "model_version": active})
+    store.write_run_report("daily", "2024-01-09", {"n_profiles": 1, "oov_rate": 0.01})
+    store.write_run_report("daily", "2024-01-10", {"n_profiles": 7, "oov_rate": 0.02})
+    return Seeded(active=active, rejected=rejected, model=model, batch=batch, schema=store_schema)
+
+
+@pytest.fixture
+def client(plugin: ModuleType) -> Iterator[TestClient]:
+    """The plugin app with Airflow auth replaced by a fixed user (auth has its own tests below)."""
+    from fastapi.testclient import TestClient
+
+    app = plugin.app
+    app.dependency_overrides[plugin.require_access] = lambda: "analyst"
+    app.dependency_overrides[plugin.require_page_access] = lambda: "analyst"
+    try:
+        with TestClient(app) as test_client:
+            yield test_client
+    finally:
+        app.dependency_overrides.clear()
+
+
+# ------------------------------------------------------------------------------ registration
+
+
+def test_plugin_registers_the_app_and_a_nav_view(plugin: ModuleType) -> None:
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
+    from fastapi import FastAPI
+
+    cls = plugin.TraitflowPlugin
+    assert cls.name == "traitflow"
+    [entry] = cls.fastapi_apps
+    assert entry["app"] is plugin.app and isinstance(entry["app"], FastAPI)
+    assert entry["url_prefix"] == "/traitflow"
+    assert not any(entry["url_prefix"].startswith(p) for p in RESERVED_URL_PREFIXES)
+    paths = {route.path for route in plugin.app.routes}
+    assert {
+        "/",
+        "/api/traits",
+        "/api/traits/{trait_id}/top",
+        "/api/customers/{customer_id}",
+        "/api/customers/{customer_id}/history",
+        "/api/customers/{customer_id}/similar",
+        "/api/models",
+        "/api/reports",
+        "/api/status",
+        "/static",
+    } <= paths
+
+    [view] = cls.external_views
+    parsed = ExternalViewResponse.model_validate(view)  # the schema /api/v2/plugins serves to the UI
+    assert parsed.destination == "nav"
+    assert parsed.category == "browse"
+    assert parsed.url_route == "traitflow"
+    assert parsed.href == "/traitflow/"
+    assert parsed.icon == "/traitflow/static/icon.svg"
+
+
+def test_airflow_plugin_loader_finds_the_plugin(plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow._shared.plugins_manager import _load_plugins_from_plugin_directory
+
+    # The loader re-executes the file and replaces sys.modules["traitflow_plugin"]: restore it.
+    monkeypatch.setitem(sys.modules, "traitflow_plugin", plugin)
+    plugins, errors = _load_plugins_from_plugin_directory(plugins_folder=str(PLUGINS_DIR))
+    assert errors == {}
+    assert [p.name for p in plugins] == ["traitflow"]
+    assert plugins[0].fastapi_apps[0]["url_prefix"] == "/traitflow"
+
+
+def test_import_does_no_database_work_and_stays_light(tmp_path: Path) -> None:
+    """Every Airflow process imports plugins: no DB/connection lookup and no numpy/pandas/psycopg."""
+    code = (
+        "import importlib.machinery, importlib.util, json, sys\n"
+        f"loader = importlib.machinery.SourceFileLoader('traitflow_plugin', {str(PLUGIN_FILE)!r})\n"
+        "spec = importlib.util.spec_from_loader('traitflow_plugin', loader)\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules['traitflow_plugin'] = mod\n"
+        "loader.exec_module(mod)\n"
+        "heavy = ['traitflow.store', 'pandas', 'numpy', 'psycopg', 'airflow.api_fastapi.core_api.security']\n"
+        "print(json.dumps({'loaded': [m for m in heavy if m in sys.modules],"
+        " 'pool_key': mod.POOL._key}))\n"
+    )
+    env = {
+        **os.environ,
+        # Unreachable everywhere: an import that touched the database would hang or fail.
+        "TRAITFLOW_DATABASE_URL": "postgresql://nobody@192.0.2.1:1/none?connect_timeout=1",
+        "AIRFLOW_CONN_TRAITFLOW_DB": "postgresql://nobody@192.0.2.1:1/none",
+        "TRAITFLOW_DATA_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"loaded": [], "pool_key": None}
+
+
+# -------------------------------------------------------------------------------- endpoints
+
+
+def test_traits_lists_labels_products_and_sizes(client: TestClient, seeded: Seeded) -> None:
+    response = client.get("/api/traits")
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["model_version"] == seeded.active
+    assert body["n_customers"] == len(CUSTOMERS)
+    traits = body["traits"]
+    assert [t["trait_id"] for t in traits] == list(TRAITS)
+    assert [t["position"] for t in traits] == [1, 2, 3]
+    assert [t["label"] for t in traits] == seeded.model.traits.labels
+    assert [t["top_products"] for t in traits] == seeded.model.traits.top_products
+    assert [t["top_categories"] for t in traits] == seeded.model.traits.top_categories
+    assert {t["trait_id"]: t["size"] for t in traits} == {3: 4, 7: 1, 11: 2}
+    assert {t["trait_id"]: t["share"] for t in traits} == pytest.approx({3: 4 / 7, 7: 1 / 7, 11: 2 / 7})
+
+
+def test_traits_of_another_model_version(client: TestClient, seeded: Seeded) -> None:
+    body = client.get("/api/traits", params={"model_version": seeded.rejected}).json()
+    assert body["model_version"] == seeded.rejected
+    assert [t["trait_id"] for t in body["traits"]] == [3, 7, 12]
+    assert body["traits"][2]["label"].startswith("trait 12 ")
+    assert [t["size"] for t in body["traits"]] == [0, 0, 0]  # nobody is profiled with it
+    assert body["n_customers"] == 0
+    assert all(t["share"] is None for t in body["traits"])
+
+    missing = client.get("/api/traits", params={"model_version": 999})
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "model version 999 does not exist"}
+    for bad in ("0", "-1", "abc"):
+        response = client.get("/api/traits", params={"model_version": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"] == ["query", "model_version"]
+
+
+def test_top_customers_ordered_by_score(client: TestClient, seeded: Seeded) -> None:
+    response = client.get("/api/traits/3/top", params={"n": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["trait_id"] == 3
+    assert body["model_version"] == seeded.active
+    assert body["label"] == seeded.model.traits.labels[0]
+    assert [c["customer_id"] for c in body["customers"]] == ["c5", "c1", "c6"]
+    assert [c["rank"] for c in body["customers"]] == [1, 2, 3]
+    assert [c["score"] for c in body["customers"]] == pytest.approx([0.90, 0.70, 0.65])
+    assert {c["as_of"] for c in body["customers"]} == {"2024-01-10T00:00:00Z"}
+
+    everyone = client.get("/api/traits/3/top").json()["customers"]  # default n=10 > 7 customers
+    assert [c["customer_id"] for c in everyone] == ["c5", "c1", "c6", "c3", 'Zoë "7" ü', "c4", "c2"]
+    assert client.get("/api/traits/11/top", params={"n": 1}).json()["customers"][0]["customer_id"] == "c4"
+    assert client.get("/api/traits/3/top", params={"n": 1000}).status_code == 200
+
+
+def test_top_customers_validation_and_unknown_trait(client: TestClient, seeded: Seeded) -> None:
+    for n in (0, -5, 1001, "many"):
+        response = client.get("/api/traits/3/top", params={"n": n})
+        assert response.status_code == 422, n
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", "n"]
+    assert client.get("/api/traits/x/top").status_code == 422
+    unknown = client.get("/api/traits/99/top")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": f"trait 99 does not exist in model {seeded.active}"}
+
+
+def test_customer_profile_with_labels(client: TestClient, seeded: Seeded) -> None:
+    response = client.get("/api/customers/c2")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["customer_id"] == "c2"
+    assert body["model_version"] == seeded.active
+    assert body["as_of"] == "2024-01-10T00:00:00Z"
+    assert body["dominant_trait_id"] == 7
+    assert body["dominant_label"] == seeded.model.traits.labels[1]
+    assert body["n_events"] == int(seeded.batch.n_events[1])
+    assert body["cold_start"] == seeded.batch.cold_start[1]
+    assert [t["trait_id"] for t in body["traits"]] == list(TRAITS)
+    assert [t["label"] for t in body["traits"]] == seeded.model.traits.labels
+    assert [t["score"] for t in body["traits"]] == pytest.approx(PROFILES[1].tolist())
+    assert body["embedding"] is None
+
+    with_vector = client.get("/api/customers/c2", params={"embedding": "true"}).json()
+    assert with_vector["embedding"] == pytest.approx(seeded.batch.embeddings[1].tolist())
+
+
+def test_customer_ids_are_path_encoded_and_validated(client: TestClient, seeded: Seeded) -> None:
+    from urllib.parse import quote
+
+    odd = CUSTOMERS[-1]
+    body = client.get(f"/api/customers/{quote(odd, safe='')}").json()
+    assert body["customer_id"] == odd
+    assert body["dominant_trait_id"] == 11
+
+    unknown = client.get("/api/customers/nobody")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "customer 'nobody' has no profile"}
+    too_long = client.get("/api/customers/" + "x" * 257)
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"] == ["path", "customer_id"]
+
+
+def test_customer_history_oldest_first(client: TestClient, seeded: Seeded) -> None:
+    body = client.get("/api/customers/c1/history").json()
+    assert body["customer_id"] == "c1"
+    history = body["history"]
+    assert [h["as_of"] for h in history] == ["2024-01-09T00:00:00Z", "2024-01-10T00:00:00Z"]
+    assert [h["dominant_trait_id"] for h in history] == [11, 3]
+    labels = seeded.model.traits.labels
+    assert [h["dominant_label"] for h in history] == [labels[2], labels[0]]
+    assert [t["score"] for t in history[0]["traits"]] == pytest.approx(C1_EARLIER[0].tolist())
+    assert [t["label"] for t in history[1]["traits"]] == labels
+
+    assert len(client.get("/api/customers/c2/history").json()["history"]) == 1
+    missing = client.get("/api/customers/nobody/history")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "customer 'nobody' has no profile history"}
+
+
+def test_similar_customers_by_cosine(client: TestClient, seeded: Seeded) -> None:
+    me = PROFILES[0]
+    others = PROFILES[1:]
+    cosine = others @ me / (np.linalg.norm(others, axis=1) * np.linalg.norm(me))
+    order = np.argsort(-cosine, kind="stable")[:3]
+    expected_ids = [CUSTOMERS[1:][i] for i in order]
+
+    response = client.get("/api/customers/c1/similar", params={"n": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["customer_id"] == "c1"
+    assert body["model_version"] == seeded.active
+    similar = body["similar"]
+    assert [s["customer_id"] for s in similar] == expected_ids
+    assert [s["similarity"] for s in similar] == pytest.approx(cosine[order].tolist())
+    assert [s["rank"] for s in similar] == [1, 2, 3]
+    labels = dict(zip(TRAITS, seeded.model.traits.labels, strict=True))
+    assert all(s["dominant_label"] == labels[s["dominant_trait_id"]] for s in similar)
+    assert "c1" not in [s["customer_id"] for s in client.get("/api/customers/c1/similar").json()["similar"]]
+
+    assert client.get("/api/customers/c1/similar", params={"n": 0}).status_code == 422
+    assert client.get("/api/customers/nobody/similar").status_code == 404
+
+
+def test_models_with_status_metrics_drift_and_trait_match(client: TestClient, seeded: Seeded) -> None:
+    body = client.get("/api/models").json()
+    assert body["active_model_version"] == seeded.active
+    models = body["models"]
+    assert [m["model_version"] for m in models] == [seeded.rejected, seeded.active]  # newest first
+    rejected, active = models
+    assert rejected["status"] == "rejected"
+    assert rejected["status_reason"] == "hit rate below the active model"
+    assert rejected["promoted_at"] is None
+    assert rejected["trained_through"] == "2024-01-14T00:00:00Z"
+    assert active["status"] == "active"
+    assert active["promoted_at"] is not None
+    assert active["trained_through"] == "2024-01-07T00:00:00Z"
+    assert active["n_traits"] == 3
+    assert active["vector_size"] == 5
+    assert active["n_tokens"] == 8
+    assert active["metrics"] == {"hit_rate": 0.25, "nested": {"n": 3, "list": [1, 2.5, "x"]}}
+    assert active["drift"] == {"weighted_mean_drift": 0.12, "measured": True}
+    assert active["trait_match"] == {"matched": [[3, 3]], "new": []}
+
+
+def test_reports_newest_first_filtered_and_limited(client: TestClient, seeded: Seeded) -> None:
+    reports = client.get("/api/reports").json()["reports"]
+    assert [(r["kind"], r["run_key"]) for r in reports] == [
+        ("daily", "2024-01-10"),
+        ("daily", "2024-01-09"),
+        ("weekly", "2024-01-07"),
+    ]
+    assert reports[0]["report"] == {"n_profiles": 7, "oov_rate": 0.02}
+    daily = client.get("/api/reports", params={"kind": "daily"}).json()["reports"]
+    assert [r["run_key"] for r in daily] == ["2024-01-10", "2024-01-09"]
+    assert [r["run_key"] for r in client.get("/api/reports", params={"limit": 1}).json()["reports"]] == [
+        "2024-01-10"
+    ]
+    assert client.get("/api/reports", params={"kind": "monthly"}).json() == {"reports": []}
+    for params in ({"limit": 0}, {"limit": 201}, {"kind": ""}):
+        assert client.get("/api/reports", params=params).status_code == 422, params
+
+
+def test_status_counts_rows(client: TestClient, seeded: Seeded) -> None:
+    body = client.get("/api/status").json()
+    assert body["db_schema"] == seeded.schema
+    assert body["schema_version"] >= 1
+    assert body["active_model_version"] == seeded.active
+    assert body["latest_profile_as_of"] == "2024-01-10T00:00:00Z"
+    counts = body["table_counts"]
+    assert counts["customer_profiles"] == len(CUSTOMERS)
+    assert counts["customer_profile_history"] == len(CUSTOMERS) + 1
+    assert counts["model_versions"] == 2
+    assert counts["run_reports"] == 3
+
+
+def test_page_renders_traits_with_escaped_labels(client: TestClient, seeded: Seeded) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page = response.text
+    assert f"Active model {seeded.active}, trained through 2024-01-07 00:00Z, 3 traits" in page
+    for label in seeded.model.traits.labels:
+        assert html.escape(label, quote=True) in page  # e.g. 'trait 3 ✨ &quot;quoted&quot;, {braces}'
+        assert label not in page  # never raw: labels are arbitrary text
+    assert '<tr data-trait-id="3">' in page
+    assert '<td class="num">4</td>' in page  # size of trait 3
+    assert 'id="lookup"' in page  # the customer lookup form
+    assert 'id="reports"' in page  # the run reports table
+    assert '<script src="static/app.js" defer></script>' in page
+
+    script = client.get("/static/app.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert "api/customers/" in script.text
+    assert client.get("/static/app.css").status_code == 200
+    assert client.get("/static/icon.svg").headers["content-type"].startswith("image/svg+xml")
+    assert client.get("/static/../traitflow_plugin.py").status_code == 404
+
+
+def test_empty_database(client: TestClient, empty_db: Any) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "No active model yet" in page.text
+    assert client.get("/api/traits").json() == {
+        "detail": "there is no active model yet (promote one, or pass a model version)"
+    }
+    assert client.get("/api/traits/3/top").status_code == 404
+    assert client.get("/api/models").json() == {"active_model_version": None, "models": []}
+    assert client.get("/api/reports").json() == {"reports": []}
+
+
+def test_database_problems_are_503_with_a_reason(
+    client: TestClient,
+    plugin: ModuleType,
+    database_url: str,
+    make_store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    fresh = make_store(fresh=True)  # a schema that was never migrated
+    _env_for(monkeypatch, tmp_path, database_url, fresh.schema)
+    plugin.POOL.clear()
+    response = client.get("/api/traits")
+    assert response.status_code == 503
+    assert "needs migrations" in response.json()["detail"]
+    assert "traitflow db upgrade" in response.json()["detail"]
+
+    _env_for(monkeypatch, tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2", "x")
+    plugin.POOL.clear()
+    response = client.get("/api/customers/c1")
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert detail.startswith("cannot connect to postgresql://nobody:***@127.0.0.1:1/none")
+    assert "s3cret" not in detail
+    page = client.get("/")  # the page still renders, with the reason
+    assert page.status_code == 200
+    assert "cannot connect to" in page.text
+    plugin.POOL.clear()
+
+
+def test_connection_traitflow_db_wins_over_the_env_var(
+    client: TestClient, plugin: ModuleType, seeded: Seeded, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    import traitflow_common
+
+    monkeypatch.setenv("AIRFLOW_CONN_TRAITFLOW_DB", database_url)
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/wrong")
+    plugin.POOL.clear()
+    assert plugin.database_url() == traitflow_common.database_url()
+    body = client.get("/api/traits").json()
+    assert body["model_version"] == seeded.active
+    plugin.POOL.clear()
+
+
+def test_url_from_connection() -> None:
+    from airflow.sdk import Connection
+
+    from traitflow.connections import url_from_connection
+
+    conn = Connection(
+        conn_id="traitflow_db",
+        conn_type="postgres",
+        host="db.example",
+        login="ana@corp",
+        password="p:w/d@#",
+        port=5433,
+        schema="traitflow",
+        extra=json.dumps({"sslmode": "require", "connect_timeout": 5, "verbose": True}),
+    )
+    assert url_from_connection(conn) == (
+        "postgresql://ana%40corp:p%3Aw%2Fd%40%23@db.example:5433/traitflow?connect_timeout=5&sslmode=require"
+    )
+    assert url_from_connection(Connection(conn_id="traitflow_db", conn_type="postgres")) == (
+        "postgresql://localhost/"
+    )
+    with pytest.raises(ValueError, match="must be a Postgres connection"):
+        url_from_connection(Connection(conn_id="traitflow_db", conn_type="http"))
+
+
+def test_pool_reuses_connections_and_drops_broken_ones(
+    client: TestClient, plugin: ModuleType, seeded: Seeded
+) -> None:
+    pool = plugin.POOL
+    for _ in range(3):
+        assert client.get("/api/traits").status_code == 200
+    assert len(pool._idle) == 1  # sequential requests share one connection
+    [store] = pool._idle
+    pid = store.connection.info.backend_pid
+    assert client.get("/api/customers/nobody").status_code == 404  # not a DB failure: kept
+    assert pool._idle == [store]
+    store.connection.close()  # e.g. the server restarted: the Store reconnects on next use
+    assert client.get("/api/models").status_code == 200
+    assert pool._idle[0].connection.info.backend_pid != pid
+
+
+# ------------------------------------------------------------- through Airflow's api-server app
+
+
+@pytest.fixture
+def airflow_app(plugin: ModuleType, airflow_db: Path) -> Iterator[Any]:
+    """Airflow's own api-server app (``create_app(apps="core")``) with this plugin registered."""
+    from airflow import plugins_manager
+    from airflow.api_fastapi import app as api_app
+
+    instance = plugin.TraitflowPlugin()
+    cached = (
+        plugins_manager.get_flask_plugins,
+        plugins_manager.get_fastapi_plugins,
+        plugins_manager._get_extra_operators_links_plugins,
+        plugins_manager._get_ui_plugins,
+    )
+
+    def reset() -> None:
+        for function in cached:
+            function.cache_clear()
+        api_app.purge_cached_app()
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(plugins_manager, "_get_plugins", lambda: ([instance], {}))
+    # Airflow generates a short HMAC secret when none is configured (PyJWT warns about it).
+    patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(64))
+    reset()
+    try:
+        yield api_app.create_app(apps="core")
+    finally:
+        patch.undo()
+        reset()
+
+
+def _token(role: str | None) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=f"user-{role}", role=role))
+
+
+def test_airflow_mounts_the_app_and_enforces_its_auth(airflow_app: Any, seeded: Seeded) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(airflow_app) as api:
+        anonymous = api.get("/traitflow/api/traits")
+        assert anonymous.status_code == 401
+        assert anonymous.json() == {"detail": "Not authenticated"}
+
+        viewer = {"Authorization": f"Bearer {_token('viewer')}"}
+        response = api.get("/traitflow/api/traits", headers=viewer)
+        assert response.status_code == 200, response.text
+        assert [t["label"] for t in response.json()["traits"]] == seeded.model.traits.labels
+        assert api.get("/traitflow/api/traits/3/top", params={"n": 0}, headers=viewer).status_code == 422
+        assert api.get("/traitflow/api/customers/nobody", headers=viewer).status_code == 404
+
+        no_role = api.get("/traitflow/api/models", headers={"Authorization": f"Bearer {_token(None)}"})
+        assert no_role.status_code == 403
+        assert "Traitflow" in no_role.json()["detail"]
+        forged = api.get("/traitflow/api/models", headers={"Authorization": "Bearer not-a-jwt"})
+        assert forged.status_code == 403
+        assert forged.json() == {"detail": "Invalid JWT token"}
+
+        # The browser: unauthenticated -> login page and back; the UI's cookie is enough.
+        login = api.get("/traitflow/", follow_redirects=False)
+        assert login.status_code == 303
+        assert login.headers["location"] == "/auth/login?next=%2Ftraitflow%2F"
+        assert api.get("/traitflow/static/app.js").status_code == 200  # static assets are public
+        api.cookies.set("_token", _token("viewer"))
+        page = api.get("/traitflow/")
+        assert page.status_code == 200
+        assert html.escape(seeded.model.traits.labels[0], quote=True) in page.text
+        assert api.get("/traitflow/api/customers/c1").json()["dominant_trait_id"] == 3
+
+
+def test_airflow_serves_the_nav_entry_to_the_ui(airflow_app: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(airflow_app) as api:
+        response = api.get("/api/v2/plugins", headers={"Authorization": f"Bearer {_token('viewer')}"})
+    assert response.status_code == 200
+    [entry] = [p for p in response.json()["plugins"] if p["name"] == "traitflow"]
+    assert entry["fastapi_apps"] == [
+        {"app": "fastapi.applications.FastAPI", "url_prefix": "/traitflow", "name": "Traitflow traits API"}
+    ]
+    [view] = entry["external_views"]
+    assert view["destination"] == "nav"
+    assert view["url_route"] == "traitflow"
+    assert view["href"] == "/traitflow/"
+    assert view["category"] == "browse"
