@@ -1,0 +1,135 @@
+"""The benchmark harness (bench/run.py) at smoke size, in-process, so that it cannot rot.
+
+Checks structure only (every stage ran and took time, the report renders, hooks run); never
+timings, which depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from traitflow.config import PipelineConfig
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+PIPELINE_STAGES = {"corpus", "item2vec", "aggregation", "nmf_fit", "labels", "projection"}
+EXPECTED_STAGES = PIPELINE_STAGES | {
+    "load",
+    "gensim_standalone",
+    "daily_select",
+    "daily_profile",
+    "tf_aggregation",
+    "tf_projection",
+    "seed_aggregation",
+    "seed_projection",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_run():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        return importlib.import_module("run")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def smoke_report(bench_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    calls: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(ctx) -> int:
+            batch = {"weekly": ctx.weekly_batch, "daily": ctx.daily_batch}.get(name)
+            rows = len(batch.customer_ids) if batch is not None else len(ctx.baseline_rows["customer_ids"])
+            calls[name] = rows
+            return rows
+
+        return fn
+
+    hooks = [
+        bench_run.StageHook("write_weekly", "weekly", hook("weekly")),
+        bench_run.StageHook("write_daily", "daily", hook("daily")),
+        bench_run.StageHook("seed_insert", "baseline", hook("baseline"), compare_with="write_weekly"),
+    ]
+    report = bench_run.run_bench(
+        bench_run.Options(
+            tier="smoke",
+            results_dir=tmp / "results",
+            cache_dir=tmp / "cache",
+            latency_customers=20,
+            # Structure, not speed: a cheaper model keeps the test at a few seconds.
+            config=PipelineConfig.from_mapping({"epochs": 2, "nmf_max_iter": 50, "k": 4}),
+            scaling=True,
+            hooks=hooks,
+        )
+    )
+    return report, calls, tmp
+
+
+def test_every_stage_ran_and_took_time(smoke_report):
+    report, _, tmp = smoke_report
+    saved = json.loads(Path(report["paths"]["json"]).read_text())
+    assert Path(report["paths"]["json"]).parent == tmp / "results"
+    stages = {s["name"]: s for s in saved["stages"]}
+    assert EXPECTED_STAGES | {"write_weekly", "write_daily", "seed_insert"} <= set(stages)
+    for stage in stages.values():
+        assert stage["wall_s"] > 0, stage["name"]
+        assert stage["cpu_s"] >= 0, stage["name"]
+        assert stage["peak_rss_mib"] > 0, stage["name"]
+    assert stages["corpus"]["n_units"] == saved["workload"]["events"]
+    assert saved["totals"]["weekly_retrain"]["wall_s"] > 0
+    assert {"write_weekly"} | PIPELINE_STAGES == set(saved["totals"]["weekly_retrain"]["stages"])
+    assert saved["totals"]["daily_run"]["stages"] == ["daily_select", "daily_profile", "write_daily"]
+    if "nmf_refit" in stages:  # the library's warm-started refit: the weekly total's other path
+        refit_total = saved["totals"]["weekly_retrain_refit"]
+        assert "nmf_refit" in refit_total["stages"] and "nmf_fit" not in refit_total["stages"]
+
+
+def test_comparisons_latency_and_scaling_are_filled(smoke_report, bench_run):
+    report, _, _ = smoke_report
+    summary = report["summary"]
+    for key in ("item2vec_overhead", "agg_proj_speedup", "single_customer_p50_ms"):
+        assert summary[key] is not None and summary[key] > 0, key
+    # At smoke sizes fixed costs dominate: the fitted exponent can be anything, even negative.
+    assert math.isfinite(summary["scaling_exponent"]) and math.isfinite(summary["scaling_exponent_cpu"])
+    # The online single-customer path must agree with the batch library path it is compared with.
+    assert report["latency"]["online_vs_library_max_abs_diff"] < 1e-4
+    points = report["scaling"]["points"]
+    assert len(points) == 3 and points[-1]["reused_main_run"]
+    assert all(p["retrain_wall_s"] > 0 for p in points)
+    assert [t["key"] for t in report["targets"]] == [t[0] for t in bench_run.TARGETS]
+
+
+def test_hooks_receive_the_batches(smoke_report):
+    report, calls, _ = smoke_report
+    assert calls["weekly"] == report["workload"]["customers"]
+    assert 0 < calls["daily"] <= calls["weekly"]
+    assert calls["baseline"] == report["baseline"]["customers"]
+    assert "seed_insert" in report["baseline"]["writes"]
+
+
+def test_markdown_renders_from_the_saved_json(smoke_report, bench_run):
+    report, _, _ = smoke_report
+    saved = json.loads(Path(report["paths"]["json"]).read_text())
+    text = bench_run.render_markdown(saved)
+    assert text == Path(report["paths"]["markdown"]).read_text()
+    for heading in ("## Stages", "## Comparisons", "## Single-customer", "## Scaling", "## Targets"):
+        assert heading in text
+    for stage in EXPECTED_STAGES:
+        assert f"| {stage} |" in text
+
+
+def test_cache_is_reused(bench_run, smoke_report):
+    _, _, tmp = smoke_report
+    workloads = sys.modules["workloads"]
+    spec = workloads.TIERS["smoke"].spec
+    events, hit = workloads.synthetic_events(spec, tmp / "cache")
+    assert hit and len(events) > 0

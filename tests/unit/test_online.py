@@ -1,0 +1,89 @@
+"""The single-customer path gives the batch path's profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from traitflow.config import AggregationParams, PipelineConfig
+from traitflow.online import CustomerProfiler
+from traitflow.pipeline import profile_customers, train
+from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY
+from traitflow.synthetic import SyntheticSpec, generate
+
+AS_OF = datetime(2026, 1, 15, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    data = generate(SyntheticSpec(n_customers=300, n_products=200, n_events=8_000, days=14, seed=5))
+    config = PipelineConfig.from_mapping({"k": 6, "vector_size": 16, "epochs": 3, "workers": 1})
+    model = train(data.events, config, AS_OF, tmp_path_factory.mktemp("online"))
+    return data.events, model
+
+
+def _customer_events(events, customer_id: str):
+    frame = events[events["customer_id"] == customer_id]
+    return (
+        frame["action"].tolist(),
+        frame["product_id"].tolist(),
+        frame["category"].tolist(),
+        frame["event_time"].to_numpy(dtype="datetime64[us]"),
+    )
+
+
+@pytest.mark.parametrize("half_life", [None, 3.0])
+def test_single_customer_profiles_equal_the_batch_path(trained, half_life: float | None):
+    events, model = trained
+    if half_life is not None:
+        aggregation = dataclasses.replace(model.config.aggregation, recency_half_life_days=half_life)
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config, aggregation=aggregation))
+    # Unseen products fall back to their category: rename some of one customer's products.
+    events = events.copy()
+    first = events["customer_id"].iloc[0]
+    unseen = (events["customer_id"] == first).to_numpy() & (np.arange(len(events)) % 2 == 0)
+    events.loc[unseen, "product_id"] = "never-seen-" + events.loc[unseen, "product_id"]
+    batch = profile_customers(events, model, AS_OF)
+    profiler = CustomerProfiler(model)
+    for row in range(0, len(batch), 7):
+        actions, products, categories, times = _customer_events(events, batch.customer_ids[row])
+        single = profiler.profile(actions, products, categories, times, as_of=AS_OF)
+        np.testing.assert_allclose(single.vector, batch.embeddings[row], atol=1e-5)
+        np.testing.assert_allclose(single.profile, batch.profiles[row], atol=1e-4)
+        assert single.cold_start == batch.cold_start[row]
+
+
+def test_cold_start_rules(trained):
+    _, model = trained
+    profiler = CustomerProfiler(model)
+    empty = profiler.profile([], [], [])
+    assert empty.cold_start == COLD_START_NO_HISTORY
+    np.testing.assert_array_equal(empty.profile, model.traits.population_profile)
+    few = profiler.profile(["view"], [model.tokens.product_ids[0]], [model.tokens.categories[0]])
+    assert few.cold_start == COLD_START_FEW_TOKENS
+    assert few.profile.sum() == pytest.approx(1.0)
+    nothing_known = profiler.profile(["teleport"] * 4, ["x"] * 4, [None] * 4)
+    assert nothing_known.cold_start == COLD_START_NO_HISTORY
+
+
+def test_recency_needs_times(trained):
+    _, model = trained
+    aggregation = AggregationParams(recency_half_life_days=2.0)
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, aggregation=aggregation))
+    with pytest.raises(ValueError, match="event_times"):
+        CustomerProfiler(model).profile(["view"] * 3, ["p1"] * 3, ["c"] * 3)
+    with pytest.raises(ValueError, match="same length"):
+        CustomerProfiler(model).profile(["view"], [], [])
+
+
+def test_profiler_round_trips_through_a_saved_model(trained, tmp_path: Path):
+    events, model = trained
+    loaded = type(model).load(model.save(tmp_path / "m"))
+    args = _customer_events(events, events["customer_id"].iloc[3])
+    a = CustomerProfiler(model).profile(*args, as_of=AS_OF)
+    b = CustomerProfiler(loaded).profile(*args, as_of=AS_OF)
+    np.testing.assert_array_equal(a.profile, b.profile)
