@@ -165,6 +165,94 @@ def _print_traits(model) -> None:
         print(f"  trait {trait_id:>3}  {label:<40}  top products: {', '.join(products[:3])}")
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"need integers >= 1, got {value!r}")
+    return numbers
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
+    return number
+
+
+def _quiet_gensim(args: argparse.Namespace) -> None:
+    """Commands that train many models keep gensim's per-epoch INFO lines out of the report."""
+    if not args.verbose:
+        logging.getLogger("gensim").setLevel(logging.WARNING)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from traitflow.evaluate import evaluate, format_report, write_json
+
+    _quiet_gensim(args)
+    config = config_from_args(args)
+    events = _load_events(args.events, args.mapping)
+    segments = None
+    if args.segments:
+        if not Path(args.segments).is_file():
+            raise CliError(f"segments file not found: {args.segments}")
+        segments = pd.read_csv(args.segments, dtype={"customer_id": str})
+    report = evaluate(
+        events,
+        config,
+        split_at=args.split_date,
+        split_fraction=args.split_fraction,
+        segments=segments,
+        k_range=() if args.no_k_selection else args.k_range,
+        stability=not args.no_stability,
+        min_customers=args.min_customers,
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+    )
+    print(format_report(report))
+    if args.json_out:
+        print(f"report written to {write_json(report, args.json_out)}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    import json
+
+    from traitflow.tuning import format_result, search
+
+    _quiet_gensim(args)
+    config = config_from_args(args)
+    events = _load_events(args.events, args.mapping)
+    grid = None
+    if args.grid:
+        try:
+            grid = json.loads(args.grid)
+        except json.JSONDecodeError as error:
+            raise CliError(f"--grid must be JSON like '{{\"window\": [2, 5]}}': {error}") from None
+        if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+            raise CliError("--grid must be a JSON object of parameter name -> list of values")
+    result = search(
+        events,
+        config,
+        grid=grid,
+        sample_fraction=args.sample_fraction,
+        n_trials=args.n_trials,
+        random_state=args.random_state,
+        workers=args.tune_workers,
+    )
+    print(format_result(result))
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2))
+        print(f"results written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="traitflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -200,6 +288,56 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="show a saved model's traits")
     inspect.add_argument("model", help="model folder")
     inspect.set_defaults(func=cmd_inspect)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="time-split hold-out evaluation: category hit rate/NDCG vs baselines, stability, choice of k",
+    )
+    evaluate.add_argument("events", nargs="+", help="CSV/Parquet event files")
+    evaluate.add_argument("--mapping", default="canonical", help="preset name or mapping file")
+    split = evaluate.add_mutually_exclusive_group()
+    split.add_argument("--split-date", type=parse_utc, help="train on events before this instant")
+    split.add_argument(
+        "--split-fraction",
+        type=_fraction,
+        default=0.8,
+        help="split where this share of the events has happened (default 0.8)",
+    )
+    evaluate.add_argument("--segments", help="CSV with customer_id,segment (synthetic ground truth)")
+    evaluate.add_argument(
+        "--k-range", type=_int_list, default=(4, 8, 16, 24), help="k values to compare (default 4,8,16,24)"
+    )
+    evaluate.add_argument("--no-k-selection", action="store_true", help="skip the k comparison")
+    evaluate.add_argument("--no-stability", action="store_true", help="skip the retrain stability check")
+    evaluate.add_argument(
+        "--min-customers",
+        type=_positive_int,
+        default=20,
+        help="fewest customers with history and purchases (or carts) after the split (default 20)",
+    )
+    evaluate.add_argument("--json-out", help="also write the report as JSON to this file")
+    evaluate.add_argument("--work-dir", help="keep corpora and models here (default: a temporary folder)")
+    _add_config_flags(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    tune = sub.add_parser("tune", help="search Item2Vec parameters on held-out next-item hit rate")
+    tune.add_argument("events", nargs="+", help="CSV/Parquet event files")
+    tune.add_argument("--mapping", default="canonical", help="preset name or mapping file")
+    tune.add_argument(
+        "--sample-fraction", type=float, default=0.1, help="share of customers to tune on (default 0.1)"
+    )
+    tune.add_argument(
+        "--grid",
+        help="JSON object of flat config keys -> values (default: ns_exponent, window, sample, epochs)",
+    )
+    tune.add_argument("--n-trials", type=_positive_int, help="random subset of the grid (default: all)")
+    tune.add_argument("--random-state", type=int, default=0, help="sample, hold-out and subset seed")
+    tune.add_argument(
+        "--tune-workers", type=_positive_int, default=1, help="Word2Vec threads per trial (1: reproducible)"
+    )
+    tune.add_argument("--json-out", help="also write best params and the full table as JSON")
+    _add_config_flags(tune)
+    tune.set_defaults(func=cmd_tune)
 
     from traitflow.store.cli import add_commands
 

@@ -21,7 +21,7 @@ from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
-from traitflow.traits import fit_traits, label_traits, match_traits, project
+from traitflow.traits import REFIT_ANCHOR, fit_traits, label_traits, match_traits, project
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,17 @@ def fit_model(
     *,
     previous: TraitflowModel | None = None,
     refit_traits: bool = True,
+    warm_start: bool = True,
+    anchor: float = REFIT_ANCHOR,
 ) -> TraitflowModel:
     """Fit (or carry over) the traits for ``tokens`` and return the complete model.
 
     With a ``previous`` model, ``tokens`` must already be aligned to its space
     (``triggers.align_tokens``). ``refit_traits=False`` keeps the previous components, centre and
-    ids; otherwise NMF is refitted and traits matched to the previous ones keep their ids.
+    ids; otherwise NMF is refitted and traits matched to the previous ones keep their ids. A
+    refit with the same number of traits starts from the previous components, pulled towards
+    them with strength ``anchor`` (``traits.fit_traits``), so refits of unchanged behaviour keep
+    their traits; ``warm_start=False`` fits from scratch (``config.traits.init``).
     Events at or after ``trained_through`` are ignored; ``previous`` is never modified.
     """
     events = events_before(events, trained_through)
@@ -121,12 +126,24 @@ def fit_model(
         traits.population_profile = project(traits, training_vectors).mean(axis=0)
         metrics["traits"] = {"refit": False}
     else:
-        fit = fit_traits(training_vectors, config.traits)
+        warm = (
+            warm_start
+            and previous is not None
+            and previous.traits.components.shape == (config.traits.n_traits, 2 * tokens.vector_size)
+        )
+        fit = fit_traits(
+            training_vectors,
+            config.traits,
+            previous_components=previous.traits.components if warm and previous is not None else None,
+            anchor=anchor,
+        )
         traits = fit.traits
         metrics["traits"] = {
             "refit": True,
             "reconstruction_error": fit.reconstruction_error,
             "n_iter": fit.n_iter,
+            "init": fit.init,
+            **({"anchor": anchor} if warm else {}),
         }
         if previous is not None:
             previous_profiles = project(previous.traits, training_vectors)

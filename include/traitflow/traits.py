@@ -79,22 +79,37 @@ def project_weights(
     ndarray of float64, shape (n, k), non-negative (unnormalized weights)
     """
     gram = components @ components.T
-    diag = np.maximum(np.diag(gram), _EPS)
+    pseudo_inverse = np.linalg.pinv(gram)
     out = np.empty((nmf_inputs.shape[0], components.shape[0]), dtype=np.float64)
     for start in range(0, nmf_inputs.shape[0], batch_size):
         rhs = nmf_inputs[start : start + batch_size] @ components.T - l1_penalty  # (b, k)
-        weights = np.maximum(rhs @ np.linalg.pinv(gram), 0.0)  # clipped least squares: a close start
-        for _ in range(max_iter):
-            largest_step = 0.0
-            for j in range(gram.shape[0]):
-                step = (weights @ gram[:, j] - rhs[:, j]) / diag[j]
-                new = np.maximum(weights[:, j] - step, 0.0)
-                largest_step = max(largest_step, float(np.max(np.abs(new - weights[:, j]), initial=0.0)))
-                weights[:, j] = new
-            if largest_step <= tol * max(1.0, float(np.max(weights, initial=0.0))):
-                break
-        out[start : start + batch_size] = weights
+        weights = np.maximum(rhs @ pseudo_inverse, 0.0)  # clipped least squares: a close start
+        out[start : start + batch_size] = _nonnegative_cd(gram, rhs, weights, max_iter=max_iter, tol=tol)
     return out
+
+
+def _nonnegative_cd(
+    gram: np.ndarray, rhs: np.ndarray, weights: np.ndarray, *, max_iter: int, tol: float
+) -> np.ndarray:
+    """Cyclic coordinate descent for ``min_{w>=0} 0.5 w G w^T - w r`` on every row of ``rhs`` at once.
+
+    Parameters
+    ----------
+    gram : ndarray, shape (k, k), symmetric positive semi-definite (G)
+    rhs : ndarray, shape (b, k) (one r per row)
+    weights : ndarray, shape (b, k), non-negative start; updated in place and returned
+    """
+    diag = np.maximum(np.diag(gram), _EPS)
+    for _ in range(max_iter):
+        largest_step = 0.0
+        for j in range(gram.shape[0]):
+            step = (weights @ gram[:, j] - rhs[:, j]) / diag[j]
+            new = np.maximum(weights[:, j] - step, 0.0)
+            largest_step = max(largest_step, float(np.max(np.abs(new - weights[:, j]), initial=0.0)))
+            weights[:, j] = new
+        if largest_step <= tol * max(1.0, float(np.max(weights, initial=0.0))):
+            break
+    return weights
 
 
 def normalize_profiles(weights: np.ndarray, fallback_profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +161,11 @@ def project_one(traits: TraitModel, customer_vector: np.ndarray) -> np.ndarray:
     return weights / total if total > _EPS else traits.population_profile.copy()
 
 
+# Strength of a refit's pull towards the previous model's components (see ``fit_traits``): the
+# previous components weigh as much as this share of an average trait's evidence in the new data.
+REFIT_ANCHOR = 0.1
+
+
 @dataclass
 class TraitFit:
     """Result of ``fit_traits``: the model (ids/labels still to be set) and the training profiles."""
@@ -154,24 +174,52 @@ class TraitFit:
     profiles: np.ndarray  # float64, shape (n, k)
     reconstruction_error: float  # relative Frobenius error of the NMF on its input matrix
     n_iter: int
+    init: str = "nndsvd"  # params.init, or "previous" for a warm-started refit
 
 
-def fit_traits(customer_vectors: np.ndarray, params: TraitParams) -> TraitFit:
+def fit_traits(
+    customer_vectors: np.ndarray,
+    params: TraitParams,
+    *,
+    previous_components: np.ndarray | None = None,
+    anchor: float = REFIT_ANCHOR,
+) -> TraitFit:
     """Fit NMF with ``params.n_traits`` components on the transformed customer vectors.
 
     The returned profiles are the *projection* of each training customer on the fitted
     components, i.e. exactly what ``project`` gives later for the same vector.
 
+    Without ``previous_components`` this is scikit-learn's NMF (``params.init``, coordinate
+    descent). With them (a refit: the previous model's components, its token space aligned to
+    the new one) the fit starts from those components and minimizes
+    ``0.5 ||X - W H||^2 + l1 sum(W) + 0.5 lam ||H - H_prev||^2`` by alternating exact
+    non-negative least squares, ``lam = anchor * mean(diag(W^T W))`` (the previous components
+    count as ``anchor`` times an average trait's evidence), until the loss falls by less than
+    ``params.tol`` (relative) per sweep. Why: at k = 16 the NMF has many near-equivalent optima;
+    independent refits of the same behaviour with another Word2Vec seed kept only 10-14 of 16
+    traits (profile correlation >= 0.9), a plain warm start 14-16, the anchored one 16 of 16
+    (7 workloads), with a reconstruction error between 1.4% lower and 4.4% higher than the
+    independent refit's. Genuine changes still move the traits: after a change of the planted
+    segments the anchored refit recovered most of an independent refit's gain over keeping the
+    old components (error 0.39-0.46 kept, 0.27-0.43 anchored, 0.26-0.41 independent).
+
     Parameters
     ----------
     customer_vectors : ndarray, shape (n, d), n >= n_traits
+    previous_components : ndarray, shape (n_traits, 2d), optional
+    anchor : float >= 0, used only with ``previous_components`` (0: plain warm start)
     """
-    from sklearn.decomposition import NMF
-
     n, d = customer_vectors.shape
     if n < params.n_traits:
         raise ValueError(f"need at least n_traits={params.n_traits} customers to fit traits, got {n}")
-    if params.n_traits > 2 * d:
+    if previous_components is not None and previous_components.shape != (params.n_traits, 2 * d):
+        raise ValueError(
+            f"previous_components must have shape ({params.n_traits}, {2 * d}), "
+            f"got {previous_components.shape}"
+        )
+    if anchor < 0:
+        raise ValueError(f"anchor must be >= 0, got {anchor}")
+    if params.n_traits > 2 * d and previous_components is None:
         if params.init != "random":
             raise ValueError(
                 f"n_traits={params.n_traits} exceeds the NMF input width 2 x {d}: init={params.init!r} "
@@ -186,23 +234,13 @@ def fit_traits(customer_vectors: np.ndarray, params: TraitParams) -> TraitFit:
     center = fit_center(customer_vectors)
     matrix = nmf_input(center, customer_vectors)
     alpha_w = params.sparsity * float(np.sqrt(np.mean(matrix**2)))
-    nmf = NMF(
-        n_components=params.n_traits,
-        init=params.init,
-        solver="cd",
-        max_iter=params.max_iter,
-        tol=params.tol,
-        random_state=params.random_state,
-        alpha_W=alpha_w,
-        alpha_H=0.0,
-        l1_ratio=1.0,
-    )
-    with warnings.catch_warnings():
-        # Hitting max_iter is reported in the metrics (n_iter) rather than as a warning per fit.
-        warnings.filterwarnings("ignore", message="Maximum number of iterations")
-        nmf.fit(matrix)
-    components = nmf.components_.astype(np.float64)
     l1_penalty = matrix.shape[1] * alpha_w  # sklearn scales alpha_W by n_features
+    if previous_components is None:
+        components, n_iter = _sklearn_nmf(matrix, params, alpha_w)
+    else:
+        components, n_iter = _anchored_refit(
+            matrix, previous_components, l1_penalty=l1_penalty, anchor=anchor, params=params
+        )
     weights = project_weights(components, matrix, l1_penalty=l1_penalty)
     population_profile = np.full(params.n_traits, 1.0 / params.n_traits)
     profiles, _ = normalize_profiles(weights, population_profile)
@@ -219,8 +257,73 @@ def fit_traits(customer_vectors: np.ndarray, params: TraitParams) -> TraitFit:
         l1_penalty=l1_penalty,
     )
     return TraitFit(
-        traits=traits, profiles=profiles, reconstruction_error=float(residual), n_iter=nmf.n_iter_
+        traits=traits,
+        profiles=profiles,
+        reconstruction_error=float(residual),
+        n_iter=n_iter,
+        init=params.init if previous_components is None else "previous",
     )
+
+
+def _sklearn_nmf(matrix: np.ndarray, params: TraitParams, alpha_w: float) -> tuple[np.ndarray, int]:
+    """scikit-learn NMF of ``matrix`` (n, m): components (k, m) float64 and iterations run."""
+    from sklearn.decomposition import NMF
+
+    nmf = NMF(
+        n_components=params.n_traits,
+        init=params.init,
+        solver="cd",
+        max_iter=params.max_iter,
+        tol=params.tol,
+        random_state=params.random_state,
+        alpha_W=alpha_w,
+        alpha_H=0.0,
+        l1_ratio=1.0,
+    )
+    with warnings.catch_warnings():
+        # Hitting max_iter is reported in the metrics (n_iter) rather than as a warning per fit.
+        warnings.filterwarnings("ignore", message="Maximum number of iterations")
+        nmf.fit(matrix)
+    return nmf.components_.astype(np.float64), int(nmf.n_iter_)
+
+
+def _anchored_refit(
+    matrix: np.ndarray, previous: np.ndarray, *, l1_penalty: float, anchor: float, params: TraitParams
+) -> tuple[np.ndarray, int]:
+    """Alternating NNLS from ``previous`` (k, m), each H step pulled towards it (see ``fit_traits``).
+
+    The loss is tracked through k x k and m x k products only (no n x m residual per sweep):
+    ``||X - W H||^2 = ||X||^2 - 2 <X^T W, H^T> + <W^T W, H H^T>``.
+
+    Returns components (k, m) float64 and the number of sweeps.
+    """
+    previous = previous.astype(np.float64)
+    components = previous.copy()
+    squared_norm = float(np.einsum("ij,ij->", matrix, matrix))
+    weights = project_weights(components, matrix, l1_penalty=l1_penalty)
+    cross, gram = matrix.T @ weights, weights.T @ weights  # (m, k), (k, k)
+    last_loss = np.inf
+    sweeps = 0
+    while sweeps < params.max_iter:
+        sweeps += 1
+        strength = anchor * float(np.mean(np.diag(gram)))
+        components = _nonnegative_cd(
+            gram + strength * np.eye(len(gram)),
+            cross + strength * previous.T,
+            components.T.copy(),
+            max_iter=500,
+            tol=1e-7,
+        ).T
+        weights = project_weights(components, matrix, l1_penalty=l1_penalty)
+        cross, gram = matrix.T @ weights, weights.T @ weights
+        fit = squared_norm - 2.0 * float(np.sum(cross.T * components))
+        fit += float(np.sum(gram * (components @ components.T)))
+        loss = 0.5 * fit + l1_penalty * float(weights.sum())
+        loss += 0.5 * strength * float(np.sum((components - previous) ** 2))
+        if np.isfinite(last_loss) and last_loss - loss <= params.tol * abs(last_loss):
+            break
+        last_loss = loss
+    return components, sweeps
 
 
 def label_traits(traits: TraitModel, tokens: TokenTable, top_n: int = 5) -> None:
