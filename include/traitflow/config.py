@@ -123,6 +123,9 @@ class TraitParams:
     # Optional L1 penalty on customer loadings, relative to the RMS of the NMF input; the same
     # penalty is applied when projecting, so profiles stay consistent with the fit.
     sparsity: float = 0.0
+    # Learn the components on at most this many customers (uniform sample, random_state); all
+    # customers are projected exactly afterwards. Bounds the weekly NMF cost at the M tier.
+    max_fit_customers: int = 200_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_traits, int) or self.n_traits < 1:
@@ -131,6 +134,8 @@ class TraitParams:
             raise ConfigError(f"init must be one of nndsvd, nndsvda, nndsvdar, random; got {self.init!r}")
         _check_positive("tol", self.tol)
         _check_positive("sparsity", self.sparsity, allow_zero=True)
+        if self.max_fit_customers < self.n_traits:
+            raise ConfigError(f"max_fit_customers must be >= n_traits, got {self.max_fit_customers}")
         if self.max_iter < 1:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
 

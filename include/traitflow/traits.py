@@ -59,7 +59,7 @@ def project_weights(
     *,
     l1_penalty: float = 0.0,
     max_iter: int = 500,
-    tol: float = 1e-7,
+    tol: float = 1e-6,
     batch_size: int = 65_536,
 ) -> np.ndarray:
     """Solve ``min_{w>=0} 0.5 ||x - w H||^2 + l1_penalty * sum(w)`` for many rows at once.
@@ -93,6 +93,9 @@ def _nonnegative_cd(
 ) -> np.ndarray:
     """Cyclic coordinate descent for ``min_{w>=0} 0.5 w G w^T - w r`` on every row of ``rhs`` at once.
 
+    Each row stops when its largest coordinate step falls to ``tol * max(1, max(w))``; converged
+    rows drop out of later sweeps, so a few slow rows do not keep the whole batch sweeping.
+
     Parameters
     ----------
     gram : ndarray, shape (k, k), symmetric positive semi-definite (G)
@@ -100,15 +103,21 @@ def _nonnegative_cd(
     weights : ndarray, shape (b, k), non-negative start; updated in place and returned
     """
     diag = np.maximum(np.diag(gram), _EPS)
+    active = np.arange(weights.shape[0])
     for _ in range(max_iter):
-        largest_step = 0.0
-        for j in range(gram.shape[0]):
-            step = (weights @ gram[:, j] - rhs[:, j]) / diag[j]
-            new = np.maximum(weights[:, j] - step, 0.0)
-            largest_step = max(largest_step, float(np.max(np.abs(new - weights[:, j]), initial=0.0)))
-            weights[:, j] = new
-        if largest_step <= tol * max(1.0, float(np.max(weights, initial=0.0))):
+        if active.size == 0:
             break
+        # Column-major: every update below reads and writes one column.
+        current = np.asfortranarray(weights[active])
+        targets = np.asfortranarray(rhs[active])
+        largest_step = np.zeros(active.size)
+        for j in range(gram.shape[0]):
+            step = (current @ gram[:, j] - targets[:, j]) / diag[j]
+            new = np.maximum(current[:, j] - step, 0.0)
+            np.maximum(largest_step, np.abs(new - current[:, j]), out=largest_step)
+            current[:, j] = new
+        weights[active] = current
+        active = active[largest_step > tol * np.maximum(1.0, current.max(axis=1))]
     return weights
 
 
@@ -235,11 +244,18 @@ def fit_traits(
     matrix = nmf_input(center, customer_vectors)
     alpha_w = params.sparsity * float(np.sqrt(np.mean(matrix**2)))
     l1_penalty = matrix.shape[1] * alpha_w  # sklearn scales alpha_W by n_features
+    # The components are learned on a uniform sample when there are many customers (the fit is
+    # linear in customers and a few hundred thousand pin k components down); every customer is
+    # then projected exactly.
+    fit_matrix = matrix
+    if n > params.max_fit_customers:
+        sample = np.random.default_rng(params.random_state).choice(n, params.max_fit_customers, replace=False)
+        fit_matrix = matrix[np.sort(sample)]
     if previous_components is None:
-        components, n_iter = _sklearn_nmf(matrix, params, alpha_w)
+        components, n_iter = _sklearn_nmf(fit_matrix, params, alpha_w)
     else:
         components, n_iter = _anchored_refit(
-            matrix, previous_components, l1_penalty=l1_penalty, anchor=anchor, params=params
+            fit_matrix, previous_components, l1_penalty=l1_penalty, anchor=anchor, params=params
         )
     weights = project_weights(components, matrix, l1_penalty=l1_penalty)
     population_profile = np.full(params.n_traits, 1.0 / params.n_traits)

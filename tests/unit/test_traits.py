@@ -108,3 +108,17 @@ def test_match_traits_keeps_ids_of_permuted_traits_and_numbers_new_ones():
     assert ids[3] == 14
     assert report["retired_ids"] == [11]
     assert report["n_matched"] == 3
+
+
+def test_components_learned_on_a_sample_still_project_every_customer():
+    vectors, segments = _planted(n=2000)
+    full = fit_traits(vectors, TraitParams(n_traits=4))
+    sampled = fit_traits(vectors, TraitParams(n_traits=4, max_fit_customers=300))
+    assert sampled.profiles.shape == (2000, 4)
+    np.testing.assert_allclose(project(sampled.traits, vectors), sampled.profiles, atol=1e-6)
+    from sklearn.metrics import adjusted_rand_score
+
+    agreement = adjusted_rand_score(full.profiles.argmax(axis=1), sampled.profiles.argmax(axis=1))
+    assert agreement >= 0.9
+    assert adjusted_rand_score(segments, sampled.profiles.argmax(axis=1)) >= 0.9
+    assert sampled.reconstruction_error <= full.reconstruction_error * 1.05
