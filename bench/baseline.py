@@ -21,6 +21,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from traitflow.config import Item2VecParams
+from traitflow.item2vec import word2vec_arguments
 from traitflow.model import TokenTable
 
 
@@ -28,21 +29,7 @@ def gensim_standalone(corpus_path: Path, params: Item2VecParams) -> int:
     """Train Word2Vec exactly as the pipeline does; returns the learned vocabulary size."""
     from gensim.models import Word2Vec
 
-    model = Word2Vec(
-        corpus_file=str(corpus_path),
-        vector_size=params.vector_size,
-        window=params.window,
-        negative=params.negative,
-        ns_exponent=params.ns_exponent,
-        sample=params.sample,
-        min_count=params.min_count,
-        epochs=params.epochs,
-        sg=params.sg,
-        workers=params.workers,
-        seed=params.seed,
-        alpha=params.alpha,
-        min_alpha=params.min_alpha,
-    )
+    model = Word2Vec(corpus_file=str(corpus_path), **word2vec_arguments(params))
     return len(model.wv)
 
 

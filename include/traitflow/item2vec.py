@@ -21,6 +21,24 @@ SOURCE_TOKEN, SOURCE_CATEGORY, SOURCE_ACTION, SOURCE_ZERO = 0, 1, 2, 3
 SOURCE_NAMES = ("token", "category_average", "action_average", "zero")
 
 
+def word2vec_arguments(params: Item2VecParams) -> dict[str, float | int]:
+    """Keyword arguments of ``gensim.models.Word2Vec`` for ``params`` (besides the corpus)."""
+    return {
+        "vector_size": params.vector_size,
+        "window": params.window,
+        "negative": params.negative,
+        "ns_exponent": params.ns_exponent,
+        "sample": params.sample,
+        "min_count": params.min_count,
+        "epochs": params.epochs,
+        "sg": params.sg,
+        "workers": params.workers,
+        "seed": params.seed,
+        "alpha": params.alpha,
+        "min_alpha": params.min_alpha,
+    }
+
+
 def train_item2vec(corpus_path: Path, vocabulary: Vocabulary, params: Item2VecParams) -> TokenTable:
     """Train Word2Vec on ``corpus_path`` (written by ``sessions.write_corpus``) in corpus_file mode.
 
@@ -31,21 +49,7 @@ def train_item2vec(corpus_path: Path, vocabulary: Vocabulary, params: Item2VecPa
 
     if not Path(corpus_path).is_file() or Path(corpus_path).stat().st_size == 0:
         raise ValueError(f"corpus file {corpus_path} is missing or empty: no session has 2+ events")
-    model = Word2Vec(
-        corpus_file=str(corpus_path),
-        vector_size=params.vector_size,
-        window=params.window,
-        negative=params.negative,
-        ns_exponent=params.ns_exponent,
-        sample=params.sample,
-        min_count=params.min_count,
-        epochs=params.epochs,
-        sg=params.sg,
-        workers=params.workers,
-        seed=params.seed,
-        alpha=params.alpha,
-        min_alpha=params.min_alpha,
-    )
+    model = Word2Vec(corpus_file=str(corpus_path), **word2vec_arguments(params))
     codes = np.asarray(model.wv.index_to_key, dtype=np.int64)
     order = np.argsort(codes, kind="stable")
     codes = codes[order]
