@@ -69,6 +69,35 @@ run covers the last complete week before its trigger time.
             description="Train a candidate even if the new-vocabulary ratio is below the threshold.",
             section="Run",
         ),
+        "tune_item2vec": Param(
+            False,
+            type="boolean",
+            title="tune_item2vec",
+            description=(
+                "Search ns_exponent/window/sample/epochs on held-out next-item hit rate before training "
+                "(recorded with the model). Check the result with `traitflow evaluate`: better next-item "
+                "prediction can make traits worse."
+            ),
+            section="Run",
+        ),
+        "tune_trials": Param(
+            8,
+            type="integer",
+            minimum=1,
+            maximum=144,
+            title="tune_trials",
+            description="Parameter combinations tried when tuning.",
+            section="Run",
+        ),
+        "tune_sample_fraction": Param(
+            0.1,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            title="tune_sample_fraction",
+            description="Share of customers the tuning trains on.",
+            section="Run",
+        ),
         **pipeline_params(),
     },
 )
@@ -102,7 +131,15 @@ def traitflow_weekly_retrain() -> None:
         from traitflow import jobs
 
         run = current_run(WEEK)
-        return jobs.train_candidate(run.database_url, corpus_info, run.work_dir, run.config)
+        return jobs.train_candidate(
+            run.database_url,
+            corpus_info,
+            run.work_dir,
+            run.config,
+            tune=bool(run.params["tune_item2vec"]),
+            tune_sample_fraction=run.params["tune_sample_fraction"],
+            tune_trials=run.params["tune_trials"],
+        )
 
     @task.branch
     def quality_gate(candidate_info: dict) -> str:

@@ -275,6 +275,7 @@ def should_retrain(corpus_info: Mapping[str, Any], force_retrain: bool, threshol
 def _remember(candidate_info: Mapping[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Keep a step's result beside the candidate, so ``promote`` can store it with the model."""
     path = Path(candidate_info["tokens_path"]).parent / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     return result
 
@@ -301,11 +302,38 @@ def train_candidate(
     corpus_info: Mapping[str, Any],
     work_dir: str,
     params: Mapping[str, Any] | None = None,
+    *,
+    tune: bool = False,
+    tune_sample_fraction: float = 0.1,
+    tune_trials: int = 8,
 ) -> dict[str, Any]:
-    """Train Item2Vec on the corpus; the candidate's token vectors go to ``tokens_path``."""
+    """Train Item2Vec on the corpus; the candidate's token vectors go to ``tokens_path``.
+
+    With ``tune=True`` a small search (``traitflow.tuning``, ``tune_trials`` combinations on a
+    ``tune_sample_fraction`` sample of the window's customers) picks ns_exponent, window, sample
+    and epochs first; the choice and its table are stored with the model version. Off by
+    default: a setting that predicts the next item better can make the traits worse, so check
+    a tuned model with ``traitflow evaluate`` before relying on it.
+    """
+    params = dict(params or {})
+    if tune:
+        from traitflow.tuning import search
+
+        start, end = _utc(corpus_info["window_start"]), _utc(corpus_info["trained_through"])
+        with _open(database_url) as store:
+            events = store.read_events(start=start, end=end)
+        result = search(
+            events,
+            _config(params),
+            sample_fraction=tune_sample_fraction,
+            n_trials=tune_trials,
+            work_dir=Path(work_dir) / "tuning",
+        )
+        params.update(result.best_params)
+        _remember(corpus_info, "tuning", result.to_dict())
     tokens = train_tokens(_corpus(corpus_info), _config(params))
     save_tokens(tokens, corpus_info["tokens_path"])
-    return {**dict(corpus_info), "n_tokens": len(tokens), "params": dict(params or {})}
+    return {**dict(corpus_info), "n_tokens": len(tokens), "params": params, "tuned": tune}
 
 
 def quality_gate(
@@ -380,7 +408,8 @@ def should_refit(drift_info: Mapping[str, Any], threshold: float) -> tuple[bool,
 def _fit_candidate(
     database_url: str | None, candidate_info: Mapping[str, Any], params: Mapping[str, Any] | None, refit: bool
 ) -> dict[str, Any]:
-    config = _config(params if params is not None else candidate_info.get("params"))
+    # The parameters the candidate was trained with (tuned ones included) are the model's.
+    config = _config(candidate_info.get("params", params))
     tokens = load_tokens(candidate_info["tokens_path"])
     start, end = _utc(candidate_info["window_start"]), _utc(candidate_info["trained_through"])
     previous = None
@@ -434,6 +463,11 @@ def promote(
     model = TraitflowModel.load(candidate_info["model_dir"])
     batch = ProfileBatch.load(profiles_info["profiles_path"])
     model.metrics["quality_gate"] = _recall(candidate_info, "quality_gate")
+    tuning = _recall(candidate_info, "tuning")
+    if tuning is not None:
+        model.metrics["tuning"] = {
+            key: tuning[key] for key in ("best_params", "best", "gensim_defaults", "sample")
+        }
     with _open(database_url) as store:
         version = store.save_model(model)
         batch.model_version = version

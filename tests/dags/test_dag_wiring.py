@@ -73,7 +73,9 @@ class FakeJobs(types.ModuleType):
             "new vocab 20% > 5%" if self.retrain else "new vocab below threshold",
         )
 
-    def train_candidate(self, database_url, corpus_info, work_dir, params) -> dict:
+    def train_candidate(
+        self, database_url, corpus_info, work_dir, params, *, tune, tune_sample_fraction, tune_trials
+    ) -> dict:
         self._record("train_candidate", dict(locals()))
         return {"candidate_dir": f"{work_dir}/candidate", "version": 2}
 

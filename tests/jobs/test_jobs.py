@@ -143,3 +143,22 @@ def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monke
         forward = store.connection.execute(query).fetchall()
         assert forward, query
         assert forward == reverse_store.connection.execute(query).fetchall(), query
+
+
+def test_tuned_retrain_records_the_chosen_parameters_with_the_model(env):
+    ingest_days(env, range(7))
+    work = str(env["work"] / "tuned")
+    corpus = jobs.build_corpus(env["url"], START + 7 * DAY, work, PARAMS)
+    candidate = jobs.train_candidate(
+        env["url"], corpus, work, PARAMS, tune=True, tune_sample_fraction=0.5, tune_trials=3
+    )
+    assert candidate["tuned"]
+    chosen = {key: candidate["params"][key] for key in ("ns_exponent", "window", "sample", "epochs")}
+    jobs.quality_gate(env["url"], candidate, PARAMS)
+    jobs.measure_drift(env["url"], candidate)
+    fitted = jobs.refit_traits(env["url"], candidate, PARAMS)
+    profiles = jobs.recompute_profiles(env["url"], fitted, START + 7 * DAY, work)
+    version = jobs.promote(env["url"], fitted, profiles)["model_version"]
+    model = env["store"].load_model(version)
+    assert model.metrics["tuning"]["best_params"] == chosen
+    assert {key: getattr(model.config.item2vec, key) for key in chosen} == chosen
