@@ -77,9 +77,16 @@ def ensure_sample(data: Path, days: int) -> None:
         seed=7,
     )
     paths = write_sample(sample, spec, days_per_file=1)
+    # The ground truth (segments, products) goes beside the input folder, not in it: the daily
+    # DAG ingests every dated file there and warns about anything else.
+    truth = data / "sample_truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if not path.name.startswith("events_"):
+            path.rename(truth / path.name)
     print(
         f"sample data: {spec.n_events} events, {spec.n_customers} customers, {spec.n_segments} planted "
-        f"segments -> {len(paths)} files in {sample}"
+        f"segments -> {sample} (ground truth in {truth})"
     )
 
 
