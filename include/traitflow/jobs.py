@@ -497,6 +497,18 @@ def refresh_all_profiles(database_url: str | None, work_dir: str, run_id: str) -
         version = store.model_version_for(as_of)
         if version is None:
             return {"n_profiles": 0, "reason": f"no model for {_iso(as_of)}"}
+        behind = store.connection.execute(
+            "SELECT count(*) FROM customer_profiles WHERE as_of <> %s OR model_version <> %s",
+            (as_of, version),
+        ).fetchone()[0]
+        if behind == 0:
+            # The weekly run wrote every profile under this model as of this date already.
+            return {
+                "n_profiles": 0,
+                "model_version": version,
+                "as_of": _iso(as_of),
+                "reason": "already current",
+            }
         model = store.load_model(version)
         events = store.read_events(end=as_of)
         batch = profile_customers(events, model, as_of)

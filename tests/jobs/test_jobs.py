@@ -162,3 +162,15 @@ def test_tuned_retrain_records_the_chosen_parameters_with_the_model(env):
     model = env["store"].load_model(version)
     assert model.metrics["tuning"]["best_params"] == chosen
     assert {key: getattr(model.config.item2vec, key) for key in chosen} == chosen
+
+
+def test_refresh_after_promotion_brings_every_profile_to_the_newest_date(env):
+    ingest_days(env, range(9))
+    week = run_weekly(env, START + 7 * DAY)
+    assert jobs.refresh_all_profiles(env["url"], str(env["work"]), "r1")["reason"] == "already current"
+    run_daily(env, 7)  # some customers now have profiles as of day 8, the rest as of day 7
+    refreshed = jobs.refresh_all_profiles(env["url"], str(env["work"]), "r2")
+    store: Store = env["store"]
+    assert refreshed["n_profiles"] == store.table_counts()["customer_profiles"] > 0
+    rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
+    assert rows == [(START + 8 * DAY, week["promoted"]["model_version"])]
