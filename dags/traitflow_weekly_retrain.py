@@ -211,22 +211,7 @@ def traitflow_weekly_retrain() -> None:
         from traitflow import jobs
 
         run = current_run(WEEK)
-        results = collect_results(
-            [
-                "build_corpus",
-                "check_new_vocab",
-                "skip_retrain",
-                "train_candidate",
-                "quality_gate",
-                "reject_candidate",
-                "measure_drift",
-                "check_drift",
-                "refit_traits",
-                "keep_traits",
-                "recompute_profiles",
-                "promote",
-            ]
-        )
+        results = collect_results()
         # The interval end identifies the week: a rerun of the same week replaces its report.
         results["trained_through"] = run.end.isoformat()
         return jobs.weekly_report(run.database_url, run.run_id, results)

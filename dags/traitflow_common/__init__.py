@@ -272,13 +272,18 @@ def record_decision(branch: str, **details: Any) -> str:
     return branch
 
 
-def collect_results(task_ids: list[str]) -> dict[str, Any]:
-    """Return values of ``task_ids`` in this run (None for skipped); branch tasks give their decision."""
+def collect_results() -> dict[str, Any]:
+    """Return values of every other task of this run (None for skipped); branch tasks give their
+    decision. Read from the DAG itself, so a task added to the DAG is reported without a list
+    to keep in step."""
     from airflow.sdk import get_current_context
 
-    ti = get_current_context()["ti"]
+    context = get_current_context()
+    ti = context["ti"]
     results: dict[str, Any] = {}
-    for task_id in task_ids:
+    for task_id in context["dag"].task_ids:
+        if task_id == ti.task_id:
+            continue
         decision = ti.xcom_pull(task_ids=task_id, key="decision")
         results[task_id] = decision if decision is not None else ti.xcom_pull(task_ids=task_id)
     return results
