@@ -21,11 +21,14 @@ What is measured (see bench/README.md for the definitions):
 * single-customer profile latency (p50/p95/p99) of the batch library path and of
   ``traitflow.online.CustomerProfiler``;
 * ``--scaling``: the full retrain at several sizes and the fitted log-log exponent.
+* the Postgres stages (``pg_stages``): ingest, the weekly read/save/promote, the daily read/write
+  and the persistence of the baseline slice against the seed's one INSERT per row
+  (``--database-url``, else ``TRAITFLOW_DATABASE_URL``, else the embedded server).
 
 Results go to ``bench/results/<tier>-<UTC timestamp>.json`` and ``.md`` (gitignored); the
 Markdown table is also printed. Synthetic workloads are cached under ``bench/cache/``.
 
-Postgres write stages plug in through ``STAGE_HOOKS`` (see below) without touching the rest.
+More stages plug in through ``STAGE_HOOKS`` (see below) without touching the rest.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from typing import Any
 import baseline
 import numpy as np
 import pandas as pd
+import pg_stages
 import workloads
 
 from traitflow.aggregate import CustomerEmbeddings, customer_embeddings
@@ -271,14 +275,21 @@ class Bench:
 
 @dataclass
 class StageHook:
-    """An extra timed stage, e.g. a Postgres write (added by the store owner).
+    """An extra timed stage (the Postgres stages of ``pg_stages`` are hooks).
 
-    ``after`` is where it runs: "weekly" (after ``projection``; counts towards the weekly retrain,
-    ``ctx.weekly_batch`` holds every customer's profile), "daily" (after ``daily_profile``; counts
-    towards the daily run, ``ctx.daily_batch``) or "baseline" (after the seed-literal
-    aggregation + projection, e.g. one INSERT per profile row; ``ctx.baseline_rows`` holds them,
-    and it is compared with the hook named by ``compare_with``). ``fn`` returns the number of
-    ``units`` it handled (rows written). ``ctx.options`` carries e.g. a database URL.
+    ``after`` is where it runs and what it counts towards:
+
+    * "load": after ``load`` (``ctx.events`` is the whole workload);
+    * "weekly_start": before ``corpus``, counts towards the weekly retrain (also in scaling runs);
+    * "weekly": after ``projection``, counts towards the weekly retrain; ``ctx.model`` is the
+      trained model and ``ctx.weekly_batch`` every customer's profile;
+    * "daily_start" / "daily": before ``daily_select`` / after ``daily_profile``, count towards the
+      daily run; ``ctx.daily_window`` is (day_start, day_end), ``ctx.daily_batch`` the profiles;
+    * "baseline": after the seed-literal aggregation + projection; ``ctx.baseline_rows`` holds
+      the seed's profiles, ``ctx.baseline_batch`` Traitflow's for the same customers. A hook with
+      ``compare_with`` is the seed's side of the Traitflow hook it names (persistence ratio).
+
+    ``fn`` returns the number of ``units`` it handled; ``setup`` (untimed) runs just before it.
     """
 
     name: str
@@ -286,12 +297,20 @@ class StageHook:
     fn: Callable[[Context], int]
     units: str = "rows"
     compare_with: str | None = None
+    setup: Callable[[Context], None] | None = None
 
 
-# Register write stages here (or append from another module before calling ``run_bench``), e.g.
-#   STAGE_HOOKS.append(StageHook("write_profiles", "weekly", lambda ctx: store.write_profiles(...)))
-#   STAGE_HOOKS.append(StageHook("seed_insert_rows", "baseline", insert_one_by_one,
-#                                compare_with="write_profiles"))
+HOOK_GROUPS = {
+    "load": "load",
+    "weekly_start": "weekly",
+    "weekly": "weekly",
+    "daily_start": "daily",
+    "daily": "daily",
+    "baseline": "baseline",
+}
+
+# Extra stages registered by other modules (``Options.hooks`` replaces them); ``run_bench`` adds
+# the Postgres stages after them unless ``Options.postgres`` is False.
 STAGE_HOOKS: list[StageHook] = []
 
 
@@ -316,14 +335,18 @@ class Context:
     profiles: np.ndarray | None = None
     model: TraitflowModel | None = None
     weekly_batch: ProfileBatch | None = None
+    daily_window: tuple[datetime, datetime] | None = None
     daily_batch: ProfileBatch | None = None
     baseline_rows: dict[str, Any] | None = None
+    baseline_batch: ProfileBatch | None = None
 
 
 def _run_hooks(bench: Bench, ctx: Context, after: str, hooks: Sequence[StageHook]) -> None:
-    group = {"weekly": WEEKLY, "daily": DAILY, "baseline": BASELINE}[after]
+    group = HOOK_GROUPS[after]
     for hook in hooks:
         if hook.after == after:
+            if hook.setup is not None:
+                hook.setup(ctx)
             bench.measure(hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n)
 
 
@@ -337,6 +360,7 @@ def retrain(
 ) -> None:
     """corpus -> item2vec (+ standalone gensim) -> aggregation -> nmf_fit -> labels -> projection."""
     config, events = ctx.config, ctx.events
+    _run_hooks(bench, ctx, "weekly_start", hooks)
     ctx.corpus = bench.measure(
         "corpus",
         WEEKLY,
@@ -450,6 +474,8 @@ def daily_run(bench: Bench, ctx: Context, day_start: datetime, day_end: datetime
     """Customers with events in [day_start, day_end), profiled from their whole history."""
     events, model = ctx.events, ctx.model
     assert model is not None
+    ctx.daily_window = (day_start, day_end)
+    _run_hooks(bench, ctx, "daily_start", hooks)
 
     def select() -> pd.DataFrame:
         times = events["event_time"]
@@ -509,7 +535,7 @@ def baseline_comparison(
             "tf_aggregation", BASELINE, tf_aggregation, units="events", n_units=len(events)
         )
         known_vectors = holder["emb"].vectors[holder["emb"].has_vector]
-        bench.measure(
+        holder["profiles"] = bench.measure(
             "tf_projection",
             BASELINE,
             lambda v=known_vectors: project(traits, v),
@@ -537,9 +563,17 @@ def baseline_comparison(
             n_units=len(seed_embeddings),
         )
     ctx.baseline_rows = {"customer_ids": ids, "profiles": seed_profiles, "embeddings": seed_embeddings}
+    assert ctx.model is not None
+    ctx.baseline_batch = _batch(ctx.model, holder["emb"], holder["profiles"], ctx.trained_through)
     _run_hooks(bench, ctx, "baseline", hooks)
     traitflow_s = bench.wall("tf_aggregation", "tf_projection")
     seed_s = bench.wall("seed_aggregation", "seed_projection")
+    # Persistence: the seed's hook (compare_with) against the Traitflow hook it names.
+    write_pairs = [
+        (h.compare_with, h.name) for h in hooks if h.after == "baseline" and h.compare_with in bench.results
+    ]
+    tf_write_s = sum(bench.wall(ours) for ours, _ in write_pairs)
+    seed_write_s = sum(bench.wall(theirs) for _, theirs in write_pairs)
     result: dict[str, Any] = {
         "events": len(events),
         "customers": n_customers,
@@ -551,6 +585,16 @@ def baseline_comparison(
         "aggregation_speedup": bench.wall("seed_aggregation") / max(bench.wall("tf_aggregation"), 1e-12),
         "projection_speedup": bench.wall("seed_projection") / max(bench.wall("tf_projection"), 1e-12),
         "writes": {},
+        "with_persistence": (
+            {
+                "traitflow_s": traitflow_s + tf_write_s,
+                "seed_s": seed_s + seed_write_s,
+                "speedup": (seed_s + seed_write_s) / (traitflow_s + tf_write_s),
+                "write_stages": [name for pair in write_pairs for name in pair],
+            }
+            if write_pairs
+            else None
+        ),
     }
     for hook in hooks:
         if hook.after == "baseline" and hook.compare_with in bench.results:
@@ -672,8 +716,11 @@ def scaling_run(
     ctx: Context,
     sizes: Sequence[int],
     main: Bench | None,
+    hooks: Sequence[StageHook] = (),
 ) -> dict[str, Any]:
-    """Full retrain on customer slices of ``ctx.events`` of about each size (whole histories)."""
+    """Full retrain on customer slices of ``ctx.events`` of about each size (whole histories);
+    the weekly hooks run too (each slice gets its own schema, ingested untimed)."""
+    hooks = [h for h in hooks if h.after in ("weekly_start", "weekly")]
     points = []
     for size in sizes:
         # The largest size is usually the whole workload: reuse the main run's measurement.
@@ -683,7 +730,7 @@ def scaling_run(
             events = workloads.customer_slice(ctx.events, size)
             bench, reused = Bench(sampler), False
             sub = Context(ctx.config, events, ctx.work_dir / f"scaling-{size}", ctx.trained_through)
-            retrain(bench, sub, refit=False)
+            retrain(bench, sub, refit=False, hooks=hooks)
             del sub
         weekly = bench.group_total(WEEKLY)
         points.append(
@@ -726,7 +773,13 @@ TARGETS: tuple[tuple[str, str, str, Any, str], ...] = (
     ("weekly_retrain_peak_rss_gib", "weekly retrain peak RSS (GiB)", "<=", 8.0, "M"),
     ("daily_run_wall_s", "daily run wall (s)", "<=", 60.0, "M"),
     ("single_customer_p50_ms", "single-customer profile p50 (ms), traitflow.online", "<=", 1.0, "M"),
-    ("agg_proj_speedup", "aggregation+projection speedup vs seed-literal (x)", ">=", 30.0, "S"),
+    (
+        "agg_proj_persist_speedup",
+        "aggregation+projection+persistence speedup vs seed-literal (x)",
+        ">=",
+        30.0,
+        "S",
+    ),
     ("item2vec_overhead", "Item2Vec pipeline / standalone gensim (x)", "<=", 1.15, "any"),
     ("item2vec_overhead_cpu", "  same, in CPU time (robust to machine load)", "<=", 1.15, "any"),
     ("scaling_exponent", "retrain time ~ events^b, exponent b", "between", (0.9, 1.1), "any"),
@@ -880,6 +933,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{base['projection_speedup']:.1f}x faster",
             ]
         )
+        persist = base.get("with_persistence")
+        if persist:
+            comparisons.append(
+                [
+                    "aggregation + projection + persistence vs seed-literal",
+                    persist["traitflow_s"],
+                    persist["seed_s"],
+                    f"{persist['speedup']:.1f}x faster",
+                ]
+            )
         for name, write in base.get("writes", {}).items():
             comparisons.append(
                 [
@@ -972,8 +1035,11 @@ class Options:
     results_dir: Path | None = workloads.RESULTS_DIR
     cache_dir: Path = workloads.CACHE_DIR
     config: PipelineConfig = field(default_factory=PipelineConfig)
-    hooks: Sequence[StageHook] | None = None
+    hooks: Sequence[StageHook] | None = None  # None: STAGE_HOOKS
     hook_options: dict[str, Any] = field(default_factory=dict)
+    postgres: bool = True  # add the Postgres stages (pg_stages) after ``hooks``
+    database_url: str | None = None  # None: the embedded server
+    keep_schemas: bool = False
     save_model: Path | None = None  # save the trained model here (TraitflowModel.save), for profiling
 
 
@@ -1009,6 +1075,10 @@ def run_bench(options: Options) -> dict[str, Any]:
     """Run the benchmark; returns the report (also written to ``results_dir`` unless None)."""
     tier = workloads.TIERS[options.tier]
     hooks = list(STAGE_HOOKS if options.hooks is None else options.hooks)
+    postgres = None
+    if options.postgres:
+        postgres = pg_stages.PostgresStages(options.database_url, keep=options.keep_schemas)
+        hooks += postgres.hooks(StageHook)
     repeats = options.repeats or tier.repeats
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
@@ -1061,6 +1131,7 @@ def run_bench(options: Options) -> dict[str, Any]:
             source = "synthetic, cached" if cache_hit else "synthetic, generated"
         trained_through, day_start, day_end = workloads.data_window(events)
         ctx = Context(options.config, events, work_dir, trained_through, options=dict(options.hook_options))
+        _run_hooks(bench, ctx, "load", hooks)
         retrain(bench, ctx, gensim_repeats=repeats if options.gensim else 0, hooks=hooks)
         assert ctx.embeddings is not None and ctx.model is not None
         n_customers = len(ctx.embeddings.customer_ids)
@@ -1085,9 +1156,13 @@ def run_bench(options: Options) -> dict[str, Any]:
         scaling = None
         if options.scaling:
             sizes = options.scaling_sizes or tier.scaling_sizes
-            scaling = scaling_run(sampler, ctx, sizes, bench)
+            scaling = scaling_run(sampler, ctx, sizes, bench, hooks)
+        if postgres is not None:
+            host["database"] = postgres.describe()
     finally:
         sampler.close()
+        if postgres is not None:
+            postgres.close()
         shutil.rmtree(work_dir, ignore_errors=True)
     host["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
@@ -1108,6 +1183,9 @@ def run_bench(options: Options) -> dict[str, Any]:
             else None
         ),
         "agg_proj_speedup": base["speedup"] if base else None,
+        "agg_proj_persist_speedup": (
+            base["with_persistence"]["speedup"] if base and base.get("with_persistence") else None
+        ),
         "item2vec_s": stage_walls.get("item2vec"),
         "gensim_s": stage_walls.get("gensim_standalone"),
         "item2vec_overhead": _paired_ratio(bench, "item2vec", "gensim_standalone", "walls"),
@@ -1143,6 +1221,7 @@ def run_bench(options: Options) -> dict[str, Any]:
         "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "profiles": sorted(bench.profiles),
         "hooks": [h.name for h in hooks],
+        "postgres_run_id": postgres.run_id if postgres is not None else None,
     }
     report["targets"] = evaluate_targets(report)
     if options.results_dir is not None:
@@ -1242,6 +1321,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", default="", help="comma-separated stage names to run under cProfile (text dump)"
     )
     parser.add_argument("--save-model", type=Path, help="save the trained model to this folder")
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL for the pg_* stages (default: $TRAITFLOW_DATABASE_URL, else the embedded server)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="skip the Postgres stages")
+    parser.add_argument("--keep-schemas", action="store_true", help="keep the bench_* schemas afterwards")
     parser.add_argument("--results-dir", type=Path, default=workloads.RESULTS_DIR)
     parser.add_argument("--cache-dir", type=Path, default=workloads.CACHE_DIR)
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-stage log lines")
@@ -1276,6 +1361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_dir=args.results_dir,
             cache_dir=args.cache_dir,
             save_model=args.save_model,
+            postgres=not args.no_postgres,
+            database_url=args.database_url,
+            keep_schemas=args.keep_schemas,
         )
     )
     print(render_markdown(report))

@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from traitflow.config import PipelineConfig
@@ -29,6 +30,16 @@ EXPECTED_STAGES = PIPELINE_STAGES | {
     "seed_aggregation",
     "seed_projection",
 }
+POSTGRES_STAGES = {
+    "pg_ingest",
+    "pg_read_events",
+    "pg_save_model",
+    "pg_promote",
+    "pg_daily_read",
+    "pg_daily_write",
+    "tf_write",
+    "seed_insert",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +52,7 @@ def bench_run():
 
 
 @pytest.fixture(scope="module")
-def smoke_report(bench_run, tmp_path_factory):
+def smoke_report(bench_run, tmp_path_factory, database_url):
     tmp = tmp_path_factory.mktemp("bench")
     calls: dict[str, int] = {}
 
@@ -49,7 +60,7 @@ def smoke_report(bench_run, tmp_path_factory):
         def fn(ctx) -> int:
             batch = {"weekly": ctx.weekly_batch, "daily": ctx.daily_batch}.get(name)
             rows = len(batch.customer_ids) if batch is not None else len(ctx.baseline_rows["customer_ids"])
-            calls[name] = rows
+            calls.setdefault(name, rows)  # the main run comes first; scaling slices follow
             return rows
 
         return fn
@@ -57,7 +68,7 @@ def smoke_report(bench_run, tmp_path_factory):
     hooks = [
         bench_run.StageHook("write_weekly", "weekly", hook("weekly")),
         bench_run.StageHook("write_daily", "daily", hook("daily")),
-        bench_run.StageHook("seed_insert", "baseline", hook("baseline"), compare_with="write_weekly"),
+        bench_run.StageHook("seed_count", "baseline", hook("baseline")),
     ]
     report = bench_run.run_bench(
         bench_run.Options(
@@ -69,6 +80,7 @@ def smoke_report(bench_run, tmp_path_factory):
             config=PipelineConfig.from_mapping({"epochs": 2, "nmf_max_iter": 50, "k": 4}),
             scaling=True,
             hooks=hooks,
+            database_url=database_url,
         )
     )
     return report, calls, tmp
@@ -79,15 +91,23 @@ def test_every_stage_ran_and_took_time(smoke_report):
     saved = json.loads(Path(report["paths"]["json"]).read_text())
     assert Path(report["paths"]["json"]).parent == tmp / "results"
     stages = {s["name"]: s for s in saved["stages"]}
-    assert EXPECTED_STAGES | {"write_weekly", "write_daily", "seed_insert"} <= set(stages)
+    hooks = {"write_weekly", "write_daily", "seed_count"}
+    assert EXPECTED_STAGES | POSTGRES_STAGES | hooks | {"nmf_refit"} == set(stages)
     for stage in stages.values():
         assert stage["wall_s"] > 0, stage["name"]
         assert stage["cpu_s"] >= 0, stage["name"]
         assert stage["peak_rss_mib"] > 0, stage["name"]
     assert stages["corpus"]["n_units"] == saved["workload"]["events"]
     assert saved["totals"]["weekly_retrain"]["wall_s"] > 0
-    assert {"write_weekly"} | PIPELINE_STAGES == set(saved["totals"]["weekly_retrain"]["stages"])
-    assert saved["totals"]["daily_run"]["stages"] == ["daily_select", "daily_profile", "write_daily"]
+    weekly = {"write_weekly", "pg_read_events", "pg_save_model", "pg_promote"} | PIPELINE_STAGES
+    assert weekly == set(saved["totals"]["weekly_retrain"]["stages"])
+    assert saved["totals"]["daily_run"]["stages"] == [
+        "pg_daily_read",
+        "daily_select",
+        "daily_profile",
+        "write_daily",
+        "pg_daily_write",
+    ]
     if "nmf_refit" in stages:  # the library's warm-started refit: the weekly total's other path
         refit_total = saved["totals"]["weekly_retrain_refit"]
         assert "nmf_refit" in refit_total["stages"] and "nmf_fit" not in refit_total["stages"]
@@ -113,7 +133,33 @@ def test_hooks_receive_the_batches(smoke_report):
     assert calls["weekly"] == report["workload"]["customers"]
     assert 0 < calls["daily"] <= calls["weekly"]
     assert calls["baseline"] == report["baseline"]["customers"]
-    assert "seed_insert" in report["baseline"]["writes"]
+    assert list(report["baseline"]["writes"]) == ["seed_insert"]  # hooks with compare_with only
+
+
+def test_postgres_stages_wrote_what_the_pipeline_produced(smoke_report, database_url):
+    report, calls, _ = smoke_report
+    stages = {s["name"]: s for s in report["stages"]}
+    events, customers = report["workload"]["events"], report["workload"]["customers"]
+    assert stages["pg_ingest"]["n_units"] == events
+    assert stages["pg_read_events"]["n_units"] == events  # read back what was ingested
+    assert stages["pg_promote"]["n_units"] == customers
+    assert stages["pg_daily_write"]["n_units"] == calls["daily"]
+    assert stages["pg_daily_read"]["n_units"] >= calls["daily"]  # whole histories of the day's customers
+    baseline = report["baseline"]
+    assert stages["tf_write"]["n_units"] == stages["seed_insert"]["n_units"] == baseline["customers"]
+    persist = baseline["with_persistence"]
+    assert persist["write_stages"] == ["tf_write", "seed_insert"]
+    assert persist["speedup"] == pytest.approx(persist["seed_s"] / persist["traitflow_s"])
+    assert report["summary"]["agg_proj_persist_speedup"] == persist["speedup"]
+    # Every scaling point ran the Postgres stages of the weekly retrain too.
+    for point in report["scaling"]["points"]:
+        assert {"pg_read_events", "pg_save_model", "pg_promote"} <= set(point["stages_wall_s"])
+    # The throw-away schemas are gone.
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"bench_{report['postgres_run_id']}%",)
+        ).fetchall()
+    assert left == []
 
 
 def test_markdown_renders_from_the_saved_json(smoke_report, bench_run):
