@@ -13,13 +13,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from traitflow.config import AggregationParams, SessionParams
 from traitflow.item2vec import SOURCE_ZERO, FallbackVectors, fallback_vectors, lookup
 from traitflow.model import TokenTable
 from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
-from traitflow.sessions import tokenize
+from traitflow.sessions import arrow_strings, tokenize_arrow
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -49,9 +51,11 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
 
     Returns ndarray of float64, shape (n_events,); unknown actions weigh 0.
     """
-    weights = (
-        events["action"].map(dict(params.action_weights)).fillna(0.0).to_numpy(dtype=np.float64, copy=True)
-    )
+    known = dict(params.action_weights)
+    actions = arrow_strings(events["action"])
+    positions = pc.index_in(actions, value_set=pa.array(list(known), actions.type)).fill_null(len(known))
+    per_action = np.append(np.fromiter(known.values(), dtype=np.float64, count=len(known)), 0.0)
+    weights = per_action[positions.to_numpy(zero_copy_only=False)]
     if params.recency_half_life_days is not None:
         if as_of is None:
             raise ValueError("recency weighting needs as_of")
@@ -60,6 +64,28 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
         age_days = np.maximum(reference - times, 0) / _MICROS_PER_DAY
         weights = weights * np.exp2(-age_days / params.recency_half_life_days)
     return weights
+
+
+def _factorize_sorted(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int64 (n,), sorted distinct values object (u,)): ``pd.factorize(sort=True)`` on Arrow
+    strings, without a Python string per row (byte order = code point order for UTF-8)."""
+    encoded = values.dictionary_encode()
+    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    uniques = encoded.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    return codes, np.asarray(uniques, dtype=object)
+
+
+def _cold_start_counts(few_tokens: np.ndarray, has_vector: np.ndarray) -> dict[str, int]:
+    """Customers per cold-start flag (flags that occur, sorted by name), from the two masks."""
+    counts = {
+        COLD_START_FEW_TOKENS: int(np.count_nonzero(few_tokens & has_vector)),
+        COLD_START_NO_HISTORY: int(np.count_nonzero(~has_vector)),
+        COLD_START_NONE: int(np.count_nonzero(~few_tokens & has_vector)),
+    }
+    return {name: counts[name] for name in sorted(counts) if counts[name]}
 
 
 def customer_embeddings(
@@ -78,8 +104,8 @@ def customer_embeddings(
     averages of their events (flagged few_tokens): a handful of token vectors is too noisy.
     """
     fallback = fallback if fallback is not None else fallback_vectors(tokens)
-    codes, uniques = pd.factorize(events["customer_id"], sort=True)
-    all_ids = np.asarray(uniques, dtype=object)
+    codes, uniques = _factorize_sorted(arrow_strings(events["customer_id"]))
+    all_ids = uniques
     if customer_ids is not None:
         all_ids = np.union1d(all_ids, np.asarray(customer_ids, dtype=object)).astype(object)
         codes = np.searchsorted(all_ids, np.asarray(uniques, dtype=object))[codes] if len(codes) else codes
@@ -87,14 +113,13 @@ def customer_embeddings(
     n_events = np.bincount(codes, minlength=n_customers).astype(np.int64)
 
     few_tokens = (n_events > 0) & (n_events < aggregation.min_tokens)
-    token_values = tokenize(events["action"], events["product_id"], sessions.token_scheme)
-    categories = events["category"].to_numpy(dtype=object)
+    actions = arrow_strings(events["action"])
     resolved = lookup(
         tokens,
         fallback,
-        token_values,
-        categories,
-        events["action"].to_numpy(dtype=object),
+        tokenize_arrow(actions, events["product_id"], sessions.token_scheme),
+        arrow_strings(events["category"]),
+        actions,
         force_category=few_tokens[codes],
     )
     weights = event_weights(events, aggregation, as_of)
@@ -118,7 +143,7 @@ def customer_embeddings(
         "n_events": len(events),
         "lookup_sources": source_counts,
         "oov_rate": float(1.0 - resolved.in_vocabulary.mean()) if len(events) else 0.0,
-        "cold_start": {name: int((cold_start == name).sum()) for name in np.unique(cold_start)},
+        "cold_start": _cold_start_counts(few_tokens, has_vector),
     }
     return CustomerEmbeddings(
         customer_ids=all_ids,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from traitflow.config import Item2VecParams
@@ -130,37 +132,54 @@ class TokenLookup:
         return {name: int(n) for name, n in zip(SOURCE_NAMES, per_source, strict=True)}
 
 
+_Strings = np.ndarray | pa.Array
+
+
+def _subset(values: _Strings, mask: np.ndarray) -> np.ndarray:
+    """The rows of ``values`` where ``mask`` is True, as an object array (only these are converted)."""
+    if isinstance(values, pa.Array):
+        return np.asarray(values.filter(pa.array(mask)).to_numpy(zero_copy_only=False), dtype=object)
+    return values[mask]
+
+
 def lookup(
     tokens: TokenTable,
     fallback: FallbackVectors,
-    token_values: np.ndarray,
-    categories: np.ndarray,
-    actions: np.ndarray,
+    token_values: _Strings,
+    categories: _Strings,
+    actions: _Strings,
     *,
     force_category: np.ndarray | None = None,
 ) -> TokenLookup:
     """Resolve tokens to rows: the token itself, else its category average, else its action average,
-    else the zero row. Vectorized hash lookups (``Index.get_indexer``).
+    else the zero row. Vectorized hash lookups (``pc.index_in`` on Arrow strings, else
+    ``Index.get_indexer``); categories and actions are only converted for the rows that need them.
 
     Parameters
     ----------
-    token_values, categories, actions : ndarray of str, shape (n,); missing categories are NaN or ""
+    token_values, categories, actions : ndarray of str or pyarrow string array, shape (n,);
+        missing categories are NaN, None or ""
     force_category : ndarray of bool, shape (n,), optional -- skip the token level for these rows
         (cold-start customers are embedded from category averages)
     """
-    rows = tokens.index.get_indexer(token_values).astype(np.int64)
+    if isinstance(token_values, pa.Array):
+        value_set = tokens.arrow_tokens.cast(token_values.type)
+        positions = pc.index_in(token_values, value_set=value_set).fill_null(-1)
+        rows = positions.to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        rows = tokens.index.get_indexer(token_values).astype(np.int64)
     source = np.full(len(rows), SOURCE_TOKEN, dtype=np.int8)
     in_vocabulary = rows >= 0
     if force_category is not None:
         rows[force_category] = -1
     missing = rows < 0
     if missing.any():
-        category_rows = fallback.category_index.get_indexer(categories[missing])
+        category_rows = fallback.category_index.get_indexer(_subset(categories, missing))
         rows[missing] = np.where(category_rows >= 0, category_rows + fallback.category_offset, -1)
         source[missing] = SOURCE_CATEGORY
         missing = rows < 0
     if missing.any():
-        action_rows = fallback.action_index.get_indexer(actions[missing])
+        action_rows = fallback.action_index.get_indexer(_subset(actions, missing))
         rows[missing] = np.where(action_rows >= 0, action_rows + fallback.action_offset, -1)
         source[missing] = SOURCE_ACTION
         missing = rows < 0

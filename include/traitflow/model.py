@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from traitflow.config import (
     AggregationParams,
@@ -48,6 +49,7 @@ class TokenTable:
     counts: np.ndarray
     vectors: np.ndarray
     _index: pd.Index | None = field(default=None, repr=False, compare=False)
+    _arrow_tokens: pa.Array | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -70,6 +72,13 @@ class TokenTable:
         if self._index is None:
             self._index = pd.Index(self.tokens)
         return self._index
+
+    @property
+    def arrow_tokens(self) -> pa.Array:
+        """The tokens as a pyarrow ``large_string`` array, built once (``pc.index_in`` lookups)."""
+        if self._arrow_tokens is None:
+            self._arrow_tokens = pa.array(np.asarray(self.tokens, dtype=object), pa.large_string())
+        return self._arrow_tokens
 
 
 @dataclass

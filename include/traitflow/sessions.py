@@ -11,10 +11,44 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from traitflow.config import SessionParams
 
 _PLACEHOLDER = re.compile(r"(\{action\}|\{product_id\})")
+
+
+def arrow_strings(values: pd.Series | np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one pyarrow ``large_string`` array (zero-copy for pandas' Arrow strings)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    array = values if isinstance(values, pa.Array) else pa.array(pd.Series(values, copy=False))
+    return array if array.type == pa.large_string() else array.cast(pa.large_string())
+
+
+def tokenize_arrow(
+    actions: pd.Series | np.ndarray | pa.Array, product_ids: pd.Series | np.ndarray | pa.Array, scheme: str
+) -> pa.Array:
+    """``tokenize`` as a pyarrow ``large_string`` array: no Python string per event.
+
+    Parameters
+    ----------
+    actions, product_ids : array-like of str, shape (n,)
+    scheme : str -- e.g. ``"{action}_{product_id}"`` (see ``SessionParams.token_scheme``)
+    """
+    parts = {"{action}": arrow_strings(actions), "{product_id}": arrow_strings(product_ids)}
+    n = len(parts["{action}"])
+    if len(parts["{product_id}"]) != n:
+        raise ValueError(f"actions has {n} rows but product_ids has {len(parts['{product_id}'])}")
+    pieces = [
+        parts[piece] if piece in parts else pa.scalar(piece, pa.large_string())
+        for piece in _PLACEHOLDER.split(scheme)
+        if piece
+    ]
+    if not any(isinstance(piece, pa.Array) for piece in pieces):  # a constant scheme
+        pieces.append(pa.array([""] * n, pa.large_string()))
+    return pc.binary_join_element_wise(*pieces, pa.scalar("", pa.large_string()))
 
 
 def tokenize(actions: pd.Series | np.ndarray, product_ids: pd.Series | np.ndarray, scheme: str) -> np.ndarray:
@@ -29,16 +63,8 @@ def tokenize(actions: pd.Series | np.ndarray, product_ids: pd.Series | np.ndarra
     -------
     ndarray of object (str), shape (n,)
     """
-    parts = {"{action}": pd.Series(actions, dtype="str"), "{product_id}": pd.Series(product_ids, dtype="str")}
-    n = len(parts["{action}"])
-    if len(parts["{product_id}"]) != n:
-        raise ValueError(f"actions has {n} rows but product_ids has {len(parts['{product_id}'])}")
-    out = pd.Series([""] * n, dtype="str")
-    for piece in _PLACEHOLDER.split(scheme):
-        if not piece:
-            continue
-        out = out + (parts[piece].reset_index(drop=True) if piece in parts else piece)
-    return out.to_numpy(dtype=object)
+    tokens = tokenize_arrow(actions, product_ids, scheme)
+    return np.asarray(tokens.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:

@@ -210,3 +210,59 @@ def test_recency_weighting_in_the_customer_mean():
 def test_recency_weighting_needs_as_of():
     with pytest.raises(ValueError, match="as_of"):
         event_weights(_events(TOY_EVENTS), AggregationParams(recency_half_life_days=1.0), None)
+
+
+# ------------------------------------------------- Arrow string paths (no Python str per event)
+
+
+def test_customer_order_and_codes_match_pandas_factorize_on_non_ascii_ids():
+    from traitflow.aggregate import _factorize_sorted
+    from traitflow.sessions import arrow_strings
+
+    ids = pd.Series(["ß", "b", "Z", "é", "b", "日本", "a", "Z", "😀", "ß"], dtype="str")
+    codes, uniques = _factorize_sorted(arrow_strings(ids))
+    expected_codes, expected_uniques = pd.factorize(ids.astype(object), sort=True)
+    assert uniques.tolist() == list(expected_uniques) == sorted(set(ids))  # Python's code point order
+    np.testing.assert_array_equal(codes, expected_codes)
+
+
+def test_arrow_and_object_inputs_resolve_every_token_the_same_way():
+    from traitflow.item2vec import lookup
+    from traitflow.sessions import arrow_strings, tokenize, tokenize_arrow
+
+    events = _events(TOY_EVENTS)
+    table, fallback = _table(), fallback_vectors(_table())
+    force = np.zeros(len(events), dtype=bool)
+    force[[0, 7]] = True
+    as_objects = lookup(
+        table,
+        fallback,
+        tokenize(events["action"], events["product_id"], "{action}_{product_id}"),
+        events["category"].to_numpy(dtype=object),
+        events["action"].to_numpy(dtype=object),
+        force_category=force,
+    )
+    as_arrow = lookup(
+        table,
+        fallback,
+        tokenize_arrow(events["action"], events["product_id"], "{action}_{product_id}"),
+        arrow_strings(events["category"]),  # holds nulls (missing categories)
+        arrow_strings(events["action"]),
+        force_category=force,
+    )
+    np.testing.assert_array_equal(as_arrow.rows, as_objects.rows)
+    np.testing.assert_array_equal(as_arrow.source, as_objects.source)
+    np.testing.assert_array_equal(as_arrow.in_vocabulary, as_objects.in_vocabulary)
+    # 7 known tokens, 2 of them forced to their category; view_new -> category X; 2 zero rows
+    assert as_arrow.counts() == {"token": 5, "category_average": 3, "action_average": 0, "zero": 2}
+
+
+def test_object_dtype_columns_embed_like_arrow_columns():
+    events = _events(TOY_EVENTS)
+    objects = events.astype({c: object for c in ("customer_id", "action", "product_id", "category")})
+    args = (_table(), AggregationParams(), SessionParams())
+    a = customer_embeddings(events, *args, as_of=AS_OF)
+    b = customer_embeddings(objects, *args, as_of=AS_OF)
+    np.testing.assert_array_equal(a.customer_ids, b.customer_ids)
+    assert a.vectors.tobytes() == b.vectors.tobytes()
+    assert a.stats == b.stats

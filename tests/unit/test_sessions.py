@@ -107,3 +107,15 @@ def test_vocabulary_and_corpus(tmp_path: Path):
     # The whitespace inside "a b" cannot split a token: the corpus holds integer codes.
     assert (tmp_path / "corpus.txt").read_text() == "0 1 0\n"
     assert stats.n_sessions == 2 and stats.n_sessions_written == 1 and stats.n_tokens_written == 3
+
+
+def test_tokenize_arrow_matches_tokenize_and_handles_arrow_input():
+    import pyarrow as pa
+
+    from traitflow.sessions import tokenize_arrow
+
+    actions, products = ["view", "cart", "view"], ["é1", "2", "日本"]
+    for scheme in ("{action}_{product_id}", "p{product_id}:{action}", "{product_id}{action}"):
+        arrow = tokenize_arrow(pa.array(actions), pd.Series(products, dtype="str"), scheme)
+        assert arrow.type == pa.large_string()
+        assert arrow.to_pylist() == tokenize(actions, products, scheme).tolist()
