@@ -114,8 +114,13 @@ class TraitParams:
     """NMF settings."""
 
     n_traits: int = 16
-    max_iter: int = 500
-    tol: float = 1e-5
+    # scikit-learn's own defaults. The tail beyond them buys nothing measurable: on 20K customers
+    # (k=16) tol=1e-5/max_iter=500 ran 314 iterations for the same profiles (matched trait
+    # correlation 1.000) as 200 here; on 80K customers with ~10 events each, 500 vs 200
+    # iterations gave the same reconstruction error to 4 digits and matched traits >= 0.92
+    # (mean 0.986), in half the time.
+    max_iter: int = 200
+    tol: float = 1e-4
     random_state: int = 0
     # nndsvd is deterministic (refits of the same data give the same traits) and recovered planted
     # segments best in our measurements (see traitflow.traits).
