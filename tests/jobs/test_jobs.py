@@ -138,7 +138,7 @@ def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monke
         " FROM customer_profile_history ORDER BY customer_id, as_of",
         "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
         " FROM customer_profiles ORDER BY customer_id",
-        "SELECT customer_id, as_of, model_version, embedding FROM customer_embeddings ORDER BY customer_id",
+        "SELECT customer_id, as_of, model_version, embedding FROM customer_profiles ORDER BY customer_id",
     ):
         forward = store.connection.execute(query).fetchall()
         assert forward, query

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import numpy as np
 import pytest
 from psycopg import sql
 
@@ -34,10 +37,11 @@ def test_upgrade_creates_everything_and_is_idempotent(make_store: Callable[..., 
     names = {r[0] for r in rows}
     for table in (
         "events", "ingested_files", "rejected_events", "model_versions", "token_vectors", "trait_components",
-        "customer_embeddings", "customer_profiles", "customer_profile_history", "run_reports",
+        "customer_profiles", "customer_profile_history", "run_reports",
         "customer_trait_scores", "schema_migrations",
     ):  # fmt: skip
         assert table in names
+    assert "customer_embeddings" not in names  # merged into customer_profiles (version 2)
 
 
 def test_a_store_on_an_unmigrated_schema_says_what_to_do(make_store: Callable[..., Store]) -> None:
@@ -97,3 +101,112 @@ def test_schemas_are_isolated(make_store: Callable[..., Store], store: Store) ->
     store.write_run_report("test", "k", {"a": 1})
     assert other.table_counts()["run_reports"] == 0
     assert store.table_counts()["run_reports"] == 1
+
+
+def _store_at_version_1(make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A fresh schema migrated to version 1 only (later migrations hidden while upgrading)."""
+    store = make_store(fresh=True)
+    first = migrations.available_migrations()[:1]
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "available_migrations", lambda: first)
+        assert store.upgrade() == [1]
+    return store
+
+
+def test_version_2_moves_the_embeddings_into_customer_profiles_without_losing_any(
+    make_store: Callable[..., Store],
+    monkeypatch: pytest.MonkeyPatch,
+    build_profile_batch: Callable[..., Any],
+) -> None:
+    store = _store_at_version_1(make_store, monkeypatch)
+    conn = store.connection
+    # Data as version-1 code wrote it: one current profile and one current embedding per customer,
+    # same as_of/model_version, each with its own updated_at; history rows; a model.
+    with conn.transaction():
+        version = conn.execute(
+            "INSERT INTO model_versions (trained_through, status, promoted_at, format_version, n_tokens,"
+            " vector_size, n_traits, params, center, population_profile, population_vector)"
+            " VALUES (%s, 'active', now(), 1, 0, 5, 3, '{}', %s, %s, %s::real[]) RETURNING model_version",
+            (datetime(2024, 1, 7, tzinfo=UTC), [0.0] * 5, [1 / 3] * 3, [0.0] * 5),
+        ).fetchone()[0]
+        for position, trait_id in enumerate((3, 7, 11), start=1):
+            conn.execute(
+                "INSERT INTO trait_components (model_version, position, trait_id, label, top_products,"
+                " top_categories, component) VALUES (%s, %s, %s, 'x', '{}', '{}', '{1}')",
+                (version, position, trait_id),
+            )
+    ids = ["c1", "o'brien", "emoji 🧑‍🚀", "x" * 256]
+    batch = build_profile_batch(version, ids, seed=4)
+    batch.embeddings[0, :2] = [np.float32(-0.0), np.float32(1e-45)]  # exact bits must survive
+    stamps = [datetime(2024, 1, 11, tzinfo=UTC), datetime(2024, 1, 12, tzinfo=UTC)]
+    with conn.transaction(), conn.cursor() as cur:
+        for i, cid in enumerate(ids):
+            profile_stamp, embedding_stamp = stamps if i % 2 else stamps[::-1]
+            cur.execute(
+                "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits,"
+                " dominant_trait_id, n_events, cold_start, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (cid, batch.as_of, version, batch.profiles[i].tolist(), 7, int(batch.n_events[i]),
+                 batch.cold_start[i], profile_stamp),
+            )  # fmt: skip
+            cur.execute(
+                "INSERT INTO customer_embeddings (customer_id, as_of, model_version, embedding, updated_at)"
+                " VALUES (%s, %s, %s, %s::real[], %s)",
+                (cid, batch.as_of, version, batch.embeddings[i].tolist(), embedding_stamp),
+            )
+            cur.execute(
+                "INSERT INTO customer_profile_history (customer_id, as_of, model_version, traits,"
+                " dominant_trait_id, n_events, cold_start) SELECT customer_id, as_of, model_version, traits,"
+                " dominant_trait_id, n_events, cold_start FROM customer_profiles WHERE customer_id = %s",
+                (cid,),
+            )
+    before = store.table_checksums()  # the version-1 tables (customer_embeddings is not listed)
+    profile_columns = "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+    profiles_before = conn.execute(f"SELECT {profile_columns} FROM customer_profiles ORDER BY 1").fetchall()
+
+    assert store.upgrade() == [2]
+    assert store.schema_version() == 2
+    after = store.table_checksums()
+    for table in ("model_versions", "customer_profile_history", "events", "run_reports"):
+        assert after[table] == before[table], table
+    assert conn.execute(f"SELECT {profile_columns} FROM customer_profiles ORDER BY 1").fetchall() == (
+        profiles_before
+    )
+    exists = conn.execute("SELECT to_regclass('customer_embeddings') IS NULL").fetchone()
+    assert exists == (True,)
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute("SELECT customer_id, embedding, updated_at FROM customer_profiles").fetchall()
+    merged = {row[0]: row[1:] for row in rows}
+    for i, cid in enumerate(ids):
+        embedding, updated_at = merged[cid]
+        assert np.asarray(embedding, dtype=np.float32).tobytes() == batch.embeddings[i].tobytes()
+        assert updated_at == stamps[1]  # the later of the two rows' stamps
+    nullable = conn.execute(
+        "SELECT is_nullable FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name = 'customer_profiles' AND column_name = 'embedding'",
+        (store.schema,),
+    ).fetchone()
+    assert nullable == ("NO",)
+    # The merged rows move forward like any other current row.
+    later = build_profile_batch(version, ids[:2], as_of=batch.as_of + timedelta(days=1), seed=5)
+    report = store.write_profiles(later)
+    assert (report.history_inserted, report.profiles_written) == (2, 2)
+    assert store.current_profile(ids[0])["embedding"].tobytes() == later.embeddings[0].tobytes()
+    assert store.current_profile(ids[2])["embedding"].tobytes() == batch.embeddings[2].tobytes()
+    assert store.table_counts()["customer_profiles"] == len(ids)
+
+
+def test_version_2_refuses_tables_that_disagree(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store_at_version_1(make_store, monkeypatch)
+    store.connection.execute(
+        "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
+        " n_events, cold_start) VALUES ('lonely', now(), 1, '{1}', 1, 0, 'none')"
+    )
+    with pytest.raises(MigrationError, match=r"disagree.*'lonely'"):
+        store.upgrade()
+    assert store.schema_version() == 1  # rolled back: nothing merged, nothing dropped
+    assert store.connection.execute("SELECT to_regclass('customer_embeddings') IS NOT NULL").fetchone() == (
+        True,
+    )

@@ -38,17 +38,7 @@ def profile_rows(store: Store) -> dict[str, tuple]:
 def test_write_then_read_back_exactly(store: Store, version: int, build_profile_batch: BuildBatch) -> None:
     batch = build_profile_batch(version, IDS, as_of=D1)
     report = store.write_profiles(batch)
-    assert (
-        report.n_customers,
-        report.history_inserted,
-        report.profiles_written,
-        report.embeddings_written,
-    ) == (
-        len(IDS),
-        len(IDS),
-        len(IDS),
-        len(IDS),
-    )
+    assert (report.n_customers, report.history_inserted, report.profiles_written) == (len(IDS),) * 3
     for i, cid in enumerate(IDS):
         profile = store.current_profile(cid)
         assert profile is not None and profile["customer_id"] == cid
@@ -70,17 +60,7 @@ def test_writing_the_same_batch_twice_changes_nothing(
     before = store.table_checksums()  # includes updated_at: an unchanged row is not touched
     again = store.write_profiles(batch)
     assert store.table_checksums() == before
-    assert (
-        again.history_inserted,
-        again.history_replaced,
-        again.profiles_written,
-        again.embeddings_written,
-    ) == (
-        0,
-        0,
-        0,
-        0,
-    )
+    assert (again.history_inserted, again.history_replaced, again.profiles_written) == (0, 0, 0)
 
 
 def test_rerunning_a_date_replaces_its_history_rows(
@@ -108,19 +88,20 @@ def test_current_rows_only_move_forward(store: Store, version: int, build_profil
     store.write_profiles(newer)
     current_before = profile_rows(store)
     embeddings_before = store.connection.execute(
-        "SELECT customer_id, as_of, embedding FROM customer_embeddings ORDER BY customer_id"
+        "SELECT customer_id, as_of, embedding, updated_at FROM customer_profiles ORDER BY customer_id"
     ).fetchall()
     # Backfill the older date for the same customers plus two new ones.
     backfill = build_profile_batch(version, IDS[:6], as_of=D1, seed=2)
     report = store.write_profiles(backfill)
     assert report.history_inserted == 6
-    assert report.profiles_written == 2 and report.embeddings_written == 2  # only the new customers
+    assert report.profiles_written == 2  # only the new customers
     after = profile_rows(store)
     for cid in IDS[:4]:
         assert after[cid] == current_before[cid]  # not overwritten by the older date
     assert after[IDS[4]][0] == D1 and after[IDS[5]][0] == D1
     embeddings_after = store.connection.execute(
-        "SELECT customer_id, as_of, embedding FROM customer_embeddings WHERE as_of = %s ORDER BY customer_id",
+        "SELECT customer_id, as_of, embedding, updated_at FROM customer_profiles WHERE as_of = %s"
+        " ORDER BY customer_id",
         (D2,),
     ).fetchall()
     assert embeddings_after == embeddings_before
@@ -139,19 +120,89 @@ def _model_like(store: Store, version: int) -> TraitflowModel:
     return model
 
 
-def test_a_failure_halfway_through_a_profile_write_changes_nothing(
-    store: Store, version: int, build_profile_batch: BuildBatch, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("first", "last_step"),
+    [
+        (IDS[:3], "_upsert_current_profiles"),  # existing customers: staged UPDATE + INSERT
+        ([], "_copy_current_profiles"),  # all new: COPY straight into both tables
+    ],
+)
+def test_a_failure_after_every_table_was_written_changes_nothing(
+    store: Store,
+    version: int,
+    build_profile_batch: BuildBatch,
+    monkeypatch: pytest.MonkeyPatch,
+    first: list[str],
+    last_step: str,
 ) -> None:
-    store.write_profiles(build_profile_batch(version, IDS[:3], as_of=D1, seed=1))
+    if first:
+        store.write_profiles(build_profile_batch(version, first, as_of=D1, seed=1))
     before = store.table_checksums()
+    written = getattr(store_profiles, last_step)
 
-    def fail(*args: object) -> int:
+    def write_then_fail(*args: object, **kwargs: object) -> int:
+        assert written(*args, **kwargs) > 0
         raise RuntimeError("injected after history and current profiles were written")
 
-    monkeypatch.setattr(store_profiles, "_upsert_embeddings", fail)
+    monkeypatch.setattr(store_profiles, last_step, write_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         store.write_profiles(build_profile_batch(version, IDS, as_of=D2, seed=2))
     assert store.table_checksums() == before
+
+
+def test_new_customers_get_the_same_rows_whichever_way_they_are_written(
+    store: Store, make_store: Callable[..., Store], build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    # All customers new: COPY straight into the tables. One customer already known: staged path.
+    other = make_store(fresh=True)
+    other.upgrade()
+    for s in (store, other):
+        s.promote(s.save_model(build_model()))
+    version = store.active_model_version()
+    assert version == other.active_model_version()
+    other.write_profiles(build_profile_batch(version, ["known"], as_of=D1, seed=1))
+    batch = build_profile_batch(version, IDS, as_of=D2, seed=2)
+    both = build_profile_batch(version, [*IDS, "known"], as_of=D2, seed=2)
+    both.profiles[: len(IDS)], both.embeddings[: len(IDS)] = batch.profiles, batch.embeddings
+    both.n_events[: len(IDS)], both.cold_start[: len(IDS)] = batch.n_events, batch.cold_start
+    direct, staged = store.write_profiles(batch), other.write_profiles(both)
+    assert "stage" not in direct.timings and "stage" in staged.timings
+    assert (direct.history_inserted, direct.profiles_written) == (len(IDS), len(IDS))
+    assert (staged.history_inserted, staged.profiles_written) == (len(IDS) + 1, len(IDS) + 1)
+    columns = "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+    for query in (
+        f"SELECT {columns}, embedding FROM customer_profiles",
+        f"SELECT {columns} FROM customer_profile_history",
+    ):
+        query += " WHERE customer_id <> 'known' AND as_of = %s ORDER BY customer_id"
+        rows = [s.connection.execute(query, (D2,)).fetchall() for s in (store, other)]
+        assert len(rows[0]) == len(IDS) and rows[0] == rows[1], query
+
+
+def test_moving_current_rows_forward_rewrites_only_what_changed(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    store.write_profiles(build_profile_batch(version, IDS, as_of=D1, seed=1))
+    stamps = dict(
+        store.connection.execute("SELECT customer_id, updated_at FROM customer_profiles").fetchall()
+    )
+    # The next day for two customers (in a later transaction: a later now()).
+    store.connection.execute("SELECT pg_sleep(0.01)")
+    moved = build_profile_batch(version, IDS[:2], as_of=D2, seed=2)
+    report = store.write_profiles(moved)
+    assert (report.history_inserted, report.history_replaced, report.profiles_written) == (2, 0, 2)
+    # Re-running the first day for everyone: history unchanged, current rows equal or newer.
+    again = store.write_profiles(build_profile_batch(version, IDS, as_of=D1, seed=1))
+    assert (again.history_inserted, again.history_replaced, again.profiles_written) == (0, 0, 0)
+    rows = {r[0]: r[1:] for r in store.connection.execute(
+        "SELECT customer_id, as_of, embedding, updated_at FROM customer_profiles"
+    ).fetchall()}  # fmt: skip
+    for i, cid in enumerate(IDS):
+        if i < 2:
+            assert rows[cid][0] == D2 and rows[cid][2] > stamps[cid]
+            assert np.asarray(rows[cid][1], dtype=np.float32).tobytes() == moved.embeddings[i].tobytes()
+        else:
+            assert rows[cid][0] == D1 and rows[cid][2] == stamps[cid]
 
 
 def test_invalid_batches_are_refused_before_anything_is_written(
@@ -182,6 +233,12 @@ def test_invalid_batches_are_refused_before_anything_is_written(
         store.write_profiles(batch(profiles=np.full((3, 3), np.nan)))
     with pytest.raises(StoreInputError, match="appears twice"):
         store.write_profiles(batch(customer_ids=np.array(["a", "b", "a"], dtype=object)))
+    with pytest.raises(StoreInputError, match="'a' appears twice"):
+        store.write_profiles(batch(customer_ids=np.array(["a", "a", "b"], dtype=object)))
+    with pytest.raises(StoreInputError, match="cold_start value 5"):
+        store.write_profiles(batch(cold_start=np.array(["none", 5, "none"], dtype=object)))
+    with pytest.raises(StoreInputError, match="finite"):
+        store.write_profiles(batch(embeddings=np.full((3, 5), np.inf, dtype=np.float32)))
     with pytest.raises(StoreInputError, match="cold_start"):
         store.write_profiles(batch(cold_start=np.array(["none", "maybe", "none"], dtype=object)))
     with pytest.raises(StoreInputError, match="longer than 256"):

@@ -79,7 +79,7 @@ class IngestReport:
         return asdict(self)
 
 
-def as_text_array(series: pd.Series, column: str) -> pa.Array:
+def as_text_array(series: pd.Series | np.ndarray, column: str) -> pa.Array:
     try:
         array = pa.array(series, type=pa.large_string(), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -40,7 +40,8 @@ PERSISTED_FIELDS: dict[str, frozenset[str]] = {
         {"trained_through", "config", "tokens", "traits", "metrics", "trait_match", "version"}
     ),
     "TokenTable": frozenset(
-        {"tokens", "actions", "product_ids", "categories", "counts", "vectors", "_index"}
+        # _index, _arrow_tokens: look-up caches, rebuilt on first use after loading.
+        {"tokens", "actions", "product_ids", "categories", "counts", "vectors", "_index", "_arrow_tokens"}
     ),
     "TraitModel": frozenset(
         {

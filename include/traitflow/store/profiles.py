@@ -1,25 +1,34 @@
-"""Writing customer embeddings and trait profiles: history (replace per date) + current (forward only).
+"""Writing customer trait profiles and embeddings: history (replace per date) + current (forward only).
+
+Tables: ``customer_profile_history`` keyed (customer_id, as_of), and ``customer_profiles`` keyed
+customer_id, one current row per customer holding its traits *and* its embedding (schema
+version 2 merged the former ``customer_embeddings`` table into it: same key, same forward-only
+rules, same batch).
 
 One ``ProfileBatch`` is written in the caller's transaction:
 
 1. checks (model exists and is not rejected, trait ids equal the model's in position order,
    shapes, dtypes, finite values, unique ids, storage limits) -- all before touching the database;
-2. a transaction-scoped advisory lock serialises profile writers (see ``_lock_profiles``);
-3. one binary COPY of the batch, sorted by customer_id, into a temporary staging table;
-4. ``customer_profile_history``, keyed (customer_id, as_of): a first write of the date is a plain
-   INSERT; a re-run replaces rows whose content changed (``ON CONFLICT ... DO UPDATE``) and
-   never duplicates them;
-5. ``customer_profiles`` and ``customer_embeddings``, keyed customer_id: existing rows move
-   forward only, ``ON CONFLICT (customer_id) DO UPDATE ... WHERE excluded.as_of >= current.as_of``
-   (fed only with rows whose stored as_of is not newer), so a backfill of an old date never
-   overwrites a newer current profile; new customers get a plain INSERT.
+2. a transaction-scoped advisory lock serialises profile writers (see ``_lock_profiles``), so what
+   the next step finds stays true until commit;
+3. the batch's customer ids (sorted by customer_id = COLLATE "C" byte order) are copied into a
+   temporary table and probed: does any of them have a history row for this as_of, or a current row?
+4. nothing found (a first load, a new cohort): one binary COPY straight into each table. COPY
+   inserts rows in multi-row batches, and the arrays are sent and parsed only once;
+5. otherwise one binary COPY of the whole batch into a temporary staging table, then
+
+   * history: a first write of the date is a plain INSERT; a re-run replaces the rows whose
+     content changed (``UPDATE ... FROM``) and inserts the missing ones, never duplicating them;
+   * current rows: existing rows move forward only (``UPDATE ... FROM ... WHERE as_of <= new``),
+     so a backfill of an old date never overwrites a newer current row; new customers get a
+     plain INSERT.
 
 Rows whose content is unchanged are never touched, so a re-run leaves every table byte-identical
 (including ``updated_at``), takes no row locks and writes no WAL for them.
 
 Throughput (bench/bench_store_writes.py, 200K customers x 16 traits x 64-dim): see the report in
 ``bench/results``; the update path (every current row rewritten, e.g. a weekly recompute under
-a new model) costs about 2.5x the first write, as PostgreSQL writes new row versions.
+a new model) costs about 1.7x the first write, as PostgreSQL writes new row versions.
 """
 
 from __future__ import annotations
@@ -30,7 +39,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,7 +58,7 @@ class WriteReport:
     """What ``write_profiles`` did.
 
     history_inserted / history_replaced: new (customer, as_of) rows / rows of a re-run that changed.
-    profiles_written / embeddings_written: current rows inserted or moved forward. The rest of
+    profiles_written: current rows (traits + embedding) inserted or moved forward. The rest of
     the batch (``n_customers - profiles_written``) was either identical already or older than the
     stored current row (a backfill).
     """
@@ -61,7 +69,6 @@ class WriteReport:
     history_inserted: int = 0
     history_replaced: int = 0
     profiles_written: int = 0
-    embeddings_written: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, for monitoring
 
@@ -73,14 +80,76 @@ class WriteReport:
 
 @dataclass
 class _Prepared:
+    """A checked batch, rows in customer_id byte order (= COLLATE "C")."""
+
     as_of: datetime
     model_version: int
-    columns: list[copybin.Column]
     n: int
+    ids: pa.Array  # large_string
+    traits: np.ndarray  # float64 (n, n_traits)
+    embeddings: np.ndarray  # float32 (n, vector_size)
+    dominant: np.ndarray  # int64
+    n_events: np.ndarray  # int64
+    cold_start: pa.Array  # large_string
+
+    @property
+    def columns(self) -> list[copybin.Column]:
+        """Columns of the staging table ``_tf_stage_profiles``, in its column order."""
+        return [
+            copybin.text(self.ids),
+            copybin.float8_array(self.traits),
+            copybin.float4_array(self.embeddings),
+            copybin.int8(self.dominant),
+            copybin.int8(self.n_events),
+            copybin.text(self.cold_start),
+        ]
+
+    def _constants(self) -> list[copybin.Column]:
+        as_of = np.datetime64(self.as_of.replace(tzinfo=None), "us")
+        return [
+            copybin.timestamptz(np.full(self.n, as_of)),
+            copybin.int4(np.full(self.n, self.model_version, dtype=np.int32)),
+        ]
+
+    def history_columns(self) -> list[copybin.Column]:
+        """Columns for ``_COPY_HISTORY``."""
+        return [
+            copybin.text(self.ids),
+            *self._constants(),
+            copybin.float8_array(self.traits),
+            copybin.int8(self.dominant),
+            copybin.int8(self.n_events),
+            copybin.text(self.cold_start),
+        ]
+
+    def current_columns(self) -> list[copybin.Column]:
+        """Columns for ``_COPY_CURRENT``."""
+        return [*self.history_columns(), copybin.float4_array(self.embeddings)]
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    # A float64 sum is finite when every value is and no overflow happened: then there is no need
+    # for the elementwise check (and its n-sized temporary); otherwise that check decides.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(values.sum(dtype=np.float64)) or np.isfinite(values).all())
+
+
+def _check_cold_start(values: np.ndarray) -> pa.Array:
+    """``values`` as Arrow text, after checking each is one of ``COLD_START_VALUES``."""
+    try:
+        array = as_text_array(values, "cold_start")
+        allowed = pc.is_in(array, value_set=pa.array(COLD_START_VALUES, pa.large_string()))
+        valid = bool(pc.all(pc.fill_null(allowed, False), min_count=0).as_py())
+    except StoreInputError:  # not strings
+        valid = False
+    if not valid:
+        bad = next(v for v in values.tolist() if not (isinstance(v, str) and v in COLD_START_VALUES))
+        raise StoreInputError(f"cold_start value {bad!r} is not one of {COLD_START_VALUES}")
+    return array
 
 
 def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
-    """Check ``batch`` against its model and the storage contract; build the COPY columns."""
+    """Check ``batch`` against its model and the storage contract; sort it by customer_id."""
     if batch.model_version is None:
         raise StoreInputError("ProfileBatch.model_version is None: save the model first (Store.save_model)")
     version = int(batch.model_version)
@@ -103,48 +172,40 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
             f"embeddings must be float32 of shape ({n}, {vector_size}), "
             f"got {embeddings.dtype} {embeddings.shape}"
         )
-    if not np.isfinite(profiles).all() or not np.isfinite(embeddings).all():
+    if not _all_finite(profiles) or not _all_finite(embeddings):
         raise StoreInputError("profiles and embeddings must be finite (no NaN/inf)")
     n_events = np.asarray(batch.n_events)
     if n_events.dtype.kind not in "iu" or (n_events < 0).any():
         raise StoreInputError("n_events must be non-negative integers")
-    cold_start = pd.Series(np.asarray(batch.cold_start, dtype=object))
-    bad = ~cold_start.isin(COLD_START_VALUES)
-    if bad.any():
-        raise StoreInputError(
-            f"cold_start value {cold_start[bad].iloc[0]!r} is not one of {COLD_START_VALUES}"
-        )
-    ids = pd.Series(np.asarray(batch.customer_ids, dtype=object))
-    id_array = as_text_array(ids, "customer_ids")
+    cold_start = _check_cold_start(np.asarray(batch.cold_start, dtype=object))
+    id_array = as_text_array(np.asarray(batch.customer_ids, dtype=object), "customer_ids")
     check_text(id_array, "customer_ids", required=True, max_chars=ev_schema.MAX_ID_LENGTH)
-    if ids.duplicated().any():
-        raise StoreInputError(f"customer id {ids[ids.duplicated()].iloc[0]!r} appears twice in the batch")
+    # Rows in customer_id byte order: index insertions are local (appends on a first load) and the
+    # current table's heap stays in key order. The pipeline's batches are sorted already
+    # (strictly increasing = sorted and unique, checked in one pass); others are sorted here,
+    # which makes duplicates neighbours.
+    n_events = n_events.astype(np.int64)
+    if n > 1 and not pc.all(pc.less(id_array.slice(0, n - 1), id_array.slice(1))).as_py():
+        order = pc.sort_indices(id_array)
+        id_array, cold_start = id_array.take(order), cold_start.take(order)
+        same = pc.equal(id_array.slice(1), id_array.slice(0, n - 1))
+        if pc.any(same).as_py():
+            duplicate = id_array[int(np.flatnonzero(same.to_numpy(zero_copy_only=False))[0])].as_py()
+            raise StoreInputError(f"customer id {duplicate!r} appears twice in the batch")
+        rows = order.to_numpy()
+        profiles, embeddings, n_events = profiles[rows], embeddings[rows], n_events[rows]
     dominant = trait_ids[np.argmax(profiles, axis=1)] if n else np.zeros(0, dtype=np.int64)
-    # Stage rows in customer_id byte order (= COLLATE "C"): the upserts then scan the stage in key
-    # order, so concurrent writers lock overlapping rows in the same order (no deadlocks) and
-    # index insertions are local, without a server-side sort of the wide rows.
-    order = pc.sort_indices(id_array).to_numpy()
-    columns = [
-        copybin.text(id_array.take(pa.array(order))),
-        copybin.float8_array(np.ascontiguousarray(profiles[order])),
-        copybin.float4_array(np.ascontiguousarray(embeddings[order])),
-        copybin.int8(dominant[order]),
-        copybin.int8(n_events.astype(np.int64)[order]),
-        copybin.text(as_text_array(cold_start, "cold_start").take(pa.array(order))),
-    ]
-    return _Prepared(as_of=utc(batch.as_of), model_version=version, columns=columns, n=n)
-
-
-def _stage(conn: psycopg.Connection, prepared: _Prepared) -> None:
-    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_profiles")
-    conn.execute(
-        'CREATE TEMP TABLE _tf_stage_profiles (customer_id text COLLATE "C", traits double precision[],'
-        " embedding real[], dominant_trait_id bigint, n_events bigint, cold_start text) ON COMMIT DROP"
+    return _Prepared(
+        as_of=utc(batch.as_of),
+        model_version=version,
+        n=n,
+        ids=id_array,
+        traits=profiles,
+        embeddings=embeddings,
+        dominant=dominant,
+        n_events=n_events,
+        cold_start=cold_start,
     )
-    copy_in(conn, "COPY _tf_stage_profiles FROM STDIN (FORMAT binary)", prepared.columns)
-    # Row count statistics let the planner pick index probes for a small daily batch and
-    # hash/merge joins for a full recompute.
-    conn.execute("ANALYZE _tf_stage_profiles (customer_id)")
 
 
 # Hash joins between the stage and the current tables stay in memory up to a few hundred
@@ -155,21 +216,82 @@ WRITE_WORK_MEM = "128MB"
 def _lock_profiles(conn: psycopg.Connection) -> None:
     """Serialise profile writers (transaction-scoped advisory lock).
 
+    Every write of customer_profiles / customer_profile_history goes through ``write_profiles``
+    (``Store.write_profiles`` and ``Store.promote(..., profiles=)``), so all writers take it.
     A write takes seconds, so queueing concurrent ones (e.g. backfill runs) costs little, and it
-    makes the existence checks below exact: new customers can be inserted with a plain INSERT
-    (half the cost of a speculative INSERT ... ON CONFLICT) and writers can never deadlock.
+    makes the existence checks below exact until commit: the current rows can be moved with a
+    plain UPDATE and new customers inserted with a plain INSERT or COPY (half the cost of a
+    speculative INSERT ... ON CONFLICT), and writers can never deadlock.
     """
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profiles', 0))")
 
 
-def _history_exists(conn: psycopg.Connection, prepared: _Prepared) -> bool:
-    """Does any staged customer already have a history row for this as_of? (index probes only)"""
+def _existing(conn: psycopg.Connection, prepared: _Prepared) -> tuple[bool, bool]:
+    """(any history row at this as_of, any current row) for the batch's customers.
+
+    Only the ids are staged for this. No ANALYZE: a temporary table filled in this transaction
+    is estimated from its actual size, which is enough to choose index probes for a small
+    batch and a join for a large one. EXISTS stops at the first row found, and the join is
+    skipped altogether on an empty table (an initial load; InitPlans run only when needed).
+    A wrong answer could not corrupt anything anyway: the primary keys would reject the COPY.
+    """
+    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_ids")
+    conn.execute('CREATE TEMP TABLE _tf_stage_ids (customer_id text COLLATE "C") ON COMMIT DROP')
+    copy_in(conn, "COPY _tf_stage_ids FROM STDIN (FORMAT binary)", [copybin.text(prepared.ids)])
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM _tf_stage_profiles s JOIN customer_profile_history h"
-        " ON h.customer_id = s.customer_id AND h.as_of = %s)",
+        "SELECT EXISTS (SELECT 1 FROM customer_profile_history)"
+        "  AND EXISTS (SELECT 1 FROM _tf_stage_ids s JOIN customer_profile_history h"
+        "   ON h.customer_id = s.customer_id AND h.as_of = %s),"
+        " EXISTS (SELECT 1 FROM customer_profiles)"
+        "  AND EXISTS (SELECT 1 FROM _tf_stage_ids s JOIN customer_profiles c"
+        "   ON c.customer_id = s.customer_id)",
         (prepared.as_of,),
     ).fetchone()
-    return bool(row and row[0])
+    assert row is not None
+    return bool(row[0]), bool(row[1])
+
+
+_COPY_HISTORY = (
+    "COPY customer_profile_history"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
+    " FROM STDIN (FORMAT binary)"
+)
+# updated_at: its column default, now() = the transaction's start, as in the INSERTs below.
+_COPY_CURRENT = (
+    "COPY customer_profiles"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, embedding)"
+    " FROM STDIN (FORMAT binary)"
+)
+
+
+def _copy_history(conn: psycopg.Connection, prepared: _Prepared) -> int:
+    """Insert every row of the batch into the history (no row exists for it: ``_existing``)."""
+    copy_in(conn, _COPY_HISTORY, prepared.history_columns())
+    return prepared.n
+
+
+def _copy_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> int:
+    """Insert every row of the batch as a current row (no customer has one: ``_existing``)."""
+    copy_in(conn, _COPY_CURRENT, prepared.current_columns())
+    return prepared.n
+
+
+def _stage(conn: psycopg.Connection, prepared: _Prepared) -> None:
+    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_profiles")
+    conn.execute(
+        'CREATE TEMP TABLE _tf_stage_profiles (customer_id text COLLATE "C", traits double precision[],'
+        " embedding real[], dominant_trait_id bigint, n_events bigint, cold_start text) ON COMMIT DROP"
+    )
+    copy_in(conn, "COPY _tf_stage_profiles FROM STDIN (FORMAT binary)", prepared.columns)
+    # Row count and "customer_id is unique" for the planner: the joins below move wide rows, where
+    # a misestimate (without statistics it is off by ~3x) costs more than this. A 3,000-row
+    # sample (statistics target 10) tells both as well as the default 30,000 in a sixth of the
+    # time (0.02 s for 200K rows); only this ANALYZE sees the lowered target.
+    target = conn.execute("SELECT current_setting('default_statistics_target')").fetchone()
+    conn.execute("SELECT set_config('default_statistics_target', '10', true)")
+    conn.execute("ANALYZE _tf_stage_profiles (customer_id)")
+    restore = target[0] if target else "100"
+    conn.execute("SELECT set_config('default_statistics_target', %s, true)", (restore,))
 
 
 _INSERT_HISTORY = (
@@ -183,93 +305,76 @@ _INSERT_NEW_HISTORY = (
     " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start"
     " FROM _tf_stage_profiles s WHERE NOT EXISTS (SELECT 1 FROM customer_profile_history h"
-    " WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s)"
+    "  WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s)"
+)
+_REPLACE_HISTORY = (
+    "UPDATE customer_profile_history h SET model_version = %(v)s, traits = s.traits,"
+    " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start"
+    " FROM _tf_stage_profiles s"
+    " WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s"
+    "  AND (h.model_version, h.dominant_trait_id, h.n_events, h.cold_start, h.traits)"
+    "  IS DISTINCT FROM (%(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.traits)"
 )
 
 
-def _insert_new_history(conn: psycopg.Connection, prepared: _Prepared, *, check: bool) -> int:
-    """Insert history rows; with ``check``, only for customers without a row for this as_of."""
-    query = _INSERT_NEW_HISTORY if check else _INSERT_HISTORY
-    return conn.execute(query, {"as_of": prepared.as_of, "v": prepared.model_version}).rowcount
+def _upsert_history(conn: psycopg.Connection, prepared: _Prepared, *, exists: bool) -> tuple[int, int]:
+    """(inserted, replaced) for the staged history rows of this as_of.
 
-
-def _upsert_history(conn: psycopg.Connection, prepared: _Prepared) -> tuple[int, int]:
-    """(inserted, replaced) for the history rows of this as_of.
-
-    First write of a date (the common case): one plain INSERT. Re-run of a date: rows whose
-    content changed are replaced (upsert), unchanged rows are not touched at all, new customers
-    are inserted; a re-run with identical input writes nothing.
+    First write of a date (``exists`` False, the common case): one plain INSERT. Re-run of a date:
+    rows whose content changed are replaced in place, unchanged rows are not touched at all, new
+    customers are inserted; a re-run with identical input writes nothing.
     """
-    if not _history_exists(conn, prepared):
-        return _insert_new_history(conn, prepared, check=False), 0
-    replaced = conn.execute(
-        "INSERT INTO customer_profile_history AS h"
-        " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
-        " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start"
-        " FROM _tf_stage_profiles s JOIN customer_profile_history c"
-        "  ON c.customer_id = s.customer_id AND c.as_of = %(as_of)s"
-        " WHERE (c.model_version, c.traits, c.dominant_trait_id, c.n_events, c.cold_start)"
-        "  IS DISTINCT FROM (%(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start)"
-        " ON CONFLICT (customer_id, as_of) DO UPDATE SET model_version = excluded.model_version,"
-        "  traits = excluded.traits, dominant_trait_id = excluded.dominant_trait_id,"
-        "  n_events = excluded.n_events, cold_start = excluded.cold_start",
-        {"as_of": prepared.as_of, "v": prepared.model_version},
-    ).rowcount
-    return _insert_new_history(conn, prepared, check=True), replaced
+    params = {"as_of": prepared.as_of, "v": prepared.model_version}
+    if not exists:
+        return conn.execute(_INSERT_HISTORY, params).rowcount, 0
+    replaced = conn.execute(_REPLACE_HISTORY, params).rowcount
+    return conn.execute(_INSERT_NEW_HISTORY, params).rowcount, replaced
 
 
-def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> int:
-    """Move existing rows forward (never to an older as_of; unchanged rows are not touched, so no
-    row lock and no WAL for them), then insert new customers with a plain INSERT. In this order
-    the second statement never re-examines rows the first one wrote."""
-    moved = conn.execute(
-        "INSERT INTO customer_profiles AS p"
-        " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, updated_at)"
-        " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events,"
-        "  s.cold_start, now()"
-        " FROM _tf_stage_profiles s JOIN customer_profiles c ON c.customer_id = s.customer_id"
-        " WHERE c.as_of <= %(as_of)s"
-        "  AND (c.as_of, c.model_version, c.traits, c.dominant_trait_id, c.n_events, c.cold_start)"
-        "  IS DISTINCT FROM (%(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start)"
-        " ON CONFLICT (customer_id) DO UPDATE SET as_of = excluded.as_of,"
-        "  model_version = excluded.model_version, traits = excluded.traits,"
-        "  dominant_trait_id = excluded.dominant_trait_id, n_events = excluded.n_events,"
-        "  cold_start = excluded.cold_start, updated_at = excluded.updated_at"
-        " WHERE excluded.as_of >= p.as_of",
-        {"as_of": prepared.as_of, "v": prepared.model_version},
-    ).rowcount
-    inserted = conn.execute(
-        "INSERT INTO customer_profiles"
-        " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, updated_at)"
-        " SELECT s.customer_id, %s, %s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start, now()"
-        " FROM _tf_stage_profiles s"
-        " WHERE NOT EXISTS (SELECT 1 FROM customer_profiles c WHERE c.customer_id = s.customer_id)",
-        (prepared.as_of, prepared.model_version),
-    ).rowcount
-    return moved + inserted
+# Comparison order: the columns that usually differ (as_of, model) and the cheap ones first, so
+# the OR that IS DISTINCT FROM expands to stops early; the arrays are compared last.
+_MOVE_CURRENT = (
+    "UPDATE customer_profiles c SET as_of = %(as_of)s, model_version = %(v)s, traits = s.traits,"
+    " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start,"
+    " embedding = s.embedding, updated_at = now()"
+    " FROM _tf_stage_profiles s"
+    " WHERE c.customer_id = s.customer_id AND c.as_of <= %(as_of)s"
+    "  AND (c.as_of, c.model_version, c.dominant_trait_id, c.n_events, c.cold_start, c.traits, c.embedding)"
+    "  IS DISTINCT FROM"
+    "  (%(as_of)s, %(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.traits, s.embedding)"
+)
+_INSERT_CURRENT = (
+    "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
+    " n_events, cold_start, embedding, updated_at)"
+    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
+    "  s.embedding, now()"
+    " FROM _tf_stage_profiles s"
+)
+_INSERT_NEW_CURRENT = (
+    "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
+    " n_events, cold_start, embedding, updated_at)"
+    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
+    "  s.embedding, now()"
+    " FROM _tf_stage_profiles s"
+    " WHERE NOT EXISTS (SELECT 1 FROM customer_profiles c WHERE c.customer_id = s.customer_id)"
+)
 
 
-def _upsert_embeddings(conn: psycopg.Connection, prepared: _Prepared) -> int:
-    """Same rules and order as ``_upsert_current_profiles``, for ``customer_embeddings``."""
-    moved = conn.execute(
-        "INSERT INTO customer_embeddings AS e (customer_id, as_of, model_version, embedding, updated_at)"
-        " SELECT s.customer_id, %(as_of)s, %(v)s, s.embedding, now()"
-        " FROM _tf_stage_profiles s JOIN customer_embeddings c ON c.customer_id = s.customer_id"
-        " WHERE c.as_of <= %(as_of)s"
-        "  AND (c.as_of, c.model_version, c.embedding) IS DISTINCT FROM (%(as_of)s, %(v)s, s.embedding)"
-        " ON CONFLICT (customer_id) DO UPDATE SET as_of = excluded.as_of,"
-        "  model_version = excluded.model_version, embedding = excluded.embedding,"
-        "  updated_at = excluded.updated_at"
-        " WHERE excluded.as_of >= e.as_of",
-        {"as_of": prepared.as_of, "v": prepared.model_version},
-    ).rowcount
-    inserted = conn.execute(
-        "INSERT INTO customer_embeddings (customer_id, as_of, model_version, embedding, updated_at)"
-        " SELECT s.customer_id, %s, %s, s.embedding, now() FROM _tf_stage_profiles s"
-        " WHERE NOT EXISTS (SELECT 1 FROM customer_embeddings c WHERE c.customer_id = s.customer_id)",
-        (prepared.as_of, prepared.model_version),
-    ).rowcount
-    return moved + inserted
+def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared, *, exists: bool) -> int:
+    """Current rows inserted or moved forward, from the stage.
+
+    Existing rows move forward only (never to an older as_of; unchanged rows are not touched, so
+    no row lock and no WAL for them), then new customers are inserted with a plain INSERT. In
+    this order the second statement never re-examines rows the first one wrote; under
+    ``_lock_profiles`` no other writer can insert or move a row in between.
+    """
+    params = {"as_of": prepared.as_of, "v": prepared.model_version}
+    if not exists:
+        return conn.execute(_INSERT_CURRENT, params).rowcount
+    moved = conn.execute(_MOVE_CURRENT, params).rowcount
+    if moved == prepared.n:  # every customer had a row (a full recompute): none is new
+        return moved
+    return moved + conn.execute(_INSERT_NEW_CURRENT, params).rowcount
 
 
 def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport:
@@ -289,14 +394,22 @@ def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport
     if prepared.n:
         _lock_profiles(conn)
         conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
-        _stage(conn, prepared)
-        step("stage")
-        report.history_inserted, report.history_replaced = _upsert_history(conn, prepared)
-        step("history")
-        report.profiles_written = _upsert_current_profiles(conn, prepared)
-        step("profiles")
-        report.embeddings_written = _upsert_embeddings(conn, prepared)
-        step("embeddings")
+        history_exists, current_exists = _existing(conn, prepared)
+        step("check")
+        if not history_exists and not current_exists:
+            report.history_inserted = _copy_history(conn, prepared)
+            step("history")
+            report.profiles_written = _copy_current_profiles(conn, prepared)
+            step("profiles")
+        else:
+            _stage(conn, prepared)
+            step("stage")
+            report.history_inserted, report.history_replaced = _upsert_history(
+                conn, prepared, exists=history_exists
+            )
+            step("history")
+            report.profiles_written = _upsert_current_profiles(conn, prepared, exists=current_exists)
+            step("profiles")
     report.seconds = time.perf_counter() - started
     report.timings = timings
     return report

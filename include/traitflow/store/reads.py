@@ -33,7 +33,6 @@ TABLES: tuple[str, ...] = (
     "model_versions",
     "token_vectors",
     "trait_components",
-    "customer_embeddings",
     "customer_profiles",
     "customer_profile_history",
     "run_reports",
@@ -176,19 +175,16 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
     """The current profile of a customer with trait ids and labels, or None if never profiled.
 
     ``traits`` lists {trait_id, label, score} in the model's trait-position order; ``embedding``
-    is the current customer embedding (float32 array) or None.
+    is the current customer embedding (float32 array, stored in the same row as the traits).
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         profile = cur.execute(
             "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start,"
-            " updated_at FROM customer_profiles WHERE customer_id = %s",
+            " updated_at, embedding FROM customer_profiles WHERE customer_id = %s",
             (customer_id,),
         ).fetchone()
-        if profile is None:
-            return None
-        embedding = cur.execute(
-            "SELECT embedding FROM customer_embeddings WHERE customer_id = %s", (customer_id,)
-        ).fetchone()
+    if profile is None:
+        return None
     components = _components(conn, profile["model_version"])
     scores = profile.pop("traits")
     labels = {c["trait_id"]: c["label"] for c in components}
@@ -197,7 +193,7 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
         {"trait_id": c["trait_id"], "label": c["label"], "score": float(score)}
         for c, score in zip(components, scores, strict=True)
     ]
-    profile["embedding"] = None if embedding is None else np.asarray(embedding["embedding"], dtype=np.float32)
+    profile["embedding"] = np.asarray(profile.pop("embedding"), dtype=np.float32)
     return profile
 
 
