@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import psycopg
 import pytest
 
 from traitflow.model import TraitflowModel
@@ -271,3 +272,29 @@ def test_promote_with_profiles_is_one_atomic_switch(
     store.promote(fresh, profiles=build_profile_batch(fresh, IDS, as_of=D2))
     assert store.active_model_version() == fresh
     assert {row[1] for row in profile_rows(store).values()} == {fresh}
+
+
+def test_profile_writers_queue_per_schema_not_per_database(
+    store: Store,
+    version: int,
+    make_store: Callable[..., Store],
+    build_model: BuildModel,
+    build_profile_batch: BuildBatch,
+) -> None:
+    other = make_store(fresh=True)  # another deployment in the same database
+    other.upgrade()
+    other_version = other.save_model(build_model())
+    other.promote(other_version)
+    holder = make_store()  # a writer of the first schema, mid-transaction
+    with holder.connection.transaction():
+        store_profiles._lock_profiles(holder.connection)
+        # The other schema's writer does not wait for it ...
+        other.connection.execute("SET lock_timeout = '2s'")
+        written = other.write_profiles(build_profile_batch(other_version, ["c1"], as_of=D1))
+        assert written.history_inserted == 1
+        # ... a second writer of the same schema does (and gives up at its lock timeout).
+        store.connection.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            store.write_profiles(build_profile_batch(version, ["c1"], as_of=D1))
+    store.connection.execute("RESET lock_timeout")
+    assert store.write_profiles(build_profile_batch(version, ["c1"], as_of=D1)).history_inserted == 1

@@ -270,8 +270,11 @@ def load_model(conn: psycopg.Connection, version: int) -> TraitflowModel:
 
 
 def _lock_lifecycle(conn: psycopg.Connection) -> None:
-    """Serialise status transitions (transaction-scoped), so two promotions cannot interleave."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('traitflow.model_lifecycle', 0))")
+    """Serialise status transitions of this schema's models (transaction-scoped), so two
+    promotions cannot interleave."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('traitflow.model_lifecycle:' || current_schema(), 0))"
+    )
 
 
 def _retire_active(conn: psycopg.Connection) -> int | None:

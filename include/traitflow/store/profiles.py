@@ -221,9 +221,12 @@ def _lock_profiles(conn: psycopg.Connection) -> None:
     A write takes seconds, so queueing concurrent ones (e.g. backfill runs) costs little, and it
     makes the existence checks below exact until commit: the current rows can be moved with a
     plain UPDATE and new customers inserted with a plain INSERT or COPY (half the cost of a
-    speculative INSERT ... ON CONFLICT), and writers can never deadlock.
+    speculative INSERT ... ON CONFLICT), and writers can never deadlock. The key includes the
+    schema: deployments in other schemas of the same database do not wait for each other.
     """
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profiles', 0))")
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profiles:' || current_schema(), 0))"
+    )
 
 
 def _existing(conn: psycopg.Connection, prepared: _Prepared) -> tuple[bool, bool]:
