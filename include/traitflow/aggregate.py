@@ -21,7 +21,7 @@ from traitflow.config import AggregationParams, SessionParams
 from traitflow.item2vec import SOURCE_ZERO, FallbackVectors, fallback_vectors, lookup
 from traitflow.model import TokenTable
 from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
-from traitflow.sessions import arrow_strings, tokenize_arrow
+from traitflow.sessions import arrow_strings, factorize_sorted, tokenize_arrow
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -66,18 +66,6 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
     return weights
 
 
-def _factorize_sorted(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(codes int64 (n,), sorted distinct values object (u,)): ``pd.factorize(sort=True)`` on Arrow
-    strings, without a Python string per row (byte order = code point order for UTF-8)."""
-    encoded = values.dictionary_encode()
-    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    uniques = encoded.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
-    return codes, np.asarray(uniques, dtype=object)
-
-
 def _cold_start_counts(few_tokens: np.ndarray, has_vector: np.ndarray) -> dict[str, int]:
     """Customers per cold-start flag (flags that occur, sorted by name), from the two masks."""
     counts = {
@@ -104,7 +92,7 @@ def customer_embeddings(
     averages of their events (flagged few_tokens): a handful of token vectors is too noisy.
     """
     fallback = fallback if fallback is not None else fallback_vectors(tokens)
-    codes, uniques = _factorize_sorted(arrow_strings(events["customer_id"]))
+    codes, uniques = factorize_sorted(arrow_strings(events["customer_id"]))
     all_ids = uniques
     if customer_ids is not None:
         all_ids = np.union1d(all_ids, np.asarray(customer_ids, dtype=object)).astype(object)

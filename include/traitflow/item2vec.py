@@ -162,6 +162,10 @@ def lookup(
     force_category : ndarray of bool, shape (n,), optional -- skip the token level for these rows
         (cold-start customers are embedded from category averages)
     """
+    if isinstance(token_values, pa.Array) and len(token_values) * 4 < len(tokens):
+        # pc.index_in hashes the whole vocabulary on every call; for a few events (one customer,
+        # a small daily batch) the vocabulary's cached pandas hash index is far cheaper.
+        token_values = np.asarray(token_values.to_numpy(zero_copy_only=False), dtype=object)
     if isinstance(token_values, pa.Array):
         value_set = tokens.arrow_tokens.cast(token_values.type)
         positions = pc.index_in(token_values, value_set=value_set).fill_null(-1)

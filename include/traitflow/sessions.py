@@ -21,9 +21,11 @@ _PLACEHOLDER = re.compile(r"(\{action\}|\{product_id\})")
 
 def arrow_strings(values: pd.Series | np.ndarray | pa.Array | pa.ChunkedArray) -> pa.Array:
     """``values`` as one pyarrow ``large_string`` array (zero-copy for pandas' Arrow strings)."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    array = values if isinstance(values, pa.Array) else pa.array(pd.Series(values, copy=False))
+    array = values
+    if not isinstance(array, pa.Array | pa.ChunkedArray):
+        array = pa.array(pd.Series(values, copy=False))
+    if isinstance(array, pa.ChunkedArray):  # pandas' Arrow strings may hold several chunks
+        array = array.combine_chunks()
     return array if array.type == pa.large_string() else array.cast(pa.large_string())
 
 
@@ -67,9 +69,21 @@ def tokenize(actions: pd.Series | np.ndarray, product_ids: pd.Series | np.ndarra
     return np.asarray(tokens.to_numpy(zero_copy_only=False), dtype=object)
 
 
+def factorize_sorted(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int64 (n,), sorted distinct values object (u,)): ``pd.factorize(sort=True)`` on Arrow
+    strings, without a Python string per row (byte order = code point order for UTF-8)."""
+    encoded = values.dictionary_encode()
+    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    uniques = encoded.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    return codes, np.asarray(uniques, dtype=object)
+
+
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Events ordered by (customer_id, event_time), ties kept in input order; index reset."""
-    customer_codes, _ = pd.factorize(events["customer_id"], sort=True)
+    customer_codes, _ = factorize_sorted(arrow_strings(events["customer_id"]))
     times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
     order = np.lexsort((times, customer_codes))
     return events.iloc[order].reset_index(drop=True)
@@ -89,31 +103,37 @@ def session_starts(events: pd.DataFrame, timeout_minutes: float) -> np.ndarray:
     n = len(events)
     if n == 0:
         return np.zeros(0, dtype=bool)
-    customers = events["customer_id"].to_numpy(dtype=object)
+    customers = arrow_strings(events["customer_id"])
     times = events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
-    session_ids = events["session_id"].to_numpy(dtype=object) if "session_id" in events else None
+    session_ids = arrow_strings(events["session_id"]) if "session_id" in events else None
 
     starts = np.empty(n, dtype=bool)
     starts[0] = True
-    new_customer = customers[1:] != customers[:-1]
+    new_customer = _changed(customers)
     gap_exceeded = np.diff(times) > int(timeout_minutes * 60 * 1_000_000)
-    if session_ids is None:
+    if session_ids is None or session_ids.null_count == len(session_ids):
         boundary = gap_exceeded
     else:
-        has_sid = pd.notna(session_ids)
+        has_sid = session_ids.is_valid().to_numpy(zero_copy_only=False)
         both_sid = has_sid[1:] & has_sid[:-1]
-        sid_changed = np.zeros(n - 1, dtype=bool)
-        sid_changed[both_sid] = session_ids[1:][both_sid] != session_ids[:-1][both_sid]
+        sid_changed = _changed(session_ids)  # null where either is missing: masked out below
         boundary = np.where(both_sid, sid_changed, gap_exceeded)
     starts[1:] = new_customer | boundary
     return starts
+
+
+def _changed(values: pa.Array) -> np.ndarray:
+    """bool (n-1,): row i+1 differs from row i (False where either is null)."""
+    differs = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
+    return differs.fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def sessionize(events: pd.DataFrame, params: SessionParams) -> pd.DataFrame:
     """Sort events and add ``session`` (int64, 0..n_sessions-1, global) and ``token`` (str) columns."""
     ordered = sort_events(events)
     ordered["session"] = np.cumsum(session_starts(ordered, params.timeout_minutes)) - 1
-    ordered["token"] = tokenize(ordered["action"], ordered["product_id"], params.token_scheme)
+    tokens = tokenize_arrow(ordered["action"], ordered["product_id"], params.token_scheme)
+    ordered["token"] = pd.Series(tokens, index=ordered.index, dtype="str")  # zero-copy
     return ordered
 
 
@@ -161,20 +181,28 @@ def build_vocabulary(sessionized: pd.DataFrame) -> tuple[Vocabulary, np.ndarray]
     vocabulary : Vocabulary with tokens in first-appearance order
     codes : ndarray of int64, shape (n_events,) -- index into ``vocabulary.tokens``
     """
-    codes, uniques = pd.factorize(sessionized["token"], sort=False)
-    first = np.zeros(len(uniques), dtype=np.int64)
+    # Arrow's dictionary is in first-appearance order, like pd.factorize(sort=False).
+    encoded = arrow_strings(sessionized["token"]).dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_tokens = len(encoded.dictionary)
+    first = np.zeros(n_tokens, dtype=np.int64)
     # Reversed assignment leaves each token's first occurrence in place.
     first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
-    categories = sessionized["category"].to_numpy(dtype=object)[first]
-    categories = np.where(pd.isna(categories), "", categories).astype(object)
+    take = pa.array(first)
+
+    def at_first(column: str) -> np.ndarray:
+        values = arrow_strings(sessionized[column]).take(take)
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+
+    categories = at_first("category")
     vocabulary = Vocabulary(
-        tokens=np.asarray(uniques, dtype=object),
-        actions=sessionized["action"].to_numpy(dtype=object)[first],
-        product_ids=sessionized["product_id"].to_numpy(dtype=object)[first],
-        categories=categories,
-        counts=np.bincount(codes, minlength=len(uniques)).astype(np.int64),
+        tokens=np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+        actions=at_first("action"),
+        product_ids=at_first("product_id"),
+        categories=np.where(pd.isna(categories), "", categories).astype(object),
+        counts=np.bincount(codes, minlength=n_tokens).astype(np.int64),
     )
-    return vocabulary, codes.astype(np.int64)
+    return vocabulary, codes
 
 
 @dataclass(frozen=True)
@@ -184,6 +212,20 @@ class CorpusStats:
     n_sessions_written: int
     n_tokens_written: int
     n_vocabulary: int
+
+
+def _corpus_bytes(codes: np.ndarray, last_in_session: np.ndarray) -> memoryview | bytes:
+    """ASCII text of ``codes`` (int64, (n,)), each followed by a newline where ``last_in_session``
+    else a space: built by Arrow in C++, without a Python string per token."""
+    if len(codes) == 0:
+        return b""
+    text = pa.large_string()
+    words = pa.array(codes, pa.int64()).cast(text)
+    separators = pc.if_else(pa.array(last_in_session), pa.scalar("\n", text), pa.scalar(" ", text))
+    lines = pc.binary_join_element_wise(words, separators, pa.scalar("", text))
+    _, offsets_buffer, data = lines.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+    return memoryview(data)[int(offsets[0]) : int(offsets[-1])]
 
 
 def write_corpus(
@@ -201,11 +243,9 @@ def write_corpus(
     kept_sessions, kept_codes = sessions[keep], codes[keep]
     last_in_session = np.ones(len(kept_sessions), dtype=bool)
     last_in_session[:-1] = kept_sessions[1:] != kept_sessions[:-1]
-    words = kept_codes.astype(str).astype(object)
-    separators = np.where(last_in_session, "\n", " ").astype(object)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="ascii") as handle:
-        handle.write("".join((words + separators).tolist()))
+    with path.open("wb") as handle:
+        handle.write(_corpus_bytes(kept_codes, last_in_session))
     return CorpusStats(
         n_events=len(sessionized),
         n_sessions=n_sessions,

@@ -216,11 +216,10 @@ def test_recency_weighting_needs_as_of():
 
 
 def test_customer_order_and_codes_match_pandas_factorize_on_non_ascii_ids():
-    from traitflow.aggregate import _factorize_sorted
-    from traitflow.sessions import arrow_strings
+    from traitflow.sessions import arrow_strings, factorize_sorted
 
     ids = pd.Series(["ß", "b", "Z", "é", "b", "日本", "a", "Z", "😀", "ß"], dtype="str")
-    codes, uniques = _factorize_sorted(arrow_strings(ids))
+    codes, uniques = factorize_sorted(arrow_strings(ids))
     expected_codes, expected_uniques = pd.factorize(ids.astype(object), sort=True)
     assert uniques.tolist() == list(expected_uniques) == sorted(set(ids))  # Python's code point order
     np.testing.assert_array_equal(codes, expected_codes)

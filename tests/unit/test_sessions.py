@@ -119,3 +119,46 @@ def test_tokenize_arrow_matches_tokenize_and_handles_arrow_input():
         arrow = tokenize_arrow(pa.array(actions), pd.Series(products, dtype="str"), scheme)
         assert arrow.type == pa.large_string()
         assert arrow.to_pylist() == tokenize(actions, products, scheme).tolist()
+
+
+def test_corpus_text_is_one_line_per_session_of_space_separated_codes():
+    from traitflow.sessions import _corpus_bytes
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 10**9, 5_000)
+    last = rng.random(5_000) < 0.2
+    last[-1] = True
+    pairs = zip(codes.tolist(), last.tolist(), strict=True)
+    expected = "".join(f"{code}{chr(10) if end else ' '}" for code, end in pairs)
+    assert bytes(_corpus_bytes(codes, last)).decode("ascii") == expected
+    assert bytes(_corpus_bytes(codes[:0], last[:0])) == b""
+
+
+def test_vocabulary_follows_first_appearance_and_keeps_missing_categories_empty():
+    events = _events(
+        [
+            {"customer_id": "b", "event_time": 0, "action": "view", "product_id": "2", "category": "x"},
+            {"customer_id": "b", "event_time": 1, "action": "view", "product_id": "3", "category": None},
+            {"customer_id": "a", "event_time": 5, "action": "cart", "product_id": "1", "category": "é"},
+            {"customer_id": "a", "event_time": 9, "action": "view", "product_id": "2", "category": "later"},
+        ]
+    )
+    vocabulary, codes = build_vocabulary(sessionize(events, SessionParams()))
+    # sorted by customer: a's cart_1, view_2, then b's view_2, view_3
+    assert vocabulary.tokens.tolist() == ["cart_1", "view_2", "view_3"]
+    assert codes.tolist() == [0, 1, 1, 2] and codes.dtype == np.int64
+    assert vocabulary.categories.tolist() == ["é", "later", ""]  # the first occurrence's category
+    assert vocabulary.counts.tolist() == [1, 2, 1]
+
+
+def test_arrow_strings_gives_one_large_string_array_from_chunked_or_object_input():
+    import pyarrow as pa
+
+    from traitflow.sessions import arrow_strings
+
+    parts = [pd.Series(["a", None], dtype="str"), pd.Series(["é"], dtype="str")]
+    chunked = pd.concat(parts, ignore_index=True)
+    for values in (chunked, chunked.astype(object), pa.chunked_array([["a", None], ["é"]])):
+        array = arrow_strings(values)
+        assert isinstance(array, pa.Array) and array.type == pa.large_string()
+        assert array.to_pylist() == ["a", None, "é"]
