@@ -15,7 +15,8 @@ stage              counts in     what runs (the DAG task it stands for)
 ``pg_daily_read``  daily         ``customers_with_events`` of the day + ``read_events`` of their
                                  whole history (``select_customers`` / ``update_profiles``)
 ``pg_daily_write`` daily         ``Store.write_profiles`` of the touched customers
-``tf_write``       baseline      ``Store.write_profiles`` of the baseline slice (fresh schema)
+``tf_write``       baseline      ``Store.write_profiles`` of the baseline slice into empty tables
+                                 (own schema, emptied untimed before each repeat)
 ``seed_insert``    baseline      the seed-literal persistence: one ``INSERT`` per profile row
                                  (customer, as_of, model version, traits, embedding), one commit
 =================  ============  =============================================================
@@ -166,6 +167,17 @@ class PostgresStages:
                 self._baseline.connection.execute(_SEED_TABLE)
         return self._baseline
 
+    def _empty_profiles(self, ctx: Any) -> None:
+        """Untimed set-up of ``tf_write``: its tables empty again (each repeat writes the same rows)."""
+        conn = self._baseline_store(ctx).connection
+        with conn.transaction():
+            conn.execute("TRUNCATE customer_profiles, customer_profile_history")
+
+    def _empty_seed_table(self, ctx: Any) -> None:
+        conn = self._baseline_store(ctx).connection
+        with conn.transaction():
+            conn.execute("TRUNCATE seed_profiles")
+
     def tf_write(self, ctx: Any) -> int:
         store = self._baseline_store(ctx)
         version = store.active_model_version()
@@ -201,13 +213,13 @@ class PostgresStages:
             stage_hook("pg_promote", "weekly", self.promote, units="customers"),
             stage_hook("pg_daily_read", "daily_start", self.daily_read, units="events"),
             stage_hook("pg_daily_write", "daily", self.daily_write, units="customers"),
-            stage_hook("tf_write", "baseline", self.tf_write, units="customers", setup=self._baseline_store),
+            stage_hook("tf_write", "baseline", self.tf_write, units="customers", setup=self._empty_profiles),
             stage_hook(
                 "seed_insert",
                 "baseline",
                 self.seed_insert,
                 units="customers",
                 compare_with="tf_write",
-                setup=self._baseline_store,
+                setup=self._empty_seed_table,
             ),
         ]

@@ -565,7 +565,8 @@ def baseline_comparison(
     ctx.baseline_rows = {"customer_ids": ids, "profiles": seed_profiles, "embeddings": seed_embeddings}
     assert ctx.model is not None
     ctx.baseline_batch = _batch(ctx.model, holder["emb"], holder["profiles"], ctx.trained_through)
-    _run_hooks(bench, ctx, "baseline", hooks)
+    for _ in range(repeats):  # writes are as noisy as the rest: medians too
+        _run_hooks(bench, ctx, "baseline", hooks)
     traitflow_s = bench.wall("tf_aggregation", "tf_projection")
     seed_s = bench.wall("seed_aggregation", "seed_projection")
     # Persistence: the seed's hook (compare_with) against the Traitflow hook it names.
