@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -103,13 +104,18 @@ def test_schemas_are_isolated(make_store: Callable[..., Store], store: Store) ->
     assert store.table_counts()["run_reports"] == 1
 
 
-def _store_at_version_1(make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> Store:
-    """A fresh schema migrated to version 1 only (later migrations hidden while upgrading)."""
-    store = make_store(fresh=True)
-    first = migrations.available_migrations()[:1]
+def _upgrade_to(store: Store, version: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Apply pending migrations up to ``version`` only (later ones hidden while upgrading)."""
+    shipped = migrations.available_migrations()[:version]
     with monkeypatch.context() as patch:
-        patch.setattr(migrations, "available_migrations", lambda: first)
-        assert store.upgrade() == [1]
+        patch.setattr(migrations, "available_migrations", lambda: shipped)
+        return store.upgrade()
+
+
+def _store_at_version_1(make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A fresh schema migrated to version 1 only."""
+    store = make_store(fresh=True)
+    assert _upgrade_to(store, 1, monkeypatch) == [1]
     return store
 
 
@@ -164,7 +170,7 @@ def test_version_2_moves_the_embeddings_into_customer_profiles_without_losing_an
     profile_columns = "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
     profiles_before = conn.execute(f"SELECT {profile_columns} FROM customer_profiles ORDER BY 1").fetchall()
 
-    assert store.upgrade() == [2]
+    assert _upgrade_to(store, 2, monkeypatch) == [2]
     assert store.schema_version() == 2
     after = store.table_checksums()
     for table in ("model_versions", "customer_profile_history", "events", "run_reports"):
@@ -187,6 +193,7 @@ def test_version_2_moves_the_embeddings_into_customer_profiles_without_losing_an
         (store.schema,),
     ).fetchone()
     assert nullable == ("NO",)
+    assert store.upgrade() == [3]  # packs the embeddings (its own test below checks the bits)
     # The merged rows move forward like any other current row.
     later = build_profile_batch(version, ids[:2], as_of=batch.as_of + timedelta(days=1), seed=5)
     report = store.write_profiles(later)
@@ -210,3 +217,44 @@ def test_version_2_refuses_tables_that_disagree(
     assert store.connection.execute("SELECT to_regclass('customer_embeddings') IS NOT NULL").fetchone() == (
         True,
     )
+
+
+def test_version_3_packs_the_embeddings_bit_for_bit(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store_at_version_1(make_store, monkeypatch)
+    assert _upgrade_to(store, 2, monkeypatch) == [2]
+    conn = store.connection
+    rng = np.random.default_rng(7)
+    special = np.array([-0.0, 1e-45, -2.5e-40, 3.4e38, -1.0, 0.1], dtype=np.float32)  # sign, subnormals
+    embeddings = {
+        "a": special,
+        "b": rng.standard_normal(6).astype(np.float32),
+        "c": rng.standard_normal(6).astype(np.float32) * np.float32(1e-30),
+    }
+    with conn.transaction(), conn.cursor() as cur:
+        for cid, embedding in embeddings.items():
+            cur.execute(
+                "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
+                " n_events, cold_start, embedding) VALUES (%s, now(), 1, '{1}', 1, 0, 'none', %s::real[])",
+                (cid, embedding.tolist()),
+            )
+    arrays_before = dict(
+        conn.execute("SELECT customer_id, embedding::text FROM customer_profiles").fetchall()
+    )
+
+    assert store.upgrade() == [3]
+    with conn.cursor(binary=True) as cur:
+        packed = dict(cur.execute("SELECT customer_id, embedding FROM customer_profiles").fetchall())
+    for cid, embedding in embeddings.items():
+        assert bytes(packed[cid]) == embedding.astype(">f4").tobytes(), cid
+    # SQL consumers get the same real[] back, and the two functions are inverses.
+    unpacked = dict(
+        conn.execute("SELECT customer_id, embedding_array(embedding)::text FROM customer_profiles").fetchall()
+    )
+    assert unpacked == arrays_before
+    assert conn.execute(
+        "SELECT bool_and(embedding_bytes(embedding_array(embedding)) = embedding) FROM customer_profiles"
+    ).fetchone() == (True,)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE customer_profiles SET embedding = '\\x000000' WHERE customer_id = 'a'")

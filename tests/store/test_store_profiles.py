@@ -180,6 +180,21 @@ def test_new_customers_get_the_same_rows_whichever_way_they_are_written(
         assert len(rows[0]) == len(IDS) and rows[0] == rows[1], query
 
 
+def test_the_direct_path_is_taken_exactly_when_no_batch_customer_has_rows(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    store.write_profiles(build_profile_batch(version, ["m"], as_of=D1))
+    # "m" lies between "a" and "z" (the range probe hits) but is not in the batch: still direct.
+    around = store.write_profiles(build_profile_batch(version, ["a", "z"], as_of=D1, seed=1))
+    past = store.write_profiles(build_profile_batch(version, ["n1", "n2"], as_of=D1, seed=2))
+    again = store.write_profiles(build_profile_batch(version, ["n2", "n3"], as_of=D2, seed=3))
+    assert "stage" not in around.timings and "stage" not in past.timings and "stage" in again.timings
+    assert (around.history_inserted, around.profiles_written) == (2, 2)
+    assert (again.history_inserted, again.profiles_written) == (2, 2)
+    assert store.table_counts()["customer_profiles"] == 6
+    assert store.table_counts()["customer_profile_history"] == 7
+
+
 def test_moving_current_rows_forward_rewrites_only_what_changed(
     store: Store, version: int, build_profile_batch: BuildBatch
 ) -> None:
@@ -201,7 +216,7 @@ def test_moving_current_rows_forward_rewrites_only_what_changed(
     for i, cid in enumerate(IDS):
         if i < 2:
             assert rows[cid][0] == D2 and rows[cid][2] > stamps[cid]
-            assert np.asarray(rows[cid][1], dtype=np.float32).tobytes() == moved.embeddings[i].tobytes()
+            assert bytes(rows[cid][1]) == moved.embeddings[i].astype(">f4").tobytes()  # packed
         else:
             assert rows[cid][0] == D1 and rows[cid][2] == stamps[cid]
 

@@ -40,8 +40,10 @@ _SCALAR_DTYPE = {"int8": ">i8", "int4": ">i4", "int2": ">i2", "float8": ">f8", "
 class Column:
     """One column of a COPY payload.
 
-    kind: ``text``, ``int8``, ``int4``, ``float8``, ``bool``, ``timestamptz``, ``float4[]``, ``float8[]``.
-    values: 1-D array (scalars, text) or 2-D array (``*[]`` kinds: one fixed-length array per row).
+    kind: ``text``, ``int8``, ``int4``, ``float8``, ``bool``,
+    ``timestamptz``, ``float4[]``, ``float8[]``, ``packed float4`` (a bytea, see ``packed_float4``).
+    values: 1-D array (scalars, text) or 2-D array (``*[]`` and packed kinds: one fixed-length
+    vector per row).
     null: optional boolean mask of NULL rows for scalar kinds (text nulls come from the values).
     """
 
@@ -89,6 +91,15 @@ def float4_array(values: np.ndarray) -> Column:
 
 def float8_array(values: np.ndarray) -> Column:
     return Column("float8[]", _as_2d(values, np.float64, "float8[]"))
+
+
+def packed_float4(values: np.ndarray) -> Column:
+    """A ``bytea`` per row: the row's float32 values as big-endian IEEE bytes (``float4send`` order).
+
+    The storage layout of ``customer_profiles.embedding`` (migration 0003): the server copies the
+    bytes as they are instead of receiving a ``real[]`` element by element.
+    """
+    return Column("packed float4", _as_2d(values, np.float32, "packed float4"))
 
 
 def _as_2d(values: np.ndarray, dtype: type, kind: str) -> np.ndarray:
@@ -184,6 +195,11 @@ def encode_rows(columns: Sequence[Column]) -> pa.Buffer:
             # Structured sub-array assignment: set the element lengths and values separately.
             fills[f"{p}el.l"] = elem_size
             fills[f"{p}el.v"] = col.values
+        elif col.kind == "packed float4":
+            dim = col.values.shape[1]
+            fields.extend([(f"{p}len", ">i4"), (f"{p}v", ">f4", (dim,))])
+            fills[f"{p}len"] = 4 * dim
+            fills[f"{p}v"] = col.values
         else:
             kind = "int8" if col.kind == "timestamptz" else col.kind
             dtype = _SCALAR_DTYPE[kind]

@@ -3,7 +3,7 @@
 Tables: ``customer_profile_history`` keyed (customer_id, as_of), and ``customer_profiles`` keyed
 customer_id, one current row per customer holding its traits *and* its embedding (schema
 version 2 merged the former ``customer_embeddings`` table into it: same key, same forward-only
-rules, same batch).
+rules, same batch; version 3 stores the embedding packed as bytea, big-endian float4 values).
 
 One ``ProfileBatch`` is written in the caller's transaction:
 
@@ -98,7 +98,7 @@ class _Prepared:
         return [
             copybin.text(self.ids),
             copybin.float8_array(self.traits),
-            copybin.float4_array(self.embeddings),
+            copybin.packed_float4(self.embeddings),
             copybin.int8(self.dominant),
             copybin.int8(self.n_events),
             copybin.text(self.cold_start),
@@ -124,7 +124,7 @@ class _Prepared:
 
     def current_columns(self) -> list[copybin.Column]:
         """Columns for ``_COPY_CURRENT``."""
-        return [*self.history_columns(), copybin.float4_array(self.embeddings)]
+        return [*self.history_columns(), copybin.packed_float4(self.embeddings)]
 
 
 def _all_finite(values: np.ndarray) -> bool:
@@ -232,12 +232,22 @@ def _lock_profiles(conn: psycopg.Connection) -> None:
 def _existing(conn: psycopg.Connection, prepared: _Prepared) -> tuple[bool, bool]:
     """(any history row at this as_of, any current row) for the batch's customers.
 
-    Only the ids are staged for this. No ANALYZE: a temporary table filled in this transaction
-    is estimated from its actual size, which is enough to choose index probes for a small
-    batch and a join for a large one. EXISTS stops at the first row found, and the join is
-    skipped altogether on an empty table (an initial load; InitPlans run only when needed).
-    A wrong answer could not corrupt anything anyway: the primary keys would reject the COPY.
+    First two primary-key range probes: no row of either table between the batch's lowest and
+    highest id (in the keys' byte order) means none of its customers has one (a first load, a
+    cohort of new ids past the existing ones). Otherwise only the ids are staged for the exact
+    answer. No ANALYZE: a temporary table filled in this transaction is estimated from its
+    actual size, which is enough to choose index probes for a small batch and a join for a
+    large one. EXISTS stops at the first row found. A wrong answer could not corrupt anything
+    anyway: the primary keys would reject the COPY.
     """
+    lowest, highest = prepared.ids[0].as_py(), prepared.ids[prepared.n - 1].as_py()
+    in_range = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM customer_profile_history WHERE customer_id BETWEEN %(lo)s AND %(hi)s)"
+        "    OR EXISTS (SELECT 1 FROM customer_profiles WHERE customer_id BETWEEN %(lo)s AND %(hi)s)",
+        {"lo": lowest, "hi": highest},
+    ).fetchone()
+    if in_range == (False,):
+        return False, False
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_ids")
     conn.execute('CREATE TEMP TABLE _tf_stage_ids (customer_id text COLLATE "C") ON COMMIT DROP')
     copy_in(conn, "COPY _tf_stage_ids FROM STDIN (FORMAT binary)", [copybin.text(prepared.ids)])
@@ -283,7 +293,7 @@ def _stage(conn: psycopg.Connection, prepared: _Prepared) -> None:
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_profiles")
     conn.execute(
         'CREATE TEMP TABLE _tf_stage_profiles (customer_id text COLLATE "C", traits double precision[],'
-        " embedding real[], dominant_trait_id bigint, n_events bigint, cold_start text) ON COMMIT DROP"
+        " embedding bytea, dominant_trait_id bigint, n_events bigint, cold_start text) ON COMMIT DROP"
     )
     copy_in(conn, "COPY _tf_stage_profiles FROM STDIN (FORMAT binary)", prepared.columns)
     # Row count and "customer_id is unique" for the planner: the joins below move wide rows, where

@@ -175,7 +175,8 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
     """The current profile of a customer with trait ids and labels, or None if never profiled.
 
     ``traits`` lists {trait_id, label, score} in the model's trait-position order; ``embedding``
-    is the current customer embedding (float32 array, stored in the same row as the traits).
+    is the current customer embedding (float32 array, stored packed in the same row as the traits:
+    big-endian float4 bytes, migration 0003).
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         profile = cur.execute(
@@ -193,7 +194,7 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
         {"trait_id": c["trait_id"], "label": c["label"], "score": float(score)}
         for c, score in zip(components, scores, strict=True)
     ]
-    profile["embedding"] = np.asarray(profile.pop("embedding"), dtype=np.float32)
+    profile["embedding"] = np.frombuffer(profile.pop("embedding"), dtype=">f4").astype(np.float32)
     return profile
 
 
