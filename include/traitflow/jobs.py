@@ -459,7 +459,7 @@ def recompute_profiles(
 def promote(
     database_url: str | None, candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Save the candidate and, in one transaction, write its profiles and make it the active model."""
+    """In one transaction: save the candidate, write its profiles and make it the active model."""
     model = TraitflowModel.load(candidate_info["model_dir"])
     batch = ProfileBatch.load(profiles_info["profiles_path"])
     model.metrics["quality_gate"] = _recall(candidate_info, "quality_gate")
@@ -469,12 +469,7 @@ def promote(
             key: tuning[key] for key in ("best_params", "best", "gensim_defaults", "sample")
         }
     with _open(database_url) as store:
-        version = store.save_model(model)
-        batch.model_version = version
-        drift = _recall(candidate_info, "drift")
-        if drift is not None:
-            store.update_model_metadata(version, drift=drift)
-        store.promote(version, profiles=batch)
+        version = store.publish(model, batch, drift=_recall(candidate_info, "drift"))
     return {"model_version": version, "n_profiles": len(batch), "promoted": True}
 
 

@@ -289,6 +289,28 @@ def test_promote_with_profiles_is_one_atomic_switch(
     assert {row[1] for row in profile_rows(store).values()} == {fresh}
 
 
+def test_publish_saves_writes_and_promotes_in_one_transaction(
+    store: Store, version: int, build_profile_batch: BuildBatch, build_model: BuildModel
+) -> None:
+    before = store.table_checksums()
+    versions_before = len(store.model_versions())
+    refused = build_profile_batch(None, ["c1", "c1"], as_of=D2)  # a duplicate id: refused
+    candidate = build_model(seed=11)
+    with pytest.raises(StoreInputError, match="appears twice"):
+        store.publish(candidate, refused, drift={"aligned_drift": 0.1})
+    # Nothing left behind: no staging version, no profiles, the old model still active.
+    assert store.table_checksums() == before and len(store.model_versions()) == versions_before
+    assert candidate.version is None and refused.model_version is None
+    assert store.active_model_version() == version
+
+    batch = build_profile_batch(None, IDS, as_of=D2)
+    published = store.publish(candidate, batch, drift={"aligned_drift": 0.1})
+    assert candidate.version == published == batch.model_version == store.active_model_version()
+    assert {row[1] for row in profile_rows(store).values()} == {published}
+    saved = store.model_versions().set_index("model_version").loc[published]
+    assert saved["status"] == "active" and saved["drift"] == {"aligned_drift": 0.1}
+
+
 def test_profile_writers_queue_per_schema_not_per_database(
     store: Store,
     version: int,

@@ -204,6 +204,30 @@ class Store:
                 _profiles.write_profiles(conn, profiles)
             _models.promote(conn, version)
 
+    def publish(
+        self, model: TraitflowModel, profiles: ProfileBatch, *, drift: dict[str, Any] | None = None
+    ) -> int:
+        """Save ``model``, write ``profiles`` under it and make it active, in one transaction.
+
+        The weekly promotion in one step: if any part fails (a refused batch, a lost connection),
+        nothing is left behind, not even a staging version, so a retry starts from the same state.
+        ``drift`` is recorded with the model. Sets ``model.version`` and ``profiles.model_version``;
+        returns the version.
+        """
+        with self._transaction() as conn:
+            version = _models.save_model(conn, model)
+            if drift is not None:
+                _models.update_model_metadata(conn, version, drift=drift)
+            profiles.model_version = version
+            try:
+                _profiles.write_profiles(conn, profiles)
+                _models.promote(conn, version)
+            except BaseException:
+                profiles.model_version = None
+                raise
+        model.version = version
+        return version
+
     def reject_model(self, version: int, reason: str) -> None:
         """Mark a staging model as rejected (e.g. failed the quality gate), with the reason."""
         with self._transaction() as conn:
