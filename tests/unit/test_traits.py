@@ -74,6 +74,78 @@ def test_project_weights_solves_nnls_exactly():
     np.testing.assert_allclose(weights, exact, atol=1e-6)
 
 
+def _certified_rows(components: np.ndarray, truth: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Rows x whose projection (l1 = 0) is exactly ``truth``: ``x = w H + e`` with ``e`` orthogonal to
+    the support's components and ``-H_j e = margin_j > 0`` for every component j off the support (a
+    strictly positive gradient there), so w satisfies the KKT conditions and G = H H^T is positive
+    definite. Unlike plain ``x = w H`` the clipped least-squares start is not already the answer."""
+    rows = []
+    for weights, delta in zip(truth, margin, strict=True):
+        support = weights > 0
+        basis, _ = np.linalg.qr(components[support].T)
+        off = components[~support].T - basis @ (basis.T @ components[~support].T)  # (m, |F|)
+        rows.append(weights @ components - off @ np.linalg.solve(off.T @ off, delta[~support]))
+    return np.array(rows)
+
+
+def _kkt_residual(components: np.ndarray, inputs: np.ndarray, weights: np.ndarray, l1: float) -> float:
+    """Largest violation of the KKT conditions of the penalized problem, over all rows."""
+    gradient = weights @ (components @ components.T) - (inputs @ components.T - l1)
+    return float(np.max(np.where(weights > 0, np.abs(gradient), np.maximum(-gradient, 0.0))))
+
+
+def test_project_weights_recovers_known_sparse_weights():
+    rng = np.random.default_rng(7)
+    k, m, n = 16, 128, 300  # the production shape: 16 traits on 2 x 64 features
+    components = rng.random((k, m)) * (rng.random((k, m)) < 0.3)
+    support = rng.random((n, k)) < 0.35
+    support[np.arange(n), rng.integers(0, k, n)] = True
+    truth = np.where(support, rng.uniform(0.05, 1.0, (n, k)), 0.0)
+    inputs = _certified_rows(components, truth, margin=rng.uniform(0.5, 3.0, (n, k)))
+    start = np.maximum(inputs @ components.T @ np.linalg.pinv(components @ components.T), 0.0)
+    assert np.max(np.abs(start - truth)) > 0.1  # the solver has to move the supports
+    weights = project_weights(components, inputs, batch_size=64)  # 5 batches of 60 rows
+    np.testing.assert_allclose(weights, truth, atol=1e-5)
+    assert np.all(weights[~support] == 0.0)
+    assert _kkt_residual(components, inputs, weights, 0.0) <= 1e-4
+
+
+def test_penalized_projection_matches_per_row_nnls():
+    from scipy.linalg import solve_triangular
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(11)
+    k, m, n = 16, 128, 500
+    components = rng.random((k, m)) * (rng.random((k, m)) < 0.3)
+    truth = np.where(rng.random((n, k)) < 0.3, rng.uniform(0.05, 1.0, (n, k)), 0.0)
+    inputs = truth @ components + 0.2 * rng.random((n, m))
+    inputs[:3] = 0.0  # customers at the centre: all weights 0
+    gram = components @ components.T
+    l1 = 0.1 * float(np.mean(np.diag(gram)))
+    weights = project_weights(components, inputs, l1_penalty=l1, batch_size=97)
+    assert np.all(weights >= 0.0) and np.all(weights[:3] == 0.0)
+    assert _kkt_residual(components, inputs, weights, l1) <= 1e-4
+    # Exact per-row reference: with G = L L^T the penalized problem is the plain NNLS
+    # min_{w>=0} ||L^T w - L^-1 (H x - l1)|| (as in project_one).
+    lower = np.linalg.cholesky(gram)
+    sample = rng.choice(n, 60, replace=False)
+    exact = np.array(
+        [nnls(lower.T, solve_triangular(lower, components @ inputs[i] - l1, lower=True))[0] for i in sample]
+    )
+    assert 0.2 < np.mean(exact == 0.0) < 0.9  # the penalty zeroes some weights, not all
+    np.testing.assert_allclose(weights[sample], exact, atol=1e-5)
+
+
+def test_project_weights_does_not_depend_on_batching():
+    rng = np.random.default_rng(5)
+    components = rng.random((6, 20))
+    inputs = rng.random((250, 20))
+    whole = project_weights(components, inputs, l1_penalty=0.3, tol=1e-10)
+    batched = project_weights(components, inputs, l1_penalty=0.3, tol=1e-10, batch_size=7)
+    np.testing.assert_allclose(batched, whole, atol=1e-8)
+    assert project_weights(components, inputs[:0]).shape == (0, 6)
+
+
 def test_penalized_projection_matches_single_customer_solver():
     vectors, _ = _planted(seed=3)
     traits = fit_traits(vectors, TraitParams(n_traits=4, sparsity=0.2)).traits
