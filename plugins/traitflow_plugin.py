@@ -16,6 +16,9 @@ What it registers (``TraitflowPlugin``)
                                                     profiled); ``?embedding=true`` adds the vector
   ``GET /traitflow/api/customers/{id}/history``     every stored profile, oldest first
   ``GET /traitflow/api/customers/{id}/similar?n=``  nearest current profiles (cosine, same model)
+                                                    (ids may contain "/", raw or as %2F; an id
+                                                    ending in "/history" or "/similar" is not
+                                                    addressable)
   ``GET /traitflow/api/models``                     model versions: status, trained_through,
                                                     metrics, drift, trait_match
   ``GET /traitflow/api/reports?kind=&limit=``       newest run reports (limit in 1..200)
@@ -522,22 +525,9 @@ def get_top_customers(
     )
 
 
-@api.get("/customers/{customer_id}", response_model=Profile, summary="Current profile of a customer")
-def get_customer(
-    store: StoreDep,
-    customer_id: CustomerId,
-    embedding: Annotated[bool, Query(description="include the customer embedding")] = False,
-) -> Profile:
-    profile = store.current_profile(customer_id)
-    if profile is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
-    vector = profile.pop("embedding")
-    profile["traits"] = [TraitScore(**{k: _py(v) for k, v in t.items()}) for t in profile["traits"]]
-    profile["embedding"] = [_py(x) for x in vector.tolist()] if embedding and vector is not None else None
-    return Profile(**{k: _py(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
-
-
-@api.get("/customers/{customer_id}/history", response_model=History, summary="Profile history")
+# Customer ids may contain "/": the routes take the rest of the path (``:path``), and the two with a
+# suffix are declared first, so ".../history" and ".../similar" are matched before the plain one.
+@api.get("/customers/{customer_id:path}/history", response_model=History, summary="Profile history")
 def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
     frame = store.profile_history(customer_id)
     if not len(frame):
@@ -567,7 +557,7 @@ def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
     return History(customer_id=customer_id, history=history)
 
 
-@api.get("/customers/{customer_id}/similar", response_model=Similar, summary="Customers like this one")
+@api.get("/customers/{customer_id:path}/similar", response_model=Similar, summary="Customers like this one")
 def get_similar_customers(store: StoreDep, customer_id: CustomerId, n: Limit = 10) -> Similar:
     profile = store.current_profile(customer_id)
     if profile is None:
@@ -585,6 +575,21 @@ def get_similar_customers(store: StoreDep, customer_id: CustomerId, n: Limit = 1
         for i, r in enumerate(_records(store.similar_customers(customer_id, n=n)), start=1)
     ]
     return Similar(customer_id=customer_id, model_version=profile["model_version"], similar=similar)
+
+
+@api.get("/customers/{customer_id:path}", response_model=Profile, summary="Current profile of a customer")
+def get_customer(
+    store: StoreDep,
+    customer_id: CustomerId,
+    embedding: Annotated[bool, Query(description="include the customer embedding")] = False,
+) -> Profile:
+    profile = store.current_profile(customer_id)
+    if profile is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
+    vector = profile.pop("embedding")
+    profile["traits"] = [TraitScore(**{k: _py(v) for k, v in t.items()}) for t in profile["traits"]]
+    profile["embedding"] = [_py(x) for x in vector.tolist()] if embedding and vector is not None else None
+    return Profile(**{k: _py(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
 
 
 @api.get("/models", response_model=ModelVersions, summary="Model versions, newest first")

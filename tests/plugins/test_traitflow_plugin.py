@@ -135,9 +135,9 @@ def test_plugin_registers_the_app_and_a_nav_view(plugin: ModuleType) -> None:
         "/",
         "/api/traits",
         "/api/traits/{trait_id}/top",
-        "/api/customers/{customer_id}",
-        "/api/customers/{customer_id}/history",
-        "/api/customers/{customer_id}/similar",
+        "/api/customers/{customer_id:path}",
+        "/api/customers/{customer_id:path}/history",
+        "/api/customers/{customer_id:path}/similar",
         "/api/models",
         "/api/reports",
         "/api/status",
@@ -292,6 +292,28 @@ def test_customer_ids_are_path_encoded_and_validated(client: TestClient, seeded:
     too_long = client.get("/api/customers/" + "x" * 257)
     assert too_long.status_code == 422
     assert too_long.json()["detail"][0]["loc"] == ["path", "customer_id"]
+
+
+def test_customer_ids_with_slashes_reach_every_customer_route(
+    client: TestClient, seeded: Seeded, empty_db: Any, build_profile_batch: Any
+) -> None:
+    from urllib.parse import quote
+
+    slashed = "shop/42"  # c2's profile: its nearest neighbour is c2, at similarity 1
+    empty_db.write_profiles(
+        build_profile_batch(seeded.active, [slashed], trait_ids=TRAITS, profiles=PROFILES[1:2], as_of=AS_OF)
+    )
+    for path in (slashed, quote(slashed, safe="")):
+        profile = client.get(f"/api/customers/{path}")
+        assert profile.status_code == 200, profile.text
+        assert profile.json()["customer_id"] == slashed and profile.json()["dominant_trait_id"] == 7
+        history = client.get(f"/api/customers/{path}/history").json()
+        assert history["customer_id"] == slashed and len(history["history"]) == 1
+        similar = client.get(f"/api/customers/{path}/similar", params={"n": 1}).json()
+        assert similar["customer_id"] == slashed
+        nearest = [(s["customer_id"], s["similarity"]) for s in similar["similar"]]
+        assert nearest == [("c2", pytest.approx(1.0))]
+    assert client.get("/api/customers/shop/43").status_code == 404
 
 
 def test_customer_history_oldest_first(client: TestClient, seeded: Seeded) -> None:
