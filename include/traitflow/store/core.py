@@ -218,12 +218,12 @@ class Store:
             version = _models.save_model(conn, model)
             if drift is not None:
                 _models.update_model_metadata(conn, version, drift=drift)
-            profiles.model_version = version
+            previous, profiles.model_version = profiles.model_version, version
             try:
                 _profiles.write_profiles(conn, profiles)
                 _models.promote(conn, version)
             except BaseException:
-                profiles.model_version = None
+                profiles.model_version = previous  # the batch as it was, like the database
                 raise
         model.version = version
         return version
