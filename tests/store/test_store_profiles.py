@@ -284,8 +284,10 @@ def test_promote_with_profiles_is_one_atomic_switch(
         store.promote(candidate, profiles=build_profile_batch(version, IDS, as_of=D2))
     assert store.table_checksums() == before
     fresh = store.save_model(build_model(seed=10))
-    store.promote(fresh, profiles=build_profile_batch(fresh, IDS, as_of=D2))
+    report = store.promote(fresh, profiles=build_profile_batch(fresh, IDS, as_of=D2))
+    assert report is not None and (report.history_inserted, report.profiles_written) == (len(IDS), len(IDS))
     assert store.active_model_version() == fresh
+    assert store.promote(fresh) is None  # no batch, no write report
     assert {row[1] for row in profile_rows(store).values()} == {fresh}
 
 

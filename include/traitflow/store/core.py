@@ -193,16 +193,17 @@ class Store:
         with self._transaction() as conn:
             return _models.load_model(conn, version)
 
-    def promote(self, version: int, profiles: ProfileBatch | None = None) -> None:
+    def promote(self, version: int, profiles: ProfileBatch | None = None) -> WriteReport | None:
         """Make ``version`` the active model (previous active -> retired), atomically.
 
         Promoting the active model again is a no-op. With ``profiles``, that batch is written in
-        the same transaction, so consumers never see new profiles without their model or vice versa.
+        the same transaction, so consumers never see new profiles without their model or vice versa;
+        the write's report is returned (None without ``profiles``).
         """
         with self._transaction() as conn:
-            if profiles is not None:
-                _profiles.write_profiles(conn, profiles)
+            report = _profiles.write_profiles(conn, profiles) if profiles is not None else None
             _models.promote(conn, version)
+        return report
 
     def publish(
         self, model: TraitflowModel, profiles: ProfileBatch, *, drift: dict[str, Any] | None = None
