@@ -258,3 +258,6 @@ def test_version_3_packs_the_embeddings_bit_for_bit(
     ).fetchone() == (True,)
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("UPDATE customer_profiles SET embedding = '\\x000000' WHERE customer_id = 'a'")
+    # Half of each page is kept free for the weekly rewrite of every current row (HOT updates).
+    options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'customer_profiles'::regclass")
+    assert options.fetchone() == (["fillfactor=50"],)

@@ -1,4 +1,5 @@
--- Traitflow schema, version 3: customer_profiles.embedding is stored packed, as bytea.
+-- Traitflow schema, version 3: customer_profiles.embedding is stored packed, as bytea, and the
+-- table keeps half of each page free for its weekly rewrite.
 --
 -- Why: an embedding is a machine-facing vector (written with every profile, read back whole), and
 -- as real[] every write paid PostgreSQL's per-element array input: array_recv calls float4recv once
@@ -10,6 +11,13 @@
 -- order, exactly what float4send() returns per element; numpy reads it as np.frombuffer(b, ">f4").
 -- Bits are preserved (-0, subnormals), so the conversion below loses nothing. SQL consumers get the
 -- array back with embedding_array(embedding); embedding_bytes(real[]) packs one.
+--
+-- The same rewrite gives customer_profiles fillfactor 50 (it was 80). A weekly promotion rewrites
+-- every current row; with half of each page free the new versions stay on their page, so all
+-- of them are HOT updates (no primary-key insertion) and the space of the old versions is
+-- pruned and reused within the page. Measured on 1M rows like these (PostgreSQL 15, rewriting
+-- every row twice): 12.6 s + 8.9-10.8 s at fillfactor 80 (23% then 41% HOT, 1,419 MB after the
+-- second rewrite) against 5.7 s + 6.4-7.4 s at 50 (100% HOT, 977 MB).
 --
 -- On a large database the ALTER below rewrites customer_profiles once, under an exclusive lock:
 -- 5.5 s for 200K 64-dim embeddings on the development machine (about 28 us a row). Run it in a
@@ -41,6 +49,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 
 ALTER TABLE customer_profiles
+    SET (fillfactor = 50),
     ALTER COLUMN embedding TYPE bytea USING embedding_bytes(embedding),
     ADD CONSTRAINT customer_profiles_embedding_packed
         CHECK (octet_length(embedding) > 0 AND octet_length(embedding) % 4 = 0);
