@@ -28,7 +28,7 @@ Rows whose content is unchanged are never touched, so a re-run leaves every tabl
 
 Throughput (bench/bench_store_writes.py, 200K customers x 16 traits x 64-dim): see the report in
 ``bench/results``; the update path (every current row rewritten, e.g. a weekly recompute under
-a new model) costs 1.3-1.6x the first write, as PostgreSQL writes new row versions (HOT updates:
+a new model) costs 1.2-1.6x the first write, as PostgreSQL writes new row versions (HOT updates:
 customer_profiles keeps half of each page free, migration 0003). Development machine: 2.8 s
 against 2.1 s for 200K customers, 19.1 s against 11.9 s for 1M.
 """
