@@ -40,8 +40,8 @@ _SCALAR_DTYPE = {"int8": ">i8", "int4": ">i4", "int2": ">i2", "float8": ">f8", "
 class Column:
     """One column of a COPY payload.
 
-    kind: ``text``, ``int8``, ``int4``, ``float8``, ``bool``,
-    ``timestamptz``, ``float4[]``, ``float8[]``, ``packed float4`` (a bytea, see ``packed_float4``).
+    kind: ``text``, ``int8``, ``int4``, ``float8``, ``bool``, ``timestamptz``, ``float4[]``,
+    ``float8[]``, ``packed float4`` (a bytea, see ``packed_float4``).
     values: 1-D array (scalars, text) or 2-D array (``*[]`` and packed kinds: one fixed-length
     vector per row).
     null: optional boolean mask of NULL rows for scalar kinds (text nulls come from the values).
