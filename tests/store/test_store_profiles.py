@@ -180,19 +180,49 @@ def test_new_customers_get_the_same_rows_whichever_way_they_are_written(
         assert len(rows[0]) == len(IDS) and rows[0] == rows[1], query
 
 
-def test_the_direct_path_is_taken_exactly_when_no_batch_customer_has_rows(
+def test_the_direct_path_is_taken_exactly_when_no_row_lies_in_the_batch_id_range(
     store: Store, version: int, build_profile_batch: BuildBatch
 ) -> None:
     store.write_profiles(build_profile_batch(version, ["m"], as_of=D1))
-    # "m" lies between "a" and "z" (the range probe hits) but is not in the batch: still direct.
-    around = store.write_profiles(build_profile_batch(version, ["a", "z"], as_of=D1, seed=1))
     past = store.write_profiles(build_profile_batch(version, ["n1", "n2"], as_of=D1, seed=2))
+    # "m" lies between "a" and "z": staged, though neither customer has a row yet.
+    around = store.write_profiles(build_profile_batch(version, ["a", "z"], as_of=D1, seed=1))
     again = store.write_profiles(build_profile_batch(version, ["n2", "n3"], as_of=D2, seed=3))
-    assert "stage" not in around.timings and "stage" not in past.timings and "stage" in again.timings
+    assert "stage" not in past.timings and "stage" in around.timings and "stage" in again.timings
     assert (around.history_inserted, around.profiles_written) == (2, 2)
     assert (again.history_inserted, again.profiles_written) == (2, 2)
     assert store.table_counts()["customer_profiles"] == 6
     assert store.table_counts()["customer_profile_history"] == 7
+
+
+def test_a_partial_rerun_of_a_date_inserts_the_new_customers_once(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    # The optimistic INSERT of the date's history inserts "c0" before it hits "c1"'s row; the
+    # savepoint undoes that, and the fallback writes each customer exactly once.
+    store.write_profiles(build_profile_batch(version, ["c1", "c2"], as_of=D1, seed=1))
+    rerun = build_profile_batch(version, ["c0", "c1", "c2", "c3"], as_of=D1, seed=2)
+    report = store.write_profiles(rerun)
+    assert (report.history_inserted, report.history_replaced, report.profiles_written) == (2, 2, 4)
+    history = store.connection.execute(
+        "SELECT customer_id, traits FROM customer_profile_history ORDER BY customer_id"
+    ).fetchall()
+    assert [row[0] for row in history] == ["c0", "c1", "c2", "c3"]
+    assert np.array([row[1] for row in history]).tobytes() == rerun.profiles.tobytes()
+
+
+def test_the_join_settings_of_the_caller_transaction_are_restored(
+    store: Store, version: int, build_profile_batch: BuildBatch
+) -> None:
+    conn = store.connection
+    store.write_profiles(build_profile_batch(version, IDS, as_of=D1, seed=1))
+    settings = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+    for caller in ("on", "off"):
+        with conn.transaction():
+            conn.execute("SELECT set_config('enable_mergejoin', %s, true)", (caller,))
+            report = store_profiles.write_profiles(conn, build_profile_batch(version, IDS, as_of=D2, seed=2))
+            assert "stage" in report.timings
+            assert conn.execute(settings).fetchone() == ("on", caller)
 
 
 def test_moving_current_rows_forward_rewrites_only_what_changed(

@@ -11,14 +11,16 @@ One ``ProfileBatch`` is written in the caller's transaction:
    shapes, dtypes, finite values, unique ids, storage limits) -- all before touching the database;
 2. a transaction-scoped advisory lock serialises profile writers (see ``_lock_profiles``), so what
    the next step finds stays true until commit;
-3. the batch's customer ids (sorted by customer_id = COLLATE "C" byte order) are copied into a
-   temporary table and probed: does any of them have a history row for this as_of, or a current row?
-4. nothing found (a first load, a new cohort): one binary COPY straight into each table. COPY
-   inserts rows in multi-row batches, and the arrays are sent and parsed only once;
+3. two primary-key range probes: does either table hold a row between the batch's lowest and
+   highest customer_id (COLLATE "C" byte order, the batch is sorted)?
+4. none (a first load, a cohort of new ids past the existing ones): one binary COPY straight
+   into each table. COPY inserts rows in multi-row batches, and the arrays are sent and parsed
+   only once;
 5. otherwise one binary COPY of the whole batch into a temporary staging table, then
 
-   * history: a first write of the date is a plain INSERT; a re-run replaces the rows whose
-     content changed (``UPDATE ... FROM``) and inserts the missing ones, never duplicating them;
+   * history: a first write of the date is a plain INSERT (tried under a savepoint); a re-run
+     replaces the rows whose content changed (``UPDATE ... FROM``) and inserts the missing ones,
+     never duplicating them;
    * current rows: existing rows move forward only (``UPDATE ... FROM ... WHERE as_of <= new``),
      so a backfill of an old date never overwrites a newer current row; new customers get a
      plain INSERT.
@@ -36,6 +38,8 @@ against 2.1 s for 200K customers, 19.1 s against 11.9 s for 1M.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -231,16 +235,13 @@ def _lock_profiles(conn: psycopg.Connection) -> None:
     )
 
 
-def _existing(conn: psycopg.Connection, prepared: _Prepared) -> tuple[bool, bool]:
-    """(any history row at this as_of, any current row) for the batch's customers.
+def _rows_in_range(conn: psycopg.Connection, prepared: _Prepared) -> bool:
+    """Whether either table has a row between the batch's lowest and highest id (key byte order).
 
-    First two primary-key range probes: no row of either table between the batch's lowest and
-    highest id (in the keys' byte order) means none of its customers has one (a first load, a
-    cohort of new ids past the existing ones). Otherwise only the ids are staged for the exact
-    answer. No ANALYZE: a temporary table filled in this transaction is estimated from its
-    actual size, which is enough to choose index probes for a small batch and a join for a
-    large one. EXISTS stops at the first row found. A wrong answer could not corrupt anything
-    anyway: the primary keys would reject the COPY.
+    Two primary-key range probes. No row in that range means none of the batch's customers has
+    one (a first load, a cohort of new ids past the existing ones): the batch can be copied
+    straight into the tables. A wrong answer could not corrupt anything anyway: the primary keys
+    would reject the COPY.
     """
     lowest, highest = prepared.ids[0].as_py(), prepared.ids[prepared.n - 1].as_py()
     in_range = conn.execute(
@@ -248,22 +249,17 @@ def _existing(conn: psycopg.Connection, prepared: _Prepared) -> tuple[bool, bool
         "    OR EXISTS (SELECT 1 FROM customer_profiles WHERE customer_id BETWEEN %(lo)s AND %(hi)s)",
         {"lo": lowest, "hi": highest},
     ).fetchone()
-    if in_range == (False,):
-        return False, False
-    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_ids")
-    conn.execute('CREATE TEMP TABLE _tf_stage_ids (customer_id text COLLATE "C") ON COMMIT DROP')
-    copy_in(conn, "COPY _tf_stage_ids FROM STDIN (FORMAT binary)", [copybin.text(prepared.ids)])
+    return in_range != (False,)
+
+
+def _any_current_row(conn: psycopg.Connection) -> bool:
+    """Whether any staged customer has a current row (EXISTS stops at the first one found)."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM customer_profile_history)"
-        "  AND EXISTS (SELECT 1 FROM _tf_stage_ids s JOIN customer_profile_history h"
-        "   ON h.customer_id = s.customer_id AND h.as_of = %s),"
-        " EXISTS (SELECT 1 FROM customer_profiles)"
-        "  AND EXISTS (SELECT 1 FROM _tf_stage_ids s JOIN customer_profiles c"
-        "   ON c.customer_id = s.customer_id)",
-        (prepared.as_of,),
+        "SELECT EXISTS (SELECT 1 FROM _tf_stage_profiles s JOIN customer_profiles c"
+        " ON c.customer_id = s.customer_id)"
     ).fetchone()
     assert row is not None
-    return bool(row[0]), bool(row[1])
+    return bool(row[0])
 
 
 _COPY_HISTORY = (
@@ -280,13 +276,13 @@ _COPY_CURRENT = (
 
 
 def _copy_history(conn: psycopg.Connection, prepared: _Prepared) -> int:
-    """Insert every row of the batch into the history (no row exists for it: ``_existing``)."""
+    """Insert every row of the batch into the history (no row lies in its id range)."""
     copy_in(conn, _COPY_HISTORY, prepared.history_columns())
     return prepared.n
 
 
 def _copy_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> int:
-    """Insert every row of the batch as a current row (no customer has one: ``_existing``)."""
+    """Insert every row of the batch as a current row (no row lies in its id range)."""
     copy_in(conn, _COPY_CURRENT, prepared.current_columns())
     return prepared.n
 
@@ -329,16 +325,23 @@ _REPLACE_HISTORY = (
 )
 
 
-def _upsert_history(conn: psycopg.Connection, prepared: _Prepared, *, exists: bool) -> tuple[int, int]:
+def _upsert_history(conn: psycopg.Connection, prepared: _Prepared) -> tuple[int, int]:
     """(inserted, replaced) for the staged history rows of this as_of.
 
-    First write of a date (``exists`` False, the common case): one plain INSERT. Re-run of a date:
-    rows whose content changed are replaced in place, unchanged rows are not touched at all, new
-    customers are inserted; a re-run with identical input writes nothing.
+    A first write of the date (the common case: every daily run, every weekly recompute) is one
+    plain INSERT, tried under a savepoint: asking first whether any staged customer already has
+    a row at this as_of would cost a join of the whole batch against the history (1-2 s per
+    million customers) that finds nothing almost every time. A re-run of a date hits the primary
+    key at once (the stage is in key order, so the first conflicting customer comes early) and is
+    undone; then rows whose content changed are replaced in place, unchanged rows are not touched
+    at all, new customers are inserted, and a re-run with identical input writes nothing.
     """
     params = {"as_of": prepared.as_of, "v": prepared.model_version}
-    if not exists:
-        return conn.execute(_INSERT_HISTORY, params).rowcount, 0
+    try:
+        with conn.transaction():
+            return conn.execute(_INSERT_HISTORY, params).rowcount, 0
+    except psycopg.errors.UniqueViolation:
+        pass
     replaced = conn.execute(_REPLACE_HISTORY, params).rowcount
     return conn.execute(_INSERT_NEW_HISTORY, params).rowcount, replaced
 
@@ -372,7 +375,30 @@ _INSERT_NEW_CURRENT = (
 )
 
 
-def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared, *, exists: bool) -> int:
+_SET_JOIN_METHODS = "SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)"
+
+
+@contextmanager
+def _primary_key_probes(conn: psycopg.Connection) -> Iterator[None]:
+    """Plan the statement inside as index probes into the target, not as a hash or merge join.
+
+    The stage is in customer_id order, so probing customer_profiles' primary key once per staged
+    row walks the index and the heap (kept in key order) front to back. The planner prefers a
+    hash join for large batches: it cannot know the stage is sorted, and it hashes the whole stage
+    first, which spills to disk past ``work_mem``. Measured for the weekly rewrite of 1M current
+    rows (EXPLAIN ANALYZE, PostgreSQL 15): hash join 12.1 s, merge join (stage sorted on disk)
+    10.2 s, index probes 9.1 s. The settings are transaction-local: restored on success, undone by
+    the rollback otherwise.
+    """
+    previous = conn.execute(
+        "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+    ).fetchone()
+    conn.execute(_SET_JOIN_METHODS, ("off", "off"))
+    yield
+    conn.execute(_SET_JOIN_METHODS, previous)
+
+
+def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> int:
     """Current rows inserted or moved forward, from the stage.
 
     Existing rows move forward only (never to an older as_of; unchanged rows are not touched, so
@@ -381,9 +407,10 @@ def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared, *, e
     ``_lock_profiles`` no other writer can insert or move a row in between.
     """
     params = {"as_of": prepared.as_of, "v": prepared.model_version}
-    if not exists:
+    if not _any_current_row(conn):
         return conn.execute(_INSERT_CURRENT, params).rowcount
-    moved = conn.execute(_MOVE_CURRENT, params).rowcount
+    with _primary_key_probes(conn):
+        moved = conn.execute(_MOVE_CURRENT, params).rowcount
     if moved == prepared.n:  # every customer had a row (a full recompute): none is new
         return moved
     return moved + conn.execute(_INSERT_NEW_CURRENT, params).rowcount
@@ -406,9 +433,9 @@ def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport
     if prepared.n:
         _lock_profiles(conn)
         conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
-        history_exists, current_exists = _existing(conn, prepared)
+        rows_in_range = _rows_in_range(conn, prepared)
         step("check")
-        if not history_exists and not current_exists:
+        if not rows_in_range:
             report.history_inserted = _copy_history(conn, prepared)
             step("history")
             report.profiles_written = _copy_current_profiles(conn, prepared)
@@ -416,11 +443,9 @@ def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport
         else:
             _stage(conn, prepared)
             step("stage")
-            report.history_inserted, report.history_replaced = _upsert_history(
-                conn, prepared, exists=history_exists
-            )
+            report.history_inserted, report.history_replaced = _upsert_history(conn, prepared)
             step("history")
-            report.profiles_written = _upsert_current_profiles(conn, prepared, exists=current_exists)
+            report.profiles_written = _upsert_current_profiles(conn, prepared)
             step("profiles")
     report.seconds = time.perf_counter() - started
     report.timings = timings
