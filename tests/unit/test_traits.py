@@ -29,7 +29,8 @@ def test_projection_reproduces_fitted_profiles_of_training_customers():
     assert np.max(np.abs(again - fit.profiles)) <= 1e-3
     singles = np.array([project_one(fit.traits, v) for v in vectors[:50]])
     assert np.max(np.abs(singles - fit.profiles[:50])) <= 1e-3
-    # And the batched NNLS agrees with sklearn's own W from the factorization it fitted.
+    # And the batched NNLS agrees with sklearn's own W from the same factorization run in float64
+    # (fit_traits runs it in float32).
     from sklearn.decomposition import NMF
 
     inputs = nmf_input(fit.traits.center, vectors)
