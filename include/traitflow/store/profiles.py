@@ -217,8 +217,10 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
     )
 
 
-# Hash joins between the stage and the current tables stay in memory up to a few hundred
-# thousand customers instead of spilling to temp files (4MB default). Transaction-local.
+# The hash joins of a re-run or a partly new batch (replacing history rows, inserting the customers
+# without a row) stay in memory up to a few hundred thousand customers instead of spilling to temp
+# files (4MB default). Moving current rows forward uses index probes instead (see
+# ``_primary_key_probes``). Transaction-local.
 WRITE_WORK_MEM = "128MB"
 
 
