@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -223,6 +224,28 @@ def test_the_join_settings_of_the_caller_transaction_are_restored(
             report = store_profiles.write_profiles(conn, build_profile_batch(version, IDS, as_of=D2, seed=2))
             assert "stage" in report.timings
             assert conn.execute(settings).fetchone() == ("on", caller)
+
+
+def test_a_backfill_older_than_every_current_row_probes_none_of_them(
+    store: Store, version: int, build_profile_batch: BuildBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.write_profiles(build_profile_batch(version, IDS[:4], as_of=D2, seed=1))
+    probed: list[bool] = []
+    probes = store_profiles._primary_key_probes
+
+    def recording(conn: psycopg.Connection) -> AbstractContextManager[None]:
+        probed.append(True)
+        return probes(conn)
+
+    monkeypatch.setattr(store_profiles, "_primary_key_probes", recording)
+    before = profile_rows(store)
+    backfill = store.write_profiles(build_profile_batch(version, IDS[:6], as_of=D1, seed=2))
+    assert (backfill.history_inserted, backfill.profiles_written) == (6, 2) and probed == []
+    after = profile_rows(store)
+    assert {cid: after[cid] for cid in IDS[:4]} == before
+    # One current row at or before the date is enough to move rows forward again.
+    forward = store.write_profiles(build_profile_batch(version, IDS[:6], as_of=D2, seed=3))
+    assert forward.profiles_written == 6 and probed == [True]
 
 
 def test_moving_current_rows_forward_rewrites_only_what_changed(

@@ -380,6 +380,21 @@ _INSERT_NEW_CURRENT = (
 )
 
 
+def _any_row_up_to(conn: psycopg.Connection, as_of: datetime) -> bool:
+    """Whether any current row at all is at ``as_of`` or older, i.e. could move forward to it.
+
+    A sequential scan that stops at the first such row: at once for a daily or weekly write
+    (nearly every row is older), the whole table for a backfill older than every current row,
+    which then skips probing each staged customer's row for nothing. bench_store_writes at 1M
+    customers, interleaved: the backfill's current-row step 6.5 / 8.6 s -> 5.0 / 4.8 s.
+    """
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM customer_profiles WHERE as_of <= %s)", (as_of,)
+    ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
 _SET_JOIN_METHODS = "SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)"
 
 
@@ -414,8 +429,10 @@ def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> i
     params = {"as_of": prepared.as_of, "v": prepared.model_version}
     if not _any_current_row(conn):
         return conn.execute(_INSERT_CURRENT, params).rowcount
-    with _primary_key_probes(conn):
-        moved = conn.execute(_MOVE_CURRENT, params).rowcount
+    moved = 0
+    if _any_row_up_to(conn, prepared.as_of):
+        with _primary_key_probes(conn):
+            moved = conn.execute(_MOVE_CURRENT, params).rowcount
     if moved == prepared.n:  # every customer had a row (a full recompute): none is new
         return moved
     return moved + conn.execute(_INSERT_NEW_CURRENT, params).rowcount
