@@ -145,8 +145,9 @@ class PostgresStages:
     def last_week(self, ctx: Any) -> None:
         """Untimed set-up of ``pg_promote``: every customer's profile of the week before.
 
-        A weekly promotion rewrites current rows that exist (the update path, 1.2-1.6x the cost of
-        a first load into empty tables, which ``bench_store_writes.py`` measures as ``insert``).
+        A weekly promotion rewrites current rows that exist (the update path, 1.1-1.6x the cost of
+        a first load into empty tables, which ``bench_store_writes.py`` measures as ``insert``;
+        see ``traitflow.store.profiles``).
         """
         as_of = ctx.weekly_batch.as_of - timedelta(days=7)
         batch = dataclasses.replace(ctx.weekly_batch, model_version=ctx.model.version, as_of=as_of)

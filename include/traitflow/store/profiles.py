@@ -33,9 +33,10 @@ leaving dead tuples for VACUUM.
 
 Throughput (bench/bench_store_writes.py, 200K customers x 16 traits x 64-dim): see the report in
 ``bench/results``; the update path (every current row rewritten, e.g. a weekly recompute under
-a new model) costs 1.2-1.4x the first write, as PostgreSQL writes new row versions (HOT updates:
+a new model) costs 1.1-1.6x the first write, as PostgreSQL writes new row versions (HOT updates:
 customer_profiles keeps half of each page free, migration 0003). Development machine, 1M
-customers, two interleaved rounds: 20.5 / 16.2 s against 17.6 / 11.6 s for the first write.
+customers, four rounds in two interleaved benchmark runs: 20.5 / 16.2 / 17.4 / 18.8 s against
+17.6 / 11.6 / 10.9 / 16.9 s for the first write.
 """
 
 from __future__ import annotations
