@@ -1,6 +1,6 @@
 """Reference workloads of the benchmark: tier specs, the on-disk cache, slices, real files.
 
-Tiers (``/work/shared/DESIGN.md``, "Reference workloads"):
+Tiers (``docs/design.md``, "Reference workloads"):
 
 =====  ==========  =========  ========  ====  ==========================================
 tier   events      customers  products  days  notes
