@@ -286,27 +286,12 @@ def test_time_format_alternatives_per_value() -> None:
 # --- configuration ------------------------------------------------------------------------------
 
 
-def test_online_retail_yaml_equals_the_preset(tmp_path: Path) -> None:
-    (tmp_path / "online_retail.yaml").write_text(
-        """
-columns:
-  customer_id: [CustomerID, Customer ID]
-  event_time: InvoiceDate
-  product_id: StockCode
-  price: [UnitPrice, Price]
-  session_id: [InvoiceNo, Invoice]
-  quantity: Quantity
-  product_name: Description
-time_format: [iso, "%m/%d/%Y %H:%M"]
-default_action: purchase
-integral_float_ids: true
-cancellation: {invoice_column: [InvoiceNo, Invoice], invoice_prefix: C}
-non_product:
-  codes: [POST, DOT, C2, C3, M, m, D, S, B, CRUK, PADS, GIFT, BANK CHARGES, AMAZONFEE]
-  patterns: ['ADJUST\\d*', 'TEST\\d+', 'gift_\\d+_\\d+']
-""",
-        encoding="utf-8",
-    )
+def test_the_readmes_order_line_yaml_is_the_preset(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Order-line exports") :]
+    opening = section.index("```yaml\n") + len("```yaml\n")
+    block = section[opening : section.index("```\n", opening)]
+    (tmp_path / "online_retail.yaml").write_text(block, encoding="utf-8")
     assert load_mapping(str(tmp_path / "online_retail.yaml")) == RETAIL
     assert load_mapping("online_retail") is RETAIL
 
