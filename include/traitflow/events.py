@@ -130,10 +130,11 @@ class CancellationRule:
             raise ConfigError(
                 f"cancellation invoice_prefix must be non-blank text, got {self.invoice_prefix!r}"
             )
+        object.__setattr__(self, "invoice_prefix", self.invoice_prefix.strip())
 
     def matches(self, invoice: pd.Series) -> pd.Series:
-        """bool per row: the stripped invoice id starts with the prefix."""
-        return invoice.str.strip().str.startswith(self.invoice_prefix.strip())
+        """bool per row: the stripped invoice id starts with the prefix (case-sensitive)."""
+        return invoice.str.strip().str.startswith(self.invoice_prefix)
 
 
 @dataclass(frozen=True)
@@ -373,8 +374,8 @@ class ColumnMapping:
 # Online Retail (UCI, I and II): stock codes of lines that are no product. Found by inspecting the
 # codes that are not 5 digits + optional letters, with their descriptions: postage and carriage
 # (POST, DOT "dotcom postage", C2/C3), manual entries (M, m), discount (D), samples (S), bad debt
-# (B), bank and Amazon fees, adjustments, cancer-charity commission (CRUK), cushion pads sold as
-# adjustments (PADS), gift vouchers and test codes. DCGS... codes are real (dotcom shop) products.
+# (B), bank and Amazon fees, adjustments, cancer-charity commission (CRUK), cushion pads at a
+# token 0.001 (PADS), gift vouchers and test codes. DCGS... codes are real (dotcom shop) products.
 ONLINE_RETAIL_NON_PRODUCT = NonProductRule(
     codes=(
         "POST", "DOT", "C2", "C3", "M", "m", "D", "S", "B", "CRUK", "PADS", "GIFT",
@@ -888,11 +889,13 @@ def _product_names(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
 
 def _name_counts(product_ids: pd.Series, names: np.ndarray) -> pd.DataFrame:
     """Count (product_id, product_name) pairs over events; rows without a name are not counted."""
-    pairs = pd.DataFrame({"product_id": product_ids.to_numpy(), "product_name": names})
+    pairs = pd.DataFrame(
+        {"product_id": product_ids.to_numpy(), "product_name": pd.Series(names, dtype="str").to_numpy()}
+    )
     pairs = pairs[pairs["product_name"].notna().to_numpy()]
     if not len(pairs):
         return schema.empty_product_names()
-    counts = pairs.groupby(["product_id", "product_name"], sort=True).size()
+    counts = pairs.astype("str").groupby(["product_id", "product_name"], sort=True).size()
     return counts.rename("n_rows").astype("int64").reset_index()
 
 

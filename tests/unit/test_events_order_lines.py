@@ -116,6 +116,7 @@ def test_online_retail_preset_reads_both_spellings_in_every_format(
         ("85048", "ILLUMINATED GLASS BALL"): 1,
     }
     assert list(result.products.columns) == list(schema.PRODUCT_NAME_COLUMNS)
+    assert [str(t) for t in result.products.dtypes] == ["str", "str", "int64"]
 
 
 def test_rejects_keep_the_raw_line_under_the_files_own_column_names() -> None:

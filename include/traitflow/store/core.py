@@ -121,7 +121,9 @@ class Store:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
         ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.schema``
-        reject columns). With ``file_sha256`` the input is also recorded in ``ingested_files``.
+        reject columns), and optionally ``products`` (name counts, ``schema.PRODUCT_NAME_COLUMNS``)
+        whose most frequent name per product goes to ``product_names`` in the same transaction.
+        With ``file_sha256`` the input is also recorded in ``ingested_files``.
         """
         with self._transaction() as conn:
             return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
