@@ -13,6 +13,13 @@ Normalization: ids, category and session id are stripped of surrounding whitespa
 kept as they are; a blank category or session id becomes missing. The control-character check
 covers all four. Times without an offset are taken as UTC; "iso" times may also end in "UTC" (as
 REES46 writes them). Actions are matched case-insensitively after stripping.
+
+Order-line exports (invoice lines, e.g. the ``online_retail`` preset) have their own mapping
+options: ``default_action`` (no action column), ``integral_float_ids`` ("13085.0" -> "13085"),
+a ``quantity`` column, a ``cancellation`` rule and a ``non_product`` rule (see ``ColumnMapping``),
+with the reject reasons ``unparseable_quantity``, ``non_product``, ``cancellation`` and
+``non_positive_quantity``. A ``product_name`` column fills ``LoadResult.products``; the events
+frame keeps exactly the canonical columns.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import reduce
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +58,11 @@ REASON_PRECEDENCE: tuple[str, ...] = (
     schema.REASON_TIME_RANGE,
     schema.REASON_UNKNOWN_ACTION,
     schema.REASON_BAD_PRICE,
+    schema.REASON_BAD_QUANTITY,
+    # Order lines that are no purchase of a product; a cancelled postage line is "non_product".
+    schema.REASON_NON_PRODUCT,
+    schema.REASON_CANCELLATION,
+    schema.REASON_NON_POSITIVE_QUANTITY,
     schema.REASON_DUPLICATE,
 )
 TIME_FORMATS: tuple[str, ...] = ("iso", "unix_s", "unix_ms")
@@ -67,24 +79,142 @@ class EventsFileError(ValueError):
     """An events file is missing, of an unsupported type, malformed, or lacks mapped columns."""
 
 
+# A mapped source column: one name, or alternative names of which the first present in a file wins
+# (exports of the same data spell columns differently, e.g. "CustomerID" and "Customer ID").
+ColumnSource = str | tuple[str, ...]
+
+# Mapped columns that are not event fields: ``quantity`` feeds the order-line checks, and
+# ``product_name`` feeds ``LoadResult.products`` (a product attribute, not an event attribute).
+AUXILIARY_COLUMNS: tuple[str, ...] = ("quantity", "product_name")
+# An integral number written as a float ("13085.0", "7."): the digits before the point are the id.
+_INTEGRAL_FLOAT = r"^(-?\d+)\.0*$"
+
+
+def _column_source(value: Any, what: str) -> ColumnSource:
+    """A source column name, or a list/tuple of alternatives (a one-name list is that name)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) and v for v in value):
+        names = tuple(dict.fromkeys(value))
+        return names[0] if len(names) == 1 else names
+    raise ConfigError(
+        f"source column for {what!r} must be a non-empty string or a non-empty list of them, got {value!r}"
+    )
+
+
+def _alternatives(source: ColumnSource) -> tuple[str, ...]:
+    return (source,) if isinstance(source, str) else source
+
+
+def _describe(sources: list[ColumnSource]) -> str:
+    """``['a', one of ('b', 'c')]``: how missing sources are named in error messages."""
+    return "[" + ", ".join(repr(s) if isinstance(s, str) else f"one of {s!r}" for s in sources) + "]"
+
+
+@dataclass(frozen=True)
+class CancellationRule:
+    """Order lines on an invoice whose id starts with ``invoice_prefix`` are cancellations.
+
+    Cancellations are rejected with reason ``cancellation`` rather than turned into events: the
+    action vocabulary (``schema.ACTIONS``) has no "return", and adding one would change every
+    model's tokens; a cancellation line also does not say which purchase it undoes. They stay
+    countable and queryable in the rejects. ``invoice_column`` may list alternatives.
+    """
+
+    invoice_column: ColumnSource
+    invoice_prefix: str = "C"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "invoice_column", _column_source(self.invoice_column, "invoice_column"))
+        if not isinstance(self.invoice_prefix, str) or not self.invoice_prefix.strip():
+            raise ConfigError(
+                f"cancellation invoice_prefix must be non-blank text, got {self.invoice_prefix!r}"
+            )
+        object.__setattr__(self, "invoice_prefix", self.invoice_prefix.strip())
+
+    def matches(self, invoice: pd.Series) -> pd.Series:
+        """bool per row: the stripped invoice id starts with the prefix (case-sensitive)."""
+        return invoice.str.strip().str.startswith(self.invoice_prefix)
+
+
+@dataclass(frozen=True)
+class NonProductRule:
+    """Product ids that are not products (postage, fees, discounts, manual adjustments, tests).
+
+    A stripped product id matching one of ``codes`` exactly (case-sensitive) or one of
+    ``patterns`` as a whole (regular expressions in RE2 syntax: no lookaround, no backreferences)
+    is rejected with reason ``non_product``, so such lines never enter the vocabulary.
+    """
+
+    codes: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("codes", "patterns"):
+            values = getattr(self, name)
+            if isinstance(values, str) or not isinstance(values, Iterable):
+                raise ConfigError(f"non_product {name} must be a list of strings, got {values!r}")
+            values = tuple(values)
+            if not all(isinstance(v, str) and v.strip() for v in values):
+                raise ConfigError(f"non_product {name} must be non-blank strings, got {list(values)!r}")
+            object.__setattr__(self, name, tuple(v.strip() for v in values))
+        if not self.codes and not self.patterns:
+            raise ConfigError("non_product needs at least one code or pattern")
+        for pattern in self.patterns:
+            try:  # checked with the engine that will run it (pyarrow's RE2), not only Python's re
+                re.compile(pattern)
+                pc.match_substring_regex(pa.array([""]), f"^(?:{pattern})$")
+            except (re.error, pa.ArrowException) as exc:
+                raise ConfigError(
+                    f"non_product pattern {pattern!r} is not a valid RE2 expression: {exc}"
+                ) from None
+
+    def matches(self, product: pd.Series) -> pd.Series:
+        """bool per row of stripped product ids."""
+        mask = product.isin(self.codes)
+        if self.patterns:
+            combined = "|".join(f"(?:{p})" for p in self.patterns)
+            mask = mask | product.str.fullmatch(combined).fillna(False).astype(bool)
+        return mask
+
+
 @dataclass(frozen=True)
 class ColumnMapping:
     """How a source's columns and values map to the canonical schema.
 
     ``columns`` maps canonical names to source column names (required: customer_id, event_time,
-    action, product_id; optional: category, price, session_id). ``header`` names the columns of a
-    headerless CSV in order (``None``: the file has a header row; Parquet files always carry names).
-    ``time_format`` is "iso", "unix_s", "unix_ms" or a strftime pattern. ``action_synonyms`` maps
-    source values (case-insensitive, stripped) to canonical actions, which are always accepted.
-    ``category_fallback_column`` is used where the category column is blank.
+    action, product_id; optional: category, price, session_id; auxiliary: quantity, product_name).
+    A source may be a list of alternative names: the first one present in a file is read, and a
+    file holding none of them is refused. ``header`` names the columns of a headerless CSV in
+    order (``None``: the file has a header row; Parquet files always carry names).
+    ``time_format`` is "iso", "unix_s", "unix_ms" or a strftime pattern, or a list of these tried
+    in order per value. ``action_synonyms`` maps source values (case-insensitive, stripped) to
+    canonical actions, which are always accepted. ``category_fallback_column`` is used where the
+    category column is blank.
+
+    Order-line exports (invoice lines):
+
+    - ``default_action``: the action of rows whose action is blank, and of every row when
+      ``action`` is not mapped (then it need not be).
+    - ``integral_float_ids``: id columns (customer_id, product_id, session_id) holding an
+      integral float ("13085.0") are read as the integer ("13085"); "13085.5" stays as it is.
+    - ``quantity`` column: unparseable -> ``unparseable_quantity``; zero or negative on a row that
+      is not a cancellation (a stock correction) -> ``non_positive_quantity``; blank is accepted.
+    - ``cancellation`` (a ``CancellationRule``): cancellation lines -> ``cancellation``.
+    - ``non_product`` (a ``NonProductRule``): postage, fees and the like -> ``non_product``.
+    - ``product_name`` column: names of products, collected in ``LoadResult.products``.
     """
 
     name: str
-    columns: Mapping[str, str]
+    columns: Mapping[str, ColumnSource]
     header: tuple[str, ...] | None = None
-    time_format: str = "iso"
+    time_format: str | tuple[str, ...] = "iso"
     action_synonyms: Mapping[str, str] = field(default_factory=dict)
     category_fallback_column: str | None = None
+    default_action: str | None = None
+    integral_float_ids: bool = False
+    cancellation: CancellationRule | None = None
+    non_product: NonProductRule | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -92,19 +222,28 @@ class ColumnMapping:
         where = f"column mapping {self.name!r}"
         if not isinstance(self.columns, Mapping):
             raise ConfigError(f"{where}: columns must be a mapping canonical name -> source column")
-        unknown = sorted(set(self.columns) - set(schema.CANONICAL_COLUMNS))
+        known = schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
+        unknown = sorted(set(self.columns) - set(known))
         if unknown:
+            raise ConfigError(f"{where}: unknown canonical columns {unknown}; known: {known}")
+        if self.default_action is not None and self.default_action not in schema.ACTIONS:
             raise ConfigError(
-                f"{where}: unknown canonical columns {unknown}; known: {schema.CANONICAL_COLUMNS}"
+                f"{where}: default_action {self.default_action!r} is not one of {schema.ACTIONS}"
             )
-        missing = [c for c in schema.REQUIRED_COLUMNS if c not in self.columns]
+        required = [c for c in schema.REQUIRED_COLUMNS if c != "action" or self.default_action is None]
+        missing = [c for c in required if c not in self.columns]
         if missing:
             raise ConfigError(f"{where}: required columns {missing} are not mapped")
-        for canonical, source in self.columns.items():
-            if not isinstance(source, str) or not source:
-                raise ConfigError(f"{where}: source column for {canonical!r} must be a non-empty string")
-        # Copies, so that mutating the caller's dicts later cannot change a frozen mapping.
-        object.__setattr__(self, "columns", dict(self.columns))
+        try:
+            # Copies, so that mutating the caller's dicts later cannot change a frozen mapping.
+            columns = {canonical: _column_source(s, canonical) for canonical, s in self.columns.items()}
+            object.__setattr__(self, "columns", columns)
+            object.__setattr__(self, "cancellation", self._rule(CancellationRule, self.cancellation))
+            object.__setattr__(self, "non_product", self._rule(NonProductRule, self.non_product))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not isinstance(self.integral_float_ids, bool):
+            raise ConfigError(f"{where}: integral_float_ids must be true or false")
         if self.category_fallback_column is not None:
             if not isinstance(self.category_fallback_column, str) or not self.category_fallback_column:
                 raise ConfigError(f"{where}: category_fallback_column must be a non-empty string")
@@ -116,21 +255,50 @@ class ColumnMapping:
                 raise ConfigError(f"{where}: header must be a non-empty list of non-empty strings")
             if len(set(header)) != len(header):
                 raise ConfigError(f"{where}: header has duplicate names: {list(header)}")
-            absent = [c for c in self.source_columns if c not in header]
+            absent = self._absent(header)
             if absent:
-                raise ConfigError(f"{where}: mapped columns {absent} are not in header {list(header)}")
-            object.__setattr__(self, "header", header)
-        if self.time_format not in TIME_FORMATS:
-            if not isinstance(self.time_format, str) or "%" not in self.time_format:
                 raise ConfigError(
-                    f"{where}: time_format must be one of {TIME_FORMATS} or a strftime pattern, "
-                    f"got {self.time_format!r}"
+                    f"{where}: mapped columns {_describe(absent)} are not in header {list(header)}"
+                )
+            object.__setattr__(self, "header", header)
+        object.__setattr__(self, "time_format", self._checked_time_format(where))
+        object.__setattr__(self, "action_synonyms", self._normalized_synonyms(where))
+
+    @staticmethod
+    def _rule(kind: type[T], value: Any) -> T | None:
+        """A rule given as the dataclass itself, or as plain data (a mapping of its fields)."""
+        if value is None or isinstance(value, kind):
+            return value
+        label = "cancellation" if kind is CancellationRule else "non_product"
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{label} must be a mapping, got {value!r}")
+        allowed = [f.name for f in fields(kind)]  # type: ignore[arg-type]
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ConfigError(f"unknown {label} keys {unknown}; known: {allowed}")
+        try:
+            return kind(**value)
+        except TypeError as exc:  # a missing required field
+            raise ConfigError(f"{label}: {exc}") from None
+
+    def _checked_time_format(self, where: str) -> str | tuple[str, ...]:
+        formats = self.time_format
+        if isinstance(formats, list | tuple):
+            formats = tuple(formats)
+            if not formats:
+                raise ConfigError(f"{where}: time_format list must not be empty")
+        for fmt in (formats,) if isinstance(formats, str) else formats:
+            if fmt in TIME_FORMATS:
+                continue
+            if not isinstance(fmt, str) or "%" not in fmt:
+                raise ConfigError(
+                    f"{where}: time_format must be one of {TIME_FORMATS} or a strftime pattern, got {fmt!r}"
                 )
             try:  # a bad directive would otherwise surface only when the first file is read
-                pd.to_datetime(pd.Series(["0"], dtype="str"), format=self.time_format, errors="coerce")
+                pd.to_datetime(pd.Series(["0"], dtype="str"), format=fmt, errors="coerce")
             except ValueError as exc:
-                raise ConfigError(f"{where}: time_format {self.time_format!r}: {exc}") from None
-        object.__setattr__(self, "action_synonyms", self._normalized_synonyms(where))
+                raise ConfigError(f"{where}: time_format {fmt!r}: {exc}") from None
+        return formats[0] if isinstance(formats, tuple) and len(formats) == 1 else formats
 
     def _normalized_synonyms(self, where: str) -> dict[str, str]:
         if not isinstance(self.action_synonyms, Mapping):
@@ -149,13 +317,72 @@ class ColumnMapping:
             out[key] = action
         return out
 
-    @property
-    def source_columns(self) -> list[str]:
-        """The source columns this mapping reads, in canonical order, without repeats."""
-        wanted = [self.columns[c] for c in schema.CANONICAL_COLUMNS if c in self.columns]
+    def _sources(self) -> list[ColumnSource]:
+        """Every mapped source (a name or alternatives): canonical, auxiliary, fallback, invoice."""
+        order = schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
+        wanted: list[ColumnSource] = [self.columns[c] for c in order if c in self.columns]
         if self.category_fallback_column is not None:
             wanted.append(self.category_fallback_column)
+        if self.cancellation is not None:
+            wanted.append(self.cancellation.invoice_column)
         return list(dict.fromkeys(wanted))
+
+    def _absent(self, available: Iterable[str]) -> list[ColumnSource]:
+        present = set(available)
+        return [s for s in self._sources() if not any(a in present for a in _alternatives(s))]
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Every source column name this mapping may read (all alternatives), without repeats."""
+        return list(dict.fromkeys(a for s in self._sources() for a in _alternatives(s)))
+
+    def resolve(self, available: Iterable[str], where: str) -> ColumnMapping:
+        """This mapping with each list of alternatives replaced by its first name in ``available``.
+
+        Raises ``EventsFileError`` (prefixed with ``where``) naming every mapped source of which no
+        name is present.
+        """
+        available = list(available)
+        absent = self._absent(available)
+        if absent:
+            raise EventsFileError(
+                f"{where}: column mapping {self.name!r} needs columns {_describe(absent)} that are missing; "
+                f"the data has columns {available}"
+            )
+        if all(isinstance(s, str) for s in self._sources()):
+            return self
+        present = set(available)
+
+        def pick(source: ColumnSource) -> str:
+            return next(a for a in _alternatives(source) if a in present)
+
+        cancellation = self.cancellation
+        if cancellation is not None:
+            cancellation = replace(cancellation, invoice_column=pick(cancellation.invoice_column))
+        return replace(
+            self, columns={c: pick(s) for c, s in self.columns.items()}, cancellation=cancellation
+        )
+
+    def column(self, canonical: str) -> str:
+        """The single source name of a mapped column (after ``resolve`` when it has alternatives)."""
+        source = self.columns[canonical]
+        if not isinstance(source, str):
+            raise ValueError(f"column {canonical!r} has alternatives {source}: resolve the mapping first")
+        return source
+
+
+# Online Retail (UCI, I and II): stock codes of lines that are no product. Found by inspecting the
+# codes that are not 5 digits + optional letters, with their descriptions: postage and carriage
+# (POST, DOT "dotcom postage", C2/C3), manual entries (M, m), discount (D), samples (S), bad debt
+# (B), bank and Amazon fees, adjustments, cancer-charity commission (CRUK), cushion pads at a
+# token 0.001 (PADS), gift vouchers and test codes. DCGS... codes are real (dotcom shop) products.
+ONLINE_RETAIL_NON_PRODUCT = NonProductRule(
+    codes=(
+        "POST", "DOT", "C2", "C3", "M", "m", "D", "S", "B", "CRUK", "PADS", "GIFT",
+        "BANK CHARGES", "AMAZONFEE",
+    ),
+    patterns=(r"ADJUST\d*", r"TEST\d+", r"gift_\d+_\d+"),
+)
 
 
 PRESETS: dict[str, ColumnMapping] = {
@@ -200,11 +427,35 @@ PRESETS: dict[str, ColumnMapping] = {
         time_format="unix_ms",
         action_synonyms={"addtocart": "cart", "transaction": "purchase"},
     ),
+    # UCI Online Retail (InvoiceNo, UnitPrice, CustomerID) and Online Retail II (Invoice, Price,
+    # Customer ID): invoice lines, every one a purchase or a cancellation, no category. The invoice
+    # is the session (one basket). Dates are ISO in exports of the .xlsx, month-first in others.
+    "online_retail": ColumnMapping(
+        name="online_retail",
+        columns={
+            "customer_id": ("CustomerID", "Customer ID"),
+            "event_time": "InvoiceDate",
+            "product_id": "StockCode",
+            "price": ("UnitPrice", "Price"),
+            "session_id": ("InvoiceNo", "Invoice"),
+            "quantity": "Quantity",
+            "product_name": "Description",
+        },
+        time_format=("iso", "%m/%d/%Y %H:%M"),
+        default_action="purchase",
+        integral_float_ids=True,
+        cancellation=CancellationRule(invoice_column=("InvoiceNo", "Invoice"), invoice_prefix="C"),
+        non_product=ONLINE_RETAIL_NON_PRODUCT,
+    ),
 }
 
 
 def mapping_from_dict(d: Mapping[str, Any]) -> ColumnMapping:
-    """Build a mapping from plain data (e.g. a parsed YAML/JSON file); ``name`` defaults to "custom"."""
+    """Build a mapping from plain data (e.g. a parsed YAML/JSON file); ``name`` defaults to "custom".
+
+    Lists stand for tuples (column alternatives, time formats, header); ``cancellation`` and
+    ``non_product`` are mappings of ``CancellationRule`` / ``NonProductRule`` fields.
+    """
     if not isinstance(d, Mapping):
         raise ConfigError(f"a column mapping must be a mapping, got {type(d).__name__}")
     known = [f.name for f in fields(ColumnMapping)]
@@ -248,10 +499,20 @@ def load_mapping(path_or_name: str) -> ColumnMapping:
 
 @dataclass
 class LoadResult:
-    """Canonical ``events`` (schema.CANONICAL_COLUMNS) and ``rejects`` (schema.REJECT_COLUMNS)."""
+    """Canonical ``events`` (schema.CANONICAL_COLUMNS) and ``rejects`` (schema.REJECT_COLUMNS).
+
+    ``products`` (schema.PRODUCT_NAME_COLUMNS) counts the product names carried by the events'
+    rows when the mapping has a ``product_name`` column (else it is empty); ``product_names()``
+    picks one name per product.
+    """
 
     events: pd.DataFrame
     rejects: pd.DataFrame
+    products: pd.DataFrame = field(default_factory=schema.empty_product_names)
+
+    def product_names(self) -> pd.DataFrame:
+        """(product_id, product_name): each product's most frequent name (ties: smallest name)."""
+        return schema.most_frequent_names(self.products)
 
     @property
     def n_read(self) -> int:
@@ -280,6 +541,7 @@ def read_events(
     return LoadResult(
         events=pd.concat([p.events for p in parts], ignore_index=True),
         rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
+        products=schema.merge_name_counts([p.products for p in parts]),
     )
 
 
@@ -330,13 +592,9 @@ def _validated(
         yield result
 
 
-def _check_columns(available: list[str], mapping: ColumnMapping, where: str) -> None:
-    missing = [c for c in mapping.source_columns if c not in available]
-    if missing:
-        raise EventsFileError(
-            f"{where}: column mapping {mapping.name!r} needs columns {missing} that are missing; "
-            f"the data has columns {available}"
-        )
+def _check_columns(available: list[str], mapping: ColumnMapping, where: str) -> ColumnMapping:
+    """Raise ``EventsFileError`` unless every mapped column is present; returns the resolved mapping."""
+    return mapping.resolve(available, where)
 
 
 def _open_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
@@ -470,15 +728,14 @@ def _validate(
     raw: pd.DataFrame, mapping: ColumnMapping, source: str, first_row_number: int, seen: np.ndarray | None
 ) -> tuple[LoadResult, np.ndarray | None]:
     """Split ``raw`` into events and rejects; ``seen`` holds row hashes of earlier chunks' events."""
-    _check_columns([str(c) for c in raw.columns], mapping, source)
+    mapping = _check_columns([str(c) for c in raw.columns], mapping, source)
     raw = _text(raw)
-    customer = raw[mapping.columns["customer_id"]].str.strip()
-    product = raw[mapping.columns["product_id"]].str.strip()
-    when = raw[mapping.columns["event_time"]].str.strip()
-    lookup = {a: a for a in schema.ACTIONS} | dict(mapping.action_synonyms)
-    action = raw[mapping.columns["action"]].str.strip().str.lower().map(lookup)
+    customer = _id_text(raw[mapping.column("customer_id")].str.strip(), mapping)
+    product = _id_text(raw[mapping.column("product_id")].str.strip(), mapping)
+    when = raw[mapping.column("event_time")].str.strip()
+    action = _actions(raw, mapping)
     category = _optional(raw, mapping, "category")
-    session = _optional(raw, mapping, "session_id")
+    session = _id_text(_optional(raw, mapping, "session_id"), mapping)
     if "price" in mapping.columns:
         price_text = raw[mapping.columns["price"]].str.strip()
         price = pd.to_numeric(price_text.mask(price_text == ""), errors="coerce").astype("float64")
@@ -486,7 +743,7 @@ def _validate(
     else:
         price = pd.Series(np.nan, index=raw.index, dtype="float64")
         bad_price = pd.Series(False, index=raw.index)
-    times, bad_time, time_out_of_range = _parse_times(when, mapping.time_format)
+    times, bad_time, time_out_of_range = _parse_times_any(when, mapping.time_format)
 
     ids, texts = (customer, product), (category, session)
     checks = {
@@ -506,6 +763,7 @@ def _validate(
         schema.REASON_TIME_RANGE: time_out_of_range,
         schema.REASON_UNKNOWN_ACTION: action.isna(),
         schema.REASON_BAD_PRICE: bad_price,
+        **_order_line_checks(raw, mapping, product),
     }
     # Index into REASON_PRECEDENCE per row, -1 = valid; earlier reasons win.
     codes = np.full(len(raw), -1, dtype=np.int8)
@@ -532,19 +790,130 @@ def _validate(
         seen = np.sort(np.concatenate([seen, hashes[~duplicate]]), kind="stable")  # radix sort
     codes[np.flatnonzero(valid)[duplicate]] = REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
     events = events[~duplicate].reset_index(drop=True)
+    products = _name_counts(events["product_id"], _product_names(raw, mapping)[valid].to_numpy()[~duplicate])
 
     rejected = np.flatnonzero(codes >= 0)
-    records = raw.iloc[rejected].to_dict("records")
     rejects = pd.DataFrame(
         {
             "source": pd.Series([source] * len(rejected), dtype="str"),
             "row_number": (first_row_number + rejected).astype("int64"),
             # Control characters come out JSON-escaped, so the raw text is always storable.
-            "raw": pd.Series([json.dumps(r, ensure_ascii=False) for r in records], dtype="str"),
+            "raw": _raw_json(raw.iloc[rejected]),
             "reason": pd.Series(np.asarray(REASON_PRECEDENCE)[codes[rejected]], dtype="str"),
         }
     )
-    return LoadResult(events=events, rejects=rejects), seen
+    return LoadResult(events=events, rejects=rejects, products=products), seen
+
+
+# JSON string escapes, as json.dumps writes them: the short forms, else \u00XX.
+_JSON_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_string_bodies(values: pa.Array) -> pa.Array:
+    """Each string escaped as inside a JSON string literal, exactly as ``json.dumps`` with
+    ``ensure_ascii=False`` does it (backslash, quote and the control characters U+0000-U+001F)."""
+    out = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+    if pc.any(pc.match_substring_regex(out, r"[\x00-\x1f]")).as_py():  # rare: 32 passes only then
+        for code in range(0x20):
+            char = chr(code)
+            out = pc.replace_substring(out, char, _JSON_ESCAPES.get(char, f"\\u{code:04x}"))
+    return out
+
+
+def _raw_json(rows: pd.DataFrame) -> pd.Series:
+    """Each row as a JSON object of its text fields, equal to ``json.dumps(row, ensure_ascii=False)``.
+
+    Built column by column with Arrow string kernels: a file can reject most of its rows
+    (order-line exports reject a quarter), and a per-row ``json.dumps`` cost seconds per 100K rows.
+    ``rows`` holds strings only ('' for missing), as ``_text`` makes them.
+    """
+    if not len(rows):
+        return pd.Series([], dtype="str")
+    pieces: list[pa.Array | str] = []
+    for i, column in enumerate(rows.columns):
+        key = json.dumps(str(column), ensure_ascii=False)
+        pieces.append(("{" if i == 0 else '", ') + key + ': "')
+        pieces.append(_json_string_bodies(pa.array(rows[column].to_numpy(dtype=object), pa.large_string())))
+    pieces.append('"}')
+    scalars = [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p for p in pieces]
+    joined = pc.binary_join_element_wise(*scalars, pa.scalar("", pa.large_string()))
+    return pd.Series(joined.to_pandas(), dtype="str")
+
+
+def _id_text(ids: pd.Series, mapping: ColumnMapping) -> pd.Series:
+    """Stripped ids, with integral floats ("13085.0") as integers when the mapping asks for it."""
+    if not mapping.integral_float_ids:
+        return ids
+    return ids.str.replace(_INTEGRAL_FLOAT, r"\1", regex=True)
+
+
+def _actions(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
+    """Canonical action per row, missing (NaN) where the value is unknown."""
+    if "action" not in mapping.columns:
+        return pd.Series(mapping.default_action, index=raw.index, dtype="str")
+    text = raw[mapping.column("action")].str.strip().str.lower()
+    if mapping.default_action is not None:
+        text = text.mask(text == "", mapping.default_action)
+    return text.map({a: a for a in schema.ACTIONS} | dict(mapping.action_synonyms))
+
+
+def _order_line_checks(raw: pd.DataFrame, mapping: ColumnMapping, product: pd.Series) -> dict[str, pd.Series]:
+    """Reject masks of the order-line options (quantity, cancellation, non_product) that are set."""
+    checks: dict[str, pd.Series] = {}
+    if mapping.non_product is not None:
+        checks[schema.REASON_NON_PRODUCT] = mapping.non_product.matches(product)
+    cancelled = pd.Series(False, index=raw.index)
+    if mapping.cancellation is not None:
+        cancelled = mapping.cancellation.matches(raw[mapping.cancellation.invoice_column])
+        checks[schema.REASON_CANCELLATION] = cancelled
+    if "quantity" in mapping.columns:
+        text = raw[mapping.column("quantity")].str.strip()
+        quantity = pd.to_numeric(text.mask(text == ""), errors="coerce").astype("float64")
+        checks[schema.REASON_BAD_QUANTITY] = (text != "") & ~np.isfinite(quantity)
+        # NaN <= 0 is False: a blank quantity is no stock correction.
+        checks[schema.REASON_NON_POSITIVE_QUANTITY] = (quantity <= 0) & ~cancelled
+    return checks
+
+
+def _product_names(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
+    """Stripped product names; blank, oversized or holding control characters -> missing.
+
+    A name is a label, not part of the event: an unusable one is dropped, the event is kept.
+    """
+    if "product_name" not in mapping.columns:
+        return pd.Series(np.nan, index=raw.index, dtype="str")
+    names = raw[mapping.column("product_name")].str.strip()
+    unusable = (names == "") | (names.str.len() > schema.MAX_TEXT_LENGTH)
+    return names.mask(unusable | names.str.contains(_CONTROL_CHARS, regex=True))
+
+
+def _name_counts(product_ids: pd.Series, names: np.ndarray) -> pd.DataFrame:
+    """Count (product_id, product_name) pairs over events; rows without a name are not counted."""
+    pairs = pd.DataFrame(
+        {"product_id": product_ids.to_numpy(), "product_name": pd.Series(names, dtype="str").to_numpy()}
+    )
+    pairs = pairs[pairs["product_name"].notna().to_numpy()]
+    if not len(pairs):
+        return schema.empty_product_names()
+    counts = pairs.astype("str").groupby(["product_id", "product_name"], sort=True).size()
+    return counts.rename("n_rows").astype("int64").reset_index()
+
+
+def _parse_times_any(
+    text: pd.Series, time_format: str | tuple[str, ...]
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """``_parse_times`` with alternative formats: each value gets the first format that parses it."""
+    formats = (time_format,) if isinstance(time_format, str) else time_format
+    times, bad, out_of_range = _parse_times(text, formats[0])
+    for fmt in formats[1:]:
+        retry = bad.to_numpy(dtype=bool)
+        if not retry.any():
+            break
+        again = _parse_times(text[retry], fmt)
+        times, bad, out_of_range = times.copy(), bad.copy(), out_of_range.copy()
+        for whole, part in zip((times, bad, out_of_range), again, strict=True):
+            whole[retry] = part.array
+    return times, bad, out_of_range
 
 
 def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:

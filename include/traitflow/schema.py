@@ -52,6 +52,11 @@ REASON_OVERSIZED = "oversized_field"
 REASON_DUPLICATE = "exact_duplicate"
 REASON_BAD_PRICE = "unparseable_price"
 REASON_CONTROL_CHARS = "control_characters_in_field"
+# Order-line exports (see traitflow.events: quantity, cancellation and non_product mapping options).
+REASON_BAD_QUANTITY = "unparseable_quantity"
+REASON_NON_PRODUCT = "non_product"
+REASON_CANCELLATION = "cancellation"
+REASON_NON_POSITIVE_QUANTITY = "non_positive_quantity"
 REJECT_REASONS: tuple[str, ...] = (
     REASON_MISSING_CUSTOMER,
     REASON_MISSING_PRODUCT,
@@ -63,7 +68,15 @@ REJECT_REASONS: tuple[str, ...] = (
     REASON_DUPLICATE,
     REASON_BAD_PRICE,
     REASON_CONTROL_CHARS,
+    REASON_BAD_QUANTITY,
+    REASON_NON_PRODUCT,
+    REASON_CANCELLATION,
+    REASON_NON_POSITIVE_QUANTITY,
 )
+
+# Product names seen in a load, one row per (product_id, product_name) with the number of event
+# rows carrying that name: counts, not a single name, so that chunks of one file merge exactly.
+PRODUCT_NAME_COLUMNS: tuple[str, ...] = ("product_id", "product_name", "n_rows")
 
 
 def empty_events() -> pd.DataFrame:
@@ -121,3 +134,38 @@ def as_canonical(frame: pd.DataFrame) -> pd.DataFrame:
         else np.full(len(frame), np.nan)
     )
     return out[list(CANONICAL_COLUMNS)]
+
+
+def empty_product_names() -> pd.DataFrame:
+    """A zero-row product-name count frame (``PRODUCT_NAME_COLUMNS``)."""
+    return pd.DataFrame(
+        {
+            "product_id": pd.Series([], dtype="str"),
+            "product_name": pd.Series([], dtype="str"),
+            "n_rows": pd.Series([], dtype="int64"),
+        }
+    )
+
+
+def merge_name_counts(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Sum product-name count frames (e.g. of the chunks of one file) into one, sorted by id, name."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_product_names()
+    summed = pd.concat(frames, ignore_index=True).groupby(["product_id", "product_name"], sort=True)["n_rows"]
+    return summed.sum().astype("int64").reset_index()
+
+
+def most_frequent_names(counts: pd.DataFrame) -> pd.DataFrame:
+    """One name per product: the most frequent in ``counts``; ties go to the smallest name.
+
+    Returns a frame (product_id, product_name), one row per product id, sorted by product id.
+    """
+    if not len(counts):
+        return empty_product_names()[["product_id", "product_name"]]
+    merged = merge_name_counts([counts])
+    ranked = merged.sort_values(
+        ["product_id", "n_rows", "product_name"], ascending=[True, False, True], kind="stable"
+    )
+    winners = ranked.drop_duplicates("product_id", keep="first")
+    return winners[["product_id", "product_name"]].reset_index(drop=True)

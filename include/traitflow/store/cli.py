@@ -66,13 +66,13 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
 
 
-def _print_frame(frame: pd.DataFrame, as_json: bool) -> None:
+def _print_frame(frame: pd.DataFrame, as_json: bool, max_colwidth: int | None = 60) -> None:
     if as_json:
         _print_json(frame.to_dict(orient="records"))
     elif frame.empty:
         print("(no rows)")
     else:
-        with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        with pd.option_context("display.max_colwidth", max_colwidth, "display.width", 200):
             print(frame.to_string(index=False))
 
 
@@ -139,13 +139,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_traits(args: argparse.Namespace) -> int:
     with _store(args) as store:
         frame = store.traits(args.model_version)
+        # Names stored at ingestion (order-line exports with a product_name column); None if unknown.
+        names = store.product_names([p for products in frame["top_products"] for p in products])
+    frame = frame.assign(top_product_names=frame["top_products"].map(lambda v: [names.get(p) for p in v]))
     if not args.json:
         frame = frame.assign(
-            top_products=frame["top_products"].map(lambda v: ", ".join(v[:5])),
+            top_products=frame["top_products"].map(lambda v: ", ".join(_named(p, names) for p in v[:5])),
             top_categories=frame["top_categories"].map(lambda v: ", ".join(v[:3])),
-        )
-    _print_frame(frame, args.json)
+        ).drop(columns="top_product_names")
+    _print_frame(frame, args.json, max_colwidth=None)  # names are long; cut, they would mislead
     return 0
+
+
+def _named(product_id: str, names: Mapping[str, str]) -> str:
+    """``85123A (WHITE HANGING HEART T-LIGHT HOLDER)``, or the bare id when no name is stored."""
+    name = names.get(product_id)
+    return f"{product_id} ({name})" if name else product_id
 
 
 @_handle_errors

@@ -29,6 +29,7 @@ from traitflow.profiles import ProfileBatch
 from . import ingest as _ingest
 from . import migrations as _migrations
 from . import models as _models
+from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
@@ -120,7 +121,9 @@ class Store:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
         ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.schema``
-        reject columns). With ``file_sha256`` the input is also recorded in ``ingested_files``.
+        reject columns), and optionally ``products`` (name counts, ``schema.PRODUCT_NAME_COLUMNS``)
+        whose most frequent name per product goes to ``product_names`` in the same transaction.
+        With ``file_sha256`` the input is also recorded in ``ingested_files``.
         """
         with self._transaction() as conn:
             return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
@@ -178,6 +181,10 @@ class Store:
     def customers_with_events(self, start: datetime | None, end: datetime | None) -> np.ndarray:
         """Sorted distinct customer ids with events in ``[start, end)``."""
         return _reads.customers_with_events(self._ensure_ready(), start, end)
+
+    def product_names(self, product_ids: Sequence[str] | np.ndarray) -> dict[str, str]:
+        """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
+        return _products.product_names(self._ensure_ready(), product_ids)
 
     # -------------------------------------------------------------------------------- models
 
@@ -309,6 +316,9 @@ class Store:
         out: dict[str, str] = {}
         with conn.transaction():  # one snapshot for all tables
             for table in _reads.TABLES:
+                # A schema held at an older version (migration tests) lacks the later tables.
+                if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+                    continue
                 row = conn.execute(
                     sql.SQL(
                         "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), ''))"

@@ -57,6 +57,7 @@ class IngestReport:
     n_inserted: events new to the ``events`` table.
     n_already_present: valid events whose natural key was already stored (re-ingestion, overlap).
     n_rejected: rejects in the input; ``n_rejects_recorded`` of them were new to ``rejected_events``.
+    n_product_names: products whose name was stored or changed (``product_names`` table).
     skipped: the file's SHA-256 was already recorded, so nothing was read (all counts 0).
     """
 
@@ -68,6 +69,7 @@ class IngestReport:
     n_already_present: int = 0
     n_rejected: int = 0
     n_rejects_recorded: int = 0
+    n_product_names: int = 0
     skipped: bool = False
     seconds: float = 0.0
 
@@ -307,11 +309,24 @@ def ingest_results(
     run_id: str,
     file_sha256: str | None = None,
 ) -> IngestReport:
-    """Ingest a stream of load results (e.g. ``events.iter_events`` chunks) in the caller's transaction."""
+    """Ingest a stream of load results (e.g. ``events.iter_events`` chunks) in the caller's transaction.
+
+    Product names (a result's optional ``products`` counts) are summed over all results first, so
+    a file read in chunks stores each product's most frequent name in the whole file.
+    """
+    from .products import upsert_product_names  # products imports this module's text checks
+
     started = time.perf_counter()
     total = IngestReport(source=source, run_id=run_id, file_sha256=file_sha256)
+    name_counts: list[pd.DataFrame] = []
     for result in results:
         total.add(ingest_frames(conn, result.events, result.rejects, source, run_id))
+        products = getattr(result, "products", None)  # loaders without names have no such frame
+        if products is not None and len(products):
+            name_counts.append(products)
+    total.n_product_names = upsert_product_names(
+        conn, ev_schema.merge_name_counts(name_counts), source, run_id
+    )
     record_file(conn, total)
     total.seconds = time.perf_counter() - started
     return total

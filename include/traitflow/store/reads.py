@@ -36,6 +36,7 @@ TABLES: tuple[str, ...] = (
     "customer_profiles",
     "customer_profile_history",
     "run_reports",
+    "product_names",
 )
 
 _EVENT_CSV_COLUMNS = {
