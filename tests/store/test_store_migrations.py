@@ -193,7 +193,8 @@ def test_version_2_moves_the_embeddings_into_customer_profiles_without_losing_an
         (store.schema,),
     ).fetchone()
     assert nullable == ("NO",)
-    assert store.upgrade() == [3]  # packs the embeddings (its own test below checks the bits)
+    # 3 packs the embeddings (its own test below checks the bits), then the later versions.
+    assert store.upgrade() == [m.version for m in migrations.available_migrations()][2:]
     # The merged rows move forward like any other current row.
     later = build_profile_batch(version, ids[:2], as_of=batch.as_of + timedelta(days=1), seed=5)
     report = store.write_profiles(later)
@@ -243,7 +244,7 @@ def test_version_3_packs_the_embeddings_bit_for_bit(
         conn.execute("SELECT customer_id, embedding::text FROM customer_profiles").fetchall()
     )
 
-    assert store.upgrade() == [3]
+    assert _upgrade_to(store, 3, monkeypatch) == [3]
     with conn.cursor(binary=True) as cur:
         packed = dict(cur.execute("SELECT customer_id, embedding FROM customer_profiles").fetchall())
     for cid, embedding in embeddings.items():
@@ -261,3 +262,48 @@ def test_version_3_packs_the_embeddings_bit_for_bit(
     # Half of each page is kept free for the weekly rewrite of every current row (HOT updates).
     options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'customer_profiles'::regclass")
     assert options.fetchone() == (["fillfactor=50"],)
+
+
+def test_version_4_records_the_evidence_of_new_profiles_and_leaves_old_ones_unknown(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch, build_model, build_profile_batch
+) -> None:
+    store = _store_at_version_1(make_store, monkeypatch)
+    assert _upgrade_to(store, 3, monkeypatch) == [2, 3]
+    conn = store.connection
+    as_of = datetime(2024, 1, 10, tzinfo=UTC)
+    with conn.transaction(), conn.cursor() as cur:
+        for cid in ("a", "b"):  # rows as version-3 code wrote them: no n_known_tokens yet
+            for table in ("customer_profiles", "customer_profile_history"):
+                extra = ", embedding" if table == "customer_profiles" else ""
+                cur.execute(
+                    f"INSERT INTO {table} (customer_id, as_of, model_version, traits, dominant_trait_id,"
+                    f" n_events, cold_start{extra}) VALUES (%s, %s, 1, '{{1,0,0}}', 3, 4, 'none'"
+                    + (", '\\x00000000'" if extra else "") + ")",
+                    (cid, as_of),
+                )
+    assert _upgrade_to(store, 4, monkeypatch) == [4]
+    version = store.save_model(build_model())
+    old = build_profile_batch(version, ["a", "b"], as_of=as_of, known_tokens=False)
+    rows = conn.execute("SELECT customer_id, n_known_tokens FROM customer_profiles ORDER BY 1").fetchall()
+    assert rows == [("a", None), ("b", None)]  # not recorded then: unknown, not guessed
+    later = build_profile_batch(version, ["a", "c"], as_of=old.as_of + timedelta(days=1), seed=3)
+    store.write_profiles(later)
+    rows = dict(conn.execute("SELECT customer_id, n_known_tokens FROM customer_profiles").fetchall())
+    assert rows == {"a": int(later.n_known_tokens[0]), "b": None, "c": int(later.n_known_tokens[1])}
+    history = conn.execute(
+        "SELECT customer_id, n_known_tokens FROM customer_profile_history WHERE as_of = %s ORDER BY 1",
+        (later.as_of,),
+    ).fetchall()
+    assert history == [("a", int(later.n_known_tokens[0])), ("c", int(later.n_known_tokens[1]))]
+    # The view keeps its columns in place and appends the evidence.
+    columns = conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name = 'customer_trait_scores' ORDER BY ordinal_position",
+        (store.schema,),
+    ).fetchall()
+    assert [c for (c,) in columns] == [
+        "customer_id", "as_of", "model_version", "trait_id", "label", "score",
+        "n_events", "n_known_tokens", "cold_start",
+    ]  # fmt: skip
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE customer_profiles SET n_known_tokens = n_events + 1 WHERE customer_id = 'a'")
