@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from traitflow.store import MigrationError, SchemaNotReadyError, Store, migrations
+from traitflow.store import MigrationError, SchemaNotReadyError, Store, migrations, reads
 
 
 def test_migration_files_are_numbered_and_shipped() -> None:
@@ -290,6 +290,10 @@ def test_version_4_records_the_evidence_of_new_profiles_and_leaves_old_ones_unkn
     store.write_profiles(later)
     rows = dict(conn.execute("SELECT customer_id, n_known_tokens FROM customer_profiles").fetchall())
     assert rows == {"a": int(later.n_known_tokens[0]), "b": None, "c": int(later.n_known_tokens[1])}
+    unknown = reads.current_profile(conn, "b")
+    assert unknown is not None and (unknown["n_known_tokens"], unknown["confidence"]) == (None, None)
+    similar = reads.similar_customers(conn, "a", min_events=0).set_index("customer_id")
+    assert similar.loc["b", "n_known_tokens"] is None and similar.loc["b", "confidence"] is None
     history = conn.execute(
         "SELECT customer_id, n_known_tokens FROM customer_profile_history WHERE as_of = %s ORDER BY 1",
         (later.as_of,),

@@ -68,7 +68,7 @@ def test_top_customers_leave_out_thin_evidence_unless_asked(
     top = store.top_customers(3, n=3)
     assert top["customer_id"].tolist() == ["a", "d", "c"]
     assert top["n_events"].tolist() == [40, 3, 25] and top["n_known_tokens"].tolist() == [38, 3, 20]
-    np.testing.assert_allclose(top["confidence"], [38 / 43, 3 / 8, 20 / 25])
+    np.testing.assert_allclose(top["confidence"].astype(float), [38 / 43, 3 / 8, 20 / 25])
     everyone = store.top_customers(3, n=3, min_events=1)
     assert everyone["customer_id"].tolist() == ["guess", "a", "d"]
     assert everyone["cold_start"].iloc[0] == "few_tokens" and everyone["confidence"].iloc[0] == 1 / 6

@@ -179,10 +179,19 @@ def _min_events(min_events: int) -> int:
 
 
 def _with_confidence(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a ``confidence`` column from ``n_known_tokens`` (NaN where not recorded)."""
+    """``frame`` (a page of answers) with a ``confidence`` column from ``n_known_tokens``; both
+    hold Python numbers, or None where the count was not recorded (JSON null, not NaN)."""
     known = pd.to_numeric(frame["n_known_tokens"], errors="coerce").to_numpy(dtype=np.float64)
-    frame["n_known_tokens"] = pd.array(frame["n_known_tokens"], dtype="Int64")
-    frame["confidence"] = profile_confidence(known)
+    confidence = profile_confidence(known)
+    missing = np.isnan(known)
+    frame["n_known_tokens"] = pd.Series(
+        [None if m else int(k) for m, k in zip(missing, known, strict=True)], index=frame.index, dtype=object
+    )
+    frame["confidence"] = pd.Series(
+        [None if m else float(c) for m, c in zip(missing, confidence, strict=True)],
+        index=frame.index,
+        dtype=object,
+    )
     return frame
 
 
