@@ -352,3 +352,21 @@ def test_corpus_paths(small, tmp_path: Path):
     assert len(corpus.vocabulary().tokens) == corpus.stats.n_vocabulary
     with pytest.raises(ValueError, match="zero events"):
         build_corpus(data.events.iloc[:0], SMALL_CONFIG.sessions, tmp_path / "d")
+
+
+def test_profiles_carry_their_evidence_and_it_survives_a_round_trip(small, tmp_path: Path):
+    from traitflow.profiles import ProfileBatch, profile_confidence
+
+    data, model = small
+    batch = profile_customers(data.events, model, model.trained_through)
+    assert batch.n_known_tokens is not None and batch.n_known_tokens.dtype == np.int64
+    assert np.all(batch.n_known_tokens <= batch.n_events)
+    # Every event of the training window has a known token unless its token was left out of the
+    # vocabulary (min_count), so the totals agree with the stats' OOV rate.
+    oov = 1.0 - batch.n_known_tokens.sum() / batch.n_events.sum()
+    assert oov == pytest.approx(batch.stats["oov_rate"])
+    again = ProfileBatch.load(batch.save(tmp_path / "batch.npz"))
+    np.testing.assert_array_equal(again.n_known_tokens, batch.n_known_tokens)
+    confidence = profile_confidence(batch.n_known_tokens)
+    np.testing.assert_allclose(confidence, batch.n_known_tokens / (batch.n_known_tokens + 5.0))
+    assert np.all((confidence >= 0) & (confidence < 1))
