@@ -339,7 +339,7 @@ class Evidence(BaseModel):
         default=None, description="events whose token the model knows; null if not recorded"
     )
     confidence: float | None = Field(
-        default=None, description="n_known_tokens / (n_known_tokens + 5): the customer's share of the profile"
+        default=None, description="n_known_tokens / (n_known_tokens + 3): the customer's share of the profile"
     )
     cold_start: str = Field(description="none | few_tokens | no_history")
 
@@ -378,7 +378,7 @@ class Profile(BaseModel):
         default=None, description="events whose token the model knows; null if not recorded"
     )
     confidence: float | None = Field(
-        default=None, description="n_known_tokens / (n_known_tokens + 5): the customer's share of the profile"
+        default=None, description="n_known_tokens / (n_known_tokens + 3): the customer's share of the profile"
     )
     traits: list[TraitScore] = Field(description="in the model's trait order")
     embedding: list[float] | None = Field(default=None, description="only with ?embedding=true")

@@ -107,11 +107,11 @@ def test_top_and_similar_show_thin_profiles_only_when_asked(
     rows = json.loads(out)
     assert [r["customer_id"] for r in rows] == ["alice", "o'hara 🛒", "bob"]
     assert [(r["n_events"], r["n_known_tokens"]) for r in rows] == [(30, 25), (1, 1), (12, 10)]
-    assert rows[1]["confidence"] == pytest.approx(1 / 6) and rows[0]["confidence"] == pytest.approx(25 / 30)
+    assert rows[1]["confidence"] == pytest.approx(1 / 4) and rows[0]["confidence"] == pytest.approx(25 / 28)
     code, out, _ = cli("similar", "alice", "-n", "1", "--min-events", "1")
     assert code == 0 and "o'hara" in out and "cold_start" in out and "confidence" in out
     code, out, _ = cli("profile", "alice")
-    assert "evidence: 25 of 30 events with a known token, confidence 0.83" in out
+    assert "evidence: 25 of 30 events with a known token, confidence 0.89" in out
     with pytest.raises(SystemExit):
         cli("top", "3", "--min-events", "-1")
 

@@ -52,7 +52,7 @@ def test_write_then_read_back_exactly(store: Store, version: int, build_profile_
         assert profile["embedding"].tobytes() == batch.embeddings[i].tobytes()  # bit-identical float32
         assert profile["n_events"] == batch.n_events[i] and profile["cold_start"] == batch.cold_start[i]
         assert profile["n_known_tokens"] == batch.n_known_tokens[i]
-        assert profile["confidence"] == pytest.approx(batch.n_known_tokens[i] / (batch.n_known_tokens[i] + 5))
+        assert profile["confidence"] == pytest.approx(batch.n_known_tokens[i] / (batch.n_known_tokens[i] + 3))
     assert store.current_profile("nobody") is None
 
 

@@ -72,7 +72,7 @@ def test_cold_start_rules(trained):
     assert (nothing_known.n_events, nothing_known.n_known_tokens, nothing_known.confidence) == (4, 0, 0.0)
     action, product = str(model.tokens.actions[0]), str(model.tokens.product_ids[0])
     known = profiler.profile([action] * 5, [product] * 5, [None] * 5)
-    assert (known.n_events, known.n_known_tokens, known.confidence) == (5, 5, 0.5)
+    assert (known.n_events, known.n_known_tokens, known.confidence) == (5, 5, 0.625)
 
 
 def test_recency_needs_times(trained):

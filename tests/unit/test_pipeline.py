@@ -368,5 +368,5 @@ def test_profiles_carry_their_evidence_and_it_survives_a_round_trip(small, tmp_p
     again = ProfileBatch.load(batch.save(tmp_path / "batch.npz"))
     np.testing.assert_array_equal(again.n_known_tokens, batch.n_known_tokens)
     confidence = profile_confidence(batch.n_known_tokens)
-    np.testing.assert_allclose(confidence, batch.n_known_tokens / (batch.n_known_tokens + 5.0))
+    np.testing.assert_allclose(confidence, batch.n_known_tokens / (batch.n_known_tokens + 3.0))
     assert np.all((confidence >= 0) & (confidence < 1))
