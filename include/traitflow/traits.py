@@ -490,8 +490,7 @@ def label_traits(
     its event count spread the token's events over the traits. Summed per category and per
     product this gives masses (items x k), scored by ``distinctiveness``: how much more the trait
     holds the item than the catalogue does. Ranking by raw loaded mass instead lets popularity
-    win: on skewed real catalogues every trait was labelled with the same one or two most
-    popular categories.
+    win: on a skewed catalogue the same one or two most popular categories top every trait.
 
     ``top_categories`` / ``top_products``: the ``top_n`` items by score among those with at least
     ``min_events`` events (products stay ids: they are keys). The label joins the trait's first
