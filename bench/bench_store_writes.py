@@ -83,6 +83,7 @@ def make_batch(
 ) -> ProfileBatch:
     rng = np.random.default_rng(seed)
     n = len(ids)
+    n_events = rng.integers(1, 300, n).astype(np.int64)
     return ProfileBatch(
         as_of=as_of,
         model_version=version,
@@ -90,8 +91,9 @@ def make_batch(
         embeddings=rng.standard_normal((n, dim)).astype(np.float32),
         profiles=rng.dirichlet(np.ones(n_traits), n),
         trait_ids=np.arange(1, n_traits + 1, dtype=np.int64),
-        n_events=rng.integers(1, 300, n).astype(np.int64),
+        n_events=n_events,
         cold_start=np.asarray(COLD_START_VALUES, dtype=object)[rng.integers(0, 3, n)],
+        n_known_tokens=(n_events * rng.random(n)).astype(np.int64),  # as the pipeline writes it
     )
 
 

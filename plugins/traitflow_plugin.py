@@ -331,7 +331,20 @@ class Traits(BaseModel):
     traits: list[Trait]
 
 
-class TopCustomer(BaseModel):
+class Evidence(BaseModel):
+    """What a served profile rests on: shown beside it, so a guess is not read as a fact."""
+
+    n_events: int
+    n_known_tokens: int | None = Field(
+        default=None, description="events whose token the model knows; null if not recorded"
+    )
+    confidence: float | None = Field(
+        default=None, description="n_known_tokens / (n_known_tokens + 3): the customer's share of the profile"
+    )
+    cold_start: str = Field(description="none | few_tokens | no_history")
+
+
+class TopCustomer(Evidence):
     rank: int
     customer_id: str
     score: float | None
@@ -342,6 +355,7 @@ class TopCustomers(BaseModel):
     trait_id: int
     label: str
     model_version: int
+    min_events: int = Field(description="customers with fewer events were left out")
     customers: list[TopCustomer]
 
 
@@ -360,6 +374,12 @@ class Profile(BaseModel):
     dominant_label: str | None
     n_events: int
     cold_start: str = Field(description="none | few_tokens | no_history")
+    n_known_tokens: int | None = Field(
+        default=None, description="events whose token the model knows; null if not recorded"
+    )
+    confidence: float | None = Field(
+        default=None, description="n_known_tokens / (n_known_tokens + 3): the customer's share of the profile"
+    )
     traits: list[TraitScore] = Field(description="in the model's trait order")
     embedding: list[float] | None = Field(default=None, description="only with ?embedding=true")
 
@@ -371,6 +391,7 @@ class HistoryEntry(BaseModel):
     dominant_label: str | None
     n_events: int
     cold_start: str
+    n_known_tokens: int | None = None
     traits: list[TraitScore]
 
 
@@ -379,7 +400,7 @@ class History(BaseModel):
     history: list[HistoryEntry]
 
 
-class SimilarCustomer(BaseModel):
+class SimilarCustomer(Evidence):
     rank: int
     customer_id: str
     similarity: float | None = Field(description="cosine similarity of the trait profiles")
@@ -391,6 +412,7 @@ class SimilarCustomer(BaseModel):
 class Similar(BaseModel):
     customer_id: str
     model_version: int
+    min_events: int = Field(description="customers with fewer events were left out")
     similar: list[SimilarCustomer]
 
 
@@ -452,6 +474,14 @@ def _records(frame: Any) -> list[dict[str, Any]]:
     return [{k: _py(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
+_EVIDENCE_FIELDS = ("n_events", "n_known_tokens", "confidence", "cold_start")
+
+
+def _evidence(record: dict[str, Any]) -> dict[str, Any]:
+    """The evidence fields of a record (``Evidence`` keyword arguments)."""
+    return {name: record[name] for name in _EVIDENCE_FIELDS}
+
+
 def _labels(store: Any, versions: list[int]) -> dict[int, dict[int, str]]:
     """{model_version: {trait_id: label}} for some model versions."""
     labels: dict[int, dict[int, str]] = {v: {} for v in versions}
@@ -468,6 +498,17 @@ def _labels(store: Any, versions: list[int]) -> dict[int, dict[int, str]]:
 # ---------------------------------------------------------------------------------- app
 
 Limit = Annotated[int, Query(ge=1, le=MAX_TOP_N, description=f"how many (1..{MAX_TOP_N})")]
+# traitflow.profiles.MIN_EVIDENCE_EVENTS, repeated here because this module imports no traitflow
+# code at top level (import cost, see the module docstring); a test checks that they agree.
+DEFAULT_MIN_EVENTS = 3
+MinEvents = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=2**31 - 1,
+        description="leave out customers with fewer events (their profile is a guess); 0 keeps everyone",
+    ),
+]
 ModelVersionQuery = Annotated[
     int | None, Query(ge=1, le=2**31 - 1, description="a model version; default: the active model")
 ]
@@ -507,21 +548,27 @@ def get_top_customers(
     trait_id: Annotated[int, PathParam(ge=0, le=MAX_TRAIT_ID)],
     n: Limit = 10,
     model_version: ModelVersionQuery = None,
+    min_events: MinEvents = DEFAULT_MIN_EVENTS,
 ) -> TopCustomers:
     version = model_version or store.active_model_version()
     if version is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "there is no active model yet")
-    frame = store.top_customers(trait_id, n=n, model_version=version)  # 404 for an unknown trait
+    # 404 for an unknown trait
+    frame = store.top_customers(trait_id, n=n, model_version=version, min_events=min_events)
     row = store.connection.execute(
         "SELECT label FROM trait_components WHERE model_version = %s AND trait_id = %s",
         (version, trait_id),
     ).fetchone()
     customers = [
-        TopCustomer(rank=i, customer_id=r["customer_id"], score=r["score"], as_of=r["as_of"])
+        TopCustomer(rank=i, customer_id=r["customer_id"], score=r["score"], as_of=r["as_of"], **_evidence(r))
         for i, r in enumerate(_records(frame), start=1)
     ]
     return TopCustomers(
-        trait_id=trait_id, label=row[0] if row else "", model_version=version, customers=customers
+        trait_id=trait_id,
+        label=row[0] if row else "",
+        model_version=version,
+        min_events=min_events,
+        customers=customers,
     )
 
 
@@ -551,6 +598,7 @@ def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
                 dominant_label=names.get(int(r["dominant_trait_id"])),
                 n_events=r["n_events"],
                 cold_start=r["cold_start"],
+                n_known_tokens=r["n_known_tokens"],
                 traits=traits,
             )
         )
@@ -558,7 +606,9 @@ def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
 
 
 @api.get("/customers/{customer_id:path}/similar", response_model=Similar, summary="Customers like this one")
-def get_similar_customers(store: StoreDep, customer_id: CustomerId, n: Limit = 10) -> Similar:
+def get_similar_customers(
+    store: StoreDep, customer_id: CustomerId, n: Limit = 10, min_events: MinEvents = DEFAULT_MIN_EVENTS
+) -> Similar:
     profile = store.current_profile(customer_id)
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
@@ -571,10 +621,12 @@ def get_similar_customers(store: StoreDep, customer_id: CustomerId, n: Limit = 1
             dominant_trait_id=r["dominant_trait_id"],
             dominant_label=names.get(r["dominant_trait_id"]),
             as_of=r["as_of"],
+            **_evidence(r),
         )
-        for i, r in enumerate(_records(store.similar_customers(customer_id, n=n)), start=1)
+        for i, r in enumerate(_records(store.similar_customers(customer_id, n=n, min_events=min_events)), 1)
     ]
-    return Similar(customer_id=customer_id, model_version=profile["model_version"], similar=similar)
+    version = profile["model_version"]
+    return Similar(customer_id=customer_id, model_version=version, min_events=min_events, similar=similar)
 
 
 @api.get("/customers/{customer_id:path}", response_model=Profile, summary="Current profile of a customer")

@@ -127,7 +127,8 @@ def summarize(url: str) -> None:
         customer = str(top["customer_id"].iloc[0])
         profile = store.current_profile(customer)
         print(f"\nCurrent profile of {customer}:")
-        for key in ("as_of", "model_version", "n_events", "cold_start", "dominant_trait_id"):
+        keys = ("as_of", "model_version", "n_events", "n_known_tokens", "confidence", "cold_start")
+        for key in (*keys, "dominant_trait_id"):
             print(f"  {key}: {profile[key]}")
         print("\nRow counts:", {k: v for k, v in store.table_counts().items()})
     print(

@@ -174,19 +174,25 @@ def build_profile_batch(
     as_of: datetime = datetime(2024, 1, 10, tzinfo=UTC),
     seed: int = 0,
     profiles: np.ndarray | None = None,
+    known_tokens: bool = True,
 ) -> ProfileBatch:
-    """Random but valid profiles (rows sum to 1) for ``customer_ids`` under ``trait_ids``."""
+    """Random but valid profiles (rows sum to 1) for ``customer_ids`` under ``trait_ids``; with
+    ``known_tokens`` each customer's n_known_tokens is a random share of its n_events."""
     rng = np.random.default_rng(seed)
     n, k = len(customer_ids), len(trait_ids)
+    embeddings = rng.standard_normal((n, dim)).astype(np.float32)
+    profiles = rng.dirichlet(np.ones(k), n) if profiles is None else profiles
+    n_events = rng.integers(0, 500, n).astype(np.int64)
     return ProfileBatch(
         as_of=as_of,
         model_version=model_version,
         customer_ids=np.asarray(customer_ids, dtype=object),
-        embeddings=rng.standard_normal((n, dim)).astype(np.float32),
-        profiles=rng.dirichlet(np.ones(k), n) if profiles is None else profiles,
+        embeddings=embeddings,
+        profiles=profiles,
         trait_ids=np.asarray(trait_ids, dtype=np.int64),
-        n_events=rng.integers(0, 500, n).astype(np.int64),
+        n_events=n_events,
         cold_start=np.asarray([COLD_START_VALUES[i % 3] for i in range(n)], dtype=object),
+        n_known_tokens=(n_events * rng.random(n)).astype(np.int64) if known_tokens else None,
     )
 
 

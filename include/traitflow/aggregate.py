@@ -36,6 +36,8 @@ class CustomerEmbeddings:
     cold_start : ndarray of object (str), shape (n,) -- see ``traitflow.profiles``
     has_vector : ndarray of bool, shape (n,) -- False when no event had any usable vector
     stats : dict -- lookup source counts and OOV rate
+    n_known_tokens : ndarray of int64, shape (n,) -- events whose token is in the vocabulary
+        (counted even for few_tokens customers, whose vectors come from category averages)
     """
 
     customer_ids: np.ndarray
@@ -44,6 +46,7 @@ class CustomerEmbeddings:
     cold_start: np.ndarray
     has_vector: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    n_known_tokens: np.ndarray | None = None
 
 
 def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: datetime | None) -> np.ndarray:
@@ -140,4 +143,5 @@ def customer_embeddings(
         cold_start=cold_start,
         has_vector=has_vector,
         stats=stats,
+        n_known_tokens=np.bincount(codes[resolved.in_vocabulary], minlength=n_customers).astype(np.int64),
     )

@@ -30,7 +30,7 @@ from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
-from traitflow.quality import compare_hit_rates, next_item_hit_rate
+from traitflow.quality import compare_hit_rates, compare_with_popularity
 from traitflow.store import Store
 from traitflow.triggers import align_tokens, new_vocab_ratio
 from traitflow.triggers import measure_drift as _measure_drift
@@ -343,7 +343,9 @@ def quality_gate(
 
     "Clearly": the paired difference (candidate - active) is below ``-quality_margin`` even at the
     upper end of its 95% interval, so a few hundred held-out pairs of sampling noise cannot
-    reject a retrain of the same behaviour.
+    reject a retrain of the same behaviour. Without an active model the candidate must instead
+    be clearly better than the popularity baseline (``quality.compare_with_popularity``): the
+    lower end of the 95% interval of the paired difference above 0.
     """
     config = _config(params if params is not None else candidate_info.get("params"))
     holdout = pd.read_parquet(candidate_info["holdout_path"])
@@ -353,14 +355,23 @@ def quality_gate(
     margin = config.triggers.quality_margin
     active_version = candidate_info.get("active_version")
     if active_version is None:
-        result = next_item_hit_rate(candidate, sessions, session_tokens)
-        return {
-            "candidate_hit_rate": result["hit_rate"],
-            "n_pairs": result["n_pairs"],
-            "passed": True,
-            "reason": "no active model to compare with",
-            "margin": margin,
-        }
+        # A first model has nothing to be compared with but must still beat recommending the
+        # most popular items: clearly (the whole 95% interval of the paired difference above 0),
+        # or an untrained or broken model becomes the first active one.
+        baseline = compare_with_popularity(candidate, sessions, session_tokens)
+        passed = baseline["lower"] > 0.0
+        verdict = "passes" if passed else "fails: not clearly better than popularity"
+        reason = (
+            f"first model: hit@10 candidate {baseline['candidate_hit_rate']:.4f}"
+            f" vs popularity {baseline['popularity_hit_rate']:.4f}"
+            f" (difference {baseline['difference']:+.4f}, 95% interval [{baseline['lower']:+.4f},"
+            f" {baseline['upper']:+.4f}], {baseline['n_pairs']} held-out pairs): {verdict}"
+        )
+        return _remember(
+            candidate_info,
+            "quality_gate",
+            {**baseline, "baseline": "popularity", "margin": margin, "passed": passed, "reason": reason},
+        )
     with _open(database_url) as store:
         active = store.load_model(active_version).tokens
     comparison = compare_hit_rates(candidate, active, sessions, session_tokens)

@@ -22,7 +22,12 @@ from scipy.optimize import nnls
 
 from traitflow.item2vec import fallback_vectors
 from traitflow.model import TraitflowModel
-from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
+from traitflow.profiles import (
+    COLD_START_FEW_TOKENS,
+    COLD_START_NO_HISTORY,
+    COLD_START_NONE,
+    profile_confidence,
+)
 from traitflow.traits import nmf_input
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
@@ -30,11 +35,19 @@ _MICROS_PER_DAY = 86_400 * 1_000_000
 
 @dataclass(frozen=True)
 class CustomerProfile:
-    """profile : (k,) float64 summing to 1; vector : (d,) float32; cold_start : see profiles."""
+    """profile : (k,) float64 summing to 1; vector : (d,) float32; cold_start : see profiles;
+    n_events, n_known_tokens : the evidence (events, and those whose token the model knows)."""
 
     profile: np.ndarray
     vector: np.ndarray
     cold_start: str
+    n_events: int = 0
+    n_known_tokens: int = 0
+
+    @property
+    def confidence(self) -> float:
+        """``profiles.profile_confidence`` of ``n_known_tokens``."""
+        return float(profile_confidence(np.array([self.n_known_tokens]))[0])
 
 
 class CustomerProfiler:
@@ -85,9 +98,13 @@ class CustomerProfiler:
         few_tokens = 0 < n < self._min_tokens
         rows = np.empty(n, dtype=np.int64)
         weights = np.empty(n, dtype=np.float64)
+        n_known = 0
         # A Python loop over this one customer's events: dict look-ups beat numpy set-up at this size.
         for i, (action, product, category) in enumerate(zip(actions, product_ids, categories, strict=True)):
-            row = -1 if few_tokens else self._token_row.get(self._token_format.format(action, product), -1)
+            row = self._token_row.get(self._token_format.format(action, product), -1)
+            n_known += row >= 0
+            if few_tokens:
+                row = -1
             if row < 0 and isinstance(category, str):
                 row = self._category_row.get(category, -1)
             if row < 0:
@@ -106,10 +123,16 @@ class CustomerProfiler:
                 self._traits.population_profile.copy(),
                 self._traits.population_vector.copy(),
                 COLD_START_NO_HISTORY,
+                n,
+                int(n_known),
             )
         vector = (weights @ self._matrix[rows] / total).astype(np.float32)
         return CustomerProfile(
-            self._project(vector), vector, COLD_START_FEW_TOKENS if few_tokens else COLD_START_NONE
+            self._project(vector),
+            vector,
+            COLD_START_FEW_TOKENS if few_tokens else COLD_START_NONE,
+            n,
+            int(n_known),
         )
 
     def _project(self, vector: np.ndarray) -> np.ndarray:

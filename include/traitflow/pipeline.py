@@ -216,4 +216,5 @@ def profile_customers(
         n_events=embeddings.n_events,
         cold_start=embeddings.cold_start,
         stats=stats,
+        n_known_tokens=embeddings.n_known_tokens,
     )

@@ -16,6 +16,31 @@ COLD_START_FEW_TOKENS = "few_tokens"  # fewer than min_tokens tokens: category-b
 COLD_START_NO_HISTORY = "no_history"  # no usable event (none, or none with a vector): population avg
 COLD_START_VALUES = (COLD_START_NONE, COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY)
 
+# Trust in a profile. A profile is the projection of the mean of a customer's token vectors; with
+# n known tokens behind it, ``confidence = n / (n + CONFIDENCE_PRIOR_TOKENS)`` is the weight the
+# customer's own evidence would get against CONFIDENCE_PRIOR_TOKENS pseudo-tokens of the average
+# customer in a shrinkage estimate: 0.25 at one known token, 0.5 at three, 0.95 at 62. The prior
+# was chosen by measurement: profiles from n random events of customers with many, compared with
+# the same customers' full profiles (cosine, rescaled so that two random customers score 0 and
+# an identical profile 1), follow n / (n + 3) closely on a real purchase export, and lie above it
+# on the planted synthetic data. A reading aid, not a probability.
+CONFIDENCE_PRIOR_TOKENS = 3.0
+# Consumers (similar customers, top customers of a trait, the API and the Traits page) leave out
+# customers with fewer events than this unless asked: below it a profile is the projection of one
+# or two token vectors (or of category averages: the few_tokens cold start), a guess that reaches
+# extreme cosines with anything of the same one or two items.
+MIN_EVIDENCE_EVENTS = 3
+
+
+def profile_confidence(
+    n_known_tokens: np.ndarray, prior_tokens: float = CONFIDENCE_PRIOR_TOKENS
+) -> np.ndarray:
+    """``n / (n + prior_tokens)`` per customer (see ``CONFIDENCE_PRIOR_TOKENS``), float64 in [0, 1)."""
+    if prior_tokens <= 0:
+        raise ValueError(f"prior_tokens must be > 0, got {prior_tokens}")
+    known = np.asarray(n_known_tokens, dtype=np.float64)
+    return known / (known + prior_tokens)
+
 
 @dataclass
 class ProfileBatch:
@@ -32,6 +57,8 @@ class ProfileBatch:
     n_events : ndarray of int64, shape (n,)
     cold_start : ndarray of str, shape (n,) -- one of ``COLD_START_VALUES``
     stats : dict -- fallback counts, OOV rate and other monitoring figures
+    n_known_tokens : ndarray of int64, shape (n,), or None -- events whose token the model knows
+        (the evidence behind the profile; <= n_events); None when not recorded
     """
 
     as_of: datetime
@@ -43,10 +70,12 @@ class ProfileBatch:
     n_events: np.ndarray
     cold_start: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    n_known_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.customer_ids)
-        for name in ("embeddings", "profiles", "n_events", "cold_start"):
+        names = ("embeddings", "profiles", "n_events", "cold_start")
+        for name in names + (("n_known_tokens",) if self.n_known_tokens is not None else ()):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"ProfileBatch.{name} has {len(getattr(self, name))} rows, expected {n}")
         if self.profiles.ndim != 2 or self.profiles.shape[1] != len(self.trait_ids):
@@ -69,6 +98,7 @@ class ProfileBatch:
             trait_ids=self.trait_ids,
             n_events=self.n_events,
             cold_start=self.cold_start.astype(str),
+            **({} if self.n_known_tokens is None else {"n_known_tokens": self.n_known_tokens}),
             meta=np.array(
                 json.dumps(
                     {
@@ -95,4 +125,5 @@ class ProfileBatch:
                 n_events=npz["n_events"],
                 cold_start=npz["cold_start"].astype(object),
                 stats=meta["stats"],
+                n_known_tokens=npz["n_known_tokens"] if "n_known_tokens" in npz.files else None,
             )

@@ -155,3 +155,79 @@ def compare_hit_rates(
         "standard_error": float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf"),
         "n_pairs": n,
     }
+
+
+def popularity_hits(
+    training_counts: np.ndarray,
+    tokens: np.ndarray,
+    current: np.ndarray,
+    following: np.ndarray,
+    *,
+    top_n: int = 10,
+) -> np.ndarray:
+    """The popularity baseline's hits: whether ``following`` is among the ``top_n`` most frequent
+    training tokens other than ``current`` (the baseline recommends the same list after every
+    token; the current token is left out of it, as ``most_similar`` leaves out the query).
+
+    Parameters
+    ----------
+    training_counts : ndarray of int, shape (n_tokens,) -- occurrences in the training data
+    tokens : ndarray of str, shape (n_tokens,)
+    current, following : ndarray of str, shape (n_pairs,)
+
+    Returns ndarray of bool, shape (n_pairs,). Ties in count go to the earlier token.
+    """
+    order = np.argsort(-np.asarray(training_counts), kind="stable")[: top_n + 1]
+    popular = pd.Index(np.asarray(tokens, dtype=object)[order])
+    current_rank = popular.get_indexer(current)
+    following_rank = popular.get_indexer(following)
+    current_rank = np.where(current_rank < 0, top_n + 1, current_rank)
+    # Without the current token the list is the first top_n + 1 minus it: a token ranked top_n
+    # (0-based) gets in only when the current one was among the first top_n.
+    limit = np.where(current_rank < top_n, top_n + 1, top_n)
+    return (following_rank >= 0) & (following_rank < limit)
+
+
+def compare_with_popularity(
+    candidate: TokenTable,
+    sessions: np.ndarray,
+    session_tokens: np.ndarray,
+    *,
+    top_n: int = 10,
+    max_pairs: int = 20_000,
+) -> dict[str, float]:
+    """Paired comparison of a model's next-item hit rate with the popularity baseline's.
+
+    Both predict the same held-out pairs (``next_item_pairs``): the model by the ``top_n``
+    neighbours of the current token, the baseline by the ``top_n`` most frequent tokens of the
+    training data (``candidate.counts`` counts the whole window, held-out sessions included, so
+    their tokens are subtracted first: the baseline does not see the answers). Returns both hit
+    rates, the difference (candidate - popularity), its standard error from the per-pair
+    differences and the 95% interval ``lower`` / ``upper``.
+    """
+    current, following = next_item_pairs(sessions, session_tokens, max_pairs=max_pairs)
+    held_out = _token_counts(candidate, session_tokens)
+    training_counts = np.maximum(np.asarray(candidate.counts, dtype=np.int64) - held_out, 0)
+    candidate_hits = next_item_hits(candidate, current, following, top_n=top_n).astype(np.float64)
+    baseline_hits = popularity_hits(
+        training_counts, candidate.tokens, current, following, top_n=top_n
+    ).astype(np.float64)
+    difference = candidate_hits - baseline_hits
+    n = len(difference)
+    standard_error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    mean = float(difference.mean())
+    return {
+        "candidate_hit_rate": float(candidate_hits.mean()),
+        "popularity_hit_rate": float(baseline_hits.mean()),
+        "difference": mean,
+        "standard_error": standard_error,
+        "lower": mean - 1.96 * standard_error,
+        "upper": mean + 1.96 * standard_error,
+        "n_pairs": n,
+    }
+
+
+def _token_counts(tokens: TokenTable, values: np.ndarray) -> np.ndarray:
+    """Occurrences of each vocabulary token among ``values`` (unknown values ignored), shape (n_tokens,)."""
+    rows = tokens.index.get_indexer(np.asarray(values, dtype=object))
+    return np.bincount(rows[rows >= 0], minlength=len(tokens)).astype(np.int64)

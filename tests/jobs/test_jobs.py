@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from traitflow import jobs
+from traitflow.model import load_tokens, save_tokens
 from traitflow.store import Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
@@ -71,6 +73,12 @@ def run_weekly(env, end: datetime, *, force: bool = False) -> dict:
     return result
 
 
+def ingest_days(env, days: range) -> None:
+    for day in days:
+        start = START + day * DAY
+        jobs.ingest_interval(env["url"], env["input"], "canonical", start, start + DAY, "backfill")
+
+
 def test_first_week_then_daily_runs(env):
     store: Store = env["store"]
     for day in range(7):
@@ -82,8 +90,12 @@ def test_first_week_then_daily_runs(env):
     week = run_weekly(env, START + 7 * DAY)
     assert week["retrain"] and week["retrain_reason"] == "no promoted model yet"
     assert week["gate"]["passed"] and week["refit"]
+    # A first model is compared with the popularity baseline on the held-out sessions.
+    assert week["gate"]["baseline"] == "popularity" and week["gate"]["lower"] > 0, week["gate"]
+    assert week["gate"]["candidate_hit_rate"] > week["gate"]["popularity_hit_rate"]
     version = week["promoted"]["model_version"]
     assert store.active_model_version() == version
+    assert store.load_model(version).metrics["quality_gate"] == week["gate"]
     n_customers = len(store.customers_with_events(None, START + 7 * DAY))
     assert store.table_counts()["customer_profiles"] == n_customers == week["promoted"]["n_profiles"]
 
@@ -92,6 +104,22 @@ def test_first_week_then_daily_runs(env):
     assert day7["updated"]["n_profiles"] == day7["selected"]["n_customers"] > 0
     assert 0.0 <= day7["monitored"]["profile_shift_js"] <= 1.0
     assert [r["run_key"] for r in store.run_reports("daily", limit=1)] == [(START + 8 * DAY).isoformat()]
+
+
+def test_a_first_model_that_does_not_beat_popularity_is_not_promoted(env):
+    ingest_days(env, range(7))
+    work = str(env["work"] / "random")
+    corpus = jobs.build_corpus(env["url"], START + 7 * DAY, work, PARAMS)
+    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
+    # The same vocabulary with random vectors: its neighbours predict nothing.
+    tokens = load_tokens(candidate["tokens_path"])
+    tokens.vectors = np.random.default_rng(0).normal(size=tokens.vectors.shape).astype(np.float32)
+    save_tokens(tokens, candidate["tokens_path"])
+    gate = jobs.quality_gate(env["url"], candidate, PARAMS)
+    assert not gate["passed"] and gate["baseline"] == "popularity", gate
+    assert gate["upper"] < 0 and "not clearly better than popularity" in gate["reason"]
+    assert jobs.reject_candidate(env["url"], candidate, gate) == {"promoted": False, "reason": gate["reason"]}
+    assert env["store"].active_model_version() is None
 
 
 def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
@@ -110,12 +138,6 @@ def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
     if second["refit"]:
         assert second["fitted"]["trait_match"]["n_matched"] >= 4, second["fitted"]["trait_match"]
     assert len(old & new) >= 4
-
-
-def ingest_days(env, days: range) -> None:
-    for day in days:
-        start = START + day * DAY
-        jobs.ingest_interval(env["url"], env["input"], "canonical", start, start + DAY, "backfill")
 
 
 def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monkeypatch):

@@ -43,6 +43,8 @@ PROFILES = np.array(
         [0.30, 0.30, 0.40],  # 11
     ]
 )
+EVENTS = [40, 12, 25, 7, 60, 30, 9]  # all at or above the default minimum evidence (3 events)
+KNOWN_TOKENS = [38, 12, 20, 7, 55, 0, 9]
 AS_OF = datetime(2024, 1, 10, tzinfo=UTC)
 EARLIER = datetime(2024, 1, 9, tzinfo=UTC)
 C1_EARLIER = np.array([[0.10, 0.10, 0.80]])  # c1 on EARLIER: dominant 11
@@ -86,6 +88,7 @@ def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_bat
     model = build_model(trait_ids=TRAITS)
     active = store.save_model(model)
     batch = build_profile_batch(active, CUSTOMERS, trait_ids=TRAITS, profiles=PROFILES, as_of=AS_OF)
+    batch.n_events[:], batch.n_known_tokens[:] = EVENTS, KNOWN_TOKENS
     store.promote(active, profiles=batch)
     store.write_profiles(  # an older profile of c1: history only, the current row stays at AS_OF
         build_profile_batch(active, ["c1"], trait_ids=TRAITS, profiles=C1_EARLIER, as_of=EARLIER)
@@ -246,6 +249,55 @@ def test_top_customers_ordered_by_score(client: TestClient, seeded: Seeded) -> N
     assert client.get("/api/traits/3/top", params={"n": 1000}).status_code == 200
 
 
+def _write_thin(store: Any, seeded: Seeded, build_profile_batch: Any) -> None:
+    """Customer ``thin``: one event, a profile that would top trait 3 and equals c1's neighbour c5."""
+    batch = build_profile_batch(
+        seeded.active, ["thin"], trait_ids=TRAITS, profiles=PROFILES[4:5], as_of=AS_OF
+    )
+    batch.n_events[:], batch.n_known_tokens[:], batch.cold_start[:] = 1, 1, "few_tokens"
+    store.write_profiles(batch)
+
+
+def test_top_customers_leave_out_thin_evidence_unless_asked(
+    client: TestClient, seeded: Seeded, empty_db: Any, build_profile_batch: Any
+) -> None:
+    _write_thin(empty_db, seeded, build_profile_batch)
+    body = client.get("/api/traits/3/top", params={"n": 2}).json()
+    assert body["min_events"] == 3
+    assert [c["customer_id"] for c in body["customers"]] == ["c5", "c1"]
+    first = body["customers"][0]
+    assert (first["n_events"], first["n_known_tokens"], first["cold_start"]) == (60, 55, "few_tokens")
+    assert first["confidence"] == pytest.approx(55 / 58)
+    everyone = client.get("/api/traits/3/top", params={"n": 2, "min_events": 1}).json()
+    assert everyone["min_events"] == 1
+    assert [c["customer_id"] for c in everyone["customers"]] == ["c5", "thin"]  # same score: by id
+    thin = everyone["customers"][1]
+    assert (thin["n_events"], thin["cold_start"]) == (1, "few_tokens")
+    assert thin["confidence"] == pytest.approx(1 / 4)
+    for bad in (-1, "few"):
+        response = client.get("/api/traits/3/top", params={"min_events": bad})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "min_events"]
+
+
+def test_similar_customers_leave_out_thin_evidence_unless_asked(
+    client: TestClient, seeded: Seeded, empty_db: Any, build_profile_batch: Any
+) -> None:
+    _write_thin(empty_db, seeded, build_profile_batch)
+    default = client.get("/api/customers/c5/similar", params={"n": 10}).json()
+    assert default["min_events"] == 3 and "thin" not in [s["customer_id"] for s in default["similar"]]
+    everyone = client.get("/api/customers/c5/similar", params={"n": 1, "min_events": 1}).json()
+    [nearest] = everyone["similar"]
+    assert (nearest["customer_id"], nearest["similarity"]) == ("thin", pytest.approx(1.0))
+    assert (nearest["n_events"], nearest["n_known_tokens"], nearest["cold_start"]) == (1, 1, "few_tokens")
+    assert client.get("/api/customers/c5/similar", params={"min_events": -1}).status_code == 422
+
+
+def test_the_default_minimum_evidence_is_the_library_default(plugin: ModuleType) -> None:
+    from traitflow.profiles import MIN_EVIDENCE_EVENTS
+
+    assert plugin.DEFAULT_MIN_EVENTS == MIN_EVIDENCE_EVENTS
+
+
 def test_top_customers_validation_and_unknown_trait(client: TestClient, seeded: Seeded) -> None:
     for n in (0, -5, 1001, "many"):
         response = client.get("/api/traits/3/top", params={"n": n})
@@ -269,6 +321,7 @@ def test_customer_profile_with_labels(client: TestClient, seeded: Seeded) -> Non
     assert body["dominant_label"] == seeded.model.traits.labels[1]
     assert body["n_events"] == int(seeded.batch.n_events[1])
     assert body["cold_start"] == seeded.batch.cold_start[1]
+    assert (body["n_known_tokens"], body["confidence"]) == (12, pytest.approx(12 / 15))
     assert [t["trait_id"] for t in body["traits"]] == list(TRAITS)
     assert [t["label"] for t in body["traits"]] == seeded.model.traits.labels
     assert [t["score"] for t in body["traits"]] == pytest.approx(PROFILES[1].tolist())

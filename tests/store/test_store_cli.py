@@ -41,11 +41,11 @@ def profiled(
     version = store.save_model(build_model())
     store.promote(version)
     profiles = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
-    store.write_profiles(
-        build_profile_batch(
-            version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
-        )
+    batch = build_profile_batch(
+        version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
     )
+    batch.n_events[:], batch.n_known_tokens[:] = [30, 12, 1], [25, 10, 1]  # o'hara: one event
+    store.write_profiles(batch)
     store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
     return version
 
@@ -93,9 +93,27 @@ def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, s
     code, out, _ = cli("top", "7", "-n", "1", "--json")
     assert [r["customer_id"] for r in json.loads(out)] == ["bob"]
     code, out, _ = cli("similar", "alice", "-n", "1", "--json")
-    assert [r["customer_id"] for r in json.loads(out)] == ["o'hara 🛒"]
+    assert [r["customer_id"] for r in json.loads(out)] == ["bob"]  # o'hara (closer) has one event
     code, out, _ = cli("reports", "--kind", "daily")
     assert code == 0 and "2024-01-10" in out and "oov_rate" in out
+
+
+def test_top_and_similar_show_thin_profiles_only_when_asked(
+    cli: Callable[..., tuple[int, str, str]], profiled: int
+) -> None:
+    code, out, _ = cli("top", "3", "--json")
+    assert code == 0 and [r["customer_id"] for r in json.loads(out)] == ["alice", "bob"]
+    code, out, _ = cli("top", "3", "--min-events", "1", "--json")
+    rows = json.loads(out)
+    assert [r["customer_id"] for r in rows] == ["alice", "o'hara 🛒", "bob"]
+    assert [(r["n_events"], r["n_known_tokens"]) for r in rows] == [(30, 25), (1, 1), (12, 10)]
+    assert rows[1]["confidence"] == pytest.approx(1 / 4) and rows[0]["confidence"] == pytest.approx(25 / 28)
+    code, out, _ = cli("similar", "alice", "-n", "1", "--min-events", "1")
+    assert code == 0 and "o'hara" in out and "cold_start" in out and "confidence" in out
+    code, out, _ = cli("profile", "alice")
+    assert "evidence: 25 of 30 events with a known token, confidence 0.89" in out
+    with pytest.raises(SystemExit):
+        cli("top", "3", "--min-events", "-1")
 
 
 def test_clear_errors_and_exit_codes(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from traitflow.store import MigrationError, SchemaNotReadyError, Store, migrations
+from traitflow.store import MigrationError, SchemaNotReadyError, Store, migrations, reads
 
 
 def test_migration_files_are_numbered_and_shipped() -> None:
@@ -262,3 +262,52 @@ def test_version_3_packs_the_embeddings_bit_for_bit(
     # Half of each page is kept free for the weekly rewrite of every current row (HOT updates).
     options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'customer_profiles'::regclass")
     assert options.fetchone() == (["fillfactor=50"],)
+
+
+def test_version_5_records_the_evidence_of_new_profiles_and_leaves_old_ones_unknown(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch, build_model, build_profile_batch
+) -> None:
+    store = _store_at_version_1(make_store, monkeypatch)
+    assert _upgrade_to(store, 4, monkeypatch) == [2, 3, 4]
+    conn = store.connection
+    as_of = datetime(2024, 1, 10, tzinfo=UTC)
+    with conn.transaction(), conn.cursor() as cur:
+        for cid in ("a", "b"):  # rows as version-4 code wrote them: no n_known_tokens yet
+            for table in ("customer_profiles", "customer_profile_history"):
+                extra = ", embedding" if table == "customer_profiles" else ""
+                cur.execute(
+                    f"INSERT INTO {table} (customer_id, as_of, model_version, traits, dominant_trait_id,"
+                    f" n_events, cold_start{extra}) VALUES (%s, %s, 1, '{{1,0,0}}', 3, 4, 'none'"
+                    + (", '\\x00000000'" if extra else "") + ")",
+                    (cid, as_of),
+                )
+    assert _upgrade_to(store, 5, monkeypatch) == [5]
+    version = store.save_model(build_model())
+    old = build_profile_batch(version, ["a", "b"], as_of=as_of, known_tokens=False)
+    rows = conn.execute("SELECT customer_id, n_known_tokens FROM customer_profiles ORDER BY 1").fetchall()
+    assert rows == [("a", None), ("b", None)]  # not recorded then: unknown, not guessed
+    later = build_profile_batch(version, ["a", "c"], as_of=old.as_of + timedelta(days=1), seed=3)
+    store.write_profiles(later)
+    rows = dict(conn.execute("SELECT customer_id, n_known_tokens FROM customer_profiles").fetchall())
+    assert rows == {"a": int(later.n_known_tokens[0]), "b": None, "c": int(later.n_known_tokens[1])}
+    unknown = reads.current_profile(conn, "b")
+    assert unknown is not None and (unknown["n_known_tokens"], unknown["confidence"]) == (None, None)
+    similar = reads.similar_customers(conn, "a", min_events=0).set_index("customer_id")
+    assert similar.loc["b", "n_known_tokens"] is None and similar.loc["b", "confidence"] is None
+    history = conn.execute(
+        "SELECT customer_id, n_known_tokens FROM customer_profile_history WHERE as_of = %s ORDER BY 1",
+        (later.as_of,),
+    ).fetchall()
+    assert history == [("a", int(later.n_known_tokens[0])), ("c", int(later.n_known_tokens[1]))]
+    # The view keeps its columns in place and appends the evidence.
+    columns = conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name = 'customer_trait_scores' ORDER BY ordinal_position",
+        (store.schema,),
+    ).fetchall()
+    assert [c for (c,) in columns] == [
+        "customer_id", "as_of", "model_version", "trait_id", "label", "score",
+        "n_events", "n_known_tokens", "cold_start",
+    ]  # fmt: skip
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE customer_profiles SET n_known_tokens = n_events + 1 WHERE customer_id = 'a'")

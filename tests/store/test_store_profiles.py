@@ -51,6 +51,8 @@ def test_write_then_read_back_exactly(store: Store, version: int, build_profile_
         assert profile["dominant_label"].startswith(f"trait {profile['dominant_trait_id']} ")
         assert profile["embedding"].tobytes() == batch.embeddings[i].tobytes()  # bit-identical float32
         assert profile["n_events"] == batch.n_events[i] and profile["cold_start"] == batch.cold_start[i]
+        assert profile["n_known_tokens"] == batch.n_known_tokens[i]
+        assert profile["confidence"] == pytest.approx(batch.n_known_tokens[i] / (batch.n_known_tokens[i] + 3))
     assert store.current_profile("nobody") is None
 
 
@@ -167,11 +169,14 @@ def test_new_customers_get_the_same_rows_whichever_way_they_are_written(
     both = build_profile_batch(version, [*IDS, "known"], as_of=D2, seed=2)
     both.profiles[: len(IDS)], both.embeddings[: len(IDS)] = batch.profiles, batch.embeddings
     both.n_events[: len(IDS)], both.cold_start[: len(IDS)] = batch.n_events, batch.cold_start
+    both.n_known_tokens[: len(IDS)] = batch.n_known_tokens
     direct, staged = store.write_profiles(batch), other.write_profiles(both)
     assert "stage" not in direct.timings and "stage" in staged.timings
     assert (direct.history_inserted, direct.profiles_written) == (len(IDS), len(IDS))
     assert (staged.history_inserted, staged.profiles_written) == (len(IDS) + 1, len(IDS) + 1)
-    columns = "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+    columns = (
+        "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens"
+    )
     for query in (
         f"SELECT {columns}, embedding FROM customer_profiles",
         f"SELECT {columns} FROM customer_profile_history",

@@ -26,6 +26,8 @@ KNOWN = {
     "e": [0.1, 0.7, 0.2],
     "o'q;\"🛒": [0.05, 0.05, 0.9],
 }
+EVENTS = [40, 12, 25, 3, 60, 30]  # all at or above the default minimum evidence (3 events)
+KNOWN_TOKENS = [38, 12, 20, 3, 55, 0]
 
 
 @pytest.fixture
@@ -33,12 +35,19 @@ def known(store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
     version = store.save_model(build_model())
     store.promote(version)
     ids = list(KNOWN)
-    store.write_profiles(
-        build_profile_batch(
-            version, ids, as_of=D1, profiles=np.array([KNOWN[c] for c in ids], dtype=np.float64)
-        )
+    batch = build_profile_batch(
+        version, ids, as_of=D1, profiles=np.array([KNOWN[c] for c in ids], dtype=np.float64)
     )
+    batch.n_events[:], batch.n_known_tokens[:] = EVENTS, KNOWN_TOKENS
+    store.write_profiles(batch)
     return version
+
+
+def _write_guess(store: Store, version: int, build_profile_batch: BuildBatch, profile: list[float]) -> None:
+    """Customer ``guess``: one event (a known token), ``profile`` as its profile."""
+    batch = build_profile_batch(version, ["guess"], as_of=D1, profiles=np.array([profile]))
+    batch.n_events[:], batch.n_known_tokens[:], batch.cold_start[:] = 1, 1, "few_tokens"
+    store.write_profiles(batch)
 
 
 def test_top_customers_of_a_trait(store: Store, known: int) -> None:
@@ -50,6 +59,22 @@ def test_top_customers_of_a_trait(store: Store, known: int) -> None:
     assert store.top_customers(3, n=10, model_version=known)["customer_id"].tolist()[:2] == ["a", "d"]
     with pytest.raises(NotFoundError, match="trait 99"):
         store.top_customers(99)
+
+
+def test_top_customers_leave_out_thin_evidence_unless_asked(
+    store: Store, known: int, build_profile_batch: BuildBatch
+) -> None:
+    _write_guess(store, known, build_profile_batch, [0.95, 0.03, 0.02])  # would top trait 3
+    top = store.top_customers(3, n=3)
+    assert top["customer_id"].tolist() == ["a", "d", "c"]
+    assert top["n_events"].tolist() == [40, 3, 25] and top["n_known_tokens"].tolist() == [38, 3, 20]
+    np.testing.assert_allclose(top["confidence"].astype(float), [38 / 41, 3 / 6, 20 / 23])
+    everyone = store.top_customers(3, n=3, min_events=1)
+    assert everyone["customer_id"].tolist() == ["guess", "a", "d"]
+    assert everyone["cold_start"].iloc[0] == "few_tokens" and everyone["confidence"].iloc[0] == 1 / 4
+    assert store.top_customers(3, n=3, min_events=4)["customer_id"].tolist() == ["a", "c", "b"]
+    with pytest.raises(ValueError, match="min_events"):
+        store.top_customers(3, min_events=-1)
 
 
 def test_the_view_answers_the_analyst_query(store: Store, known: int) -> None:
@@ -96,6 +121,27 @@ def test_similar_customers_is_cosine_within_the_same_model(
         store.similar_customers("nobody")
 
 
+def test_similar_customers_leave_out_thin_evidence_unless_asked(
+    store: Store, known: int, build_profile_batch: BuildBatch
+) -> None:
+    _write_guess(store, known, build_profile_batch, KNOWN["a"])  # cosine 1 with a
+    assert "guess" not in store.similar_customers("a", n=10)["customer_id"].tolist()
+    everyone = store.similar_customers("a", n=10, min_events=1)
+    assert everyone["customer_id"].tolist()[0] == "guess"
+    assert everyone["similarity"].iloc[0] == pytest.approx(1.0)
+    first = everyone.iloc[0]
+    assert (first["n_events"], first["n_known_tokens"], first["cold_start"]) == (1, 1, "few_tokens")
+    assert len(everyone) == len(KNOWN)  # everyone but a
+    # The thin customer itself still gets answers, from customers with enough evidence.
+    assert store.similar_customers("guess", n=1)["customer_id"].tolist() == ["a"]
+    evidence = store.similar_customers("a", n=10)
+    assert evidence.set_index("customer_id")["n_known_tokens"].to_dict() == dict(
+        zip(list(KNOWN)[1:], KNOWN_TOKENS[1:], strict=True)
+    )
+    with pytest.raises(ValueError, match="min_events"):
+        store.similar_customers("a", min_events=1.5)
+
+
 def test_current_profile_and_history_across_models(
     store: Store, known: int, build_model: BuildModel, build_profile_batch: BuildBatch
 ) -> None:
@@ -103,6 +149,8 @@ def test_current_profile_and_history_across_models(
     assert profile is not None
     assert [(t["trait_id"], t["score"]) for t in profile["traits"]] == [(3, 0.2), (7, 0.2), (11, 0.6)]
     assert profile["dominant_trait_id"] == 11
+    assert (profile["n_events"], profile["n_known_tokens"]) == (25, 20)
+    assert profile["confidence"] == pytest.approx(20 / 23)
     # A retrain keeps traits 3 and 7, replaces 11 by a new trait 12.
     v2 = store.save_model(build_model(seed=4, trait_ids=(3, 7, 12)))
     store.promote(v2)
@@ -123,6 +171,7 @@ def test_current_profile_and_history_across_models(
         "dominant_trait_id",
         "n_events",
         "cold_start",
+        "n_known_tokens",
         "trait_3",
         "trait_7",
         "trait_11",

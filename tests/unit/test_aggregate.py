@@ -265,3 +265,13 @@ def test_object_dtype_columns_embed_like_arrow_columns():
     np.testing.assert_array_equal(a.customer_ids, b.customer_ids)
     assert a.vectors.tobytes() == b.vectors.tobytes()
     assert a.stats == b.stats
+
+
+def test_known_tokens_count_the_evidence_behind_each_embedding():
+    emb = _embed()
+    np.testing.assert_array_equal(emb.customer_ids, ["c1", "c2", "c3", "c4", "c5"])
+    np.testing.assert_array_equal(emb.n_events, [3, 4, 2, 0, 1])
+    # c2: view_new and wishlist_b are unknown; c3's two tokens are known although it is embedded
+    # from category averages; c4 has no events; c5's only token is unknown.
+    np.testing.assert_array_equal(emb.n_known_tokens, [3, 2, 2, 0, 0])
+    assert emb.n_known_tokens.dtype == np.int64

@@ -55,6 +55,7 @@ def test_single_customer_profiles_equal_the_batch_path(trained, half_life: float
         np.testing.assert_allclose(single.vector, batch.embeddings[row], atol=1e-5)
         np.testing.assert_allclose(single.profile, batch.profiles[row], atol=1e-4)
         assert single.cold_start == batch.cold_start[row]
+        assert (single.n_events, single.n_known_tokens) == (batch.n_events[row], batch.n_known_tokens[row])
 
 
 def test_cold_start_rules(trained):
@@ -68,6 +69,10 @@ def test_cold_start_rules(trained):
     assert few.profile.sum() == pytest.approx(1.0)
     nothing_known = profiler.profile(["teleport"] * 4, ["x"] * 4, [None] * 4)
     assert nothing_known.cold_start == COLD_START_NO_HISTORY
+    assert (nothing_known.n_events, nothing_known.n_known_tokens, nothing_known.confidence) == (4, 0, 0.0)
+    action, product = str(model.tokens.actions[0]), str(model.tokens.product_ids[0])
+    known = profiler.profile([action] * 5, [product] * 5, [None] * 5)
+    assert (known.n_events, known.n_known_tokens, known.confidence) == (5, 5, 0.625)
 
 
 def test_recency_needs_times(trained):

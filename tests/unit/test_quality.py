@@ -13,7 +13,14 @@ import pytest
 from traitflow.config import Item2VecParams, PipelineConfig, TraitParams
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.pipeline import profile_customers, train
-from traitflow.quality import embedding_quality, next_item_hit_rate, profile_coherence, same_category_pairs
+from traitflow.quality import (
+    compare_with_popularity,
+    embedding_quality,
+    next_item_hit_rate,
+    popularity_hits,
+    profile_coherence,
+    same_category_pairs,
+)
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 
 SPEC = SyntheticSpec(n_customers=300, n_products=150, n_categories=6, n_segments=3, n_events=12_000, seed=0)
@@ -172,3 +179,50 @@ def test_next_item_hit_rate_on_held_out_synthetic_sessions(trained, tmp_path: Pa
     chance = 10 / len(model.tokens)
     assert result["coverage"] > 0.9
     assert result["hit_rate"] > 3 * chance, (result, chance)
+
+
+def test_popularity_hits_leave_the_current_token_out_of_the_list():
+    tokens = np.array(list("ABCDE"), dtype=object)
+    counts = np.array([5, 9, 7, 1, 3])  # popularity order B C A E D
+    current = np.array(list("ABBDCA"), dtype=object)
+    following = np.array(list("BCAAEZ"), dtype=object)
+    # top 2 without the current token: A: B C | B: C A | B: C A | D: B C | C: B A | A: B C
+    hits = popularity_hits(counts, tokens, current, following, top_n=2)
+    assert hits.tolist() == [True, True, True, False, False, False]
+
+
+def test_compare_with_popularity_is_paired_and_hides_the_held_out_counts():
+    table = dataclasses.replace(NEIGHBOUR_TABLE, counts=np.array([9, 3, 10, 2, 4]))
+    # Held-out occurrences A2 B1 C3 D2 E2: training counts A7 B2 C7 D0 E2, so the popular token
+    # is A (the tie goes to the earlier token), then C; with the window's counts it would be C.
+    result = compare_with_popularity(table, SESSIONS, SESSION_TOKENS, top_n=1)
+    # Pairs A>B B>C C>D D>E E>C A>Z. Model (top 1): hits A>B, C>D, E>C. Popularity (A, or C
+    # after A): hits none.
+    assert result["n_pairs"] == 6
+    assert result["candidate_hit_rate"] == pytest.approx(3 / 6)
+    assert result["popularity_hit_rate"] == 0.0
+    assert result["difference"] == pytest.approx(3 / 6)
+    per_pair = np.array([1, 0, 1, 0, 1, 0], dtype=np.float64)
+    assert result["standard_error"] == pytest.approx(per_pair.std(ddof=1) / np.sqrt(6))
+    assert result["lower"] == pytest.approx(0.5 - 1.96 * result["standard_error"])
+    assert result["upper"] == pytest.approx(0.5 + 1.96 * result["standard_error"])
+
+
+def test_a_trained_model_beats_popularity_and_random_vectors_do_not(trained, tmp_path: Path):
+    """The first-model gate's comparison on planted synthetic sessions."""
+    from traitflow.sessions import sessionize
+
+    _, model = trained
+    held_out = generate(dataclasses.replace(SPEC, n_customers=50, n_events=2000))
+    sessionized = sessionize(held_out.events, model.config.sessions)
+    sessions, session_tokens = sessionized["session"].to_numpy(), sessionized["token"].to_numpy(dtype=object)
+    trained_result = compare_with_popularity(model.tokens, sessions, session_tokens)
+    assert trained_result["lower"] > 0, trained_result
+    rng = np.random.default_rng(0)
+    random_tokens = dataclasses.replace(
+        model.tokens, vectors=rng.normal(size=model.tokens.vectors.shape).astype(np.float32)
+    )
+    random_result = compare_with_popularity(random_tokens, sessions, session_tokens)
+    assert random_result["popularity_hit_rate"] == trained_result["popularity_hit_rate"]
+    assert random_result["lower"] <= 0, random_result
+    print(f"\ntrained {trained_result}\nrandom {random_result}")

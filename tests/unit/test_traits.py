@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 
 from traitflow.config import TraitParams
+from traitflow.model import TokenTable
 from traitflow.traits import (
+    _distinct_labels,
+    distinctiveness,
     fit_traits,
+    label_traits,
     match_traits,
     nmf_input,
     normalize_profiles,
@@ -195,3 +199,119 @@ def test_components_learned_on_a_sample_still_project_every_customer():
     assert agreement >= 0.9
     assert adjusted_rand_score(segments, sampled.profiles.argmax(axis=1)) >= 0.9
     assert sampled.reconstruction_error <= full.reconstruction_error * 1.05
+
+
+# ------------------------------------------------------------------------------------ labels
+
+
+def _skewed_catalogue(seed: int = 0) -> tuple[TokenTable, np.ndarray, dict[str, int]]:
+    """Tokens of 4 planted segments (2 categories of 10 products each, vectors near the segment's
+    basis vector) plus one dominant category, ``best``, that every customer buys: its 20 products
+    hold ~85% of all events and their vectors sit between the segments. One product of segment 0's
+    direction has 2 events only. Customers are means of 30 token vectors, half of them ``best``.
+
+    Returns (tokens, customer vectors (400, 12), {category: segment}).
+    """
+    rng = np.random.default_rng(seed)
+    k, d = 4, 12
+    basis = rng.normal(size=(k, d))
+    vectors, categories, products, counts, owner = [], [], [], [], {}
+    for s in range(k):
+        for c in range(2):
+            category = f"seg{s}_cat{c}"
+            owner[category] = s
+            for p in range(10):
+                vectors.append(basis[s] + 0.3 * rng.normal(size=d))
+                categories.append(category)
+                products.append(f"{category}_p{p}")
+                counts.append(int(rng.integers(20, 60)))
+    for p in range(20):
+        vectors.append(basis.mean(axis=0) + 0.3 * rng.normal(size=d))
+        categories.append("best")
+        products.append(f"best_p{p}")
+        counts.append(int(rng.integers(1500, 2500)))
+    vectors.append(1.5 * basis[0])
+    categories.append("seg0_cat0")
+    products.append("oneoff")
+    counts.append(2)
+    n = len(products)
+    tokens = TokenTable(
+        tokens=np.array([f"view_{p}" for p in products], dtype=object),
+        actions=np.full(n, "view", dtype=object),
+        product_ids=np.array(products, dtype=object),
+        categories=np.array(categories, dtype=object),
+        counts=np.array(counts, dtype=np.int64),
+        vectors=np.array(vectors, dtype=np.float32),
+    )
+    best = np.flatnonzero(tokens.categories == "best")
+    customers = []
+    for i in range(400):
+        own = np.flatnonzero([owner.get(c, -1) == i % k for c in categories])
+        picked = np.concatenate([rng.choice(best, 15), rng.choice(own, 15)])
+        customers.append(tokens.vectors[picked].mean(axis=0))
+    return tokens, np.array(customers), owner
+
+
+def test_labels_name_each_planted_segment_not_the_dominant_category():
+    tokens, customers, owner = _skewed_catalogue()
+    traits = fit_traits(customers, TraitParams(n_traits=4)).traits
+    label_traits(traits, tokens)
+    # What ranking by count-weighted loading (the former rule) gives here: the dominant category
+    # first on every trait, so every label would start with it.
+    loadings = project(traits, tokens.vectors) * tokens.counts[:, None]
+    best_mass = loadings[tokens.categories == "best"].sum(axis=0)
+    other_mass = [loadings[tokens.categories == c].sum(axis=0) for c in owner]
+    assert np.all(best_mass > np.max(other_mass, axis=0))
+
+    assert len(set(traits.labels)) == 4, traits.labels
+    segments = []
+    for label, categories in zip(traits.labels, traits.top_categories, strict=True):
+        assert "best" not in label
+        assert "best" not in categories[:2]
+        first_two = {owner[c] for c in categories[:2]}
+        assert len(first_two) == 1, categories  # both top categories of one planted segment
+        segments.append(first_two.pop())
+        assert label == " + ".join(categories[:2])
+    assert sorted(segments) == [0, 1, 2, 3]  # each segment named by exactly one trait
+    for products, segment in zip(traits.top_products, segments, strict=True):
+        assert "oneoff" not in products  # 2 events: below the minimum support
+        # Mostly the segment's products: a ``best`` product whose vector happens to lean towards
+        # the segment may follow (it is over-represented there, at ~2.5x).
+        assert all(p.startswith(f"seg{segment}_") for p in products[:2]), products
+        assert sum(p.startswith(f"seg{segment}_") for p in products) >= 3, products
+
+
+def test_labels_fall_back_to_product_names_without_categories():
+    tokens, customers, _ = _skewed_catalogue(seed=1)
+    tokens.categories = np.full(len(tokens), "", dtype=object)
+    traits = fit_traits(customers, TraitParams(n_traits=4)).traits
+    names = {p: f"name of {p}" for p in tokens.product_ids if not p.endswith("_p3")}
+    label_traits(traits, tokens, product_names=names)
+    assert traits.top_categories == [[] for _ in range(4)]
+    assert len(set(traits.labels)) == 4
+    for label, products in zip(traits.labels, traits.top_products, strict=True):
+        assert not any(p.startswith("best") for p in products[:2])  # products stay ids
+        assert label == " + ".join(names.get(p, p) for p in products[:2])
+    label_traits(traits, tokens)  # no names: the ids
+    assert traits.labels == [" + ".join(p[:2]) for p in traits.top_products]
+
+
+def test_distinctiveness_is_a_shrunk_lift():
+    # Two traits, four items: a popular item held in proportion, one over-represented on trait 0,
+    # one on trait 1, and a tiny item held by trait 1 only.
+    masses = np.array([[800.0, 800.0], [300.0, 100.0], [0.0, 200.0], [0.0, 2.0]])
+    scores = distinctiveness(masses, prior_events=10.0)
+    expected = np.outer(masses.sum(axis=1), masses.sum(axis=0)) / masses.sum()
+    np.testing.assert_allclose(scores, (masses + 10.0) / (expected + 10.0))
+    assert abs(scores[0, 0] - 1.0) < 0.03 and abs(scores[0, 1] - 1.0) < 0.03  # ~ the catalogue's share
+    assert scores[1, 0] > 1.3 > 1.0 > scores[1, 1]
+    assert scores[2, 1] > 1.8
+    assert scores[3, 1] < 1.1  # raw lift 2, but two events: shrunk almost to 1
+    with pytest.raises(ValueError, match="prior_events"):
+        distinctiveness(masses, prior_events=0.0)
+
+
+def test_labels_that_would_clash_take_further_terms():
+    terms = [["a", "b", "c"], ["a", "b", "d"], ["e", "f"], ["e", "f"]]
+    assert _distinct_labels(terms) == ["a + b + c", "a + b + d", "e + f", "e + f"]
+    assert _distinct_labels([["x"], []]) == ["x", ""]

@@ -1,7 +1,8 @@
 """Store subcommands for the ``traitflow`` CLI: ``add_commands(subparsers)`` registers them.
 
 Commands: ``db upgrade``, ``db url``, ``ingest PATH --mapping M``, ``profile ID [--history]``,
-``traits [--model-version N]``, ``top TRAIT_ID [-n N]``, ``similar ID [-n N]``,
+``traits [--model-version N]``, ``top TRAIT_ID [-n N] [--min-events M]``,
+``similar ID [-n N] [--min-events M]``,
 ``reports [--kind K]``. Each takes ``--database-url`` (default ``TRAITFLOW_DATABASE_URL``, else
 the embedded server) and ``--schema``; each is a function ``(args) -> 0`` stored as ``args.func``.
 Read commands accept ``--json``. On an expected failure (store, config, connection, not found)
@@ -24,6 +25,7 @@ import pandas as pd
 import psycopg
 
 from traitflow.config import ConfigError
+from traitflow.profiles import MIN_EVIDENCE_EVENTS
 
 from .core import Store
 from .db import mask_url, resolve_url
@@ -129,6 +131,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         f"customer {profile['customer_id']}  as of {profile['as_of']:%Y-%m-%d %H:%M}  "
         f"model {profile['model_version']}  events {profile['n_events']}  cold start {profile['cold_start']}"
     )
+    if profile["n_known_tokens"] is not None:
+        print(
+            f"evidence: {profile['n_known_tokens']} of {profile['n_events']} events with a known token,"
+            f" confidence {profile['confidence']:.2f}"
+        )
     print(f"dominant trait {profile['dominant_trait_id']}: {profile['dominant_label']}")
     for trait in sorted(profile["traits"], key=lambda t: -t["score"]):
         print(f"  {trait['trait_id']:>4}  {trait['score']:.3f}  {trait['label']}")
@@ -160,14 +167,17 @@ def _named(product_id: str, names: Mapping[str, str]) -> str:
 @_handle_errors
 def cmd_top(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        _print_frame(store.top_customers(args.trait_id, args.n, args.model_version), args.json)
+        _print_frame(
+            store.top_customers(args.trait_id, args.n, args.model_version, min_events=args.min_events),
+            args.json,
+        )
     return 0
 
 
 @_handle_errors
 def cmd_similar(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        _print_frame(store.similar_customers(args.customer_id, args.n), args.json)
+        _print_frame(store.similar_customers(args.customer_id, args.n, min_events=args.min_events), args.json)
     return 0
 
 
@@ -191,6 +201,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _min_events_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-events",
+        type=_non_negative_int,
+        default=MIN_EVIDENCE_EVENTS,
+        help="leave out customers with fewer events: their profile is a guess"
+        f" (default {MIN_EVIDENCE_EVENTS}; 0 shows everyone, with cold_start and confidence beside each)",
+    )
 
 
 COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "reports")
@@ -265,6 +292,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     p.add_argument("trait_id", type=int)
     p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
     p.add_argument("--model-version", type=int, default=None)
+    _min_events_option(p)
     p.set_defaults(func=cmd_top)
 
     p = subparsers.add_parser(
@@ -272,6 +300,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     )
     p.add_argument("customer_id")
     p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
+    _min_events_option(p)
     p.set_defaults(func=cmd_similar)
 
     p = subparsers.add_parser(name("reports"), parents=[common, as_json], help="recent run reports")

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from traitflow import config
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profiles import MIN_EVIDENCE_EVENTS, ProfileBatch
 
 from . import ingest as _ingest
 from . import migrations as _migrations
@@ -283,14 +283,22 @@ class Store:
         """Newest ``as_of`` among current profiles (None before the first profile write)."""
         return _reads.latest_profile_as_of(self._ensure_ready())
 
-    def top_customers(self, trait_id: int, n: int = 10, model_version: int | None = None) -> pd.DataFrame:
-        return _reads.top_customers(self._ensure_ready(), trait_id, n, model_version)
+    def top_customers(
+        self,
+        trait_id: int,
+        n: int = 10,
+        model_version: int | None = None,
+        min_events: int = MIN_EVIDENCE_EVENTS,
+    ) -> pd.DataFrame:
+        return _reads.top_customers(self._ensure_ready(), trait_id, n, model_version, min_events)
 
     def traits(self, model_version: int | None = None) -> pd.DataFrame:
         return _reads.traits(self._ensure_ready(), model_version)
 
-    def similar_customers(self, customer_id: str, n: int = 10) -> pd.DataFrame:
-        return _reads.similar_customers(self._ensure_ready(), customer_id, n)
+    def similar_customers(
+        self, customer_id: str, n: int = 10, min_events: int = MIN_EVIDENCE_EVENTS
+    ) -> pd.DataFrame:
+        return _reads.similar_customers(self._ensure_ready(), customer_id, n, min_events)
 
     # ------------------------------------------------------------------------------- reports
 

@@ -101,6 +101,12 @@ class _Prepared:
     dominant: np.ndarray  # int64
     n_events: np.ndarray  # int64
     cold_start: pa.Array  # large_string
+    n_known_tokens: np.ndarray | None  # int64, or None: not recorded (written as NULL)
+
+    def _n_known(self) -> copybin.Column:
+        if self.n_known_tokens is None:
+            return copybin.Column("int8", np.zeros(self.n, dtype=np.int64), np.ones(self.n, dtype=bool))
+        return copybin.int8(self.n_known_tokens)
 
     @property
     def columns(self) -> list[copybin.Column]:
@@ -112,6 +118,7 @@ class _Prepared:
             copybin.int8(self.dominant),
             copybin.int8(self.n_events),
             copybin.text(self.cold_start),
+            self._n_known(),
         ]
 
     def _constants(self) -> list[copybin.Column]:
@@ -130,6 +137,7 @@ class _Prepared:
             copybin.int8(self.dominant),
             copybin.int8(self.n_events),
             copybin.text(self.cold_start),
+            self._n_known(),
         ]
 
     def current_columns(self) -> list[copybin.Column]:
@@ -187,6 +195,11 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
     n_events = np.asarray(batch.n_events)
     if n_events.dtype.kind not in "iu" or (n_events < 0).any():
         raise StoreInputError("n_events must be non-negative integers")
+    n_known = None if batch.n_known_tokens is None else np.asarray(batch.n_known_tokens)
+    if n_known is not None and (
+        n_known.dtype.kind not in "iu" or (n_known < 0).any() or (n_known > n_events).any()
+    ):
+        raise StoreInputError("n_known_tokens must be integers between 0 and n_events")
     cold_start = _check_cold_start(np.asarray(batch.cold_start, dtype=object))
     id_array = as_text_array(np.asarray(batch.customer_ids, dtype=object), "customer_ids")
     check_text(id_array, "customer_ids", required=True, max_chars=ev_schema.MAX_ID_LENGTH)
@@ -195,6 +208,7 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
     # (strictly increasing = sorted and unique, checked in one pass); others are sorted here,
     # which makes duplicates neighbours.
     n_events = n_events.astype(np.int64)
+    n_known = None if n_known is None else n_known.astype(np.int64)
     if n > 1 and not pc.all(pc.less(id_array.slice(0, n - 1), id_array.slice(1))).as_py():
         order = pc.sort_indices(id_array)
         id_array, cold_start = id_array.take(order), cold_start.take(order)
@@ -204,6 +218,7 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
             raise StoreInputError(f"customer id {duplicate!r} appears twice in the batch")
         rows = order.to_numpy()
         profiles, embeddings, n_events = profiles[rows], embeddings[rows], n_events[rows]
+        n_known = None if n_known is None else n_known[rows]
     dominant = trait_ids[np.argmax(profiles, axis=1)] if n else np.zeros(0, dtype=np.int64)
     return _Prepared(
         as_of=utc(batch.as_of),
@@ -215,6 +230,7 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
         dominant=dominant,
         n_events=n_events,
         cold_start=cold_start,
+        n_known_tokens=n_known,
     )
 
 
@@ -270,14 +286,14 @@ def _any_current_row(conn: psycopg.Connection) -> bool:
 
 _COPY_HISTORY = (
     "COPY customer_profile_history"
-    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens)"
     " FROM STDIN (FORMAT binary)"
 )
 # updated_at: its column default, now() = the transaction's start, as in the INSERTs below.
 _COPY_CURRENT = (
     "COPY customer_profiles"
-    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, embedding)"
-    " FROM STDIN (FORMAT binary)"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens,"
+    " embedding) FROM STDIN (FORMAT binary)"
 )
 
 
@@ -297,7 +313,8 @@ def _stage(conn: psycopg.Connection, prepared: _Prepared) -> None:
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_profiles")
     conn.execute(
         'CREATE TEMP TABLE _tf_stage_profiles (customer_id text COLLATE "C", traits double precision[],'
-        " embedding bytea, dominant_trait_id bigint, n_events bigint, cold_start text) ON COMMIT DROP"
+        " embedding bytea, dominant_trait_id bigint, n_events bigint, cold_start text, n_known_tokens bigint)"
+        " ON COMMIT DROP"
     )
     copy_in(conn, "COPY _tf_stage_profiles FROM STDIN (FORMAT binary)", prepared.columns)
     # Row count and "customer_id is unique" for the planner: the joins below move wide rows, where
@@ -310,24 +327,27 @@ def _stage(conn: psycopg.Connection, prepared: _Prepared) -> None:
 
 _INSERT_HISTORY = (
     "INSERT INTO customer_profile_history"
-    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
-    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens)"
+    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
+    "  s.n_known_tokens"
     " FROM _tf_stage_profiles s"
 )
 _INSERT_NEW_HISTORY = (
     "INSERT INTO customer_profile_history"
-    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start)"
-    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start"
+    " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens)"
+    " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
+    "  s.n_known_tokens"
     " FROM _tf_stage_profiles s WHERE NOT EXISTS (SELECT 1 FROM customer_profile_history h"
     "  WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s)"
 )
 _REPLACE_HISTORY = (
     "UPDATE customer_profile_history h SET model_version = %(v)s, traits = s.traits,"
-    " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start"
+    " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start,"
+    " n_known_tokens = s.n_known_tokens"
     " FROM _tf_stage_profiles s"
     " WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s"
-    "  AND (h.model_version, h.dominant_trait_id, h.n_events, h.cold_start, h.traits)"
-    "  IS DISTINCT FROM (%(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.traits)"
+    "  AND (h.model_version, h.dominant_trait_id, h.n_events, h.cold_start, h.n_known_tokens, h.traits)"
+    "  IS DISTINCT FROM (%(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.n_known_tokens, s.traits)"
 )
 
 
@@ -357,25 +377,26 @@ def _upsert_history(conn: psycopg.Connection, prepared: _Prepared) -> tuple[int,
 _MOVE_CURRENT = (
     "UPDATE customer_profiles c SET as_of = %(as_of)s, model_version = %(v)s, traits = s.traits,"
     " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start,"
-    " embedding = s.embedding, updated_at = now()"
+    " n_known_tokens = s.n_known_tokens, embedding = s.embedding, updated_at = now()"
     " FROM _tf_stage_profiles s"
     " WHERE c.customer_id = s.customer_id AND c.as_of <= %(as_of)s"
-    "  AND (c.as_of, c.model_version, c.dominant_trait_id, c.n_events, c.cold_start, c.traits, c.embedding)"
-    "  IS DISTINCT FROM"
-    "  (%(as_of)s, %(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.traits, s.embedding)"
+    "  AND (c.as_of, c.model_version, c.dominant_trait_id, c.n_events, c.cold_start, c.n_known_tokens,"
+    "  c.traits, c.embedding) IS DISTINCT FROM"
+    "  (%(as_of)s, %(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.n_known_tokens, s.traits,"
+    "  s.embedding)"
 )
 _INSERT_CURRENT = (
     "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
-    " n_events, cold_start, embedding, updated_at)"
+    " n_events, cold_start, n_known_tokens, embedding, updated_at)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
-    "  s.embedding, now()"
+    "  s.n_known_tokens, s.embedding, now()"
     " FROM _tf_stage_profiles s"
 )
 _INSERT_NEW_CURRENT = (
     "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
-    " n_events, cold_start, embedding, updated_at)"
+    " n_events, cold_start, n_known_tokens, embedding, updated_at)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
-    "  s.embedding, now()"
+    "  s.n_known_tokens, s.embedding, now()"
     " FROM _tf_stage_profiles s"
     " WHERE NOT EXISTS (SELECT 1 FROM customer_profiles c WHERE c.customer_id = s.customer_id)"
 )

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from traitflow import schema as ev_schema
+from traitflow.profiles import MIN_EVIDENCE_EVENTS, profile_confidence
 
 from . import copybin
 from ._util import copy_in, copy_out_csv, require_transaction, utc
@@ -172,17 +173,41 @@ def _active_or(conn: psycopg.Connection, model_version: int | None) -> int:
     return int(row[0])
 
 
+def _min_events(min_events: int) -> int:
+    if isinstance(min_events, bool) or not isinstance(min_events, int | np.integer) or min_events < 0:
+        raise ValueError(f"min_events must be a non-negative integer, got {min_events!r}")
+    return int(min_events)
+
+
+def _with_confidence(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (a page of answers) with a ``confidence`` column from ``n_known_tokens``; both
+    hold Python numbers, or None where the count was not recorded (JSON null, not NaN)."""
+    known = pd.to_numeric(frame["n_known_tokens"], errors="coerce").to_numpy(dtype=np.float64)
+    confidence = profile_confidence(known)
+    missing = np.isnan(known)
+    frame["n_known_tokens"] = pd.Series(
+        [None if m else int(k) for m, k in zip(missing, known, strict=True)], index=frame.index, dtype=object
+    )
+    frame["confidence"] = pd.Series(
+        [None if m else float(c) for m, c in zip(missing, confidence, strict=True)],
+        index=frame.index,
+        dtype=object,
+    )
+    return frame
+
+
 def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any] | None:
     """The current profile of a customer with trait ids and labels, or None if never profiled.
 
     ``traits`` lists {trait_id, label, score} in the model's trait-position order; ``embedding``
     is the current customer embedding (float32 array, stored packed in the same row as the traits:
-    big-endian float4 bytes, migration 0003).
+    big-endian float4 bytes, migration 0003). The evidence: ``n_events``, ``n_known_tokens`` (None
+    when not recorded) and ``confidence`` (``profiles.profile_confidence``; None likewise).
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         profile = cur.execute(
             "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start,"
-            " updated_at, embedding FROM customer_profiles WHERE customer_id = %s",
+            " n_known_tokens, updated_at, embedding FROM customer_profiles WHERE customer_id = %s",
             (customer_id,),
         ).fetchone()
     if profile is None:
@@ -196,6 +221,8 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
         for c, score in zip(components, scores, strict=True)
     ]
     profile["embedding"] = np.frombuffer(profile.pop("embedding"), dtype=">f4").astype(np.float32)
+    known = profile["n_known_tokens"]
+    profile["confidence"] = None if known is None else float(profile_confidence(np.array([known]))[0])
     return profile
 
 
@@ -206,11 +233,11 @@ def profile_history(conn: psycopg.Connection, customer_id: str) -> pd.DataFrame:
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+            "SELECT as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens"
             " FROM customer_profile_history WHERE customer_id = %s ORDER BY as_of",
             (customer_id,),
         ).fetchall()
-    base = ["as_of", "model_version", "dominant_trait_id", "n_events", "cold_start"]
+    base = ["as_of", "model_version", "dominant_trait_id", "n_events", "cold_start", "n_known_tokens"]
     if not rows:
         return pd.DataFrame(columns=base)
     ids_by_model = {
@@ -231,20 +258,37 @@ def profile_history(conn: psycopg.Connection, customer_id: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=base + [f"trait_{t}" for t in all_ids])
 
 
+_EVIDENCE = ["n_events", "n_known_tokens", "cold_start"]
+
+
 def top_customers(
-    conn: psycopg.Connection, trait_id: int, n: int = 10, model_version: int | None = None
+    conn: psycopg.Connection,
+    trait_id: int,
+    n: int = 10,
+    model_version: int | None = None,
+    min_events: int = MIN_EVIDENCE_EVENTS,
 ) -> pd.DataFrame:
-    """The ``n`` customers with the highest current score on ``trait_id`` under a model (default: active)."""
+    """The ``n`` customers with the highest current score on ``trait_id`` under a model (default:
+    active), among those with at least ``min_events`` events (``profiles.MIN_EVIDENCE_EVENTS``:
+    a profile from one or two events tops a trait on a guess; ``min_events=0`` keeps everyone).
+
+    Columns: customer_id, score, label, as_of, model_version, n_events, n_known_tokens,
+    cold_start, confidence.
+    """
+    minimum = _min_events(min_events)
     version = _active_or(conn, model_version)
     if not any(c["trait_id"] == int(trait_id) for c in _components(conn, version)):
         raise NotFoundError(f"trait {trait_id} does not exist in model {version}")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT customer_id, score, label, as_of, model_version FROM customer_trait_scores"
-            " WHERE trait_id = %s AND model_version = %s ORDER BY score DESC, customer_id LIMIT %s",
-            (int(trait_id), version, int(n)),
+            "SELECT customer_id, score, label, as_of, model_version, n_events, n_known_tokens, cold_start"
+            " FROM customer_trait_scores WHERE trait_id = %s AND model_version = %s AND n_events >= %s"
+            " ORDER BY score DESC, customer_id LIMIT %s",
+            (int(trait_id), version, minimum, int(n)),
         ).fetchall()
-    return pd.DataFrame(rows, columns=["customer_id", "score", "label", "as_of", "model_version"])
+    columns = ["customer_id", "score", "label", "as_of", "model_version", *_EVIDENCE]
+    frame = pd.DataFrame(rows, columns=columns)
+    return _with_confidence(frame)
 
 
 def traits(conn: psycopg.Connection, model_version: int | None = None) -> pd.DataFrame:
@@ -271,14 +315,23 @@ def traits(conn: psycopg.Connection, model_version: int | None = None) -> pd.Dat
     return frame
 
 
-def similar_customers(conn: psycopg.Connection, customer_id: str, n: int = 10) -> pd.DataFrame:
+def similar_customers(
+    conn: psycopg.Connection, customer_id: str, n: int = 10, min_events: int = MIN_EVIDENCE_EVENTS
+) -> pd.DataFrame:
     """Customers whose current trait profile is closest (cosine) to ``customer_id``'s.
 
     Only customers profiled with the same model are compared (profiles of different models live
-    in different trait bases). Vectorized in SQL: the dot product and norms are one generated
+    in different trait bases), and only those with at least ``min_events`` events
+    (``profiles.MIN_EVIDENCE_EVENTS``; ``min_events=0`` keeps everyone): a profile from one or two
+    events is the projection of one or two token vectors and reaches cosines near 1 with anyone
+    who has those items. Vectorized in SQL: the dot product and norms are one generated
     arithmetic expression over the k array subscripts (k from the model, never from input),
     evaluated in a single scan with a top-N sort; only the n answers leave the database.
+
+    Columns: customer_id, similarity, dominant_trait_id, as_of, n_events, n_known_tokens,
+    cold_start, confidence.
     """
+    minimum = _min_events(min_events)
     row = conn.execute(
         "SELECT p.model_version, m.n_traits FROM customer_profiles p"
         " JOIN model_versions m USING (model_version) WHERE p.customer_id = %s",
@@ -294,10 +347,10 @@ def similar_customers(conn: psycopg.Connection, customer_id: str, n: int = 10) -
     query = sql.SQL(
         "SELECT p.customer_id,"
         " ({dot}) / nullif(sqrt({pp}) * sqrt({qq}), 0) AS similarity,"
-        " p.dominant_trait_id, p.as_of"
+        " p.dominant_trait_id, p.as_of, p.n_events, p.n_known_tokens, p.cold_start"
         " FROM customer_profiles p,"
         " (SELECT traits FROM customer_profiles WHERE customer_id = %s) q"
-        " WHERE p.model_version = %s AND p.customer_id <> %s"
+        " WHERE p.model_version = %s AND p.customer_id <> %s AND p.n_events >= %s"
         " ORDER BY similarity DESC NULLS LAST, p.customer_id LIMIT %s"
     ).format(
         dot=total("p.traits[{i}] * q.traits[{i}]"),
@@ -305,8 +358,10 @@ def similar_customers(conn: psycopg.Connection, customer_id: str, n: int = 10) -
         qq=total("q.traits[{i}] * q.traits[{i}]"),
     )
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query, (customer_id, version, customer_id, int(n))).fetchall()
-    return pd.DataFrame(rows, columns=["customer_id", "similarity", "dominant_trait_id", "as_of"])
+        rows = cur.execute(query, (customer_id, version, customer_id, minimum, int(n))).fetchall()
+    columns = ["customer_id", "similarity", "dominant_trait_id", "as_of", *_EVIDENCE]
+    frame = pd.DataFrame(rows, columns=columns)
+    return _with_confidence(frame)
 
 
 def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:

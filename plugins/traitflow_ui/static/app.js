@@ -26,6 +26,19 @@ function fmtNum(value, digits = 3) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
+// The evidence behind a served profile, e.g. "12 events · confidence 0.71 · cold start: few_tokens":
+// a profile from one or two events is a guess and must not read like a fact.
+function fmtEvidence(c) {
+  const parts = [`${c.n_events} event${c.n_events === 1 ? "" : "s"}`];
+  if (c.confidence !== null && c.confidence !== undefined) parts.push(`confidence ${fmtNum(c.confidence, 2)}`);
+  if (c.cold_start && c.cold_start !== "none") parts.push(`cold start: ${c.cold_start}`);
+  return parts.join(" · ");
+}
+
+function thinNote(minEvents) {
+  return minEvents > 1 ? `customers with fewer than ${minEvents} events are left out` : "";
+}
+
 function meter(fraction) {
   const outer = el("div", null, "meter");
   const inner = el("span");
@@ -115,10 +128,11 @@ async function loadTop(traitId, row) {
     for (const c of data.customers) {
       const item = el("li");
       item.appendChild(customerButton(c.customer_id));
-      item.appendChild(el("span", ` ${fmtNum(c.score)}`, "muted"));
+      item.appendChild(el("span", ` ${fmtNum(c.score)} · ${fmtEvidence(c)}`, "muted"));
       list.appendChild(item);
     }
     if (!data.customers.length) list.appendChild(el("li", "no customers profiled with this model", "muted"));
+    $("top-note").textContent = thinNote(data.min_events);
     $("top").hidden = false;
     showError("");
   } catch (e) {
@@ -154,8 +168,7 @@ async function lookup(customerId) {
   showError("");
   $("profile-title").textContent = `Customer ${profile.customer_id}`;
   $("profile-meta").textContent =
-    `as of ${fmtDate(profile.as_of)} · model ${profile.model_version} · ${profile.n_events} events` +
-    (profile.cold_start !== "none" ? ` · cold start: ${profile.cold_start}` : "");
+    `as of ${fmtDate(profile.as_of)} · model ${profile.model_version} · ${fmtEvidence(profile)}`;
   const bars = $("profile-bars");
   bars.replaceChildren();
   const traits = [...profile.traits].sort((a, b) => (b.score || 0) - (a.score || 0));
@@ -179,9 +192,12 @@ async function loadSimilar(id) {
     for (const c of data.similar) {
       const item = el("li");
       item.appendChild(customerButton(c.customer_id));
-      item.appendChild(el("span", ` ${fmtNum(c.similarity)} · ${c.dominant_label ?? c.dominant_trait_id}`, "muted"));
+      item.appendChild(
+        el("span", ` ${fmtNum(c.similarity)} · ${c.dominant_label ?? c.dominant_trait_id} · ${fmtEvidence(c)}`, "muted"),
+      );
       list.appendChild(item);
     }
+    $("similar-note").textContent = thinNote(data.min_events);
   } catch (e) {
     list.appendChild(el("li", e.message, "muted"));
   }
