@@ -315,3 +315,28 @@ def test_refresh_on_promotion_refreshes_all_profiles(run_dag: Any, fake_jobs: An
     assert call["database_url"] == CONN
     assert call["run_id"] == result.run_id
     assert Path(call["work_dir"]).is_dir()
+
+
+def test_dags_test_before_the_start_date_says_why_nothing_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import traitflow_common
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    explain = traitflow_common.explain_test_before_start
+    monkeypatch.setattr(traitflow_common, "_EXPLAINED", set())
+    for argv in (
+        ["airflow", "dags", "test", "traitflow_daily", "2026-01-05"],  # on or after the start
+        ["airflow", "dags", "test", "traitflow_daily"],  # no date: now
+        ["airflow", "dags", "test", "traitflow_daily", "--conf", "{}"],
+        ["airflow", "dags", "test", "other_dag", "2017-12-10"],
+        ["airflow", "backfill", "create", "--dag-id", "traitflow_daily", "--from-date", "2017-12-10"],
+        ["airflow", "scheduler"],
+    ):
+        assert explain("traitflow_daily", start, argv) is None, argv
+    argv = ["airflow", "dags", "test", "-c", "{}", "traitflow_weekly_retrain", "2017-12-10"]
+    message = explain("traitflow_weekly_retrain", start, argv)
+    assert message is not None and message in capsys.readouterr().err
+    assert "logical date 2017-12-10 is before the DAG's start date 2026-01-01" in message
+    assert "TRAITFLOW_START_DATE=2017-12-10" in message and "airflow backfill create" in message
+    assert explain("traitflow_weekly_retrain", start, argv) is None  # said once per process
