@@ -596,10 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
-        # gensim logs its lifecycle (vocabulary scans, every epoch's progress, the model's repr) at
-        # INFO; the pipeline's own progress lines say what a user needs. -v shows gensim's too.
-        logging.getLogger("gensim").setLevel(logging.WARNING)
+    # gensim logs its lifecycle (vocabulary scans, every epoch's progress, the model's repr) at
+    # INFO; the pipeline's own progress lines say what a user needs. -v shows gensim's too.
+    logging.getLogger("gensim").setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     func: Callable[[argparse.Namespace], int | None] = args.func
     from traitflow.store.errors import StoreError
 

@@ -4,6 +4,7 @@ customer, in a fresh schema, with the weekly and daily chains the DAGs run (``tr
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,8 +52,12 @@ def events_csv(tmp_path: Path) -> Path:
 
 
 def test_ingest_retrain_update_traits_customer(
-    cli: Callable[..., tuple[int, str, str]], events_csv: Path, store: Store, tmp_path: Path
+    cli: Callable[..., tuple[int, str, str]],
+    events_csv: Path,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     events = pd.read_csv(events_csv, parse_dates=["event_time"])
     n_customers = events["customer_id"].nunique()
 
@@ -71,6 +76,11 @@ def test_ingest_retrain_update_traits_customer(
     assert "drift: refit_traits -- refit: no active model" in out
     assert f"result: promoted model version 1 ({n_customers} profiles" in out
     assert store.active_model_version() == 1
+    # Progress lines from the pipeline; gensim's own INFO lines only with -v (below).
+    messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert any(name == "traitflow.item2vec" and "epoch 3/3 done" in text for name, _, text in messages)
+    assert any(name == "traitflow.pipeline" and text.startswith("profiles: ") for name, _, text in messages)
+    assert not [m for m in messages if m[0].startswith("gensim") and m[1] < logging.WARNING]
     profiles = store.connection.execute(
         "SELECT count(*), count(DISTINCT model_version), min(model_version) FROM customer_profiles"
     ).fetchone()
@@ -115,6 +125,17 @@ def test_ingest_retrain_update_traits_customer(
     (weekly,) = store.run_reports("weekly")
     assert weekly["report"]["check_new_vocab"]["branch"] == "skip_retrain"
     assert "promote" not in weekly["report"]
+
+    # --force trains a candidate that faces the gate against model 1; -v shows gensim's lines.
+    caplog.clear()
+    code, out, err = cli("-v", "retrain", "--force", *MODEL_FLAGS)
+    assert code == 0, err
+    assert "new-vocabulary check: train_candidate -- force_retrain requested" in out
+    assert "quality gate: measure_drift -- hit@10 candidate" in out or "quality gate: reject_candidate" in out
+    promoted = "result: promoted model version 2" in out
+    assert promoted or "result: candidate rejected by the quality gate -- model version 1 stays" in out
+    assert store.active_model_version() == (2 if promoted else 1)
+    assert any(r.name.startswith("gensim") and r.levelno == logging.INFO for r in caplog.records)
 
 
 def test_retrain_and_update_refuse_clearly(
