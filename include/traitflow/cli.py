@@ -414,7 +414,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from traitflow.chains import run_daily_update, run_work_dir
 
-    params = config_from_args(args).to_flat()
+    # The profiles use the stored model's own parameters; the flat config is passed as the DAG does.
+    params = PipelineConfig().to_flat()
     with _db_schema(args.schema):
         as_of = _as_of(args, "update")
         since = args.since if args.since is not None else as_of - timedelta(days=1)
@@ -581,7 +582,6 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--since", type=parse_utc, help="customers with events from this instant (default: --as-of - 1 day)"
     )
-    _add_config_flags(update)
     update.set_defaults(func=cmd_update)
 
     from traitflow.store.cli import add_commands
@@ -599,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gensim logs its lifecycle (vocabulary scans, every epoch's progress, the model's repr) at
     # INFO; the pipeline's own progress lines say what a user needs. -v shows gensim's too.
     logging.getLogger("gensim").setLevel(logging.NOTSET if args.verbose else logging.WARNING)
+    logging.getLogger("traitflow.item2vec").setLevel(logging.NOTSET)  # tune/evaluate raise it
     func: Callable[[argparse.Namespace], int | None] = args.func
     from traitflow.store.errors import StoreError
 
