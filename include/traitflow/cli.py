@@ -11,8 +11,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from traitflow.config import ConfigError, PipelineConfig, data_dir
+
+if TYPE_CHECKING:
+    from traitflow.model import TraitflowModel
 
 log = logging.getLogger("traitflow")
 
@@ -194,7 +198,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     _print_traits(model)
 
 
-def model_traits_json(model) -> dict:
+def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
     """``{"traits": [{trait_id, position, label, top_products, top_categories, size,
     population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
     for the store's model. ``size`` counts the training customers whose dominant trait it is
@@ -601,14 +605,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("gensim").setLevel(logging.NOTSET if args.verbose else logging.WARNING)
     logging.getLogger("traitflow.item2vec").setLevel(logging.NOTSET)  # tune/evaluate raise it
     func: Callable[[argparse.Namespace], int | None] = args.func
+    import psycopg
+
     from traitflow.store.errors import StoreError
 
     try:
         status = func(args)
-    except (CliError, ConfigError, FileNotFoundError, ValueError, StoreError) as error:
+    except (CliError, ConfigError, FileNotFoundError, ValueError, StoreError, psycopg.Error) as error:
         if args.verbose:
             raise
-        print(f"traitflow: error: {error}", file=sys.stderr)
+        prefix = "database: " if isinstance(error, psycopg.Error) else ""
+        print(f"traitflow: error: {prefix}{str(error).strip()}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 
