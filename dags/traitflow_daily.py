@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from traitflow_common import DEFAULT_ARGS, TAGS, current_run, env_input_dir, pipeline_params, start_date
+from traitflow_common import (
+    DEFAULT_ARGS,
+    TAGS,
+    current_run,
+    env_input_dir,
+    explain_test_before_start,
+    pipeline_params,
+    start_date,
+)
 
 DOC_MD = """
 ### Traitflow daily profile update
@@ -113,3 +121,5 @@ def traitflow_daily() -> None:
 
 
 traitflow_daily()
+# `airflow dags test traitflow_daily DATE` before the start date would succeed silently: say why.
+explain_test_before_start("traitflow_daily", start_date())

@@ -14,6 +14,7 @@ from traitflow_common import (
     branch_result,
     collect_results,
     current_run,
+    explain_test_before_start,
     pipeline_params,
     record_decision,
     start_date,
@@ -237,3 +238,5 @@ def traitflow_weekly_retrain() -> None:
 
 
 traitflow_weekly_retrain()
+# `airflow dags test traitflow_weekly_retrain DATE` before the start date would succeed silently: say why.
+explain_test_before_start("traitflow_weekly_retrain", start_date())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +59,44 @@ def start_date() -> datetime:
     except ValueError:
         raise ValueError(f"TRAITFLOW_START_DATE must be an ISO date or datetime, got {raw!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_EXPLAINED: set[str] = set()
+
+
+def explain_test_before_start(dag_id: str, start: datetime, argv: list[str] | None = None) -> str | None:
+    """Say why ``airflow dags test DAG_ID DATE`` with DATE before ``start`` will run nothing.
+
+    Airflow creates no task instance for a logical date before a DAG's start date (backfills
+    excepted) and marks such a run successful, and no DAG or task hook runs for it. The only
+    place to catch it is the parse in the ``dags test`` process itself, so the DAG files call
+    this at parse time: it reads the command line only (no DB, no I/O), prints the reason to
+    stderr and returns it; None when the command is anything else.
+    """
+    words = list(sys.argv if argv is None else argv)[1:]
+    if words[:2] != ["dags", "test"] or dag_id not in words[2:]:
+        return None
+    after = words[words.index(dag_id, 2) + 1 :]
+    if not after or after[0].startswith("-"):
+        return None  # no logical date given: dags test uses now
+    try:
+        logical = datetime.fromisoformat(after[0])
+    except ValueError:
+        return None
+    logical = logical if logical.tzinfo else logical.replace(tzinfo=UTC)
+    if logical >= start or dag_id in _EXPLAINED:
+        return None
+    _EXPLAINED.add(dag_id)  # `dags test` parses the DAG files twice; say it once
+    message = (
+        f"traitflow: {dag_id}: logical date {after[0]} is before the DAG's start date "
+        f"{start.date().isoformat()} (TRAITFLOW_START_DATE), so Airflow creates no task and reports "
+        f"success without running anything. Set TRAITFLOW_START_DATE={logical.date().isoformat()} "
+        "(or earlier) for this command, or run a historical range with `airflow backfill create "
+        "--dag-id ... --from-date ... --to-date ... --max-active-runs 1`, or use the CLI "
+        "(`traitflow retrain --as-of ...`, `traitflow update --as-of ...`)."
+    )
+    print(message, file=sys.stderr)
+    return message
 
 
 # --- Param form -------------------------------------------------------------------------------

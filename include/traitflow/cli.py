@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from traitflow.config import ConfigError, PipelineConfig, data_dir
+
+if TYPE_CHECKING:
+    from traitflow.model import TraitflowModel
 
 log = logging.getLogger("traitflow")
 
@@ -50,6 +56,34 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--session-timeout-minutes", type=float, help="inactivity timeout (default 30)")
 
 
+TRIGGER_KEYS = ("new_vocab_threshold", "drift_threshold", "quality_margin", "training_window_days")
+
+
+def _add_trigger_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = PipelineConfig().triggers
+    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
+    group.add_argument(
+        "--new-vocab-threshold",
+        type=float,
+        help=f"retrain when more than this share of tokens is new (default {defaults.new_vocab_threshold})",
+    )
+    group.add_argument(
+        "--drift-threshold",
+        type=float,
+        help=f"refit traits above this aligned drift (default {defaults.drift_threshold})",
+    )
+    group.add_argument(
+        "--quality-margin",
+        type=float,
+        help=f"reject a candidate this much worse in hit rate (default {defaults.quality_margin})",
+    )
+    group.add_argument(
+        "--training-window-days",
+        type=_positive_int,
+        help=f"days of events before --as-of to train on (default {defaults.training_window_days})",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     flat = {
         key: getattr(args, key)
@@ -62,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             "seed",
             "workers",
             "session_timeout_minutes",
+            *TRIGGER_KEYS,
         )
         if getattr(args, key, None) is not None
     }
@@ -154,7 +189,52 @@ def cmd_profile(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     from traitflow.model import TraitflowModel
 
-    _print_traits(TraitflowModel.load(args.model))
+    model = TraitflowModel.load(args.model)
+    if args.json:
+        from traitflow.store.cli import print_json
+
+        print_json(model_traits_json(model))
+        return
+    _print_traits(model)
+
+
+def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
+    """``{"traits": [{trait_id, position, label, top_products, top_categories, size,
+    population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
+    for the store's model. ``size`` counts the training customers whose dominant trait it is
+    (None for a model saved without that count); ``population_share`` is the trait's weight in
+    the mean training profile."""
+    traits = model.traits
+    sizes = model.metrics.get("trait_sizes") or [None] * traits.n_traits
+    return {
+        "model_version": model.version,
+        "trained_through": model.trained_through,
+        "n_tokens": len(model.tokens),
+        "vector_size": model.tokens.vector_size,
+        "size_counts": "training customers by dominant trait",
+        "traits": [
+            {
+                "trait_id": int(trait_id),
+                "position": position,
+                "label": label,
+                "top_products": list(products),
+                "top_categories": list(categories),
+                "size": size,
+                "population_share": float(share),
+            }
+            for position, (trait_id, label, products, categories, size, share) in enumerate(
+                zip(
+                    traits.trait_ids,
+                    traits.labels,
+                    traits.top_products,
+                    traits.top_categories,
+                    sizes,
+                    traits.population_profile,
+                    strict=True,
+                )
+            )
+        ],
+    }
 
 
 def _print_traits(model) -> None:
@@ -186,9 +266,10 @@ def _fraction(value: str) -> float:
 
 
 def _quiet_gensim(args: argparse.Namespace) -> None:
-    """Commands that train many models keep gensim's per-epoch INFO lines out of the report."""
+    """Commands that train many models keep per-epoch progress lines out of the report."""
     if not args.verbose:
         logging.getLogger("gensim").setLevel(logging.WARNING)
+        logging.getLogger("traitflow.item2vec").setLevel(logging.WARNING)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -253,6 +334,114 @@ def cmd_tune(args: argparse.Namespace) -> None:
         print(f"results written to {out}")
 
 
+@contextlib.contextmanager
+def _db_schema(schema: str | None) -> Iterator[None]:
+    """The jobs open their own Store from ``TRAITFLOW_DB_SCHEMA``: set it for the command's duration."""
+    if schema is None:
+        yield
+        return
+    before = os.environ.get("TRAITFLOW_DB_SCHEMA")
+    os.environ["TRAITFLOW_DB_SCHEMA"] = schema
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRAITFLOW_DB_SCHEMA", None)
+        else:
+            os.environ["TRAITFLOW_DB_SCHEMA"] = before
+
+
+def _run_id(kind: str) -> str:
+    return f"cli-{kind}-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _as_of(args: argparse.Namespace, command: str) -> datetime:
+    """``--as-of``, else just after the newest stored event (printed, so the choice is visible)."""
+    from traitflow.chains import just_after, newest_event_time
+
+    if args.as_of is not None:
+        print(f"{command}: as of {args.as_of.isoformat()}")
+        return args.as_of
+    newest = newest_event_time(args.database_url)
+    if newest is None:
+        raise CliError("no events stored: run `traitflow ingest FILE --mapping M` first")
+    as_of = just_after(newest)
+    print(
+        f"{command}: as of {as_of.isoformat()} -- just after the newest stored event "
+        f"({newest.isoformat()}); pass --as-of to choose"
+    )
+    return as_of
+
+
+STEP_NAMES = {
+    "check_new_vocab": "new-vocabulary check",
+    "quality_gate": "quality gate",
+    "check_drift": "drift",
+}
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from traitflow.chains import run_weekly_chain, run_work_dir
+
+    params = config_from_args(args).to_flat()
+    with _db_schema(args.schema):
+        as_of = _as_of(args, "retrain")
+        run_id = _run_id("retrain")
+        work_dir = run_work_dir("cli_retrain", run_id)
+        print(f"work dir: {work_dir}")
+        outcome = run_weekly_chain(
+            args.database_url,
+            as_of,
+            work_dir,
+            params,
+            args.force,
+            run_id=run_id,
+            tune=args.tune,
+            tune_trials=args.tune_trials,
+            tune_sample_fraction=args.tune_sample_fraction,
+            on_decision=lambda d: print(f"{STEP_NAMES.get(d.step, d.step)}: {d.branch} -- {d.reason}"),
+        )
+    active = f"model version {outcome.active_version}" if outcome.active_version else "no model"
+    if outcome.status == "promoted":
+        print(
+            f"result: promoted model version {outcome.model_version} "
+            f"({outcome.n_profiles} profiles as of {as_of.isoformat()}) in {outcome.seconds:.1f}s"
+        )
+    elif outcome.status == "skipped":
+        print(f"result: skipped, no retrain needed -- {active} stays active (--force retrains anyway)")
+    else:
+        print(f"result: candidate rejected by the quality gate -- {active} stays active")
+    print(f"report stored: traitflow reports --kind weekly (run {outcome.run_id})")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from traitflow.chains import run_daily_update, run_work_dir
+
+    # The profiles use the stored model's own parameters; the flat config is passed as the DAG does.
+    params = PipelineConfig().to_flat()
+    with _db_schema(args.schema):
+        as_of = _as_of(args, "update")
+        since = args.since if args.since is not None else as_of - timedelta(days=1)
+        run_id = _run_id("update")
+        outcome = run_daily_update(
+            args.database_url, since, as_of, run_work_dir("cli_update", run_id), params, run_id=run_id
+        )
+    print(f"customers with events in [{since.isoformat()}, {as_of.isoformat()}): {outcome.n_customers}")
+    if outcome.model_version is None:
+        raise CliError(f"no profiles updated: {outcome.reason}")
+    print(f"profiles written: {outcome.n_profiles} with model version {outcome.model_version}")
+    report = outcome.report
+    if outcome.n_profiles:
+        print(
+            f"oov rate {report['oov_rate']:.3f}, cold-start share {report['cold_start_share']:.3f}, "
+            f"profile shift from the training population (JS) {report['profile_shift_js']:.4f}"
+        )
+    elif outcome.reason:
+        print(outcome.reason)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="traitflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -287,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="show a saved model's traits")
     inspect.add_argument("model", help="model folder")
+    inspect.add_argument("--json", action="store_true", help="print the traits as JSON")
     inspect.set_defaults(func=cmd_inspect)
 
     evaluate = sub.add_parser(
@@ -339,6 +529,65 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(tune)
     tune.set_defaults(func=cmd_tune)
 
+    db_flags = argparse.ArgumentParser(add_help=False)
+    db_flags.add_argument(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL (default: $TRAITFLOW_DATABASE_URL, else the embedded server in the data dir)",
+    )
+    db_flags.add_argument(
+        "--schema", default=None, help="PostgreSQL schema (default: $TRAITFLOW_DB_SCHEMA or traitflow)"
+    )
+    retrain = sub.add_parser(
+        "retrain",
+        parents=[db_flags],
+        help="the weekly retrain on the stored events (what the traitflow_weekly_retrain DAG runs)",
+        description=(
+            "corpus -> new-vocabulary check -> candidate -> quality gate -> aligned drift -> refit or "
+            "keep traits -> profiles -> promotion -> report, with the weekly DAG's code; each decision "
+            "is printed with its reason. Exit 0 whenever the chain completes (promoted, skipped or "
+            "rejected)."
+        ),
+    )
+    retrain.add_argument(
+        "--as-of",
+        type=parse_utc,
+        help="train on events before this instant (default: just after the newest stored event)",
+    )
+    retrain.add_argument(
+        "--force", action="store_true", help="train a candidate even if the vocabulary has not moved"
+    )
+    retrain.add_argument("--tune", action="store_true", help="tune Item2Vec first (traitflow.tuning)")
+    retrain.add_argument("--tune-trials", type=_positive_int, default=8, help="settings tried (default 8)")
+    retrain.add_argument(
+        "--tune-sample-fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of customers tuned on (default 0.1)",
+    )
+    _add_config_flags(retrain)
+    _add_trigger_flags(retrain)
+    retrain.set_defaults(func=cmd_retrain)
+
+    update = sub.add_parser(
+        "update",
+        parents=[db_flags],
+        help="the daily profile update on the stored events (what the traitflow_daily DAG runs)",
+        description=(
+            "Recompute the profiles of customers with events in [--since, --as-of) from their whole "
+            "history, with the newest model trained through --as-of, and store a monitoring report."
+        ),
+    )
+    update.add_argument(
+        "--as-of",
+        type=parse_utc,
+        help="profile as of this instant (default: just after the newest stored event)",
+    )
+    update.add_argument(
+        "--since", type=parse_utc, help="customers with events from this instant (default: --as-of - 1 day)"
+    )
+    update.set_defaults(func=cmd_update)
+
     from traitflow.store.cli import add_commands
 
     add_commands(sub, names={"profile": "customer"})
@@ -351,13 +600,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # gensim logs its lifecycle (vocabulary scans, every epoch's progress, the model's repr) at
+    # INFO; the pipeline's own progress lines say what a user needs. -v shows gensim's too.
+    logging.getLogger("gensim").setLevel(logging.NOTSET if args.verbose else logging.WARNING)
+    logging.getLogger("traitflow.item2vec").setLevel(logging.NOTSET)  # tune/evaluate raise it
     func: Callable[[argparse.Namespace], int | None] = args.func
+    import psycopg
+
+    from traitflow.store.errors import StoreError
+
     try:
         status = func(args)
-    except (CliError, ConfigError, FileNotFoundError, ValueError) as error:
+    except (CliError, ConfigError, FileNotFoundError, ValueError, StoreError, psycopg.Error) as error:
         if args.verbose:
             raise
-        print(f"traitflow: error: {error}", file=sys.stderr)
+        prefix = "database: " if isinstance(error, psycopg.Error) else ""
+        print(f"traitflow: error: {prefix}{str(error).strip()}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 

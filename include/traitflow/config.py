@@ -226,6 +226,60 @@ class PipelineConfig:
         return out
 
 
+# Fewest customers per trait before a fit is called thin (a warning with a suggested k), and the
+# floor below which it is refused: NMF with k traits on fewer than 2k customers gives traits made
+# of one or two customers each, which describe individuals, not behaviour shared by a group.
+CUSTOMERS_PER_TRAIT = 20
+MIN_CUSTOMERS_PER_TRAIT = 2
+
+
+@dataclass(frozen=True)
+class TraitCountCheck:
+    """Whether ``n_customers`` support ``k`` traits (``check_trait_count``).
+
+    verdict : "ok", "thin" (fit, with a warning) or "refuse"
+    suggested_k : the k these customers support (``max(2, n_customers // 20)``, at most ``k``)
+    message : a sentence with the numbers, empty when the verdict is "ok"
+    """
+
+    n_customers: int
+    k: int
+    verdict: str
+    suggested_k: int
+    message: str
+
+
+def check_trait_count(n_customers: int, k: int) -> TraitCountCheck:
+    """The rule for fitting ``k`` traits on ``n_customers`` customers with history.
+
+    At least ``CUSTOMERS_PER_TRAIT`` (20) customers per trait is fine; fewer is thin (fit anyway,
+    with a warning and a suggested k); fewer than ``MIN_CUSTOMERS_PER_TRAIT * k`` customers, or
+    fewer than 2 customers in all, is refused.
+    """
+    suggested = max(2, min(k, n_customers // CUSTOMERS_PER_TRAIT))
+    if n_customers < max(2, MIN_CUSTOMERS_PER_TRAIT * k):
+        floor = max(2, MIN_CUSTOMERS_PER_TRAIT * k)
+        hint = (
+            f"; use k={suggested} or fewer"
+            if n_customers >= MIN_CUSTOMERS_PER_TRAIT * suggested
+            else f"; traits need at least {MIN_CUSTOMERS_PER_TRAIT * 2} customers with history"
+        )
+        message = (
+            f"{n_customers} customers with history cannot support k={k} traits "
+            f"(need at least {floor}){hint}"
+        )
+        return TraitCountCheck(n_customers, k, "refuse", suggested, message)
+    if n_customers < CUSTOMERS_PER_TRAIT * k:
+        message = (
+            f"only {n_customers} customers with history for k={k} traits "
+            f"({n_customers / k:.1f} per trait, fewer than {CUSTOMERS_PER_TRAIT}): the traits may "
+            f"describe a handful of customers each; k={suggested} would give about "
+            f"{n_customers // suggested} per trait"
+        )
+        return TraitCountCheck(n_customers, k, "thin", suggested, message)
+    return TraitCountCheck(n_customers, k, "ok", k, "")
+
+
 def env_str(name: str, default: str | None = None) -> str | None:
     """A non-empty environment string, else ``default``."""
     value = os.environ.get(name, "").strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +49,38 @@ def train_item2vec(corpus_path: Path, vocabulary: Vocabulary, params: Item2VecPa
     with their metadata from ``vocabulary``.
     """
     from gensim.models import Word2Vec  # heavy import, only where training happens
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    class EpochProgress(CallbackAny2Vec):
+        """One INFO line per finished epoch with the elapsed time: a progress signal that does
+        not need gensim's own chatty log (the CLI shows gensim's lines only with -v)."""
+
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def on_epoch_end(self, model: Word2Vec) -> None:
+            self.epoch += 1
+            elapsed = time.perf_counter() - started
+            log.info("item2vec: epoch %d/%d done (%.1fs)", self.epoch, model.epochs, elapsed)
 
     if not Path(corpus_path).is_file() or Path(corpus_path).stat().st_size == 0:
         raise ValueError(f"corpus file {corpus_path} is missing or empty: no session has 2+ events")
-    model = Word2Vec(corpus_file=str(corpus_path), **word2vec_arguments(params))
+    started = time.perf_counter()
+    log.info("item2vec: training %d epochs on %s", params.epochs, corpus_path)
+    model = Word2Vec(
+        corpus_file=str(corpus_path), **word2vec_arguments(params), callbacks=[EpochProgress()]
+    )
     codes = np.asarray(model.wv.index_to_key, dtype=np.int64)
     order = np.argsort(codes, kind="stable")
     codes = codes[order]
     vectors = np.ascontiguousarray(model.wv.vectors[order], dtype=np.float32)
-    log.info("item2vec: %d tokens x %d dims from %s", len(codes), vectors.shape[1], corpus_path)
+    log.info(
+        "item2vec: %d tokens x %d dims from %s (%.1fs)",
+        len(codes),
+        vectors.shape[1],
+        corpus_path,
+        time.perf_counter() - started,
+    )
     return TokenTable(
         tokens=vocabulary.tokens[codes],
         actions=vocabulary.actions[codes],

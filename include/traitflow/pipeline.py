@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from traitflow.aggregate import customer_embeddings
-from traitflow.config import PipelineConfig, SessionParams
+from traitflow.config import ConfigError, PipelineConfig, SessionParams, check_trait_count
 from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
@@ -123,9 +124,16 @@ def fit_model(
     if previous is not None and not refit_traits:
         traits = copy.deepcopy(previous.traits)  # labels and population are updated below
         traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
-        traits.population_profile = project(traits, training_vectors).mean(axis=0)
+        training_profiles = project(traits, training_vectors)
+        traits.population_profile = training_profiles.mean(axis=0)
         metrics["traits"] = {"refit": False}
     else:
+        check = check_trait_count(len(training_vectors), config.traits.n_traits)
+        if check.verdict == "refuse":
+            raise ConfigError(check.message)
+        if check.verdict == "thin":
+            log.warning("%s", check.message)
+            metrics["thin_data"] = check.message
         warm = (
             warm_start
             and previous is not None
@@ -138,6 +146,7 @@ def fit_model(
             anchor=anchor,
         )
         traits = fit.traits
+        training_profiles = fit.profiles
         metrics["traits"] = {
             "refit": True,
             "reconstruction_error": fit.reconstruction_error,
@@ -151,6 +160,10 @@ def fit_model(
             traits.trait_ids, trait_match = match_traits(
                 previous_profiles, fit.profiles, previous.traits.trait_ids, next_id=next_id
             )
+    # Training customers per trait (by dominant trait, in component order): what `inspect` shows
+    # as a saved model's trait sizes.
+    dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
+    metrics["trait_sizes"] = np.bincount(dominant, minlength=traits.n_traits).tolist()
     label_traits(traits, tokens)
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
@@ -189,6 +202,7 @@ def profile_customers(
 ) -> ProfileBatch:
     """Profiles as of ``as_of`` from events before it, for the customers in ``events`` (and
     ``customer_ids``; those without events get the population profile, flagged no_history)."""
+    started = time.perf_counter()
     usable = events_before(events, as_of)
     embeddings = customer_embeddings(
         usable,
@@ -206,6 +220,13 @@ def profile_customers(
     vectors[~known] = model.traits.population_vector
     stats = dict(embeddings.stats)
     stats["n_customers"] = len(profiles)
+    log.info(
+        "profiles: %d customers from %d events as of %s (%.1fs)",
+        len(profiles),
+        len(usable),
+        pd.Timestamp(as_of).isoformat(),
+        time.perf_counter() - started,
+    )
     return ProfileBatch(
         as_of=as_of,
         model_version=model.version,

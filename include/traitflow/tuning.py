@@ -69,11 +69,16 @@ class TuningResult:
         "gensim_defaults", "config_defaults"), ``validation_hit_rate``, ``test_hit_rate``,
         ``seconds``; sorted by validation hit rate, best first
     sample : sizes of the sample and its held-out pairs
+    undefined : why nothing was picked, or None. The hit rate is zero on every trial when the
+        held-out sessions have no next item any model could place in its top N (e.g. every
+        held-out pair involves a token unseen in training); then the metric is undefined on this
+        data, ``best_params`` is empty and the configured values stay as they are.
     """
 
     best_params: dict[str, Any]
     table: pd.DataFrame
     sample: dict[str, Any]
+    undefined: str | None = None
 
     def row(self, role: str) -> dict[str, Any]:
         """The first table row with ``role`` (e.g. "gensim_defaults"), as a dict."""
@@ -90,7 +95,8 @@ class TuningResult:
         """JSON-able form."""
         return {
             "best_params": self.best_params,
-            "best": _plain(self.best),
+            "undefined": self.undefined,
+            "best": None if self.undefined else _plain(self.best),
             "gensim_defaults": _plain(self.row("gensim_defaults")),
             "config_defaults": _plain(self.row("config_defaults")),
             "sample": self.sample,
@@ -229,9 +235,19 @@ def search(
     sort_keys = ["validation_hit_rate", *(["epochs"] if "epochs" in table else []), "_order"]
     table = table.sort_values(sort_keys, ascending=[False, *([True] if "epochs" in table else []), True])
     table = table.drop(columns="_order").reset_index(drop=True)
-    # Reference rows compete too: the search never recommends something worse on validation.
-    best_params = {key: _native(table.iloc[0][key]) for key in reported}
-    PipelineConfig.from_mapping(best_params)  # validated: the DAG can pass it along as is
+    undefined = None
+    if not (table["validation_hit_rate"] > 0).any():
+        undefined = (
+            f"held-out next-item hit rate@{top_n} is 0 on every one of the {len(table)} trained settings: "
+            "the metric is undefined on this data (too few sessions or repeat pairs); nothing picked, "
+            "the configured values stay"
+        )
+        log.warning("tune: %s", undefined)
+        best_params: dict[str, Any] = {}
+    else:
+        # Reference rows compete too: the search never recommends something worse on validation.
+        best_params = {key: _native(table.iloc[0][key]) for key in reported}
+        PipelineConfig.from_mapping(best_params)  # validated: the DAG can pass it along as is
     summary = {
         "n_customers": int(sample["customer_id"].nunique()),
         "n_events": len(sample),
@@ -243,7 +259,7 @@ def search(
         "top_n": top_n,
         "n_trials": len(trials),
     }
-    return TuningResult(best_params=best_params, table=table, sample=summary)
+    return TuningResult(best_params=best_params, table=table, sample=summary, undefined=undefined)
 
 
 def _native(value: Any) -> Any:
@@ -326,6 +342,9 @@ def format_result(result: TuningResult, *, max_rows: int = 15) -> str:
         lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
+    if result.undefined:
+        lines.append(f"no pick: {result.undefined}")
+        return "\n".join(lines)
     best, gensim = result.best, result.row("gensim_defaults")
     lines.append(
         f"best: {result.best_params} -- test hit rate {best['test_hit_rate']:.4f} vs gensim defaults "

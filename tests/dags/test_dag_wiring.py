@@ -109,7 +109,7 @@ class FakeJobs(types.ModuleType):
 
     def promote(self, database_url, candidate_info, profiles_info) -> dict:
         self._record("promote", dict(locals()))
-        return {"model_version": 2}
+        return {"model_version": 2, "n_profiles": 3, "promoted": True}
 
     def weekly_report(self, database_url, run_id, results) -> dict:
         self._record("weekly_report", dict(locals()))
@@ -260,6 +260,35 @@ def test_weekly_branches(
         gate = fake.calls["reject_candidate"]["gate_result"]
         assert gate["passed"] is False and gate["reason"] == "hit rate -5%"
 
+    # `traitflow retrain` (traitflow.chains) takes the same branches with the same job calls.
+    from traitflow import chains
+
+    assert tuple(WEEKLY[:-1]) == chains.WEEKLY_STEPS
+    chain_fake = FakeJobs(**behaviour)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chains, "jobs", chain_fake)
+        outcome = chains.run_weekly_chain(
+            CONN,
+            D,
+            fake.calls["build_corpus"]["work_dir"],  # the fake's results embed it
+            PipelineConfig().to_flat(),
+            bool(conf.get("force_retrain")),
+            run_id="cli-test",
+        )
+    assert list(chain_fake.calls) == list(fake.calls)  # same jobs, same order
+    for name, call in fake.calls.items():
+        ignored = {"run_id", "results"}
+        assert {k: v for k, v in chain_fake.calls[name].items() if k not in ignored} == {
+            k: v for k, v in call.items() if k not in ignored
+        }, name
+    chain_results = chain_fake.calls["weekly_report"]["results"]
+    assert {k for k, v in results.items() if v is not None} == set(chain_results) - {"runner"}
+    branches = ("check_new_vocab", "quality_gate", "check_drift")
+    assert [d.branch for d in outcome.decisions] == [results[b]["branch"] for b in branches if results[b]]
+    assert outcome.status == (
+        "promoted" if "promote" in ran else "rejected" if "reject_candidate" in ran else "skipped"
+    )
+
 
 def test_weekly_failure_fails_the_run_and_skips_no_report_silently(run_dag: Any, fake_jobs: Any) -> None:
     fake = fake_jobs()
@@ -286,3 +315,28 @@ def test_refresh_on_promotion_refreshes_all_profiles(run_dag: Any, fake_jobs: An
     assert call["database_url"] == CONN
     assert call["run_id"] == result.run_id
     assert Path(call["work_dir"]).is_dir()
+
+
+def test_dags_test_before_the_start_date_says_why_nothing_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import traitflow_common
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    explain = traitflow_common.explain_test_before_start
+    monkeypatch.setattr(traitflow_common, "_EXPLAINED", set())
+    for argv in (
+        ["airflow", "dags", "test", "traitflow_daily", "2026-01-05"],  # on or after the start
+        ["airflow", "dags", "test", "traitflow_daily"],  # no date: now
+        ["airflow", "dags", "test", "traitflow_daily", "--conf", "{}"],
+        ["airflow", "dags", "test", "other_dag", "2017-12-10"],
+        ["airflow", "backfill", "create", "--dag-id", "traitflow_daily", "--from-date", "2017-12-10"],
+        ["airflow", "scheduler"],
+    ):
+        assert explain("traitflow_daily", start, argv) is None, argv
+    argv = ["airflow", "dags", "test", "-c", "{}", "traitflow_weekly_retrain", "2017-12-10"]
+    message = explain("traitflow_weekly_retrain", start, argv)
+    assert message is not None and message in capsys.readouterr().err
+    assert "logical date 2017-12-10 is before the DAG's start date 2026-01-01" in message
+    assert "TRAITFLOW_START_DATE=2017-12-10" in message and "airflow backfill create" in message
+    assert explain("traitflow_weekly_retrain", start, argv) is None  # said once per process

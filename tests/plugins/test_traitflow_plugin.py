@@ -492,7 +492,7 @@ def test_empty_database(client: TestClient, empty_db: Any) -> None:
     assert page.status_code == 200
     assert "No active model yet" in page.text
     assert client.get("/api/traits").json() == {
-        "detail": "there is no active model yet (promote one, or pass a model version)"
+        "detail": "there is no active model yet (run `traitflow retrain`, or pass a model version)"
     }
     assert client.get("/api/traits/3/top").status_code == 404
     assert client.get("/api/models").json() == {"active_model_version": None, "models": []}

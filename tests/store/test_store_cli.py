@@ -89,7 +89,9 @@ def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, s
     code, out, _ = cli("profile", "alice", "--history")
     assert code == 0 and "trait_11" in out
     code, out, _ = cli("traits", "--json")
-    assert [t["size"] for t in json.loads(out)] == [2, 1, 0]
+    traits = json.loads(out)
+    assert traits["model_version"] == profiled and [t["trait_id"] for t in traits["traits"]] == [3, 7, 11]
+    assert [t["size"] for t in traits["traits"]] == [2, 1, 0]
     code, out, _ = cli("top", "7", "-n", "1", "--json")
     assert [r["customer_id"] for r in json.loads(out)] == ["bob"]
     code, out, _ = cli("similar", "alice", "-n", "1", "--json")

@@ -102,7 +102,7 @@ def test_traits_command_shows_names_next_to_top_products(
     out = capsys.readouterr().out
     assert "p1 (Blue Mug), a,b (Tea; Pot)" in out
     assert main([*args, "--json"]) == 0
-    traits = json.loads(capsys.readouterr().out)
+    traits = json.loads(capsys.readouterr().out)["traits"]
     for trait in traits:
         expected = [{"p1": "Blue Mug", "a,b": "Tea; Pot"}.get(p) for p in trait["top_products"]]
         assert trait["top_product_names"] == expected

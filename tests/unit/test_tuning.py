@@ -129,3 +129,44 @@ def test_tune_command_rejects_a_bad_grid(tmp_path: Path, capsys):
     write_sample(tmp_path, SyntheticSpec(n_customers=50, n_events=1_000))
     status = main(["tune", str(tmp_path / "events.csv"), "--grid", "[1, 2]"])
     assert status == 2 and "--grid must be a JSON object" in capsys.readouterr().err
+
+
+def _disjoint_sessions(n_customers: int = 60, session_length: int = 4):
+    """Each customer has two sessions a day apart, each on products no other session touches:
+    no held-out next item was ever seen in training, so every setting scores exactly 0."""
+    import pandas as pd
+
+    rows = []
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    for customer in range(n_customers):
+        for session in range(2):
+            for step in range(session_length):
+                rows.append(
+                    {
+                        "customer_id": f"c{customer}",
+                        "event_time": start + pd.Timedelta(days=session, minutes=step),
+                        "action": "view",
+                        "product_id": f"p{customer}_{session}_{step}",
+                        "category": "x",
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    frame["customer_id"] = frame["customer_id"].astype("string")
+    return frame
+
+
+def test_a_metric_that_is_zero_everywhere_picks_nothing(tmp_path: Path):
+    result = search(
+        _disjoint_sessions(),
+        grid={"window": [2, 3]},
+        sample_fraction=1.0,
+        holdout_fraction=0.3,
+        work_dir=tmp_path,
+    )
+    assert (result.table["validation_hit_rate"] == 0).all() and len(result.table) >= 3
+    assert result.best_params == {}
+    assert "undefined on this data" in result.undefined
+    text = format_result(result)
+    assert "no pick:" in text and "best:" not in text
+    saved = result.to_dict()
+    assert saved["best_params"] == {} and saved["best"] is None and saved["undefined"] == result.undefined

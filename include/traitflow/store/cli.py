@@ -64,13 +64,14 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
+    """The CLI's one JSON printer (numpy values, datetimes), for every ``--json`` output."""
     print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool, max_colwidth: int | None = 60) -> None:
     if as_json:
-        _print_json(frame.to_dict(orient="records"))
+        print_json(frame.to_dict(orient="records"))
     elif frame.empty:
         print("(no rows)")
     else:
@@ -103,7 +104,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             args.path, args.mapping, run_id, force=args.force, chunksize=args.chunksize
         )
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     elif report.skipped:
         print(f"{args.path}: already ingested (sha256 {report.file_sha256}); use --force to re-read it")
     else:
@@ -125,7 +126,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if profile is None:
         _fail(f"customer {args.customer_id!r} has no profile")
     if args.json:
-        _print_json(profile)
+        print_json(profile)
         return 0
     print(
         f"customer {profile['customer_id']}  as of {profile['as_of']:%Y-%m-%d %H:%M}  "
@@ -142,6 +143,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def traits_json(frame: pd.DataFrame) -> dict[str, Any]:
+    """``{"model_version", "size_counts", "traits": [{trait_id, position, label, top_products,
+    top_categories, top_product_names, size}]}`` from ``Store.traits``: the shape
+    ``traitflow inspect MODEL --json`` prints for a saved model (there, sizes count training
+    customers; product names are known only to the store)."""
+    version = int(frame["model_version"].iat[0]) if len(frame) else None
+    return {
+        "model_version": version,
+        "size_counts": "current profiles by dominant trait",
+        "traits": frame.drop(columns="model_version").to_dict(orient="records"),
+    }
+
+
 @_handle_errors
 def cmd_traits(args: argparse.Namespace) -> int:
     with _store(args) as store:
@@ -149,12 +163,14 @@ def cmd_traits(args: argparse.Namespace) -> int:
         # Names stored at ingestion (order-line exports with a product_name column); None if unknown.
         names = store.product_names([p for products in frame["top_products"] for p in products])
     frame = frame.assign(top_product_names=frame["top_products"].map(lambda v: [names.get(p) for p in v]))
-    if not args.json:
-        frame = frame.assign(
-            top_products=frame["top_products"].map(lambda v: ", ".join(_named(p, names) for p in v[:5])),
-            top_categories=frame["top_categories"].map(lambda v: ", ".join(v[:3])),
-        ).drop(columns="top_product_names")
-    _print_frame(frame, args.json, max_colwidth=None)  # names are long; cut, they would mislead
+    if args.json:
+        print_json(traits_json(frame))
+        return 0
+    frame = frame.assign(
+        top_products=frame["top_products"].map(lambda v: ", ".join(_named(p, names) for p in v[:5])),
+        top_categories=frame["top_categories"].map(lambda v: ", ".join(v[:3])),
+    ).drop(columns="top_product_names")
+    _print_frame(frame, False, max_colwidth=None)  # names are long; cut, they would mislead
     return 0
 
 
@@ -186,7 +202,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
     with _store(args) as store:
         reports = store.run_reports(args.kind, args.limit)
     if args.json:
-        _print_json(reports)
+        print_json(reports)
     elif not reports:
         print("(no reports)")
     else:

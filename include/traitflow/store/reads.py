@@ -169,7 +169,7 @@ def _active_or(conn: psycopg.Connection, model_version: int | None) -> int:
         return int(model_version)
     row = conn.execute("SELECT model_version FROM model_versions WHERE status = 'active'").fetchone()
     if row is None:
-        raise NotFoundError("there is no active model yet (promote one, or pass a model version)")
+        raise NotFoundError("there is no active model yet (run `traitflow retrain`, or pass a model version)")
     return int(row[0])
 
 
