@@ -52,6 +52,11 @@ REASON_OVERSIZED = "oversized_field"
 REASON_DUPLICATE = "exact_duplicate"
 REASON_BAD_PRICE = "unparseable_price"
 REASON_CONTROL_CHARS = "control_characters_in_field"
+# Line-level reasons: the CSV line itself is unusable, so it never became a row of fields.
+REASON_MALFORMED_ROW = "malformed_row"  # wrong field count (blank line included), broken quoting
+REASON_INVALID_ENCODING = "invalid_encoding"  # bytes that are not UTF-8
+REASON_OVERSIZED_LINE = "oversized_line"  # longer than traitflow.csv_lines.MAX_LINE_BYTES
+LINE_REJECT_REASONS: tuple[str, ...] = (REASON_MALFORMED_ROW, REASON_INVALID_ENCODING, REASON_OVERSIZED_LINE)
 REJECT_REASONS: tuple[str, ...] = (
     REASON_MISSING_CUSTOMER,
     REASON_MISSING_PRODUCT,
@@ -63,6 +68,7 @@ REJECT_REASONS: tuple[str, ...] = (
     REASON_DUPLICATE,
     REASON_BAD_PRICE,
     REASON_CONTROL_CHARS,
+    *LINE_REJECT_REASONS,
 )
 
 
