@@ -206,8 +206,8 @@ def add_reject_share_flag(parser: argparse.ArgumentParser) -> None:
         "--max-reject-share",
         type=reject_share,
         default=None,
-        help="refuse a file (loading nothing of it) when more than this share of its rows is "
-        "rejected, exact duplicates not counted (default 0.5; 1 never refuses)",
+        help="refuse a file (loading nothing of it) when more than this share of its rows, and "
+        "at least 10, are rejected; exact duplicates not counted (default 0.5; 1 never refuses)",
     )
 
 
