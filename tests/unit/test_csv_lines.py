@@ -234,3 +234,20 @@ def test_parquet_files_are_refused_too(tmp_path: Path) -> None:
     pd.DataFrame(rows, dtype="str").to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(MostlyRejectedError, match=r"unknown_action x15 \(rows 6, 7, 8, 9, 10, \.\.\.\)"):
         read_events(tmp_path / "bad.parquet", chunksize=4)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "tune"])
+def test_file_reading_commands_refuse_a_mostly_rejected_file(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from traitflow import cli
+
+    path = mostly_bad(tmp_path / "bad.csv", 10, 30)
+    extra = ["--out", str(tmp_path / "model")] if command == "train" else []
+    assert cli.main([command, str(path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "refused, 30 of 40 rows rejected" in err and "malformed_row x15 (rows 11, 13," in err
+    for share in ("1.5", "-0.1", "half"):
+        with pytest.raises(SystemExit) as caught:
+            cli.build_parser().parse_args([command, str(path), *extra, "--max-reject-share", share])
+        assert caught.value.code == 2
