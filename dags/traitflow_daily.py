@@ -88,7 +88,7 @@ def traitflow_daily() -> None:
             run.start,
             run.end,
             run.run_id,
-            max_reject_share=run.params["max_reject_share"],
+            max_reject_share=run.params.get("max_reject_share"),
         )
 
     @task
