@@ -23,7 +23,9 @@ DOC_MD = """
   **D** covers the day **[D, D + 1 day)** and starts after midnight ending that day. A manual run
   (UI trigger, `dag.test(logical_date=T)`) covers the last complete day before T.
 * **ingest** loads and validates files from `input_dir` (column mapping `mapping`); with an empty
-  `input_dir` it skips and the run works on events already in the `events` table.
+  `input_dir` it skips and the run works on events already in the `events` table. Bad rows and
+  malformed lines go to `rejected_events`; a file with more than `max_reject_share` of its rows
+  rejected is refused whole (nothing stored) and fails the task.
 * **update_profiles** uses the newest model trained through the interval end or earlier
   (backfill-safe) and never overwrites a newer current profile.
 * **monitor** stores a run report (OOV rate, profile-distribution drift).
@@ -68,6 +70,16 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
             description="Column-mapping preset (or path to a mapping file) for the input files.",
             section="Input",
         ),
+        "max_reject_share": Param(
+            0.5,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="max_reject_share",
+            description="Refuse a file (nothing of it stored, the task fails) when more than this "
+            "share of its rows is rejected: that is a wrong mapping, not bad rows. 1 = never refuse.",
+            section="Input",
+        ),
         **pipeline_params(),
     },
 )
@@ -84,6 +96,7 @@ def traitflow_daily() -> None:
             run.start,
             run.end,
             run.run_id,
+            max_reject_share=run.params.get("max_reject_share"),
         )
 
     @task

@@ -10,17 +10,21 @@
   connection, e.g. for concurrency tests), or on another fresh schema (``fresh=True``).
 * ``build_model`` / ``build_profile_batch``: small hand-made ``TraitflowModel`` / ``ProfileBatch``
   with awkward values (bit patterns, quotes, emoji), as plain functions and as fixtures.
+* ``hostile_events``: a headerless taobao-format CSV with 42 good rows and 9 bad ones of every
+  kind (malformed, undecodable, invalid values), with the expected rejects.
 
 Nothing here imports Airflow (tests/dags/conftest.py must configure it first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -204,6 +208,63 @@ def _build_model_fixture() -> Callable[..., TraitflowModel]:
 @pytest.fixture(name="build_profile_batch")
 def _build_profile_batch_fixture() -> Callable[..., ProfileBatch]:
     return build_profile_batch
+
+
+@dataclass(frozen=True)
+class HostileEvents:
+    """``lines``: the file's lines (bytes, no line end); ``rejects``: (line number, reason) of
+    the bad ones, in file order; ``good_ids``: customer ids of the good rows."""
+
+    lines: list[bytes]
+    rejects: list[tuple[int, str]]
+    good_ids: list[str]
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(b"\n".join(self.lines) + b"\n")
+        return path
+
+    def raw_bytes(self, raw: str) -> bytes:
+        """The source line a reject's ``raw`` stands for: a JSON string of the line for line-level
+        rejects, a JSON object of the fields (in column order) for value-level ones."""
+        value = json.loads(raw)
+        text = ",".join(value.values()) if isinstance(value, dict) else value
+        return text.encode("utf-8", "surrogateescape")
+
+
+# 2026-03-01T00:00:00Z: the rows fall on the day of the file name used by the DAG test.
+HOSTILE_DAY_START = 1772323200
+HOSTILE_BAD_LINES: list[tuple[bytes, str]] = [
+    (b"u900,i1,c1,pv,1772323200,extra", "malformed_row"),
+    (b"u901,i1,c1,pv", "malformed_row"),
+    (b"u9\xff02,i1,c1,pv,1772323200", "invalid_encoding"),
+    (b",i1,c1,pv,1772323200", "missing_customer_id"),
+    (b"u904,i1,c1,teleport,1772323200", "unknown_action"),
+    (b"u905,i1,c1,pv,-1772323200", "event_time_out_of_range"),
+    (b"u906,i1,c1,pv,yesterday", "unparseable_event_time"),
+    (b"u" + b"x" * 4999 + b",i1,c1,pv,1772323200", "oversized_field"),
+    (b"u9\x0008,i1,c1,pv,1772323200", "control_characters_in_field"),
+]
+HOSTILE_GOOD_IDS = [f"u{i}" for i in range(40)] + ["x'); DROP TABLE events;--", "🛒 emoji 😀"]
+
+
+@pytest.fixture
+def hostile_events() -> HostileEvents:
+    """42 good rows (two with an injection-looking and an emoji id), a bad one after every 4th."""
+    actions = ("pv", "cart", "fav", "buy")
+    good = [
+        f"{cid},i{i % 7},c{i % 3},{actions[i % 4]},{HOSTILE_DAY_START + 60 * i}".encode()
+        for i, cid in enumerate(HOSTILE_GOOD_IDS)
+    ]
+    lines: list[bytes] = []
+    rejects: list[tuple[int, str]] = []
+    bad = iter(HOSTILE_BAD_LINES)
+    for i, line in enumerate(good):
+        lines.append(line)
+        if i % 4 == 3 and (item := next(bad, None)) is not None:
+            lines.append(item[0])
+            rejects.append((len(lines), item[1]))  # headerless: row_number = file line number
+    assert len(rejects) == len(HOSTILE_BAD_LINES)
+    return HostileEvents(lines, rejects, HOSTILE_GOOD_IDS)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -103,15 +103,16 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig.from_mapping(flat)
 
 
-def _load_events(paths: Sequence[str], mapping: str):
+def _load_events(paths: Sequence[str], mapping: str, max_reject_share: float | None = None):
     import pandas as pd
 
-    from traitflow.events import read_events
+    from traitflow.events import DEFAULT_MAX_REJECT_SHARE, read_events
 
+    share = DEFAULT_MAX_REJECT_SHARE if max_reject_share is None else max_reject_share
     frames, n_rejected = [], 0
     for path in paths:
         started = time.perf_counter()
-        result = read_events(path, mapping)
+        result = read_events(path, mapping, max_reject_share=share)
         log.info(
             "read %s: %d events, %d rejected (%.1fs)",
             path,
@@ -149,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from traitflow.pipeline import train
 
     config = config_from_args(args)
-    events = _load_events(args.events, args.mapping)
+    events = _load_events(args.events, args.mapping, args.max_reject_share)
     trained_through = (
         args.trained_through or (events["event_time"].max() + _one_microsecond()).to_pydatetime()
     )
@@ -174,7 +175,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
     from traitflow.pipeline import profile_customers
 
     model = TraitflowModel.load(args.model)
-    events = _load_events(args.events, args.mapping)
+    events = _load_events(args.events, args.mapping, args.max_reject_share)
     as_of = args.as_of or (events["event_time"].max() + _one_microsecond()).to_pydatetime()
     batch = profile_customers(events, model, as_of)
     frame = pd.DataFrame(batch.profiles, columns=[f"trait_{i}" for i in batch.trait_ids])
@@ -279,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     _quiet_gensim(args)
     config = config_from_args(args)
-    events = _load_events(args.events, args.mapping)
+    events = _load_events(args.events, args.mapping, args.max_reject_share)
     segments = None
     if args.segments:
         if not Path(args.segments).is_file():
@@ -308,7 +309,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     _quiet_gensim(args)
     config = config_from_args(args)
-    events = _load_events(args.events, args.mapping)
+    events = _load_events(args.events, args.mapping, args.max_reject_share)
     grid = None
     if args.grid:
         try:
@@ -443,6 +444,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from traitflow.store.cli import add_commands, add_reject_share_flag
+
     parser = argparse.ArgumentParser(prog="traitflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -463,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mapping", default="canonical", help="preset name or mapping file")
     train.add_argument("--out", required=True, help="model folder")
     train.add_argument("--trained-through", type=parse_utc, help="use events before this instant")
+    add_reject_share_flag(train)
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -472,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--mapping", default="canonical")
     profile.add_argument("--as-of", type=parse_utc, help="use events before this instant")
     profile.add_argument("--out", required=True, help="output .csv or .parquet")
+    add_reject_share_flag(profile)
     profile.set_defaults(func=cmd_profile)
 
     inspect = sub.add_parser("inspect", help="show a saved model's traits")
@@ -493,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="split where this share of the events has happened (default 0.8)",
     )
+    add_reject_share_flag(evaluate)
     evaluate.add_argument("--segments", help="CSV with customer_id,segment (synthetic ground truth)")
     evaluate.add_argument(
         "--k-range", type=_int_list, default=(4, 8, 16, 24), help="k values to compare (default 4,8,16,24)"
@@ -513,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="search Item2Vec parameters on held-out next-item hit rate")
     tune.add_argument("events", nargs="+", help="CSV/Parquet event files")
     tune.add_argument("--mapping", default="canonical", help="preset name or mapping file")
+    add_reject_share_flag(tune)
     tune.add_argument(
         "--sample-fraction", type=float, default=0.1, help="share of customers to tune on (default 0.1)"
     )
@@ -587,8 +594,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=parse_utc, help="customers with events from this instant (default: --as-of - 1 day)"
     )
     update.set_defaults(func=cmd_update)
-
-    from traitflow.store.cli import add_commands
 
     add_commands(sub, names={"profile": "customer"})
     return parser

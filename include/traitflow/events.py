@@ -20,6 +20,22 @@ a ``quantity`` column, a ``cancellation`` rule and a ``non_product`` rule (see `
 with the reject reasons ``unparseable_quantity``, ``non_product``, ``cancellation`` and
 ``non_positive_quantity``. A ``product_name`` column fills ``LoadResult.products``; the events
 frame keeps exactly the canonical columns.
+
+Reading (``traitflow.csv_lines``): a CSV line that cannot become a row of fields (wrong field
+count, broken quoting, bytes that are not UTF-8, longer than ``csv_lines.MAX_LINE_BYTES``) is a
+reject with a line-level reason (``schema.LINE_REJECT_REASONS``), and the rest of the file loads.
+``row_number`` counts data records from 1 in both frames: a header row is not counted, so with a
+header data line 1 is file line 2 (without quoted line breaks, row_number = file line - 1; in a
+headerless file row_number = file line); for Parquet it is the 1-based row index. A header-level
+problem (empty file, missing mapped columns, an unreadable header line) is an ``EventsFileError``.
+
+A file that is mostly rejects is refused as a whole (``MostlyRejectedError``): more than
+``max_reject_share`` (default ``DEFAULT_MAX_REJECT_SHARE``) of its rows rejected, exact
+duplicates not counted (a repeated export says nothing about the mapping), and at least
+``MIN_REJECTS_TO_REFUSE`` such rejects, so that a tiny file is not refused for one or two bad
+rows (a 2-row file with 1 bad row is 50%, not above the default limit, and loads). That is a
+wrong mapping or the wrong file rather than bad rows; the error names the top reasons with
+counts and row numbers.
 """
 
 from __future__ import annotations
@@ -28,7 +44,6 @@ import gzip
 import json
 import operator
 import re
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -43,7 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from traitflow import schema
+from traitflow import csv_lines, schema
 from traitflow.config import ConfigError
 
 T = TypeVar("T")
@@ -73,6 +88,11 @@ MAX_FUTURE = pd.Timedelta(days=1)  # tolerate clock skew between the source and 
 _CONTROL_CHARS = r"[\x00-\x1f\x7f]"
 # pandas writes a non-range index into Parquet under this name; it is not a field of the data.
 _PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
+
+
+DEFAULT_MAX_REJECT_SHARE = 0.5
+MIN_REJECTS_TO_REFUSE = 10
+_REFUSAL_TOP_REASONS, _REFUSAL_ROW_EXAMPLES = 3, 5
 
 
 class EventsFileError(ValueError):
@@ -176,6 +196,17 @@ class NonProductRule:
             combined = "|".join(f"(?:{p})" for p in self.patterns)
             mask = mask | product.str.fullmatch(combined).fillna(False).astype(bool)
         return mask
+
+
+class MostlyRejectedError(EventsFileError):
+    """Most rows of a file were rejected: a wrong mapping or file, refused as a whole.
+
+    ``counts``: rejects by reason (exact duplicates excluded); ``n_read``: rows read.
+    """
+
+    def __init__(self, message: str, counts: dict[str, int], n_read: int) -> None:
+        super().__init__(message)
+        self.counts, self.n_read = counts, n_read
 
 
 @dataclass(frozen=True)
@@ -520,22 +551,76 @@ class LoadResult:
         return len(self.events) + len(self.rejects)
 
 
+@dataclass
+class _RejectTally:
+    """Rows read and rejects by reason (with their first row numbers) over a file's chunks."""
+
+    n_read: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, n_read: int, rejects: pd.DataFrame) -> None:
+        self.n_read += n_read
+        counted = rejects[rejects["reason"] != schema.REASON_DUPLICATE]
+        for reason, rows in counted.groupby("reason", sort=False)["row_number"]:
+            self.counts[reason] = self.counts.get(reason, 0) + len(rows)
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(rows.iloc[: _REFUSAL_ROW_EXAMPLES - len(kept)].tolist())
+
+    def refuse_if_mostly_rejected(self, where: str, mapping: str, max_reject_share: float) -> None:
+        n_rejected = sum(self.counts.values())
+        if n_rejected < MIN_REJECTS_TO_REFUSE or n_rejected <= max_reject_share * self.n_read:
+            return
+        top = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))[:_REFUSAL_TOP_REASONS]
+        reasons = "; ".join(
+            f"{reason} x{count} (rows {', '.join(map(str, self.examples[reason]))}"
+            f"{', ...' if count > len(self.examples[reason]) else ''})"
+            for reason, count in top
+        )
+        raise MostlyRejectedError(
+            f"{where}: refused, {n_rejected} of {self.n_read} rows rejected "
+            f"({n_rejected / self.n_read:.0%}, above max_reject_share {max_reject_share:g}); "
+            f"is column mapping {mapping!r} right for this file? Top reasons: {reasons}. "
+            "Nothing from this file was loaded.",
+            dict(self.counts),
+            self.n_read,
+        )
+
+
+def _check_share(max_reject_share: float) -> float:
+    if not 0.0 <= max_reject_share <= 1.0:
+        raise ValueError(f"max_reject_share must be in [0, 1], got {max_reject_share}")
+    return float(max_reject_share)
+
+
 def read_events(
     path: str | Path,
     mapping: ColumnMapping | str = "canonical",
     *,
     source: str | None = None,
     chunksize: int | None = None,
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
 ) -> LoadResult:
     """Load and validate a whole .csv, .csv.gz or .parquet file (``source`` defaults to the path).
 
     With ``chunksize`` the file is read in pieces (lower peak memory) with the same result.
+    Raises ``MostlyRejectedError`` if more than ``max_reject_share`` of the rows are rejected
+    (see the module docstring; 1.0 never refuses).
     """
+    max_reject_share = _check_share(max_reject_share)
     mapping = _resolve_mapping(mapping)
     path = Path(path)
     chunks = _open_chunks(path, mapping, chunksize)
     # One chunk needs no cross-chunk duplicate tracking; several chunks must match one-shot reading.
-    parts = list(_validated(chunks, mapping, source or str(path), track_duplicates=chunksize is not None))
+    parts = list(
+        _validated(
+            chunks,
+            mapping,
+            source or str(path),
+            track_duplicates=chunksize is not None,
+            max_reject_share=max_reject_share,
+        )
+    )
     if not parts:
         return LoadResult(schema.empty_events(), schema.empty_rejects())
     return LoadResult(
@@ -551,19 +636,25 @@ def iter_events(
     *,
     source: str | None = None,
     chunksize: int = 1_000_000,
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
 ) -> Iterator[LoadResult]:
     """Validate a file ``chunksize`` rows at a time.
 
     Row numbers are global, and a row repeating a valid row of an earlier chunk is rejected as
     ``exact_duplicate`` (tracked by a 64-bit row hash, 8 bytes per kept event), so the chunks
-    concatenated equal ``read_events``. File problems raise here, not on first iteration.
+    concatenated equal ``read_events``. File problems raise here, not on first iteration; a
+    mostly rejected file (``MostlyRejectedError``) raises after the last chunk, so a consumer
+    that writes chunks inside one transaction (``Store.ingest_file``) rolls all of them back.
     """
     if chunksize < 1:
         raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+    max_reject_share = _check_share(max_reject_share)
     mapping = _resolve_mapping(mapping)
     path = Path(path)
     chunks = _open_chunks(path, mapping, chunksize)
-    return _validated(chunks, mapping, source or str(path), track_duplicates=True)
+    return _validated(
+        chunks, mapping, source or str(path), track_duplicates=True, max_reject_share=max_reject_share
+    )
 
 
 def validate_events(
@@ -582,14 +673,30 @@ def _resolve_mapping(mapping: ColumnMapping | str) -> ColumnMapping:
 
 
 def _validated(
-    chunks: Iterable[pd.DataFrame], mapping: ColumnMapping, source: str, *, track_duplicates: bool
+    chunks: Iterable[csv_lines.RecordChunk],
+    mapping: ColumnMapping,
+    source: str,
+    *,
+    track_duplicates: bool,
+    max_reject_share: float = 1.0,
 ) -> Iterator[LoadResult]:
+    """Validate each chunk's parsed rows and merge in its line-level rejects, by row number."""
     seen = np.empty(0, dtype=np.uint64) if track_duplicates else None
-    first_row = 1
-    for raw in chunks:
-        result, seen = _validate(raw, mapping, source, first_row, seen)
-        first_row += len(raw)
-        yield result
+    tally = _RejectTally()
+    for chunk in chunks:
+        # Validated with positions as row numbers, then mapped to the records' own numbers: the
+        # parsed rows skip the numbers of lines rejected before parsing.
+        result, seen = _validate(chunk.frame, mapping, source, 0, seen)
+        rejects = result.rejects.assign(
+            row_number=chunk.row_numbers[result.rejects["row_number"].to_numpy(dtype=np.int64)]
+        )
+        if len(chunk.rejects):
+            lines = chunk.rejects.assign(source=pd.Series([source] * len(chunk.rejects), dtype="str"))
+            rejects = pd.concat([rejects, lines[list(schema.REJECT_COLUMNS)]], ignore_index=True)
+            rejects = rejects.sort_values("row_number", kind="stable", ignore_index=True)
+        tally.add(chunk.n_records, rejects)
+        yield LoadResult(events=result.events, rejects=rejects, products=result.products)
+    tally.refuse_if_mostly_rejected(source, mapping.name, max_reject_share)
 
 
 def _check_columns(available: list[str], mapping: ColumnMapping, where: str) -> ColumnMapping:
@@ -597,8 +704,11 @@ def _check_columns(available: list[str], mapping: ColumnMapping, where: str) -> 
     return mapping.resolve(available, where)
 
 
-def _open_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
-    """Check the file now; return a lazy iterator of all-string frames ('' for null or absent)."""
+def _open_chunks(
+    path: Path, mapping: ColumnMapping, chunksize: int | None
+) -> Iterator[csv_lines.RecordChunk]:
+    """Check the file now; return a lazy iterator of chunks of all-string frames ('' for null or
+    absent) with their row numbers and line-level rejects."""
     if not path.is_file():
         raise EventsFileError(f"events file not found: {path}")
     name = path.name.lower()
@@ -609,50 +719,35 @@ def _open_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> I
     raise EventsFileError(f"{path}: unsupported file type; expected .csv, .csv.gz or .parquet")
 
 
-def _csv_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
-    # Strings only, no NA guessing ("NA", "null" stay text), blank lines kept so that row numbers
-    # match the file and a blank line becomes a reject instead of vanishing.
-    options: dict[str, Any] = {
-        "dtype": str,
-        "keep_default_na": False,
-        "na_filter": False,
-        "index_col": False,
-        "skip_blank_lines": False,
-        "encoding": "utf-8",
-    }
+def _csv_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[csv_lines.RecordChunk]:
+    # Fields are read as text, nothing guessed ("NA", "null" stay text); a blank line is a record
+    # (a malformed_row reject) so that row numbers match the file.
     if mapping.header is None:
-        try:
-            columns = _strict_csv(path, lambda: pd.read_csv(path, nrows=0, **options)).columns
-        except pd.errors.EmptyDataError:
-            raise EventsFileError(f"{path}: file is empty; expected a header row") from None
-        _check_columns(list(columns), mapping, str(path))
+        names = _strict_csv(path, lambda: csv_lines.read_header(path))
+        if names is None:
+            raise EventsFileError(f"{path}: file is empty; expected a header row")
+        _check_columns(names, mapping, str(path))
     else:
-        options.update(header=None, names=list(mapping.header))
-    return _csv_frames(path, options, chunksize)
+        names = list(mapping.header)
+    return _csv_frames(path, names, has_header=mapping.header is None, chunksize=chunksize)
 
 
-def _csv_frames(path: Path, options: dict[str, Any], chunksize: int | None) -> Iterator[pd.DataFrame]:
-    if chunksize is None:
-        yield _strict_csv(path, lambda: pd.read_csv(path, **options))
-        return
-    with _strict_csv(path, lambda: pd.read_csv(path, chunksize=chunksize, **options)) as reader:
-        while (frame := _strict_csv(path, lambda: next(reader, None))) is not None:
-            yield frame
+def _csv_frames(
+    path: Path, names: list[str], *, has_header: bool, chunksize: int | None
+) -> Iterator[csv_lines.RecordChunk]:
+    records = csv_lines.iter_records(path, names, has_header=has_header, chunksize=chunksize)
+    while (chunk := _strict_csv(path, lambda: next(records, None))) is not None:
+        yield chunk
 
 
 def _strict_csv(path: Path, read: Callable[[], T]) -> T:
-    """Run a pandas CSV read, turning lost data (a ParserWarning) and parse failures into errors."""
-    with warnings.catch_warnings():
-        # pandas only *warns* and drops the surplus fields when a first row is longer than the header.
-        warnings.simplefilter("error", pd.errors.ParserWarning)
-        try:
-            return read()
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            raise EventsFileError(f"{path}: malformed CSV: {exc}") from exc
-        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise EventsFileError(
-                f"{path}: cannot decode (expected UTF-8 CSV, optionally gzip): {exc}"
-            ) from exc
+    """Run a read of the file, turning a broken header and undecodable compression into errors."""
+    try:
+        return read()
+    except csv_lines.HeaderError as exc:
+        raise EventsFileError(f"{path}: {exc}") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise EventsFileError(f"{path}: cannot decode (expected UTF-8 CSV, optionally gzip): {exc}") from exc
 
 
 def _parquet_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -> Iterator[pd.DataFrame]:
@@ -665,7 +760,17 @@ def _parquet_chunks(path: Path, mapping: ColumnMapping, chunksize: int | None) -
     batches = (
         parquet.iter_batches(batch_size=chunksize, columns=names) if chunksize else [parquet.read(names)]
     )
-    return (_arrow_as_strings(path, batch) for batch in batches)
+    return _numbered(_arrow_as_strings(path, batch) for batch in batches)
+
+
+def _numbered(frames: Iterable[pd.DataFrame]) -> Iterator[csv_lines.RecordChunk]:
+    """Frames of consecutive rows (no line-level rejects) as chunks numbered from 1."""
+    first = 1
+    for frame in frames:
+        last = first + len(frame) - 1
+        numbers = np.arange(first, last + 1, dtype=np.int64)
+        yield csv_lines.RecordChunk(frame, numbers, csv_lines.empty_line_rejects(), first, last)
+        first = last + 1
 
 
 def _arrow_as_strings(path: Path, data: pa.Table | pa.RecordBatch) -> pd.DataFrame:

@@ -98,6 +98,7 @@ def ingest_interval(
     start: datetime,
     end: datetime,
     run_id: str,
+    max_reject_share: float | None = None,
 ) -> dict[str, Any]:
     """Ingest the event files of the interval's day and any earlier-dated file not ingested yet.
 
@@ -105,6 +106,10 @@ def ingest_interval(
     (a backfill may run newest first). Ingestion is idempotent: a file already recorded under its
     path is not read again, and re-reading one adds no rows. Files are treated as immutable once
     delivered: a corrected file needs a new name (or ``traitflow ingest --force``).
+
+    A file with more than ``max_reject_share`` of its rows rejected (default
+    ``events.DEFAULT_MAX_REJECT_SHARE``) raises ``events.MostlyRejectedError`` with nothing of it
+    stored: the task fails, and files before it stay ingested (one transaction per file).
     """
     if not input_dir:
         return {"skipped": True, "reason": "no input_dir configured; events are expected in the table"}
@@ -118,7 +123,7 @@ def ingest_interval(
         already = store.ingested_sources([str(path) for path in files])
         pending = [path for path in files if str(path) not in already]
         for path in pending:
-            report = store.ingest_file(path, mapping, run_id).to_dict()
+            report = store.ingest_file(path, mapping, run_id, max_reject_share=max_reject_share).to_dict()
             for key, value in report.items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     totals[key] = totals.get(key, 0) + value

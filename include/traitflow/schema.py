@@ -57,6 +57,11 @@ REASON_BAD_QUANTITY = "unparseable_quantity"
 REASON_NON_PRODUCT = "non_product"
 REASON_CANCELLATION = "cancellation"
 REASON_NON_POSITIVE_QUANTITY = "non_positive_quantity"
+# Line-level reasons: the CSV line itself is unusable, so it never became a row of fields.
+REASON_MALFORMED_ROW = "malformed_row"  # wrong field count (blank line included), broken quoting
+REASON_INVALID_ENCODING = "invalid_encoding"  # bytes that are not UTF-8
+REASON_OVERSIZED_LINE = "oversized_line"  # longer than traitflow.csv_lines.MAX_LINE_BYTES
+LINE_REJECT_REASONS: tuple[str, ...] = (REASON_MALFORMED_ROW, REASON_INVALID_ENCODING, REASON_OVERSIZED_LINE)
 REJECT_REASONS: tuple[str, ...] = (
     REASON_MISSING_CUSTOMER,
     REASON_MISSING_PRODUCT,
@@ -72,6 +77,7 @@ REJECT_REASONS: tuple[str, ...] = (
     REASON_NON_PRODUCT,
     REASON_CANCELLATION,
     REASON_NON_POSITIVE_QUANTITY,
+    *LINE_REJECT_REASONS,
 )
 
 # Product names seen in a load, one row per (product_id, product_name) with the number of event

@@ -208,7 +208,8 @@ def test_params_form_mirrors_pipeline_config(dagbag: Any, dag_id: str) -> None:
         param.resolve()  # the default passes its own schema
     extra = set(params.keys()) - set(defaults)
     weekly_extra = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
-    assert extra == ({"input_dir", "mapping"} if dag_id == "traitflow_daily" else weekly_extra)
+    daily_extra = {"input_dir", "mapping", "max_reject_share"}
+    assert extra == (daily_extra if dag_id == "traitflow_daily" else weekly_extra)
     # The library rebuilds its config from the run's params: the form must round-trip.
     assert PipelineConfig.from_mapping(dict(params), ignore=tuple(extra)) == PipelineConfig()
 

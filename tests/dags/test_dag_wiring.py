@@ -38,7 +38,7 @@ class FakeJobs(types.ModuleType):
         self.calls[name] = args
 
     # daily
-    def ingest_interval(self, database_url, input_dir, mapping, start, end, run_id) -> dict:
+    def ingest_interval(self, database_url, input_dir, mapping, start, end, run_id, max_reject_share) -> dict:
         self._record("ingest_interval", dict(locals()))
         return {"skipped": input_dir is None, "n_events": 0 if input_dir is None else 10}
 
@@ -156,7 +156,7 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     result = run_dag(
         "traitflow_daily",
         D,
-        conf={"k": 8, "input_dir": "/data/in", "mapping": "retailrocket"},
+        conf={"k": 8, "input_dir": "/data/in", "mapping": "retailrocket", "max_reject_share": 0.25},
         env={"AIRFLOW_CONN_TRAITFLOW_DB": CONN},
     )
     assert result.state == "success"
@@ -164,10 +164,11 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     calls = fake.calls
     ingest = calls["ingest_interval"]
     assert (ingest["start"], ingest["end"]) == (D - DAY, D)  # logical date D = end of the day
-    assert (ingest["input_dir"], ingest["mapping"], ingest["run_id"]) == (
+    assert (ingest["input_dir"], ingest["mapping"], ingest["run_id"], ingest["max_reject_share"]) == (
         "/data/in",
         "retailrocket",
         result.run_id,
+        0.25,
     )
     assert {c["database_url"] for c in calls.values() if "database_url" in c} == {CONN}
     work_dir = Path(calls["select_customers"]["work_dir"])

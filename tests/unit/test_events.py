@@ -227,9 +227,9 @@ ORDER_LINE_REASONS = {
 
 
 def test_reject_cases_cover_every_reason() -> None:
-    covered = {r for _, r in REJECT_CASES} | {schema.REASON_DUPLICATE} | ORDER_LINE_REASONS
-    assert covered == set(schema.REJECT_REASONS)
-    assert set(REASON_PRECEDENCE) == set(schema.REJECT_REASONS)
+    value_level = set(schema.REJECT_REASONS) - set(schema.LINE_REJECT_REASONS)
+    assert {r for _, r in REJECT_CASES} | {schema.REASON_DUPLICATE} | ORDER_LINE_REASONS == value_level
+    assert set(REASON_PRECEDENCE) == value_level
 
 
 def test_exact_duplicates_are_compared_after_normalization() -> None:
@@ -497,7 +497,10 @@ def test_blank_lines_become_rejects_with_file_row_numbers(tmp_path: Path) -> Non
     path.write_text(",".join(HEADER) + "\nc1,2024-01-01,view,p1,,,\n\nc2,2024-01-01,view,p1,,,\n")
     result = read_events(path)
     assert_canonical(result, 3)
-    assert result.rejects[["row_number", "reason"]].values.tolist() == [[2, schema.REASON_MISSING_CUSTOMER]]
+    # A blank line has one (empty) field where the header has seven.
+    assert result.rejects[["row_number", "raw", "reason"]].values.tolist() == [
+        [2, '""', schema.REASON_MALFORMED_ROW]
+    ]
 
 
 def test_header_only_and_empty_headerless_files_give_empty_frames(tmp_path: Path) -> None:
@@ -525,27 +528,45 @@ def test_file_errors_name_the_file_and_columns(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "rejected"),
     [
-        "c1,2024-01-01,view,p1,,,\nc1,2024-01-01,view,p1,,,,extra\n",  # a later row too long
-        "c1,2024-01-01,view,p1,,,,extra\n",  # the first row too long: pandas would only warn
+        ("c1,2024-01-01,view,p1,,,\nc1,2024-01-01,view,p1,,,,extra\n", 2),  # a later row too long
+        ("c1,2024-01-01,view,p1,,,,extra\nc1,2024-01-01,view,p1,,,\n", 1),  # the first: pandas only warns
+        ("c1,2024-01-01,view,p1,,\nc1,2024-01-01,view,p1,,,\n", 1),  # too few: pandas would pad
     ],
 )
-def test_malformed_csv_raises_instead_of_dropping_fields(tmp_path: Path, body: str) -> None:
+def test_malformed_lines_are_rejects_and_the_rest_loads(tmp_path: Path, body: str, rejected: int) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(",".join(HEADER) + "\n" + body)
-    with pytest.raises(EventsFileError, match=r"bad\.csv: malformed CSV"):
-        read_events(path)
-    with pytest.raises(EventsFileError, match="malformed CSV"):
-        list(iter_events(path, chunksize=1))
+    bad_line = body.splitlines()[rejected - 1]
+    for chunksize in (None, 1):
+        result = read_events(path, chunksize=chunksize)
+        assert_canonical(result, 2)
+        assert result.events["customer_id"].tolist() == ["c1"]
+        assert result.rejects.to_dict("records") == [
+            {
+                "source": str(path),
+                "row_number": rejected,
+                "raw": json.dumps(bad_line),
+                "reason": schema.REASON_MALFORMED_ROW,
+            }
+        ]
 
 
-def test_non_utf8_and_broken_gzip_raise(tmp_path: Path) -> None:
+def test_non_utf8_lines_are_rejects_and_broken_gzip_raises(tmp_path: Path) -> None:
     (tmp_path / "latin1.csv").write_bytes(
-        (",".join(HEADER) + "\nJosé,2024-01-01,view,p,,,\n").encode("latin-1")
+        (",".join(HEADER) + "\nJosé,2024-01-01,view,p,,,\nc2,2024-01-01,view,p,,,\n").encode("latin-1")
     )
-    with pytest.raises(EventsFileError, match="cannot decode"):
-        read_events(tmp_path / "latin1.csv")
+    result = read_events(tmp_path / "latin1.csv")
+    assert_canonical(result, 2)
+    assert result.events["customer_id"].tolist() == ["c2"]
+    assert result.rejects[["row_number", "reason"]].values.tolist() == [[1, schema.REASON_INVALID_ENCODING]]
+    raw = result.rejects["raw"][0]
+    assert raw == '"Jos\\udce9,2024-01-01,view,p,,,"'  # the byte 0xE9, escaped
+    assert json.loads(raw).encode("utf-8", "surrogateescape") == "José,2024-01-01,view,p,,,".encode("latin-1")
+    (tmp_path / "latin1_header.csv").write_bytes("Kunde_é,x\n".encode("latin-1"))
+    with pytest.raises(EventsFileError, match=r"latin1_header\.csv: header line is not UTF-8"):
+        read_events(tmp_path / "latin1_header.csv")
     (tmp_path / "broken.csv.gz").write_bytes(gzip.compress(b"customer_id,event_time\n" * 50)[:30])
     for chunksize in (None, 1):
         with pytest.raises(EventsFileError, match=r"broken\.csv\.gz: cannot decode"):

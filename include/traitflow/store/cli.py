@@ -101,7 +101,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with _store(args) as store:
         store.upgrade()  # idempotent; a write command should work on a fresh database
         report = store.ingest_file(
-            args.path, args.mapping, run_id, force=args.force, chunksize=args.chunksize
+            args.path,
+            args.mapping,
+            run_id,
+            force=args.force,
+            chunksize=args.chunksize,
+            max_reject_share=args.max_reject_share,
         )
     if args.json:
         print_json(report.to_dict())
@@ -236,6 +241,28 @@ def _min_events_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def reject_share(text: str) -> float:
+    """An argparse type for ``--max-reject-share``: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def add_reject_share_flag(parser: argparse.ArgumentParser) -> None:
+    """``--max-reject-share`` for every command that reads event files."""
+    parser.add_argument(
+        "--max-reject-share",
+        type=reject_share,
+        default=None,
+        help="refuse a file (loading nothing of it) when more than this share of its rows, and "
+        "at least 10, are rejected; exact duplicates not counted (default 0.5; 1 never refuses)",
+    )
+
+
 COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "reports")
 
 
@@ -291,6 +318,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
         "--force", action="store_true", help="re-read a file already ingested (adds nothing twice)"
     )
     p.add_argument("--chunksize", type=_positive_int, default=500_000, help="rows per chunk")
+    add_reject_share_flag(p)
     p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(name("profile"), parents=[common, as_json], help="a customer's trait profile")

@@ -137,6 +137,7 @@ class Store:
         source: str | None = None,
         force: bool = False,
         chunksize: int = _ingest.DEFAULT_CHUNKSIZE,
+        max_reject_share: float | None = None,
     ) -> IngestReport:
         """Stream a CSV/Parquet file through ``traitflow.events.iter_events`` into the store.
 
@@ -144,6 +145,9 @@ class Store:
         ``source`` defaults to the file's absolute path. All chunks go in one transaction, and the
         file's SHA-256 is recorded with them; a file already recorded is skipped without reading
         (``report.skipped``) unless ``force`` (which re-reads it and still adds nothing twice).
+        A file with more than ``max_reject_share`` of its rows rejected (default
+        ``events.DEFAULT_MAX_REJECT_SHARE``) raises ``events.MostlyRejectedError`` after its last
+        chunk, which rolls the transaction back: nothing of it is stored, nor recorded as ingested.
         """
         from traitflow import events as ev  # imported lazily: optional for store-only use
 
@@ -156,7 +160,10 @@ class Store:
             _ingest.lock_file(conn, sha)
             if not force and _ingest.is_file_ingested(conn, sha):
                 return IngestReport(source=source, run_id=run_id, file_sha256=sha, skipped=True)
-            chunks = ev.iter_events(file, mapping, source=source, chunksize=chunksize)
+            share = ev.DEFAULT_MAX_REJECT_SHARE if max_reject_share is None else max_reject_share
+            chunks = ev.iter_events(
+                file, mapping, source=source, chunksize=chunksize, max_reject_share=share
+            )
             return _ingest.ingest_results(conn, chunks, source, run_id, sha)
 
     def is_file_ingested(self, sha256: str) -> bool:
