@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import traitflow
+from traitflow import chains  # imported before any FakeJobs is installed: it binds the real jobs
 from traitflow.config import PipelineConfig
 
 D = datetime(2026, 1, 11, tzinfo=UTC)  # a Sunday: a real weekly logical date
@@ -262,8 +263,6 @@ def test_weekly_branches(
         assert gate["passed"] is False and gate["reason"] == "hit rate -5%"
 
     # `traitflow retrain` (traitflow.chains) takes the same branches with the same job calls.
-    from traitflow import chains
-
     assert tuple(WEEKLY[:-1]) == chains.WEEKLY_STEPS
     chain_fake = FakeJobs(**behaviour)
     with pytest.MonkeyPatch.context() as patch:
