@@ -33,7 +33,7 @@ from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
-from .db import connect, mask_url, resolve_url, validate_schema
+from .db import Timeouts, connect, mask_url, resolve_url, validate_schema
 from .errors import SchemaNotReadyError
 from .ingest import IngestReport, LoadResultLike
 from .profiles import WriteReport
@@ -47,15 +47,21 @@ class Store:
     url : database URL (``postgresql://``, ``postgres://`` or ``postgresql+psycopg://``); default
         ``TRAITFLOW_DATABASE_URL``, else the embedded server under ``TRAITFLOW_DATA_DIR``.
     schema : PostgreSQL schema holding the tables; default ``traitflow.config.db_schema()``.
+    timeouts : statement/lock timeouts, keepalives and the client deadline of every connection;
+        default ``Timeouts.from_env()`` (read at each (re)connect). A frozen or unreachable server
+        raises ``DatabaseTimeoutError`` instead of hanging.
 
     Call ``upgrade()`` once to create/migrate the schema; other methods raise
     ``SchemaNotReadyError`` with instructions if the schema is missing or behind.
     """
 
-    def __init__(self, url: str | None = None, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, schema: str | None = None, *, timeouts: Timeouts | None = None
+    ) -> None:
         self.schema = validate_schema(config.db_schema() if schema is None else schema)
         self.url = resolve_url(url)
-        self._conn: psycopg.Connection = connect(self.url, self.schema)
+        self.timeouts = timeouts
+        self._conn: psycopg.Connection = connect(self.url, self.schema, timeouts=timeouts)
         self._ready = False
 
     # ------------------------------------------------------------------ lifecycle / plumbing
@@ -82,7 +88,7 @@ class Store:
     def _live(self) -> psycopg.Connection:
         # Reconnect after a server restart or a dropped connection instead of failing forever.
         if self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url, self.schema)
+            self._conn = connect(self.url, self.schema, timeouts=self.timeouts)
         return self._conn
 
     def upgrade(self) -> list[int]:
