@@ -357,7 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ConfigError, FileNotFoundError, ValueError) as error:
         if args.verbose:
             raise
-        print(f"traitflow: error: {error}", file=sys.stderr)
+        from traitflow.redaction import redact, secrets_of
+
+        secrets = secrets_of(getattr(args, "database_url", None))
+        print(f"traitflow: error: {redact(error, secrets)}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 

@@ -116,7 +116,7 @@ def mask_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable URL>"
+        return redact(url, secrets_of(url))
     if not parts.scheme or not parts.netloc:  # not a URL: a keyword DSN, a URL without scheme...
         return redact(url, secrets_of(url))
     netloc = parts.netloc
