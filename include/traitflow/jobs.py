@@ -14,6 +14,7 @@ its customers, so the two converge whichever finishes first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -456,10 +457,31 @@ def recompute_profiles(
     return {"profiles_path": str(path), "n_profiles": len(batch), "as_of": _iso(as_of), "stats": batch.stats}
 
 
+def candidate_key(candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]) -> str:
+    """A fingerprint of what ``promote`` publishes: SHA-256 over the candidate's model files (by
+    relative path) and its profiles file. A retried task reads the same files, hence the same key."""
+    digest = hashlib.sha256()
+    model_dir = Path(candidate_info["model_dir"])
+    files = [(f"model/{p.relative_to(model_dir).as_posix()}", p) for p in sorted(model_dir.rglob("*"))]
+    files = [(name, path) for name, path in files if path.is_file()]
+    files.append(("profiles", Path(profiles_info["profiles_path"])))
+    for name, path in files:
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return f"candidate-sha256:{digest.hexdigest()}"
+
+
 def promote(
     database_url: str | None, candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """In one transaction: save the candidate, write its profiles and make it the active model."""
+    """In one transaction: save the candidate, write its profiles and make it the active model.
+
+    Idempotent: the candidate's fingerprint (``candidate_key``) is stored with the version, so a
+    retry of this task after its COMMIT publishes nothing again and returns the same version.
+    """
     model = TraitflowModel.load(candidate_info["model_dir"])
     batch = ProfileBatch.load(profiles_info["profiles_path"])
     model.metrics["quality_gate"] = _recall(candidate_info, "quality_gate")
@@ -468,9 +490,10 @@ def promote(
         model.metrics["tuning"] = {
             key: tuning[key] for key in ("best_params", "best", "gensim_defaults", "sample")
         }
+    key = candidate_key(candidate_info, profiles_info)
     with _open(database_url) as store:
-        version = store.publish(model, batch, drift=_recall(candidate_info, "drift"))
-    return {"model_version": version, "n_profiles": len(batch), "promoted": True}
+        version = store.publish(model, batch, drift=_recall(candidate_info, "drift"), run_key=key)
+    return {"model_version": version, "n_profiles": len(batch), "promoted": True, "run_key": key}
 
 
 def weekly_report(database_url: str | None, run_id: str, results: Mapping[str, Any]) -> dict[str, Any]:

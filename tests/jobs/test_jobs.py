@@ -112,6 +112,24 @@ def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
     assert len(old & new) >= 4
 
 
+def test_a_retried_promote_publishes_the_candidate_once(env):
+    for day in range(7):
+        run_daily(env, day)
+    week = run_weekly(env, START + 7 * DAY)
+    store: Store = env["store"]
+    first = week["promoted"]
+    before = store.table_checksums()
+    work = env["work"] / f"weekly-{START + 7 * DAY:%Y%m%d}"
+    profiles_info = {"profiles_path": str(work / "profiles.npz")}
+    # The task retried twice after its COMMIT (e.g. the worker died before reporting success).
+    retries = [jobs.promote(env["url"], week["fitted"], profiles_info) for _ in range(2)]
+    assert [r["model_version"] for r in retries] == [first["model_version"]] * 2
+    assert {r["run_key"] for r in retries} == {first["run_key"]}
+    assert len(store.model_versions()) == 1
+    assert store.active_model_version() == first["model_version"]
+    assert store.table_checksums() == before
+
+
 def ingest_days(env, days: range) -> None:
     for day in days:
         start = START + day * DAY

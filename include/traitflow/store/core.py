@@ -219,7 +219,12 @@ class Store:
         return report
 
     def publish(
-        self, model: TraitflowModel, profiles: ProfileBatch, *, drift: dict[str, Any] | None = None
+        self,
+        model: TraitflowModel,
+        profiles: ProfileBatch,
+        *,
+        drift: dict[str, Any] | None = None,
+        run_key: str | None = None,
     ) -> int:
         """Save ``model``, write ``profiles`` under it and make it active, in one transaction.
 
@@ -227,9 +232,22 @@ class Store:
         nothing is left behind, not even a staging version, so a retry starts from the same state.
         ``drift`` is recorded with the model. Sets ``model.version`` and ``profiles.model_version``;
         returns the version.
+
+        ``run_key`` (e.g. a fingerprint of the candidate, ``traitflow.jobs.candidate_key``) makes
+        the call idempotent: when a version was already published under that key, nothing is
+        written, no status changes (even if a later model has been promoted since), and that
+        version is returned. A retry after a COMMIT whose success was never reported is safe.
         """
         with self._transaction() as conn:
+            if run_key is not None:
+                _models._lock_lifecycle(conn)  # a concurrent publish of the same key waits, then finds it
+                existing = _models.published_version(conn, run_key)
+                if existing is not None:
+                    model.version = profiles.model_version = existing
+                    return existing
             version = _models.save_model(conn, model)
+            if run_key is not None:
+                _models.set_run_key(conn, version, run_key)
             if drift is not None:
                 _models.update_model_metadata(conn, version, drift=drift)
             previous, profiles.model_version = profiles.model_version, version
