@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import PipelineConfig
+from traitflow.config import PipelineConfig, confine, input_root, mapping_root
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
@@ -106,9 +106,15 @@ def ingest_interval(
     (a backfill may run newest first). Ingestion is idempotent: a file already recorded under its
     path is not read again, and re-reading one adds no rows. Files are treated as immutable once
     delivered: a corrected file needs a new name (or ``traitflow ingest --force``).
+
+    ``input_dir`` and a mapping file come from run parameters, so both must lie inside their
+    configured roots (``TRAITFLOW_INPUT_ROOT``, ``TRAITFLOW_MAPPING_ROOT``; see
+    ``traitflow.config.confine``); a mapping preset name needs no file.
     """
     if not input_dir:
         return {"skipped": True, "reason": "no input_dir configured; events are expected in the table"}
+    input_dir = str(confine(input_dir, input_root(), "input_dir", "TRAITFLOW_INPUT_ROOT"))
+    mapping = confined_mapping(mapping)
     files, undated = event_files_through(input_dir, start)
     if undated:
         log.warning(
@@ -128,6 +134,15 @@ def ingest_interval(
     if not any(_utc(start).strftime("%Y-%m-%d") in path.name for path in files):
         log.warning("no event file for %s in %s", _iso(start), input_dir)
     return totals
+
+
+def confined_mapping(mapping: str) -> str:
+    """A preset name as it is; a mapping file path only inside ``mapping_root()`` (resolved)."""
+    from traitflow.events import PRESETS
+
+    if mapping in PRESETS:
+        return mapping
+    return str(confine(mapping, mapping_root(), "mapping file", "TRAITFLOW_MAPPING_ROOT"))
 
 
 def select_customers(

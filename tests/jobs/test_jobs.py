@@ -20,6 +20,7 @@ PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window
 def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Jobs open their own Store: point them at the test's schema."""
     monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
+    monkeypatch.setenv("TRAITFLOW_INPUT_ROOT", str(tmp_path))  # input_dir must lie inside it
     input_dir = tmp_path / "input"
     spec = SyntheticSpec(
         n_customers=300,
