@@ -23,7 +23,7 @@ import pytest
 from traitflow.config import ConfigError
 from traitflow.model import TraitflowModel
 from traitflow.profiles import ProfileBatch
-from traitflow.store import DatabaseTimeoutError, Store, Timeouts, embedded_url, stop_embedded
+from traitflow.store import DatabaseTimeoutError, Store, StoreError, Timeouts, embedded_url, stop_embedded
 from traitflow.store import profiles as store_profiles
 
 BuildModel = Callable[..., TraitflowModel]
@@ -106,6 +106,11 @@ def test_a_frozen_server_fails_the_write_within_the_deadline_and_the_retry_succe
         elapsed = time.monotonic() - started
         assert CLIENT_S <= elapsed < CLIENT_S + 5, elapsed
         assert "retry" in str(failure.value).lower()
+        # A task that starts while the server is frozen fails at connect, within connect_timeout.
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot connect"):
+            Store(url, "tf_stall", timeouts=Timeouts(connect_s=2, client_s=CLIENT_S))
+        assert time.monotonic() - started < 2 + 3
 
         monkeypatch.setattr(store_profiles, "write_profiles", original)
         for pid in frozen:
