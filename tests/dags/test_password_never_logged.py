@@ -11,6 +11,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -62,3 +63,17 @@ def test_a_failing_connection_never_logs_the_password(
     )
     assert "select_customers" in logged  # the failure was logged, so the search below means something
     assert PASSWORD not in logged
+
+
+def test_the_database_password_is_registered_with_airflows_secrets_masker() -> None:
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    from traitflow_common import mask_database_secrets
+
+    password = "Pw-masker-5b8d e@x"
+    before = str(airflow_redact(f"text with {password} in it"))
+    assert password in before  # not masked until registered
+    mask_database_secrets(f"postgresql://tf:{quote(password, safe='')}@db.example:5432/tf")
+    for spelling in (password, quote(password, safe="")):
+        masked = str(airflow_redact(f"text with {spelling} in it"))
+        assert spelling not in masked and "***" in masked
