@@ -116,6 +116,8 @@ def ingest_interval(
     input_dir = str(confine(input_dir, input_root(), "input_dir", "TRAITFLOW_INPUT_ROOT"))
     mapping = confined_mapping(mapping)
     files, undated = event_files_through(input_dir, start)
+    for path in files:  # a file may be a symlink that leads out of the root
+        confine(path, input_root(), "event file", "TRAITFLOW_INPUT_ROOT")
     if undated:
         log.warning(
             "ignoring event files without a YYYY-MM-DD date in the name: %s", [p.name for p in undated]

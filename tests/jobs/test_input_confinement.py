@@ -48,6 +48,13 @@ def test_input_dir_outside_the_root_is_refused(layout: dict[str, Path], input_di
     assert "events_2026-01-05" not in message  # nothing read from the folder
 
 
+def test_an_event_file_that_links_out_of_the_root_is_refused(layout: dict[str, Path]) -> None:
+    link = layout["root"] / "sample" / "events_2026-01-05.csv"
+    link.symlink_to(layout["secret"] / "events_2026-01-05.csv")
+    with pytest.raises(ConfigError, match=r"event file .* is outside the allowed folder"):
+        jobs.ingest_interval(UNREACHABLE, "sample", "canonical", DAY, END, "run")
+
+
 def test_a_mapping_file_outside_the_root_is_refused_without_reading_it(layout: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="TRAITFLOW_MAPPING_ROOT") as failure:
         jobs.ingest_interval(UNREACHABLE, "sample", str(layout["secret"] / "mapping.json"), DAY, END, "run")
