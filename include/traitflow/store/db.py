@@ -274,8 +274,9 @@ class GuardedConnection(psycopg.Connection):
 
     psycopg funnels all network waits of queries, COPY, COMMIT and ROLLBACK through
     ``Connection.wait``; its ``timeout`` raises ``psycopg.errors._WaitTimeout`` (private, hence
-    caught by its public base class and the message). On expiry the connection is closed, since
-    the protocol state is unknown, and ``DatabaseTimeoutError`` says what happened.
+    caught as its public base ``OperationalError`` and recognised by class name). On expiry the
+    connection is closed, since the protocol state is unknown, and ``DatabaseTimeoutError`` says
+    what happened.
     """
 
     client_timeout: float | None = None
