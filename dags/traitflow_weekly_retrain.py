@@ -18,9 +18,11 @@ from traitflow_common import (
     pipeline_params,
     record_decision,
     start_date,
+    training_timeout,
 )
 
 WEEK = timedelta(weeks=1)
+LONG = training_timeout()  # the tasks that read the whole window or train; the rest use DEFAULT_ARGS
 
 DOC_MD = """
 ### Traitflow weekly retrain
@@ -103,7 +105,7 @@ run covers the last complete week before its trigger time.
     },
 )
 def traitflow_weekly_retrain() -> None:
-    @task
+    @task(execution_timeout=LONG)
     def build_corpus() -> dict:
         from traitflow import jobs
 
@@ -127,7 +129,7 @@ def traitflow_weekly_retrain() -> None:
         # Nothing to do: the report records the reason from check_new_vocab's decision.
         return {"retrained": False}
 
-    @task
+    @task(execution_timeout=LONG)
     def train_candidate(corpus_info: dict) -> dict:
         from traitflow import jobs
 
@@ -170,20 +172,20 @@ def traitflow_weekly_retrain() -> None:
         refit, reason = jobs.should_refit(drift_info, run.params["drift_threshold"])
         return record_decision("refit_traits" if refit else "keep_traits", reason=reason)
 
-    @task
+    @task(execution_timeout=LONG)
     def refit_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         run = current_run(WEEK)
         return jobs.refit_traits(run.database_url, candidate_info, run.config)
 
-    @task
+    @task(execution_timeout=LONG)
     def keep_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         return jobs.keep_traits(current_run(WEEK).database_url, candidate_info)
 
-    @task(trigger_rule=JOIN)
+    @task(trigger_rule=JOIN, execution_timeout=LONG)
     def recompute_profiles() -> dict:
         from traitflow import jobs
 

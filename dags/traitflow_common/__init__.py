@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
-from traitflow.config import PipelineConfig, data_dir, env_str
+from traitflow.config import PipelineConfig, data_dir, env_int, env_str
 
 CONN_ID = "traitflow_db"
 OWNER = "traitflow"
@@ -35,6 +35,22 @@ MODEL_ASSET = Asset("traitflow://models/active")
 # failed; a plain all_success join would be skipped whenever a branch skipped one of its inputs.
 JOIN = "none_failed_min_one_success"
 
+
+def task_timeout() -> timedelta:
+    """``execution_timeout`` of every task (``TRAITFLOW_TASK_TIMEOUT_S``, default 2 h).
+
+    The last guard against a hung task: the database layers fail a stalled statement much sooner
+    (``traitflow.store.db.Timeouts``), this also bounds anything else that could hang.
+    """
+    return timedelta(seconds=env_int("TRAITFLOW_TASK_TIMEOUT_S", 2 * 3600))
+
+
+def training_timeout() -> timedelta:
+    """``execution_timeout`` of the weekly training and profiling tasks
+    (``TRAITFLOW_TRAINING_TIMEOUT_S``, default 6 h: Item2Vec and NMF on the M tier take far less)."""
+    return timedelta(seconds=env_int("TRAITFLOW_TRAINING_TIMEOUT_S", 6 * 3600))
+
+
 # Retries with exponential backoff: 2 min, 4 min, 8 min... capped at 30 min. In Airflow 3.x
 # ``retry_exponential_backoff`` is a float multiplier (0 = constant delay), not a bool.
 DEFAULT_ARGS: dict[str, Any] = {
@@ -43,6 +59,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": task_timeout(),
 }
 
 
@@ -236,8 +253,22 @@ def database_url() -> str | None:
     try:
         conn = Connection.get(CONN_ID)
     except AirflowNotFoundException:
-        return env_str("TRAITFLOW_DATABASE_URL")
-    return url_from_connection(conn)
+        url = env_str("TRAITFLOW_DATABASE_URL")
+    else:
+        url = url_from_connection(conn)
+    mask_database_secrets(url)
+    return url
+
+
+def mask_database_secrets(url: str | None) -> None:
+    """Register the database password (every spelling ``traitflow.redaction`` knows) with
+    Airflow's secrets masker, so task logs show ``***`` wherever it would appear."""
+    from airflow.sdk.log import mask_secret
+
+    from traitflow.redaction import environment_secrets, secrets_of
+
+    for secret in {*secrets_of(url), *environment_secrets()}:
+        mask_secret(secret)
 
 
 # --- Run context ------------------------------------------------------------------------------

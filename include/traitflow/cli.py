@@ -619,8 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ConfigError, FileNotFoundError, ValueError, StoreError, psycopg.Error) as error:
         if args.verbose:
             raise
+        from traitflow.redaction import redact, secrets_of
+
+        secrets = secrets_of(getattr(args, "database_url", None))
         prefix = "database: " if isinstance(error, psycopg.Error) else ""
-        print(f"traitflow: error: {prefix}{str(error).strip()}", file=sys.stderr)
+        print(f"traitflow: error: {prefix}{redact(str(error).strip(), secrets)}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0
 

@@ -318,3 +318,34 @@ def db_schema() -> str:
     if not schema.isidentifier() or not schema.islower():
         raise ConfigError(f"TRAITFLOW_DB_SCHEMA must be a lower-case identifier, got {schema!r}")
     return schema
+
+
+def input_root() -> Path:
+    """The folder the daily DAG may read event files from (``TRAITFLOW_INPUT_ROOT``, default the
+    data dir): an ``input_dir`` run parameter outside it is refused."""
+    return env_path("TRAITFLOW_INPUT_ROOT", data_dir())
+
+
+def mapping_root() -> Path:
+    """The folder column-mapping files may be read from by the DAGs (``TRAITFLOW_MAPPING_ROOT``,
+    default ``input_root()``); presets need no file."""
+    return env_path("TRAITFLOW_MAPPING_ROOT", input_root())
+
+
+def confine(path: str | Path, root: Path, what: str, variable: str) -> Path:
+    """``path`` resolved (symlinks too), if it lies inside ``root``; else ``ConfigError``.
+
+    For paths that come from run parameters (a DAG form anyone with trigger rights fills in):
+    ``..`` components are refused outright, and the resolved path must stay within the resolved
+    root, so neither ``../`` nor a symlink leads elsewhere. The error names the path and the
+    root, never anything read from the path.
+    """
+    given = Path(path).expanduser()
+    if ".." in given.parts:
+        raise ConfigError(f"{what} {str(path)!r} must not contain '..' components")
+    resolved, base = given.resolve(), root.expanduser().resolve()
+    if not resolved.is_relative_to(base):
+        raise ConfigError(
+            f"{what} {str(path)!r} is outside the allowed folder {base} (set {variable} to allow another)"
+        )
+    return resolved

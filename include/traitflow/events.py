@@ -903,7 +903,7 @@ def _validate(
             "source": pd.Series([source] * len(rejected), dtype="str"),
             "row_number": (first_row_number + rejected).astype("int64"),
             # Control characters come out JSON-escaped, so the raw text is always storable.
-            "raw": _raw_json(raw.iloc[rejected]),
+            "raw": _raw_json(raw.iloc[rejected][_mapped_columns(raw, mapping)]),
             "reason": pd.Series(np.asarray(REASON_PRECEDENCE)[codes[rejected]], dtype="str"),
         }
     )
@@ -923,6 +923,16 @@ def _json_string_bodies(values: pa.Array) -> pa.Array:
             char = chr(code)
             out = pc.replace_substring(out, char, _JSON_ESCAPES.get(char, f"\\u{code:04x}"))
     return out
+
+
+def _mapped_columns(raw: pd.DataFrame, mapping: ColumnMapping) -> list[str]:
+    """The columns of ``raw`` the (resolved) mapping reads, in file order.
+
+    A reject keeps only these: a file's other columns (an email, a national id) were never asked
+    for and must not be copied into ``rejected_events``.
+    """
+    wanted = set(mapping.source_columns)
+    return [c for c in raw.columns if str(c) in wanted]
 
 
 def _raw_json(rows: pd.DataFrame) -> pd.Series:

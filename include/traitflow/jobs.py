@@ -14,6 +14,7 @@ its customers, so the two converge whichever finishes first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import PipelineConfig
+from traitflow.config import PipelineConfig, confine, input_root, mapping_root
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
@@ -110,10 +111,18 @@ def ingest_interval(
     A file with more than ``max_reject_share`` of its rows rejected (default
     ``events.DEFAULT_MAX_REJECT_SHARE``) raises ``events.MostlyRejectedError`` with nothing of it
     stored: the task fails, and files before it stay ingested (one transaction per file).
+
+    ``input_dir`` and a mapping file come from run parameters, so both must lie inside their
+    configured roots (``TRAITFLOW_INPUT_ROOT``, ``TRAITFLOW_MAPPING_ROOT``; see
+    ``traitflow.config.confine``); a mapping preset name needs no file.
     """
     if not input_dir:
         return {"skipped": True, "reason": "no input_dir configured; events are expected in the table"}
+    input_dir = str(confine(input_dir, input_root(), "input_dir", "TRAITFLOW_INPUT_ROOT"))
+    mapping = confined_mapping(mapping)
     files, undated = event_files_through(input_dir, start)
+    for path in files:  # a file may be a symlink that leads out of the root
+        confine(path, input_root(), "event file", "TRAITFLOW_INPUT_ROOT")
     if undated:
         log.warning(
             "ignoring event files without a YYYY-MM-DD date in the name: %s", [p.name for p in undated]
@@ -132,6 +141,15 @@ def ingest_interval(
     if not any(_utc(start).strftime("%Y-%m-%d") in path.name for path in files):
         log.warning("no event file for %s in %s", _iso(start), input_dir)
     return totals
+
+
+def confined_mapping(mapping: str) -> str:
+    """A preset name as it is; a mapping file path only inside ``mapping_root()`` (resolved)."""
+    from traitflow.events import PRESETS
+
+    if mapping in PRESETS:
+        return mapping
+    return str(confine(mapping, mapping_root(), "mapping file", "TRAITFLOW_MAPPING_ROOT"))
 
 
 def select_customers(
@@ -472,10 +490,31 @@ def recompute_profiles(
     return {"profiles_path": str(path), "n_profiles": len(batch), "as_of": _iso(as_of), "stats": batch.stats}
 
 
+def candidate_key(candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]) -> str:
+    """A fingerprint of what ``promote`` publishes: SHA-256 over the candidate's model files (by
+    relative path) and its profiles file. A retried task reads the same files, hence the same key."""
+    digest = hashlib.sha256()
+    model_dir = Path(candidate_info["model_dir"])
+    files = [(f"model/{p.relative_to(model_dir).as_posix()}", p) for p in sorted(model_dir.rglob("*"))]
+    files = [(name, path) for name, path in files if path.is_file()]
+    files.append(("profiles", Path(profiles_info["profiles_path"])))
+    for name, path in files:
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return f"candidate-sha256:{digest.hexdigest()}"
+
+
 def promote(
     database_url: str | None, candidate_info: Mapping[str, Any], profiles_info: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """In one transaction: save the candidate, write its profiles and make it the active model."""
+    """In one transaction: save the candidate, write its profiles and make it the active model.
+
+    Idempotent: the candidate's fingerprint (``candidate_key``) is stored with the version, so a
+    retry of this task after its COMMIT publishes nothing again and returns the same version.
+    """
     model = TraitflowModel.load(candidate_info["model_dir"])
     batch = ProfileBatch.load(profiles_info["profiles_path"])
     model.metrics["quality_gate"] = _recall(candidate_info, "quality_gate")
@@ -484,9 +523,10 @@ def promote(
         model.metrics["tuning"] = {
             key: tuning[key] for key in ("best_params", "best", "gensim_defaults", "sample")
         }
+    key = candidate_key(candidate_info, profiles_info)
     with _open(database_url) as store:
-        version = store.publish(model, batch, drift=_recall(candidate_info, "drift"))
-    return {"model_version": version, "n_profiles": len(batch), "promoted": True}
+        version = store.publish(model, batch, drift=_recall(candidate_info, "drift"), run_key=key)
+    return {"model_version": version, "n_profiles": len(batch), "promoted": True, "run_key": key}
 
 
 def weekly_report(database_url: str | None, run_id: str, results: Mapping[str, Any]) -> dict[str, Any]:

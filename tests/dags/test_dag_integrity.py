@@ -60,6 +60,8 @@ BRANCHES = {
         "check_drift": {"refit_traits", "keep_traits"},
     }
 }
+# Tasks that train or read the whole training window get the training timeout.
+LONG_TASKS = {"build_corpus", "train_candidate", "refit_traits", "keep_traits", "recompute_profiles"}
 HEAVY_MODULES = ("numpy", "pandas", "gensim", "sklearn", "scipy", "pyarrow", "psycopg", "pgserver")
 
 
@@ -88,6 +90,8 @@ def test_operational_settings(dagbag: Any, dag_id: str) -> None:
         # Airflow 3: a float multiplier; True (== 1.0) would silently mean "no backoff".
         assert task.retry_exponential_backoff >= 2, task.task_id
         assert task.max_retry_delay is not None, task.task_id
+        # A hung task fails and is retried instead of holding its slot forever.
+        assert task.execution_timeout == timedelta(hours=6 if task.task_id in LONG_TASKS else 2), task.task_id
 
 
 @pytest.mark.parametrize("dag_id", PROJECT_DAG_IDS)

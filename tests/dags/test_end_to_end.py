@@ -67,7 +67,11 @@ def input_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def pipeline(run_dag, store: Store, store_schema: str, database_url: str, input_dir: Path):
-    env = {"TRAITFLOW_DATABASE_URL": database_url, "TRAITFLOW_DB_SCHEMA": store_schema}
+    env = {
+        "TRAITFLOW_DATABASE_URL": database_url,
+        "TRAITFLOW_DB_SCHEMA": store_schema,
+        "TRAITFLOW_INPUT_ROOT": str(input_dir),  # the daily DAG reads files only inside it
+    }
     daily_conf = {"input_dir": str(input_dir), "mapping": "canonical"}
 
     def daily(day: int) -> dict:
@@ -143,7 +147,11 @@ def test_daily_backfill_in_order_and_reverse_gives_identical_rows(
     weekly(START + 7 * DAY)
 
     reverse = make_store(fresh=True)
-    env = {"TRAITFLOW_DATABASE_URL": database_url, "TRAITFLOW_DB_SCHEMA": reverse.schema}
+    env = {
+        "TRAITFLOW_DATABASE_URL": database_url,
+        "TRAITFLOW_DB_SCHEMA": reverse.schema,
+        "TRAITFLOW_INPUT_ROOT": str(input_dir),
+    }
     conf = {"input_dir": str(input_dir), "mapping": "canonical"}
     for day in range(7):
         assert run_dag("traitflow_daily", START + (day + 1) * DAY, conf=conf, env=env).state == "success"

@@ -22,6 +22,7 @@ PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window
 def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Jobs open their own Store: point them at the test's schema."""
     monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
+    monkeypatch.setenv("TRAITFLOW_INPUT_ROOT", str(tmp_path))  # input_dir must lie inside it
     input_dir = tmp_path / "input"
     spec = SyntheticSpec(
         n_customers=300,
@@ -138,6 +139,24 @@ def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
     if second["refit"]:
         assert second["fitted"]["trait_match"]["n_matched"] >= 4, second["fitted"]["trait_match"]
     assert len(old & new) >= 4
+
+
+def test_a_retried_promote_publishes_the_candidate_once(env):
+    for day in range(7):
+        run_daily(env, day)
+    week = run_weekly(env, START + 7 * DAY)
+    store: Store = env["store"]
+    first = week["promoted"]
+    before = store.table_checksums()
+    work = env["work"] / f"weekly-{START + 7 * DAY:%Y%m%d}"
+    profiles_info = {"profiles_path": str(work / "profiles.npz")}
+    # The task retried twice after its COMMIT (e.g. the worker died before reporting success).
+    retries = [jobs.promote(env["url"], week["fitted"], profiles_info) for _ in range(2)]
+    assert [r["model_version"] for r in retries] == [first["model_version"]] * 2
+    assert {r["run_key"] for r in retries} == {first["run_key"]}
+    assert len(store.model_versions()) == 1
+    assert store.active_model_version() == first["model_version"]
+    assert store.table_checksums() == before
 
 
 def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monkeypatch):

@@ -371,6 +371,35 @@ def test_publish_saves_writes_and_promotes_in_one_transaction(
     assert saved["status"] == "active" and saved["drift"] == {"aligned_drift": 0.1}
 
 
+def test_publish_with_a_run_key_is_idempotent(
+    store: Store, version: int, build_profile_batch: BuildBatch, build_model: BuildModel
+) -> None:
+    """A retried promotion (same candidate key) publishes nothing twice and changes no status."""
+    calls = [
+        store.publish(build_model(seed=11), build_profile_batch(None, IDS, as_of=D2), run_key="cand-1")
+        for _ in range(3)
+    ]
+    assert calls[0] == calls[1] == calls[2] == store.active_model_version()
+    models = store.model_versions()
+    assert len(models) == 2  # the fixture's model and one published version
+    statuses = dict(zip(models["model_version"], models["status"], strict=True))
+    assert statuses == {version: "retired", calls[0]: "active"}
+    after_first = store.table_checksums()
+    retried = build_model(seed=11)
+    batch = build_profile_batch(None, IDS, as_of=D2)
+    assert store.publish(retried, batch, run_key="cand-1") == calls[0]
+    assert retried.version == batch.model_version == calls[0]  # the caller sees the published version
+    assert store.table_checksums() == after_first
+
+    # A later model is promoted; a late retry of the first promotion must not re-activate it.
+    newer = store.publish(build_model(seed=12), build_profile_batch(None, IDS, as_of=D2), run_key="cand-2")
+    before_retry = store.table_checksums()
+    late = store.publish(build_model(seed=11), build_profile_batch(None, IDS, as_of=D2), run_key="cand-1")
+    assert late == calls[0]
+    assert store.active_model_version() == newer
+    assert store.table_checksums() == before_retry
+
+
 def test_profile_writers_queue_per_schema_not_per_database(
     store: Store,
     version: int,

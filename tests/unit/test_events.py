@@ -273,13 +273,13 @@ def test_first_reason_in_precedence_order_wins() -> None:
     ]
 
 
-def test_raw_keeps_all_original_fields_unstripped() -> None:
+def test_raw_keeps_the_mapped_fields_unstripped_and_no_other_column() -> None:
     raw = frame([canonical_row(customer_id=" ", action=" VIEW ")])
-    raw["extra"] = "kept"
-    result = validate_events(raw, CANONICAL, source="unit")
-    assert json.loads(result.rejects["raw"][0]) == canonical_row(customer_id=" ", action=" VIEW ") | {
-        "extra": "kept"
-    }
+    raw["ssn"] = "078-05-1120"  # a column the mapping never asked for
+    result = validate_events(raw, CANONICAL, source="unit", first_row_number=7)
+    assert json.loads(result.rejects["raw"][0]) == canonical_row(customer_id=" ", action=" VIEW ")
+    assert result.rejects["row_number"].tolist() == [7]
+    assert "078-05-1120" not in result.rejects.to_csv()
 
 
 # --- hostile values ----------------------------------------------------------------------------

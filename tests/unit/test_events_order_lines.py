@@ -378,7 +378,10 @@ def test_raw_text_of_rejects_is_exactly_what_json_dumps_writes() -> None:
     alphabet = np.array([chr(c) for c in range(0x30)] + ['"', "\\", "é", "😀", "\u2028", "\x7f", "Z"])
     text = ["".join(rng.choice(alphabet, size=rng.integers(0, 9))) for _ in range(2_000)]
     raw = pd.DataFrame({"c": text, 'we"ird\\ key\n': text[::-1], "p": ["p1"] * len(text)}, dtype="str")
-    mapping = mapping_from_dict({"columns": BASE, "default_action": "view", "non_product": {"codes": ["p1"]}})
+    columns = {**BASE, "category": 'we"ird\\ key\n'}  # mapped: a reject keeps only mapped columns
+    mapping = mapping_from_dict(
+        {"columns": columns, "default_action": "view", "non_product": {"codes": ["p1"]}}
+    )
     rejects = validate_events(raw.assign(t="2024-01-01"), mapping, source="s").rejects
     assert len(rejects) == len(text)  # every line is a non-product line or lacks a customer
     expected = [json.dumps(r, ensure_ascii=False) for r in raw.assign(t="2024-01-01").to_dict("records")]

@@ -16,8 +16,18 @@ Quick use::
 from __future__ import annotations
 
 from .core import Store
-from .db import connect, embedded_url, mask_url, normalize_url, resolve_url, stop_embedded, validate_schema
+from .db import (
+    Timeouts,
+    connect,
+    embedded_url,
+    mask_url,
+    normalize_url,
+    resolve_url,
+    stop_embedded,
+    validate_schema,
+)
 from .errors import (
+    DatabaseTimeoutError,
     MigrationError,
     ModelStateError,
     NotFoundError,
@@ -29,6 +39,7 @@ from .ingest import IngestReport
 from .profiles import WriteReport
 
 __all__ = [
+    "DatabaseTimeoutError",
     "IngestReport",
     "MigrationError",
     "ModelStateError",
@@ -37,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreInputError",
+    "Timeouts",
     "WriteReport",
     "connect",
     "embedded_url",

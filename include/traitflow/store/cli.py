@@ -26,6 +26,7 @@ import psycopg
 
 from traitflow.config import ConfigError
 from traitflow.profiles import MIN_EVIDENCE_EVENTS
+from traitflow.redaction import redact, secrets_of
 
 from .core import Store
 from .db import mask_url, resolve_url
@@ -37,12 +38,13 @@ Command = Callable[[argparse.Namespace], int]
 def _handle_errors(func: Command) -> Command:
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
+        secrets = secrets_of(getattr(args, "database_url", None))
         try:
             return func(args)
         except (StoreError, ConfigError, ValueError, LookupError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            _fail(redact(exc, secrets))
         except psycopg.Error as exc:
-            _fail(f"database: {str(exc).strip()}")
+            _fail(f"database: {redact(str(exc).strip(), secrets)}")
 
     return wrapper
 

@@ -33,7 +33,7 @@ from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
-from .db import connect, mask_url, resolve_url, validate_schema
+from .db import Timeouts, connect, mask_url, resolve_url, validate_schema
 from .errors import SchemaNotReadyError
 from .ingest import IngestReport, LoadResultLike
 from .profiles import WriteReport
@@ -47,15 +47,21 @@ class Store:
     url : database URL (``postgresql://``, ``postgres://`` or ``postgresql+psycopg://``); default
         ``TRAITFLOW_DATABASE_URL``, else the embedded server under ``TRAITFLOW_DATA_DIR``.
     schema : PostgreSQL schema holding the tables; default ``traitflow.config.db_schema()``.
+    timeouts : statement/lock timeouts, keepalives and the client deadline of every connection;
+        default ``Timeouts.from_env()`` (read at each (re)connect). A frozen or unreachable server
+        raises ``DatabaseTimeoutError`` instead of hanging.
 
     Call ``upgrade()`` once to create/migrate the schema; other methods raise
     ``SchemaNotReadyError`` with instructions if the schema is missing or behind.
     """
 
-    def __init__(self, url: str | None = None, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, schema: str | None = None, *, timeouts: Timeouts | None = None
+    ) -> None:
         self.schema = validate_schema(config.db_schema() if schema is None else schema)
         self.url = resolve_url(url)
-        self._conn: psycopg.Connection = connect(self.url, self.schema)
+        self.timeouts = timeouts
+        self._conn: psycopg.Connection = connect(self.url, self.schema, timeouts=timeouts)
         self._ready = False
 
     # ------------------------------------------------------------------ lifecycle / plumbing
@@ -82,7 +88,7 @@ class Store:
     def _live(self) -> psycopg.Connection:
         # Reconnect after a server restart or a dropped connection instead of failing forever.
         if self._conn.closed or self._conn.broken:
-            self._conn = connect(self.url, self.schema)
+            self._conn = connect(self.url, self.schema, timeouts=self.timeouts)
         return self._conn
 
     def upgrade(self) -> list[int]:
@@ -220,7 +226,12 @@ class Store:
         return report
 
     def publish(
-        self, model: TraitflowModel, profiles: ProfileBatch, *, drift: dict[str, Any] | None = None
+        self,
+        model: TraitflowModel,
+        profiles: ProfileBatch,
+        *,
+        drift: dict[str, Any] | None = None,
+        run_key: str | None = None,
     ) -> int:
         """Save ``model``, write ``profiles`` under it and make it active, in one transaction.
 
@@ -228,9 +239,22 @@ class Store:
         nothing is left behind, not even a staging version, so a retry starts from the same state.
         ``drift`` is recorded with the model. Sets ``model.version`` and ``profiles.model_version``;
         returns the version.
+
+        ``run_key`` (e.g. a fingerprint of the candidate, ``traitflow.jobs.candidate_key``) makes
+        the call idempotent: when a version was already published under that key, nothing is
+        written, no status changes (even if a later model has been promoted since), and that
+        version is returned. A retry after a COMMIT whose success was never reported is safe.
         """
         with self._transaction() as conn:
+            if run_key is not None:
+                _models._lock_lifecycle(conn)  # a concurrent publish of the same key waits, then finds it
+                existing = _models.published_version(conn, run_key)
+                if existing is not None:
+                    model.version = profiles.model_version = existing
+                    return existing
             version = _models.save_model(conn, model)
+            if run_key is not None:
+                _models.set_run_key(conn, version, run_key)
             if drift is not None:
                 _models.update_model_metadata(conn, version, drift=drift)
             previous, profiles.model_version = profiles.model_version, version

@@ -28,6 +28,28 @@ machine fully loaded; a restart of an existing pgdata 0.15 s):
   pytest does exactly that to ``/tmp/pytest-of-root`` whenever a session starts, so the test
   fixtures keep their server in a ``tempfile.mkdtemp()`` directory instead of ``tmp_path``.
 
+Timeouts (``Timeouts``; every value from an environment variable, 0 turns one off)
+--------------------------------------------------------------------------------
+A database that stops answering must fail the task, not hang it: the retry then runs once the
+server is back. Each layer bounds a different failure:
+
+* ``connect_timeout`` (``TRAITFLOW_CONNECT_TIMEOUT_S``, 10 s): establishing a connection.
+* ``statement_timeout`` (``TRAITFLOW_STATEMENT_TIMEOUT_S``, 30 min) and ``lock_timeout``
+  (``TRAITFLOW_LOCK_TIMEOUT_S``, 5 min): enforced by the server on each statement and lock
+  wait, with PostgreSQL's own error. 30 min leaves the weekly write of a million profiles
+  (tens of seconds) a wide margin on a slow disk.
+* TCP keepalives (``TRAITFLOW_KEEPALIVES_IDLE_S`` 30, ``..._INTERVAL_S`` 10, ``..._COUNT`` 5)
+  and libpq ``tcp_user_timeout`` (the same total): a peer host that vanished from the network.
+* The client deadline (``TRAITFLOW_CLIENT_TIMEOUT_S``, default statement timeout + 60 s) on
+  every wait for the server (``GuardedConnection.wait``). It is the only layer that catches a
+  server *process* that is frozen (SIGSTOP, a hung storage mount) while its host is fine: the
+  kernel still ACKs every packet and answers keepalives, and the frozen server cannot enforce its
+  own statement_timeout, so a blocked read would wait forever. When it expires the connection is
+  closed (its state is unknown) and ``DatabaseTimeoutError`` is raised; the open transaction is
+  rolled back by the server once it resumes and sees the closed socket (a deadline that expires
+  while COMMIT is in flight cannot tell whether it committed: every Traitflow write is idempotent,
+  so the retry is safe either way).
+
 Other facts worth knowing: the bundled server is PostgreSQL 16 (the docker-compose one is 15;
 the schema uses nothing newer than 14), databases are created with UTF8 encoding and trust
 auth for the ``postgres`` role.
@@ -37,16 +59,19 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from traitflow import config
+from traitflow.redaction import redact, secrets_of
 
-from .errors import StoreError
+from .errors import DatabaseTimeoutError, StoreError
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _URL_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "postgresql+psycopg": "postgresql"}
@@ -74,12 +99,14 @@ def normalize_url(url: str) -> str:
     the form libpq (psycopg) understands. Anything else raises ``ValueError``.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise ValueError(f"not a PostgreSQL URL (expected postgresql://...): {mask_url(str(url))!r}")
+        shown = redact(url, secrets_of(url))
+        raise ValueError(f"not a PostgreSQL URL (expected postgresql://...): {shown!r}")
     scheme, rest = url.split("://", 1)
     normalized = _URL_SCHEMES.get(scheme.lower())
     if normalized is None:
         raise ValueError(
-            f"unsupported database URL scheme {scheme!r}; use postgresql://, postgres:// or postgresql+psycopg://"
+            f"unsupported database URL scheme {redact(scheme, secrets_of(url))!r}; "
+            "use postgresql://, postgres:// or postgresql+psycopg://"
         )
     return f"{normalized}://{rest}"
 
@@ -89,7 +116,9 @@ def mask_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable URL>"
+        return redact(url, secrets_of(url))
+    if not parts.scheme or not parts.netloc:  # not a URL: a keyword DSN, a URL without scheme...
+        return redact(url, secrets_of(url))
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, hostinfo = netloc.rsplit("@", 1)
@@ -162,32 +191,160 @@ def resolve_url(url: str | None = None) -> str:
     return embedded_url()
 
 
-def connect(url: str, schema: str, *, application_name: str = "traitflow") -> psycopg.Connection:
+@dataclass(frozen=True)
+class Timeouts:
+    """Every database time limit, in seconds (0 = off); see the module docstring for each layer.
+
+    ``client_s=None`` means ``statement_s + 60`` (or off when the statement timeout is off): the
+    client waits a little longer than the server would, so a live server's own, clearer
+    statement-timeout error wins.
+    """
+
+    connect_s: float = 10.0
+    statement_s: float = 1800.0
+    lock_s: float = 300.0
+    keepalives_idle_s: int = 30
+    keepalives_interval_s: int = 10
+    keepalives_count: int = 5
+    client_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "statement_s", "lock_s", "keepalives_idle_s", "keepalives_interval_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.keepalives_count < 0 or (self.client_s is not None and not self.client_s >= 0):
+            raise ValueError("keepalives_count and client_s must be >= 0")
+
+    @classmethod
+    def from_env(cls) -> Timeouts:
+        """From ``TRAITFLOW_CONNECT_TIMEOUT_S``, ``..._STATEMENT_TIMEOUT_S``, ``..._LOCK_TIMEOUT_S``,
+        ``..._KEEPALIVES_IDLE_S``, ``..._KEEPALIVES_INTERVAL_S``, ``..._KEEPALIVES_COUNT`` and
+        ``..._CLIENT_TIMEOUT_S``; unset ones keep the defaults."""
+        base = cls()
+
+        def number(name: str, default: float | None) -> float | None:
+            raw = config.env_str(f"TRAITFLOW_{name}")
+            if raw is None:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise config.ConfigError(
+                    f"TRAITFLOW_{name} must be a number of seconds, got {raw!r}"
+                ) from None
+
+        return cls(
+            connect_s=number("CONNECT_TIMEOUT_S", base.connect_s),
+            statement_s=number("STATEMENT_TIMEOUT_S", base.statement_s),
+            lock_s=number("LOCK_TIMEOUT_S", base.lock_s),
+            keepalives_idle_s=int(number("KEEPALIVES_IDLE_S", base.keepalives_idle_s)),
+            keepalives_interval_s=int(number("KEEPALIVES_INTERVAL_S", base.keepalives_interval_s)),
+            keepalives_count=int(number("KEEPALIVES_COUNT", base.keepalives_count)),
+            client_s=number("CLIENT_TIMEOUT_S", None),
+        )
+
+    @property
+    def client_deadline_s(self) -> float | None:
+        """Seconds the client waits for any one answer from the server (None = forever)."""
+        if self.client_s is not None:
+            return self.client_s or None
+        return self.statement_s + 60.0 if self.statement_s else None
+
+    def libpq_options(self) -> dict[str, Any]:
+        """Connection parameters for libpq (keepalives only act on TCP connections)."""
+        options: dict[str, Any] = {}
+        if self.connect_s:
+            # libpq takes whole seconds; anything below 2 s is raised to 2 s by libpq itself.
+            options["connect_timeout"] = max(1, round(self.connect_s))
+        if self.keepalives_idle_s:
+            options.update(
+                keepalives=1,
+                keepalives_idle=self.keepalives_idle_s,
+                keepalives_interval=self.keepalives_interval_s,
+                keepalives_count=self.keepalives_count,
+                # Sent data unacknowledged this long = the peer host is gone (Linux only).
+                tcp_user_timeout=1000
+                * (self.keepalives_idle_s + self.keepalives_interval_s * self.keepalives_count),
+            )
+        return options
+
+
+class GuardedConnection(psycopg.Connection):
+    """A psycopg connection whose every wait for the server has a deadline (``client_timeout``).
+
+    psycopg funnels all network waits of queries, COPY, COMMIT and ROLLBACK through
+    ``Connection.wait``; its ``timeout`` raises ``psycopg.errors._WaitTimeout`` (private, hence
+    caught as its public base ``OperationalError`` and recognised by class name). On expiry the
+    connection is closed, since the protocol state is unknown, and ``DatabaseTimeoutError`` says
+    what happened.
+    """
+
+    client_timeout: float | None = None
+    redacted_target: str = "the database"
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        limit = timeout if timeout is not None else self.client_timeout
+        try:
+            return super().wait(gen, interval, limit)
+        except psycopg.OperationalError as exc:
+            if limit is None or timeout is not None or type(exc).__name__ != "_WaitTimeout":
+                raise
+            self.pgconn.finish()
+            raise DatabaseTimeoutError(
+                f"{self.redacted_target} did not answer within {limit:g} s (TRAITFLOW_CLIENT_TIMEOUT_S): "
+                "the server is frozen, overloaded or unreachable; the connection was closed and the "
+                "transaction left uncommitted. Retry once the database answers again."
+            ) from None
+
+
+def _given_keys(url: str) -> set[str]:
+    try:
+        return set(conninfo_to_dict(url))
+    except psycopg.Error:
+        return set()
+
+
+def connect(
+    url: str, schema: str, *, application_name: str = "traitflow", timeouts: Timeouts | None = None
+) -> psycopg.Connection:
     """Open an autocommit connection with Traitflow's session settings.
 
     * ``search_path = <schema>, pg_temp``: SQL (and the migration files) name tables unqualified;
       pg_temp goes last so a temporary table can never shadow a Traitflow table.
     * ``TimeZone = UTC``: timestamps come back as UTC datetimes; naive inputs mean UTC.
     * UTF8 client encoding, and a UTF8 server is required (ids may hold any Unicode).
+    * ``timeouts`` (default ``Timeouts.from_env()``): statement/lock timeouts, keepalives and the
+      client deadline; parameters given in ``url`` itself win over the libpq ones.
 
     Autocommit is deliberate: every public write wraps its statements in one explicit
     ``conn.transaction()``, so nothing is left half-done or idle in transaction.
+    Errors never show the password (``traitflow.redaction``).
     """
     validate_schema(schema)
+    timeouts = Timeouts.from_env() if timeouts is None else timeouts
+    secrets = secrets_of(url)
+    target = mask_url(url)
+    url = normalize_url(url)
+    given = _given_keys(url)
     kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
-    if "connect_timeout" not in url:
-        kwargs["connect_timeout"] = 10
+    kwargs.update({k: v for k, v in timeouts.libpq_options().items() if k not in given})
     try:
-        conn = psycopg.connect(normalize_url(url), **kwargs)
-    except psycopg.OperationalError as exc:
-        raise StoreError(f"cannot connect to {mask_url(url)}: {str(exc).strip()}") from exc
+        conn = GuardedConnection.connect(url, **kwargs)
+    except psycopg.Error as exc:
+        # from None: the psycopg message may echo the DSN, and a chained cause is printed in full.
+        raise StoreError(f"cannot connect to {target}: {redact(str(exc).strip(), secrets)}") from None
+    conn.redacted_target = target
+    conn.client_timeout = timeouts.client_deadline_s
     try:
         encoding = conn.execute("SHOW server_encoding").fetchone()
         if encoding is None or encoding[0].upper() not in ("UTF8", "UTF-8"):
-            raise StoreError(f"the database must use UTF8 encoding, {mask_url(url)} uses {encoding}")
+            raise StoreError(f"the database must use UTF8 encoding, {target} uses {encoding}")
         conn.execute("SET client_encoding TO 'UTF8'")
         conn.execute("SET TIME ZONE 'UTC'")
         conn.execute(sql.SQL("SET search_path TO {}, pg_temp").format(sql.Identifier(schema)))
+        limits = {"statement_timeout": timeouts.statement_s, "lock_timeout": timeouts.lock_s}
+        for setting, seconds in limits.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (setting, f"{round(seconds * 1000)}ms"))
     except BaseException:
         conn.close()
         raise

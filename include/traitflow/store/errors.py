@@ -25,3 +25,12 @@ class ModelStateError(StoreError):
 
 class NotFoundError(StoreError, LookupError):
     """A requested model version, customer or trait does not exist."""
+
+
+class DatabaseTimeoutError(StoreError):
+    """The server did not answer within the client deadline; the connection was closed.
+
+    Raised when a server is frozen or unreachable (it cannot enforce its own statement_timeout
+    then). Nothing of the open transaction is committed unless the deadline hit during COMMIT;
+    a retry once the server answers again is safe (Traitflow's writes are idempotent).
+    """

@@ -324,6 +324,21 @@ def reject_model(conn: psycopg.Connection, version: int, reason: str) -> bool:
     return True
 
 
+def published_version(conn: psycopg.Connection, run_key: str) -> int | None:
+    """The version published under ``run_key`` (``Store.publish``), or None."""
+    row = conn.execute(
+        "SELECT model_version FROM model_versions WHERE run_key = %s", (str(run_key),)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_run_key(conn: psycopg.Connection, version: int, run_key: str) -> None:
+    """Record the key a version was published under (unique: one version per key)."""
+    if not isinstance(run_key, str) or not 1 <= len(run_key) <= 256 or "\x00" in run_key:
+        raise StoreInputError(f"run_key must be 1-256 characters without NUL, got {run_key!r:.80}")
+    conn.execute("UPDATE model_versions SET run_key = %s WHERE model_version = %s", (run_key, int(version)))
+
+
 def active_model_version(conn: psycopg.Connection) -> int | None:
     row = conn.execute("SELECT model_version FROM model_versions WHERE status = 'active'").fetchone()
     return None if row is None else int(row[0])
