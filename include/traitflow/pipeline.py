@@ -21,6 +21,7 @@ from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
+from traitflow.trait_products import characteristic_products, fit_trait_products
 from traitflow.traits import REFIT_ANCHOR, fit_traits, label_traits, match_traits, project
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def fit_model(
     if previous is not None and not refit_traits:
         traits = copy.deepcopy(previous.traits)  # labels and population are updated below
         traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
-        traits.population_profile = project(traits, training_vectors).mean(axis=0)
+        training_profiles = project(traits, training_vectors)
+        traits.population_profile = training_profiles.mean(axis=0)
         metrics["traits"] = {"refit": False}
     else:
         warm = (
@@ -138,6 +140,7 @@ def fit_model(
             anchor=anchor,
         )
         traits = fit.traits
+        training_profiles = fit.profiles
         metrics["traits"] = {
             "refit": True,
             "reconstruction_error": fit.reconstruction_error,
@@ -152,6 +155,16 @@ def fit_model(
                 previous_profiles, fit.profiles, previous.traits.trait_ids, next_id=next_id
             )
     label_traits(traits, tokens)
+    # Products are ranked for a profile through what the customers holding each trait bought
+    # (see traitflow.trait_products); the traits' top products are the most characteristic ones.
+    traits.products = fit_trait_products(
+        events,
+        embeddings.customer_ids[train_rows],
+        training_profiles,
+        config.aggregation,
+        trained_through,
+    )
+    traits.top_products = characteristic_products(traits.products)
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
     )

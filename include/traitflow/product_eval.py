@@ -147,3 +147,30 @@ def product_ranking(
             "n_resamples": n_resamples,
         }
     return out
+
+
+def mixture_metrics(
+    history: pd.DataFrame,
+    future: pd.DataFrame,
+    *,
+    customer_ids: np.ndarray,
+    profile_sets: Sequence[np.ndarray],
+    config: PipelineConfig,
+    split_at: datetime,
+    actions: Sequence[str],
+) -> list[dict[str, float]]:
+    """Mean product-ranking metrics (all products) of the profile mixture for each profile matrix
+    in ``profile_sets`` (each (n, k_i) over ``customer_ids``), every one with its own trait
+    product distribution estimated from ``history``: the k sweep re-ranks with each k's traits."""
+    index = product_index(history)
+    usage_all = customer_usage(history, customer_ids, index, config, split_at)
+    targets = item_targets(history, future, index, actions)
+    if len(targets.customer_ids) == 0:
+        return [{} for _ in profile_sets]
+    rows = np.searchsorted(customer_ids, targets.customer_ids)
+    out = []
+    for profiles in profile_sets:
+        distribution = trait_item_distribution(profiles, usage_all)
+        metrics = per_customer_metrics(mixture_scores(profiles[rows], distribution), targets.relevant)
+        out.append({name: float(values.mean()) for name, values in metrics.items()})
+    return out
