@@ -53,6 +53,7 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], help="flat config key=value (repeatable)")
     parser.add_argument("--smoothing", type=float, default=0.0)
+    parser.add_argument("--em-steps", type=int, default=1)
     parser.add_argument("--fraction", type=float, default=0.8)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--name", default="")
@@ -80,9 +81,16 @@ def main() -> None:
         actions=("purchase",),
         extra_profiles=[("profile_loadings", profiled.profiles, loading_distribution(model, index))],
         smoothing=args.smoothing,
+        em_steps=args.em_steps,
         n_resamples=args.resamples,
     )
-    row = {"name": args.name, "overrides": overrides, "smoothing": args.smoothing, "train_s": train_seconds}
+    row = {
+        "name": args.name,
+        "overrides": overrides,
+        "smoothing": args.smoothing,
+        "em_steps": args.em_steps,
+        "train_s": train_seconds,
+    }
     for view in ("product_ranking", "product_ranking_new"):
         section = report[view]
         row[view] = {

@@ -24,6 +24,7 @@ from traitflow.aggregate import event_weights
 from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
 from traitflow.config import PipelineConfig
 from traitflow.ranking import (
+    EM_STEPS,
     ScoreBatch,
     cooccurrence_matrix,
     item_matrix,
@@ -83,6 +84,7 @@ def product_ranking(
     distribution: tuple[np.ndarray, np.ndarray] | None = None,
     extra_profiles: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
     smoothing: float = 0.0,
+    em_steps: int = EM_STEPS,
     n_resamples: int = DEFAULT_RESAMPLES,
     random_state: int = 0,
 ) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def product_ranking(
     index = product_index(history)
     usage_all = customer_usage(history, customer_ids, index, config, split_at)
     if distribution is None:
-        weights = trait_item_distribution(profiles, usage_all, smoothing=smoothing)
+        weights = trait_item_distribution(profiles, usage_all, smoothing=smoothing, em_steps=em_steps)
     else:
         stored_ids, stored = distribution
         weights = np.zeros((profiles.shape[1], len(index)))

@@ -149,14 +149,26 @@ def per_customer_metrics(
 # ------------------------------------------------------------------------------- the methods
 
 
+# EM steps refining ``trait_item_distribution`` (see there). On the Online Retail II export one
+# step raised profile hit@10 on products new to the customer from 1.47x to 1.52x popularity at
+# k=16 (1.46x to 1.61x at k=32); further steps added nothing or lost a little
+# (docs/method-variants.md).
+EM_STEPS = 1
+_EM_BLOCK = 1_000_000  # (customer, item) pairs per block of responsibilities
+
+
 def trait_item_distribution(
-    profiles: np.ndarray, usage: sp.spmatrix, *, smoothing: float = 0.0
+    profiles: np.ndarray, usage: sp.spmatrix, *, smoothing: float = 0.0, em_steps: int = EM_STEPS
 ) -> np.ndarray:
     """``P(item | trait)``: the item distribution of the customers holding each trait.
 
-    Each customer's item distribution (a row of ``usage``, normalized) is weighted by the
-    customer's profile weight on the trait: ``P(p | t) = sum_c w_ct u_c(p) / sum_c w_ct``, where
-    every customer counts once whatever their volume. With ``smoothing`` = s the result is
+    Start: each customer's item distribution (a row of ``usage``, normalized) weighted by the
+    customer's profile weight on the trait, ``P(p | t) = sum_c w_ct u_c(p) / sum_c w_ct``, where
+    every customer counts once whatever their volume. Then ``em_steps`` EM steps of the mixture
+    ``P(p | c) = sum_t w_ct P(p | t)`` with the profiles held fixed: each of a customer's items is
+    shared among the traits by responsibility ``w_ct P(p | t) / P(p | c)`` rather than by ``w_ct``
+    alone, so an item goes to the trait that explains it (the average blurs every trait with the
+    other traits of its customers). With ``smoothing`` = s the result is
     ``(1 - s) P(p | t) + s P(p)``, ``P(p)`` the mean customer's distribution.
 
     Parameters
@@ -172,15 +184,34 @@ def trait_item_distribution(
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
     if profiles.shape[0] != usage.shape[0]:
         raise ValueError(f"profiles have {profiles.shape[0]} rows, usage {usage.shape[0]}")
+    if em_steps < 0:
+        raise ValueError(f"em_steps must be >= 0, got {em_steps}")
     shares = row_normalize(sp.csr_matrix(usage, dtype=np.float64))
     held = shares.sum(axis=1).A1 > 0  # customers with no item carry no information
     mass = np.asarray((shares.T @ profiles).T)  # (k, P)
     totals = profiles[held].sum(axis=0)
     distribution = mass / np.maximum(totals, _EPS)[:, None]
+    for _ in range(em_steps):
+        distribution = _em_step(profiles, shares, distribution)
     if smoothing > 0:
         overall = np.asarray(shares.sum(axis=0)).ravel() / max(int(held.sum()), 1)
         distribution = (1.0 - smoothing) * distribution + smoothing * overall[None, :]
     return distribution
+
+
+def _em_step(profiles: np.ndarray, shares: sp.csr_matrix, distribution: np.ndarray) -> np.ndarray:
+    """One EM step of ``P(item | trait)`` (k, I) for customers' item shares (n, I), profiles fixed."""
+    pairs = shares.tocoo()
+    n_items = distribution.shape[1]
+    mass = np.zeros((n_items, distribution.shape[0]))
+    for start in range(0, pairs.nnz, _EM_BLOCK):
+        rows, cols = pairs.row[start : start + _EM_BLOCK], pairs.col[start : start + _EM_BLOCK]
+        responsibility = profiles[rows] * distribution[:, cols].T  # (b, k)
+        totals = responsibility.sum(axis=1)
+        responsibility *= (pairs.data[start : start + _EM_BLOCK] / np.maximum(totals, _EPS))[:, None]
+        gather = sp.csr_matrix((np.ones(len(cols)), (cols, np.arange(len(cols)))), shape=(n_items, len(cols)))
+        mass += gather @ responsibility
+    return (mass / np.maximum(mass.sum(axis=0), _EPS)).T
 
 
 def mixture_scores(profiles: np.ndarray, distribution: np.ndarray) -> ScoreBatch:

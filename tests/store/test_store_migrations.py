@@ -193,7 +193,7 @@ def test_version_2_moves_the_embeddings_into_customer_profiles_without_losing_an
         (store.schema,),
     ).fetchone()
     assert nullable == ("NO",)
-    assert store.upgrade() == [3]  # packs the embeddings (its own test below checks the bits)
+    assert store.upgrade()[:1] == [3]  # packs the embeddings (its own test below checks the bits)
     # The merged rows move forward like any other current row.
     later = build_profile_batch(version, ids[:2], as_of=batch.as_of + timedelta(days=1), seed=5)
     report = store.write_profiles(later)
@@ -243,7 +243,7 @@ def test_version_3_packs_the_embeddings_bit_for_bit(
         conn.execute("SELECT customer_id, embedding::text FROM customer_profiles").fetchall()
     )
 
-    assert store.upgrade() == [3]
+    assert store.upgrade()[:1] == [3]  # then any later migrations
     with conn.cursor(binary=True) as cur:
         packed = dict(cur.execute("SELECT customer_id, embedding FROM customer_profiles").fetchall())
     for cid, embedding in embeddings.items():
