@@ -4,7 +4,8 @@ Trains on the first 80% of the events (``evaluate.split_events``), profiles ever
 split and scores product rankings of purchases after it (``traitflow.product_eval``), on all
 products and on products new to the customer, with bootstrap 95% intervals. Besides the profile
 mixture it scores the token-loading ranking (each trait's products by their tokens' projected
-loadings, the design before the mixture) as ``profile_loadings``.
+loadings, the design before the mixture) as ``profile_loadings``, and by the scores
+``label_traits`` picks a trait's top products with as ``profile_label_scores``.
 
     PYTHONPATH=include:bench .venv/bin/python bench/retail_ranking.py --set k=16 --smoothing 0
 """
@@ -47,6 +48,18 @@ def loading_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarray:
     return mass / np.maximum(mass.sum(axis=1, keepdims=True), 1e-12)
 
 
+def label_score_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarray:
+    """(k, P): the scores ``traits.label_traits`` ranks a trait's top products by (projected token
+    loading x log(1 + count)), a product's best token, not normalized."""
+    tokens = model.tokens
+    scores = project(model.traits, tokens.vectors) * np.log1p(tokens.counts.astype(np.float64))[:, None]
+    cols = index.get_indexer(np.asarray(tokens.product_ids, dtype=object))
+    out = np.zeros((model.traits.n_traits, len(index)))
+    for j in range(model.traits.n_traits):  # k iterations, each vectorized over tokens
+        np.maximum.at(out[j], cols[cols >= 0], scores[cols >= 0, j])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,6 +70,9 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.8)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--name", default="")
+    parser.add_argument(
+        "--stored", action="store_true", help="rank with the model's stored (top-N) distributions"
+    )
     args = parser.parse_args()
     overrides: dict = {"workers": 2}
     for item in args.set:
@@ -79,7 +95,15 @@ def main() -> None:
         config=config,
         split_at=split.at,
         actions=("purchase",),
-        extra_profiles=[("profile_loadings", profiled.profiles, loading_distribution(model, index))],
+        extra_profiles=[
+            ("profile_loadings", profiled.profiles, loading_distribution(model, index)),
+            ("profile_label_scores", profiled.profiles, label_score_distribution(model, index)),
+        ],
+        distribution=(
+            (model.traits.products.product_ids, model.traits.products.weights)
+            if args.stored and model.traits.products is not None
+            else None
+        ),
         smoothing=args.smoothing,
         em_steps=args.em_steps,
         n_resamples=args.resamples,
@@ -89,6 +113,7 @@ def main() -> None:
         "overrides": overrides,
         "smoothing": args.smoothing,
         "em_steps": args.em_steps,
+        "stored": args.stored,
         "train_s": train_seconds,
     }
     for view in ("product_ranking", "product_ranking_new"):

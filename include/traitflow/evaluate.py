@@ -19,14 +19,22 @@ Metrics: hit rate@K (share of customers with at least one bought category in the
 NDCG@10 (binary relevance). Categories first seen after ``T`` cannot be ranked by any method and
 count as misses for all. The target is purchases; when fewer than ``min_customers`` customers
 purchase after ``T`` (sparse exports), carts and purchases together are the target, and the
-report says so.
+report says so. ``target`` ("purchase", "cart", "any") picks it explicitly.
+
+Products are ranked the same way (``traitflow.product_eval``; no categories needed): the
+profile mixture through the model's stored ``P(product | trait)`` (``traitflow.trait_products``)
+against popularity, product co-occurrence in sessions and the customer's own history (a ceiling
+for repeat buying), on all products and on products new to the customer, with hit@5, hit@10,
+recall@50 and NDCG@10. Every ranking metric and the profile's lift over popularity come with a
+bootstrap 95% interval over customers (``traitflow.bootstrap``).
 
 Also reported: Item2Vec next-item hit rate@10 on post-``T`` sessions (``quality``) next to a
 "10 most frequent tokens" baseline; silhouette and ARI of profiles on planted segments (when a
 segments file is given); category purity of each trait's top products; profile stability for
 customers without new events across a retrain (another Word2Vec seed, a slightly longer window,
 trait ids matched through ``pipeline.fit_model(previous=...)``); and, for the choice of k,
-reconstruction error, purity, silhouette and hit@10 over a range of k.
+reconstruction error, purity, silhouette and hit@10 over a range of k (each k's traits refitted
+and its rankings re-made with its own profiles).
 
 ``evaluate`` runs everything from raw events (the CLI's ``traitflow evaluate``);
 ``evaluate_model`` scores an already trained model on a history/future pair (what a quality
