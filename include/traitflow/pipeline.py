@@ -165,6 +165,9 @@ def fit_model(
         trained_through,
     )
     traits.top_products = characteristic_products(traits.products)
+    for j, categories in enumerate(traits.top_categories):
+        if not categories:  # label_traits named this trait by products: use the ones shown
+            traits.labels[j] = " + ".join(traits.top_products[j][:2])
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
     )
