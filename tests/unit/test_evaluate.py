@@ -116,7 +116,7 @@ PRODUCT_METRICS = ("hit@5", "hit@10", "recall@50", "ndcg@10")
 def test_product_rankings_follow_the_report_contract(report, section):
     ranking = report[section]
     assert ranking["target"] == "purchase" and ranking["n_customers"] >= 50
-    assert set(ranking["methods"]) == set(PRODUCT_METHODS)
+    assert set(ranking["methods"]) == {*PRODUCT_METHODS, "profile_with_history"}
     for method in PRODUCT_METHODS:
         for metric in PRODUCT_METRICS:
             value = ranking["methods"][method][metric]
@@ -138,6 +138,8 @@ def test_discovery_excludes_what_customers_already_had(report):
     # On new products, a customer's own history has nothing to rank: it falls back to popularity.
     assert new["methods"]["own_history"] == pytest.approx(new["methods"]["popularity"])
     assert every["methods"]["own_history"]["hit@10"] > every["methods"]["popularity"]["hit@10"]
+    # ... and the profile with the customer's history is the profile alone.
+    assert new["methods"]["profile_with_history"] == pytest.approx(new["methods"]["profile"])
 
 
 def test_category_ranking_has_intervals_for_every_metric_and_lift(report):
