@@ -212,7 +212,7 @@ def ranking_metrics(
     *,
     ks: Sequence[int] = RANK_KS,
     ndcg_k: int = NDCG_K,
-    batch_size: int = _BATCH,
+    batch_size: int | None = _BATCH,
 ) -> dict[str, float]:
     """Hit rate@K and NDCG@``ndcg_k`` of per-customer rankings: the means of
     ``ranking.per_customer_metrics`` (see there for the arguments)."""

@@ -35,6 +35,7 @@ HIT_KS: tuple[int, ...] = (5, 10)
 RECALL_K = 50
 NDCG_K = 10
 BATCH = 4096
+_MAX_BATCH_CELLS = 16_000_000  # customers x items of one dense score block (128 MB of float64)
 _EPS = 1e-12
 
 
@@ -88,7 +89,7 @@ def per_customer_metrics(
     ks: Sequence[int] = HIT_KS,
     recall_k: int | None = RECALL_K,
     ndcg_k: int = NDCG_K,
-    batch_size: int = BATCH,
+    batch_size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Hit@K, recall@``recall_k`` and NDCG@``ndcg_k`` (binary relevance) of every customer's ranking.
 
@@ -101,6 +102,8 @@ def per_customer_metrics(
         recall denominator and the NDCG ideal)
     exclude : sparse (n, C), optional -- nonzero entries are removed from the ranking (e.g. items
         the customer already had); they must not be relevant
+    batch_size : customers scored at once; default ``BATCH``, fewer for large catalogues so one
+        dense block of scores stays within ``_MAX_BATCH_CELLS``
 
     Returns
     -------
@@ -118,6 +121,8 @@ def per_customer_metrics(
     ideal = np.cumsum(discounts[:ndcg_k])
     out = {name: np.zeros(n) for name in metric_names(ks, recall_k, ndcg_k)}
     exclude = exclude.tocsr() if exclude is not None else None
+    if batch_size is None:
+        batch_size = max(1, min(BATCH, _MAX_BATCH_CELLS // max(n_columns, 1)))
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         scores = np.asarray(score_batch(start, stop), dtype=np.float64)
