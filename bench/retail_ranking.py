@@ -124,6 +124,8 @@ def main() -> None:
             "methods_ci95": section["methods_ci95"],
             "lift": section["profile_lift_vs_popularity"],
             "lift_ci95": section["profile_lift_vs_popularity_ci95"],
+            "lift_with_history": section["profile_with_history_lift_vs_popularity"],
+            "lift_with_history_ci95": section["profile_with_history_lift_vs_popularity_ci95"],
         }
     print(json.dumps(row))
 
