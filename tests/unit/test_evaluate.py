@@ -354,7 +354,8 @@ def test_evaluate_without_categories_skips_the_category_sections(tmp_path: Path,
     path = tmp_path / "events.csv"
     retailrocket.to_csv(path, index=False)
     args = ["evaluate", str(path), "--mapping", "retailrocket", "--k", "8", "--workers", "1"]
-    assert main([*args, "--k-range", "8", "--no-stability"]) == 0
+    options = ["--k-range", "8", "--no-stability", "--target", "purchase", "--bootstrap", "200"]
+    assert main([*args, *options]) == 0
     out = capsys.readouterr().out
     assert "Category ranking: skipped (the events carry no categories" in out
     assert "Item2Vec next-item hit rate@10" in out and "Trait purity: skipped" in out
