@@ -66,7 +66,8 @@ from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.product_eval import mixture_metrics, product_ranking
 from traitflow.profiles import COLD_START_NO_HISTORY, COLD_START_NONE
 from traitflow.quality import next_item_pairs, profile_coherence
-from traitflow.ranking import per_customer_metrics
+from traitflow.ranking import cooccurrence_matrix as ranking_cooccurrence
+from traitflow.ranking import item_matrix, per_customer_metrics
 from traitflow.schema import ACTIONS
 from traitflow.sessions import sessionize
 
@@ -170,17 +171,8 @@ def category_shares(traits: TraitModel, tokens: TokenTable) -> tuple[np.ndarray,
     return np.asarray(categories, dtype=object), shares
 
 
-def _category_matrix(
-    rows: np.ndarray, categories: np.ndarray, index: pd.Index, values: np.ndarray, n_rows: int
-) -> sp.csr_matrix:
-    """Sparse (n_rows, len(index)) sum of ``values`` at (row, category); unknown categories dropped."""
-    cols = index.get_indexer(categories)
-    known = cols >= 0
-    matrix = sp.csr_matrix(
-        (values[known], (rows[known], cols[known])), shape=(n_rows, len(index)), dtype=np.float64
-    )
-    matrix.sum_duplicates()
-    return matrix
+# Categories are items like products: the same sparse builder and session co-occurrence.
+_category_matrix = item_matrix
 
 
 def cooccurrence_matrix(history: pd.DataFrame, config: PipelineConfig, index: pd.Index) -> sp.csr_matrix:
@@ -188,22 +180,7 @@ def cooccurrence_matrix(history: pd.DataFrame, config: PipelineConfig, index: pd
 
     Sessions come from ``sessions.sessionize`` with the model's session parameters.
     """
-    sessionized = sessionize(history, config.sessions)
-    session = sessionized["session"].to_numpy()
-    categories = sessionized["category"].to_numpy(dtype=object)
-    has_category = pd.notna(categories)
-    n_sessions = int(session.max()) + 1 if len(session) else 0
-    holds = _category_matrix(
-        session[has_category],
-        categories[has_category],
-        index,
-        np.ones(int(has_category.sum())),
-        n_sessions,
-    )
-    holds.data[:] = 1.0  # a session holds a category or not
-    together = (holds.T @ holds).tocsr()  # (C, C) sessions holding both
-    sessions_with = together.diagonal()
-    return sp.diags(1.0 / np.maximum(sessions_with, 1.0)) @ together
+    return ranking_cooccurrence(history, config.sessions, index, column="category")
 
 
 def ranking_metrics(
