@@ -34,7 +34,7 @@ import pytest
 from psycopg import sql
 
 from traitflow.config import PipelineConfig, TraitParams
-from traitflow.model import TokenTable, TraitflowModel, TraitModel
+from traitflow.model import TokenTable, TraitflowModel, TraitModel, TraitProducts
 from traitflow.profiles import COLD_START_VALUES, ProfileBatch
 from traitflow.store import Store, embedded_url, normalize_url, stop_embedded
 
@@ -163,6 +163,10 @@ def build_model(
             population_profile=np.full(k, 1.0 / k),
             population_vector=rng.standard_normal(dim).astype(np.float32),
             l1_penalty=0.0123,
+            products=TraitProducts(
+                np.array(["a,b", "p'1;\\x", "{x}", "🛒"], dtype=object),
+                np.array([[0.5, 5e-324, -0.0, 0.1 + 0.2]] * k) * (1 + np.arange(k))[:, None],
+            ),
         ),
         metrics={"hit_rate": 0.25, "nested": {"n": 3, "list": [1, 2.5, "x"]}},
         trait_match={"matched": [[3, 3]], "new": []},

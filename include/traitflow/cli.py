@@ -296,6 +296,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         stability=not args.no_stability,
         min_customers=args.min_customers,
         work_dir=Path(args.work_dir) if args.work_dir else None,
+        target=args.target,
+        n_resamples=args.bootstrap,
     )
     print(format_report(report))
     if args.json_out:
@@ -510,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=20,
         help="fewest customers with history and purchases (or carts) after the split (default 20)",
+    )
+    evaluate.add_argument(
+        "--target",
+        choices=("purchase", "cart", "any"),
+        help="what is predicted after the split: purchases (default; carts count too when too few "
+        "customers purchase), carts, or any action",
+    )
+    evaluate.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples of customers for the 95%% intervals"
     )
     evaluate.add_argument("--json-out", help="also write the report as JSON to this file")
     evaluate.add_argument("--work-dir", help="keep corpora and models here (default: a temporary folder)")

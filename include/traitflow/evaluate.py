@@ -19,14 +19,22 @@ Metrics: hit rate@K (share of customers with at least one bought category in the
 NDCG@10 (binary relevance). Categories first seen after ``T`` cannot be ranked by any method and
 count as misses for all. The target is purchases; when fewer than ``min_customers`` customers
 purchase after ``T`` (sparse exports), carts and purchases together are the target, and the
-report says so.
+report says so. ``target`` ("purchase", "cart", "any") picks it explicitly.
+
+Products are ranked the same way (``traitflow.product_eval``; no categories needed): the
+profile mixture through the model's stored ``P(product | trait)`` (``traitflow.trait_products``)
+against popularity, product co-occurrence in sessions and the customer's own history (a ceiling
+for repeat buying), on all products and on products new to the customer, with hit@5, hit@10,
+recall@50 and NDCG@10. Every ranking metric and the profile's lift over popularity come with a
+bootstrap 95% interval over customers (``traitflow.bootstrap``).
 
 Also reported: Item2Vec next-item hit rate@10 on post-``T`` sessions (``quality``) next to a
 "10 most frequent tokens" baseline; silhouette and ARI of profiles on planted segments (when a
 segments file is given); category purity of each trait's top products; profile stability for
 customers without new events across a retrain (another Word2Vec seed, a slightly longer window,
 trait ids matched through ``pipeline.fit_model(previous=...)``); and, for the choice of k,
-reconstruction error, purity, silhouette and hit@10 over a range of k.
+reconstruction error, purity, silhouette and hit@10 over a range of k (each k's traits refitted
+and its rankings re-made with its own profiles).
 
 ``evaluate`` runs everything from raw events (the CLI's ``traitflow evaluate``);
 ``evaluate_model`` scores an already trained model on a history/future pair (what a quality
@@ -52,10 +60,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from traitflow.aggregate import event_weights
+from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
 from traitflow.config import PipelineConfig
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
+from traitflow.product_eval import mixture_metrics, product_ranking
 from traitflow.profiles import COLD_START_NO_HISTORY, COLD_START_NONE
 from traitflow.quality import next_item_pairs, profile_coherence
+from traitflow.ranking import cooccurrence_matrix as ranking_cooccurrence
+from traitflow.ranking import item_matrix, per_customer_metrics
+from traitflow.schema import ACTIONS
 from traitflow.sessions import sessionize
 
 log = logging.getLogger(__name__)
@@ -64,7 +77,11 @@ MIN_CUSTOMERS = 20
 TARGET_ACTIONS: dict[str, tuple[str, ...]] = {
     "purchase": ("purchase",),
     "cart_or_purchase": ("cart", "purchase"),
+    "cart": ("cart",),
+    "any": ACTIONS,
 }
+# Without an explicit target: purchases, or carts and purchases when too few customers purchase.
+AUTO_TARGETS: tuple[str, ...] = ("purchase", "cart_or_purchase")
 RANK_KS: tuple[int, ...] = (5, 10)
 NDCG_K = 10
 DEFAULT_K_RANGE: tuple[int, ...] = (4, 8, 16, 24)
@@ -154,17 +171,8 @@ def category_shares(traits: TraitModel, tokens: TokenTable) -> tuple[np.ndarray,
     return np.asarray(categories, dtype=object), shares
 
 
-def _category_matrix(
-    rows: np.ndarray, categories: np.ndarray, index: pd.Index, values: np.ndarray, n_rows: int
-) -> sp.csr_matrix:
-    """Sparse (n_rows, len(index)) sum of ``values`` at (row, category); unknown categories dropped."""
-    cols = index.get_indexer(categories)
-    known = cols >= 0
-    matrix = sp.csr_matrix(
-        (values[known], (rows[known], cols[known])), shape=(n_rows, len(index)), dtype=np.float64
-    )
-    matrix.sum_duplicates()
-    return matrix
+# Categories are items like products: the same sparse builder and session co-occurrence.
+_category_matrix = item_matrix
 
 
 def cooccurrence_matrix(history: pd.DataFrame, config: PipelineConfig, index: pd.Index) -> sp.csr_matrix:
@@ -172,33 +180,7 @@ def cooccurrence_matrix(history: pd.DataFrame, config: PipelineConfig, index: pd
 
     Sessions come from ``sessions.sessionize`` with the model's session parameters.
     """
-    sessionized = sessionize(history, config.sessions)
-    session = sessionized["session"].to_numpy()
-    categories = sessionized["category"].to_numpy(dtype=object)
-    has_category = pd.notna(categories)
-    n_sessions = int(session.max()) + 1 if len(session) else 0
-    holds = _category_matrix(
-        session[has_category],
-        categories[has_category],
-        index,
-        np.ones(int(has_category.sum())),
-        n_sessions,
-    )
-    holds.data[:] = 1.0  # a session holds a category or not
-    together = (holds.T @ holds).tocsr()  # (C, C) sessions holding both
-    sessions_with = together.diagonal()
-    return sp.diags(1.0 / np.maximum(sessions_with, 1.0)) @ together
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` highest scores per row, best first, shape (n, min(k, C))."""
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    return ranking_cooccurrence(history, config.sessions, index, column="category")
 
 
 def ranking_metrics(
@@ -207,49 +189,19 @@ def ranking_metrics(
     *,
     ks: Sequence[int] = RANK_KS,
     ndcg_k: int = NDCG_K,
-    batch_size: int = _BATCH,
+    batch_size: int | None = _BATCH,
 ) -> dict[str, float]:
-    """Hit rate@K and NDCG@``ndcg_k`` of per-customer category rankings.
-
-    Parameters
-    ----------
-    score_batch : callable (start, stop) -> ndarray of shape (stop - start, C), the scores of
-        customers ``start..stop-1`` over the C rankable categories (higher = ranked first)
-    relevant : sparse (n, C') with C' >= C, nonzero where the customer bought the category;
-        columns >= C are categories no method can rank (never hits; counted in the NDCG ideal)
-    """
-    relevant = relevant.tocsr()
-    n, n_columns = relevant.shape
-    if n == 0:
-        raise EvaluationError("no customers to rank categories for")
-    relevant_counts = np.diff(relevant.indptr)
-    rows = np.repeat(np.arange(n, dtype=np.int64), relevant_counts)
-    keys = np.sort(rows * n_columns + relevant.indices.astype(np.int64))
-    depth = max(*ks, ndcg_k)
-    discounts = 1.0 / np.log2(np.arange(2, depth + 2))
-    ideal = np.cumsum(discounts[:ndcg_k])
-    hits = dict.fromkeys(ks, 0)
-    ndcg_total = 0.0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        scores = score_batch(start, stop)
-        if scores.shape != (stop - start, scores.shape[1]) or scores.shape[1] > n_columns:
-            raise ValueError(
-                f"scores of shape {scores.shape} for {stop - start} customers, {n_columns} columns"
-            )
-        top = _top_k(scores, depth)
-        wanted = np.arange(start, stop, dtype=np.int64)[:, None] * n_columns + top
-        at = np.searchsorted(keys, wanted).clip(max=max(len(keys) - 1, 0))
-        is_relevant = keys[at] == wanted if len(keys) else np.zeros(top.shape, dtype=bool)
-        for k in ks:
-            hits[k] += int(is_relevant[:, :k].any(axis=1).sum())
-        width = min(ndcg_k, top.shape[1])
-        dcg = (is_relevant[:, :width] * discounts[:width]).sum(axis=1)
-        best = ideal[np.clip(relevant_counts[start:stop], 1, ndcg_k) - 1]
-        ndcg_total += float((dcg / best).sum())
-    out = {f"hit@{k}": hits[k] / n for k in ks}
-    out[f"ndcg@{ndcg_k}"] = ndcg_total / n
-    return out
+    """Hit rate@K and NDCG@``ndcg_k`` of per-customer rankings: the means of
+    ``ranking.per_customer_metrics`` (see there for the arguments)."""
+    try:
+        per_customer = per_customer_metrics(
+            score_batch, relevant, ks=ks, recall_k=None, ndcg_k=ndcg_k, batch_size=batch_size
+        )
+    except ValueError as error:
+        if relevant.shape[0] == 0:
+            raise EvaluationError("no customers to rank categories for") from error
+        raise
+    return {name: float(values.mean()) for name, values in per_customer.items()}
 
 
 @dataclass
@@ -261,27 +213,51 @@ class _Targets:
     n_unseen_categories: int
 
 
-def _targets(split: Split, index: pd.Index, min_customers: int) -> _Targets:
-    """The test customers and the categories they bought after T (purchases, else carts too)."""
+def choose_target(
+    history: pd.DataFrame,
+    future: pd.DataFrame,
+    target: str | None,
+    min_customers: int,
+    *,
+    column: str = "category",
+) -> str:
+    """The target (a key of ``TARGET_ACTIONS``): ``target`` if given, else the first of
+    ``AUTO_TARGETS`` with at least ``min_customers`` customers who have events before the split
+    and a target action (on a non-missing ``column``) after it.
+
+    Raises ``EvaluationError`` when no candidate has enough customers, saying how to fix it.
+    """
+    if target is not None and target not in TARGET_ACTIONS:
+        raise EvaluationError(f"unknown target {target!r}; choose one of {sorted(TARGET_ACTIONS)}")
+    history_customers = pd.unique(history["customer_id"].to_numpy(dtype=object))
+    future = future[future[column].notna()]
+    counts: dict[str, int] = {}
+    for candidate in (target,) if target else AUTO_TARGETS:
+        customers = future.loc[future["action"].isin(TARGET_ACTIONS[candidate]), "customer_id"]
+        customers = customers.to_numpy(dtype=object)
+        counts[candidate] = len(np.unique(customers[np.isin(customers, history_customers)]))
+        if counts[candidate] >= min_customers:
+            return candidate
+    found = "; ".join(
+        f"{n} customers {'/'.join(TARGET_ACTIONS[name])} after the split" for name, n in counts.items()
+    )
+    raise EvaluationError(
+        f"too few customers to evaluate (with events before the split): {found} "
+        f"(need >= {min_customers}"
+        f"{', in categorized events' if column == 'category' else ''}); use an earlier --split-date or "
+        "a smaller --split-fraction, more events, another --target or a lower --min-customers"
+    )
+
+
+def _targets(split: Split, index: pd.Index, min_customers: int, target: str | None = None) -> _Targets:
+    """The test customers and the categories of their target actions after T (see ``choose_target``)."""
+    target = choose_target(split.history, split.future, target, min_customers)
     history_customers = pd.unique(split.history["customer_id"].to_numpy(dtype=object))
     future = split.future[split.future["category"].notna()]
-    counts: dict[str, int] = {}
-    for target, actions in TARGET_ACTIONS.items():
-        wanted = future[future["action"].isin(actions)]
-        customers = wanted["customer_id"].to_numpy(dtype=object)
-        with_history = np.isin(customers, history_customers)
-        test_ids = np.unique(customers[with_history]).astype(object)
-        counts[target] = len(test_ids)
-        if len(test_ids) >= min_customers:
-            break
-    else:
-        raise EvaluationError(
-            f"too few customers to evaluate: {counts['purchase']} customers purchase after the split "
-            f"{pd.Timestamp(split.at).isoformat()} and have events before it, "
-            f"{counts['cart_or_purchase']} with carts counted too (need >= {min_customers}, in categorized "
-            "events); use an earlier --split-date or a smaller --split-fraction, more events, "
-            "or a lower --min-customers"
-        )
+    wanted = future[future["action"].isin(TARGET_ACTIONS[target])]
+    customers = wanted["customer_id"].to_numpy(dtype=object)
+    with_history = np.isin(customers, history_customers)
+    test_ids = np.unique(customers[with_history]).astype(object)
     wanted = wanted[with_history]
     rows = np.searchsorted(test_ids, wanted["customer_id"].to_numpy(dtype=object))
     categories = wanted["category"].to_numpy(dtype=object)
@@ -470,19 +446,32 @@ def evaluate_model(
     segments: pd.DataFrame | None = None,
     min_customers: int = MIN_CUSTOMERS,
     profiled: _Profiled | None = None,
+    target: str | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    random_state: int = 0,
 ) -> dict[str, Any]:
     """Score a trained model on a history/future pair (see the module docstring).
 
     ``history`` are the events before ``split_at`` (the model must not have seen later ones),
-    ``future`` those at or after it. Returns a JSON-able dict with sections ``category_ranking``,
-    ``next_item``, ``segments`` (None without ``segments``) and ``purity``.
+    ``future`` those at or after it. ``target`` (a key of ``TARGET_ACTIONS``; default: purchases,
+    carts too when too few customers purchase) is what is predicted. Returns a JSON-able dict
+    with sections ``category_ranking``, ``product_ranking``, ``product_ranking_new``,
+    ``next_item``, ``segments`` (None without ``segments``) and ``purity``; every ranking metric
+    and lift comes with a bootstrap 95% interval over customers (``n_resamples``, ``random_state``).
     """
     profiled = profiled or _profile_all(model, history, split_at)
+    options: dict[str, Any] = {
+        "split_at": split_at,
+        "profiled": profiled,
+        "min_customers": min_customers,
+        "target": target,
+        "n_resamples": n_resamples,
+        "random_state": random_state,
+    }
     report: dict[str, Any] = {
         "split": {"at": pd.Timestamp(split_at).isoformat()},
-        "category_ranking": category_ranking(
-            model, history, future, split_at=split_at, profiled=profiled, min_customers=min_customers
-        ),
+        "category_ranking": category_ranking(model, history, future, **options),
+        **product_sections(model, history, future, **options),
         "next_item": next_item_report(model.tokens, future, model.config),
         "segments": None,
         "purity": None,
@@ -497,6 +486,40 @@ def evaluate_model(
     return report
 
 
+def product_sections(
+    model: TraitflowModel,
+    history: pd.DataFrame,
+    future: pd.DataFrame,
+    *,
+    split_at: datetime,
+    profiled: _Profiled,
+    min_customers: int = MIN_CUSTOMERS,
+    target: str | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """``product_ranking`` and ``product_ranking_new`` (``traitflow.product_eval``): the profile
+    ranks products through the model's stored trait product distributions (estimated from
+    ``history`` when the model has none)."""
+    chosen = choose_target(history, future, target, min_customers, column="product_id")
+    products = model.traits.products
+    sections = product_ranking(
+        history,
+        future,
+        customer_ids=profiled.customer_ids,
+        profiles=profiled.profiles,
+        config=model.config,
+        split_at=split_at,
+        actions=TARGET_ACTIONS[chosen],
+        distribution=None if products is None else (products.product_ids, products.weights),
+        n_resamples=n_resamples,
+        random_state=random_state,
+    )
+    for section in sections.values():
+        section["target"] = chosen
+    return sections
+
+
 def category_ranking(
     model: TraitflowModel,
     history: pd.DataFrame,
@@ -506,6 +529,9 @@ def category_ranking(
     profiled: _Profiled | None = None,
     min_customers: int = MIN_CUSTOMERS,
     traits: Sequence[TraitModel] = (),
+    target: str | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    random_state: int = 0,
 ) -> dict[str, Any]:
     """Profile vs popularity vs co-occurrence category rankings of the test customers.
 
@@ -516,7 +542,7 @@ def category_ranking(
         return {"skipped": "the events carry no categories; map a category column to rank categories"}
     profiled = profiled or _profile_all(model, history, split_at)
     index = _category_index(history)
-    targets = _targets(Split(split_at, history, future, ""), index, min_customers)
+    targets = _targets(Split(split_at, history, future, ""), index, min_customers, target)
 
     # Profiles of the test customers, rows in targets.customer_ids order.
     rows = np.searchsorted(profiled.customer_ids, targets.customer_ids)
@@ -561,15 +587,20 @@ def category_ranking(
     transition = cooccurrence_matrix(history, model.config, index)
     cooccurrence = (usage @ transition).tocsr()
 
-    methods = {
-        "profile": ranking_metrics(_profile_scores(profiles, aligned_shares), targets.relevant),
-        "popularity": ranking_metrics(
-            lambda start, stop: np.tile(popularity, (stop - start, 1)), targets.relevant
-        ),
-        "cooccurrence": ranking_metrics(
-            lambda start, stop: cooccurrence[start:stop].toarray(), targets.relevant
-        ),
+    scorers = {
+        "profile": _profile_scores(profiles, aligned_shares),
+        "popularity": lambda start, stop: np.tile(popularity, (stop - start, 1)),
+        "cooccurrence": lambda start, stop: cooccurrence[start:stop].toarray(),
     }
+    summary = compare(
+        {
+            method: per_customer_metrics(score, targets.relevant, ks=RANK_KS, recall_k=None, ndcg_k=NDCG_K)
+            for method, score in scorers.items()
+        },
+        n_resamples=n_resamples,
+        random_state=random_state,
+    )
+    methods = summary.means
     by_traits = []
     for other in traits:
         other_categories, other_shares = category_shares(other, model.tokens)
@@ -578,11 +609,6 @@ def category_ranking(
         padded_shares[other_align >= 0] = other_shares[other_align[other_align >= 0]]
         other_profiles = _project_profiles(other, profiled)[rows]
         by_traits.append(ranking_metrics(_profile_scores(other_profiles, padded_shares), targets.relevant))
-    popular = methods["popularity"]
-    lift = {
-        metric: (value / popular[metric] if popular[metric] > 0 else float("inf"))
-        for metric, value in methods["profile"].items()
-    }
     out: dict[str, Any] = {
         "target": targets.target,
         "target_actions": list(actions),
@@ -592,7 +618,10 @@ def category_ranking(
         "n_unseen_categories": targets.n_unseen_categories,
         "mean_relevant_categories": float(np.diff(targets.relevant.indptr).mean()),
         "methods": methods,
-        "profile_lift_vs_popularity": lift,
+        "methods_ci95": summary.intervals,
+        "profile_lift_vs_popularity": summary.lift,
+        "profile_lift_vs_popularity_ci95": summary.lift_intervals,
+        "n_resamples": n_resamples,
     }
     if traits:
         out["by_traits"] = by_traits
@@ -667,14 +696,18 @@ def k_selection(
     profiled: _Profiled,
     segments: pd.DataFrame | None = None,
     min_customers: int = MIN_CUSTOMERS,
+    target: str | None = None,
 ) -> list[dict[str, Any]]:
     """Refit the traits with each k on the model's own training vectors (same tokens) and report
-    reconstruction error, mean purity, silhouette (with segments) and profile hit@10."""
+    reconstruction error, mean purity, silhouette (with segments), and the hit@10 and NDCG@10 of
+    rankings re-made with each k's profiles: products (``product_hit@10``, each k with its own
+    trait product distributions) and, with categories, categories (``hit@10``)."""
     from traitflow.traits import fit_traits, label_traits
 
     training = profiled.embeddings[profiled.cold_start == COLD_START_NONE]
     rows: list[dict[str, Any]] = []
     fitted: list[TraitModel] = []
+    fitted_profiles: list[np.ndarray] = []
     for k in k_range:
         if k > len(training) or k > 2 * model.tokens.vector_size:
             rows.append({"k": int(k), "skipped": f"k={k} needs more customers or a larger vector_size"})
@@ -684,12 +717,26 @@ def k_selection(
         row: dict[str, Any] = {"k": int(k), "reconstruction_error": fit.reconstruction_error}
         if (model.tokens.categories != "").any():
             row["purity"] = _mean_purity(trait_purity(fit.traits, model.tokens))
+        profiles = _project_profiles(fit.traits, profiled)
         if segments is not None:
-            row["silhouette"] = segment_report(
-                profiled.customer_ids, _project_profiles(fit.traits, profiled), segments
-            )["silhouette"]
+            row["silhouette"] = segment_report(profiled.customer_ids, profiles, segments)["silhouette"]
         rows.append(row)
         fitted.append(fit.traits)
+        fitted_profiles.append(profiles)
+    if not fitted:
+        return rows
+    chosen = choose_target(history, future, target, min_customers, column="product_id")
+    product_scored = iter(
+        mixture_metrics(
+            history,
+            future,
+            customer_ids=profiled.customer_ids,
+            profile_sets=fitted_profiles,
+            config=model.config,
+            split_at=split_at,
+            actions=TARGET_ACTIONS[chosen],
+        )
+    )
     ranking = category_ranking(
         model,
         history,
@@ -698,11 +745,18 @@ def k_selection(
         profiled=profiled,
         min_customers=min_customers,
         traits=fitted,
+        target=target,
+        n_resamples=1,  # only the per-k point estimates are read
     )
-    scored = iter(ranking.get("by_traits", []))
+    category_scored = iter(ranking.get("by_traits", []))
     for row in rows:
-        if "skipped" not in row and "by_traits" in ranking:
-            row[f"hit@{NDCG_K}"] = next(scored)[f"hit@{NDCG_K}"]
+        if "skipped" in row:
+            continue
+        products = next(product_scored)
+        row[f"product_hit@{NDCG_K}"] = products.get(f"hit@{NDCG_K}")
+        row[f"product_ndcg@{NDCG_K}"] = products.get(f"ndcg@{NDCG_K}")
+        if "by_traits" in ranking:
+            row[f"hit@{NDCG_K}"] = next(category_scored)[f"hit@{NDCG_K}"]
     return rows
 
 
@@ -717,6 +771,9 @@ def evaluate(
     stability: bool = True,
     min_customers: int = MIN_CUSTOMERS,
     work_dir: Path | None = None,
+    target: str | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    random_state: int = 0,
 ) -> dict[str, Any]:
     """Time-split hold-out evaluation of the full pipeline on canonical ``events``.
 
@@ -740,7 +797,8 @@ def evaluate(
             "use a later split, more events or a smaller --k"
         )
     if split.history["category"].notna().any():
-        _targets(split, _category_index(split.history), min_customers)  # fail before training
+        _targets(split, _category_index(split.history), min_customers, target)  # fail before training
+    choose_target(split.history, split.future, target, min_customers, column="product_id")
     temporary = None
     if work_dir is None:
         temporary = tempfile.TemporaryDirectory(prefix="traitflow-evaluate-")
@@ -758,6 +816,9 @@ def evaluate(
             segments=segments,
             min_customers=min_customers,
             profiled=profiled,
+            target=target,
+            n_resamples=n_resamples,
+            random_state=random_state,
         )
         report["split"] = {
             "at": pd.Timestamp(split.at).isoformat(),
@@ -790,6 +851,7 @@ def evaluate(
                 profiled=profiled,
                 segments=segments,
                 min_customers=min_customers,
+                target=target,
             )
             if k_range
             else None
@@ -825,6 +887,29 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
+def _ranking_lines(section: dict[str, Any]) -> list[str]:
+    """Methods x metrics with 95% intervals, then the profile's lifts over popularity."""
+    metrics = list(next(iter(section["methods"].values())))
+    intervals = section.get("methods_ci95", {})
+
+    def cell(method: str, metric: str) -> str:
+        value = _fmt(section["methods"][method][metric])
+        low_high = intervals.get(method, {}).get(metric)
+        return f"{value} [{_fmt(low_high[0])}, {_fmt(low_high[1])}]" if low_high else value
+
+    lines = _table(["method", *metrics], [[m, *(cell(m, k) for k in metrics)] for m in section["methods"]])
+    lift, lift_ci = section["profile_lift_vs_popularity"], section.get("profile_lift_vs_popularity_ci95", {})
+    lines.append(
+        "  profile vs popularity: "
+        + ", ".join(
+            f"{m} x{_fmt(v, 2)}"
+            + (f" [{_fmt(lift_ci[m][0], 2)}, {_fmt(lift_ci[m][1], 2)}]" if m in lift_ci else "")
+            for m, v in lift.items()
+        )
+    )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A readable text rendering of an ``evaluate`` / ``evaluate_model`` report."""
     lines: list[str] = []
@@ -853,10 +938,24 @@ def format_report(report: dict[str, Any]) -> str:
             f"split; {ranking['n_categories']} categories, "
             f"{_fmt(ranking['mean_relevant_categories'], 2)} bought per customer"
         )
-        metrics = list(next(iter(ranking["methods"].values())))
-        lines += _table(["method", *metrics], [[m, *v.values()] for m, v in ranking["methods"].items()])
-        lift = ranking["profile_lift_vs_popularity"]
-        lines.append("  profile vs popularity: " + ", ".join(f"{m} x{_fmt(v, 2)}" for m, v in lift.items()))
+        lines += _ranking_lines(ranking)
+    for key, title in (
+        ("product_ranking", "Product ranking (all products)"),
+        ("product_ranking_new", "Product ranking (products new to the customer)"),
+    ):
+        section = report.get(key)
+        if not section:
+            continue
+        lines.append("")
+        if "skipped" in section:
+            lines.append(f"{title}: skipped ({section['skipped']})")
+            continue
+        lines.append(
+            f"{title}: {section['n_customers']} customers with history and "
+            f"{'/'.join(section['target_actions'])} after the split; {section['n_products']} products, "
+            f"{_fmt(section['mean_relevant_products'], 2)} targets per customer"
+        )
+        lines += _ranking_lines(section)
     next_item = report.get("next_item") or {}
     lines.append("")
     if "skipped" in next_item:
@@ -909,6 +1008,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Choice of k (same tokens, NMF refitted per k):")
         columns = ["k", "reconstruction_error", "purity", "silhouette", "hit@10"]
+        columns += ["product_hit@10", "product_ndcg@10"]
         present = [c for c in columns if any(c in row for row in selection)]
         lines += _table(present, [[row.get(c) for c in present] for row in selection])
     return "\n".join(lines)

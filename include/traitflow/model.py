@@ -82,6 +82,29 @@ class TokenTable:
 
 
 @dataclass
+class TraitProducts:
+    """Each trait's product distribution ``P(product | trait)``, estimated at fit time from the
+    training events of the customers holding the trait (``traitflow.trait_products``).
+
+    Attributes
+    ----------
+    product_ids : ndarray of object (str), shape (P,), sorted -- the union of the traits' top products
+    weights : ndarray of float64, shape (n_traits, P) -- ``P(product | trait)`` for each trait's
+        top products, 0 elsewhere (a row sums to at most 1: the tail beyond the top is dropped)
+    """
+
+    product_ids: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.weights.ndim != 2 or self.weights.shape[1] != len(self.product_ids):
+            raise ValueError(
+                f"TraitProducts.weights must have shape (k, {len(self.product_ids)}), "
+                f"got {self.weights.shape}"
+            )
+
+
+@dataclass
 class TraitModel:
     """NMF traits fitted on transformed customer vectors (see ``traitflow.traits``).
 
@@ -97,6 +120,8 @@ class TraitModel:
     population_profile : ndarray of float64, shape (n_traits,) -- mean training profile (cold start)
     population_vector : ndarray of float32, shape (vector_size,) -- mean training customer vector
     l1_penalty : float -- the L1 weight on loadings used in the fit; projection uses the same
+    products : TraitProducts or None -- the traits' product distributions (None in models saved
+        without them); ranks products for a profile as a mixture
     """
 
     components: np.ndarray
@@ -108,6 +133,7 @@ class TraitModel:
     population_profile: np.ndarray
     population_vector: np.ndarray
     l1_penalty: float = 0.0
+    products: TraitProducts | None = None
 
     @property
     def n_traits(self) -> int:
@@ -138,6 +164,9 @@ class TraitflowModel:
             "population_profile": self.traits.population_profile,
             "population_vector": self.traits.population_vector,
         }
+        if self.traits.products is not None:
+            arrays["trait_product_ids"] = self.traits.products.product_ids.astype(str)
+            arrays["trait_product_weights"] = self.traits.products.weights
         np.savez(directory / "arrays.npz", **arrays)
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
@@ -178,6 +207,11 @@ class TraitflowModel:
             population_profile=a["population_profile"],
             population_vector=a["population_vector"],
             l1_penalty=float(meta["l1_penalty"]),
+            products=(
+                TraitProducts(a["trait_product_ids"].astype(object), a["trait_product_weights"])
+                if "trait_product_ids" in a
+                else None
+            ),
         )
         return cls(
             trained_through=datetime.fromisoformat(meta["trained_through"]),

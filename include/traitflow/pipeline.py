@@ -22,6 +22,7 @@ from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
+from traitflow.trait_products import characteristic_products, fit_trait_products
 from traitflow.traits import REFIT_ANCHOR, fit_traits, label_traits, match_traits, project
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,19 @@ def fit_model(
     dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
     metrics["trait_sizes"] = np.bincount(dominant, minlength=traits.n_traits).tolist()
     label_traits(traits, tokens)
+    # Products are ranked for a profile through what the customers holding each trait bought
+    # (see traitflow.trait_products); the traits' top products are the most characteristic ones.
+    traits.products = fit_trait_products(
+        events,
+        embeddings.customer_ids[train_rows],
+        training_profiles,
+        config.aggregation,
+        trained_through,
+    )
+    traits.top_products = characteristic_products(traits.products)
+    for j, categories in enumerate(traits.top_categories):
+        if not categories:  # label_traits named this trait by products: use the ones shown
+            traits.labels[j] = " + ".join(traits.top_products[j][:2])
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
     )

@@ -38,6 +38,10 @@ def assert_same_model(saved: TraitflowModel, loaded: TraitflowModel) -> None:
     assert loaded.traits.top_products == saved.traits.top_products
     assert loaded.traits.top_categories == saved.traits.top_categories
     assert loaded.traits.l1_penalty == saved.traits.l1_penalty
+    assert (loaded.traits.products is None) == (saved.traits.products is None)
+    if saved.traits.products is not None:
+        assert loaded.traits.products.product_ids.tolist() == saved.traits.products.product_ids.tolist()
+        assert_same_array(saved.traits.products.weights, loaded.traits.products.weights)
     assert loaded.config == saved.config
     assert loaded.metrics == saved.metrics
     assert loaded.trait_match == saved.trait_match
@@ -220,3 +224,11 @@ def test_ten_kilobyte_hostile_labels_and_top_products_round_trip(store: Store, b
     assert loaded.traits.labels[1] == big and len(big) == 10_240
     assert loaded.traits.top_products[2] == [big, "", "NULL", "{}", big[::-1]]
     assert loaded.tokens.categories[0] == big
+
+
+def test_a_model_without_trait_products_round_trips(store: Store, build_model: Build) -> None:
+    model = build_model()
+    model.traits.products = None
+    loaded = store.load_model(store.save_model(model))
+    assert loaded.traits.products is None
+    assert_same_model(model, loaded)

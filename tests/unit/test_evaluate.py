@@ -108,6 +108,59 @@ def test_report_has_every_section(report):
     assert all("hit@10" in row and "silhouette" in row for row in report["k_selection"])
 
 
+PRODUCT_METHODS = ("profile", "popularity", "cooccurrence", "own_history")
+PRODUCT_METRICS = ("hit@5", "hit@10", "recall@50", "ndcg@10")
+
+
+@pytest.mark.parametrize("section", ["product_ranking", "product_ranking_new"])
+def test_product_rankings_follow_the_report_contract(report, section):
+    ranking = report[section]
+    assert ranking["target"] == "purchase" and ranking["n_customers"] >= 50
+    assert set(ranking["methods"]) == {*PRODUCT_METHODS, "profile_with_history"}
+    for method in PRODUCT_METHODS:
+        for metric in PRODUCT_METRICS:
+            value = ranking["methods"][method][metric]
+            low, high = ranking["methods_ci95"][method][metric]
+            assert 0.0 <= low <= value <= high <= 1.0, (method, metric)
+    for metric in PRODUCT_METRICS:
+        lift = ranking["profile_lift_vs_popularity"][metric]
+        low, high = ranking["profile_lift_vs_popularity_ci95"][metric]
+        assert low <= lift <= high
+        assert lift == pytest.approx(
+            ranking["methods"]["profile"][metric] / ranking["methods"]["popularity"][metric]
+        )
+    assert ranking["methods"]["profile"]["hit@10"] > ranking["methods"]["popularity"]["hit@10"]
+
+
+def test_discovery_excludes_what_customers_already_had(report):
+    every, new = report["product_ranking"], report["product_ranking_new"]
+    assert new["n_customers"] <= every["n_customers"]
+    # On new products, a customer's own history has nothing to rank: it falls back to popularity.
+    assert new["methods"]["own_history"] == pytest.approx(new["methods"]["popularity"])
+    assert every["methods"]["own_history"]["hit@10"] > every["methods"]["popularity"]["hit@10"]
+    # ... and the profile with the customer's history is the profile alone.
+    assert new["methods"]["profile_with_history"] == pytest.approx(new["methods"]["profile"])
+
+
+def test_category_ranking_has_intervals_for_every_metric_and_lift(report):
+    ranking = report["category_ranking"]
+    for method, metrics in ranking["methods"].items():
+        for metric, value in metrics.items():
+            low, high = ranking["methods_ci95"][method][metric]
+            assert low <= value <= high
+    low, high = ranking["profile_lift_vs_popularity_ci95"]["hit@10"]
+    assert 1.0 < low <= ranking["profile_lift_vs_popularity"]["hit@10"] <= high
+
+
+def test_the_k_sweep_reranks_with_each_ks_profiles(report):
+    rows = report["k_selection"]
+    product_hits = [row["product_hit@10"] for row in rows]
+    ndcgs = [row["product_ndcg@10"] for row in rows]
+    assert all(0.0 < h <= 1.0 for h in product_hits)
+    # Different traits rank differently: the numbers must differ between k = 8 and k = 16.
+    assert product_hits[0] != product_hits[1] or ndcgs[0] != ndcgs[1]
+
+
 def test_report_renders_as_text_and_json(report, tmp_path: Path):
     text = format_report(report)
     for needle in ("Category ranking", "profile", "popularity", "cooccurrence", "next-item", "Stability"):
@@ -301,10 +354,36 @@ def test_evaluate_without_categories_skips_the_category_sections(tmp_path: Path,
     path = tmp_path / "events.csv"
     retailrocket.to_csv(path, index=False)
     args = ["evaluate", str(path), "--mapping", "retailrocket", "--k", "8", "--workers", "1"]
-    assert main([*args, "--k-range", "8", "--no-stability"]) == 0
+    options = ["--k-range", "8", "--no-stability", "--target", "purchase", "--bootstrap", "200"]
+    assert main([*args, *options]) == 0
     out = capsys.readouterr().out
     assert "Category ranking: skipped (the events carry no categories" in out
     assert "Item2Vec next-item hit rate@10" in out and "Trait purity: skipped" in out
+    assert "Product ranking (all products)" in out and "products new to the customer" in out
+
+
+def test_evaluate_target_option_picks_what_is_predicted(planted, tmp_path: Path):
+    split = split_events(planted.events, fraction=0.8)
+    sections = {}
+    for target in ("purchase", "cart", "any"):
+        report = evaluate(
+            planted.events,
+            CONFIG,
+            split_at=split.at,
+            k_range=(),
+            stability=False,
+            target=target,
+            n_resamples=50,
+        )
+        sections[target] = report["product_ranking"]
+        assert report["category_ranking"]["target"] == target == sections[target]["target"]
+    assert sections["cart"]["target_actions"] == ["cart"]
+    assert set(sections["any"]["target_actions"]) >= {"view", "cart", "purchase"}
+    # Every purchaser or carter after the split also counts under "any".
+    n_any = sections["any"]["n_customers"]
+    assert n_any >= max(sections["purchase"]["n_customers"], sections["cart"]["n_customers"])
+    with pytest.raises(EvaluationError, match="unknown target"):
+        evaluate(planted.events, CONFIG, split_at=split.at, k_range=(), stability=False, target="wish")
 
 
 def test_evaluate_command_reports_a_bad_split_without_traceback(tmp_path: Path, capsys):

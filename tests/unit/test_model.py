@@ -15,6 +15,7 @@ from traitflow.synthetic import SyntheticSpec, generate
 
 TOKEN_ARRAYS = ("tokens", "actions", "product_ids", "categories", "counts", "vectors")
 TRAIT_ARRAYS = ("components", "center", "trait_ids", "population_profile", "population_vector")
+PRODUCT_ARRAYS = ("trait_product_ids", "trait_product_weights")  # optional: models with trait products
 SPEC = SyntheticSpec(n_customers=120, n_products=60, n_categories=5, n_segments=3, n_events=3_000, seed=4)
 
 
@@ -31,6 +32,12 @@ def _assert_identical(a: TraitflowModel, b: TraitflowModel) -> None:
     for name in ("labels", "top_products", "top_categories"):
         assert getattr(a.traits, name) == getattr(b.traits, name), name
     assert a.traits.l1_penalty == b.traits.l1_penalty
+    assert (a.traits.products is None) == (b.traits.products is None)
+    if a.traits.products is not None:
+        assert a.traits.products.product_ids.tolist() == b.traits.products.product_ids.tolist()
+        assert all(type(p) is str for p in b.traits.products.product_ids)
+        assert a.traits.products.weights.tobytes() == b.traits.products.weights.tobytes()
+        assert a.traits.products.weights.shape == b.traits.products.weights.shape
     assert a.config == b.config
     assert a.trained_through == b.trained_through
     assert a.trained_through.utcoffset() == b.trained_through.utcoffset()
@@ -86,7 +93,7 @@ def test_save_writes_the_documented_files(build_model, tmp_path):
     meta = json.loads((directory / "meta.json").read_text())
     assert meta["format_version"] == MODEL_FORMAT_VERSION
     with np.load(directory / "arrays.npz", allow_pickle=False) as npz:  # no pickled objects inside
-        assert set(npz.files) == set(TOKEN_ARRAYS) | set(TRAIT_ARRAYS)
+        assert set(npz.files) == set(TOKEN_ARRAYS) | set(TRAIT_ARRAYS) | set(PRODUCT_ARRAYS)
 
 
 def test_load_rejects_what_is_not_a_model(build_model, tmp_path):
@@ -98,3 +105,25 @@ def test_load_rejects_what_is_not_a_model(build_model, tmp_path):
     (directory / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unsupported model format"):
         TraitflowModel.load(directory)
+
+
+def test_a_model_without_trait_products_round_trips(build_model, tmp_path):
+    model = build_model()
+    assert model.traits.products is not None
+    loaded = TraitflowModel.load(model.save(tmp_path / "with"))
+    np.testing.assert_array_equal(loaded.traits.products.weights, model.traits.products.weights)
+    model.traits.products = None  # saved by a version that did not estimate them
+    assert TraitflowModel.load(model.save(tmp_path / "without")).traits.products is None
+
+
+def test_a_trained_model_carries_its_traits_product_distributions(trained):
+    _, model, refit = trained
+    for fitted in (model, refit):
+        products = fitted.traits.products
+        assert products is not None and products.weights.shape == (3, len(products.product_ids))
+        assert list(products.product_ids) == sorted(products.product_ids)
+        assert np.all(products.weights >= 0) and np.all(products.weights.sum(axis=1) <= 1 + 1e-9)
+        # The top products shown for each trait are among the products its distribution keeps.
+        for j, top in enumerate(fitted.traits.top_products):
+            kept = set(products.product_ids[products.weights[j] > 0])
+            assert top and set(top) <= kept

@@ -25,7 +25,14 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from traitflow.model import MODEL_FORMAT_VERSION, TokenTable, TraitflowModel, TraitModel, config_from_dict
+from traitflow.model import (
+    MODEL_FORMAT_VERSION,
+    TokenTable,
+    TraitflowModel,
+    TraitModel,
+    TraitProducts,
+    config_from_dict,
+)
 
 from . import copybin
 from ._util import copy_in, copy_out, copy_out_csv, dumps, require_transaction, utc
@@ -54,6 +61,7 @@ PERSISTED_FIELDS: dict[str, frozenset[str]] = {
             "population_profile",
             "population_vector",
             "l1_penalty",
+            "products",
         }
     ),
 }
@@ -148,6 +156,8 @@ def save_model(conn: psycopg.Connection, model: TraitflowModel) -> int:
                 for i in range(n_traits)
             ],
         )
+    if traits.products is not None:
+        _save_trait_products(conn, version, traits.products, n_traits)
     if len(tokens):
         text_cols = {}
         for name in ("tokens", "actions", "product_ids", "categories"):
@@ -254,6 +264,7 @@ def load_model(conn: psycopg.Connection, version: int) -> TraitflowModel:
         population_profile=np.array(row["population_profile"], dtype=np.float64),
         population_vector=np.array(row["population_vector"], dtype=np.float32),
         l1_penalty=float(row["l1_penalty"]),
+        products=_load_trait_products(conn, int(version), len(comps)),
     )
     return TraitflowModel(
         trained_through=row["trained_through"],
@@ -264,6 +275,33 @@ def load_model(conn: psycopg.Connection, version: int) -> TraitflowModel:
         trait_match=row["trait_match"],
         version=int(row["model_version"]),
     )
+
+
+def _save_trait_products(
+    conn: psycopg.Connection, version: int, products: TraitProducts, n_traits: int
+) -> None:
+    weights = _expect(products.weights, np.float64, 2, "traits.products.weights")
+    if weights.shape != (n_traits, len(products.product_ids)):
+        raise StoreInputError(
+            f"traits.products.weights must have shape ({n_traits}, {len(products.product_ids)}), "
+            f"got {weights.shape}"
+        )
+    conn.execute(
+        "INSERT INTO trait_products (model_version, product_ids, weights) VALUES (%s, %s, %s)",
+        (version, [str(p) for p in products.product_ids], weights.ravel().tolist()),
+    )
+
+
+def _load_trait_products(conn: psycopg.Connection, version: int, n_traits: int) -> TraitProducts | None:
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(
+            "SELECT product_ids, weights FROM trait_products WHERE model_version = %s", (version,)
+        ).fetchone()
+    if row is None:
+        return None
+    product_ids = np.asarray(list(row[0]), dtype=object)
+    weights = np.asarray(row[1], dtype=np.float64).reshape(n_traits, len(product_ids))
+    return TraitProducts(product_ids, weights)
 
 
 # ---------------------------------------------------------------------------------- lifecycle

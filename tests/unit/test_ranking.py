@@ -1,0 +1,129 @@
+"""Known answers for product rankings: per-customer metrics, targets, the trait product mixture."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from traitflow.config import PipelineConfig
+from traitflow.ranking import (
+    cooccurrence_matrix,
+    item_targets,
+    per_customer_metrics,
+    sparse_scores,
+    trait_item_distribution,
+)
+from traitflow.trait_products import characteristic_products, fit_trait_products
+
+T0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _events(rows: list[tuple[str, float, str, str]]) -> pd.DataFrame:
+    """Events from (customer, hours after T0, action, product)."""
+    customers, hours, actions, products = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {
+            "customer_id": list(customers),
+            "event_time": [T0 + pd.Timedelta(hours=h) for h in hours],
+            "action": list(actions),
+            "product_id": list(products),
+            "category": pd.array([None] * len(rows), dtype="str"),
+            "price": np.nan,
+            "session_id": pd.array([None] * len(rows), dtype="str"),
+        }
+    )
+
+
+def test_per_customer_metrics_on_a_hand_made_example():
+    scores = np.array([[0.9, 0.1, 0.5, 0.3], [0.1, 0.2, 0.3, 0.4]])
+    # Customer 0 bought item 2 (ranked 2nd); customer 1 bought item 0 (ranked 4th) and an item
+    # unseen before the split (column 4: no method ranks it).
+    relevant = sp.csr_matrix(np.array([[0, 0, 1, 0, 0], [1, 0, 0, 0, 1]]))
+    out = per_customer_metrics(
+        lambda a, b: scores[a:b], relevant, ks=(1, 2), recall_k=4, ndcg_k=3, batch_size=1
+    )
+    np.testing.assert_array_equal(out["hit@1"], [0, 0])
+    np.testing.assert_array_equal(out["hit@2"], [1, 0])
+    np.testing.assert_allclose(out["recall@4"], [1.0, 0.5])  # the unseen item can never be recalled
+    np.testing.assert_allclose(out["ndcg@3"], [1 / math.log2(3), 0.0])
+
+
+def test_excluded_items_leave_the_ranking():
+    scores = np.array([[0.9, 0.8, 0.1]])
+    relevant = sp.csr_matrix(np.array([[0, 0, 1]]))
+    plain = per_customer_metrics(lambda a, b: scores[a:b], relevant, ks=(1, 2), recall_k=None, ndcg_k=2)
+    assert plain["hit@2"][0] == 0
+    # Without items 0 and 1 (already bought), item 2 is ranked first.
+    exclude = sp.csr_matrix(np.array([[1, 1, 0]]))
+    out = per_customer_metrics(
+        lambda a, b: scores[a:b], relevant, exclude=exclude, ks=(1, 2), recall_k=None, ndcg_k=2
+    )
+    assert out["hit@1"][0] == 1 and out["ndcg@2"][0] == pytest.approx(1.0)
+
+
+def test_item_targets_for_all_and_for_new_products():
+    history = _events([("a", 0, "purchase", "x"), ("a", 1, "view", "y"), ("b", 0, "purchase", "x")])
+    future = _events(
+        [
+            ("a", 10, "purchase", "x"),  # a repeat
+            ("a", 10, "purchase", "z"),  # new to a (never seen before the split by anyone)
+            ("b", 10, "purchase", "x"),  # a repeat only: b has nothing new
+            ("b", 10, "view", "y"),  # not a target action
+            ("c", 10, "purchase", "x"),  # no history: not a test customer
+        ]
+    )
+    index = pd.Index(["x", "y"])
+    every = item_targets(history, future, index, ("purchase",))
+    assert every.customer_ids.tolist() == ["a", "b"] and every.exclude is None
+    assert every.relevant.toarray().tolist() == [[1, 0, 1], [1, 0, 0]] and every.n_unseen_items == 1
+    new = item_targets(history, future, index, ("purchase",), new_only=True)
+    assert new.customer_ids.tolist() == ["a"]
+    assert new.relevant.toarray().tolist() == [[0, 0, 1]]
+    assert new.exclude.toarray().tolist() == [[1, 1]]  # bought x and viewed y before the split
+
+
+def test_product_cooccurrence_counts_baskets():
+    history = _events([("a", 0, "purchase", "x"), ("a", 0, "purchase", "y"), ("b", 0, "purchase", "x")])
+    matrix = cooccurrence_matrix(history, PipelineConfig().sessions, pd.Index(["x", "y"])).toarray()
+    np.testing.assert_allclose(matrix, [[1, 0.5], [1, 1]])  # x in 2 baskets, one with y
+
+
+def test_sparse_scores_break_ties_below_every_real_score():
+    score = sparse_scores(sp.csr_matrix(np.array([[0.0, 0.2, 0.0]])), np.array([5.0, 1.0, 9.0]))(0, 1)[0]
+    assert score[1] > score[2] > score[0] > 0  # the customer's own item first, then by popularity
+
+
+def test_trait_item_distribution_average_and_em_step():
+    # a holds trait 0 and buys x, b holds trait 1 and buys y, c holds both halves and buys x.
+    profiles = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    usage = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]))  # volumes do not matter
+    average = trait_item_distribution(profiles, usage, em_steps=0)
+    np.testing.assert_allclose(average, [[1.0, 0.0], [1 / 3, 2 / 3]])
+    # EM: c's x is explained by trait 0 (P(x|0) = 1) three times as well as by trait 1 (1/3),
+    # so trait 0 takes 3/4 of it and trait 1 only 1/4: P(.|1) = (0.25 x + 1 y) / 1.25.
+    refined = trait_item_distribution(profiles, usage, em_steps=1)
+    np.testing.assert_allclose(refined, [[1.0, 0.0], [0.2, 0.8]])
+    smoothed = trait_item_distribution(profiles, usage, em_steps=0, smoothing=0.5)
+    overall = np.array([2 / 3, 1 / 3])  # mean customer distribution
+    np.testing.assert_allclose(smoothed, 0.5 * average + 0.5 * overall)
+
+
+def test_fit_trait_products_keeps_top_products_and_names_characteristic_ones():
+    history = _events(
+        [("a", 0, "purchase", p) for p in ("common", "garden", "garden", "rake")]
+        + [("b", 0, "purchase", p) for p in ("common", "candle", "candle", "vase")]
+    )
+    profiles = np.array([[1.0, 0.0], [0.0, 1.0]])
+    customers = np.array(["a", "b"], dtype=object)
+    as_of = T0 + pd.Timedelta(days=1)
+    products = fit_trait_products(history, customers, profiles, PipelineConfig().aggregation, as_of, top_n=3)
+    assert products.product_ids.tolist() == sorted(products.product_ids)
+    by_id = dict(zip(products.product_ids, products.weights.T, strict=True))
+    np.testing.assert_allclose(by_id["garden"], [0.5, 0.0])
+    np.testing.assert_allclose(by_id["common"], [0.25, 0.25])
+    top = characteristic_products(products, top_n=2)
+    assert top == [["garden", "rake"], ["candle", "vase"]]  # "common" is bought by both traits
