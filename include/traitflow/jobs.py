@@ -10,6 +10,14 @@ earlier (``Store.model_version_for``), so re-running the interval writes the sam
 retrain trained through ``end`` writes every profile as of ``end`` under the new model in the
 same transaction that promotes it; a daily run for the same instant computes identical rows for
 its customers, so the two converge whichever finishes first.
+
+Races: a weekly run takes one event snapshot when it starts (``build_corpus``:
+``Store.event_snapshot``), carried in its XComs, and every weekly read (corpus, trait fit,
+recomputed profiles) is pinned to it, so a daily ingest committing meanwhile cannot give a model
+whose tokens and profiles come from different data. A daily write checks, under the writers'
+locks, that its model is still the one selected for its date (``StaleModelError`` otherwise) and
+recomputes once with the newer model (``update_profiles``): it never replaces a newer promoted
+model's rows.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.quality import compare_hit_rates, compare_with_popularity
-from traitflow.store import Store
+from traitflow.store import StaleModelError, Store
 from traitflow.triggers import align_tokens, new_vocab_ratio
 from traitflow.triggers import measure_drift as _measure_drift
 
@@ -129,12 +137,48 @@ def ingest_interval(
     return totals
 
 
+def _dated_sources(
+    input_dir: str | Path | None, start: datetime, end: datetime
+) -> tuple[list[str], list[str]]:
+    """(sources of the files dated ``start``'s day, sources of files dated ``end``'s day or later).
+
+    Sources as the store records them (resolved paths). Files are delivered per day: a daily run
+    for [start, end) treats the day's files as what arrived in its interval, and files dated
+    after it as not delivered yet, whatever order the days actually run in.
+    """
+    if not input_dir:
+        return [], []
+    folder = Path(input_dir).resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {folder} does not exist")
+    day, first_later = _utc(start).strftime("%Y-%m-%d"), _utc(end).strftime("%Y-%m-%d")
+    on_day, later = [], []
+    for path in sorted(folder.iterdir()):
+        match = _FILE_DATE.search(path.name)
+        if not path.is_file() or not path.name.endswith(EVENT_FILE_SUFFIXES) or match is None:
+            continue
+        if match.group(1) == day:
+            on_day.append(str(path))
+        elif match.group(1) >= first_later:
+            later.append(str(path))
+    return on_day, later
+
+
 def select_customers(
-    database_url: str | None, start: datetime, end: datetime, work_dir: str
+    database_url: str | None, start: datetime, end: datetime, work_dir: str, input_dir: str | None = None
 ) -> dict[str, Any]:
-    """Customers with events in [start, end), written to a Parquet file."""
+    """Customers with events in [start, end), written to a Parquet file.
+
+    With ``input_dir``: also the customers with events in the files dated ``start``'s day, whatever
+    their event times (late events: a Jan-8 event in the Jan-9 file updates its customer on
+    Jan 9), and nothing from files dated after the interval, so forward, reverse and shuffled
+    backfills select the same customers.
+    """
+    on_day, later = _dated_sources(input_dir, start, end)
     with _open(database_url) as store:
-        customer_ids = store.customers_with_events(_utc(start), _utc(end))
+        customer_ids = store.customers_with_events(
+            _utc(start), _utc(end), delivered_in=on_day, exclude_sources=later
+        )
     path = Path(work_dir) / "customers.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype="str")}).to_parquet(path, index=False)
@@ -151,11 +195,21 @@ def update_profiles(
     customers_path: str,
     run_id: str,
     params: Mapping[str, Any] | None = None,
+    input_dir: str | None = None,
 ) -> dict[str, Any]:
     """Recompute the listed customers' embeddings and profiles from their whole history before
-    ``as_of``, with the model selected for ``as_of``, and write them in one transaction."""
+    ``as_of``, with the model selected for ``as_of``, and write them in one transaction.
+
+    With ``input_dir``, events from files dated ``as_of``'s day or later are left out (not
+    delivered yet for this interval; see ``select_customers``). If a newer model is promoted for
+    ``as_of`` between picking the model and writing (a weekly run finishing meanwhile), the write
+    is refused (``StaleModelError``) and the batch recomputed once with the newer model; should
+    that happen again, the run skips with the reason (the promotion's own recompute and the
+    refresh DAG cover these customers).
+    """
     as_of = _utc(as_of)
     customer_ids = _read_customer_ids(customers_path)
+    _, later = _dated_sources(input_dir, as_of - timedelta(days=1), as_of)
     with _open(database_url) as store:
         version = store.model_version_for(as_of)
         if version is None:
@@ -166,12 +220,26 @@ def update_profiles(
             }
         if len(customer_ids) == 0:
             return {"model_version": version, "n_profiles": 0, "reason": "no customers with events"}
-        model = store.load_model(version)
-        events = store.read_events(end=as_of, customer_ids=list(customer_ids))
-        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
-        batch.model_version = version
-        store.write_profiles(batch)
-    return {
+        events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
+        stale_versions: list[int] = []
+        while True:
+            batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
+            batch.model_version = version
+            try:
+                store.write_profiles(batch, require_selected_model=True)
+                break
+            except StaleModelError as stale:
+                stale_versions.append(version)
+                if stale.selected is None or len(stale_versions) > 1:
+                    return {
+                        "model_version": None,
+                        "n_profiles": 0,
+                        "stale_versions": stale_versions,
+                        "reason": f"skipped: {stale}",
+                    }
+                log.warning("%s; recomputing with model %s", stale, stale.selected)
+                version = stale.selected
+    result: dict[str, Any] = {
         "model_version": version,
         "n_profiles": len(batch),
         "as_of": _iso(as_of),
@@ -179,6 +247,9 @@ def update_profiles(
         "mean_profile": batch.profiles.mean(axis=0).tolist(),
         "trait_ids": batch.trait_ids.tolist(),
     }
+    if stale_versions:
+        result["recomputed"] = f"model {stale_versions[0]} was replaced by {version} for this date meanwhile"
+    return result
 
 
 def _js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -227,12 +298,19 @@ def build_corpus(
     work_dir: str,
     params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sessions of the training window -> corpus file (held-out sessions set aside) + new-vocab ratio."""
+    """Sessions of the training window -> corpus file (held-out sessions set aside) + new-vocab ratio.
+
+    Takes the run's event snapshot first (``event_snapshot`` in the result): the later weekly
+    reads (``train_candidate`` when tuning, ``_fit_candidate``, ``recompute_profiles``) pass it
+    on, so the whole run sees the events committed when it started. The new-vocabulary ratio
+    counts the training sessions' tokens only (held-out sessions are not part of any model).
+    """
     config = _config(params)
     end = _utc(trained_through)
     start = end - timedelta(days=config.triggers.training_window_days)
     with _open(database_url) as store:
-        events = store.read_events(start=start, end=end)
+        snapshot = store.event_snapshot()
+        events = store.read_events(start=start, end=end, snapshot=snapshot)
         active_version = store.model_version_for(end)
         active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
     if events.empty:
@@ -258,6 +336,7 @@ def build_corpus(
         "n_vocabulary": len(vocabulary.tokens),
         "new_vocab_ratio": ratio,
         "active_version": active_version,
+        "event_snapshot": snapshot,
     }
 
 
@@ -321,7 +400,7 @@ def train_candidate(
 
         start, end = _utc(corpus_info["window_start"]), _utc(corpus_info["trained_through"])
         with _open(database_url) as store:
-            events = store.read_events(start=start, end=end)
+            events = store.read_events(start=start, end=end, snapshot=corpus_info.get("event_snapshot"))
         result = search(
             events,
             _config(params),
@@ -425,13 +504,15 @@ def _fit_candidate(
     start, end = _utc(candidate_info["window_start"]), _utc(candidate_info["trained_through"])
     previous = None
     with _open(database_url) as store:
-        events = store.read_events(start=start, end=end)
+        events = store.read_events(start=start, end=end, snapshot=candidate_info.get("event_snapshot"))
         if candidate_info.get("active_version") is not None:
             previous = store.load_model(candidate_info["active_version"])
             tokens = align_tokens(tokens, previous.tokens)
     if previous is None and not refit:
         raise ValueError("cannot keep trait components: there is no active model")
     model = fit_model(events, tokens, config, end, previous=previous, refit_traits=refit)
+    # Stored with the model: which committed events it was built from.
+    model.metrics["event_snapshot"] = candidate_info.get("event_snapshot")
     model_dir = Path(candidate_info["tokens_path"]).parent / "model"
     model.save(model_dir)
     return {
@@ -457,11 +538,14 @@ def keep_traits(database_url: str | None, candidate_info: Mapping[str, Any]) -> 
 def recompute_profiles(
     database_url: str | None, candidate_info: Mapping[str, Any], as_of: datetime, work_dir: str
 ) -> dict[str, Any]:
-    """Profiles of every customer as of ``as_of`` under the candidate, written to a file."""
+    """Profiles of every customer as of ``as_of`` under the candidate, written to a file.
+
+    Reads the events of the run's snapshot (``build_corpus``), like the model's fit.
+    """
     model = TraitflowModel.load(candidate_info["model_dir"])
     as_of = _utc(as_of)
     with _open(database_url) as store:
-        events = store.read_events(end=as_of)
+        events = store.read_events(end=as_of, snapshot=candidate_info.get("event_snapshot"))
     batch = profile_customers(events, model, as_of)
     path = batch.save(Path(work_dir) / "profiles.npz")
     return {"profiles_path": str(path), "n_profiles": len(batch), "as_of": _iso(as_of), "stats": batch.stats}

@@ -22,6 +22,7 @@ from .errors import (
     ModelStateError,
     NotFoundError,
     SchemaNotReadyError,
+    StaleModelError,
     StoreError,
     StoreInputError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ModelStateError",
     "NotFoundError",
     "SchemaNotReadyError",
+    "StaleModelError",
     "Store",
     "StoreError",
     "StoreInputError",
