@@ -303,7 +303,7 @@ def build_corpus(
     Takes the run's event snapshot first (``event_snapshot`` in the result): the later weekly
     reads (``train_candidate`` when tuning, ``_fit_candidate``, ``recompute_profiles``) pass it
     on, so the whole run sees the events committed when it started. The new-vocabulary ratio
-    counts the training sessions' tokens only (held-out sessions are not part of any model).
+    counts the tokens of the sessions written to the corpus only (what a model can learn).
     """
     config = _config(params)
     end = _utc(trained_through)
@@ -323,7 +323,11 @@ def build_corpus(
         random_state=HOLDOUT_SEED,
     )
     vocabulary = corpus.vocabulary()
-    ratio = new_vocab_ratio(vocabulary.tokens, active_tokens)
+    # The tokens a model can learn from this corpus: those of the sessions written to it (held-out
+    # sessions and ones too short to train on are left out, so no model ever knows their tokens,
+    # and counting them would make the ratio positive on unchanged data).
+    learnable = np.unique(np.fromfile(corpus.corpus_path, dtype=np.int64, sep=" "))
+    ratio = new_vocab_ratio(vocabulary.tokens[learnable], active_tokens)
     return {
         "corpus_path": str(corpus.corpus_path),
         "vocabulary_path": str(corpus.vocabulary_path),
