@@ -241,9 +241,21 @@ def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_oth
     assert second != first and daily_models == [first, second]
     assert updated["model_version"] == second and updated["n_profiles"] == selected["n_customers"] > 0
     assert updated["recomputed"] == f"model {first} was replaced by {second} for this date meanwhile"
-    # The state of "weekly, then daily": the daily batch under model 2 equals the weekly's rows.
     store: Store = env["store"]
-    assert profile_rows(store) == weekly["rows"]
+    raced = profile_rows(store)
+    # The state of "weekly, then daily": running the daily update now, after the weekly run,
+    # changes nothing; the customers it did not select keep the weekly's rows exactly.
+    jobs.update_profiles(env["url"], end, selected["customers_path"], "after", PARAMS)
+    assert daily_models == [first, second, second]
+    assert profile_rows(store) == raced
+    daily_ids = set(pd.read_parquet(selected["customers_path"])["customer_id"])
+    for rows, weekly_rows in zip(raced, weekly["rows"], strict=True):
+        assert [r for r in rows if r[0] not in daily_ids] == [r for r in weekly_rows if r[0] not in daily_ids]
+        for row, weekly_row in zip(rows, weekly_rows, strict=True):
+            # The daily batch under model 2 reproduces the weekly's profiles (projection of a
+            # subset vs all customers: equal to ~1e-6), not model 1's.
+            assert row[:3] == weekly_row[:3]
+            np.testing.assert_allclose(row[3], weekly_row[3], atol=1e-5)
     at_end = store.connection.execute(
         "SELECT DISTINCT model_version FROM customer_profile_history WHERE as_of = %s", (end,)
     ).fetchall()
