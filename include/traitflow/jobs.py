@@ -607,5 +607,10 @@ def refresh_all_profiles(database_url: str | None, work_dir: str, run_id: str) -
         events = store.read_events(end=as_of)
         batch = profile_customers(events, model, as_of)
         batch.model_version = version
-        store.write_profiles(batch)
+        try:
+            store.write_profiles(batch, require_selected_model=True)
+        except StaleModelError as stale:
+            # A newer promotion wrote its own profiles and triggers its own refresh run.
+            skipped = f"skipped: {stale}"
+            return {"n_profiles": 0, "model_version": None, "as_of": _iso(as_of), "reason": skipped}
     return {"n_profiles": len(batch), "model_version": version, "as_of": _iso(as_of)}

@@ -351,3 +351,28 @@ def test_the_new_vocabulary_ratio_is_zero_on_unchanged_data(env):
     assert again["active_version"] == first["promoted"]["model_version"]
     assert again["new_vocab_ratio"] == 0.0
     assert jobs.should_retrain(again, False, 0.05)[0] is False
+
+
+def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypatch):
+    ingest_days(env, range(10))
+    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    run_daily(env, 9)  # the newest profiles are as of day 10, under the first model
+    end = START + 10 * DAY
+    original, weekly = jobs.profile_customers, {}
+
+    def overtaken(events, model, as_of, **kwargs):
+        if not weekly:  # the refresh computes under the first model; a retrain promotes now
+            weekly["started"] = True
+            thread = threading.Thread(target=lambda: weekly.update(run_weekly(env, end, force=True)))
+            thread.start()
+            thread.join()
+        return original(events, model, as_of, **kwargs)
+
+    monkeypatch.setattr(jobs, "profile_customers", overtaken)
+    refreshed = jobs.refresh_all_profiles(env["url"], str(env["work"]), "r")
+    second = weekly["promoted"]["model_version"]
+    assert refreshed["n_profiles"] == 0 and refreshed["reason"].startswith("skipped: ")
+    assert f"computed with model {first}, but model {second}" in refreshed["reason"]
+    store: Store = env["store"]
+    rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
+    assert rows == [(end, second)]
