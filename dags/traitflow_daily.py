@@ -26,8 +26,12 @@ DOC_MD = """
   `input_dir` it skips and the run works on events already in the `events` table. Bad rows and
   malformed lines go to `rejected_events`; a file with more than `max_reject_share` of its rows
   rejected is refused whole (nothing stored) and fails the task.
+* **select_customers** takes the customers with events in the interval and those with events in
+  the day's files (late events, dated before their file's day); files dated after the interval
+  are ignored, so backfills in any order select and read the same events.
 * **update_profiles** uses the newest model trained through the interval end or earlier
-  (backfill-safe) and never overwrites a newer current profile.
+  (backfill-safe) and never overwrites a newer current profile; if a newer model is promoted for
+  the same date while it runs, it recomputes with that model instead of writing over its rows.
 * **monitor** stores a run report (OOV rate, profile-distribution drift).
 
 Backfill after an outage (creates queued runs; a running scheduler executes them):
@@ -104,7 +108,9 @@ def traitflow_daily() -> None:
         from traitflow import jobs
 
         run = current_run()
-        return jobs.select_customers(run.database_url, run.start, run.end, run.work_dir)
+        return jobs.select_customers(
+            run.database_url, run.start, run.end, run.work_dir, input_dir=run.params["input_dir"] or None
+        )
 
     @task
     def update_profiles(selection: dict) -> dict:
@@ -117,6 +123,7 @@ def traitflow_daily() -> None:
             customers_path=selection["customers_path"],
             run_id=run.run_id,
             params=run.config,
+            input_dir=run.params["input_dir"] or None,
         )
 
     @task

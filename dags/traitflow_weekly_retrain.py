@@ -37,10 +37,13 @@ build_corpus -> check_new_vocab
               '-> keep_traits  --+-> recompute_profiles -> promote [asset] ---> report
 ```
 
+* **build_corpus** takes the run's event snapshot: every later read of the run (trait fit,
+  profiles) sees the events committed when the run started, not what a daily ingest adds meanwhile.
 * **check_new_vocab** retrains when more than `new_vocab_threshold` of the window's tokens are new
   to the active model, when there is no active model yet, or when `force_retrain` is set.
 * **quality_gate** rejects a candidate that scores worse than the active model by more than
-  `quality_margin` on held-out sessions.
+  `quality_margin` on held-out sessions (chosen by session identity: the same sessions are held
+  out every week, so the active model was not trained on them either).
 * **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
   refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
 * **promote** switches the active model atomically and emits the asset `traitflow://models/active`,

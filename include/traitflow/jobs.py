@@ -10,6 +10,14 @@ earlier (``Store.model_version_for``), so re-running the interval writes the sam
 retrain trained through ``end`` writes every profile as of ``end`` under the new model in the
 same transaction that promotes it; a daily run for the same instant computes identical rows for
 its customers, so the two converge whichever finishes first.
+
+Races: a weekly run takes one event snapshot when it starts (``build_corpus``:
+``Store.event_snapshot``), carried in its XComs, and every weekly read (corpus, trait fit,
+recomputed profiles) is pinned to it, so a daily ingest committing meanwhile cannot give a model
+whose tokens and profiles come from different data. A daily write checks, under the writers'
+locks, that its model is still the one selected for its date (``StaleModelError`` otherwise) and
+recomputes once with the newer model (``update_profiles``): it never replaces a newer promoted
+model's rows.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.quality import compare_hit_rates, compare_with_popularity
-from traitflow.store import Store
+from traitflow.store import StaleModelError, Store
 from traitflow.triggers import align_tokens, new_vocab_ratio
 from traitflow.triggers import measure_drift as _measure_drift
 
@@ -152,12 +160,48 @@ def confined_mapping(mapping: str) -> str:
     return str(confine(mapping, mapping_root(), "mapping file", "TRAITFLOW_MAPPING_ROOT"))
 
 
+def _dated_sources(
+    input_dir: str | Path | None, start: datetime, end: datetime
+) -> tuple[list[str], list[str]]:
+    """(sources of the files dated ``start``'s day, sources of files dated ``end``'s day or later).
+
+    Sources as the store records them (resolved paths). Files are delivered per day: a daily run
+    for [start, end) treats the day's files as what arrived in its interval, and files dated
+    after it as not delivered yet, whatever order the days actually run in.
+    """
+    if not input_dir:
+        return [], []
+    folder = confine(input_dir, input_root(), "input_dir", "TRAITFLOW_INPUT_ROOT")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {folder} does not exist")
+    day, first_later = _utc(start).strftime("%Y-%m-%d"), _utc(end).strftime("%Y-%m-%d")
+    on_day, later = [], []
+    for path in sorted(folder.iterdir()):
+        match = _FILE_DATE.search(path.name)
+        if not path.is_file() or not path.name.endswith(EVENT_FILE_SUFFIXES) or match is None:
+            continue
+        if match.group(1) == day:
+            on_day.append(str(path))
+        elif match.group(1) >= first_later:
+            later.append(str(path))
+    return on_day, later
+
+
 def select_customers(
-    database_url: str | None, start: datetime, end: datetime, work_dir: str
+    database_url: str | None, start: datetime, end: datetime, work_dir: str, input_dir: str | None = None
 ) -> dict[str, Any]:
-    """Customers with events in [start, end), written to a Parquet file."""
+    """Customers with events in [start, end), written to a Parquet file.
+
+    With ``input_dir``: also the customers with events in the files dated ``start``'s day, whatever
+    their event times (late events: a Jan-8 event in the Jan-9 file updates its customer on
+    Jan 9), and nothing from files dated after the interval, so forward, reverse and shuffled
+    backfills select the same customers.
+    """
+    on_day, later = _dated_sources(input_dir, start, end)
     with _open(database_url) as store:
-        customer_ids = store.customers_with_events(_utc(start), _utc(end))
+        customer_ids = store.customers_with_events(
+            _utc(start), _utc(end), delivered_in=on_day, exclude_sources=later
+        )
     path = Path(work_dir) / "customers.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype="str")}).to_parquet(path, index=False)
@@ -174,11 +218,21 @@ def update_profiles(
     customers_path: str,
     run_id: str,
     params: Mapping[str, Any] | None = None,
+    input_dir: str | None = None,
 ) -> dict[str, Any]:
     """Recompute the listed customers' embeddings and profiles from their whole history before
-    ``as_of``, with the model selected for ``as_of``, and write them in one transaction."""
+    ``as_of``, with the model selected for ``as_of``, and write them in one transaction.
+
+    With ``input_dir``, events from files dated ``as_of``'s day or later are left out (not
+    delivered yet for this interval; see ``select_customers``). If a newer model is promoted for
+    ``as_of`` between picking the model and writing (a weekly run finishing meanwhile), the write
+    is refused (``StaleModelError``) and the batch recomputed once with the newer model; should
+    that happen again, the run skips with the reason (the promotion's own recompute and the
+    refresh DAG cover these customers).
+    """
     as_of = _utc(as_of)
     customer_ids = _read_customer_ids(customers_path)
+    _, later = _dated_sources(input_dir, as_of - timedelta(days=1), as_of)
     with _open(database_url) as store:
         version = store.model_version_for(as_of)
         if version is None:
@@ -189,12 +243,26 @@ def update_profiles(
             }
         if len(customer_ids) == 0:
             return {"model_version": version, "n_profiles": 0, "reason": "no customers with events"}
-        model = store.load_model(version)
-        events = store.read_events(end=as_of, customer_ids=list(customer_ids))
-        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
-        batch.model_version = version
-        store.write_profiles(batch)
-    return {
+        events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
+        stale_versions: list[int] = []
+        while True:
+            batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
+            batch.model_version = version
+            try:
+                store.write_profiles(batch, require_selected_model=True)
+                break
+            except StaleModelError as stale:
+                stale_versions.append(version)
+                if stale.selected is None or len(stale_versions) > 1:
+                    return {
+                        "model_version": None,
+                        "n_profiles": 0,
+                        "stale_versions": stale_versions,
+                        "reason": f"skipped: {stale}",
+                    }
+                log.warning("%s; recomputing with model %s", stale, stale.selected)
+                version = stale.selected
+    result: dict[str, Any] = {
         "model_version": version,
         "n_profiles": len(batch),
         "as_of": _iso(as_of),
@@ -202,6 +270,9 @@ def update_profiles(
         "mean_profile": batch.profiles.mean(axis=0).tolist(),
         "trait_ids": batch.trait_ids.tolist(),
     }
+    if stale_versions:
+        result["recomputed"] = f"model {stale_versions[0]} was replaced by {version} for this date meanwhile"
+    return result
 
 
 def _js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -250,12 +321,19 @@ def build_corpus(
     work_dir: str,
     params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sessions of the training window -> corpus file (held-out sessions set aside) + new-vocab ratio."""
+    """Sessions of the training window -> corpus file (held-out sessions set aside) + new-vocab ratio.
+
+    Takes the run's event snapshot first (``event_snapshot`` in the result): the later weekly
+    reads (``train_candidate`` when tuning, ``_fit_candidate``, ``recompute_profiles``) pass it
+    on, so the whole run sees the events committed when it started. The new-vocabulary ratio
+    counts the tokens of the sessions written to the corpus only (what a model can learn).
+    """
     config = _config(params)
     end = _utc(trained_through)
     start = end - timedelta(days=config.triggers.training_window_days)
     with _open(database_url) as store:
-        events = store.read_events(start=start, end=end)
+        snapshot = store.event_snapshot()
+        events = store.read_events(start=start, end=end, snapshot=snapshot)
         active_version = store.model_version_for(end)
         active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
     if events.empty:
@@ -268,7 +346,11 @@ def build_corpus(
         random_state=HOLDOUT_SEED,
     )
     vocabulary = corpus.vocabulary()
-    ratio = new_vocab_ratio(vocabulary.tokens, active_tokens)
+    # The tokens a model can learn from this corpus: those of the sessions written to it (held-out
+    # sessions and ones too short to train on are left out, so no model ever knows their tokens,
+    # and counting them would make the ratio positive on unchanged data).
+    learnable = np.unique(np.fromfile(corpus.corpus_path, dtype=np.int64, sep=" "))
+    ratio = new_vocab_ratio(vocabulary.tokens[learnable], active_tokens)
     return {
         "corpus_path": str(corpus.corpus_path),
         "vocabulary_path": str(corpus.vocabulary_path),
@@ -281,6 +363,7 @@ def build_corpus(
         "n_vocabulary": len(vocabulary.tokens),
         "new_vocab_ratio": ratio,
         "active_version": active_version,
+        "event_snapshot": snapshot,
     }
 
 
@@ -344,7 +427,7 @@ def train_candidate(
 
         start, end = _utc(corpus_info["window_start"]), _utc(corpus_info["trained_through"])
         with _open(database_url) as store:
-            events = store.read_events(start=start, end=end)
+            events = store.read_events(start=start, end=end, snapshot=corpus_info.get("event_snapshot"))
         result = search(
             events,
             _config(params),
@@ -448,13 +531,15 @@ def _fit_candidate(
     start, end = _utc(candidate_info["window_start"]), _utc(candidate_info["trained_through"])
     previous = None
     with _open(database_url) as store:
-        events = store.read_events(start=start, end=end)
+        events = store.read_events(start=start, end=end, snapshot=candidate_info.get("event_snapshot"))
         if candidate_info.get("active_version") is not None:
             previous = store.load_model(candidate_info["active_version"])
             tokens = align_tokens(tokens, previous.tokens)
     if previous is None and not refit:
         raise ValueError("cannot keep trait components: there is no active model")
     model = fit_model(events, tokens, config, end, previous=previous, refit_traits=refit)
+    # Stored with the model: which committed events it was built from.
+    model.metrics["event_snapshot"] = candidate_info.get("event_snapshot")
     model_dir = Path(candidate_info["tokens_path"]).parent / "model"
     model.save(model_dir)
     return {
@@ -480,11 +565,14 @@ def keep_traits(database_url: str | None, candidate_info: Mapping[str, Any]) -> 
 def recompute_profiles(
     database_url: str | None, candidate_info: Mapping[str, Any], as_of: datetime, work_dir: str
 ) -> dict[str, Any]:
-    """Profiles of every customer as of ``as_of`` under the candidate, written to a file."""
+    """Profiles of every customer as of ``as_of`` under the candidate, written to a file.
+
+    Reads the events of the run's snapshot (``build_corpus``), like the model's fit.
+    """
     model = TraitflowModel.load(candidate_info["model_dir"])
     as_of = _utc(as_of)
     with _open(database_url) as store:
-        events = store.read_events(end=as_of)
+        events = store.read_events(end=as_of, snapshot=candidate_info.get("event_snapshot"))
     batch = profile_customers(events, model, as_of)
     path = batch.save(Path(work_dir) / "profiles.npz")
     return {"profiles_path": str(path), "n_profiles": len(batch), "as_of": _iso(as_of), "stats": batch.stats}
@@ -564,5 +652,10 @@ def refresh_all_profiles(database_url: str | None, work_dir: str, run_id: str) -
         events = store.read_events(end=as_of)
         batch = profile_customers(events, model, as_of)
         batch.model_version = version
-        store.write_profiles(batch)
+        try:
+            store.write_profiles(batch, require_selected_model=True)
+        except StaleModelError as stale:
+            # A newer promotion wrote its own profiles and triggers its own refresh run.
+            skipped = f"skipped: {stale}"
+            return {"n_profiles": 0, "model_version": None, "as_of": _iso(as_of), "reason": skipped}
     return {"n_profiles": len(batch), "model_version": version, "as_of": _iso(as_of)}

@@ -46,6 +46,33 @@ class Corpus:
         return Vocabulary.from_frame(pd.read_parquet(self.vocabulary_path))
 
 
+def holdout_sessions(sessionized: pd.DataFrame, fraction: float, salt: int) -> np.ndarray:
+    """bool (n_sessions,): the sessions to hold out, chosen by a stable hash of each session's identity.
+
+    A session is identified by its customer and its first event's time, not by its index in this
+    corpus (which shifts whenever the window moves or an earlier event arrives), so the same
+    session is held out in every corpus that contains it: a model trained on one week's corpus
+    has never seen the sessions held out of the next week's, and the quality gate compares the
+    candidate and the active model on sessions neither was trained on. ``salt`` picks another
+    (equally stable) draw. ``sessionized`` is ``sessions.sessionize`` output (sessions 0..n-1 in
+    row order).
+    """
+    sessions = sessionized["session"].to_numpy()
+    first = np.flatnonzero(np.r_[True, sessions[1:] != sessions[:-1]])
+    identity = pd.DataFrame(
+        {
+            "customer_id": sessionized["customer_id"].to_numpy(dtype=object)[first],
+            "start_us": pd.to_datetime(sessionized["event_time"].to_numpy()[first], utc=True)
+            .as_unit("us")
+            .asi8,
+        }
+    )
+    key = f"{int(salt) & 0xFFFFFFFFFFFFFFFF:016x}"  # hash_key: 16 characters
+    hashes = pd.util.hash_pandas_object(identity, index=False, hash_key=key).to_numpy(dtype=np.uint64)
+    # The top 53 bits as a uniform number in [0, 1).
+    return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
 def build_corpus(
     events: pd.DataFrame,
     params: SessionParams,
@@ -56,9 +83,12 @@ def build_corpus(
 ) -> Corpus:
     """Sessionize ``events`` and write ``corpus.txt`` and ``vocabulary.parquet`` into ``work_dir``.
 
-    With ``holdout_fraction > 0`` that share of sessions (drawn with ``random_state``) is left out
+    With ``holdout_fraction > 0`` that share of sessions (chosen by ``holdout_sessions`` with
+    ``random_state`` as salt: the same session is held out of every corpus it is in) is left out
     of the corpus and written to ``holdout.parquet`` (columns ``session``, ``token``, in session
-    order) for evaluating next-item prediction on sessions the model has not seen.
+    order) for evaluating next-item prediction on sessions the model has not seen. The
+    vocabulary is that of the training sessions only, like the model's tokens: a token seen
+    only in held-out sessions is not part of what the model learns.
     """
     if events.empty:
         raise ValueError("cannot build a corpus from zero events")
@@ -66,15 +96,16 @@ def build_corpus(
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     work_dir.mkdir(parents=True, exist_ok=True)
     sessionized = sessionize(events, params)
-    vocabulary, codes = build_vocabulary(sessionized)
     holdout_path = None
     if holdout_fraction > 0:
-        n_sessions = int(sessionized["session"].iat[-1]) + 1
-        held_out = np.random.default_rng(random_state).random(n_sessions) < holdout_fraction
+        held_out = holdout_sessions(sessionized, holdout_fraction, random_state)
         in_holdout = held_out[sessionized["session"].to_numpy()]
         holdout_path = work_dir / "holdout.parquet"
         sessionized.loc[in_holdout, ["session", "token"]].to_parquet(holdout_path, index=False)
-        sessionized, codes = sessionized[~in_holdout], codes[~in_holdout]
+        sessionized = sessionized[~in_holdout]
+        if sessionized.empty:
+            raise ValueError("every session was held out: too few sessions for a training corpus")
+    vocabulary, codes = build_vocabulary(sessionized)
     corpus_path = work_dir / "corpus.txt"
     stats = write_corpus(sessionized, codes, corpus_path, params)
     vocabulary_path = work_dir / "vocabulary.parquet"

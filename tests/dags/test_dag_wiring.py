@@ -43,13 +43,13 @@ class FakeJobs(types.ModuleType):
         self._record("ingest_interval", dict(locals()))
         return {"skipped": input_dir is None, "n_events": 0 if input_dir is None else 10}
 
-    def select_customers(self, database_url, start, end, work_dir) -> dict:
+    def select_customers(self, database_url, start, end, work_dir, input_dir) -> dict:
         self._record("select_customers", dict(locals()))
         path = Path(work_dir) / "customers.parquet"
         path.write_text("fake")
         return {"customers_path": str(path), "n_customers": 3}
 
-    def update_profiles(self, database_url, as_of, customers_path, run_id, params) -> dict:
+    def update_profiles(self, database_url, as_of, customers_path, run_id, params, input_dir) -> dict:
         self._record("update_profiles", dict(locals()))
         return {"model_version": 1, "n_profiles": 3}
 
@@ -179,6 +179,8 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     assert update["customers_path"] == str(work_dir / "customers.parquet")
     assert set(update["params"]) == set(PipelineConfig.FLAT_KEYS)  # only config keys reach the library
     assert update["params"]["k"] == 8
+    # The day's files decide which late events are picked up and which files are not yet due.
+    assert calls["select_customers"]["input_dir"] == update["input_dir"] == "/data/in"
     assert calls["monitor_daily"]["update_result"] == {"model_version": 1, "n_profiles": 3}
 
 
@@ -192,7 +194,7 @@ def test_daily_without_input_dir_ingests_nothing_but_still_updates(
     assert result.state == "success"
     assert fake.calls["ingest_interval"]["input_dir"] is None
     assert fake.calls["ingest_interval"]["database_url"] is None  # embedded Postgres
-    assert "update_profiles" in fake.calls
+    assert fake.calls["update_profiles"]["input_dir"] is None
 
 
 # --- weekly --------------------------------------------------------------------------------------

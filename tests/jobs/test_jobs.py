@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from traitflow import jobs
-from traitflow.model import load_tokens, save_tokens
+from traitflow import jobs, schema
+from traitflow.events import LoadResult
+from traitflow.model import TraitflowModel, load_tokens, save_tokens
+from traitflow.profiles import ProfileBatch
 from traitflow.store import Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
@@ -43,8 +47,8 @@ def run_daily(env, day: int) -> dict:
     end = start + DAY
     run_id = f"daily-{day}"
     ingested = jobs.ingest_interval(env["url"], env["input"], "canonical", start, end, run_id)
-    selected = jobs.select_customers(env["url"], start, end, str(env["work"] / run_id))
-    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], run_id, PARAMS)
+    selected = jobs.select_customers(env["url"], start, end, str(env["work"] / run_id), env["input"])
+    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], run_id, PARAMS, env["input"])
     monitored = jobs.monitor_daily(env["url"], end, run_id, updated)
     return {"ingested": ingested, "selected": selected, "updated": updated, "monitored": monitored}
 
@@ -215,3 +219,179 @@ def test_refresh_after_promotion_brings_every_profile_to_the_newest_date(env):
     assert refreshed["n_profiles"] == store.table_counts()["customer_profiles"] > 0
     rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
     assert rows == [(START + 8 * DAY, week["promoted"]["model_version"])]
+
+
+PROFILE_QUERIES = (
+    "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start"
+    " FROM customer_profile_history ORDER BY customer_id, as_of",
+    "SELECT customer_id, as_of, model_version, traits, n_events, cold_start, embedding"
+    " FROM customer_profiles ORDER BY customer_id",
+)
+
+
+def profile_rows(store: Store) -> list[list[tuple]]:
+    return [store.connection.execute(query).fetchall() for query in PROFILE_QUERIES]
+
+
+def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_other(env, monkeypatch):
+    ingest_days(env, range(10))
+    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    end = START + 10 * DAY
+    selected = jobs.select_customers(env["url"], end - DAY, end, str(env["work"] / "race"))
+    main, original = threading.get_ident(), jobs.profile_customers
+    daily_models: list[int] = []
+    weekly: dict = {}
+
+    def racing(events, model, as_of, **kwargs):
+        # The critical point: the daily run has picked its model and computes its batch. A weekly
+        # run trained through the same date promotes a new model, with its profiles, right now.
+        if threading.get_ident() == main:
+            daily_models.append(model.version)
+            if len(daily_models) == 1:
+                thread = threading.Thread(target=lambda: weekly.update(run_weekly(env, end, force=True)))
+                thread.start()
+                thread.join()
+                weekly["rows"] = profile_rows(env["store"])
+        return original(events, model, as_of, **kwargs)
+
+    monkeypatch.setattr(jobs, "profile_customers", racing)
+    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], "race", PARAMS)
+    second = weekly["promoted"]["model_version"]
+    assert second != first and daily_models == [first, second]
+    assert updated["model_version"] == second and updated["n_profiles"] == selected["n_customers"] > 0
+    assert updated["recomputed"] == f"model {first} was replaced by {second} for this date meanwhile"
+    store: Store = env["store"]
+    raced = profile_rows(store)
+    # The state of "weekly, then daily": running the daily update now, after the weekly run,
+    # changes nothing; the customers it did not select keep the weekly's rows exactly.
+    jobs.update_profiles(env["url"], end, selected["customers_path"], "after", PARAMS)
+    assert daily_models == [first, second, second]
+    assert profile_rows(store) == raced
+    daily_ids = set(pd.read_parquet(selected["customers_path"])["customer_id"])
+    for rows, weekly_rows in zip(raced, weekly["rows"], strict=True):
+        assert [r for r in rows if r[0] not in daily_ids] == [r for r in weekly_rows if r[0] not in daily_ids]
+        for row, weekly_row in zip(rows, weekly_rows, strict=True):
+            # The daily batch under model 2 reproduces the weekly's profiles (projection of a
+            # subset vs all customers: equal to ~1e-6), not model 1's.
+            assert row[:3] == weekly_row[:3]
+            np.testing.assert_allclose(row[3], weekly_row[3], atol=1e-5)
+    at_end = store.connection.execute(
+        "SELECT DISTINCT model_version FROM customer_profile_history WHERE as_of = %s", (end,)
+    ).fetchall()
+    assert at_end == [(second,)]
+    current = store.connection.execute("SELECT DISTINCT model_version FROM customer_profiles").fetchall()
+    assert current == [(second,)]
+
+
+def test_a_daily_update_losing_the_race_twice_skips_with_the_reason(env, monkeypatch):
+    ingest_days(env, range(8))
+    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    end = START + 8 * DAY
+    selected = jobs.select_customers(env["url"], end - DAY, end, str(env["work"] / "race"))
+    store: Store = env["store"]
+    before = store.table_checksums()
+    # Every write finds yet another model selected for its date (as if promotions kept coming).
+    from traitflow.store import StaleModelError
+
+    def always_stale(self, batch, *, require_selected_model=False):
+        assert require_selected_model
+        raise StaleModelError(batch.as_of, batch.model_version, first)
+
+    monkeypatch.setattr(Store, "write_profiles", always_stale)
+    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], "race", PARAMS)
+    assert updated["model_version"] is None and updated["n_profiles"] == 0
+    assert updated["stale_versions"] == [first, first] and updated["reason"].startswith("skipped: ")
+    assert store.table_checksums() == before
+
+
+def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(env):
+    ingest_days(env, range(7))
+    end = START + 7 * DAY
+    work = str(env["work"] / "snapshot")
+    corpus = jobs.build_corpus(env["url"], end, work, PARAMS)
+    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
+    # A daily ingest commits between the corpus and the fit: events inside the training window,
+    # of a new customer.
+    store: Store = env["store"]
+    seen = store.read_events(end=end)
+    late = seen.iloc[:40].assign(customer_id="zz-late")
+    store.ingest_events(LoadResult(events=late, rejects=schema.empty_rejects()), "late.csv", "late")
+    assert len(store.customers_with_events(None, end)) == seen["customer_id"].nunique() + 1
+
+    fitted = jobs.refit_traits(env["url"], candidate, PARAMS)
+    profiles = jobs.recompute_profiles(env["url"], fitted, end, work)
+    batch = ProfileBatch.load(profiles["profiles_path"])
+    assert "zz-late" not in set(batch.customer_ids)
+    assert profiles["n_profiles"] == seen["customer_id"].nunique()
+    model = TraitflowModel.load(fitted["model_dir"])
+    assert model.metrics["event_snapshot"] == corpus["event_snapshot"]
+    assert model.metrics["n_training_customers"] <= seen["customer_id"].nunique()
+
+
+def deliver_late(input_dir: Path) -> None:
+    """Move every fourth event of day 7 into day 8's file, plus a customer known only from one
+    such late event: events dated before the day of the file that delivers them."""
+    day7, day8 = (input_dir / f"events_{(START + d * DAY):%Y-%m-%d}.csv" for d in (7, 8))
+    early, later = pd.read_csv(day7, dtype=str), pd.read_csv(day8, dtype=str)
+    moved = early.iloc[::4]
+    newcomer = moved.iloc[:1].assign(customer_id="zz-late")
+    early.drop(moved.index).to_csv(day7, index=False)
+    pd.concat([later, moved, newcomer]).to_csv(day8, index=False)
+
+
+def test_late_events_are_picked_up_and_backfill_orders_agree(env, make_store, monkeypatch):
+    deliver_late(Path(env["input"]))
+    results: dict[tuple[int, ...], list[list[tuple]]] = {}
+    selections = {}
+    for order in ((7, 8, 9), (9, 8, 7), (8, 9, 7)):
+        target = env["store"] if not results else make_store(fresh=True)
+        monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", target.schema)
+        run_env = {**env, "store": target, "work": env["work"] / "-".join(map(str, order))}
+        ingest_days(run_env, range(7))
+        run_weekly(run_env, START + 7 * DAY)
+        for day in order:
+            selections[order, day] = run_daily(run_env, day)["selected"]
+        results[order] = profile_rows(target)
+        if order == (7, 8, 9):
+            # The newcomer's only event is dated day 7 and arrives with day 8's file: picked up
+            # by day 8's run, with a profile as of the end of day 8.
+            late = target.profile_history("zz-late")
+            assert list(late["as_of"]) == [pd.Timestamp(START + 9 * DAY)]
+    for day in (7, 8, 9):
+        counts = {order: selections[order, day]["n_customers"] for order in results}
+        assert len(set(counts.values())) == 1, (day, counts)
+    assert results[(7, 8, 9)][0] and results[(7, 8, 9)] == results[(9, 8, 7)] == results[(8, 9, 7)]
+
+
+def test_the_new_vocabulary_ratio_is_zero_on_unchanged_data(env):
+    ingest_days(env, range(7))
+    first = run_weekly(env, START + 7 * DAY)
+    again = jobs.build_corpus(env["url"], START + 7 * DAY, str(env["work"] / "again"), PARAMS)
+    assert again["active_version"] == first["promoted"]["model_version"]
+    assert again["new_vocab_ratio"] == 0.0
+    assert jobs.should_retrain(again, False, 0.05)[0] is False
+
+
+def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypatch):
+    ingest_days(env, range(10))
+    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    run_daily(env, 9)  # the newest profiles are as of day 10, under the first model
+    end = START + 10 * DAY
+    original, weekly = jobs.profile_customers, {}
+
+    def overtaken(events, model, as_of, **kwargs):
+        if not weekly:  # the refresh computes under the first model; a retrain promotes now
+            weekly["started"] = True
+            thread = threading.Thread(target=lambda: weekly.update(run_weekly(env, end, force=True)))
+            thread.start()
+            thread.join()
+        return original(events, model, as_of, **kwargs)
+
+    monkeypatch.setattr(jobs, "profile_customers", overtaken)
+    refreshed = jobs.refresh_all_profiles(env["url"], str(env["work"]), "r")
+    second = weekly["promoted"]["model_version"]
+    assert refreshed["n_profiles"] == 0 and refreshed["reason"].startswith("skipped: ")
+    assert f"computed with model {first}, but model {second}" in refreshed["reason"]
+    store: Store = env["store"]
+    rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
+    assert rows == [(end, second)]

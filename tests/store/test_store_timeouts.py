@@ -92,12 +92,12 @@ def test_a_frozen_server_fails_the_write_within_the_deadline_and_the_retry_succe
         frozen: list[int] = []
         original = store_profiles.write_profiles
 
-        def freeze_then_write(conn: psycopg.Connection, profiles: ProfileBatch):
+        def freeze_then_write(conn: psycopg.Connection, profiles: ProfileBatch, **options):
             # Inside the write transaction (BEGIN has been sent): the server freezes mid-write.
             frozen.extend(_process_tree(int((pgdata / "postmaster.pid").read_text().split()[0])))
             for pid in frozen:
                 os.kill(pid, signal.SIGSTOP)
-            return original(conn, profiles)
+            return original(conn, profiles, **options)
 
         monkeypatch.setattr(store_profiles, "write_profiles", freeze_then_write)
         started = time.monotonic()

@@ -32,6 +32,7 @@ from .errors import (
     ModelStateError,
     NotFoundError,
     SchemaNotReadyError,
+    StaleModelError,
     StoreError,
     StoreInputError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ModelStateError",
     "NotFoundError",
     "SchemaNotReadyError",
+    "StaleModelError",
     "Store",
     "StoreError",
     "StoreInputError",

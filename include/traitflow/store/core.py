@@ -186,14 +186,43 @@ class Store:
         start: datetime | None = None,
         end: datetime | None = None,
         customer_ids: Sequence[str] | np.ndarray | None = None,
+        *,
+        snapshot: str | None = None,
+        exclude_sources: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Canonical events with ``start <= event_time < end`` (end exclusive), ordered by customer, time."""
-        with self._transaction() as conn:
-            return _reads.read_events(conn, start, end, customer_ids)
+        """Canonical events with ``start <= event_time < end`` (end exclusive), ordered by customer, time.
 
-    def customers_with_events(self, start: datetime | None, end: datetime | None) -> np.ndarray:
-        """Sorted distinct customer ids with events in ``[start, end)``."""
-        return _reads.customers_with_events(self._ensure_ready(), start, end)
+        ``snapshot`` (from ``event_snapshot``): only events committed when it was taken.
+        ``exclude_sources``: leave out events ingested from these sources.
+        """
+        with self._transaction() as conn:
+            return _reads.read_events(
+                conn, start, end, customer_ids, snapshot=snapshot, exclude_sources=exclude_sources
+            )
+
+    def event_snapshot(self) -> str:
+        """What is committed now, as a ``pg_snapshot`` text: pins later reads to these events."""
+        return _reads.event_snapshot(self._ensure_ready())
+
+    def customers_with_events(
+        self,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        delivered_in: Sequence[str] | None = None,
+        exclude_sources: Sequence[str] | None = None,
+        snapshot: str | None = None,
+    ) -> np.ndarray:
+        """Sorted distinct customer ids with events in ``[start, end)``, plus those with an event
+        before ``end`` ingested from a source in ``delivered_in`` (late events)."""
+        return _reads.customers_with_events(
+            self._ensure_ready(),
+            start,
+            end,
+            delivered_in=delivered_in,
+            exclude_sources=exclude_sources,
+            snapshot=snapshot,
+        )
 
     def product_names(self, product_ids: Sequence[str] | np.ndarray) -> dict[str, str]:
         """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
@@ -299,10 +328,15 @@ class Store:
 
     # ------------------------------------------------------------------------------ profiles
 
-    def write_profiles(self, batch: ProfileBatch) -> WriteReport:
-        """Write a batch: history replaced per (customer, as_of); current rows only move forward."""
+    def write_profiles(self, batch: ProfileBatch, *, require_selected_model: bool = False) -> WriteReport:
+        """Write a batch: history replaced per (customer, as_of); current rows only move forward.
+
+        ``require_selected_model``: raise ``StaleModelError`` (writing nothing) when the batch's
+        model is no longer the one ``model_version_for(batch.as_of)`` selects, checked under the
+        writers' locks (a newer model was promoted since the batch's model was picked).
+        """
         with self._transaction() as conn:
-            return _profiles.write_profiles(conn, batch)
+            return _profiles.write_profiles(conn, batch, require_selected_model=require_selected_model)
 
     def current_profile(self, customer_id: str) -> dict[str, Any] | None:
         return _reads.current_profile(self._ensure_ready(), customer_id)

@@ -34,3 +34,20 @@ class DatabaseTimeoutError(StoreError):
     then). Nothing of the open transaction is committed unless the deadline hit during COMMIT;
     a retry once the server answers again is safe (Traitflow's writes are idempotent).
     """
+
+
+class StaleModelError(ModelStateError):
+    """A profile batch was computed with a model that is no longer the one selected for its date.
+
+    Raised inside the write transaction (nothing is written) when a newer model was promoted for
+    ``as_of`` after the batch's model was picked: the caller recomputes with ``selected`` or skips.
+    """
+
+    def __init__(self, as_of: object, model_version: int, selected: int | None) -> None:
+        super().__init__(
+            f"profiles as of {as_of} were computed with model {model_version}, but model {selected}"
+            " is now the one selected for that date (promoted meanwhile): recompute with it"
+        )
+        self.as_of = as_of
+        self.model_version = model_version
+        self.selected = selected

@@ -58,9 +58,9 @@ from traitflow.profiles import COLD_START_VALUES, ProfileBatch
 
 from . import copybin
 from ._util import copy_in, require_transaction, utc
-from .errors import ModelStateError, StoreInputError
+from .errors import ModelStateError, StaleModelError, StoreInputError
 from .ingest import as_text_array, check_text
-from .models import model_trait_ids
+from .models import _lock_lifecycle, model_trait_ids, model_version_for
 
 
 @dataclass
@@ -255,6 +255,24 @@ def _lock_profiles(conn: psycopg.Connection) -> None:
     conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profiles:' || current_schema(), 0))"
     )
+
+
+def _check_selected_model(conn: psycopg.Connection, prepared: _Prepared) -> None:
+    """Refuse a batch whose model is no longer the one selected for its date (``StaleModelError``).
+
+    The ordering between a daily run and a promotion. Called under ``_lock_profiles``, after
+    which it takes the model-lifecycle lock too (the order every promotion with profiles takes
+    them in, so no deadlock): a promotion committed before this point is seen by the check, and
+    none can commit after it until this transaction has. So a daily batch computed with model 1
+    while model 2 was being promoted for the same date can never land on top of model 2's rows;
+    the caller recomputes with the newer model. A version check inside the write transaction
+    rather than one lock held for a whole run: the daily computation stays concurrent with a
+    weekly run of several minutes, and only the seconds of writing are ordered.
+    """
+    _lock_lifecycle(conn)
+    selected = model_version_for(conn, prepared.as_of)
+    if selected != prepared.model_version:
+        raise StaleModelError(prepared.as_of, prepared.model_version, selected)
 
 
 def _rows_in_range(conn: psycopg.Connection, prepared: _Prepared) -> bool:
@@ -460,8 +478,16 @@ def _upsert_current_profiles(conn: psycopg.Connection, prepared: _Prepared) -> i
     return moved + conn.execute(_INSERT_NEW_CURRENT, params).rowcount
 
 
-def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport:
-    """Write ``batch`` (inside the caller's transaction); see the module docstring."""
+def write_profiles(
+    conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool = False
+) -> WriteReport:
+    """Write ``batch`` (inside the caller's transaction); see the module docstring.
+
+    ``require_selected_model``: the batch's model must still be the one ``model_version_for``
+    selects for its ``as_of`` once the writers are serialised, else ``StaleModelError`` and
+    nothing is written (``_check_selected_model``). For writers that picked the model themselves
+    (the daily update); a promotion writes under a model that is not selected until it commits.
+    """
     require_transaction(conn)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -476,6 +502,8 @@ def write_profiles(conn: psycopg.Connection, batch: ProfileBatch) -> WriteReport
     report = WriteReport(as_of=prepared.as_of, model_version=prepared.model_version, n_customers=prepared.n)
     if prepared.n:
         _lock_profiles(conn)
+        if require_selected_model:
+            _check_selected_model(conn, prepared)
         conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
         rows_in_range = _rows_in_range(conn, prepared)
         step("check")

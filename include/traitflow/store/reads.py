@@ -69,6 +69,35 @@ def _where(conditions: list[sql.Composable]) -> sql.Composable:
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
 
 
+def _delivery_filter(
+    conditions: list[sql.Composable],
+    params: list[Any],
+    snapshot: str | None,
+    exclude_sources: Sequence[str] | None,
+) -> None:
+    """Append the conditions on how an event was delivered (see ``read_events``)."""
+    if snapshot is not None:
+        # NULL: ingested before ingest_xid was recorded (migration 0006), committed long before.
+        conditions.append(
+            sql.SQL("(e.ingest_xid IS NULL OR pg_visible_in_snapshot(e.ingest_xid, %s::pg_snapshot))")
+        )
+        params.append(snapshot)
+    if exclude_sources:
+        conditions.append(sql.SQL("e.source <> ALL(%s::text[])"))
+        params.append(list(exclude_sources))
+
+
+def event_snapshot(conn: psycopg.Connection) -> str:
+    """The current transaction snapshot as text (``pg_current_snapshot()``): what is committed now.
+
+    Passed as ``snapshot`` to ``read_events`` / ``customers_with_events``, it restricts a read to
+    the events whose ingesting transaction had committed when the snapshot was taken.
+    """
+    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _stage_ids(conn: psycopg.Connection, ids: np.ndarray) -> None:
     """Put a set of customer ids in a temp table (joined instead of a giant literal array)."""
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_read_ids")
@@ -104,8 +133,16 @@ def read_events(
     start: datetime | None = None,
     end: datetime | None = None,
     customer_ids: Sequence[str] | np.ndarray | None = None,
+    *,
+    snapshot: str | None = None,
+    exclude_sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Events with ``start <= event_time < end`` (either bound optional), optionally for some customers.
+
+    ``snapshot`` (``event_snapshot``): only events committed when it was taken, so every read of
+    a weekly run sees the same events. ``exclude_sources``: leave out events ingested from these
+    sources (a daily run for day D does not see files delivered after D, whatever order the days
+    run in).
 
     Ordered by customer_id (byte order), event_time, then action and product_id: the natural key,
     so the order is total and identical on every run. Runs inside the caller's transaction (a
@@ -113,6 +150,7 @@ def read_events(
     """
     require_transaction(conn)
     conditions, params = _time_filter(start, end)
+    _delivery_filter(conditions, params, snapshot, exclude_sources)
     if customer_ids is not None:
         ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).dropna().astype(str).to_numpy())
         if len(ids) == 0:
@@ -135,14 +173,34 @@ def read_events(
 
 
 def customers_with_events(
-    conn: psycopg.Connection, start: datetime | None, end: datetime | None
+    conn: psycopg.Connection,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    delivered_in: Sequence[str] | None = None,
+    exclude_sources: Sequence[str] | None = None,
+    snapshot: str | None = None,
 ) -> np.ndarray:
-    """Distinct customer ids with an event in ``[start, end)``, sorted (object array of str)."""
+    """Distinct customer ids with an event in ``[start, end)``, sorted (object array of str).
+
+    ``delivered_in``: also the customers with an event before ``end`` ingested from one of these
+    sources (the day's files), whatever its time: a late event (dated before its file's day) then
+    updates its customer's profile on the day it arrives. ``exclude_sources`` and ``snapshot``
+    as in ``read_events``; they apply to both parts.
+    """
     conditions, params = _time_filter(start, end)
+    _delivery_filter(conditions, params, snapshot, exclude_sources)
+    query = sql.SQL("SELECT e.customer_id FROM events e{}").format(_where(conditions))
+    if delivered_in:
+        late, late_params = _time_filter(None, end)
+        late.append(sql.SQL("e.source = ANY(%s::text[])"))
+        late_params.append(list(delivered_in))
+        _delivery_filter(late, late_params, snapshot, exclude_sources)
+        query = query + sql.SQL(" UNION SELECT e.customer_id FROM events e{}").format(_where(late))
+        params = params + late_params
     query = sql.SQL(
-        "COPY (SELECT DISTINCT e.customer_id FROM events e{} ORDER BY 1)"
-        " TO STDOUT (FORMAT csv, FORCE_QUOTE *)"
-    ).format(_where(conditions))
+        "COPY (SELECT DISTINCT customer_id FROM ({}) c ORDER BY 1) TO STDOUT (FORMAT csv, FORCE_QUOTE *)"
+    ).format(query)
     table = copy_out_csv(conn, query, params, {"customer_id": "str"})
     return np.asarray(table.column("customer_id").to_numpy(zero_copy_only=False), dtype=object)
 
