@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +103,7 @@ def fit_model(
     refit_traits: bool = True,
     warm_start: bool = True,
     anchor: float = REFIT_ANCHOR,
+    product_names: Mapping[str, str] | None = None,
 ) -> TraitflowModel:
     """Fit (or carry over) the traits for ``tokens`` and return the complete model.
 
@@ -112,6 +114,7 @@ def fit_model(
     them with strength ``anchor`` (``traits.fit_traits``), so refits of unchanged behaviour keep
     their traits; ``warm_start=False`` fits from scratch (``config.traits.init``).
     Events at or after ``trained_through`` are ignored; ``previous`` is never modified.
+    ``product_names`` (product_id -> name) lets labels name products (``traits.label_traits``).
     """
     events = events_before(events, trained_through)
     embeddings = customer_embeddings(
@@ -164,7 +167,7 @@ def fit_model(
     # as a saved model's trait sizes.
     dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
     metrics["trait_sizes"] = np.bincount(dominant, minlength=traits.n_traits).tolist()
-    label_traits(traits, tokens)
+    label_traits(traits, tokens, product_names=product_names)
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
     )
@@ -183,12 +186,17 @@ def train(
     config: PipelineConfig,
     trained_through: datetime,
     work_dir: Path,
+    *,
+    product_names: Mapping[str, str] | None = None,
 ) -> TraitflowModel:
-    """Train a model from scratch on events before ``trained_through``."""
+    """Train a model from scratch on events before ``trained_through``.
+
+    ``product_names`` (product_id -> name) lets labels name products.
+    """
     training_events = events_before(events, trained_through)
     corpus = build_corpus(training_events, config.sessions, work_dir)
     tokens = train_tokens(corpus, config)
-    model = fit_model(training_events, tokens, config, trained_through)
+    model = fit_model(training_events, tokens, config, trained_through, product_names=product_names)
     model.metrics["corpus"] = corpus.stats.__dict__
     return model
 

@@ -283,6 +283,10 @@ class Store:
         """Newest ``as_of`` among current profiles (None before the first profile write)."""
         return _reads.latest_profile_as_of(self._ensure_ready())
 
+    def stale_profiles(self, before: datetime) -> _reads.StaleProfiles:
+        """Customers with events before ``before`` that their current profile does not include."""
+        return _reads.stale_profiles(self._ensure_ready(), before)
+
     def top_customers(
         self,
         trait_id: int,
