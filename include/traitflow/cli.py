@@ -161,6 +161,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     started = time.perf_counter()
     model = train(events, config, trained_through, Path(args.out) / "work", product_names=names)
+    # The names of the traits' top products travel with the model folder (for `inspect`).
+    top = {p for products in model.traits.top_products for p in products}
+    model.metrics["product_names"] = {p: names[p] for p in sorted(top) if p in names}
     model.save(Path(args.out))
     log.info("trained in %.1fs", time.perf_counter() - started)
     _print_traits(model)
@@ -205,13 +208,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
-    """``{"traits": [{trait_id, position, label, top_products, top_categories, size,
-    population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
+    """``{"traits": [{trait_id, position, label, top_products, top_categories, top_product_names,
+    size, population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
     for the store's model. ``size`` counts the training customers whose dominant trait it is
     (None for a model saved without that count); ``population_share`` is the trait's weight in
-    the mean training profile."""
+    the mean training profile; ``top_product_names`` holds None where the model folder has no
+    name (``train`` keeps the names its input file gave the top products)."""
     traits = model.traits
     sizes = model.metrics.get("trait_sizes") or [None] * traits.n_traits
+    names = model.metrics.get("product_names") or {}
     return {
         "model_version": model.version,
         "trained_through": model.trained_through,
@@ -225,6 +230,7 @@ def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
                 "label": label,
                 "top_products": list(products),
                 "top_categories": list(categories),
+                "top_product_names": [names.get(p) for p in products],
                 "size": size,
                 "population_share": float(share),
             }

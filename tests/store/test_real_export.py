@@ -97,6 +97,10 @@ def test_real_export_from_ingest_to_served_profiles(
     n_stored = N_EVENTS - N_SAME_NATURAL_KEY
     assert f"read {N_READ} rows -> {n_stored} new events, {N_SAME_NATURAL_KEY} already present" in out
     assert f"{N_READ - N_EVENTS} rejected" in out
+    by_reason = ", ".join(f"{reason} {n}" for reason, n in REJECTS.items())  # most frequent first
+    table = f"{store.schema}.rejected_events"
+    assert f"rejected by reason: {by_reason} (rows with their reason in {table})" in out
+    assert "already present: same customer, time, action and product as a stored event" in out
     rejected = store.connection.execute("SELECT reason, count(*) FROM rejected_events GROUP BY reason")
     assert dict(rejected.fetchall()) == REJECTS
     assert _scalar(store, "SELECT count(*) FROM events") == n_stored
@@ -163,7 +167,10 @@ def test_real_export_from_ingest_to_served_profiles(
         assert any(trait["label"].startswith(name) for name in trait["top_product_names"])
     code, out, err = cli("traits")
     assert code == 0, err
-    assert all(label in out for label in labels)
+    lines = out.splitlines()
+    assert lines[0] == "model version 1: 16 traits (size: current profiles by dominant trait)"
+    assert lines[1].split() == ["trait", "size", "label", "top", "products"]  # no empty categories
+    assert len(lines) == 18 and all(label in out for label in labels)
 
     code, out, err = cli("customer", "13085")
     assert code == 0, err

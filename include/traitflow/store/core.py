@@ -182,6 +182,10 @@ class Store:
         """Sorted distinct customer ids with events in ``[start, end)``."""
         return _reads.customers_with_events(self._ensure_ready(), start, end)
 
+    def reject_counts(self, source: str) -> dict[str, int]:
+        """``{reason: rows}`` of the rejects recorded for ``source`` (a file's path as ingested)."""
+        return _reads.reject_counts(self._ensure_ready(), source)
+
     def product_names(self, product_ids: Sequence[str] | np.ndarray) -> dict[str, str]:
         """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
         return _products.product_names(self._ensure_ready(), product_ids)

@@ -371,6 +371,16 @@ def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:
     return None if row is None else row[0]
 
 
+def reject_counts(conn: psycopg.Connection, source: str) -> dict[str, int]:
+    """``{reason: rows}`` of the rejects recorded for ``source``, most frequent reason first."""
+    rows = conn.execute(
+        "SELECT reason, count(*) FROM rejected_events WHERE source = %s GROUP BY reason "
+        "ORDER BY count(*) DESC, reason",
+        (source,),
+    ).fetchall()
+    return {str(reason): int(n) for reason, n in rows}
+
+
 @dataclass(frozen=True)
 class StaleProfiles:
     """Customers with events before an instant that their current profile does not include.
