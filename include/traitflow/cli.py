@@ -103,7 +103,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig.from_mapping(flat)
 
 
-def _load_events(paths: Sequence[str], mapping: str, max_reject_share: float | None = None):
+def _load_events(
+    paths: Sequence[str],
+    mapping: str,
+    max_reject_share: float | None = None,
+    names: dict[str, str] | None = None,
+):
+    """The valid events of ``paths``; with ``names``, fills it with product_id -> name (the file's
+    most frequent name; a later file overrides an earlier one, as ingestion does)."""
     import pandas as pd
 
     from traitflow.events import DEFAULT_MAX_REJECT_SHARE, read_events
@@ -125,6 +132,9 @@ def _load_events(paths: Sequence[str], mapping: str, max_reject_share: float | N
             log.warning("rejected rows in %s by reason: %s", path, reasons)
         frames.append(result.events)
         n_rejected += len(result.rejects)
+        if names is not None:
+            named = result.product_names()
+            names.update(zip(named["product_id"].astype(str), named["product_name"].astype(str), strict=True))
     events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if events.empty:
         raise CliError(f"no valid events in {', '.join(paths)} ({n_rejected} rejected)")
@@ -150,12 +160,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from traitflow.pipeline import train
 
     config = config_from_args(args)
-    events = _load_events(args.events, args.mapping, args.max_reject_share)
+    names: dict[str, str] = {}
+    events = _load_events(args.events, args.mapping, args.max_reject_share, names)
     trained_through = (
         args.trained_through or (events["event_time"].max() + _one_microsecond()).to_pydatetime()
     )
     started = time.perf_counter()
-    model = train(events, config, trained_through, Path(args.out) / "work")
+    model = train(events, config, trained_through, Path(args.out) / "work", product_names=names)
+    # The names of the traits' top products travel with the model folder (for `inspect`).
+    top = {p for products in model.traits.top_products for p in products}
+    model.metrics["product_names"] = {p: names[p] for p in sorted(top) if p in names}
     model.save(Path(args.out))
     log.info("trained in %.1fs", time.perf_counter() - started)
     _print_traits(model)
@@ -200,13 +214,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
-    """``{"traits": [{trait_id, position, label, top_products, top_categories, size,
-    population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
+    """``{"traits": [{trait_id, position, label, top_products, top_categories, top_product_names,
+    size, population_share}], ...}`` for a saved model: the shape ``traitflow traits --json`` prints
     for the store's model. ``size`` counts the training customers whose dominant trait it is
     (None for a model saved without that count); ``population_share`` is the trait's weight in
-    the mean training profile."""
+    the mean training profile; ``top_product_names`` holds None where the model folder has no
+    name (``train`` keeps the names its input file gave the top products)."""
     traits = model.traits
     sizes = model.metrics.get("trait_sizes") or [None] * traits.n_traits
+    names = model.metrics.get("product_names") or {}
     return {
         "model_version": model.version,
         "trained_through": model.trained_through,
@@ -220,6 +236,7 @@ def model_traits_json(model: TraitflowModel) -> dict[str, Any]:
                 "label": label,
                 "top_products": list(products),
                 "top_categories": list(categories),
+                "top_product_names": [names.get(p) for p in products],
                 "size": size,
                 "population_share": float(share),
             }
@@ -442,7 +459,27 @@ def cmd_update(args: argparse.Namespace) -> int:
         )
     elif outcome.reason:
         print(outcome.reason)
+    with _db_schema(args.schema):
+        _print_stale(args.database_url, since, as_of)
     return 0
+
+
+def _print_stale(database_url: str | None, since: datetime, as_of: datetime) -> None:
+    """An update covers customers with events in [since, as_of) only: say when earlier events are
+    in no current profile yet (e.g. the days between a model's training end and the update) and
+    which ``--since`` covers them."""
+    from traitflow.store import Store
+
+    with Store(database_url) as store:
+        stale = store.stale_profiles(since)
+    if stale.n_customers == 0 or stale.earliest is None:
+        return
+    first_day = stale.earliest.astimezone(UTC).date().isoformat()
+    print(
+        f"note: {stale.n_customers} customers have events before {since.isoformat()} that no current "
+        f"profile includes; to update them too: traitflow update --since {first_day} "
+        f"--as-of {as_of.isoformat()}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -602,7 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile as of this instant (default: just after the newest stored event)",
     )
     update.add_argument(
-        "--since", type=parse_utc, help="customers with events from this instant (default: --as-of - 1 day)"
+        "--since",
+        type=parse_utc,
+        help=(
+            "customers with events from this instant (default: --as-of - 1 day, the daily run); "
+            "after a retrain, pass the model's training end to profile everyone with events since"
+        ),
     )
     update.set_defaults(func=cmd_update)
 

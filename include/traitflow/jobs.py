@@ -535,9 +535,13 @@ def _fit_candidate(
         if candidate_info.get("active_version") is not None:
             previous = store.load_model(candidate_info["active_version"])
             tokens = align_tokens(tokens, previous.tokens)
+        # Names stored at ingestion, so labels read as products rather than their ids.
+        names = store.product_names(np.unique(np.asarray(tokens.product_ids, dtype=object)))
     if previous is None and not refit:
         raise ValueError("cannot keep trait components: there is no active model")
-    model = fit_model(events, tokens, config, end, previous=previous, refit_traits=refit)
+    model = fit_model(
+        events, tokens, config, end, previous=previous, refit_traits=refit, product_names=names
+    )
     # Stored with the model: which committed events it was built from.
     model.metrics["event_snapshot"] = candidate_info.get("event_snapshot")
     model_dir = Path(candidate_info["tokens_path"]).parent / "model"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 from traitflow.aggregate import customer_embeddings
 from traitflow.config import ConfigError, PipelineConfig, SessionParams, check_trait_count
 from traitflow.item2vec import train_item2vec
-from traitflow.model import TokenTable, TraitflowModel
+from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
 from traitflow.trait_products import characteristic_products, fit_trait_products
@@ -134,6 +135,7 @@ def fit_model(
     refit_traits: bool = True,
     warm_start: bool = True,
     anchor: float = REFIT_ANCHOR,
+    product_names: Mapping[str, str] | None = None,
 ) -> TraitflowModel:
     """Fit (or carry over) the traits for ``tokens`` and return the complete model.
 
@@ -144,6 +146,7 @@ def fit_model(
     them with strength ``anchor`` (``traits.fit_traits``), so refits of unchanged behaviour keep
     their traits; ``warm_start=False`` fits from scratch (``config.traits.init``).
     Events at or after ``trained_through`` are ignored; ``previous`` is never modified.
+    ``product_names`` (product_id -> name) lets labels name products (``traits.label_traits``).
     """
     events = events_before(events, trained_through)
     embeddings = customer_embeddings(
@@ -196,7 +199,7 @@ def fit_model(
     # as a saved model's trait sizes.
     dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
     metrics["trait_sizes"] = np.bincount(dominant, minlength=traits.n_traits).tolist()
-    label_traits(traits, tokens)
+    label_traits(traits, tokens, product_names=product_names)
     # Products are ranked for a profile through what the customers holding each trait bought
     # (see traitflow.trait_products); the traits' top products are the most characteristic ones.
     traits.products = fit_trait_products(
@@ -207,9 +210,7 @@ def fit_model(
         trained_through,
     )
     traits.top_products = characteristic_products(traits.products)
-    for j, categories in enumerate(traits.top_categories):
-        if not categories:  # label_traits named this trait by products: use the ones shown
-            traits.labels[j] = " + ".join(traits.top_products[j][:2])
+    _label_by_shown_products(traits, product_names or {})
     metrics["max_trait_id"] = int(
         max(traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0) if previous else 0)
     )
@@ -223,17 +224,42 @@ def fit_model(
     )
 
 
+def _label_by_shown_products(traits: TraitModel, product_names: Mapping[str, str]) -> None:
+    """Traits that ``label_traits`` named by products (no distinctive category) are named by the
+    first of the products they show instead, by name where known; a label another trait already
+    has takes one more product until it differs, as ``label_traits`` does."""
+    labels = zip(traits.labels, traits.top_categories, strict=True)
+    taken = {label for label, categories in labels if categories}
+    for j, categories in enumerate(traits.top_categories):
+        if categories:
+            continue
+        terms = [product_names.get(p, p) for p in traits.top_products[j]]
+        n_terms = min(2, len(terms))
+        label = " + ".join(terms[:n_terms])
+        while label in taken and n_terms < len(terms):
+            n_terms += 1
+            label = " + ".join(terms[:n_terms])
+        if terms:
+            traits.labels[j] = label
+        taken.add(traits.labels[j])
+
+
 def train(
     events: pd.DataFrame,
     config: PipelineConfig,
     trained_through: datetime,
     work_dir: Path,
+    *,
+    product_names: Mapping[str, str] | None = None,
 ) -> TraitflowModel:
-    """Train a model from scratch on events before ``trained_through``."""
+    """Train a model from scratch on events before ``trained_through``.
+
+    ``product_names`` (product_id -> name) lets labels name products.
+    """
     training_events = events_before(events, trained_through)
     corpus = build_corpus(training_events, config.sessions, work_dir)
     tokens = train_tokens(corpus, config)
-    model = fit_model(training_events, tokens, config, trained_through)
+    model = fit_model(training_events, tokens, config, trained_through, product_names=product_names)
     model.metrics["corpus"] = corpus.stats.__dict__
     return model
 

@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from traitflow import schema
+from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel
 from traitflow.profiles import ProfileBatch
 from traitflow.store import NotFoundError, Store, migrations
+from traitflow.store.reads import StaleProfiles
 
 BuildModel = Callable[..., TraitflowModel]
 BuildBatch = Callable[..., ProfileBatch]
@@ -226,3 +229,54 @@ def test_ten_kilobyte_report_strings_round_trip(store: Store) -> None:
     store.write_run_report("kind 'x'", big[:200], {"note": big, "nested": [big]})
     (report,) = store.run_reports("kind 'x'")
     assert report["run_key"] == big[:200] and report["report"] == {"note": big, "nested": [big]}
+
+
+def test_stale_profiles_counts_events_no_current_profile_includes(
+    store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    hour = timedelta(hours=1)
+    # a and b get profiles as of D1: a has older events only, b one more after D1; c has no
+    # profile; d's only event is at D1 + 5h.
+    rows = [
+        ("a", D1 - 3 * hour),
+        ("b", D1 - hour),
+        ("b", D1 + hour),
+        ("c", D1 - 2 * hour),
+        ("d", D1 + 5 * hour),
+    ]
+    events = schema.as_canonical(
+        pd.DataFrame(
+            {
+                "customer_id": [c for c, _ in rows],
+                "event_time": pd.to_datetime([t for _, t in rows], utc=True),
+                "action": "purchase",
+                "product_id": "p1",
+            }
+        )
+    )
+    store.ingest_events(LoadResult(events, schema.empty_rejects()), source="unit", run_id="r1")
+    # before any profile: every customer with an event before the instant
+    assert store.stale_profiles(D1) == StaleProfiles(3, D1 - 3 * hour)
+    version = store.save_model(build_model())
+    store.promote(version, build_profile_batch(version, ["a", "b"], as_of=D1))
+
+    stale = store.stale_profiles(D1 + 5 * hour)
+    assert stale == StaleProfiles(2, D1 - 2 * hour)  # c (no profile) and b (event after D1)
+    assert store.stale_profiles(D1) == StaleProfiles(1, D1 - 2 * hour)  # c only
+    assert store.stale_profiles(D1 - 2 * hour) == StaleProfiles(0, None)  # a's and b's are included
+    assert store.stale_profiles(D1 + 6 * hour) == StaleProfiles(3, D1 - 2 * hour)  # and d
+
+
+def test_reject_counts_by_source(store: Store) -> None:
+    rejects = pd.DataFrame(
+        {
+            "source": ["f1", "f1", "f1", "f2"],
+            "row_number": [1, 2, 3, 1],
+            "raw": ["x", "y", "z", "w"],
+            "reason": ["cancellation", "non_product", "cancellation", "non_product"],
+        }
+    )
+    store.ingest_events(LoadResult(schema.empty_events(), rejects), source="f1", run_id="r1")
+    assert store.reject_counts("f1") == {"cancellation": 2, "non_product": 1}
+    assert list(store.reject_counts("f1")) == ["cancellation", "non_product"]  # most frequent first
+    assert store.reject_counts("f2") == {"non_product": 1} and store.reject_counts("f3") == {}

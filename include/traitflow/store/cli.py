@@ -110,6 +110,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             chunksize=args.chunksize,
             max_reject_share=args.max_reject_share,
         )
+        reasons = store.reject_counts(report.source) if report.n_rejected and not args.json else {}
+        rejects_table = f"{store.schema}.rejected_events"
     if args.json:
         print_json(report.to_dict())
     elif report.skipped:
@@ -120,6 +122,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             f"{report.n_already_present} already present, {report.n_rejected} rejected "
             f"({report.seconds:.1f}s, run {run_id})"
         )
+        if reasons:
+            by_reason = ", ".join(f"{reason} {n}" for reason, n in reasons.items())
+            print(f"rejected by reason: {by_reason} (rows with their reason in {rejects_table})")
+        if report.n_already_present:
+            print(
+                "already present: same customer, time, action and product as a stored event "
+                "(or another row of the file): one is kept"
+            )
     return 0
 
 
@@ -173,12 +183,28 @@ def cmd_traits(args: argparse.Namespace) -> int:
     if args.json:
         print_json(traits_json(frame))
         return 0
-    frame = frame.assign(
-        top_products=frame["top_products"].map(lambda v: ", ".join(_named(p, names) for p in v[:5])),
-        top_categories=frame["top_categories"].map(lambda v: ", ".join(v[:3])),
-    ).drop(columns="top_product_names")
-    _print_frame(frame, False, max_colwidth=None)  # names are long; cut, they would mislead
+    if frame.empty:
+        _print_frame(frame, False)
+        return 0
+    _print_trait_table(frame, names)
     return 0
+
+
+def _print_trait_table(frame: pd.DataFrame, names: Mapping[str, str]) -> None:
+    """One line per trait, labels left-aligned and never cut (a cut name would mislead); the model
+    version once in a header, top categories only when the model has any."""
+    print(
+        f"model version {int(frame['model_version'].iat[0])}: {len(frame)} traits "
+        "(size: current profiles by dominant trait)"
+    )
+    with_categories = any(len(v) for v in frame["top_categories"])
+    width = max(5, *(len(label) for label in frame["label"]))
+    columns = "top categories; top products" if with_categories else "top products"
+    print(f"{'trait':>5}  {'size':>6}  {'label':<{width}}  {columns}")
+    for row in frame.itertuples(index=False):  # one row per trait (k rows)
+        categories = f"{', '.join(row.top_categories[:3])}; " if with_categories else ""
+        products = ", ".join(_named(p, names) for p in row.top_products[:3])
+        print(f"{row.trait_id:>5}  {row.size:>6}  {row.label:<{width}}  {categories}{products}")
 
 
 def _named(product_id: str, names: Mapping[str, str]) -> str:

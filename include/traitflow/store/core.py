@@ -224,6 +224,10 @@ class Store:
             snapshot=snapshot,
         )
 
+    def reject_counts(self, source: str) -> dict[str, int]:
+        """``{reason: rows}`` of the rejects recorded for ``source`` (a file's path as ingested)."""
+        return _reads.reject_counts(self._ensure_ready(), source)
+
     def product_names(self, product_ids: Sequence[str] | np.ndarray) -> dict[str, str]:
         """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
         return _products.product_names(self._ensure_ready(), product_ids)
@@ -347,6 +351,10 @@ class Store:
     def latest_profile_as_of(self) -> datetime | None:
         """Newest ``as_of`` among current profiles (None before the first profile write)."""
         return _reads.latest_profile_as_of(self._ensure_ready())
+
+    def stale_profiles(self, before: datetime) -> _reads.StaleProfiles:
+        """Customers with events before ``before`` that their current profile does not include."""
+        return _reads.stale_profiles(self._ensure_ready(), before)
 
     def top_customers(
         self,

@@ -8,6 +8,7 @@ timestamps travel as integer microseconds (exact). Lookups use ordinary paramete
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -426,6 +427,42 @@ def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:
     """The newest ``as_of`` among current profiles (None if nothing was profiled yet)."""
     row = conn.execute("SELECT max(as_of) FROM customer_profiles").fetchone()
     return None if row is None else row[0]
+
+
+def reject_counts(conn: psycopg.Connection, source: str) -> dict[str, int]:
+    """``{reason: rows}`` of the rejects recorded for ``source``, most frequent reason first."""
+    rows = conn.execute(
+        "SELECT reason, count(*) FROM rejected_events WHERE source = %s GROUP BY reason "
+        "ORDER BY count(*) DESC, reason",
+        (source,),
+    ).fetchall()
+    return {str(reason): int(n) for reason, n in rows}
+
+
+@dataclass(frozen=True)
+class StaleProfiles:
+    """Customers with events before an instant that their current profile does not include.
+
+    ``earliest``: the oldest such event (None when ``n_customers`` is 0), i.e. the ``since`` of an
+    update that would cover them all.
+    """
+
+    n_customers: int
+    earliest: datetime | None
+
+
+def stale_profiles(conn: psycopg.Connection, before: datetime) -> StaleProfiles:
+    """Customers with an event before ``before`` and no current profile, or one whose ``as_of`` is
+    not after that event (the profile was computed without it)."""
+    row = conn.execute(
+        "SELECT count(DISTINCT e.customer_id), min(e.event_time) FROM events e "
+        "LEFT JOIN customer_profiles p USING (customer_id) "
+        "WHERE e.event_time < %s AND (p.as_of IS NULL OR e.event_time >= p.as_of)",
+        (utc(before),),
+    ).fetchone()
+    if row is None or not row[0]:
+        return StaleProfiles(0, None)
+    return StaleProfiles(int(row[0]), row[1])
 
 
 def table_counts(conn: psycopg.Connection) -> dict[str, int]:
