@@ -244,11 +244,13 @@ def _batch_row_numbers(events: pd.DataFrame, row_numbers: np.ndarray | None) -> 
 # Rejects for staged events that conflict on the natural key: with an earlier event of the batch
 # (flagged when staging), or, when {stored} is set, with a stored event whose other fields differ
 # (NULL-safe: a missing price equals only a missing price). Runs after the insert, so a key
-# inserted by this batch compares equal to itself.
+# inserted by this batch compares equal to itself. A join rather than EXISTS: with the stage
+# analyzed the planner may hash-join a large stage (measured 4.4 s against 6.5 s of index probes
+# plus 2 s of JIT for 394K staged rows all already stored).
 _CONFLICTS_SQL = """
 WITH conflicting AS MATERIALIZED (
-    SELECT s.* FROM _tf_stage_events s
-    WHERE s.conflict_in_batch {stored}
+    SELECT s.* FROM _tf_stage_events s WHERE s.conflict_in_batch
+    {stored}
 ), recorded AS (
     INSERT INTO rejected_events (source, row_number, raw, reason, run_id)
     SELECT %(source)s, c.row_number,
@@ -265,12 +267,13 @@ WITH conflicting AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM conflicting), (SELECT count(*) FROM recorded)
 """
-_STORED_CONFLICT_SQL = """OR EXISTS (
-        SELECT 1 FROM events e
-        WHERE e.customer_id = s.customer_id AND e.event_time = s.event_time
-          AND e.action = s.action AND e.product_id = s.product_id
-          AND (e.category IS DISTINCT FROM s.category OR e.price IS DISTINCT FROM s.price
-               OR e.session_id IS DISTINCT FROM s.session_id))"""
+_STORED_CONFLICT_SQL = """UNION ALL
+    SELECT s.* FROM _tf_stage_events s
+    JOIN events e ON e.customer_id = s.customer_id AND e.event_time = s.event_time
+        AND e.action = s.action AND e.product_id = s.product_id
+    WHERE NOT s.conflict_in_batch
+      AND (e.category IS DISTINCT FROM s.category OR e.price IS DISTINCT FROM s.price
+           OR e.session_id IS DISTINCT FROM s.session_id)"""
 
 
 def ingest_frames(
@@ -322,7 +325,10 @@ def ingest_frames(
         n_candidates = len(events) - int(in_batch.sum())
         if report.n_inserted < n_candidates or in_batch.any():
             # Every candidate inserted means no key was stored before: no stored conflict to look for.
-            stored = _STORED_CONFLICT_SQL if report.n_inserted < n_candidates else ""
+            stored = ""
+            if report.n_inserted < n_candidates:
+                conn.execute("ANALYZE _tf_stage_events")  # row counts and key statistics for the join
+                stored = _STORED_CONFLICT_SQL
             row = conn.execute(
                 _CONFLICTS_SQL.format(stored=stored),
                 {"source": source, "reason": ev_schema.REASON_CONFLICTING_DUPLICATE, "run_id": run_id},
