@@ -307,3 +307,32 @@ def test_hostile_rows_after_the_good_file_never_replace_a_good_row(store: Store,
     assert hostile.n_already_present == 125  # the exact repeats of good rows
     assert hostile.n_inserted == 125  # the injection-looking ids, stored as they are
     assert store.table_counts()["events"] == 1_125
+
+
+def test_the_daily_dag_ingestion_counts_conflicts_across_day_files(
+    store: Store, database_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """``jobs.ingest_interval`` (the daily DAG's ingest task): day 2 contradicts day 1.
+
+    Day 2 holds the twin first, then day 1's row: the loader keeps the twin and rejects the row
+    (a conflict within the file), the store rejects the twin (a conflict with day 1's event).
+    """
+    from datetime import UTC, datetime
+
+    from traitflow import jobs
+
+    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store.schema)
+    other = ROW | {"customer_id": "c2", "event_time": "2024-03-02T09:00:00Z"}
+    write_csv(tmp_path / "events_2024-03-01.csv", [ROW])
+    write_csv(tmp_path / "events_2024-03-02.csv", [TWIN, ROW, other])
+    start = datetime(2024, 3, 2, tzinfo=UTC)
+    totals = jobs.ingest_interval(database_url, str(tmp_path), "canonical", start, start, "daily")
+    assert totals["n_files"] == 2 and totals["n_read"] == 4
+    assert (totals["n_inserted"], totals["n_already_present"], totals["n_rejected"]) == (2, 0, 2)
+    assert totals["n_conflicting"] == 1
+    assert stored_prices(store) == [1.0, 1.0]
+    day2 = rejects_of(store, str(tmp_path / "events_2024-03-02.csv"))
+    assert day2[["row_number", "reason"]].values.tolist() == [
+        [1, schema.REASON_CONFLICTING_DUPLICATE],
+        [2, schema.REASON_CONFLICTING_DUPLICATE],
+    ]
