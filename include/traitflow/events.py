@@ -9,6 +9,13 @@ fields first, then fields that cannot be stored safely (control characters, over
 values that do not parse or make no sense, and duplicates last, because a row is only called a
 duplicate of an earlier row that is itself valid.
 
+Duplicates (``schema.duplicate_masks``): a valid row whose natural key (customer, time, action,
+product) equals an earlier valid row's is rejected; ``exact_duplicate`` when category, price and
+session id are equal too, ``conflicting_duplicate`` when one of them differs. The first row of a
+key is kept, across the chunks of a file as well. The store drops neither: its natural key is the
+same, and ``traitflow.store`` records a row that conflicts with an already stored event as a
+``conflicting_duplicate`` reject too.
+
 Normalization: ids, category and session id are stripped of surrounding whitespace and otherwise
 kept as they are; a blank category or session id becomes missing. The control-character check
 covers all four. Times without an offset are taken as UTC; "iso" times may also end in "UTC" (as
@@ -79,6 +86,7 @@ REASON_PRECEDENCE: tuple[str, ...] = (
     schema.REASON_CANCELLATION,
     schema.REASON_NON_POSITIVE_QUANTITY,
     schema.REASON_DUPLICATE,
+    schema.REASON_CONFLICTING_DUPLICATE,
 )
 TIME_FORMATS: tuple[str, ...] = ("iso", "unix_s", "unix_ms")
 MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
@@ -534,12 +542,15 @@ class LoadResult:
 
     ``products`` (schema.PRODUCT_NAME_COLUMNS) counts the product names carried by the events'
     rows when the mapping has a ``product_name`` column (else it is empty); ``product_names()``
-    picks one name per product.
+    picks one name per product. ``event_row_numbers`` holds each event's row number.
     """
 
     events: pd.DataFrame
     rejects: pd.DataFrame
     products: pd.DataFrame = field(default_factory=schema.empty_product_names)
+    # Source row number of each event (int64, aligned with ``events``), so that the store can
+    # record an event conflicting with a stored one as a reject of its row; None if unknown.
+    event_row_numbers: np.ndarray | None = None
 
     def product_names(self) -> pd.DataFrame:
         """(product_id, product_name): each product's most frequent name (ties: smallest name)."""
@@ -627,6 +638,7 @@ def read_events(
         events=pd.concat([p.events for p in parts], ignore_index=True),
         rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
         products=schema.merge_name_counts([p.products for p in parts]),
+        event_row_numbers=np.concatenate([p.event_row_numbers for p in parts]),
     )
 
 
@@ -640,9 +652,10 @@ def iter_events(
 ) -> Iterator[LoadResult]:
     """Validate a file ``chunksize`` rows at a time.
 
-    Row numbers are global, and a row repeating a valid row of an earlier chunk is rejected as
-    ``exact_duplicate`` (tracked by a 64-bit row hash, 8 bytes per kept event), so the chunks
-    concatenated equal ``read_events``. File problems raise here, not on first iteration; a
+    Row numbers are global, and a row repeating the natural key of a valid row of an earlier chunk
+    is rejected as ``exact_duplicate`` or ``conflicting_duplicate`` (tracked by 64-bit hashes of
+    the row and of its key, 16 bytes per kept event), so the chunks concatenated equal
+    ``read_events``. File problems raise here, not on first iteration; a
     mostly rejected file (``MostlyRejectedError``) raises after the last chunk, so a consumer
     that writes chunks inside one transaction (``Store.ingest_file``) rolls all of them back.
     """
@@ -681,7 +694,7 @@ def _validated(
     max_reject_share: float = 1.0,
 ) -> Iterator[LoadResult]:
     """Validate each chunk's parsed rows and merge in its line-level rejects, by row number."""
-    seen = np.empty(0, dtype=np.uint64) if track_duplicates else None
+    seen = _SeenHashes.empty() if track_duplicates else None
     tally = _RejectTally()
     for chunk in chunks:
         # Validated with positions as row numbers, then mapped to the records' own numbers: the
@@ -695,7 +708,8 @@ def _validated(
             rejects = pd.concat([rejects, lines[list(schema.REJECT_COLUMNS)]], ignore_index=True)
             rejects = rejects.sort_values("row_number", kind="stable", ignore_index=True)
         tally.add(chunk.n_records, rejects)
-        yield LoadResult(events=result.events, rejects=rejects, products=result.products)
+        numbers = chunk.row_numbers[result.event_row_numbers]
+        yield LoadResult(result.events, rejects, result.products, event_row_numbers=numbers)
     tally.refuse_if_mostly_rejected(source, mapping.name, max_reject_share)
 
 
@@ -829,10 +843,50 @@ def _parse_times(text: pd.Series, time_format: str) -> tuple[pd.Series, pd.Serie
     return times.astype(schema.TIME_DTYPE), ~blank & ~parsed, parsed & ~in_range
 
 
+@dataclass(frozen=True)
+class _SeenHashes:
+    """64-bit hashes of the events kept from earlier chunks of a file, each array sorted.
+
+    ``rows``: of whole canonical rows; ``keys``: of their natural keys (``schema.NATURAL_KEY``).
+    """
+
+    rows: np.ndarray
+    keys: np.ndarray
+
+    @staticmethod
+    def empty() -> _SeenHashes:
+        return _SeenHashes(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64))
+
+    def classify(
+        self, events: pd.DataFrame, exact: np.ndarray, conflicting: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, _SeenHashes]:
+        """Extend a chunk's own duplicate masks to earlier chunks; returns them and the new hashes.
+
+        A row whose key was kept before is exact if the whole row was (one kept row per key),
+        else conflicting; the rows kept now are added.
+        """
+        rows = pd.util.hash_pandas_object(events, index=False).to_numpy()
+        keys = pd.util.hash_pandas_object(events[list(schema.NATURAL_KEY)], index=False).to_numpy()
+        earlier = _in_sorted(keys, self.keys)
+        same_row = _in_sorted(rows, self.rows)
+        exact = np.where(earlier, same_row, exact)
+        conflicting = np.where(earlier, ~same_row, conflicting)
+        kept = ~(exact | conflicting)
+        # Not in place: arrays from pandas are read-only views under copy-on-write.
+        return (
+            exact,
+            conflicting,
+            _SeenHashes(
+                np.sort(np.concatenate([self.rows, rows[kept]]), kind="stable"),  # radix sort
+                np.sort(np.concatenate([self.keys, keys[kept]]), kind="stable"),
+            ),
+        )
+
+
 def _validate(
-    raw: pd.DataFrame, mapping: ColumnMapping, source: str, first_row_number: int, seen: np.ndarray | None
-) -> tuple[LoadResult, np.ndarray | None]:
-    """Split ``raw`` into events and rejects; ``seen`` holds row hashes of earlier chunks' events."""
+    raw: pd.DataFrame, mapping: ColumnMapping, source: str, first_row_number: int, seen: _SeenHashes | None
+) -> tuple[LoadResult, _SeenHashes | None]:
+    """Split ``raw`` into events and rejects; ``seen`` holds hashes of earlier chunks' events."""
     mapping = _check_columns([str(c) for c in raw.columns], mapping, source)
     raw = _text(raw)
     customer = _id_text(raw[mapping.column("customer_id")].str.strip(), mapping)
@@ -887,14 +941,15 @@ def _validate(
             "session_id": session[valid],
         }
     ).reset_index(drop=True)
-    duplicate = events.duplicated(keep="first").to_numpy()
+    exact, conflicting = schema.duplicate_masks(events)
     if seen is not None:
-        hashes = pd.util.hash_pandas_object(events, index=False).to_numpy()
-        # Not "|=": arrays from pandas are read-only views under copy-on-write.
-        duplicate = duplicate | _in_sorted(hashes, seen)
-        seen = np.sort(np.concatenate([seen, hashes[~duplicate]]), kind="stable")  # radix sort
-    codes[np.flatnonzero(valid)[duplicate]] = REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
+        exact, conflicting, seen = seen.classify(events, exact, conflicting)
+    duplicate = exact | conflicting
+    valid_at = np.flatnonzero(valid)
+    codes[valid_at[exact]] = REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
+    codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(schema.REASON_CONFLICTING_DUPLICATE)
     events = events[~duplicate].reset_index(drop=True)
+    event_row_numbers = (first_row_number + valid_at[~duplicate]).astype(np.int64)
     products = _name_counts(events["product_id"], _product_names(raw, mapping)[valid].to_numpy()[~duplicate])
 
     rejected = np.flatnonzero(codes >= 0)
@@ -907,7 +962,7 @@ def _validate(
             "reason": pd.Series(np.asarray(REASON_PRECEDENCE)[codes[rejected]], dtype="str"),
         }
     )
-    return LoadResult(events=events, rejects=rejects, products=products), seen
+    return LoadResult(events, rejects, products, event_row_numbers=event_row_numbers), seen
 
 
 # JSON string escapes, as json.dumps writes them: the short forms, else \u00XX.

@@ -13,6 +13,12 @@ category         ``str`` or missing          optional product category
 price            ``float64`` or NaN          optional
 session_id       ``str`` or missing          optional session id given by the source
 ===============  ==========================  =========================================
+
+An event is identified by its natural key ``NATURAL_KEY`` (customer, time, action, product; the
+store's unique key). Two rows with the same key are duplicates: equal in the other canonical
+columns ``DUPLICATE_FIELDS`` (category, price, session id; a missing value equals only a missing
+value) they are an ``exact_duplicate``, otherwise a ``conflicting_duplicate``. Either way the
+first row is kept and the later one rejected with that reason, so no row vanishes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("customer_id", "event_time", "action", "product_id")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("category", "price", "session_id")
+NATURAL_KEY: tuple[str, ...] = REQUIRED_COLUMNS
+# The "other fields" of a duplicate: the canonical columns beyond the key.
+DUPLICATE_FIELDS: tuple[str, ...] = OPTIONAL_COLUMNS
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 1024  # category and session id
@@ -49,7 +58,8 @@ REASON_BAD_TIME = "unparseable_event_time"
 REASON_TIME_RANGE = "event_time_out_of_range"
 REASON_UNKNOWN_ACTION = "unknown_action"
 REASON_OVERSIZED = "oversized_field"
-REASON_DUPLICATE = "exact_duplicate"
+REASON_DUPLICATE = "exact_duplicate"  # same key and fields as an earlier kept row
+REASON_CONFLICTING_DUPLICATE = "conflicting_duplicate"  # same key, different DUPLICATE_FIELDS
 REASON_BAD_PRICE = "unparseable_price"
 REASON_CONTROL_CHARS = "control_characters_in_field"
 # Order-line exports (see traitflow.events: quantity, cancellation and non_product mapping options).
@@ -71,6 +81,7 @@ REJECT_REASONS: tuple[str, ...] = (
     REASON_UNKNOWN_ACTION,
     REASON_OVERSIZED,
     REASON_DUPLICATE,
+    REASON_CONFLICTING_DUPLICATE,
     REASON_BAD_PRICE,
     REASON_CONTROL_CHARS,
     REASON_BAD_QUANTITY,
@@ -140,6 +151,34 @@ def as_canonical(frame: pd.DataFrame) -> pd.DataFrame:
         else np.full(len(frame), np.nan)
     )
     return out[list(CANONICAL_COLUMNS)]
+
+
+def duplicate_masks(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(exact, conflicting): bool arrays over the rows of a canonical ``events`` frame.
+
+    A row is a duplicate when an earlier row has its ``NATURAL_KEY``; it is exact when it also
+    equals the first row of that key in ``DUPLICATE_FIELDS`` (missing equals missing), else
+    conflicting. The first row of each key is neither: it is the one to keep.
+    """
+    n = len(events)
+    if not n:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+    # Groups are numbered in order of first appearance, so np.unique's first index per group
+    # number is the position of each key's first row.
+    group = events.groupby(list(NATURAL_KEY), sort=False, dropna=False).ngroup().to_numpy()
+    _, first_at = np.unique(group, return_index=True)
+    first = first_at[group]
+    later = first != np.arange(n)
+    same = np.ones(n, dtype=bool)
+    for column in DUPLICATE_FIELDS:
+        if column not in events.columns:
+            continue
+        values = events[column]
+        kept = values.iloc[first].reset_index(drop=True)
+        mine = values.reset_index(drop=True)
+        equal = (mine == kept).fillna(False).to_numpy(dtype=bool) | (mine.isna() & kept.isna()).to_numpy()
+        same &= equal
+    return later & same, later & ~same
 
 
 def empty_product_names() -> pd.DataFrame:

@@ -228,7 +228,8 @@ ORDER_LINE_REASONS = {
 
 def test_reject_cases_cover_every_reason() -> None:
     value_level = set(schema.REJECT_REASONS) - set(schema.LINE_REJECT_REASONS)
-    assert {r for _, r in REJECT_CASES} | {schema.REASON_DUPLICATE} | ORDER_LINE_REASONS == value_level
+    duplicates = {schema.REASON_DUPLICATE, schema.REASON_CONFLICTING_DUPLICATE}  # test_events_duplicates.py
+    assert {r for _, r in REJECT_CASES} | duplicates | ORDER_LINE_REASONS == value_level
     assert set(REASON_PRECEDENCE) == value_level
 
 
@@ -236,14 +237,17 @@ def test_exact_duplicates_are_compared_after_normalization() -> None:
     rows = [
         canonical_row(),
         canonical_row(customer_id=" c1", action="VIEW", event_time="2024-01-01T01:00:00+01:00", price="1.50"),
-        canonical_row(price="2"),  # differs in one field: kept
+        canonical_row(price="2"),  # same key, differs in one field: a conflicting duplicate
         canonical_row(),
     ]
     result = validate_events(frame(rows), CANONICAL, source="unit")
     assert_canonical(result, 4)
-    assert result.events["price"].tolist() == [1.5, 2.0]
-    assert result.rejects["row_number"].tolist() == [2, 4]
-    assert set(result.rejects["reason"]) == {schema.REASON_DUPLICATE}
+    assert result.events["price"].tolist() == [1.5]
+    assert result.rejects[["row_number", "reason"]].values.tolist() == [
+        [2, schema.REASON_DUPLICATE],
+        [3, schema.REASON_CONFLICTING_DUPLICATE],
+        [4, schema.REASON_DUPLICATE],
+    ]
 
 
 def test_duplicate_of_a_rejected_row_is_not_a_duplicate() -> None:

@@ -120,7 +120,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(
             f"{args.path}: read {report.n_read} rows -> {report.n_inserted} new events, "
             f"{report.n_already_present} already present, {report.n_rejected} rejected "
-            f"({report.seconds:.1f}s, run {run_id})"
+            f"(of which {report.n_conflicting} conflict with a stored event; "
+            f"{report.seconds:.1f}s, run {run_id})"
         )
         if reasons:
             by_reason = ", ".join(f"{reason} {n}" for reason, n in reasons.items())

@@ -129,7 +129,10 @@ class Store:
         ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.schema``
         reject columns), and optionally ``products`` (name counts, ``schema.PRODUCT_NAME_COLUMNS``)
         whose most frequent name per product goes to ``product_names`` in the same transaction.
-        With ``file_sha256`` the input is also recorded in ``ingested_files``.
+        With ``file_sha256`` the input is also recorded in ``ingested_files``. An event whose key
+        is stored (or repeated in ``events``) with another category, price or session id is
+        rejected as ``conflicting_duplicate`` under its row number: ``result.event_row_numbers``
+        when present (the loader sets them), else its position in ``events`` from 1.
         """
         with self._transaction() as conn:
             return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
