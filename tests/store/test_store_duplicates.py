@@ -322,6 +322,7 @@ def test_the_daily_dag_ingestion_counts_conflicts_across_day_files(
     from traitflow import jobs
 
     monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store.schema)
+    monkeypatch.setenv("TRAITFLOW_INPUT_ROOT", str(tmp_path))
     other = ROW | {"customer_id": "c2", "event_time": "2024-03-02T09:00:00Z"}
     write_csv(tmp_path / "events_2024-03-01.csv", [ROW])
     write_csv(tmp_path / "events_2024-03-02.csv", [TWIN, ROW, other])

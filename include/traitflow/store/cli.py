@@ -128,8 +128,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"rejected by reason: {by_reason} (rows with their reason in {rejects_table})")
         if report.n_already_present:
             print(
-                "already present: same customer, time, action and product as a stored event "
-                "(or another row of the file): one is kept"
+                "already present: identical to a stored event (a re-read or overlapping file): "
+                "nothing added"
             )
     return 0
 
