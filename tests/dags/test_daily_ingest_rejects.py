@@ -22,7 +22,11 @@ def test_daily_ingest_stores_good_rows_rejects_bad_lines_and_refuses_a_mostly_ba
     input_dir = tmp_path / "input"
     input_dir.mkdir()
     hostile_events.write(input_dir / "events_2026-03-01.csv")
-    env = {"TRAITFLOW_DATABASE_URL": database_url, "TRAITFLOW_DB_SCHEMA": store_schema}
+    env = {
+        "TRAITFLOW_DATABASE_URL": database_url,
+        "TRAITFLOW_DB_SCHEMA": store_schema,
+        "TRAITFLOW_INPUT_ROOT": str(input_dir),
+    }
     conf = {"input_dir": str(input_dir), "mapping": "taobao"}
 
     result = run_dag("traitflow_daily", MARCH_2, conf=conf, env=env)
