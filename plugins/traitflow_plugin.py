@@ -512,8 +512,16 @@ MinEvents = Annotated[
 ModelVersionQuery = Annotated[
     int | None, Query(ge=1, le=2**31 - 1, description="a model version; default: the active model")
 ]
+# Stored ids never hold control characters (the loaders reject them), and PostgreSQL text cannot
+# hold NUL at all: such an id is a bad request, not a lookup.
 CustomerId = Annotated[
-    str, PathParam(min_length=1, max_length=MAX_ID_LENGTH, description="a customer id as in the events")
+    str,
+    PathParam(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="a customer id as in the events (no control characters)",
+    ),
 ]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error}, 503: {"model": Error}}
 

@@ -345,6 +345,13 @@ def test_customer_ids_are_path_encoded_and_validated(client: TestClient, seeded:
     too_long = client.get("/api/customers/" + "x" * 257)
     assert too_long.status_code == 422
     assert too_long.json()["detail"][0]["loc"] == ["path", "customer_id"]
+    # NUL (which PostgreSQL text cannot hold) and other control characters: 422 on every route.
+    # (A newline never reaches a route: the router's path pattern stops at it, so that is a 404.)
+    for bad in ("c0290\x00", "a\tb", "\x7f", "x\ry"):
+        for suffix in ("", "/history", "/similar"):
+            response = client.get(f"/api/customers/{quote(bad, safe='')}{suffix}")
+            assert response.status_code == 422, (bad, suffix, response.text)
+            assert response.json()["detail"][0]["loc"] == ["path", "customer_id"]
 
 
 def test_customer_ids_with_slashes_reach_every_customer_route(
