@@ -7,12 +7,14 @@ weekly promotion, ``Store.publish`` with a run key, as ``jobs.promote`` calls it
 
 * kill -9: the scenario runs in a child process (``python -c``) that SIGKILLs itself right after
   a chosen store internal returned, i.e. inside the open write transaction (mid-ingest between
-  chunks, mid-profile-write between the history and the current rows, just before COMMIT). The
+  chunks, mid-profile-write between the history and the current rows, just before COMMIT), or
+  in the middle of a binary COPY (rows sent, trailer not). The
   database must then hold exactly what a clean run of the steps before the killed one holds, and a
   re-run of the whole scenario must give exactly the tables of a clean run.
 * immediate shutdown: a private embedded server (never the shared one) is stopped with
-  ``pg_ctl stop -m immediate`` in the middle of the daily write; the write fails with a clear error
-  that shows no password, and after a restart the retry gives the tables of a clean run.
+  ``pg_ctl stop -m immediate`` in the middle of the weekly or the daily write; the write fails
+  with a clear error that shows no password, after the restart (crash recovery) nothing of it is
+  there, and the retry gives the tables of a clean run.
 
 Tables are compared by ``content_checksums``: every table of the schema (also those
 ``Store.table_checksums`` leaves out), without the columns that record *when* or *in which
@@ -111,12 +113,15 @@ STEP_FUNCTIONS: dict[str, Callable[[Store, Scenario], None]] = {
 @dataclass(frozen=True)
 class KillPoint:
     """SIGKILL the process once ``calls`` calls of ``module.attr`` (any of ``attrs``) have returned
-    during ``step``: the step's transaction is open and has written part of its rows."""
+    during ``step``: the step's transaction is open and has written part of its rows. With
+    ``mid_copy`` the attr is ``copybin.iter_payload`` and the kill comes inside the ``calls``-th
+    binary COPY, after its header and first block of rows were sent and before its trailer."""
 
     step: str
     module: str
     attrs: tuple[str, ...]
     calls: int = 1
+    mid_copy: bool = False
 
 
 KILL_POINTS = {
@@ -129,7 +134,19 @@ KILL_POINTS = {
         "daily", "traitflow.store.profiles", ("_copy_history", "_upsert_history")
     ),
     "daily write before COMMIT": KillPoint("daily", "traitflow.store.profiles", ("write_profiles",)),
+    # COPYs of the ingest: events then rejects for each chunk, so the third is chunk 2's events.
+    "mid-COPY of the events (chunk 2)": KillPoint(
+        "ingest", "traitflow.store.copybin", ("iter_payload",), 3, mid_copy=True
+    ),
+    "weekly mid-COPY of the token vectors": KillPoint(
+        "publish", "traitflow.store.copybin", ("iter_payload",), 1, mid_copy=True
+    ),
 }
+
+
+def _die() -> None:
+    Path(os.environ[KILL_STAMP]).write_text(repr(time.time()))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _arm(point: KillPoint) -> None:
@@ -142,11 +159,21 @@ def _arm(point: KillPoint) -> None:
             result = _original(*args, **kwargs)
             returned[0] += 1
             if returned[0] >= point.calls:
-                Path(os.environ[KILL_STAMP]).write_text(repr(time.time()))
-                os.kill(os.getpid(), signal.SIGKILL)
+                _die()
             return result
 
-        setattr(module, attr, killing)
+        def killing_mid_copy(*args, _original=original, **kwargs):
+            returned[0] += 1
+            parts = _original(*args, **kwargs)
+            if returned[0] < point.calls:
+                yield from parts
+                return
+            yield next(parts)  # header
+            yield next(parts)  # first block of rows
+            time.sleep(0.2)  # let the COPY's sender thread put them on the wire
+            _die()
+
+        setattr(module, attr, killing_mid_copy if point.mid_copy else killing)
 
 
 def run_steps(
@@ -421,8 +448,19 @@ def private_server() -> Iterator[tuple[str, Path]]:
         shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
+def _error_chain(error: BaseException) -> str:
+    """Type and message of ``error`` and of every exception it was raised from or during."""
+    parts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(parts) < 10:
+        parts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("step", ["publish", "daily"])
 def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_restart_equals_a_clean_run(
-    private_server: tuple[str, Path], scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    step: str, private_server: tuple[str, Path], scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from traitflow.store import profiles as store_profiles
 
@@ -433,13 +471,14 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
         conn.execute(role.format(sql.Literal(PASSWORD)))
     secret_url = f"postgresql://fault_user:{PASSWORD}@/postgres?host={socket_dir}"
     clean = _clean_prefixes(url, "tf_clean", scenario)
+    index = STEPS.index(step)
 
     store = Store(secret_url, "tf_crash")
     try:
         store.upgrade()
-        for step in STEPS[:2]:
-            STEP_FUNCTIONS[step](store, scenario)
-        assert content_checksums(store.connection, "tf_crash") == clean[2]
+        for done in STEPS[:index]:
+            STEP_FUNCTIONS[done](store, scenario)
+        assert content_checksums(store.connection, "tf_crash") == clean[index]
 
         stopped: list[float] = []
         original = {name: getattr(store_profiles, name) for name in ("_copy_history", "_upsert_history")}
@@ -456,32 +495,40 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
         for name in original:
             monkeypatch.setattr(store_profiles, name, stop_server_after(name))
         with pytest.raises((StoreError, psycopg.OperationalError)) as failure:
-            _daily(store, scenario)
+            STEP_FUNCTIONS[step](store, scenario)
         time_to_fail = time.monotonic() - stopped[0]
-        message = f"{type(failure.value).__name__}: {failure.value}"
-        assert PASSWORD not in message and PASSWORD not in repr(failure.value)
+        chain = _error_chain(failure.value)
+        assert PASSWORD not in chain and PASSWORD not in repr(failure.value)
         assert not isinstance(failure.value, DatabaseTimeoutError)  # a closed socket fails at once
         assert time_to_fail < 10, time_to_fail
         clear = ("server closed the connection", "terminating connection", "shutdown")
-        assert any(words in message for words in clear), message
+        assert any(words in chain for words in clear), chain
         for name, function in original.items():
             monkeypatch.setattr(store_profiles, name, function)
 
-        # While the server is down, a new write fails at connect, with the URL's password masked.
+        # While the server is down, a new task fails at connect, with the URL's password masked.
         with pytest.raises(StoreError, match="cannot connect") as down:
             Store(secret_url, "tf_crash")
-        assert PASSWORD not in str(down.value)
+        assert PASSWORD not in _error_chain(down.value)
 
         started = time.monotonic()
         _pg_ctl(pgdata, ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"])
         restarted = time.monotonic() - started
-        _daily(store, scenario)  # the retry, on the same Store (it reconnects)
-        time_to_recover = time.monotonic() - started
-        assert content_checksums(store.connection, "tf_crash") == clean[3]
+        # After crash recovery nothing of the interrupted write is there.
+        assert _checksums(url, "tf_crash") == clean[index]
+        started_retry = time.monotonic()
+        store.close()
+        # The retry is a new task, with its own Store. (A Store whose connection sat idle through the
+        # restart fails its next call once, then reconnects: psycopg learns of the closed socket then.)
+        store = Store(secret_url, "tf_crash")
+        for retried in STEPS[index:]:
+            STEP_FUNCTIONS[retried](store, scenario)
+        retried_s = time.monotonic() - started_retry
+        assert content_checksums(store.connection, "tf_crash") == clean[-1]
         print(
-            f"\nFAULT immediate shutdown mid daily write: failed {time_to_fail:.2f} s after the stop with"
-            f" {message[:200]!r}; restart (crash recovery) {restarted:.2f} s, restart + retry"
-            f" {time_to_recover:.2f} s"
+            f"\nFAULT immediate shutdown mid {step} write: failed {time_to_fail:.3f} s after the stop with"
+            f" {chain.splitlines()[0][:120]!r}; restart incl. crash recovery {restarted:.2f} s, retry"
+            f" {retried_s:.2f} s"
         )
     finally:
         store.close()
