@@ -2,15 +2,15 @@
 
 The scenario is the store's part of a daily and a weekly run, on files prepared once per module:
 ``ingest`` (``Store.ingest_file`` of a CSV in several chunks, with rejects), ``publish`` (the
-weekly promotion, ``Store.publish`` with a run key, as ``jobs.promote`` calls it) and ``daily``
-(``Store.write_profiles`` with ``require_selected_model``, as ``jobs.update_profiles`` does).
+weekly promotion itself, ``jobs.promote``: ``Store.publish`` under the candidate's run key) and
+``daily`` (``Store.write_profiles`` with ``require_selected_model``, as ``jobs.update_profiles``).
 
 * kill -9: the scenario runs in a child process (``python -c``) that SIGKILLs itself right after
   a chosen store internal returned, i.e. inside the open write transaction (mid-ingest between
   chunks, mid-profile-write between the history and the current rows, just before COMMIT), or
-  in the middle of a binary COPY (rows sent, trailer not). The
-  database must then hold exactly what a clean run of the steps before the killed one holds, and a
-  re-run of the whole scenario must give exactly the tables of a clean run.
+  in the middle of a binary COPY (rows sent, trailer not). The database must then hold exactly
+  what a clean run of the steps before the killed one holds, and a re-run of the whole scenario
+  must give exactly the tables of a clean run.
 * immediate shutdown: a private embedded server (never the shared one) is stopped with
   ``pg_ctl stop -m immediate`` in the middle of the weekly or the daily write; the write fails
   with a clear error that shows no password, after the restart (crash recovery) nothing of it is
