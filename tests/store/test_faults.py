@@ -532,3 +532,19 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
         )
     finally:
         store.close()
+
+
+def test_table_checksums_cover_every_table_of_the_schema(store: Store) -> None:
+    """``Store.table_checksums`` (the audits' "nothing changed") must see every table the
+    migrations create; ``content_checksums`` above reads them from the catalog for that reason."""
+    tables = {
+        row[0]
+        for row in store.connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_type = 'BASE TABLE'",
+            (store.schema,),
+        ).fetchall()
+    }
+    assert "trait_products" in tables
+    assert set(store.table_checksums()) == tables
+    assert set(store.table_counts()) == tables
