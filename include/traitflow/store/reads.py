@@ -35,6 +35,7 @@ TABLES: tuple[str, ...] = (
     "model_versions",
     "token_vectors",
     "trait_components",
+    "trait_products",
     "customer_profiles",
     "customer_profile_history",
     "run_reports",
