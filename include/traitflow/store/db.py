@@ -50,6 +50,14 @@ server is back. Each layer bounds a different failure:
   while COMMIT is in flight cannot tell whether it committed: every Traitflow write is idempotent,
   so the retry is safe either way).
 
+Lost connections
+----------------
+A connection the server closes during a call (shutdown, restart, a terminated backend) raises
+``DatabaseConnectionLostError`` from ``GuardedConnection.wait``, with the masked URL and the
+redacted driver message; the connection is closed and the ``Store``'s next call opens a new one.
+An idle connection the server closed between calls is replaced before use
+(``GuardedConnection.peer_hung_up``, a ``select`` on the socket, no round trip).
+
 Other facts worth knowing: the bundled server is PostgreSQL 16 (the docker-compose one is 15;
 the schema uses nothing newer than 14), databases are created with UTF8 encoding and trust
 auth for the ``postgres`` role.
@@ -344,7 +352,7 @@ def _given_keys(url: str) -> set[str]:
 
 def connect(
     url: str, schema: str, *, application_name: str = "traitflow", timeouts: Timeouts | None = None
-) -> psycopg.Connection:
+) -> GuardedConnection:
     """Open an autocommit connection with Traitflow's session settings.
 
     * ``search_path = <schema>, pg_temp``: SQL (and the migration files) name tables unqualified;
