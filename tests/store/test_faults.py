@@ -541,8 +541,12 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
 
 
 def _restart(pgdata: Path, url: str, mode: str) -> None:
-    socket_dir = parse_qs(urlsplit(url).query)["host"][0]
     _pg_ctl(pgdata, ["-m", mode, "stop"])
+    _restart_stopped(pgdata, url)
+
+
+def _restart_stopped(pgdata: Path, url: str) -> None:
+    socket_dir = parse_qs(urlsplit(url).query)["host"][0]
     _pg_ctl(pgdata, ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"])
 
 
@@ -580,6 +584,33 @@ def test_a_restart_inside_an_open_transaction_is_never_hidden_by_a_reconnect(
             # The open transaction is lost: the Store must not swap the connection under it.
             store.connection.execute("SELECT 1")
         assert store.run_reports("daily") == []  # the next call reconnects; nothing was committed
+    finally:
+        store.close()
+
+
+def test_a_connection_lost_at_commit_says_the_commit_is_uncertain_and_the_retry_succeeds(
+    private_server: tuple[str, Path], build_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from traitflow.store import reports as store_reports
+
+    url, pgdata = private_server
+    store = Store(url, "tf_commit")
+    try:
+        store.upgrade()
+        original = store_reports.write_run_report
+
+        def write_then_stop(*args, **kwargs):
+            original(*args, **kwargs)
+            _pg_ctl(pgdata, ["-m", "immediate", "stop"])  # the body is done: COMMIT comes next
+
+        monkeypatch.setattr(store_reports, "write_run_report", write_then_stop)
+        with pytest.raises(DatabaseConnectionLostError, match="during COMMIT") as failure:
+            store.write_run_report("daily", "at-commit", {"ok": True})
+        assert failure.value.during_commit and "may or may not have committed" in str(failure.value)
+        monkeypatch.setattr(store_reports, "write_run_report", original)
+        _restart_stopped(pgdata, url)
+        store.write_run_report("daily", "at-commit", {"ok": True})  # the retry, same Store
+        assert [r["run_key"] for r in store.run_reports("daily")] == ["at-commit"]
     finally:
         store.close()
 
