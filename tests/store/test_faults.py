@@ -50,7 +50,13 @@ from psycopg import sql
 
 from traitflow import jobs
 from traitflow.profiles import ProfileBatch
-from traitflow.store import DatabaseTimeoutError, Store, StoreError, embedded_url, stop_embedded
+from traitflow.store import (
+    DatabaseConnectionLostError,
+    Store,
+    StoreError,
+    embedded_url,
+    stop_embedded,
+)
 
 pytestmark = pytest.mark.fault
 
@@ -494,15 +500,18 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
 
         for name in original:
             monkeypatch.setattr(store_profiles, name, stop_server_after(name))
-        with pytest.raises((StoreError, psycopg.OperationalError)) as failure:
+        with pytest.raises(DatabaseConnectionLostError) as failure:
             STEP_FUNCTIONS[step](store, scenario)
         time_to_fail = time.monotonic() - stopped[0]
         chain = _error_chain(failure.value)
         assert PASSWORD not in chain and PASSWORD not in repr(failure.value)
-        assert not isinstance(failure.value, DatabaseTimeoutError)  # a closed socket fails at once
+        assert failure.value.__cause__ is None and failure.value.__suppress_context__  # raised from None
         assert time_to_fail < 10, time_to_fail
+        message = str(failure.value)
+        assert "connection to postgresql://fault_user:***@" in message and "was lost" in message, message
+        assert "not committed" in message and "Retry" in message and not failure.value.during_commit
         clear = ("server closed the connection", "terminating connection", "shutdown")
-        assert any(words in chain for words in clear), chain
+        assert any(words in message for words in clear), message
         for name, function in original.items():
             monkeypatch.setattr(store_profiles, name, function)
 
@@ -517,10 +526,7 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
         # After crash recovery nothing of the interrupted write is there.
         assert _checksums(url, "tf_crash") == clean[index]
         started_retry = time.monotonic()
-        store.close()
-        # The retry is a new task, with its own Store. (A Store whose connection sat idle through the
-        # restart fails its next call once, then reconnects: psycopg learns of the closed socket then.)
-        store = Store(secret_url, "tf_crash")
+        # The retry on the same Store: its lost connection was closed, the next call opens a new one.
         for retried in STEPS[index:]:
             STEP_FUNCTIONS[retried](store, scenario)
         retried_s = time.monotonic() - started_retry
@@ -532,6 +538,94 @@ def test_an_immediate_shutdown_mid_write_fails_clearly_and_the_retry_after_resta
         )
     finally:
         store.close()
+
+
+def _restart(pgdata: Path, url: str, mode: str) -> None:
+    _pg_ctl(pgdata, ["-m", mode, "stop"])
+    _restart_stopped(pgdata, url)
+
+
+def _restart_stopped(pgdata: Path, url: str) -> None:
+    socket_dir = parse_qs(urlsplit(url).query)["host"][0]
+    _pg_ctl(pgdata, ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"])
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_store_idle_across_a_server_restart_serves_its_next_calls_on_a_new_connection(
+    mode: str, private_server: tuple[str, Path], build_model
+) -> None:
+    url, pgdata = private_server
+    store = Store(url, "tf_idle")
+    try:
+        store.upgrade()
+        version = store.save_model(build_model())
+        store.promote(version)
+        before = store.connection.info.backend_pid
+        _restart(pgdata, url, mode)
+        assert store.active_model_version() == version  # no error: the hung-up connection was replaced
+        assert store.connection.info.backend_pid != before
+        store.write_run_report("daily", "after-restart", {"ok": True})  # a write works as well
+        assert [r["run_key"] for r in store.run_reports("daily")] == ["after-restart"]
+    finally:
+        store.close()
+
+
+def test_a_restart_inside_an_open_transaction_is_never_hidden_by_a_reconnect(
+    private_server: tuple[str, Path],
+) -> None:
+    url, pgdata = private_server
+    store = Store(url, "tf_intx")
+    try:
+        store.upgrade()
+        lost = pytest.raises(DatabaseConnectionLostError, match="not committed")
+        with lost, store.connection.transaction():
+            store.write_run_report("daily", "inside", {"ok": True})
+            _restart(pgdata, url, "fast")
+            # The open transaction is lost: the Store must not swap the connection under it.
+            store.connection.execute("SELECT 1")
+        assert store.run_reports("daily") == []  # the next call reconnects; nothing was committed
+    finally:
+        store.close()
+
+
+def test_a_connection_lost_at_commit_says_the_commit_is_uncertain_and_the_retry_succeeds(
+    private_server: tuple[str, Path], build_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from traitflow.store import reports as store_reports
+
+    url, pgdata = private_server
+    store = Store(url, "tf_commit")
+    try:
+        store.upgrade()
+        original = store_reports.write_run_report
+
+        def write_then_stop(*args, **kwargs):
+            original(*args, **kwargs)
+            _pg_ctl(pgdata, ["-m", "immediate", "stop"])  # the body is done: COMMIT comes next
+
+        monkeypatch.setattr(store_reports, "write_run_report", write_then_stop)
+        with pytest.raises(DatabaseConnectionLostError, match="during COMMIT") as failure:
+            store.write_run_report("daily", "at-commit", {"ok": True})
+        assert failure.value.during_commit and "may or may not have committed" in str(failure.value)
+        monkeypatch.setattr(store_reports, "write_run_report", original)
+        _restart_stopped(pgdata, url)
+        store.write_run_report("daily", "at-commit", {"ok": True})  # the retry, same Store
+        assert [r["run_key"] for r in store.run_reports("daily")] == ["at-commit"]
+    finally:
+        store.close()
+
+
+def test_the_connection_lost_message_says_what_happened_to_the_transaction() -> None:
+    target = "postgresql://u:***@db/prod"
+    plain = DatabaseConnectionLostError(target, "server closed the connection unexpectedly")
+    commit = DatabaseConnectionLostError(target, "server closed the connection", during_commit=True)
+    assert str(plain).startswith(
+        "the connection to postgresql://u:***@db/prod was lost (server closed the connection unexpectedly)"
+    )
+    assert "was not committed" in str(plain) and "may or may not" not in str(plain)
+    assert "during COMMIT" in str(commit) and "may or may not have committed" in str(commit)
+    assert "idempotent" in str(commit) and "Retry the call" in str(commit)
+    assert isinstance(commit, StoreError)
 
 
 def test_table_checksums_cover_every_table_of_the_schema(store: Store) -> None:

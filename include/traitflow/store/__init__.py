@@ -27,6 +27,7 @@ from .db import (
     validate_schema,
 )
 from .errors import (
+    DatabaseConnectionLostError,
     DatabaseTimeoutError,
     MigrationError,
     ModelStateError,
@@ -40,6 +41,7 @@ from .ingest import IngestReport
 from .profiles import WriteReport
 
 __all__ = [
+    "DatabaseConnectionLostError",
     "DatabaseTimeoutError",
     "IngestReport",
     "MigrationError",

@@ -33,10 +33,12 @@ from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
-from .db import Timeouts, connect, mask_url, resolve_url, validate_schema
-from .errors import SchemaNotReadyError
+from .db import GuardedConnection, Timeouts, connect, mask_url, resolve_url, validate_schema
+from .errors import DatabaseConnectionLostError, SchemaNotReadyError
 from .ingest import IngestReport, LoadResultLike
 from .profiles import WriteReport
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class Store:
@@ -61,7 +63,7 @@ class Store:
         self.schema = validate_schema(config.db_schema() if schema is None else schema)
         self.url = resolve_url(url)
         self.timeouts = timeouts
-        self._conn: psycopg.Connection = connect(self.url, self.schema, timeouts=timeouts)
+        self._conn: GuardedConnection = connect(self.url, self.schema, timeouts=timeouts)
         self._ready = False
 
     # ------------------------------------------------------------------ lifecycle / plumbing
@@ -87,7 +89,17 @@ class Store:
 
     def _live(self) -> psycopg.Connection:
         # Reconnect after a server restart or a dropped connection instead of failing forever.
-        if self._conn.closed or self._conn.broken:
+        # An idle connection (no transaction open, so nothing can be lost by replacing it) is also
+        # checked for a server that closed it meanwhile, e.g. a restart while the Store sat idle,
+        # so the first call after a restart does not fail. The check is a select()
+        # with timeout 0 on the socket (GuardedConnection.peer_hung_up), no round trip: a few
+        # microseconds per call, where a "SELECT 1" ping costs a round trip on every call and a
+        # ping after N idle seconds still misses a restart shorter than N. Retrying a failed first
+        # statement instead would need every call to know where its transaction starts.
+        conn = self._conn
+        # pgconn.transaction_status, not conn.info's: no object built per call.
+        if conn.closed or conn.broken or (conn.pgconn.transaction_status == _IDLE and conn.peer_hung_up()):
+            conn.close()
             self._conn = connect(self.url, self.schema, timeouts=self.timeouts)
         return self._conn
 
@@ -116,8 +128,15 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
         conn = self._ensure_ready()
-        with conn.transaction():
-            yield conn
+        committing = False
+        try:
+            with conn.transaction():
+                yield conn
+                committing = True  # the body is done: leaving the block sends COMMIT
+        except DatabaseConnectionLostError as exc:
+            if not committing:
+                raise
+            raise DatabaseConnectionLostError(exc.target, exc.reason, during_commit=True) from None
 
     # ---------------------------------------------------------------------------- ingestion
 

@@ -50,6 +50,14 @@ server is back. Each layer bounds a different failure:
   while COMMIT is in flight cannot tell whether it committed: every Traitflow write is idempotent,
   so the retry is safe either way).
 
+Lost connections
+----------------
+A connection the server closes during a call (shutdown, restart, a terminated backend) raises
+``DatabaseConnectionLostError`` from ``GuardedConnection.wait``, with the masked URL and the
+redacted driver message; the connection is closed and the ``Store``'s next call opens a new one.
+An idle connection the server closed between calls is replaced before use
+(``GuardedConnection.peer_hung_up``, a ``select`` on the socket, no round trip).
+
 Other facts worth knowing: the bundled server is PostgreSQL 16 (the docker-compose one is 15;
 the schema uses nothing newer than 14), databases are created with UTF8 encoding and trust
 auth for the ``postgres`` role.
@@ -58,6 +66,7 @@ auth for the ``postgres`` role.
 from __future__ import annotations
 
 import re
+import select
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +80,7 @@ from psycopg.conninfo import conninfo_to_dict
 from traitflow import config
 from traitflow.redaction import redact, secrets_of
 
-from .errors import DatabaseTimeoutError, StoreError
+from .errors import DatabaseConnectionLostError, DatabaseTimeoutError, StoreError
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _URL_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "postgresql+psycopg": "postgresql"}
@@ -281,12 +290,18 @@ class GuardedConnection(psycopg.Connection):
 
     client_timeout: float | None = None
     redacted_target: str = "the database"
+    redaction_secrets: tuple[str, ...] = ()
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         limit = timeout if timeout is not None else self.client_timeout
         try:
             return super().wait(gen, interval, limit)
         except psycopg.OperationalError as exc:
+            if self._lost(exc):
+                self.pgconn.finish()  # _live() of the Store sees it closed and reconnects
+                reason = redact(str(exc).strip(), self.redaction_secrets) or type(exc).__name__
+                # from None: a chained psycopg error may echo the DSN.
+                raise DatabaseConnectionLostError(self.redacted_target, reason) from None
             if limit is None or timeout is not None or type(exc).__name__ != "_WaitTimeout":
                 raise
             self.pgconn.finish()
@@ -295,6 +310,37 @@ class GuardedConnection(psycopg.Connection):
                 "the server is frozen, overloaded or unreachable; the connection was closed and the "
                 "transaction left uncommitted. Retry once the database answers again."
             ) from None
+
+
+    def _lost(self, exc: psycopg.OperationalError) -> bool:
+        """Whether ``exc`` means the session is gone (not a timeout, not a query's own error)."""
+        if type(exc).__name__ == "_WaitTimeout":
+            return False
+        shutdown = isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown)
+        return shutdown or self.pgconn.status != psycopg.pq.ConnStatus.OK
+
+    def peer_hung_up(self) -> bool:
+        """Whether the server closed this *idle* connection (a restart, an admin's terminate).
+
+        No round trip: a server that ends a session sends its FATAL message and closes the socket,
+        so an idle connection whose socket is readable has either such an end or a harmless
+        asynchronous message (a NOTICE, a parameter change) waiting. A ``select`` with timeout 0
+        tells; only then ``consume_input`` reads it. The first read usually takes the FATAL message
+        only, so the socket is read while it stays readable (a few times at most): end-of-file
+        turns the status BAD, a harmless message leaves the socket quiet. A peer host that vanished
+        without closing (no FIN) is not seen here: the keepalives and the client deadline bound it.
+        """
+        if self.closed or self.broken:
+            return True
+        try:
+            for _ in range(4):
+                readable, _, _ = select.select([self.pgconn.socket], [], [], 0)
+                if not readable or self.pgconn.status != psycopg.pq.ConnStatus.OK:
+                    break
+                self.pgconn.consume_input()
+        except (OSError, ValueError, psycopg.OperationalError):
+            return True
+        return self.pgconn.status != psycopg.pq.ConnStatus.OK
 
 
 def _given_keys(url: str) -> set[str]:
@@ -306,7 +352,7 @@ def _given_keys(url: str) -> set[str]:
 
 def connect(
     url: str, schema: str, *, application_name: str = "traitflow", timeouts: Timeouts | None = None
-) -> psycopg.Connection:
+) -> GuardedConnection:
     """Open an autocommit connection with Traitflow's session settings.
 
     * ``search_path = <schema>, pg_temp``: SQL (and the migration files) name tables unqualified;
@@ -334,6 +380,7 @@ def connect(
         # from None: the psycopg message may echo the DSN, and a chained cause is printed in full.
         raise StoreError(f"cannot connect to {target}: {redact(str(exc).strip(), secrets)}") from None
     conn.redacted_target = target
+    conn.redaction_secrets = tuple(secrets)
     conn.client_timeout = timeouts.client_deadline_s
     try:
         encoding = conn.execute("SHOW server_encoding").fetchone()

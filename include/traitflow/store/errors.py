@@ -36,6 +36,31 @@ class DatabaseTimeoutError(StoreError):
     """
 
 
+class DatabaseConnectionLostError(StoreError):
+    """The connection to the server was lost during a call (server shut down or restarted, socket
+    closed); the connection is closed and the next call of the ``Store`` opens a new one.
+
+    The open transaction was rolled back by the server, unless the loss hit during COMMIT: then it
+    may or may not have committed. A retry is safe either way (Traitflow's writes are idempotent).
+    ``target`` is the masked URL and ``reason`` the redacted driver message: no password in either.
+    """
+
+    def __init__(self, target: str, reason: str, *, during_commit: bool = False) -> None:
+        outcome = (
+            "The connection was lost during COMMIT: the transaction may or may not have committed;"
+            " Traitflow's writes are idempotent, so a retry is safe either way."
+            if during_commit
+            else "The transaction was not committed (the server rolls it back); a retry is safe."
+        )
+        super().__init__(
+            f"the connection to {target} was lost ({reason}): the server shut down, restarted or"
+            f" closed the connection. {outcome} Retry the call: it opens a new connection."
+        )
+        self.target = target
+        self.reason = reason
+        self.during_commit = during_commit
+
+
 class StaleModelError(ModelStateError):
     """A profile batch was computed with a model that is no longer the one selected for its date.
 
