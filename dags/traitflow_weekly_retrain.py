@@ -15,6 +15,7 @@ from traitflow_common import (
     collect_results,
     current_run,
     explain_test_before_start,
+    fail_fast,
     pipeline_params,
     record_decision,
     start_date,
@@ -109,6 +110,7 @@ run covers the last complete week before its trigger time.
 )
 def traitflow_weekly_retrain() -> None:
     @task(execution_timeout=LONG)
+    @fail_fast
     def build_corpus() -> dict:
         from traitflow import jobs
 
@@ -118,6 +120,7 @@ def traitflow_weekly_retrain() -> None:
         )
 
     @task.branch
+    @fail_fast
     def check_new_vocab(corpus_info: dict) -> str:
         from traitflow import jobs
 
@@ -128,11 +131,13 @@ def traitflow_weekly_retrain() -> None:
         return record_decision("train_candidate" if retrain else "skip_retrain", reason=reason)
 
     @task
+    @fail_fast
     def skip_retrain() -> dict:
         # Nothing to do: the report records the reason from check_new_vocab's decision.
         return {"retrained": False}
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def train_candidate(corpus_info: dict) -> dict:
         from traitflow import jobs
 
@@ -148,6 +153,7 @@ def traitflow_weekly_retrain() -> None:
         )
 
     @task.branch
+    @fail_fast
     def quality_gate(candidate_info: dict) -> str:
         from traitflow import jobs
 
@@ -156,18 +162,21 @@ def traitflow_weekly_retrain() -> None:
         return record_decision("measure_drift" if gate["passed"] else "reject_candidate", **gate)
 
     @task
+    @fail_fast
     def reject_candidate(candidate_info: dict, gate_result: dict) -> dict:
         from traitflow import jobs
 
         return jobs.reject_candidate(current_run(WEEK).database_url, candidate_info, gate_result)
 
     @task
+    @fail_fast
     def measure_drift(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         return jobs.measure_drift(current_run(WEEK).database_url, candidate_info)
 
     @task.branch
+    @fail_fast
     def check_drift(drift_info: dict) -> str:
         from traitflow import jobs
 
@@ -176,6 +185,7 @@ def traitflow_weekly_retrain() -> None:
         return record_decision("refit_traits" if refit else "keep_traits", reason=reason)
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def refit_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
@@ -183,12 +193,14 @@ def traitflow_weekly_retrain() -> None:
         return jobs.refit_traits(run.database_url, candidate_info, run.config)
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def keep_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         return jobs.keep_traits(current_run(WEEK).database_url, candidate_info)
 
     @task(trigger_rule=JOIN, execution_timeout=LONG)
+    @fail_fast
     def recompute_profiles() -> dict:
         from traitflow import jobs
 
@@ -200,6 +212,7 @@ def traitflow_weekly_retrain() -> None:
         return {"candidate_info": candidate_info, "profiles_info": profiles_info}
 
     @task(outlets=[MODEL_ASSET])
+    @fail_fast
     def promote(recomputed: dict) -> dict:
         from airflow.sdk import get_current_context
 
@@ -213,6 +226,7 @@ def traitflow_weekly_retrain() -> None:
         return result
 
     @task(trigger_rule=JOIN)
+    @fail_fast
     def report() -> dict:
         from traitflow import jobs
 

@@ -327,6 +327,9 @@ def build_corpus(
     reads (``train_candidate`` when tuning, ``_fit_candidate``, ``recompute_profiles``) pass it
     on, so the whole run sees the events committed when it started. The new-vocabulary ratio
     counts the tokens of the sessions written to the corpus only (what a model can learn).
+
+    A window without events is a result, not an error: ``n_events`` 0 and ``empty_reason``, no
+    corpus paths, so ``should_retrain`` skips with that reason.
     """
     config = _config(params)
     end = _utc(trained_through)
@@ -337,7 +340,16 @@ def build_corpus(
         active_version = store.model_version_for(end)
         active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
     if events.empty:
-        raise ValueError(f"no events in the training window [{_iso(start)}, {_iso(end)})")
+        # A data condition, not a fault: no retry can add events, so the run takes the skip
+        # branch (``should_retrain``) with this reason instead of failing.
+        return {
+            "window_start": _iso(start),
+            "trained_through": _iso(end),
+            "n_events": 0,
+            "empty_reason": f"no events in the training window [{_iso(start)}, {_iso(end)})",
+            "active_version": active_version,
+            "event_snapshot": snapshot,
+        }
     corpus = _build_corpus(
         events,
         config.sessions,
@@ -368,6 +380,10 @@ def build_corpus(
 
 
 def should_retrain(corpus_info: Mapping[str, Any], force_retrain: bool, threshold: float) -> tuple[bool, str]:
+    """(retrain?, why). An empty window (``build_corpus``'s ``empty_reason``) never retrains,
+    even when forced: there is nothing to train on."""
+    if corpus_info.get("empty_reason"):
+        return False, f"skip: {corpus_info['empty_reason']}"
     if force_retrain:
         return True, "force_retrain requested"
     if corpus_info.get("active_version") is None:
