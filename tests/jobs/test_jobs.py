@@ -395,3 +395,26 @@ def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypat
     store: Store = env["store"]
     rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
     assert rows == [(end, second)]
+
+
+def test_an_empty_training_window_is_a_skip_with_the_reason_not_an_error(env):
+    from traitflow.chains import run_weekly_chain
+
+    end = START + 7 * DAY  # nothing ingested yet
+    corpus = jobs.build_corpus(env["url"], end, str(env["work"] / "empty"), PARAMS)
+    assert corpus["n_events"] == 0
+    assert corpus["empty_reason"] == (
+        "no events in the training window [2026-02-06T00:00:00+00:00, 2026-03-08T00:00:00+00:00)"
+    )
+    assert "corpus_path" not in corpus
+    assert jobs.should_retrain(corpus, True, 0.05) == (False, f"skip: {corpus['empty_reason']}")
+
+    decisions = []
+    outcome = run_weekly_chain(
+        env["url"], end, env["work"] / "chain", PARAMS, True, run_id="empty", on_decision=decisions.append
+    )
+    assert outcome.status == "skipped" and outcome.model_version is None
+    assert [(d.step, d.branch) for d in decisions] == [("check_new_vocab", "skip_retrain")]
+    (stored,) = env["store"].run_reports("weekly")
+    assert stored["report"]["check_new_vocab"]["reason"] == f"skip: {corpus['empty_reason']}"
+    assert env["store"].model_versions().empty
