@@ -45,10 +45,16 @@ build_corpus -> check_new_vocab
 * **quality_gate** rejects a candidate that scores worse than the active model by more than
   `quality_margin` on held-out sessions (chosen by session identity: the same sessions are held
   out every week, so the active model was not trained on them either).
+* **reject_candidate** stores the candidate (traits fitted) as a `rejected` model version with
+  the gate's result in its metrics, so `traitflow models` shows what the gate refused.
 * **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
   refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
 * **promote** switches the active model atomically and emits the asset `traitflow://models/active`,
   which triggers `traitflow_refresh_on_promotion`.
+* An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with
+  an `empty_reason`, check_new_vocab skips with it (even when forced) and the report stores it.
+* Data and configuration errors (ConfigError, EventsFileError, ThinDataError) fail a task at
+  once (`fail_fast`); other errors (database, network) keep the retries.
 * **report** is written on every path (skip, reject, promote); a failed task fails the run instead
   of being hidden behind an `all_done` report.
 
@@ -161,7 +167,7 @@ def traitflow_weekly_retrain() -> None:
         gate = jobs.quality_gate(run.database_url, candidate_info, run.config)
         return record_decision("measure_drift" if gate["passed"] else "reject_candidate", **gate)
 
-    @task
+    @task(execution_timeout=LONG)  # fits the candidate's traits to store it as a rejected version
     @fail_fast
     def reject_candidate(candidate_info: dict, gate_result: dict) -> dict:
         from traitflow import jobs

@@ -432,7 +432,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     elif outcome.status == "skipped":
         print(f"result: skipped, no retrain needed -- {active} stays active (--force retrains anyway)")
     else:
-        print(f"result: candidate rejected by the quality gate -- {active} stays active")
+        rejected = outcome.report.get("reject_candidate", {}).get("model_version")
+        stored = f" (stored as rejected model version {rejected})" if rejected else ""
+        print(f"result: candidate rejected by the quality gate{stored} -- {active} stays active")
     print(f"report stored: traitflow reports --kind weekly (run {outcome.run_id})")
     return 0
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import PipelineConfig, confine, input_root, mapping_root
+from traitflow.config import PipelineConfig, ThinDataError, confine, input_root, mapping_root
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
@@ -514,8 +514,28 @@ def quality_gate(
 def reject_candidate(
     database_url: str | None, candidate_info: Mapping[str, Any], gate_result: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Record why the candidate is not promoted (the active model stays as it is)."""
-    return {"promoted": False, "reason": gate_result.get("reason", "quality gate failed")}
+    """Store the candidate as a ``rejected`` model version with its gate result; the active model
+    stays as it is.
+
+    The candidate has token vectors only, so its traits are fitted (fresh NMF, as ``refit_traits``)
+    to make it a complete, inspectable version; ``metrics["quality_gate"]`` holds the gate result.
+    Idempotent: the run key is a fingerprint of the candidate's token file, so a retried task
+    returns the version the first attempt stored. Data too thin for the trait fit leaves no row
+    (``model_version`` None, ``not_saved`` says why): the gate's decision stands either way.
+    """
+    reason = str(gate_result.get("reason", "quality gate failed"))
+    result: dict[str, Any] = {"promoted": False, "reason": reason}
+    try:
+        fitted = _fit_candidate(database_url, candidate_info, None, refit=True)
+    except ThinDataError as error:
+        return {**result, "model_version": None, "not_saved": str(error)}
+    model = TraitflowModel.load(fitted["model_dir"])
+    model.metrics["quality_gate"] = {key: value for key, value in gate_result.items() if key != "branch"}
+    digest = hashlib.sha256(Path(candidate_info["tokens_path"]).read_bytes()).hexdigest()
+    key = f"rejected-sha256:{digest}"
+    with _open(database_url) as store:
+        version = store.record_rejected(model, reason, run_key=key)
+    return {**result, "model_version": version, "run_key": key}
 
 
 def measure_drift(database_url: str | None, candidate_info: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from traitflow import jobs, schema
 from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.profiles import ProfileBatch
-from traitflow.store import Store
+from traitflow.store import ModelStateError, Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -123,8 +123,19 @@ def test_a_first_model_that_does_not_beat_popularity_is_not_promoted(env):
     gate = jobs.quality_gate(env["url"], candidate, PARAMS)
     assert not gate["passed"] and gate["baseline"] == "popularity", gate
     assert gate["upper"] < 0 and "not clearly better than popularity" in gate["reason"]
-    assert jobs.reject_candidate(env["url"], candidate, gate) == {"promoted": False, "reason": gate["reason"]}
+    rejected = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
+    assert rejected["promoted"] is False and rejected["reason"] == gate["reason"]
     assert env["store"].active_model_version() is None
+    # The candidate is kept as a rejected version with the gate's result, once even when retried.
+    again = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
+    assert again["model_version"] == rejected["model_version"] == 1
+    versions = env["store"].model_versions()
+    assert len(versions) == 1
+    row = versions.iloc[0]
+    assert row["status"] == "rejected" and row["status_reason"] == gate["reason"]
+    assert row["metrics"]["quality_gate"] == gate
+    with pytest.raises(ModelStateError, match="rejected"):
+        env["store"].promote(1)
 
 
 def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
