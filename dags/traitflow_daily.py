@@ -10,6 +10,7 @@ from traitflow_common import (
     current_run,
     env_input_dir,
     explain_test_before_start,
+    fail_fast,
     pipeline_params,
     start_date,
 )
@@ -89,6 +90,7 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
 )
 def traitflow_daily() -> None:
     @task
+    @fail_fast
     def ingest() -> dict:
         from traitflow import jobs
 
@@ -104,6 +106,7 @@ def traitflow_daily() -> None:
         )
 
     @task
+    @fail_fast
     def select_customers() -> dict:
         from traitflow import jobs
 
@@ -113,6 +116,7 @@ def traitflow_daily() -> None:
         )
 
     @task
+    @fail_fast
     def update_profiles(selection: dict) -> dict:
         from traitflow import jobs
 
@@ -127,6 +131,7 @@ def traitflow_daily() -> None:
         )
 
     @task
+    @fail_fast
     def monitor(update_result: dict) -> dict:
         from traitflow import jobs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from traitflow_common import DEFAULT_ARGS, MODEL_ASSET, TAGS, current_run, start_date
+from traitflow_common import DEFAULT_ARGS, MODEL_ASSET, TAGS, current_run, fail_fast, start_date
 
 DOC_MD = """
 ### Traitflow refresh on promotion
@@ -27,6 +27,7 @@ active model so consumers never mix trait spaces. Can also be triggered by hand.
 )
 def traitflow_refresh_on_promotion() -> None:
     @task
+    @fail_fast
     def refresh_profiles() -> dict:
         from traitflow import jobs
 

@@ -15,6 +15,7 @@ from traitflow_common import (
     collect_results,
     current_run,
     explain_test_before_start,
+    fail_fast,
     pipeline_params,
     record_decision,
     start_date,
@@ -44,10 +45,16 @@ build_corpus -> check_new_vocab
 * **quality_gate** rejects a candidate that scores worse than the active model by more than
   `quality_margin` on held-out sessions (chosen by session identity: the same sessions are held
   out every week, so the active model was not trained on them either).
+* **reject_candidate** stores the candidate (traits fitted) as a `rejected` model version with
+  the gate's result in its metrics, so `traitflow models` shows what the gate refused.
 * **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
   refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
 * **promote** switches the active model atomically and emits the asset `traitflow://models/active`,
   which triggers `traitflow_refresh_on_promotion`.
+* An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with
+  an `empty_reason`, check_new_vocab skips with it (even when forced) and the report stores it.
+* Data and configuration errors (ConfigError, EventsFileError, ThinDataError) fail a task at
+  once (`fail_fast`); other errors (database, network) keep the retries.
 * **report** is written on every path (skip, reject, promote); a failed task fails the run instead
   of being hidden behind an `all_done` report.
 
@@ -109,6 +116,7 @@ run covers the last complete week before its trigger time.
 )
 def traitflow_weekly_retrain() -> None:
     @task(execution_timeout=LONG)
+    @fail_fast
     def build_corpus() -> dict:
         from traitflow import jobs
 
@@ -118,6 +126,7 @@ def traitflow_weekly_retrain() -> None:
         )
 
     @task.branch
+    @fail_fast
     def check_new_vocab(corpus_info: dict) -> str:
         from traitflow import jobs
 
@@ -128,11 +137,13 @@ def traitflow_weekly_retrain() -> None:
         return record_decision("train_candidate" if retrain else "skip_retrain", reason=reason)
 
     @task
+    @fail_fast
     def skip_retrain() -> dict:
         # Nothing to do: the report records the reason from check_new_vocab's decision.
         return {"retrained": False}
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def train_candidate(corpus_info: dict) -> dict:
         from traitflow import jobs
 
@@ -148,6 +159,7 @@ def traitflow_weekly_retrain() -> None:
         )
 
     @task.branch
+    @fail_fast
     def quality_gate(candidate_info: dict) -> str:
         from traitflow import jobs
 
@@ -155,19 +167,22 @@ def traitflow_weekly_retrain() -> None:
         gate = jobs.quality_gate(run.database_url, candidate_info, run.config)
         return record_decision("measure_drift" if gate["passed"] else "reject_candidate", **gate)
 
-    @task
+    @task(execution_timeout=LONG)  # fits the candidate's traits to store it as a rejected version
+    @fail_fast
     def reject_candidate(candidate_info: dict, gate_result: dict) -> dict:
         from traitflow import jobs
 
         return jobs.reject_candidate(current_run(WEEK).database_url, candidate_info, gate_result)
 
     @task
+    @fail_fast
     def measure_drift(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         return jobs.measure_drift(current_run(WEEK).database_url, candidate_info)
 
     @task.branch
+    @fail_fast
     def check_drift(drift_info: dict) -> str:
         from traitflow import jobs
 
@@ -176,6 +191,7 @@ def traitflow_weekly_retrain() -> None:
         return record_decision("refit_traits" if refit else "keep_traits", reason=reason)
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def refit_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
@@ -183,12 +199,14 @@ def traitflow_weekly_retrain() -> None:
         return jobs.refit_traits(run.database_url, candidate_info, run.config)
 
     @task(execution_timeout=LONG)
+    @fail_fast
     def keep_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
 
         return jobs.keep_traits(current_run(WEEK).database_url, candidate_info)
 
     @task(trigger_rule=JOIN, execution_timeout=LONG)
+    @fail_fast
     def recompute_profiles() -> dict:
         from traitflow import jobs
 
@@ -200,6 +218,7 @@ def traitflow_weekly_retrain() -> None:
         return {"candidate_info": candidate_info, "profiles_info": profiles_info}
 
     @task(outlets=[MODEL_ASSET])
+    @fail_fast
     def promote(recomputed: dict) -> dict:
         from airflow.sdk import get_current_context
 
@@ -213,6 +232,7 @@ def traitflow_weekly_retrain() -> None:
         return result
 
     @task(trigger_rule=JOIN)
+    @fail_fast
     def report() -> dict:
         from traitflow import jobs
 

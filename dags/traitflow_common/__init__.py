@@ -13,12 +13,14 @@ dag-processor from parsing this folder as DAG files.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.sdk import Asset, Param
 
@@ -332,6 +334,38 @@ def current_run(period: timedelta = timedelta(days=1)) -> RunInfo:
         end=end,
         params=dict(context["params"]),
     )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def non_retryable() -> tuple[type[BaseException], ...]:
+    """Exceptions no retry can fix: bad configuration, a bad events file (mostly-rejected ones
+    included) and data too thin for the fit. Imported on failure only (``traitflow.events``
+    pulls in pandas)."""
+    from traitflow.config import ConfigError, ThinDataError
+    from traitflow.events import EventsFileError
+
+    return (ConfigError, EventsFileError, ThinDataError)
+
+
+def fail_fast(func: F) -> F:
+    """Task-function decorator (under ``@task``): a data or configuration error fails the task at
+    once (``AirflowFailException``: no retries), while anything else (database, network) keeps
+    the task's retries with backoff."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as error:
+            if isinstance(error, non_retryable()):
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def record_decision(branch: str, **details: Any) -> str:

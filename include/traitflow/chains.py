@@ -141,7 +141,8 @@ def run_weekly_chain(
     corpus -> new-vocabulary check -> (skip | candidate -> quality gate -> (reject | aligned drift
     -> refit or keep -> profiles -> promotion)) -> report. ``params`` are flat
     ``PipelineConfig`` keys (thresholds included); ``on_decision`` is called at each branch as
-    it is taken. Raises what the jobs raise (e.g. no events in the window, too few customers).
+    it is taken. A window without events skips (``jobs.should_retrain``) and is reported; raises
+    what the jobs raise otherwise (e.g. too few customers: ``ThinDataError``).
     """
     started = time.perf_counter()
     work_dir = str(work_dir)

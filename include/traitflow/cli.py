@@ -427,10 +427,14 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             f"result: promoted model version {outcome.model_version} "
             f"({outcome.n_profiles} profiles as of {as_of.isoformat()}) in {outcome.seconds:.1f}s"
         )
+    elif outcome.status == "skipped" and outcome.report.get("build_corpus", {}).get("empty_reason"):
+        print(f"result: skipped, {outcome.report['build_corpus']['empty_reason']} -- {active} stays active")
     elif outcome.status == "skipped":
         print(f"result: skipped, no retrain needed -- {active} stays active (--force retrains anyway)")
     else:
-        print(f"result: candidate rejected by the quality gate -- {active} stays active")
+        rejected = outcome.report.get("reject_candidate", {}).get("model_version")
+        stored = f" (stored as rejected model version {rejected})" if rejected else ""
+        print(f"result: candidate rejected by the quality gate{stored} -- {active} stays active")
     print(f"report stored: traitflow reports --kind weekly (run {outcome.run_id})")
     return 0
 

@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range."""
 
 
+class ThinDataError(ValueError):
+    """The data is too thin for the requested fit (e.g. fewer customers than traits): retrying
+    the same data cannot succeed, so schedulers should fail at once instead of retrying."""
+
+
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if (allow_zero and value < 0) or (not allow_zero and value <= 0):
         bound = ">= 0" if allow_zero else "> 0"

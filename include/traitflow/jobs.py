@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import PipelineConfig, confine, input_root, mapping_root
+from traitflow.config import PipelineConfig, ThinDataError, confine, input_root, mapping_root
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
@@ -327,6 +327,9 @@ def build_corpus(
     reads (``train_candidate`` when tuning, ``_fit_candidate``, ``recompute_profiles``) pass it
     on, so the whole run sees the events committed when it started. The new-vocabulary ratio
     counts the tokens of the sessions written to the corpus only (what a model can learn).
+
+    A window without events is a result, not an error: ``n_events`` 0 and ``empty_reason``, no
+    corpus paths, so ``should_retrain`` skips with that reason.
     """
     config = _config(params)
     end = _utc(trained_through)
@@ -337,7 +340,16 @@ def build_corpus(
         active_version = store.model_version_for(end)
         active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
     if events.empty:
-        raise ValueError(f"no events in the training window [{_iso(start)}, {_iso(end)})")
+        # A data condition, not a fault: no retry can add events, so the run takes the skip
+        # branch (``should_retrain``) with this reason instead of failing.
+        return {
+            "window_start": _iso(start),
+            "trained_through": _iso(end),
+            "n_events": 0,
+            "empty_reason": f"no events in the training window [{_iso(start)}, {_iso(end)})",
+            "active_version": active_version,
+            "event_snapshot": snapshot,
+        }
     corpus = _build_corpus(
         events,
         config.sessions,
@@ -368,6 +380,10 @@ def build_corpus(
 
 
 def should_retrain(corpus_info: Mapping[str, Any], force_retrain: bool, threshold: float) -> tuple[bool, str]:
+    """(retrain?, why). An empty window (``build_corpus``'s ``empty_reason``) never retrains,
+    even when forced: there is nothing to train on."""
+    if corpus_info.get("empty_reason"):
+        return False, f"skip: {corpus_info['empty_reason']}"
     if force_retrain:
         return True, "force_retrain requested"
     if corpus_info.get("active_version") is None:
@@ -498,8 +514,28 @@ def quality_gate(
 def reject_candidate(
     database_url: str | None, candidate_info: Mapping[str, Any], gate_result: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Record why the candidate is not promoted (the active model stays as it is)."""
-    return {"promoted": False, "reason": gate_result.get("reason", "quality gate failed")}
+    """Store the candidate as a ``rejected`` model version with its gate result; the active model
+    stays as it is.
+
+    The candidate has token vectors only, so its traits are fitted (fresh NMF, as ``refit_traits``)
+    to make it a complete, inspectable version; ``metrics["quality_gate"]`` holds the gate result.
+    Idempotent: the run key is a fingerprint of the candidate's token file, so a retried task
+    returns the version the first attempt stored. Data too thin for the trait fit leaves no row
+    (``model_version`` None, ``not_saved`` says why): the gate's decision stands either way.
+    """
+    reason = str(gate_result.get("reason", "quality gate failed"))
+    result: dict[str, Any] = {"promoted": False, "reason": reason}
+    try:
+        fitted = _fit_candidate(database_url, candidate_info, None, refit=True)
+    except ThinDataError as error:
+        return {**result, "model_version": None, "not_saved": str(error)}
+    model = TraitflowModel.load(fitted["model_dir"])
+    model.metrics["quality_gate"] = {key: value for key, value in gate_result.items() if key != "branch"}
+    digest = hashlib.sha256(Path(candidate_info["tokens_path"]).read_bytes()).hexdigest()
+    key = f"rejected-sha256:{digest}"
+    with _open(database_url) as store:
+        version = store.record_rejected(model, reason, run_key=key)
+    return {**result, "model_version": version, "run_key": key}
 
 
 def measure_drift(database_url: str | None, candidate_info: Mapping[str, Any]) -> dict[str, Any]:

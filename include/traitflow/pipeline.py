@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from traitflow.aggregate import customer_embeddings
-from traitflow.config import ConfigError, PipelineConfig, SessionParams, check_trait_count
+from traitflow.config import ConfigError, PipelineConfig, SessionParams, ThinDataError, check_trait_count
 from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profiles import COLD_START_NONE, ProfileBatch
@@ -105,7 +105,7 @@ def build_corpus(
         sessionized.loc[in_holdout, ["session", "token"]].to_parquet(holdout_path, index=False)
         sessionized = sessionized[~in_holdout]
         if sessionized.empty:
-            raise ValueError("every session was held out: too few sessions for a training corpus")
+            raise ThinDataError("every session was held out: too few sessions for a training corpus")
     vocabulary, codes = build_vocabulary(sessionized)
     corpus_path = work_dir / "corpus.txt"
     stats = write_corpus(sessionized, codes, corpus_path, params)

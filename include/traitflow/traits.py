@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.linalg import solve_triangular
 from scipy.optimize import linear_sum_assignment, nnls
 
-from traitflow.config import TraitParams
+from traitflow.config import ThinDataError, TraitParams
 from traitflow.model import TokenTable, TraitModel
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def fit_traits(
     """
     n, d = customer_vectors.shape
     if n < params.n_traits:
-        raise ValueError(f"need at least n_traits={params.n_traits} customers to fit traits, got {n}")
+        raise ThinDataError(f"need at least n_traits={params.n_traits} customers to fit traits, got {n}")
     if previous_components is not None and previous_components.shape != (params.n_traits, 2 * d):
         raise ValueError(
             f"previous_components must have shape ({params.n_traits}, {2 * d}), "

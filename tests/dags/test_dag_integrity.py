@@ -61,7 +61,10 @@ BRANCHES = {
     }
 }
 # Tasks that train or read the whole training window get the training timeout.
-LONG_TASKS = {"build_corpus", "train_candidate", "refit_traits", "keep_traits", "recompute_profiles"}
+# reject_candidate fits the candidate's traits to store it as a rejected version.
+LONG_TASKS = {
+    "build_corpus", "train_candidate", "reject_candidate", "refit_traits", "keep_traits", "recompute_profiles"
+}
 HEAVY_MODULES = ("numpy", "pandas", "gensim", "sklearn", "scipy", "pyarrow", "psycopg", "pgserver")
 
 

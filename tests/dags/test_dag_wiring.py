@@ -28,9 +28,17 @@ CONN = "postgresql://tf:pw@db.example:5432/traitflow"
 class FakeJobs(types.ModuleType):
     """Stand-in for ``traitflow.jobs`` with the agreed signatures; records calls by name."""
 
-    def __init__(self, retrain: bool = True, passed: bool = True, refit: bool = True) -> None:
+    def __init__(
+        self,
+        retrain: bool = True,
+        passed: bool = True,
+        refit: bool = True,
+        empty: bool = False,
+        corpus_error: Exception | None = None,
+    ) -> None:
         super().__init__("traitflow.jobs")
-        self.retrain, self.passed, self.refit = retrain, passed, refit
+        self.retrain, self.passed, self.refit, self.empty = retrain, passed, refit, empty
+        self.corpus_error = corpus_error
         self.calls: dict[str, dict[str, Any]] = {}
 
     def _record(self, name: str, args: dict[str, Any]) -> None:
@@ -60,6 +68,10 @@ class FakeJobs(types.ModuleType):
     # weekly
     def build_corpus(self, database_url, trained_through, work_dir, params) -> dict:
         self._record("build_corpus", dict(locals()))
+        if self.corpus_error is not None:
+            raise self.corpus_error
+        if self.empty:
+            return {"n_events": 0, "empty_reason": "no events in the training window", "active_version": 1}
         return {
             "corpus_path": f"{work_dir}/corpus.txt",
             "tokens_path": "t",
@@ -69,6 +81,8 @@ class FakeJobs(types.ModuleType):
 
     def should_retrain(self, corpus_info, force_retrain, threshold) -> tuple[bool, str]:
         self._record("should_retrain", dict(locals()))
+        if corpus_info.get("empty_reason"):
+            return False, f"skip: {corpus_info['empty_reason']}"
         return (
             self.retrain or force_retrain,
             "new vocab 20% > 5%" if self.retrain else "new vocab below threshold",
@@ -342,3 +356,38 @@ def test_dags_test_before_the_start_date_says_why_nothing_runs(
     assert "logical date 2017-12-10 is before the DAG's start date 2026-01-01" in message
     assert "TRAITFLOW_START_DATE=2017-12-10" in message and "airflow backfill create" in message
     assert explain("traitflow_weekly_retrain", start, argv) is None  # said once per process
+
+
+def test_weekly_empty_window_takes_the_skip_branch_with_the_reason(run_dag: Any, fake_jobs: Any) -> None:
+    fake = fake_jobs(empty=True)
+    result = run_dag(
+        "traitflow_weekly_retrain", D, conf={"force_retrain": True}, env={"AIRFLOW_CONN_TRAITFLOW_DB": CONN}
+    )
+    assert result.state == "success"
+    assert result.ran() == ALWAYS | {"skip_retrain"}
+    decision = fake.calls["weekly_report"]["results"]["check_new_vocab"]
+    assert decision == {"branch": "skip_retrain", "reason": "skip: no events in the training window"}
+
+
+def test_a_config_error_fails_the_task_at_once_without_retries(
+    run_dag: Any, fake_jobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from traitflow.config import ConfigError
+
+    fake_jobs(corpus_error=ConfigError("k must be > 0, got 0"))
+    result = run_dag(
+        "traitflow_weekly_retrain", D, env={"AIRFLOW_CONN_TRAITFLOW_DB": CONN}, retries=None
+    )  # the DAG's own retries (3 with backoff): a retry would show as try_number > 1
+    assert result.state == "failed"
+    assert result["build_corpus"] == "failed"
+    with create_session() as session:
+        tries = session.execute(
+            select(TaskInstance.try_number).where(
+                TaskInstance.run_id == result.run_id, TaskInstance.task_id == "build_corpus"
+            )
+        ).scalar_one()
+    assert tries == 1

@@ -170,3 +170,26 @@ def test_daily_backfill_in_order_and_reverse_gives_identical_rows(
     ):
         rows = store.connection.execute(query).fetchall()
         assert rows and rows == reverse.connection.execute(query).fetchall(), query
+
+
+def test_a_weekly_run_on_an_empty_window_is_green_and_reports_why(pipeline, store: Store):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    _, weekly, _ = pipeline
+    result = weekly(START + 7 * DAY, force_retrain=True)  # nothing ingested: even forced, nothing to train
+    assert taken(result) == {"skip_retrain"}
+    assert result["build_corpus"] == "success" and result["report"] == "success"
+    with create_session() as session:
+        tries = session.execute(
+            select(TaskInstance.task_id, TaskInstance.try_number).where(TaskInstance.run_id == result.run_id)
+        ).all()
+    tries = dict(tries)
+    assert tries["build_corpus"] == tries["check_new_vocab"] == tries["report"] == 1
+    assert max(tries.values()) == 1  # no task was retried
+    (report,) = store.run_reports("weekly", limit=10)
+    reason = report["report"]["check_new_vocab"]["reason"]
+    assert reason.startswith("skip: no events in the training window [2026-03-01T00:00:00+00:00"), reason
+    assert report["report"]["build_corpus"]["n_events"] == 0
+    assert store.model_versions().empty

@@ -14,7 +14,7 @@ from traitflow import jobs, schema
 from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.profiles import ProfileBatch
-from traitflow.store import Store
+from traitflow.store import ModelStateError, Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -123,8 +123,19 @@ def test_a_first_model_that_does_not_beat_popularity_is_not_promoted(env):
     gate = jobs.quality_gate(env["url"], candidate, PARAMS)
     assert not gate["passed"] and gate["baseline"] == "popularity", gate
     assert gate["upper"] < 0 and "not clearly better than popularity" in gate["reason"]
-    assert jobs.reject_candidate(env["url"], candidate, gate) == {"promoted": False, "reason": gate["reason"]}
+    rejected = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
+    assert rejected["promoted"] is False and rejected["reason"] == gate["reason"]
     assert env["store"].active_model_version() is None
+    # The candidate is kept as a rejected version with the gate's result, once even when retried.
+    again = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
+    assert again["model_version"] == rejected["model_version"] == 1
+    versions = env["store"].model_versions()
+    assert len(versions) == 1
+    row = versions.iloc[0]
+    assert row["status"] == "rejected" and row["status_reason"] == gate["reason"]
+    assert row["metrics"]["quality_gate"] == gate
+    with pytest.raises(ModelStateError, match="rejected"):
+        env["store"].promote(1)
 
 
 def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
@@ -395,3 +406,26 @@ def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypat
     store: Store = env["store"]
     rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
     assert rows == [(end, second)]
+
+
+def test_an_empty_training_window_is_a_skip_with_the_reason_not_an_error(env):
+    from traitflow.chains import run_weekly_chain
+
+    end = START + 7 * DAY  # nothing ingested yet
+    corpus = jobs.build_corpus(env["url"], end, str(env["work"] / "empty"), PARAMS)
+    assert corpus["n_events"] == 0
+    assert corpus["empty_reason"] == (
+        "no events in the training window [2026-02-06T00:00:00+00:00, 2026-03-08T00:00:00+00:00)"
+    )
+    assert "corpus_path" not in corpus
+    assert jobs.should_retrain(corpus, True, 0.05) == (False, f"skip: {corpus['empty_reason']}")
+
+    decisions = []
+    outcome = run_weekly_chain(
+        env["url"], end, env["work"] / "chain", PARAMS, True, run_id="empty", on_decision=decisions.append
+    )
+    assert outcome.status == "skipped" and outcome.model_version is None
+    assert [(d.step, d.branch) for d in decisions] == [("check_new_vocab", "skip_retrain")]
+    (stored,) = env["store"].run_reports("weekly")
+    assert stored["report"]["check_new_vocab"]["reason"] == f"skip: {corpus['empty_reason']}"
+    assert env["store"].model_versions().empty

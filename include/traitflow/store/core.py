@@ -322,6 +322,28 @@ class Store:
         model.version = version
         return version
 
+    def record_rejected(self, model: TraitflowModel, reason: str, *, run_key: str | None = None) -> int:
+        """Save ``model`` as a version with status ``rejected`` and ``reason``, in one transaction.
+
+        For a candidate that failed the quality gate: its row (metrics included) shows that the
+        gate worked, and ``promote`` refuses it. ``run_key`` makes the call idempotent like
+        ``publish``: a version already stored under that key is returned and nothing is written.
+        Sets ``model.version``; returns the version.
+        """
+        with self._transaction() as conn:
+            if run_key is not None:
+                _models._lock_lifecycle(conn)  # a concurrent call with the same key waits, then finds it
+                existing = _models.published_version(conn, run_key)
+                if existing is not None:
+                    model.version = existing
+                    return existing
+            version = _models.save_model(conn, model)
+            if run_key is not None:
+                _models.set_run_key(conn, version, run_key)
+            _models.reject_model(conn, version, reason)
+        model.version = version
+        return version
+
     def reject_model(self, version: int, reason: str) -> None:
         """Mark a staging model as rejected (e.g. failed the quality gate), with the reason."""
         with self._transaction() as conn:
