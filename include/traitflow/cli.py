@@ -487,7 +487,7 @@ def _print_stale(database_url: str | None, since: datetime, as_of: datetime) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from traitflow.store.cli import add_commands, add_reject_share_flag
+    from traitflow.store.cli import add_commands, add_reject_share_flag, database_flags
 
     parser = argparse.ArgumentParser(prog="traitflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -588,15 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(tune)
     tune.set_defaults(func=cmd_tune)
 
-    db_flags = argparse.ArgumentParser(add_help=False)
-    db_flags.add_argument(
-        "--database-url",
-        default=None,
-        help="PostgreSQL URL (default: $TRAITFLOW_DATABASE_URL, else the embedded server in the data dir)",
-    )
-    db_flags.add_argument(
-        "--schema", default=None, help="PostgreSQL schema (default: $TRAITFLOW_DB_SCHEMA or traitflow)"
-    )
+    db_flags = database_flags()
     retrain = sub.add_parser(
         "retrain",
         parents=[db_flags],

@@ -146,15 +146,23 @@ def compare_hit_rates(
     current, following = next_item_pairs(sessions, session_tokens, max_pairs=max_pairs)
     candidate_hits = next_item_hits(candidate, current, following, top_n=top_n).astype(np.float64)
     active_hits = next_item_hits(active, current, following, top_n=top_n).astype(np.float64)
-    difference = candidate_hits - active_hits
-    n = len(difference)
+    mean, standard_error, n = _paired_difference(candidate_hits, active_hits)
     return {
         "candidate_hit_rate": float(candidate_hits.mean()),
         "active_hit_rate": float(active_hits.mean()),
-        "difference": float(difference.mean()),
-        "standard_error": float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf"),
+        "difference": mean,
+        "standard_error": standard_error,
         "n_pairs": n,
     }
+
+
+def _paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, float, int]:
+    """Mean of the per-pair differences ``first - second``, its standard error, and the number of
+    pairs (float 0/1 hits, shape (n_pairs,)); one pair or none has an infinite standard error."""
+    difference = first - second
+    n = len(difference)
+    standard_error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    return float(difference.mean()), standard_error, n
 
 
 def popularity_hits(
@@ -212,10 +220,7 @@ def compare_with_popularity(
     baseline_hits = popularity_hits(
         training_counts, candidate.tokens, current, following, top_n=top_n
     ).astype(np.float64)
-    difference = candidate_hits - baseline_hits
-    n = len(difference)
-    standard_error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    mean = float(difference.mean())
+    mean, standard_error, n = _paired_difference(candidate_hits, baseline_hits)
     return {
         "candidate_hit_rate": float(candidate_hits.mean()),
         "popularity_hit_rate": float(baseline_hits.mean()),

@@ -11,38 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from traitflow.cli import main
 from traitflow.store import Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
 SPEC = SyntheticSpec(n_customers=300, n_products=150, n_categories=12, n_segments=4, n_events=12_000, days=20)
 MODEL_FLAGS = ("--k", "6", "--vector-size", "16", "--epochs", "3", "--workers", "1")
 
-
-@pytest.fixture
-def cli(
-    store: Store,
-    store_schema: str,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> Callable[..., tuple[int, str, str]]:
-    """``traitflow <args>`` in-process against the test schema (retrain/update read it from
-    TRAITFLOW_DB_SCHEMA, as the jobs do), with the data dir under tmp_path."""
-    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
-    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", database_url)
-    monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # the store commands exit 1 with their message on stderr
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from traitflow.cli import main
 from traitflow.events import ONLINE_RETAIL_NON_PRODUCT, read_events
 from traitflow.store import Store
 
@@ -55,30 +54,6 @@ def test_loader_counts_on_the_real_file() -> None:
     assert not names["product_name"].str.strip().str.lower().isin(["manual", "postage", "discount"]).any()
     assert set(names["product_id"]) <= set(products)
 
-
-@pytest.fixture
-def cli(
-    store: Store,
-    store_schema: str,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> Callable[..., tuple[int, str, str]]:
-    """``traitflow <args>`` in-process against the test's fresh schema."""
-    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
-    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", database_url)
-    monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _scalar(store: Store, query: str, *params: object) -> object:

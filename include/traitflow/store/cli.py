@@ -292,6 +292,20 @@ def add_reject_share_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def database_flags() -> argparse.ArgumentParser:
+    """A parent parser with ``--database-url`` and ``--schema``, for every command that opens a Store."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL (default: $TRAITFLOW_DATABASE_URL, else the embedded server in the data dir)",
+    )
+    flags.add_argument(
+        "--schema", default=None, help="PostgreSQL schema (default: $TRAITFLOW_DB_SCHEMA or traitflow)"
+    )
+    return flags
+
+
 COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "reports")
 
 
@@ -315,15 +329,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     def name(command: str) -> str:
         return names.get(command, command)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--database-url",
-        default=None,
-        help="PostgreSQL URL (default: $TRAITFLOW_DATABASE_URL, else the embedded server in the data dir)",
-    )
-    common.add_argument(
-        "--schema", default=None, help="PostgreSQL schema (default: $TRAITFLOW_DB_SCHEMA or traitflow)"
-    )
+    common = database_flags()
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
