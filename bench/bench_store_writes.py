@@ -43,7 +43,7 @@ import numpy as np
 
 from traitflow.config import PipelineConfig, TraitParams
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
-from traitflow.profiles import COLD_START_VALUES, ProfileBatch
+from traitflow.profile_batch import COLD_START_VALUES, ProfileBatch
 from traitflow.store import Store, copybin, mask_url
 from traitflow.store import profiles as store_profiles
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from traitflow import schema as ev_schema
+from traitflow import event_schema
 from traitflow.store import Store
 
 INGEST_CHUNK_ROWS = 1_000_000
@@ -48,7 +48,7 @@ class _Loaded:
     """The minimal loader result ``Store.ingest_events`` takes (validated canonical events)."""
 
     events: pd.DataFrame
-    rejects: pd.DataFrame = field(default_factory=ev_schema.empty_rejects)
+    rejects: pd.DataFrame = field(default_factory=event_schema.empty_rejects)
 
 
 # The seed's table: one row per customer with its profile and embedding, written row by row.

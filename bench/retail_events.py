@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitflow.schema import as_canonical
+from traitflow.event_schema import as_canonical
 
 RETAIL_PATH = Path(__file__).resolve().parents[1] / "examples" / "data" / "online_retail_ii_2009_2010.parquet"
 NON_PRODUCT_CODES = (

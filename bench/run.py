@@ -70,7 +70,7 @@ from traitflow.item2vec import fallback_vectors
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.online import CustomerProfiler
 from traitflow.pipeline import Corpus, build_corpus, profile_customers, train_tokens
-from traitflow.profiles import COLD_START_NONE, ProfileBatch
+from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.traits import fit_traits, label_traits, project, project_one
 
 log = logging.getLogger("traitflow.bench")

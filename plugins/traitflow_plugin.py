@@ -498,7 +498,7 @@ def _labels(store: Any, versions: list[int]) -> dict[int, dict[int, str]]:
 # ---------------------------------------------------------------------------------- app
 
 Limit = Annotated[int, Query(ge=1, le=MAX_TOP_N, description=f"how many (1..{MAX_TOP_N})")]
-# traitflow.profiles.MIN_EVIDENCE_EVENTS, repeated here because this module imports no traitflow
+# traitflow.profile_batch.MIN_EVIDENCE_EVENTS, repeated here because this module imports no traitflow
 # code at top level (import cost, see the module docstring); a test checks that they agree.
 DEFAULT_MIN_EVENTS = 3
 MinEvents = Annotated[

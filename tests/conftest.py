@@ -35,7 +35,7 @@ from psycopg import sql
 
 from traitflow.config import PipelineConfig, TraitParams
 from traitflow.model import TokenTable, TraitflowModel, TraitModel, TraitProducts
-from traitflow.profiles import COLD_START_VALUES, ProfileBatch
+from traitflow.profile_batch import COLD_START_VALUES, ProfileBatch
 from traitflow.store import Store, embedded_url, normalize_url, stop_embedded
 
 

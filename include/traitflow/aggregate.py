@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from traitflow.config import AggregationParams, SessionParams
 from traitflow.item2vec import SOURCE_ZERO, FallbackVectors, fallback_vectors, lookup
 from traitflow.model import TokenTable
-from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
+from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
 from traitflow.sessions import arrow_strings, factorize_sorted, tokenize_arrow
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
@@ -33,7 +33,7 @@ class CustomerEmbeddings:
     customer_ids : ndarray of object (str), shape (n,), sorted
     vectors : ndarray of float32, shape (n, d); rows with ``has_vector`` False are zeros
     n_events : ndarray of int64, shape (n,)
-    cold_start : ndarray of object (str), shape (n,) -- see ``traitflow.profiles``
+    cold_start : ndarray of object (str), shape (n,) -- see ``traitflow.profile_batch``
     has_vector : ndarray of bool, shape (n,) -- False when no event had any usable vector
     stats : dict -- lookup source counts and OOV rate
     n_known_tokens : ndarray of int64, shape (n,) -- events whose token is in the vocabulary

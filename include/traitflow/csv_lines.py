@@ -41,7 +41,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from traitflow import schema
+from traitflow import event_schema
 
 MAX_LINE_BYTES = 1 << 20  # a valid event row is a few KiB at most (ids <= 256, texts <= 1024 chars)
 RAW_PREFIX_BYTES = 64 << 10
@@ -260,10 +260,10 @@ class _Scan:
         has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == _CR)
         content_ends = ends - has_cr
         reasons = np.full(n, "", dtype=object)
-        reasons[self._wrong_field_count(starts, content_ends)] = schema.REASON_MALFORMED_ROW
-        reasons[self._undecodable(starts, ends)] = schema.REASON_INVALID_ENCODING
+        reasons[self._wrong_field_count(starts, content_ends)] = event_schema.REASON_MALFORMED_ROW
+        reasons[self._undecodable(starts, ends)] = event_schema.REASON_INVALID_ENCODING
         oversized = ends - starts > MAX_LINE_BYTES
-        reasons[oversized] = schema.REASON_OVERSIZED_LINE
+        reasons[oversized] = event_schema.REASON_OVERSIZED_LINE
         if self.by_lines:
             frame, reasons = self._parse_lines(names, starts, content_ends, reasons)
         else:
@@ -349,7 +349,7 @@ class _Scan:
             if len(fields) == len(names):
                 rows.append(fields)
             else:
-                reasons[i] = schema.REASON_MALFORMED_ROW
+                reasons[i] = event_schema.REASON_MALFORMED_ROW
         frame = pd.DataFrame(rows, columns=names, dtype="str") if rows else None
         if frame is None:
             frame = pd.DataFrame({name: pd.Series([], dtype="str") for name in names})

@@ -62,13 +62,13 @@ import scipy.sparse as sp
 from traitflow.aggregate import event_weights
 from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
 from traitflow.config import PipelineConfig
+from traitflow.event_schema import ACTIONS
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.product_eval import mixture_metrics, product_ranking
-from traitflow.profiles import COLD_START_NO_HISTORY, COLD_START_NONE
+from traitflow.profile_batch import COLD_START_NO_HISTORY, COLD_START_NONE
 from traitflow.quality import next_item_pairs, profile_coherence
 from traitflow.ranking import cooccurrence_matrix as ranking_cooccurrence
 from traitflow.ranking import item_matrix, per_customer_metrics
-from traitflow.schema import ACTIONS
 from traitflow.sessions import sessionize
 
 log = logging.getLogger(__name__)
@@ -641,11 +641,11 @@ def stability_report(
     customers without new events, trait by trait id.
 
     The window ends ``extension`` of the post-split span after ``split_at``; the new tokens are
-    aligned to ``model``'s (``triggers.align_tokens``) and the traits refitted with
+    aligned to ``model``'s (``alignment.align_tokens``) and the traits refitted with
     ``fit_model(previous=model)``, as the weekly retrain does.
     """
+    from traitflow.alignment import align_tokens
     from traitflow.pipeline import build_corpus, events_before, fit_model, profile_customers, train_tokens
-    from traitflow.triggers import align_tokens
 
     times = events["event_time"]
     start = pd.Timestamp(split_at)

@@ -1,7 +1,7 @@
 """Event loaders: read CSV/Parquet exports, map their columns to the canonical schema, validate.
 
 Every row read ends up in exactly one of two frames (``LoadResult``): the canonical events frame
-(``schema.CANONICAL_COLUMNS``) or the rejects frame (``schema.REJECT_COLUMNS``) with a reason.
+(``event_schema.CANONICAL_COLUMNS``) or the rejects frame (``event_schema.REJECT_COLUMNS``) with a reason.
 Files are read with every field as a string, so validation sees exactly what the file holds.
 
 A row with several problems gets the first reason in ``REASON_PRECEDENCE``: missing required
@@ -9,7 +9,7 @@ fields first, then fields that cannot be stored safely (control characters, over
 values that do not parse or make no sense, and duplicates last, because a row is only called a
 duplicate of an earlier row that is itself valid.
 
-Duplicates (``schema.duplicate_masks``): a valid row whose natural key (customer, time, action,
+Duplicates (``event_schema.duplicate_masks``): a valid row whose natural key (customer, time, action,
 product) equals an earlier valid row's is rejected; ``exact_duplicate`` when category, price and
 session id are equal too, ``conflicting_duplicate`` when one of them differs. The first row of a
 key is kept, across the chunks of a file as well. The store drops neither: its natural key is the
@@ -30,7 +30,7 @@ frame keeps exactly the canonical columns.
 
 Reading (``traitflow.csv_lines``): a CSV line that cannot become a row of fields (wrong field
 count, broken quoting, bytes that are not UTF-8, longer than ``csv_lines.MAX_LINE_BYTES``) is a
-reject with a line-level reason (``schema.LINE_REJECT_REASONS``), and the rest of the file loads.
+reject with a line-level reason (``event_schema.LINE_REJECT_REASONS``), and the rest of the file loads.
 ``row_number`` counts data records from 1 in both frames: a header row is not counted, so with a
 header data line 1 is file line 2 (without quoted line breaks, row_number = file line - 1; in a
 headerless file row_number = file line); for Parquet it is the 1-based row index. A header-level
@@ -65,28 +65,28 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from traitflow import csv_lines, schema
+from traitflow import csv_lines, event_schema
 from traitflow.config import ConfigError
 
 T = TypeVar("T")
 
 REASON_PRECEDENCE: tuple[str, ...] = (
-    schema.REASON_MISSING_CUSTOMER,
-    schema.REASON_MISSING_PRODUCT,
-    schema.REASON_MISSING_TIME,
-    schema.REASON_CONTROL_CHARS,
-    schema.REASON_OVERSIZED,
-    schema.REASON_BAD_TIME,
-    schema.REASON_TIME_RANGE,
-    schema.REASON_UNKNOWN_ACTION,
-    schema.REASON_BAD_PRICE,
-    schema.REASON_BAD_QUANTITY,
+    event_schema.REASON_MISSING_CUSTOMER,
+    event_schema.REASON_MISSING_PRODUCT,
+    event_schema.REASON_MISSING_TIME,
+    event_schema.REASON_CONTROL_CHARS,
+    event_schema.REASON_OVERSIZED,
+    event_schema.REASON_BAD_TIME,
+    event_schema.REASON_TIME_RANGE,
+    event_schema.REASON_UNKNOWN_ACTION,
+    event_schema.REASON_BAD_PRICE,
+    event_schema.REASON_BAD_QUANTITY,
     # Order lines that are no purchase of a product; a cancelled postage line is "non_product".
-    schema.REASON_NON_PRODUCT,
-    schema.REASON_CANCELLATION,
-    schema.REASON_NON_POSITIVE_QUANTITY,
-    schema.REASON_DUPLICATE,
-    schema.REASON_CONFLICTING_DUPLICATE,
+    event_schema.REASON_NON_PRODUCT,
+    event_schema.REASON_CANCELLATION,
+    event_schema.REASON_NON_POSITIVE_QUANTITY,
+    event_schema.REASON_DUPLICATE,
+    event_schema.REASON_CONFLICTING_DUPLICATE,
 )
 TIME_FORMATS: tuple[str, ...] = ("iso", "unix_s", "unix_ms")
 MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
@@ -144,7 +144,7 @@ class CancellationRule:
     """Order lines on an invoice whose id starts with ``invoice_prefix`` are cancellations.
 
     Cancellations are rejected with reason ``cancellation`` rather than turned into events: the
-    action vocabulary (``schema.ACTIONS``) has no "return", and adding one would change every
+    action vocabulary (``event_schema.ACTIONS``) has no "return", and adding one would change every
     model's tokens; a cancellation line also does not say which purchase it undoes. They stay
     countable and queryable in the rejects. ``invoice_column`` may list alternatives.
     """
@@ -261,15 +261,15 @@ class ColumnMapping:
         where = f"column mapping {self.name!r}"
         if not isinstance(self.columns, Mapping):
             raise ConfigError(f"{where}: columns must be a mapping canonical name -> source column")
-        known = schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
+        known = event_schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
         unknown = sorted(set(self.columns) - set(known))
         if unknown:
             raise ConfigError(f"{where}: unknown canonical columns {unknown}; known: {known}")
-        if self.default_action is not None and self.default_action not in schema.ACTIONS:
+        if self.default_action is not None and self.default_action not in event_schema.ACTIONS:
             raise ConfigError(
-                f"{where}: default_action {self.default_action!r} is not one of {schema.ACTIONS}"
+                f"{where}: default_action {self.default_action!r} is not one of {event_schema.ACTIONS}"
             )
-        required = [c for c in schema.REQUIRED_COLUMNS if c != "action" or self.default_action is None]
+        required = [c for c in event_schema.REQUIRED_COLUMNS if c != "action" or self.default_action is None]
         missing = [c for c in required if c not in self.columns]
         if missing:
             raise ConfigError(f"{where}: required columns {missing} are not mapped")
@@ -347,9 +347,11 @@ class ColumnMapping:
             key = str(value).strip().lower()
             if not key:
                 raise ConfigError(f"{where}: action synonym keys must be non-blank")
-            if action not in schema.ACTIONS:
-                raise ConfigError(f"{where}: synonym {value!r} -> {action!r}: not one of {schema.ACTIONS}")
-            if key in schema.ACTIONS and action != key:
+            if action not in event_schema.ACTIONS:
+                raise ConfigError(
+                    f"{where}: synonym {value!r} -> {action!r}: not one of {event_schema.ACTIONS}"
+                )
+            if key in event_schema.ACTIONS and action != key:
                 raise ConfigError(f"{where}: synonym {value!r} cannot remap canonical action {key!r}")
             if out.get(key, action) != action:
                 raise ConfigError(f"{where}: synonym {value!r} maps to both {out[key]!r} and {action!r}")
@@ -358,7 +360,7 @@ class ColumnMapping:
 
     def _sources(self) -> list[ColumnSource]:
         """Every mapped source (a name or alternatives): canonical, auxiliary, fallback, invoice."""
-        order = schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
+        order = event_schema.CANONICAL_COLUMNS + AUXILIARY_COLUMNS
         wanted: list[ColumnSource] = [self.columns[c] for c in order if c in self.columns]
         if self.category_fallback_column is not None:
             wanted.append(self.category_fallback_column)
@@ -398,9 +400,7 @@ class ColumnMapping:
         cancellation = self.cancellation
         if cancellation is not None:
             cancellation = replace(cancellation, invoice_column=pick(cancellation.invoice_column))
-        return replace(
-            self, columns={c: pick(s) for c, s in self.columns.items()}, cancellation=cancellation
-        )
+        return replace(self, columns={c: pick(s) for c, s in self.columns.items()}, cancellation=cancellation)
 
     def column(self, canonical: str) -> str:
         """The single source name of a mapped column (after ``resolve`` when it has alternatives)."""
@@ -417,15 +417,27 @@ class ColumnMapping:
 # token 0.001 (PADS), gift vouchers and test codes. DCGS... codes are real (dotcom shop) products.
 ONLINE_RETAIL_NON_PRODUCT = NonProductRule(
     codes=(
-        "POST", "DOT", "C2", "C3", "M", "m", "D", "S", "B", "CRUK", "PADS", "GIFT",
-        "BANK CHARGES", "AMAZONFEE",
+        "POST",
+        "DOT",
+        "C2",
+        "C3",
+        "M",
+        "m",
+        "D",
+        "S",
+        "B",
+        "CRUK",
+        "PADS",
+        "GIFT",
+        "BANK CHARGES",
+        "AMAZONFEE",
     ),
     patterns=(r"ADJUST\d*", r"TEST\d+", r"gift_\d+_\d+"),
 )
 
 
 PRESETS: dict[str, ColumnMapping] = {
-    "canonical": ColumnMapping(name="canonical", columns={c: c for c in schema.CANONICAL_COLUMNS}),
+    "canonical": ColumnMapping(name="canonical", columns={c: c for c in event_schema.CANONICAL_COLUMNS}),
     # Kaggle "eCommerce behavior data from multi category store"; category_code is often blank.
     "rees46": ColumnMapping(
         name="rees46",
@@ -538,23 +550,23 @@ def load_mapping(path_or_name: str) -> ColumnMapping:
 
 @dataclass
 class LoadResult:
-    """Canonical ``events`` (schema.CANONICAL_COLUMNS) and ``rejects`` (schema.REJECT_COLUMNS).
+    """Canonical ``events`` (event_schema.CANONICAL_COLUMNS) and ``rejects`` (event_schema.REJECT_COLUMNS).
 
-    ``products`` (schema.PRODUCT_NAME_COLUMNS) counts the product names carried by the events'
+    ``products`` (event_schema.PRODUCT_NAME_COLUMNS) counts the product names carried by the events'
     rows when the mapping has a ``product_name`` column (else it is empty); ``product_names()``
     picks one name per product. ``event_row_numbers`` holds each event's row number.
     """
 
     events: pd.DataFrame
     rejects: pd.DataFrame
-    products: pd.DataFrame = field(default_factory=schema.empty_product_names)
+    products: pd.DataFrame = field(default_factory=event_schema.empty_product_names)
     # Source row number of each event (int64, aligned with ``events``), so that the store can
     # record an event conflicting with a stored one as a reject of its row; None if unknown.
     event_row_numbers: np.ndarray | None = None
 
     def product_names(self) -> pd.DataFrame:
         """(product_id, product_name): each product's most frequent name (ties: smallest name)."""
-        return schema.most_frequent_names(self.products)
+        return event_schema.most_frequent_names(self.products)
 
     @property
     def n_read(self) -> int:
@@ -572,7 +584,7 @@ class _RejectTally:
 
     def add(self, n_read: int, rejects: pd.DataFrame) -> None:
         self.n_read += n_read
-        counted = rejects[rejects["reason"] != schema.REASON_DUPLICATE]
+        counted = rejects[rejects["reason"] != event_schema.REASON_DUPLICATE]
         for reason, rows in counted.groupby("reason", sort=False)["row_number"]:
             self.counts[reason] = self.counts.get(reason, 0) + len(rows)
             kept = self.examples.setdefault(reason, [])
@@ -633,11 +645,11 @@ def read_events(
         )
     )
     if not parts:
-        return LoadResult(schema.empty_events(), schema.empty_rejects())
+        return LoadResult(event_schema.empty_events(), event_schema.empty_rejects())
     return LoadResult(
         events=pd.concat([p.events for p in parts], ignore_index=True),
         rejects=pd.concat([p.rejects for p in parts], ignore_index=True),
-        products=schema.merge_name_counts([p.products for p in parts]),
+        products=event_schema.merge_name_counts([p.products for p in parts]),
         event_row_numbers=np.concatenate([p.event_row_numbers for p in parts]),
     )
 
@@ -705,7 +717,7 @@ def _validated(
         )
         if len(chunk.rejects):
             lines = chunk.rejects.assign(source=pd.Series([source] * len(chunk.rejects), dtype="str"))
-            rejects = pd.concat([rejects, lines[list(schema.REJECT_COLUMNS)]], ignore_index=True)
+            rejects = pd.concat([rejects, lines[list(event_schema.REJECT_COLUMNS)]], ignore_index=True)
             rejects = rejects.sort_values("row_number", kind="stable", ignore_index=True)
         tally.add(chunk.n_records, rejects)
         numbers = chunk.row_numbers[result.event_row_numbers]
@@ -840,14 +852,14 @@ def _parse_times(text: pd.Series, time_format: str) -> tuple[pd.Series, pd.Serie
         parsed = times.notna()
         in_range = parsed & (times >= MIN_EVENT_TIME) & (times <= latest)
         times = times.where(in_range)
-    return times.astype(schema.TIME_DTYPE), ~blank & ~parsed, parsed & ~in_range
+    return times.astype(event_schema.TIME_DTYPE), ~blank & ~parsed, parsed & ~in_range
 
 
 @dataclass(frozen=True)
 class _SeenHashes:
     """64-bit hashes of the events kept from earlier chunks of a file, each array sorted.
 
-    ``rows``: of whole canonical rows; ``keys``: of their natural keys (``schema.NATURAL_KEY``).
+    ``rows``: of whole canonical rows; ``keys``: of their natural keys (``event_schema.NATURAL_KEY``).
     """
 
     rows: np.ndarray
@@ -866,7 +878,7 @@ class _SeenHashes:
         else conflicting; the rows kept now are added.
         """
         rows = pd.util.hash_pandas_object(events, index=False).to_numpy()
-        keys = pd.util.hash_pandas_object(events[list(schema.NATURAL_KEY)], index=False).to_numpy()
+        keys = pd.util.hash_pandas_object(events[list(event_schema.NATURAL_KEY)], index=False).to_numpy()
         earlier = _in_sorted(keys, self.keys)
         same_row = _in_sorted(rows, self.rows)
         exact = np.where(earlier, same_row, exact)
@@ -906,22 +918,22 @@ def _validate(
 
     ids, texts = (customer, product), (category, session)
     checks = {
-        schema.REASON_MISSING_CUSTOMER: customer == "",
-        schema.REASON_MISSING_PRODUCT: product == "",
-        schema.REASON_MISSING_TIME: when == "",
-        schema.REASON_CONTROL_CHARS: reduce(
+        event_schema.REASON_MISSING_CUSTOMER: customer == "",
+        event_schema.REASON_MISSING_PRODUCT: product == "",
+        event_schema.REASON_MISSING_TIME: when == "",
+        event_schema.REASON_CONTROL_CHARS: reduce(
             operator.or_, (s.str.contains(_CONTROL_CHARS, regex=True, na=False) for s in ids + texts)
         ),
         # str.len() of a missing value is NaN, and NaN > n is False: missing is never oversized.
-        schema.REASON_OVERSIZED: reduce(
+        event_schema.REASON_OVERSIZED: reduce(
             operator.or_,
-            [s.str.len() > schema.MAX_ID_LENGTH for s in ids]
-            + [s.str.len() > schema.MAX_TEXT_LENGTH for s in texts],
+            [s.str.len() > event_schema.MAX_ID_LENGTH for s in ids]
+            + [s.str.len() > event_schema.MAX_TEXT_LENGTH for s in texts],
         ),
-        schema.REASON_BAD_TIME: bad_time,
-        schema.REASON_TIME_RANGE: time_out_of_range,
-        schema.REASON_UNKNOWN_ACTION: action.isna(),
-        schema.REASON_BAD_PRICE: bad_price,
+        event_schema.REASON_BAD_TIME: bad_time,
+        event_schema.REASON_TIME_RANGE: time_out_of_range,
+        event_schema.REASON_UNKNOWN_ACTION: action.isna(),
+        event_schema.REASON_BAD_PRICE: bad_price,
         **_order_line_checks(raw, mapping, product),
     }
     # Index into REASON_PRECEDENCE per row, -1 = valid; earlier reasons win.
@@ -941,13 +953,13 @@ def _validate(
             "session_id": session[valid],
         }
     ).reset_index(drop=True)
-    exact, conflicting = schema.duplicate_masks(events)
+    exact, conflicting = event_schema.duplicate_masks(events)
     if seen is not None:
         exact, conflicting, seen = seen.classify(events, exact, conflicting)
     duplicate = exact | conflicting
     valid_at = np.flatnonzero(valid)
-    codes[valid_at[exact]] = REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
-    codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(schema.REASON_CONFLICTING_DUPLICATE)
+    codes[valid_at[exact]] = REASON_PRECEDENCE.index(event_schema.REASON_DUPLICATE)
+    codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(event_schema.REASON_CONFLICTING_DUPLICATE)
     events = events[~duplicate].reset_index(drop=True)
     event_row_numbers = (first_row_number + valid_at[~duplicate]).astype(np.int64)
     products = _name_counts(events["product_id"], _product_names(raw, mapping)[valid].to_numpy()[~duplicate])
@@ -1024,24 +1036,24 @@ def _actions(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
     text = raw[mapping.column("action")].str.strip().str.lower()
     if mapping.default_action is not None:
         text = text.mask(text == "", mapping.default_action)
-    return text.map({a: a for a in schema.ACTIONS} | dict(mapping.action_synonyms))
+    return text.map({a: a for a in event_schema.ACTIONS} | dict(mapping.action_synonyms))
 
 
 def _order_line_checks(raw: pd.DataFrame, mapping: ColumnMapping, product: pd.Series) -> dict[str, pd.Series]:
     """Reject masks of the order-line options (quantity, cancellation, non_product) that are set."""
     checks: dict[str, pd.Series] = {}
     if mapping.non_product is not None:
-        checks[schema.REASON_NON_PRODUCT] = mapping.non_product.matches(product)
+        checks[event_schema.REASON_NON_PRODUCT] = mapping.non_product.matches(product)
     cancelled = pd.Series(False, index=raw.index)
     if mapping.cancellation is not None:
         cancelled = mapping.cancellation.matches(raw[mapping.cancellation.invoice_column])
-        checks[schema.REASON_CANCELLATION] = cancelled
+        checks[event_schema.REASON_CANCELLATION] = cancelled
     if "quantity" in mapping.columns:
         text = raw[mapping.column("quantity")].str.strip()
         quantity = pd.to_numeric(text.mask(text == ""), errors="coerce").astype("float64")
-        checks[schema.REASON_BAD_QUANTITY] = (text != "") & ~np.isfinite(quantity)
+        checks[event_schema.REASON_BAD_QUANTITY] = (text != "") & ~np.isfinite(quantity)
         # NaN <= 0 is False: a blank quantity is no stock correction.
-        checks[schema.REASON_NON_POSITIVE_QUANTITY] = (quantity <= 0) & ~cancelled
+        checks[event_schema.REASON_NON_POSITIVE_QUANTITY] = (quantity <= 0) & ~cancelled
     return checks
 
 
@@ -1053,7 +1065,7 @@ def _product_names(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
     if "product_name" not in mapping.columns:
         return pd.Series(np.nan, index=raw.index, dtype="str")
     names = raw[mapping.column("product_name")].str.strip()
-    unusable = (names == "") | (names.str.len() > schema.MAX_TEXT_LENGTH)
+    unusable = (names == "") | (names.str.len() > event_schema.MAX_TEXT_LENGTH)
     return names.mask(unusable | names.str.contains(_CONTROL_CHARS, regex=True))
 
 
@@ -1064,7 +1076,7 @@ def _name_counts(product_ids: pd.Series, names: np.ndarray) -> pd.DataFrame:
     )
     pairs = pairs[pairs["product_name"].notna().to_numpy()]
     if not len(pairs):
-        return schema.empty_product_names()
+        return event_schema.empty_product_names()
     counts = pairs.astype("str").groupby(["product_id", "product_name"], sort=True).size()
     return counts.rename("n_rows").astype("int64").reset_index()
 

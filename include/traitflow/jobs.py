@@ -34,15 +34,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from traitflow.alignment import align_tokens
 from traitflow.config import PipelineConfig, ThinDataError, confine, input_root, mapping_root
+from traitflow.drift import measure_drift as _measure_drift
+from traitflow.drift import new_vocab_ratio
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.pipeline import fit_model, profile_customers, train_tokens
-from traitflow.profiles import COLD_START_NONE, ProfileBatch
+from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.quality import compare_hit_rates, compare_with_popularity
 from traitflow.store import StaleModelError, Store
-from traitflow.triggers import align_tokens, new_vocab_ratio
-from traitflow.triggers import measure_drift as _measure_drift
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from scipy.optimize import nnls
 
 from traitflow.item2vec import fallback_vectors
 from traitflow.model import TraitflowModel
-from traitflow.profiles import (
+from traitflow.profile_batch import (
     COLD_START_FEW_TOKENS,
     COLD_START_NO_HISTORY,
     COLD_START_NONE,

@@ -21,7 +21,7 @@ from traitflow.aggregate import customer_embeddings
 from traitflow.config import ConfigError, PipelineConfig, SessionParams, ThinDataError, check_trait_count
 from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
-from traitflow.profiles import COLD_START_NONE, ProfileBatch
+from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
 from traitflow.trait_products import characteristic_products, fit_trait_products
 from traitflow.traits import REFIT_ANCHOR, fit_traits, label_traits, match_traits, project

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from traitflow.schema import ACTIONS, CANONICAL_COLUMNS, TIME_DTYPE
+from traitflow.event_schema import ACTIONS, CANONICAL_COLUMNS, TIME_DTYPE
 
 MEAN_SESSION_LENGTH = 6.0
 MIN_SESSION_BREAK = timedelta(hours=1)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traitflow import jobs, schema
+from traitflow import event_schema, jobs
 from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import ModelStateError, Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
@@ -326,7 +326,7 @@ def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(en
     store: Store = env["store"]
     seen = store.read_events(end=end)
     late = seen.iloc[:40].assign(customer_id="zz-late")
-    store.ingest_events(LoadResult(events=late, rejects=schema.empty_rejects()), "late.csv", "late")
+    store.ingest_events(LoadResult(events=late, rejects=event_schema.empty_rejects()), "late.csv", "late")
     assert len(store.customers_with_events(None, end)) == seen["customer_id"].nunique() + 1
 
     fitted = jobs.refit_traits(env["url"], candidate, PARAMS)

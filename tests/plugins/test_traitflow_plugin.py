@@ -293,7 +293,7 @@ def test_similar_customers_leave_out_thin_evidence_unless_asked(
 
 
 def test_the_default_minimum_evidence_is_the_library_default(plugin: ModuleType) -> None:
-    from traitflow.profiles import MIN_EVIDENCE_EVENTS
+    from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
 
     assert plugin.DEFAULT_MIN_EVENTS == MIN_EVIDENCE_EVENTS
 

@@ -49,7 +49,7 @@ import pytest
 from psycopg import sql
 
 from traitflow import jobs
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import (
     DatabaseConnectionLostError,
     Store,

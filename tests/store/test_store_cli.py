@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store, migrations
 from traitflow.store.cli import add_commands, main
 

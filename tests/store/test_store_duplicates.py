@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.events import read_events
 from traitflow.store import Store
 from traitflow.store.cli import main
 
-HEADER = list(schema.CANONICAL_COLUMNS)
-KEY = list(schema.NATURAL_KEY)
+HEADER = list(event_schema.CANONICAL_COLUMNS)
+KEY = list(event_schema.NATURAL_KEY)
 ROW = {
     "customer_id": "c1",
     "event_time": "2024-03-01T10:00:00Z",
@@ -74,7 +74,7 @@ def test_two_rows_on_one_key_in_a_file_keep_the_first_and_reject_the_second(tmp_
             "source": str(tmp_path / "two.csv"),
             "row_number": 2,
             "raw": json.dumps(TWIN, ensure_ascii=False),
-            "reason": schema.REASON_CONFLICTING_DUPLICATE,
+            "reason": event_schema.REASON_CONFLICTING_DUPLICATE,
         }
     ]
 
@@ -86,7 +86,7 @@ def test_two_rows_on_one_key_through_the_cli(store: Store, database_url: str, tm
     assert "read 2 rows -> 1 new events, 0 already present, 1 rejected" in capsys.readouterr().out
     assert stored_prices(store) == [1.0]
     assert rejects_of(store, path)[["row_number", "reason"]].values.tolist() == [
-        [2, schema.REASON_CONFLICTING_DUPLICATE]
+        [2, event_schema.REASON_CONFLICTING_DUPLICATE]
     ]
 
 
@@ -101,7 +101,9 @@ def test_a_row_conflicting_with_a_stored_event_is_recorded_with_its_row(store: S
     assert (second.n_conflicting, second.n_rejects_recorded) == (1, 1)
     assert stored_prices(store) == [1.0, 1.0]  # the first one in stays
     rejects = rejects_of(store, path)
-    assert rejects[["row_number", "reason"]].values.tolist() == [[2, schema.REASON_CONFLICTING_DUPLICATE]]
+    assert rejects[["row_number", "reason"]].values.tolist() == [
+        [2, event_schema.REASON_CONFLICTING_DUPLICATE]
+    ]
     assert json.loads(rejects["raw"][0]) == {
         "customer_id": "c1",
         "event_time": "2024-03-01T10:00:00.000000Z",
@@ -123,7 +125,7 @@ def test_ingest_events_frames_conflict_within_a_frame_and_with_the_store(store: 
         rejects: pd.DataFrame
 
     def frame(*rows: dict[str, object]) -> Frames:
-        return Frames(schema.as_canonical(pd.DataFrame(list(rows))), schema.empty_rejects())
+        return Frames(event_schema.as_canonical(pd.DataFrame(list(rows))), event_schema.empty_rejects())
 
     base = {k: v for k, v in ROW.items() if k != "price"} | {"event_time": pd.Timestamp(ROW["event_time"])}
     no_price, priced = base | {"price": None}, base | {"price": 2.0}
@@ -133,7 +135,7 @@ def test_ingest_events_frames_conflict_within_a_frame_and_with_the_store(store: 
     assert (report.n_inserted, report.n_already_present, report.n_rejected) == (1, 1, 1)
     assert report.n_conflicting == 1
     assert rejects_of(store, "f1")[["row_number", "reason"]].values.tolist() == [
-        [3, schema.REASON_CONFLICTING_DUPLICATE]
+        [3, event_schema.REASON_CONFLICTING_DUPLICATE]
     ]
     # Against the store, NULL-safe: a missing price equals a missing price only.
     same = store.ingest_events(frame(no_price), source="f2", run_id="r")  # type: ignore[arg-type]
@@ -171,7 +173,7 @@ def hostile_mix(n_good: int = 1_000, n_hostile: int = 1_000, seed: int = 14) -> 
         {
             "customer_id": f"g{i % 200}",
             "event_time": f"2024-03-01T{i // 60 % 24:02d}:{i % 60:02d}:00Z",
-            "action": schema.ACTIONS[i % len(schema.ACTIONS)],
+            "action": event_schema.ACTIONS[i % len(event_schema.ACTIONS)],
             "product_id": f"p{i}",
             "category": f"cat{i % 7}",
             "price": f"{1 + i / 100:.2f}",
@@ -194,17 +196,19 @@ def hostile_mix(n_good: int = 1_000, n_hostile: int = 1_000, seed: int = 14) -> 
         elif kind == 3:
             hostile.append((dict(good[g]), None, g))  # an exact repeat
         elif kind == 4:
-            ids = {"customer_id": f"x'); DROP TABLE events;-- {i}", "product_id": f"\\N{{{i}}}\"q\""}
+            ids = {"customer_id": f"x'); DROP TABLE events;-- {i}", "product_id": f'\\N{{{i}}}"q"'}
             hostile.append((good[g] | ids | {"event_time": "2024-03-02T00:00:00Z"}, None, None))
         elif kind == 5:
-            hostile.append((good[g] | {"customer_id": f"ctl\x1b{i}\t"}, schema.REASON_CONTROL_CHARS, None))
+            hostile.append(
+                (good[g] | {"customer_id": f"ctl\x1b{i}\t"}, event_schema.REASON_CONTROL_CHARS, None)
+            )
         elif kind == 6:
             bad = ["2024-13-45T99:00:00", "yesterday", "1899-01-01T00:00:00Z", "2199-01-01T00:00:00Z"][i % 4]
-            reason = schema.REASON_BAD_TIME if i % 4 < 2 else schema.REASON_TIME_RANGE
+            reason = event_schema.REASON_BAD_TIME if i % 4 < 2 else event_schema.REASON_TIME_RANGE
             hostile.append((good[g] | {"event_time": bad}, reason, None))
         else:
-            oversized = {"product_id": "p" * (schema.MAX_ID_LENGTH + 1)}
-            hostile.append((good[g] | oversized, schema.REASON_OVERSIZED, None))
+            oversized = {"product_id": "p" * (event_schema.MAX_ID_LENGTH + 1)}
+            hostile.append((good[g] | oversized, event_schema.REASON_OVERSIZED, None))
     items = [(row, None, i, True) for i, row in enumerate(good)] + [
         (row, reason, g, False) for row, reason, g in hostile
     ]
@@ -217,7 +221,7 @@ def hostile_mix(n_good: int = 1_000, n_hostile: int = 1_000, seed: int = 14) -> 
         if reason is None and g is not None:
             if g in first:
                 same = first[g] == row
-                reason = schema.REASON_DUPLICATE if same else schema.REASON_CONFLICTING_DUPLICATE
+                reason = event_schema.REASON_DUPLICATE if same else event_schema.REASON_CONFLICTING_DUPLICATE
             else:
                 first[g] = row
         expected.append(reason)
@@ -233,7 +237,10 @@ def test_hostile_mix_in_the_loader_count_in_equals_events_plus_rejects(tmp_path:
     assert len(whole.events) + len(whole.rejects) == len(mix.rows) == 2_000
     expected = pd.Series([r for r in mix.expected if r is not None]).value_counts().to_dict()
     assert whole.rejects["reason"].value_counts().to_dict() == expected
-    assert expected[schema.REASON_CONFLICTING_DUPLICATE] == 375 and expected[schema.REASON_DUPLICATE] == 125
+    assert (
+        expected[event_schema.REASON_CONFLICTING_DUPLICATE] == 375
+        and expected[event_schema.REASON_DUPLICATE] == 125
+    )
     kept_numbers = [i + 1 for i, r in enumerate(mix.expected) if r is None]
     assert whole.event_row_numbers.tolist() == kept_numbers
     rejected = whole.rejects.set_index("row_number")
@@ -252,7 +259,7 @@ def test_hostile_mix_in_the_loader_count_in_equals_events_plus_rejects(tmp_path:
 def good_rows_stored_exactly(store: Store, mix: Mix) -> np.ndarray:
     """bool per good row: stored field for field (its key may hold a twin that came first)."""
     stored = store.read_events()
-    good = schema.as_canonical(
+    good = event_schema.as_canonical(
         pd.DataFrame(mix.good).assign(
             event_time=lambda f: pd.to_datetime(f["event_time"]),
             price=lambda f: f["price"].astype(float),
@@ -261,7 +268,7 @@ def good_rows_stored_exactly(store: Store, mix: Mix) -> np.ndarray:
     merged = good.merge(stored, on=KEY, how="left", suffixes=("", "_stored"), indicator=True)
     assert (merged["_merge"] == "both").all()  # every good key is stored, by it or by a twin
     exact = np.ones(len(merged), dtype=bool)
-    for column in schema.DUPLICATE_FIELDS:
+    for column in event_schema.DUPLICATE_FIELDS:
         a, b = merged[column], merged[f"{column}_stored"]
         exact &= ((a == b).fillna(False) | (a.isna() & b.isna())).to_numpy(dtype=bool)
     return exact
@@ -281,7 +288,7 @@ def test_hostile_mix_through_the_store_in_chunks(store: Store, tmp_path: Path) -
         store.read_events().sort_values(KEY, ignore_index=True), one_shot.sort_values(KEY, ignore_index=True)
     )
     # Every good row is stored exactly unless a conflicting twin arrived before it.
-    lost = np.array([o == schema.REASON_CONFLICTING_DUPLICATE for o in mix.good_outcome])
+    lost = np.array([o == event_schema.REASON_CONFLICTING_DUPLICATE for o in mix.good_outcome])
     assert (good_rows_stored_exactly(store, mix) == ~lost).all()
     assert 0 < lost.sum() < 375  # the shuffle does put some hostile twins first
 
@@ -303,7 +310,7 @@ def test_hostile_rows_after_the_good_file_never_replace_a_good_row(store: Store,
     assert_balanced(hostile, len(hostile_rows))
     assert good_rows_stored_exactly(store, mix).all()
     reasons = rejects_of(store, hostile_path)["reason"].value_counts().to_dict()
-    assert reasons[schema.REASON_CONFLICTING_DUPLICATE] == hostile.n_conflicting == 375
+    assert reasons[event_schema.REASON_CONFLICTING_DUPLICATE] == hostile.n_conflicting == 375
     assert hostile.n_already_present == 125  # the exact repeats of good rows
     assert hostile.n_inserted == 125  # the injection-looking ids, stored as they are
     assert store.table_counts()["events"] == 1_125
@@ -334,6 +341,6 @@ def test_the_daily_dag_ingestion_counts_conflicts_across_day_files(
     assert stored_prices(store) == [1.0, 1.0]
     day2 = rejects_of(store, str(tmp_path / "events_2024-03-02.csv"))
     assert day2[["row_number", "reason"]].values.tolist() == [
-        [1, schema.REASON_CONFLICTING_DUPLICATE],
-        [2, schema.REASON_CONFLICTING_DUPLICATE],
+        [1, event_schema.REASON_CONFLICTING_DUPLICATE],
+        [2, event_schema.REASON_CONFLICTING_DUPLICATE],
     ]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.events import LoadResult
 from traitflow.store import Store, StoreInputError
 from traitflow.store import ingest as store_ingest
@@ -33,15 +33,15 @@ HOSTILE_IDS = [
     "emoji 🧑‍🚀🛒",
     "ünïcødé ß 中文",
     " leading and trailing ",
-    "x" * schema.MAX_ID_LENGTH,
-    "🧑‍🚀" * (schema.MAX_ID_LENGTH // 5),  # multi-codepoint emoji up to the char limit
+    "x" * event_schema.MAX_ID_LENGTH,
+    "🧑‍🚀" * (event_schema.MAX_ID_LENGTH // 5),  # multi-codepoint emoji up to the char limit
 ]
 
 
 def events_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
     """A canonical events frame from row dicts (missing optional fields -> missing)."""
     frame = pd.DataFrame(rows)
-    return schema.as_canonical(frame)
+    return event_schema.as_canonical(frame)
 
 
 def sample_events(n_customers: int = 5, per_customer: int = 4) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def sample_events(n_customers: int = 5, per_customer: int = 4) -> pd.DataFrame:
                 {
                     "customer_id": f"c{c}",
                     "event_time": T0 + timedelta(hours=c, minutes=7 * i, microseconds=123457 * i),
-                    "action": schema.ACTIONS[(c + i) % len(schema.ACTIONS)],
+                    "action": event_schema.ACTIONS[(c + i) % len(event_schema.ACTIONS)],
                     "product_id": f"p{(c * 3 + i) % 7}",
                     "category": None if i == 2 else f"cat{i}",
                     "price": np.nan if i == 1 else 0.1 * (i + 1) + 1e-13,
@@ -69,7 +69,7 @@ def canonical_sort(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def result(events: pd.DataFrame, rejects: pd.DataFrame | None = None) -> LoadResult:
-    return LoadResult(events=events, rejects=schema.empty_rejects() if rejects is None else rejects)
+    return LoadResult(events=events, rejects=event_schema.empty_rejects() if rejects is None else rejects)
 
 
 def test_ingest_then_read_returns_the_same_canonical_frame(store: Store) -> None:
@@ -78,7 +78,7 @@ def test_ingest_then_read_returns_the_same_canonical_frame(store: Store) -> None
     assert (report.n_read, report.n_inserted, report.n_already_present, report.n_rejected) == (20, 20, 0, 0)
     back = store.read_events()
     pd.testing.assert_frame_equal(back, canonical_sort(events))
-    assert list(back.dtypes) == list(schema.empty_events().dtypes)
+    assert list(back.dtypes) == list(event_schema.empty_events().dtypes)
 
 
 def test_reingesting_adds_nothing(store: Store) -> None:
@@ -149,14 +149,14 @@ def test_ten_kilobyte_reject_rows_round_trip_and_nul_is_escaped(store: Store) ->
             "source": ["f.csv", "f.csv"],
             "row_number": [7, 8],
             "raw": [big, "a\x00b"],
-            "reason": [schema.REASON_OVERSIZED, schema.REASON_CONTROL_CHARS],
+            "reason": [event_schema.REASON_OVERSIZED, event_schema.REASON_CONTROL_CHARS],
         }
     )
-    report = store.ingest_events(result(schema.empty_events(), rejects), source="f.csv", run_id="r")
+    report = store.ingest_events(result(event_schema.empty_events(), rejects), source="f.csv", run_id="r")
     assert report.n_rejected == 2 and report.n_read == 2
     rows = store.connection.execute("SELECT raw, reason FROM rejected_events ORDER BY row_number").fetchall()
     assert len(big.encode()) > 10_000
-    assert rows[0] == (big, schema.REASON_OVERSIZED)
+    assert rows[0] == (big, event_schema.REASON_OVERSIZED)
     assert rows[1][0] == "a" + store_ingest.NUL_ESCAPE + "b"  # Postgres text cannot hold NUL
 
 
@@ -246,9 +246,9 @@ def test_read_events_filters_and_empty_results(store: Store) -> None:
     some = store.read_events(customer_ids=np.array(["c1", "c3", "c3"], dtype=object))
     assert sorted(set(some["customer_id"])) == ["c1", "c3"] and len(some) == 8
     empty = store.read_events(customer_ids=[])
-    assert empty.empty and list(empty.dtypes) == list(schema.empty_events().dtypes)
+    assert empty.empty and list(empty.dtypes) == list(event_schema.empty_events().dtypes)
     none = store.read_events(start=T0 + timedelta(days=30))
-    assert none.empty and list(none.columns) == list(schema.CANONICAL_COLUMNS)
+    assert none.empty and list(none.columns) == list(event_schema.CANONICAL_COLUMNS)
     assert store.customers_with_events(T0 + timedelta(days=30), None).tolist() == []
 
 
@@ -294,7 +294,7 @@ def test_ingest_file_through_the_events_loader(store: Store, tmp_path: Path) -> 
     assert counts["events"] + counts["rejected_events"] == len(rows)
     reasons = dict(store.connection.execute("SELECT row_number, reason FROM rejected_events").fetchall())
     assert (
-        reasons[9] == schema.REASON_CONTROL_CHARS and reasons[10] == schema.REASON_OVERSIZED
+        reasons[9] == event_schema.REASON_CONTROL_CHARS and reasons[10] == event_schema.REASON_OVERSIZED
     )  # data rows from 1
     raw_10k = store.connection.execute("SELECT raw FROM rejected_events WHERE row_number = 10").fetchone()
     assert raw_10k is not None and "x" * 10_240 in raw_10k[0]
@@ -316,5 +316,5 @@ def test_ingest_file_through_the_events_loader(store: Store, tmp_path: Path) -> 
 
 
 def test_ingest_events_accepts_any_result_like_object(store: Store) -> None:
-    like = SimpleNamespace(events=sample_events(1, 2), rejects=schema.empty_rejects())
+    like = SimpleNamespace(events=sample_events(1, 2), rejects=event_schema.empty_rejects())
     assert store.ingest_events(like, source="s", run_id="r").n_inserted == 2  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from traitflow import cli, schema
+from traitflow import cli, event_schema
 from traitflow.events import MostlyRejectedError
 from traitflow.store import Store
 
@@ -74,5 +74,5 @@ def test_a_mostly_rejected_file_is_refused_and_nothing_is_written(
     assert code == 0, capsys.readouterr().err
     ids, rejects = stored(store)
     assert len(ids) == 8
-    malformed = schema.REASON_MALFORMED_ROW
+    malformed = event_schema.REASON_MALFORMED_ROW
     assert [(n, reason) for n, reason, _ in rejects] == [(n, malformed) for n in range(5, 17)]

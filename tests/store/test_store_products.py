@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.events import LoadResult, read_events
 from traitflow.model import TraitflowModel
 from traitflow.store import Store, StoreInputError
@@ -27,7 +27,7 @@ NAMES = {
 
 
 def name_counts(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(schema.PRODUCT_NAME_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(event_schema.PRODUCT_NAME_COLUMNS))
     return frame.astype({"product_id": "str", "product_name": "str", "n_rows": "int64"})
 
 
@@ -62,8 +62,8 @@ def test_the_latest_ingestion_that_names_a_product_decides(store: Store) -> None
     loaded = read_events(RETAIL_II, "online_retail")
     store.ingest_events(loaded, source="first", run_id="r1")
     renamed = LoadResult(
-        schema.empty_events(),
-        schema.empty_rejects(),
+        event_schema.empty_events(),
+        event_schema.empty_rejects(),
         name_counts([("85048", "GLASS BALL LIGHTS", 1), ("new", "NEW THING", 2), ("new", "NEW THING!", 1)]),
     )
     report = store.ingest_events(renamed, source="second", run_id="r2")
@@ -95,7 +95,7 @@ def test_traits_command_shows_names_next_to_top_products(
     version = store.save_model(build_model())  # top products start with "p1", "a,b"
     store.promote(version)
     counts = name_counts([("p1", "Blue Mug", 1), ("a,b", "Tea; Pot", 1)])
-    named = LoadResult(schema.empty_events(), schema.empty_rejects(), counts)
+    named = LoadResult(event_schema.empty_events(), event_schema.empty_rejects(), counts)
     store.ingest_events(named, source="names", run_id="r1")
     args = ["traits", "--database-url", database_url, "--schema", store.schema]
     assert main(args) == 0

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError
 from traitflow.store import profiles as store_profiles
 

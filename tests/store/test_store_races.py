@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import StaleModelError, Store
 
 BuildModel = Callable[..., TraitflowModel]
@@ -22,7 +22,7 @@ DAY = timedelta(days=1)
 
 
 def events(customers: list[str], when: datetime) -> LoadResult:
-    frame = schema.as_canonical(
+    frame = event_schema.as_canonical(
         pd.DataFrame(
             {
                 "customer_id": customers,
@@ -32,7 +32,7 @@ def events(customers: list[str], when: datetime) -> LoadResult:
             }
         )
     )
-    return LoadResult(events=frame, rejects=schema.empty_rejects())
+    return LoadResult(events=frame, rejects=event_schema.empty_rejects())
 
 
 def test_a_snapshot_pins_reads_to_what_was_committed_when_it_was_taken(store: Store, make_store) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.events import LoadResult
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import NotFoundError, Store, migrations
 from traitflow.store.reads import StaleProfiles
 
@@ -244,7 +244,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
         ("c", D1 - 2 * hour),
         ("d", D1 + 5 * hour),
     ]
-    events = schema.as_canonical(
+    events = event_schema.as_canonical(
         pd.DataFrame(
             {
                 "customer_id": [c for c, _ in rows],
@@ -254,7 +254,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
             }
         )
     )
-    store.ingest_events(LoadResult(events, schema.empty_rejects()), source="unit", run_id="r1")
+    store.ingest_events(LoadResult(events, event_schema.empty_rejects()), source="unit", run_id="r1")
     # before any profile: every customer with an event before the instant
     assert store.stale_profiles(D1) == StaleProfiles(3, D1 - 3 * hour)
     version = store.save_model(build_model())
@@ -276,7 +276,7 @@ def test_reject_counts_by_source(store: Store) -> None:
             "reason": ["cancellation", "non_product", "cancellation", "non_product"],
         }
     )
-    store.ingest_events(LoadResult(schema.empty_events(), rejects), source="f1", run_id="r1")
+    store.ingest_events(LoadResult(event_schema.empty_events(), rejects), source="f1", run_id="r1")
     assert store.reject_counts("f1") == {"cancellation": 2, "non_product": 1}
     assert list(store.reject_counts("f1")) == ["cancellation", "non_product"]  # most frequent first
     assert store.reject_counts("f2") == {"non_product": 1} and store.reject_counts("f3") == {}

@@ -22,7 +22,7 @@ import pytest
 
 from traitflow.config import ConfigError
 from traitflow.model import TraitflowModel
-from traitflow.profiles import ProfileBatch
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import DatabaseTimeoutError, Store, StoreError, Timeouts, embedded_url, stop_embedded
 from traitflow.store import profiles as store_profiles
 

@@ -23,10 +23,10 @@ import pytest
 
 from traitflow.aggregate import customer_embeddings, event_weights
 from traitflow.config import DEFAULT_ACTION_WEIGHTS, AggregationParams, SessionParams
+from traitflow.event_schema import as_canonical, empty_events
 from traitflow.item2vec import fallback_vectors
 from traitflow.model import TokenTable
-from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
-from traitflow.schema import as_canonical, empty_events
+from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
 CATEGORY_X = np.array([5 / 6, 7 / 6])

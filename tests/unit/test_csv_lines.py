@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from traitflow import csv_lines, schema
+from traitflow import csv_lines, event_schema
 from traitflow.events import (
     MIN_REJECTS_TO_REFUSE,
     EventsFileError,
@@ -19,7 +19,7 @@ from traitflow.events import (
     read_events,
 )
 
-HEADER = ",".join(schema.CANONICAL_COLUMNS)
+HEADER = ",".join(event_schema.CANONICAL_COLUMNS)
 GOOD = "c{i},2024-01-01T00:{m:02d}:00Z,view,p{i},cat,1.5,s{i}"
 
 
@@ -91,7 +91,10 @@ def test_block_boundaries_do_not_change_the_result(
         [good(1), 'c2,2024-01-01,view,"p,2","multi\nline",,"s ""q"""', "c3,2024-01-01,view,p3,,,", "ü,x"],
     )
     expected = [read_events(p, m) for p, m in ((path, "taobao"), (quoted, "canonical"))]
-    assert reasons(expected[1]) == [[2, schema.REASON_CONTROL_CHARS], [4, schema.REASON_MALFORMED_ROW]]
+    assert reasons(expected[1]) == [
+        [2, event_schema.REASON_CONTROL_CHARS],
+        [4, event_schema.REASON_MALFORMED_ROW],
+    ]
     for block in (1, 2, 5, 13, 64, 997):
         monkeypatch.setattr(csv_lines, "BLOCK_BYTES", block)
         for (p, m), want in zip(((path, "taobao"), (quoted, "canonical")), expected, strict=True):
@@ -118,7 +121,7 @@ def test_malformed_lines(tmp_path: Path, line: str) -> None:
     path = write(tmp_path / "bad.csv", [good(1), line, good(3)])
     result = read_events(path)
     assert result.events["customer_id"].tolist() == ["c1", "c3"]
-    assert reasons(result) == [[2, schema.REASON_MALFORMED_ROW]]
+    assert reasons(result) == [[2, event_schema.REASON_MALFORMED_ROW]]
     assert json.loads(result.rejects["raw"][0]) == line
 
 
@@ -139,7 +142,7 @@ def test_a_quoted_line_break_is_one_record(tmp_path: Path) -> None:
     result = read_events(path)
     assert result.events["customer_id"].tolist() == ["c1"]
     # The record with the line break is record 2 (file lines 3-4); the next one is record 3.
-    assert reasons(result) == [[2, schema.REASON_CONTROL_CHARS], [3, schema.REASON_BAD_TIME]]
+    assert reasons(result) == [[2, event_schema.REASON_CONTROL_CHARS], [3, event_schema.REASON_BAD_TIME]]
 
 
 def test_oversized_lines_keep_a_prefix_and_the_rest_loads(
@@ -152,7 +155,10 @@ def test_oversized_lines_keep_a_prefix_and_the_rest_loads(
         monkeypatch.setattr(csv_lines, "BLOCK_BYTES", block)
         result = read_events(write(tmp_path / "long.csv", [good(1), long_line, good(3), "x" * 500]))
         assert result.events["customer_id"].tolist() == ["c1", "c3"]
-        assert reasons(result) == [[2, schema.REASON_OVERSIZED_LINE], [4, schema.REASON_OVERSIZED_LINE]]
+        assert reasons(result) == [
+            [2, event_schema.REASON_OVERSIZED_LINE],
+            [4, event_schema.REASON_OVERSIZED_LINE],
+        ]
         assert json.loads(result.rejects["raw"][0]) == long_line[:20]
     (tmp_path / "wide_header.csv").write_text("a" * 101 + "\n")
     with pytest.raises(EventsFileError, match="header line longer than 100 bytes"):
@@ -163,7 +169,10 @@ def test_undecodable_bytes_are_escaped_losslessly(tmp_path: Path) -> None:
     lines: list[str | bytes] = [b"c1\xc3,2024-01-01,view,p1,,,", good(2), b"c3,2024-01-01,view,\xe2\x82,,,"]
     result = read_events(write(tmp_path / "enc.csv", lines))
     assert result.events["customer_id"].tolist() == ["c2"]
-    assert reasons(result) == [[1, schema.REASON_INVALID_ENCODING], [3, schema.REASON_INVALID_ENCODING]]
+    assert reasons(result) == [
+        [1, event_schema.REASON_INVALID_ENCODING],
+        [3, event_schema.REASON_INVALID_ENCODING],
+    ]
     back = [json.loads(raw).encode("utf-8", "surrogateescape") for raw in result.rejects["raw"]]
     assert back == [lines[0], lines[2]]
 
@@ -208,7 +217,10 @@ def test_a_mostly_rejected_file_is_refused_naming_reasons_and_rows(tmp_path: Pat
         assert "malformed_row x15 (rows 11, 13, 15, 17, 19, ...)" in message
         assert "unknown_action x15 (rows 12, 14, 16, 18, 20, ...)" in message
         assert "Nothing from this file was loaded" in message
-        assert caught.value.counts == {schema.REASON_MALFORMED_ROW: 15, schema.REASON_UNKNOWN_ACTION: 15}
+        assert caught.value.counts == {
+            event_schema.REASON_MALFORMED_ROW: 15,
+            event_schema.REASON_UNKNOWN_ACTION: 15,
+        }
     assert len(read_events(path, max_reject_share=0.8).rejects) == 30  # a higher limit loads it
     assert len(read_events(path, max_reject_share=1.0).events) == 10
     with pytest.raises(ValueError, match=r"max_reject_share must be in \[0, 1\]"):
@@ -229,7 +241,7 @@ def test_tiny_files_and_duplicates_are_not_refused(tmp_path: Path) -> None:
 
 
 def test_parquet_files_are_refused_too(tmp_path: Path) -> None:
-    rows = [dict(zip(schema.CANONICAL_COLUMNS, good(i).split(","), strict=True)) for i in range(5)]
+    rows = [dict(zip(event_schema.CANONICAL_COLUMNS, good(i).split(","), strict=True)) for i in range(5)]
     rows += [{**rows[0], "customer_id": f"z{i}", "action": "zoom"} for i in range(15)]
     pd.DataFrame(rows, dtype="str").to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(MostlyRejectedError, match=r"unknown_action x15 \(rows 6, 7, 8, 9, 10, \.\.\.\)"):

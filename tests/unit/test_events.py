@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.config import ConfigError
 from traitflow.events import (
     PRESETS,
@@ -29,7 +29,7 @@ from traitflow.events import (
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CANONICAL = PRESETS["canonical"]
-HEADER = list(schema.CANONICAL_COLUMNS)
+HEADER = list(event_schema.CANONICAL_COLUMNS)
 
 
 def utc(text: str) -> pd.Timestamp:
@@ -40,19 +40,19 @@ def assert_canonical(result: LoadResult, n_read: int) -> None:
     """Shapes and dtypes of both frames, and nothing lost: every row read is an event or a reject."""
     events, rejects = result.events, result.rejects
     assert list(events.columns) == HEADER
-    assert list(rejects.columns) == list(schema.REJECT_COLUMNS)
+    assert list(rejects.columns) == list(event_schema.REJECT_COLUMNS)
     assert {c: str(events[c].dtype) for c in HEADER} == {
         "customer_id": "str",
-        "event_time": schema.TIME_DTYPE,
+        "event_time": event_schema.TIME_DTYPE,
         "action": "str",
         "product_id": "str",
         "category": "str",
         "price": "float64",
         "session_id": "str",
     }
-    assert [str(rejects[c].dtype) for c in schema.REJECT_COLUMNS] == ["str", "int64", "str", "str"]
-    assert set(events["action"]) <= set(schema.ACTIONS)
-    assert set(rejects["reason"]) <= set(schema.REJECT_REASONS)
+    assert [str(rejects[c].dtype) for c in event_schema.REJECT_COLUMNS] == ["str", "int64", "str", "str"]
+    assert set(events["action"]) <= set(event_schema.ACTIONS)
+    assert set(rejects["reason"]) <= set(event_schema.REJECT_REASONS)
     assert result.n_read == len(events) + len(rejects) == n_read
 
 
@@ -155,11 +155,15 @@ def test_retailrocket_preset_keeps_millisecond_precision() -> None:
 
 
 def test_unix_times_are_exact_to_the_microsecond() -> None:
-    mapping = mapping_from_dict({"columns": {c: c for c in schema.REQUIRED_COLUMNS}, "time_format": "unix_s"})
+    mapping = mapping_from_dict(
+        {"columns": {c: c for c in event_schema.REQUIRED_COLUMNS}, "time_format": "unix_s"}
+    )
     raw = frame(
         [canonical_row(event_time="1511544070.000001"), canonical_row(event_time="1511544070.123456")]
     )
-    times = validate_events(raw[list(schema.REQUIRED_COLUMNS)], mapping, source="t").events["event_time"]
+    times = validate_events(raw[list(event_schema.REQUIRED_COLUMNS)], mapping, source="t").events[
+        "event_time"
+    ]
     assert times.tolist() == [utc("2017-11-24 17:21:10.000001"), utc("2017-11-24 17:21:10.123456")]
 
 
@@ -172,10 +176,10 @@ def test_unix_epochs_out_of_range_do_not_overflow() -> None:
     assert_canonical(result, 6)
     assert result.events["event_time"].tolist() == [utc("2001-09-09 01:46:40"), utc("2017-11-24 17:21:10")]
     assert result.rejects[["row_number", "reason"]].values.tolist() == [
-        [2, schema.REASON_TIME_RANGE],
-        [3, schema.REASON_TIME_RANGE],
-        [4, schema.REASON_BAD_TIME],
-        [6, schema.REASON_MISSING_TIME],
+        [2, event_schema.REASON_TIME_RANGE],
+        [3, event_schema.REASON_TIME_RANGE],
+        [4, event_schema.REASON_BAD_TIME],
+        [6, event_schema.REASON_MISSING_TIME],
     ]
 
 
@@ -183,25 +187,25 @@ def test_unix_epochs_out_of_range_do_not_overflow() -> None:
 
 NOW = pd.Timestamp.now(tz="UTC")
 REJECT_CASES = [
-    (canonical_row(customer_id="  "), schema.REASON_MISSING_CUSTOMER),
-    (canonical_row(product_id=""), schema.REASON_MISSING_PRODUCT),
-    (canonical_row(event_time=" "), schema.REASON_MISSING_TIME),
-    (canonical_row(event_time="yesterday"), schema.REASON_BAD_TIME),
-    (canonical_row(event_time="2024-02-30T00:00:00Z"), schema.REASON_BAD_TIME),
-    (canonical_row(event_time="1989-12-31T23:59:59Z"), schema.REASON_TIME_RANGE),
-    (canonical_row(event_time=(NOW + pd.Timedelta(days=2)).isoformat()), schema.REASON_TIME_RANGE),
-    (canonical_row(action="click"), schema.REASON_UNKNOWN_ACTION),
-    (canonical_row(action=""), schema.REASON_UNKNOWN_ACTION),
-    (canonical_row(customer_id="x" * (schema.MAX_ID_LENGTH + 1)), schema.REASON_OVERSIZED),
-    (canonical_row(product_id="😀" * (schema.MAX_ID_LENGTH + 1)), schema.REASON_OVERSIZED),
-    (canonical_row(category="c" * (schema.MAX_TEXT_LENGTH + 1)), schema.REASON_OVERSIZED),
-    (canonical_row(session_id="s" * (schema.MAX_TEXT_LENGTH + 1)), schema.REASON_OVERSIZED),
-    (canonical_row(customer_id="a\x00b"), schema.REASON_CONTROL_CHARS),
-    (canonical_row(product_id="p\tq"), schema.REASON_CONTROL_CHARS),
-    (canonical_row(category="x\x7fy"), schema.REASON_CONTROL_CHARS),
-    (canonical_row(price="12,50"), schema.REASON_BAD_PRICE),
-    (canonical_row(price="nan"), schema.REASON_BAD_PRICE),
-    (canonical_row(price="inf"), schema.REASON_BAD_PRICE),
+    (canonical_row(customer_id="  "), event_schema.REASON_MISSING_CUSTOMER),
+    (canonical_row(product_id=""), event_schema.REASON_MISSING_PRODUCT),
+    (canonical_row(event_time=" "), event_schema.REASON_MISSING_TIME),
+    (canonical_row(event_time="yesterday"), event_schema.REASON_BAD_TIME),
+    (canonical_row(event_time="2024-02-30T00:00:00Z"), event_schema.REASON_BAD_TIME),
+    (canonical_row(event_time="1989-12-31T23:59:59Z"), event_schema.REASON_TIME_RANGE),
+    (canonical_row(event_time=(NOW + pd.Timedelta(days=2)).isoformat()), event_schema.REASON_TIME_RANGE),
+    (canonical_row(action="click"), event_schema.REASON_UNKNOWN_ACTION),
+    (canonical_row(action=""), event_schema.REASON_UNKNOWN_ACTION),
+    (canonical_row(customer_id="x" * (event_schema.MAX_ID_LENGTH + 1)), event_schema.REASON_OVERSIZED),
+    (canonical_row(product_id="😀" * (event_schema.MAX_ID_LENGTH + 1)), event_schema.REASON_OVERSIZED),
+    (canonical_row(category="c" * (event_schema.MAX_TEXT_LENGTH + 1)), event_schema.REASON_OVERSIZED),
+    (canonical_row(session_id="s" * (event_schema.MAX_TEXT_LENGTH + 1)), event_schema.REASON_OVERSIZED),
+    (canonical_row(customer_id="a\x00b"), event_schema.REASON_CONTROL_CHARS),
+    (canonical_row(product_id="p\tq"), event_schema.REASON_CONTROL_CHARS),
+    (canonical_row(category="x\x7fy"), event_schema.REASON_CONTROL_CHARS),
+    (canonical_row(price="12,50"), event_schema.REASON_BAD_PRICE),
+    (canonical_row(price="nan"), event_schema.REASON_BAD_PRICE),
+    (canonical_row(price="inf"), event_schema.REASON_BAD_PRICE),
 ]
 
 
@@ -219,16 +223,19 @@ def test_each_bad_row_is_rejected_with_its_reason(row: dict[str, str], reason: s
 
 # Produced only by order-line mapping options; covered in test_events_order_lines.py.
 ORDER_LINE_REASONS = {
-    schema.REASON_BAD_QUANTITY,
-    schema.REASON_NON_PRODUCT,
-    schema.REASON_CANCELLATION,
-    schema.REASON_NON_POSITIVE_QUANTITY,
+    event_schema.REASON_BAD_QUANTITY,
+    event_schema.REASON_NON_PRODUCT,
+    event_schema.REASON_CANCELLATION,
+    event_schema.REASON_NON_POSITIVE_QUANTITY,
 }
 
 
 def test_reject_cases_cover_every_reason() -> None:
-    value_level = set(schema.REJECT_REASONS) - set(schema.LINE_REJECT_REASONS)
-    duplicates = {schema.REASON_DUPLICATE, schema.REASON_CONFLICTING_DUPLICATE}  # test_events_duplicates.py
+    value_level = set(event_schema.REJECT_REASONS) - set(event_schema.LINE_REJECT_REASONS)
+    duplicates = {
+        event_schema.REASON_DUPLICATE,
+        event_schema.REASON_CONFLICTING_DUPLICATE,
+    }  # test_events_duplicates.py
     assert {r for _, r in REJECT_CASES} | duplicates | ORDER_LINE_REASONS == value_level
     assert set(REASON_PRECEDENCE) == value_level
 
@@ -244,16 +251,16 @@ def test_exact_duplicates_are_compared_after_normalization() -> None:
     assert_canonical(result, 4)
     assert result.events["price"].tolist() == [1.5]
     assert result.rejects[["row_number", "reason"]].values.tolist() == [
-        [2, schema.REASON_DUPLICATE],
-        [3, schema.REASON_CONFLICTING_DUPLICATE],
-        [4, schema.REASON_DUPLICATE],
+        [2, event_schema.REASON_DUPLICATE],
+        [3, event_schema.REASON_CONFLICTING_DUPLICATE],
+        [4, event_schema.REASON_DUPLICATE],
     ]
 
 
 def test_duplicate_of_a_rejected_row_is_not_a_duplicate() -> None:
     rows = [canonical_row(price="oops"), canonical_row(price="oops"), canonical_row()]
     result = validate_events(frame(rows), CANONICAL, source="unit")
-    assert result.rejects["reason"].tolist() == [schema.REASON_BAD_PRICE] * 2
+    assert result.rejects["reason"].tolist() == [event_schema.REASON_BAD_PRICE] * 2
     assert len(result.events) == 1
 
 
@@ -268,12 +275,12 @@ def test_first_reason_in_precedence_order_wins() -> None:
     ]
     result = validate_events(frame(rows), CANONICAL, source="unit")
     assert result.rejects["reason"].tolist() == [
-        schema.REASON_MISSING_CUSTOMER,
-        schema.REASON_MISSING_PRODUCT,
-        schema.REASON_CONTROL_CHARS,
-        schema.REASON_OVERSIZED,
-        schema.REASON_TIME_RANGE,
-        schema.REASON_UNKNOWN_ACTION,
+        event_schema.REASON_MISSING_CUSTOMER,
+        event_schema.REASON_MISSING_PRODUCT,
+        event_schema.REASON_CONTROL_CHARS,
+        event_schema.REASON_OVERSIZED,
+        event_schema.REASON_TIME_RANGE,
+        event_schema.REASON_UNKNOWN_ACTION,
     ]
 
 
@@ -299,7 +306,7 @@ HOSTILE_IDS = [
     "NA",
     "null",
     "ünïcödé ℵ",
-    "x" * schema.MAX_ID_LENGTH,
+    "x" * event_schema.MAX_ID_LENGTH,
 ]
 
 
@@ -324,9 +331,9 @@ def test_hostile_ids_round_trip_or_are_rejected(tmp_path: Path, suffix: str) -> 
     assert result.events["product_id"].tolist() == [h[::-1] for h in HOSTILE_IDS]
     assert result.events["session_id"].tolist() == HOSTILE_IDS
     assert result.rejects["reason"].tolist() == [
-        schema.REASON_OVERSIZED,
-        schema.REASON_CONTROL_CHARS,
-        schema.REASON_CONTROL_CHARS,
+        event_schema.REASON_OVERSIZED,
+        event_schema.REASON_CONTROL_CHARS,
+        event_schema.REASON_CONTROL_CHARS,
     ]
     assert json.loads(result.rejects["raw"][2])["customer_id"] == "nul\x00byte"
 
@@ -479,10 +486,10 @@ def test_chunked_reading_equals_one_shot(tmp_path: Path, suffix: str) -> None:
     assert_canonical(whole, len(rows))
     assert len(whole.events) == 6
     assert whole.rejects["reason"].value_counts().to_dict() == {
-        schema.REASON_DUPLICATE: 17,
-        schema.REASON_UNKNOWN_ACTION: 4,
+        event_schema.REASON_DUPLICATE: 17,
+        event_schema.REASON_UNKNOWN_ACTION: 4,
     }
-    zoom = whole.rejects["reason"] == schema.REASON_UNKNOWN_ACTION
+    zoom = whole.rejects["reason"] == event_schema.REASON_UNKNOWN_ACTION
     assert whole.rejects.loc[zoom, "row_number"].tolist() == [2, 9, 16, 23]
     for chunksize in (1, 2, 5, 7, len(rows), 1000):
         parts = list(iter_events(path, chunksize=chunksize))
@@ -503,7 +510,7 @@ def test_blank_lines_become_rejects_with_file_row_numbers(tmp_path: Path) -> Non
     assert_canonical(result, 3)
     # A blank line has one (empty) field where the header has seven.
     assert result.rejects[["row_number", "raw", "reason"]].values.tolist() == [
-        [2, '""', schema.REASON_MALFORMED_ROW]
+        [2, '""', event_schema.REASON_MALFORMED_ROW]
     ]
 
 
@@ -552,7 +559,7 @@ def test_malformed_lines_are_rejects_and_the_rest_loads(tmp_path: Path, body: st
                 "source": str(path),
                 "row_number": rejected,
                 "raw": json.dumps(bad_line),
-                "reason": schema.REASON_MALFORMED_ROW,
+                "reason": event_schema.REASON_MALFORMED_ROW,
             }
         ]
 
@@ -564,7 +571,9 @@ def test_non_utf8_lines_are_rejects_and_broken_gzip_raises(tmp_path: Path) -> No
     result = read_events(tmp_path / "latin1.csv")
     assert_canonical(result, 2)
     assert result.events["customer_id"].tolist() == ["c2"]
-    assert result.rejects[["row_number", "reason"]].values.tolist() == [[1, schema.REASON_INVALID_ENCODING]]
+    assert result.rejects[["row_number", "reason"]].values.tolist() == [
+        [1, event_schema.REASON_INVALID_ENCODING]
+    ]
     raw = result.rejects["raw"][0]
     assert raw == '"Jos\\udce9,2024-01-01,view,p,,,"'  # the byte 0xE9, escaped
     assert json.loads(raw).encode("utf-8", "surrogateescape") == "José,2024-01-01,view,p,,,".encode("latin-1")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traitflow import schema
+from traitflow import event_schema
 from traitflow.config import ConfigError
 from traitflow.events import (
     PRESETS,
@@ -79,17 +79,17 @@ EXPECTED_EVENTS = pd.DataFrame(
         "price": [6.95, 6.75, 2.1, 6.95, 1.25, 6.95],
         "session_id": ["489434", "489434", "489452", "489453", "489454", "489457"],
     }
-).astype({"event_time": schema.TIME_DTYPE, "customer_id": "str", "action": "str", "product_id": "str"})
+).astype({"event_time": event_schema.TIME_DTYPE, "customer_id": "str", "action": "str", "product_id": "str"})
 EXPECTED_REJECTS = [
-    [3, schema.REASON_DUPLICATE],  # same event as line 1 (only quantity and a trailing space differ)
-    [4, schema.REASON_NON_PRODUCT],  # POST
-    [5, schema.REASON_CANCELLATION],  # C489449
-    [6, schema.REASON_MISSING_CUSTOMER],  # blank customer (and a negative quantity)
-    [7, schema.REASON_NON_POSITIVE_QUANTITY],  # -3 on a normal invoice: a stock correction
-    [9, schema.REASON_NON_PRODUCT],  # TEST001 (pattern)
-    [10, schema.REASON_NON_PRODUCT],  # gift_0001_20 (pattern)
-    [13, schema.REASON_NON_PRODUCT],  # M
-    [14, schema.REASON_BAD_QUANTITY],  # "abc"
+    [3, event_schema.REASON_DUPLICATE],  # same event as line 1 (only quantity and a trailing space differ)
+    [4, event_schema.REASON_NON_PRODUCT],  # POST
+    [5, event_schema.REASON_CANCELLATION],  # C489449
+    [6, event_schema.REASON_MISSING_CUSTOMER],  # blank customer (and a negative quantity)
+    [7, event_schema.REASON_NON_POSITIVE_QUANTITY],  # -3 on a normal invoice: a stock correction
+    [9, event_schema.REASON_NON_PRODUCT],  # TEST001 (pattern)
+    [10, event_schema.REASON_NON_PRODUCT],  # gift_0001_20 (pattern)
+    [13, event_schema.REASON_NON_PRODUCT],  # M
+    [14, event_schema.REASON_BAD_QUANTITY],  # "abc"
 ]
 EXPECTED_NAMES = {
     "22041": 'RECORD FRAME 7" SINGLE SIZE',
@@ -105,7 +105,7 @@ def test_online_retail_preset_reads_both_spellings_in_every_format(
 ) -> None:
     result = read_events(in_format(SPELLINGS[spelling], fmt, tmp_path), "online_retail")
     assert result.n_read == len(result.events) + len(result.rejects) == 15
-    pd.testing.assert_frame_equal(result.events, EXPECTED_EVENTS[list(schema.CANONICAL_COLUMNS)])
+    pd.testing.assert_frame_equal(result.events, EXPECTED_EVENTS[list(event_schema.CANONICAL_COLUMNS)])
     assert result.rejects[["row_number", "reason"]].values.tolist() == EXPECTED_REJECTS
     assert dict(result.product_names().itertuples(index=False)) == EXPECTED_NAMES
     counts = result.products.set_index(["product_id", "product_name"])["n_rows"].to_dict()
@@ -115,7 +115,7 @@ def test_online_retail_preset_reads_both_spellings_in_every_format(
         ("85048", "15CM CHRISTMAS GLASS BALL 20 LIGHTS"): 2,
         ("85048", "ILLUMINATED GLASS BALL"): 1,
     }
-    assert list(result.products.columns) == list(schema.PRODUCT_NAME_COLUMNS)
+    assert list(result.products.columns) == list(event_schema.PRODUCT_NAME_COLUMNS)
     assert [str(t) for t in result.products.dtypes] == ["str", "str", "int64"]
 
 
@@ -128,15 +128,15 @@ def test_rejects_keep_the_raw_line_under_the_files_own_column_names() -> None:
 
 def test_every_order_line_reason_has_a_precedence_after_parsing_and_before_duplicates() -> None:
     order_line = [
-        schema.REASON_BAD_QUANTITY,
-        schema.REASON_NON_PRODUCT,
-        schema.REASON_CANCELLATION,
-        schema.REASON_NON_POSITIVE_QUANTITY,
+        event_schema.REASON_BAD_QUANTITY,
+        event_schema.REASON_NON_PRODUCT,
+        event_schema.REASON_CANCELLATION,
+        event_schema.REASON_NON_POSITIVE_QUANTITY,
     ]
     positions = [REASON_PRECEDENCE.index(r) for r in order_line]
     assert positions == sorted(positions)
-    assert REASON_PRECEDENCE.index(schema.REASON_BAD_PRICE) < positions[0]
-    assert positions[-1] < REASON_PRECEDENCE.index(schema.REASON_DUPLICATE)
+    assert REASON_PRECEDENCE.index(event_schema.REASON_BAD_PRICE) < positions[0]
+    assert positions[-1] < REASON_PRECEDENCE.index(event_schema.REASON_DUPLICATE)
     assert {r for _, r in EXPECTED_REJECTS} >= set(order_line)
 
 
@@ -148,7 +148,7 @@ def test_chunked_reading_merges_product_names_exactly(chunksize: int) -> None:
     pd.testing.assert_frame_equal(chunked.rejects, whole.rejects)
     pd.testing.assert_frame_equal(chunked.products, whole.products)
     parts = list(iter_events(SPELLINGS["ii"], "online_retail", chunksize=chunksize))
-    merged = schema.merge_name_counts([p.products for p in parts])
+    merged = event_schema.merge_name_counts([p.products for p in parts])
     pd.testing.assert_frame_equal(merged, whole.products)
 
 
@@ -213,7 +213,9 @@ def test_default_action_without_and_with_an_action_column() -> None:
     with_column = mapping_from_dict({"columns": {**BASE, "action": "a"}, "default_action": "view"})
     result = validate_events(lines(a=["cart", " ", "zoom"]), with_column, source="s")
     assert result.events["action"].tolist() == ["cart", "view"]  # blank -> the default
-    assert result.rejects[["row_number", "reason"]].values.tolist() == [[3, schema.REASON_UNKNOWN_ACTION]]
+    assert result.rejects[["row_number", "reason"]].values.tolist() == [
+        [3, event_schema.REASON_UNKNOWN_ACTION]
+    ]
 
 
 def test_integral_float_ids_only_when_asked_and_only_integral_ones() -> None:
@@ -244,18 +246,18 @@ def test_quantity_cancellation_and_non_product_rules() -> None:
     result = validate_events(raw, mapping, source="s")
     assert result.events["product_id"].tolist() == ["p1", "X-12a", "p5"]  # a blank quantity is accepted
     assert result.rejects[["row_number", "reason"]].values.tolist() == [
-        [2, schema.REASON_NON_PRODUCT],
-        [3, schema.REASON_NON_PRODUCT],
-        [5, schema.REASON_NON_POSITIVE_QUANTITY],
-        [6, schema.REASON_NON_POSITIVE_QUANTITY],
-        [7, schema.REASON_CANCELLATION],
-        [9, schema.REASON_BAD_QUANTITY],
+        [2, event_schema.REASON_NON_PRODUCT],
+        [3, event_schema.REASON_NON_PRODUCT],
+        [5, event_schema.REASON_NON_POSITIVE_QUANTITY],
+        [6, event_schema.REASON_NON_POSITIVE_QUANTITY],
+        [7, event_schema.REASON_CANCELLATION],
+        [9, event_schema.REASON_BAD_QUANTITY],
     ]
 
 
 def test_product_names_skip_blank_and_unstorable_names() -> None:
     mapping = mapping_from_dict({"columns": {**BASE, "product_name": "n"}, "default_action": "view"})
-    names = ["  Mug ", "", "bad\x00name", "x" * (schema.MAX_TEXT_LENGTH + 1), "Mug", "Cup"]
+    names = ["  Mug ", "", "bad\x00name", "x" * (event_schema.MAX_TEXT_LENGTH + 1), "Mug", "Cup"]
     raw = lines(p=["a", "b", "c", "d", "a", "a"], n=names)
     result = validate_events(raw, mapping, source="s")
     assert len(result.events) == 6  # a bad name never costs the event
@@ -271,8 +273,8 @@ def test_most_frequent_name_ties_go_to_the_smallest_name() -> None:
             "n_rows": [3, 1, 1, 3],
         }
     )
-    assert schema.most_frequent_names(counts).values.tolist() == [["a", "Ant"], ["b", "Ant"]]
-    assert LoadResult(schema.empty_events(), schema.empty_rejects()).product_names().empty
+    assert event_schema.most_frequent_names(counts).values.tolist() == [["a", "Ant"], ["b", "Ant"]]
+    assert LoadResult(event_schema.empty_events(), event_schema.empty_rejects()).product_names().empty
 
 
 def test_time_format_alternatives_per_value() -> None:
@@ -281,7 +283,7 @@ def test_time_format_alternatives_per_value() -> None:
     raw = lines(t=["2024-01-02 03:04", "05.06.2024", "June 5", "1989-01-01"])
     result = validate_events(raw, mapping, source="s")
     assert result.events["event_time"].tolist() == [utc("2024-01-02 03:04"), utc("2024-06-05")]
-    assert result.rejects["reason"].tolist() == [schema.REASON_BAD_TIME, schema.REASON_TIME_RANGE]
+    assert result.rejects["reason"].tolist() == [event_schema.REASON_BAD_TIME, event_schema.REASON_TIME_RANGE]
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -350,13 +352,13 @@ def test_the_real_online_retail_ii_file() -> None:
     events, rejects = result.events, result.rejects
     assert result.n_read == len(events) + len(rejects) == 525_461
     assert rejects["reason"].value_counts().to_dict() == {
-        schema.REASON_MISSING_CUSTOMER: 107_927,
-        schema.REASON_DUPLICATE: 12_608,
-        schema.REASON_CANCELLATION: 9_394,
-        schema.REASON_NON_PRODUCT: 1_815,
+        event_schema.REASON_MISSING_CUSTOMER: 107_927,
+        event_schema.REASON_DUPLICATE: 12_608,
+        event_schema.REASON_CANCELLATION: 9_394,
+        event_schema.REASON_NON_PRODUCT: 1_815,
         # Same customer, minute and product as a kept line: 54 at another price on the same
         # invoice, 25 on another invoice (session) at the same price.
-        schema.REASON_CONFLICTING_DUPLICATE: 79,
+        event_schema.REASON_CONFLICTING_DUPLICATE: 79,
     }
     assert len(events) == 393_638
     # 4,383 customers in the file; 98 of them have only cancellations or non-product lines.

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from traitflow.config import Item2VecParams, SessionParams
+from traitflow.event_schema import as_canonical
 from traitflow.item2vec import (
     SOURCE_ACTION,
     SOURCE_CATEGORY,
@@ -33,7 +34,6 @@ from traitflow.item2vec import (
     train_item2vec,
 )
 from traitflow.model import TokenTable
-from traitflow.schema import as_canonical
 from traitflow.sessions import Vocabulary, build_vocabulary, sessionize, write_corpus
 from traitflow.synthetic import SyntheticSpec, generate
 

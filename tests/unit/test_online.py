@@ -12,7 +12,7 @@ import pytest
 from traitflow.config import AggregationParams, PipelineConfig
 from traitflow.online import CustomerProfiler
 from traitflow.pipeline import profile_customers, train
-from traitflow.profiles import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY
+from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY
 from traitflow.synthetic import SyntheticSpec, generate
 
 AS_OF = datetime(2026, 1, 15, tzinfo=UTC)

@@ -25,6 +25,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from traitflow.aggregate import customer_embeddings
+from traitflow.alignment import align_tokens
 from traitflow.config import AggregationParams, Item2VecParams, PipelineConfig, TraitParams
 from traitflow.model import TraitflowModel
 from traitflow.pipeline import (
@@ -35,10 +36,9 @@ from traitflow.pipeline import (
     train,
     train_tokens,
 )
-from traitflow.profiles import COLD_START_NO_HISTORY, COLD_START_NONE, COLD_START_VALUES
+from traitflow.profile_batch import COLD_START_NO_HISTORY, COLD_START_NONE, COLD_START_VALUES
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 from traitflow.traits import fit_traits, project_one
-from traitflow.triggers import align_tokens
 
 SMALL_SPEC = SyntheticSpec(n_customers=100, n_events=1_000)
 SMALL_CONFIG = PipelineConfig(item2vec=Item2VecParams(workers=1))
@@ -355,7 +355,7 @@ def test_corpus_paths(small, tmp_path: Path):
 
 
 def test_profiles_carry_their_evidence_and_it_survives_a_round_trip(small, tmp_path: Path):
-    from traitflow.profiles import ProfileBatch, profile_confidence
+    from traitflow.profile_batch import ProfileBatch, profile_confidence
 
     data, model = small
     batch = profile_customers(data.events, model, model.trained_through)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from traitflow.config import ConfigError, SessionParams
-from traitflow.schema import as_canonical
+from traitflow.event_schema import as_canonical
 from traitflow.sessions import (
     build_vocabulary,
     session_starts,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from traitflow.schema import ACTIONS, CANONICAL_COLUMNS, empty_events
+from traitflow.event_schema import ACTIONS, CANONICAL_COLUMNS, empty_events
 from traitflow.synthetic import MIN_SESSION_BREAK, SyntheticData, SyntheticSpec, generate, write_sample
 
 SPEC = SyntheticSpec(n_customers=400, n_products=300, n_categories=12, n_events=20_000, days=10, seed=7)

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from traitflow.alignment import align_tokens
 from traitflow.config import Item2VecParams, PipelineConfig, TraitParams
 from traitflow.model import TraitflowModel
 from traitflow.pipeline import build_corpus, events_before, fit_model, train_tokens
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 from traitflow.traits import fit_traits, match_traits, project
-from traitflow.triggers import align_tokens
 
 SPEC = SyntheticSpec(n_events=40_000, seed=0)
 CONFIG_A = PipelineConfig(item2vec=Item2VecParams(workers=1, seed=1))

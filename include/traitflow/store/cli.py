@@ -25,7 +25,7 @@ import pandas as pd
 import psycopg
 
 from traitflow.config import ConfigError
-from traitflow.profiles import MIN_EVIDENCE_EVENTS
+from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
 from traitflow.redaction import redact, secrets_of
 
 from .core import Store

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from traitflow import config
 from traitflow.model import TraitflowModel
-from traitflow.profiles import MIN_EVIDENCE_EVENTS, ProfileBatch
+from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, ProfileBatch
 
 from . import ingest as _ingest
 from . import migrations as _migrations
@@ -145,7 +145,7 @@ class Store:
     ) -> IngestReport:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
-        ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.schema``
+        ``result`` has ``events`` (canonical frame) and ``rejects`` (``traitflow.event_schema``
         reject columns), and optionally ``products`` (name counts, ``schema.PRODUCT_NAME_COLUMNS``)
         whose most frequent name per product goes to ``product_names`` in the same transaction.
         With ``file_sha256`` the input is also recorded in ``ingested_files``. An event whose key

@@ -6,7 +6,7 @@ natural keys make a re-run add nothing: ``events (customer_id, event_time, actio
 and ``rejected_events (source, row_number)``. Files are additionally recorded by SHA-256 in
 ``ingested_files`` so a repeated file is recognised without reading it.
 
-No row vanishes on the events key (``traitflow.schema.duplicate_masks``): an event whose key is
+No row vanishes on the events key (``traitflow.event_schema.duplicate_masks``): an event whose key is
 stored with the same category, price and session id is "already present" (a re-run); one whose
 key is stored with other values, or repeats the key of an earlier event of the same batch with
 other values, is recorded in ``rejected_events`` as ``conflicting_duplicate`` under its row
@@ -32,7 +32,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from traitflow import schema as ev_schema
+from traitflow import event_schema
 
 from . import copybin
 from ._util import copy_in, require_transaction
@@ -40,11 +40,11 @@ from .errors import StoreInputError
 
 # Event text columns with their storage limits (the SQL CHECK constraints mirror these).
 _EVENT_TEXT_LIMITS: dict[str, tuple[bool, int]] = {  # column -> (required, max chars)
-    "customer_id": (True, ev_schema.MAX_ID_LENGTH),
-    "action": (True, ev_schema.MAX_ID_LENGTH),
-    "product_id": (True, ev_schema.MAX_ID_LENGTH),
-    "category": (False, ev_schema.MAX_TEXT_LENGTH),
-    "session_id": (False, ev_schema.MAX_TEXT_LENGTH),
+    "customer_id": (True, event_schema.MAX_ID_LENGTH),
+    "action": (True, event_schema.MAX_ID_LENGTH),
+    "product_id": (True, event_schema.MAX_ID_LENGTH),
+    "category": (False, event_schema.MAX_TEXT_LENGTH),
+    "session_id": (False, event_schema.MAX_TEXT_LENGTH),
 }
 # Postgres text cannot hold NUL; a reject's raw text is kept readable with a JSON-style escape.
 NUL_ESCAPE = "\\u0000"
@@ -141,7 +141,7 @@ def event_columns(
     With ``row_numbers`` (int64) and ``conflicting`` (bool), both aligned with ``events``, they
     follow as two more columns.
     """
-    missing = [c for c in ev_schema.REQUIRED_COLUMNS if c not in events.columns]
+    missing = [c for c in event_schema.REQUIRED_COLUMNS if c not in events.columns]
     if missing:
         raise StoreInputError(f"events frame lacks required columns {missing}; has {list(events.columns)}")
     n = len(events)
@@ -154,12 +154,13 @@ def event_columns(
         check_text(text[column], column, required=required, max_chars=limit)
     if n:
         unknown = pc.invert(
-            pc.is_in(text["action"], value_set=pa.array(ev_schema.ACTIONS, pa.large_string()))
+            pc.is_in(text["action"], value_set=pa.array(event_schema.ACTIONS, pa.large_string()))
         )
         if pc.any(unknown).as_py():
             row = _first_true(unknown)
             raise StoreInputError(
-                f"row {row} has action {text['action'][row].as_py()!r}; expected one of {ev_schema.ACTIONS}"
+                f"row {row} has action {text['action'][row].as_py()!r}; "
+                f"expected one of {event_schema.ACTIONS}"
             )
     times = events["event_time"]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):
@@ -293,14 +294,14 @@ def ingest_frames(
     require_transaction(conn)
     if not source or not run_id:
         raise StoreInputError("source and run_id must be non-empty strings")
-    rejects = rejects if rejects is not None else ev_schema.empty_rejects()
+    rejects = rejects if rejects is not None else event_schema.empty_rejects()
     report = IngestReport(source=source, run_id=run_id)
     # Check everything before writing anything (a bad reject must not follow inserted events).
     event_cols = None
     if len(events):
         numbers = _batch_row_numbers(events, event_row_numbers)
         # Loader output has no repeated key; a frame from elsewhere may.
-        _, in_batch = ev_schema.duplicate_masks(events)
+        _, in_batch = event_schema.duplicate_masks(events)
         event_cols = event_columns(events, numbers, in_batch)
     reject_cols = reject_columns(rejects, source) if len(rejects) else None
     if event_cols is not None:
@@ -331,7 +332,7 @@ def ingest_frames(
                 stored = _STORED_CONFLICT_SQL
             row = conn.execute(
                 _CONFLICTS_SQL.format(stored=stored),
-                {"source": source, "reason": ev_schema.REASON_CONFLICTING_DUPLICATE, "run_id": run_id},
+                {"source": source, "reason": event_schema.REASON_CONFLICTING_DUPLICATE, "run_id": run_id},
             ).fetchone()
             report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
     if reject_cols is not None:
@@ -423,7 +424,7 @@ def ingest_results(
         if products is not None and len(products):
             name_counts.append(products)
     total.n_product_names = upsert_product_names(
-        conn, ev_schema.merge_name_counts(name_counts), source, run_id
+        conn, event_schema.merge_name_counts(name_counts), source, run_id
     )
     record_file(conn, total)
     total.seconds = time.perf_counter() - started

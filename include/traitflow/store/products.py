@@ -1,7 +1,7 @@
 """Product names: upserted with an ingestion, read back for labels, the CLI and the UI.
 
 The names come from a loader's ``LoadResult.products`` (counts per product and name; see
-``traitflow.schema.PRODUCT_NAME_COLUMNS``), reduced to each product's most frequent name over the
+``traitflow.event_schema.PRODUCT_NAME_COLUMNS``), reduced to each product's most frequent name over the
 whole ingested file. Writes run inside the caller's transaction and never commit.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import pandas as pd
 import psycopg
 
-from traitflow import schema as ev_schema
+from traitflow import event_schema
 
 from . import copybin
 from ._util import copy_in, require_transaction
@@ -26,13 +26,13 @@ def upsert_product_names(conn: psycopg.Connection, counts: pd.DataFrame, source:
     a file changes nothing (not even ``source`` or ``updated_at``).
     """
     require_transaction(conn)
-    names = ev_schema.most_frequent_names(counts)
+    names = event_schema.most_frequent_names(counts)
     if not len(names):
         return 0
     ids = as_text_array(names["product_id"], "product_id")
     labels = as_text_array(names["product_name"], "product_name")
-    check_text(ids, "product_id", required=True, max_chars=ev_schema.MAX_ID_LENGTH)
-    check_text(labels, "product_name", required=True, max_chars=ev_schema.MAX_TEXT_LENGTH)
+    check_text(ids, "product_id", required=True, max_chars=event_schema.MAX_ID_LENGTH)
+    check_text(labels, "product_name", required=True, max_chars=event_schema.MAX_TEXT_LENGTH)
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_names")
     conn.execute(
         'CREATE TEMP TABLE _tf_stage_names (product_id text COLLATE "C", product_name text) ON COMMIT DROP'

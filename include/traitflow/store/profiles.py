@@ -53,8 +53,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from traitflow import schema as ev_schema
-from traitflow.profiles import COLD_START_VALUES, ProfileBatch
+from traitflow import event_schema
+from traitflow.profile_batch import COLD_START_VALUES, ProfileBatch
 
 from . import copybin
 from ._util import copy_in, require_transaction, utc
@@ -202,7 +202,7 @@ def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> _Prepared:
         raise StoreInputError("n_known_tokens must be integers between 0 and n_events")
     cold_start = _check_cold_start(np.asarray(batch.cold_start, dtype=object))
     id_array = as_text_array(np.asarray(batch.customer_ids, dtype=object), "customer_ids")
-    check_text(id_array, "customer_ids", required=True, max_chars=ev_schema.MAX_ID_LENGTH)
+    check_text(id_array, "customer_ids", required=True, max_chars=event_schema.MAX_ID_LENGTH)
     # Rows in customer_id byte order: index insertions are local (appends on a first load) and the
     # current table's heap stays in key order. The pipeline's batches are sorted already
     # (strictly increasing = sorted and unique, checked in one pass); others are sorted here,
@@ -253,7 +253,7 @@ def _lock_profiles(conn: psycopg.Connection) -> None:
     schema: deployments in other schemas of the same database do not wait for each other.
     """
     conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profiles:' || current_schema(), 0))"
+        "SELECT pg_advisory_xact_lock(hashtextextended('traitflow.profile_batch:' || current_schema(), 0))"
     )
 
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from traitflow import schema as ev_schema
-from traitflow.profiles import MIN_EVIDENCE_EVENTS, profile_confidence
+from traitflow import event_schema
+from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, profile_confidence
 
 from . import copybin
 from ._util import copy_in, copy_out_csv, require_transaction, utc
@@ -111,7 +111,7 @@ def _stage_ids(conn: psycopg.Connection, ids: np.ndarray) -> None:
 
 
 def events_frame(table: pa.Table) -> pd.DataFrame:
-    """Canonical events frame (``traitflow.schema``) from the COPY CSV columns."""
+    """Canonical events frame (``traitflow.event_schema``) from the COPY CSV columns."""
     micros = table.column("event_us").to_numpy()
     frame = pd.DataFrame(
         {
@@ -127,7 +127,7 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
     frame = frame.astype(
         {c: "str" for c in ("customer_id", "action", "product_id", "category", "session_id")}
     )
-    return frame[list(ev_schema.CANONICAL_COLUMNS)]
+    return frame[list(event_schema.CANONICAL_COLUMNS)]
 
 
 def read_events(
@@ -156,7 +156,7 @@ def read_events(
     if customer_ids is not None:
         ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).dropna().astype(str).to_numpy())
         if len(ids) == 0:
-            return ev_schema.empty_events()
+            return event_schema.empty_events()
         _stage_ids(conn, np.asarray(ids, dtype=object))
         conditions.append(sql.SQL("e.customer_id IN (SELECT customer_id FROM _tf_read_ids)"))
     # No ORDER BY: the server streams a plain scan, and pyarrow sorts (multi-threaded C++, byte
@@ -169,7 +169,7 @@ def read_events(
     ).format(_where(conditions))
     table = copy_out_csv(conn, query, params, _EVENT_CSV_COLUMNS)
     if table.num_rows == 0:
-        return ev_schema.empty_events()
+        return event_schema.empty_events()
     table = table.sort_by([(key, "ascending") for key in ("customer_id", "event_us", "action", "product_id")])
     return events_frame(table)
 

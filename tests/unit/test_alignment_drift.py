@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from traitflow.alignment import align_tokens, fit_alignment, shared_rows
 from traitflow.config import Item2VecParams, PipelineConfig, TriggerParams
+from traitflow.drift import measure_drift, new_vocab_ratio
 from traitflow.model import TokenTable
 from traitflow.pipeline import build_corpus, train_tokens
 from traitflow.synthetic import SyntheticSpec, generate
-from traitflow.triggers import align_tokens, fit_alignment, measure_drift, new_vocab_ratio, shared_rows
 
 # ----------------------------------------------------------------------------------- new vocab
 

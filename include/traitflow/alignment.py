@@ -1,19 +1,20 @@
-"""Retrain triggers: new-vocabulary ratio and drift between two Item2Vec spaces after alignment.
+"""Alignment of two Item2Vec spaces: orthogonal Procrustes on the tokens both know.
 
 Two independently trained Word2Vec spaces differ by an arbitrary rotation, so comparing raw
 vectors always reports drift. The candidate is first aligned to the active model with orthogonal
-Procrustes on the tokens both know; only what is left after the best rotation is drift.
+Procrustes on the tokens both know; only what is left after the best rotation is drift
+(``traitflow.drift``).
 
 Both spaces are centred (on the mean of their shared tokens) before aligning and before taking
 cosines: Word2Vec vectors share a large common direction, strongest when training data are
 small, and that direction makes every pair of tokens look alike. Without centring a model
-trained on different behaviour scored 0.03 drift on a small workload; centred, it scores clearly
-above the 0.1 threshold while retrains on the same behaviour stay well below it.
+trained on different behaviour scores far below the drift threshold on a small workload;
+centred, it scores clearly above it while retrains on the same behaviour stay well below it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
@@ -23,18 +24,7 @@ from traitflow.model import TokenTable
 _EPS = 1e-12
 
 
-def new_vocab_ratio(candidate_tokens: np.ndarray, active_tokens: np.ndarray | None) -> float:
-    """Share of the candidate vocabulary the active model has never seen (1.0 with no active model)."""
-    candidate = np.unique(np.asarray(candidate_tokens, dtype=object))
-    if len(candidate) == 0:
-        return 0.0
-    if active_tokens is None:
-        return 1.0
-    known = np.isin(candidate, np.asarray(active_tokens, dtype=object))
-    return float(1.0 - known.mean())
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
     matrix = matrix.astype(np.float64)
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), _EPS)
 
@@ -82,45 +72,6 @@ def fit_alignment(source: TokenTable, target: TokenTable, min_count: int = 5) ->
     rotation, singular_sum = orthogonal_procrustes(a, b)
     scale = singular_sum / max(float(np.sum(a * a)), _EPS)
     return Alignment(rotation=rotation, scale=float(scale), source_mean=source_mean, target_mean=target_mean)
-
-
-@dataclass(frozen=True)
-class DriftReport:
-    """Cosine drift per shared token after alignment: 0 = same direction, 2 = opposite."""
-
-    mean_drift: float
-    weighted_mean_drift: float  # weighted by the active model's token counts
-    p95_drift: float
-    max_drift: float
-    n_shared_tokens: int
-    n_candidate_tokens: int
-    n_active_tokens: int
-    min_count: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int = 5) -> DriftReport:
-    """Drift of ``candidate`` from ``active`` after Procrustes alignment on their shared vocabulary."""
-    alignment = fit_alignment(candidate, active, min_count)
-    source_rows, target_rows = shared_rows(candidate, active, min_count)
-    if len(source_rows) == 0:
-        source_rows, target_rows = shared_rows(candidate, active, 1)
-    aligned = _unit_rows(alignment.apply(candidate.vectors[source_rows]) - alignment.target_mean)
-    reference = _unit_rows(active.vectors[target_rows] - alignment.target_mean)
-    drift = 1.0 - np.sum(aligned * reference, axis=1)
-    weights = active.counts[target_rows].astype(np.float64)
-    return DriftReport(
-        mean_drift=float(drift.mean()),
-        weighted_mean_drift=float(np.average(drift, weights=weights)),
-        p95_drift=float(np.quantile(drift, 0.95)),
-        max_drift=float(drift.max()),
-        n_shared_tokens=len(drift),
-        n_candidate_tokens=len(candidate),
-        n_active_tokens=len(active),
-        min_count=min_count,
-    )
 
 
 def align_tokens(candidate: TokenTable, active: TokenTable, min_count: int = 5) -> TokenTable:

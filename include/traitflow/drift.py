@@ -1,0 +1,61 @@
+"""Retrain triggers: the new-vocabulary ratio, and drift between two Item2Vec spaces after
+alignment (``traitflow.alignment``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from traitflow.alignment import fit_alignment, shared_rows, unit_rows
+from traitflow.model import TokenTable
+
+
+def new_vocab_ratio(candidate_tokens: np.ndarray, active_tokens: np.ndarray | None) -> float:
+    """Share of the candidate vocabulary the active model has never seen (1.0 with no active model)."""
+    candidate = np.unique(np.asarray(candidate_tokens, dtype=object))
+    if len(candidate) == 0:
+        return 0.0
+    if active_tokens is None:
+        return 1.0
+    known = np.isin(candidate, np.asarray(active_tokens, dtype=object))
+    return float(1.0 - known.mean())
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Cosine drift per shared token after alignment: 0 = same direction, 2 = opposite."""
+
+    mean_drift: float
+    weighted_mean_drift: float  # weighted by the active model's token counts
+    p95_drift: float
+    max_drift: float
+    n_shared_tokens: int
+    n_candidate_tokens: int
+    n_active_tokens: int
+    min_count: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int = 5) -> DriftReport:
+    """Drift of ``candidate`` from ``active`` after Procrustes alignment on their shared vocabulary."""
+    alignment = fit_alignment(candidate, active, min_count)
+    source_rows, target_rows = shared_rows(candidate, active, min_count)
+    if len(source_rows) == 0:
+        source_rows, target_rows = shared_rows(candidate, active, 1)
+    aligned = unit_rows(alignment.apply(candidate.vectors[source_rows]) - alignment.target_mean)
+    reference = unit_rows(active.vectors[target_rows] - alignment.target_mean)
+    drift = 1.0 - np.sum(aligned * reference, axis=1)
+    weights = active.counts[target_rows].astype(np.float64)
+    return DriftReport(
+        mean_drift=float(drift.mean()),
+        weighted_mean_drift=float(np.average(drift, weights=weights)),
+        p95_drift=float(np.quantile(drift, 0.95)),
+        max_drift=float(drift.max()),
+        n_shared_tokens=len(drift),
+        n_candidate_tokens=len(candidate),
+        n_active_tokens=len(active),
+        min_count=min_count,
+    )
