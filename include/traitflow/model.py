@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from traitflow import formatting
 from traitflow.config import (
     AggregationParams,
     Item2VecParams,
@@ -180,7 +181,7 @@ class TraitflowModel:
             "version": self.version,
             "l1_penalty": self.traits.l1_penalty,
         }
-        (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        (directory / "meta.json").write_text(formatting.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -269,13 +270,3 @@ def config_from_dict(nested: dict[str, Any]) -> PipelineConfig:
         traits=TraitParams(**nested["traits"]),
         triggers=TriggerParams(**nested["triggers"]),
     )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

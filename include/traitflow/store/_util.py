@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import pq
 from psycopg.copy import QueuedLibpqWriter
+
+from traitflow import formatting
 
 from . import copybin
 from .errors import StoreInputError
@@ -41,30 +41,31 @@ def utc(value: datetime) -> datetime:
 
 
 def to_jsonable(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays -> Python, datetimes -> ISO, non-finite floats -> None.
+    """JSON-safe copy for a ``jsonb`` value (``traitflow.formatting.to_jsonable``).
 
     PostgreSQL ``jsonb`` has no NaN/Infinity and no ``\\u0000``: NaN metrics become null, and a
-    NUL in a string is rejected with a clear error rather than an opaque server error.
+    NUL in a string or a value JSON cannot hold is rejected with a clear error rather than an
+    opaque server error.
     """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime):
-        return value.isoformat()
+    try:
+        converted = formatting.to_jsonable(value)
+    except TypeError as error:
+        raise StoreInputError(str(error)) from None
+    _reject_nul(converted)
+    return converted
+
+
+def _reject_nul(value: Any) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise StoreInputError("JSON strings cannot contain NUL (\\x00) characters in PostgreSQL jsonb")
-        return value
-    if value is None or isinstance(value, bool | int):
-        return value
-    raise StoreInputError(f"value of type {type(value).__name__} is not JSON serialisable: {value!r}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key)
+            _reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_nul(item)
 
 
 def dumps(value: Any) -> str:

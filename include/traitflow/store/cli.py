@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from typing import Any, NoReturn
 import pandas as pd
 import psycopg
 
+from traitflow import formatting
 from traitflow.config import ConfigError
 from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
 from traitflow.redaction import redact, secrets_of
@@ -58,17 +58,9 @@ def _store(args: argparse.Namespace) -> Store:
     return Store(args.database_url, args.schema)
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def print_json(value: Any) -> None:
     """The CLI's one JSON printer (numpy values, datetimes), for every ``--json`` output."""
-    print(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
+    print(formatting.dumps(value, indent=2))
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool, max_colwidth: int | None = 60) -> None:
@@ -242,7 +234,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
     else:
         for r in reports:
             print(f"{r['updated_at']:%Y-%m-%d %H:%M:%S}  {r['kind']}  {r['run_key']}")
-            print("  " + json.dumps(r["report"], default=_json_default, ensure_ascii=False)[:500])
+            print("  " + formatting.dumps(r["report"])[:500])
     return 0
 
 
