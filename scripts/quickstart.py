@@ -1,14 +1,22 @@
 """Quickstart: sample data -> weekly retrain -> daily runs, all through Airflow's ``dag.test()``.
 
 Run by ``scripts/quickstart.sh`` after the environment is installed. Uses SQLite for Airflow's
-metadata (``data/airflow``) and, unless ``TRAITFLOW_DATABASE_URL`` is set, an embedded
-PostgreSQL under ``data/pgdata`` that stays up afterwards so you can query it.
+metadata (``data/airflow/airflow.db``, the database ``scripts/airflow_standalone.sh`` uses too, so
+these runs show in the UI) and, unless ``TRAITFLOW_DATABASE_URL`` is set, an embedded PostgreSQL
+under ``data/pgdata`` that stays up afterwards so you can query it.
 
-Timeline (sample data starts Thursday 2026-01-01, one file per day in ``data/sample``):
-  daily runs for Jan 1..10  -> ingest each day's file (no model yet: profiles are skipped, and say so)
-  weekly retrain, interval ending Sunday Jan 11 -> train on everything before it (training
-                               window 90 days), quality gate, drift branch, promote model 1
-  daily runs for Jan 11..13 -> ingest and update the profiles of each day's customers with model 1
+Timeline (``sample_timeline``), dated relative to the day the sample is generated, one file per
+day in ``data/sample``, so the sample ends with the last complete day and a manual trigger of
+either DAG in the UI finds data in its window:
+  daily runs for the first 10 days -> ingest each day's file (no model yet: profiles are skipped,
+                                      and say so)
+  weekly retrain, interval ending on the Sunday after them -> train on everything before it
+                                      (training window 90 days), quality gate, drift branch,
+                                      promote model 1
+  daily runs for the remaining days up to yesterday -> ingest and update the profiles of each
+                                      day's customers with model 1
+The timeline is recorded with the sample (``data/sample_truth/timeline.env``) and reused on a
+rerun; ``airflow_standalone.sh`` sets the DAGs' start date from it.
 """
 
 from __future__ import annotations
@@ -18,12 +26,52 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_START = datetime(2026, 1, 1, tzinfo=UTC)
-DAYS_BEFORE_RETRAIN = 10  # Jan 11, 2026 is a Sunday: the end of a @weekly interval
+DAYS_BEFORE_RETRAIN = 10
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The sample covers ``[start, end)`` (UTC midnights); ``retrain`` is a Sunday, the end of the
+    ``@weekly`` interval the quickstart's weekly run covers."""
+
+    start: datetime
+    retrain: datetime
+    end: datetime
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+    def to_env(self) -> str:
+        return f"TRAITFLOW_START_DATE={self.start:%Y-%m-%d}\nTRAITFLOW_SAMPLE_END={self.end:%Y-%m-%d}\n"
+
+    @classmethod
+    def from_env(cls, text: str) -> Timeline:
+        values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        start = datetime.fromisoformat(values["TRAITFLOW_START_DATE"]).replace(tzinfo=UTC)
+        end = datetime.fromisoformat(values["TRAITFLOW_SAMPLE_END"]).replace(tzinfo=UTC)
+        return cls(start, _retrain_sunday(start), end)
+
+
+def _retrain_sunday(start: datetime) -> datetime:
+    """The first Sunday at least ``DAYS_BEFORE_RETRAIN`` days after ``start``."""
+    earliest = start + DAYS_BEFORE_RETRAIN * DAY
+    return earliest + ((6 - earliest.weekday()) % 7) * DAY
+
+
+def sample_timeline(now: datetime, days_after_retrain: int = 3) -> Timeline:
+    """A sample ending with the last complete UTC day before ``now``, with at least
+    ``DAYS_BEFORE_RETRAIN`` days before the retrain's Sunday and ``days_after_retrain`` after it."""
+    end = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    latest = end - days_after_retrain * DAY
+    retrain = latest - ((latest.weekday() + 1) % 7) * DAY  # the Sunday on or before `latest`
+    return Timeline(start=retrain - DAYS_BEFORE_RETRAIN * DAY, retrain=retrain, end=end)
 
 
 def configure_environment(data: Path) -> None:
@@ -59,35 +107,42 @@ def ensure_database(data: Path) -> str:
     return url
 
 
-def ensure_sample(data: Path, days: int) -> None:
+def ensure_sample(data: Path, days_after_retrain: int) -> Timeline:
     from traitflow.synthetic import SyntheticSpec, write_sample
 
-    sample = data / "sample"
+    sample, truth = data / "sample", data / "sample_truth"
+    recorded = truth / "timeline.env"
+    if any(sample.glob("events_*.csv")) and recorded.is_file():
+        timeline = Timeline.from_env(recorded.read_text())
+        print(f"sample data: reusing {sample} ({timeline.start:%Y-%m-%d} to {timeline.end - DAY:%Y-%m-%d})")
+        return timeline
     if any(sample.glob("events_*.csv")):
-        print(f"sample data: reusing {sample}")
-        return
+        raise SystemExit(f"{sample} holds event files but no {recorded}: remove the folder to regenerate")
+    timeline = sample_timeline(datetime.now(UTC), days_after_retrain)
     spec = SyntheticSpec(
         n_customers=3000,
         n_products=1500,
         n_categories=24,
         n_segments=8,
         n_events=150_000,
-        start=SAMPLE_START,
-        days=days,
+        start=timeline.start,
+        days=timeline.days,
         seed=7,
     )
     paths = write_sample(sample, spec, days_per_file=1)
     # The ground truth (segments, products) goes beside the input folder, not in it: the daily
     # DAG ingests every dated file there and warns about anything else.
-    truth = data / "sample_truth"
     truth.mkdir(parents=True, exist_ok=True)
     for path in paths:
         if not path.name.startswith("events_"):
             path.rename(truth / path.name)
+    recorded.write_text(timeline.to_env())
     print(
         f"sample data: {spec.n_events} events, {spec.n_customers} customers, {spec.n_segments} planted "
-        f"segments -> {sample} (ground truth in {truth})"
+        f"segments, {timeline.start:%Y-%m-%d} to {timeline.end - DAY:%Y-%m-%d} -> {sample} "
+        f"(ground truth in {truth})"
     )
+    return timeline
 
 
 def run(dag, logical_date: datetime, conf: dict | None = None) -> dict[str, str]:
@@ -144,13 +199,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--daily-after", type=int, default=3, help="daily runs after the retrain")
+    parser.add_argument(
+        "--daily-after", type=int, default=3, help="at least this many daily runs after the retrain"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     data = args.data_dir.resolve()
     configure_environment(data)
     url = ensure_database(data)
-    ensure_sample(data, days=DAYS_BEFORE_RETRAIN + args.daily_after)
+    timeline = ensure_sample(data, days_after_retrain=args.daily_after)
+    # Airflow creates no task before a DAG's start date: start the DAGs with the sample.
+    os.environ.setdefault("TRAITFLOW_START_DATE", f"{timeline.start:%Y-%m-%d}")
 
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
@@ -162,16 +221,16 @@ def main() -> None:
     db.upgradedb()
     dags = DagBag(dag_folder=str(ROOT / "dags")).dags
     daily, weekly = dags["traitflow_daily"], dags["traitflow_weekly_retrain"]
-    day = timedelta(days=1)
-    # A manual run with logical date T covers the day before T.
+    # A manual run with logical date T covers the day before T (the daily DAG) or the last
+    # complete week before T (the weekly one).
     print("\nDaily runs before any model exists (ingest only):")
-    for offset in range(1, DAYS_BEFORE_RETRAIN + 1):
-        run(daily, SAMPLE_START + offset * day)
+    for offset in range(1, (timeline.retrain - timeline.start).days + 1):
+        run(daily, timeline.start + offset * DAY)
     print("\nWeekly retrain:")
-    run(weekly, SAMPLE_START + DAYS_BEFORE_RETRAIN * day)
+    run(weekly, timeline.retrain)
     print("\nDaily runs with the promoted model:")
-    for offset in range(DAYS_BEFORE_RETRAIN + 1, DAYS_BEFORE_RETRAIN + 1 + args.daily_after):
-        run(daily, SAMPLE_START + offset * day)
+    for offset in range(1, (timeline.end - timeline.retrain).days + 1):
+        run(daily, timeline.retrain + offset * DAY)
     summarize(url)
     print(f"\nquickstart finished in {time.perf_counter() - started:.0f}s")
 
