@@ -47,9 +47,7 @@ def check_bounds(instance: Any) -> None:
         raise ConfigError(problem)
 
 
-# --- Stage parameters ---------------------------------------------------------------------------
-
-_SEED_MAX = 2**31 - 1
+_SEED_MAX = 2**31 - 1  # seeds stay signed 32-bit integers, which gensim and scikit-learn both take
 
 
 @dataclass(frozen=True)
