@@ -11,7 +11,6 @@ from traitflow_common import (
     env_input_dir,
     explain_test_before_start,
     fail_fast,
-    pipeline_params,
     start_date,
 )
 
@@ -85,7 +84,8 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
             "share of its rows is rejected: that is a wrong mapping, not bad rows. 1 = never refuse.",
             section="Input",
         ),
-        **pipeline_params(),
+        # No model parameters: the daily update profiles customers with the stored model's own
+        # config (traitflow.pipeline.profile_customers), so a form value could change nothing.
     },
 )
 def traitflow_daily() -> None:

@@ -128,107 +128,19 @@ _SECTIONS = {
     "triggers": "Retrain triggers and quality gate",
 }
 
-# JSON-schema bounds and help text per flat key; defaults always come from PipelineConfig so the
-# form, the CLI and the library cannot disagree. Bounds mirror the dataclass validation (plus a
-# sane upper limit so a typo in the form fails at trigger time, not two hours into training).
-_INT, _NUM = "integer", "number"
-_SPECS: dict[str, dict[str, Any]] = {
-    "session_timeout_minutes": {
-        "type": _NUM,
-        "exclusiveMinimum": 0,
-        "maximum": 1440,
-        "description": "Inactivity gap (minutes) that ends a session.",
-    },
-    "vector_size": {"type": _INT, "minimum": 1, "maximum": 1024, "description": "Embedding dimension."},
-    "window": {"type": _INT, "minimum": 1, "maximum": 100, "description": "Word2Vec context window."},
-    "negative": {"type": _INT, "minimum": 0, "maximum": 100, "description": "Negative samples per token."},
-    "ns_exponent": {
-        "type": _NUM,
-        "minimum": -2,
-        "maximum": 2,
-        "description": "Exponent of the negative-sampling distribution (0.75 = word2vec default).",
-    },
-    "sample": {
-        "type": _NUM,
-        "minimum": 0,
-        "maximum": 1,
-        "description": "Down-sampling threshold for very popular tokens (0 = off).",
-    },
-    "min_count": {
-        "type": _INT,
-        "minimum": 1,
-        "maximum": 10000,
-        "description": "Ignore tokens seen fewer times in the training window.",
-    },
-    "epochs": {"type": _INT, "minimum": 1, "maximum": 500, "description": "Training epochs."},
-    "workers": {"type": _INT, "minimum": 1, "maximum": 64, "description": "Training threads."},
-    "seed": {"type": _INT, "minimum": 0, "maximum": 2**31 - 1, "description": "Word2Vec random seed."},
-    "recency_half_life_days": {
-        "type": ["null", _NUM],
-        "exclusiveMinimum": 0,
-        "description": "Half-life (days) of the recency weight of events; empty = no decay.",
-    },
-    "k": {"type": _INT, "minimum": 1, "maximum": 256, "description": "Number of traits (NMF components)."},
-    "nmf_max_iter": {"type": _INT, "minimum": 1, "maximum": 100000, "description": "NMF iteration limit."},
-    "nmf_random_state": {"type": _INT, "minimum": 0, "maximum": 2**31 - 1, "description": "NMF seed."},
-    "nmf_sparsity": {
-        "type": _NUM,
-        "minimum": 0,
-        "maximum": 10,
-        "description": "Relative L1 penalty on customer loadings; higher = customers lean on fewer traits.",
-    },
-    "new_vocab_threshold": {
-        "type": _NUM,
-        "minimum": 0,
-        "maximum": 1,
-        "description": "Retrain when more than this share of the window's tokens is new to the model.",
-    },
-    "drift_threshold": {
-        "type": _NUM,
-        "minimum": 0,
-        "maximum": 1,
-        "description": "Refit traits when the aligned embedding drift exceeds this.",
-    },
-    "quality_margin": {
-        "type": _NUM,
-        "minimum": 0,
-        "maximum": 1,
-        "description": "Reject a candidate more than this much worse (hit rate) than the active model.",
-    },
-    "training_window_days": {
-        "type": _INT,
-        "minimum": 1,
-        "maximum": 3650,
-        "description": "Days of events the weekly corpus covers.",
-    },
-}
-
-
-def _schema_for(key: str, default: Any) -> dict[str, Any]:
-    """The spec of ``key``, or one inferred from its default (a new config key still gets a field;
-    tests/dags insists on a real spec)."""
-    if key in _SPECS:
-        return dict(_SPECS[key])
-    section, name = PipelineConfig.FLAT_KEYS[key]
-    description = f"PipelineConfig.{section}.{name}"
-    if isinstance(default, bool):
-        return {"type": "boolean", "description": description}
-    if isinstance(default, int):
-        return {"type": _INT, "description": description}
-    if isinstance(default, float):
-        return {"type": _NUM, "description": description}
-    return {"type": ["null", "string", _INT, _NUM], "description": description}
-
 
 def pipeline_params() -> dict[str, Param]:
-    """One Param per ``PipelineConfig.FLAT_KEYS`` entry, defaults from ``PipelineConfig()``."""
+    """One Param per ``PipelineConfig.FLAT_KEYS`` entry: the default from ``PipelineConfig()``,
+    the JSON schema and help text from the bounds declared on the config field, so the form, the
+    CLI and the library cannot disagree."""
     params: dict[str, Param] = {}
     for key, default in PipelineConfig().to_flat().items():
-        schema = _schema_for(key, default)
-        description = schema.pop("description", None)
+        schema = PipelineConfig.json_schema(key)
+        description = schema.pop("description")
         section = PipelineConfig.FLAT_KEYS[key][0]
-        schema.update(title=key, section=_SECTIONS.get(section, section))
-        params[key] = Param(default, description=description, **schema)
+        params[key] = Param(
+            default, description=description, title=key, section=_SECTIONS.get(section, section), **schema
+        )
     return params
 
 

@@ -2,17 +2,24 @@
 
 Every stage takes its own frozen dataclass so that a DAG Param form, the CLI and the tests all
 build the same objects. ``PipelineConfig.from_mapping`` accepts a flat dict (as Airflow Params
-deliver them) and rejects unknown keys with a precise message.
+deliver them) and rejects unknown keys with a precise message. Each field's allowed values and
+help text are declared once, as field metadata (``traitflow.bounds``): ``__post_init__`` checks
+them and ``PipelineConfig.json_schema`` renders them for the DAG trigger forms.
+
+Light on purpose (standard library only): the DAG files import this module at parse time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from traitflow.bounds import bounded_fields, bounds, violation
 
 DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -32,27 +39,33 @@ class ThinDataError(ValueError):
     the same data cannot succeed, so schedulers should fail at once instead of retrying."""
 
 
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if (allow_zero and value < 0) or (not allow_zero and value <= 0):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+def check_bounds(instance: Any) -> None:
+    """``ConfigError`` naming the first field of ``instance`` outside its declared bounds
+    (``traitflow.bounds``); every stage dataclass calls this first in ``__post_init__``."""
+    problem = violation(instance)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+_SEED_MAX = 2**31 - 1  # seeds stay signed 32-bit integers, which gensim and scikit-learn both take
 
 
 @dataclass(frozen=True)
 class SessionParams:
     """How events become sessions and tokens."""
 
-    timeout_minutes: float = 30.0
+    timeout_minutes: float = field(
+        default=30.0,
+        metadata=bounds(
+            exclusive_minimum=0, maximum=1440, description="Inactivity gap (minutes) that ends a session."
+        ),
+    )
     token_scheme: str = "{action}_{product_id}"
-    min_session_tokens: int = 2  # shorter sessions carry no co-occurrence signal for training
+    # Shorter sessions carry no co-occurrence signal for training.
+    min_session_tokens: int = field(default=2, metadata=bounds(minimum=1))
 
     def __post_init__(self) -> None:
-        _check_positive("timeout_minutes", self.timeout_minutes)
+        check_bounds(self)
         if "{product_id}" not in self.token_scheme:
             raise ConfigError("token_scheme must contain '{product_id}'")
         unknown = self.token_scheme.replace("{action}", "").replace("{product_id}", "")
@@ -60,40 +73,52 @@ class SessionParams:
             raise ConfigError(
                 f"token_scheme may only use {{action}} and {{product_id}}: {self.token_scheme!r}"
             )
-        if self.min_session_tokens < 1:
-            raise ConfigError(f"min_session_tokens must be >= 1, got {self.min_session_tokens}")
 
 
 @dataclass(frozen=True)
 class Item2VecParams:
     """gensim Word2Vec hyperparameters (corpus_file mode)."""
 
-    vector_size: int = 64
-    window: int = 5
-    negative: int = 10
-    ns_exponent: float = 0.75
-    sample: float = 1e-3
-    min_count: int = 1
-    epochs: int = 10
-    sg: int = 1
-    workers: int = 2
-    seed: int = 42
-    alpha: float = 0.025
+    vector_size: int = field(
+        default=64, metadata=bounds(minimum=1, maximum=1024, description="Embedding dimension.")
+    )
+    window: int = field(
+        default=5, metadata=bounds(minimum=1, maximum=100, description="Word2Vec context window.")
+    )
+    negative: int = field(
+        default=10, metadata=bounds(minimum=0, maximum=100, description="Negative samples per token.")
+    )
+    ns_exponent: float = field(
+        default=0.75,
+        metadata=bounds(
+            minimum=-2,
+            maximum=2,
+            description="Exponent of the negative-sampling distribution (0.75 = word2vec default).",
+        ),
+    )
+    sample: float = field(
+        default=1e-3,
+        metadata=bounds(
+            minimum=0, maximum=1, description="Down-sampling threshold for very popular tokens (0 = off)."
+        ),
+    )
+    min_count: int = field(
+        default=1,
+        metadata=bounds(
+            minimum=1, maximum=10000, description="Ignore tokens seen fewer times in the training window."
+        ),
+    )
+    epochs: int = field(default=10, metadata=bounds(minimum=1, maximum=500, description="Training epochs."))
+    sg: int = field(default=1, metadata=bounds(choices=(0, 1), description="0 = CBOW, 1 = skip-gram."))
+    workers: int = field(default=2, metadata=bounds(minimum=1, maximum=64, description="Training threads."))
+    seed: int = field(
+        default=42, metadata=bounds(minimum=0, maximum=_SEED_MAX, description="Word2Vec random seed.")
+    )
+    alpha: float = field(default=0.025, metadata=bounds(exclusive_minimum=0))
     min_alpha: float = 0.0001
 
     def __post_init__(self) -> None:
-        for name in ("vector_size", "window", "epochs", "workers", "min_count"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.negative < 0:
-            raise ConfigError(f"negative must be >= 0, got {self.negative}")
-        if self.sg not in (0, 1):
-            raise ConfigError(f"sg must be 0 (CBOW) or 1 (skip-gram), got {self.sg!r}")
-        _check_positive("sample", self.sample, allow_zero=True)
-        _check_positive("alpha", self.alpha)
-        if not -2.0 <= self.ns_exponent <= 2.0:
-            raise ConfigError(f"ns_exponent must be in [-2, 2], got {self.ns_exponent}")
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -101,70 +126,98 @@ class AggregationParams:
     """How a customer's tokens become one vector."""
 
     action_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
-    recency_half_life_days: float | None = None
-    min_tokens: int = 3  # below this the customer is embedded from category averages (cold start)
+    recency_half_life_days: float | None = field(
+        default=None,
+        metadata=bounds(
+            exclusive_minimum=0,
+            description="Half-life (days) of the recency weight of events; empty = no decay.",
+        ),
+    )
+    # Below this the customer is embedded from category averages (cold start).
+    min_tokens: int = field(default=3, metadata=bounds(minimum=1))
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         for action, weight in self.action_weights.items():
             if weight < 0:
                 raise ConfigError(f"action weight for {action!r} must be >= 0, got {weight}")
-        if self.recency_half_life_days is not None:
-            _check_positive("recency_half_life_days", self.recency_half_life_days)
-        if self.min_tokens < 1:
-            raise ConfigError(f"min_tokens must be >= 1, got {self.min_tokens}")
 
 
 @dataclass(frozen=True)
 class TraitParams:
     """NMF settings."""
 
-    n_traits: int = 16
+    n_traits: int = field(
+        default=16, metadata=bounds(minimum=1, maximum=256, description="Number of traits (NMF components).")
+    )
     # scikit-learn's own defaults. The tail beyond them buys nothing measurable: on 20K customers
     # (k=16) tol=1e-5/max_iter=500 ran 314 iterations for the same profiles (matched trait
     # correlation 1.000) as 200 here; on 80K customers with ~10 events each, 500 vs 200
     # iterations gave the same reconstruction error to 4 digits and matched traits >= 0.92
     # (mean 0.986), in half the time.
-    max_iter: int = 200
-    tol: float = 1e-4
-    random_state: int = 0
+    max_iter: int = field(
+        default=200, metadata=bounds(minimum=1, maximum=100000, description="NMF iteration limit.")
+    )
+    tol: float = field(default=1e-4, metadata=bounds(exclusive_minimum=0))
+    random_state: int = field(
+        default=0, metadata=bounds(minimum=0, maximum=_SEED_MAX, description="NMF seed.")
+    )
     # nndsvd is deterministic (refits of the same data give the same traits) and recovered planted
     # segments best in our measurements (see traitflow.traits).
-    init: str = "nndsvd"
+    init: str = field(default="nndsvd", metadata=bounds(choices=("nndsvd", "nndsvda", "nndsvdar", "random")))
     # Optional L1 penalty on customer loadings, relative to the RMS of the NMF input; the same
     # penalty is applied when projecting, so profiles stay consistent with the fit.
-    sparsity: float = 0.0
+    sparsity: float = field(
+        default=0.0,
+        metadata=bounds(
+            minimum=0,
+            maximum=10,
+            description="Relative L1 penalty on customer loadings; higher = customers lean on fewer traits.",
+        ),
+    )
     # Learn the components on at most this many customers (uniform sample, random_state); all
     # customers are projected exactly afterwards. Bounds the weekly NMF cost at the M tier.
     max_fit_customers: int = 200_000
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_traits, int) or self.n_traits < 1:
-            raise ConfigError(f"n_traits must be an integer >= 1, got {self.n_traits!r}")
-        if self.init not in ("nndsvd", "nndsvda", "nndsvdar", "random"):
-            raise ConfigError(f"init must be one of nndsvd, nndsvda, nndsvdar, random; got {self.init!r}")
-        _check_positive("tol", self.tol)
-        _check_positive("sparsity", self.sparsity, allow_zero=True)
+        check_bounds(self)
         if self.max_fit_customers < self.n_traits:
             raise ConfigError(f"max_fit_customers must be >= n_traits, got {self.max_fit_customers}")
-        if self.max_iter < 1:
-            raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
 
 
 @dataclass(frozen=True)
 class TriggerParams:
     """Thresholds of the weekly retrain branches and the quality gate."""
 
-    new_vocab_threshold: float = 0.05
-    drift_threshold: float = 0.1
-    quality_margin: float = 0.02  # candidate may be at most this much worse (absolute hit rate)
-    training_window_days: int = 90
+    new_vocab_threshold: float = field(
+        default=0.05,
+        metadata=bounds(
+            minimum=0,
+            maximum=1,
+            description="Retrain when more than this share of the window's tokens is new to the model.",
+        ),
+    )
+    drift_threshold: float = field(
+        default=0.1,
+        metadata=bounds(
+            minimum=0, maximum=1, description="Refit traits when the aligned embedding drift exceeds this."
+        ),
+    )
+    quality_margin: float = field(
+        default=0.02,
+        metadata=bounds(
+            minimum=0,
+            maximum=1,
+            description="Reject a candidate more than this much worse (hit rate) than the active model.",
+        ),
+    )
+    training_window_days: int = field(
+        default=90,
+        metadata=bounds(minimum=1, maximum=3650, description="Days of events the weekly corpus covers."),
+    )
 
     def __post_init__(self) -> None:
-        _check_fraction("new_vocab_threshold", self.new_vocab_threshold)
-        _check_fraction("drift_threshold", self.drift_threshold)
-        _check_fraction("quality_margin", self.quality_margin)
-        if self.training_window_days < 1:
-            raise ConfigError(f"training_window_days must be >= 1, got {self.training_window_days}")
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -219,6 +272,16 @@ class PipelineConfig:
                 for section, overrides in sections.items()
             }
         )
+
+    @classmethod
+    def json_schema(cls, key: str) -> dict[str, Any]:
+        """JSON schema of the flat key ``key`` from its field's declared ``Bounds``, plus its
+        ``description``: what a DAG trigger form validates the value with."""
+        section, name = cls.FLAT_KEYS[key]
+        for declared in bounded_fields(typing.get_type_hints(cls)[section]):
+            if declared.name == name:
+                return {**declared.json_schema(), "description": declared.bounds.description}
+        raise ConfigError(f"config key {key!r} ({section}.{name}) declares no bounds")
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of ``from_mapping``: flat keys with this config's values."""

@@ -203,9 +203,12 @@ def test_joins_after_branches_use_none_failed_min_one_success(dagbag: Any) -> No
     assert all(t.trigger_rule in ("all_success", JOIN) for t in dag.tasks)
 
 
-@pytest.mark.parametrize("dag_id", ["traitflow_daily", "traitflow_weekly_retrain"])
-def test_params_form_mirrors_pipeline_config(dagbag: Any, dag_id: str) -> None:
-    params = dagbag.dags[dag_id].params
+DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share"}
+WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
+
+
+def test_weekly_form_mirrors_pipeline_config(dagbag: Any) -> None:
+    params = dagbag.dags["traitflow_weekly_retrain"].params
     defaults = PipelineConfig().to_flat()
     for key, default in defaults.items():
         param = params.get_param(key)
@@ -213,18 +216,31 @@ def test_params_form_mirrors_pipeline_config(dagbag: Any, dag_id: str) -> None:
         assert param.description, key
         assert param.schema.get("type"), key
         param.resolve()  # the default passes its own schema
-    extra = set(params.keys()) - set(defaults)
-    weekly_extra = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
-    daily_extra = {"input_dir", "mapping", "max_reject_share"}
-    assert extra == (daily_extra if dag_id == "traitflow_daily" else weekly_extra)
+    assert set(params.keys()) - set(defaults) == WEEKLY_RUN_PARAMS
     # The library rebuilds its config from the run's params: the form must round-trip.
-    assert PipelineConfig.from_mapping(dict(params), ignore=tuple(extra)) == PipelineConfig()
+    assert PipelineConfig.from_mapping(dict(params), ignore=tuple(WEEKLY_RUN_PARAMS)) == PipelineConfig()
 
 
-def test_param_specs_cover_every_config_key() -> None:
-    import traitflow_common
+def test_weekly_form_validates_with_the_bounds_declared_on_the_config(dagbag: Any) -> None:
+    """The schema each form field is checked with is the one rendered from the config field's
+    declared bounds (tests/unit/test_config.py checks that it agrees with the dataclass)."""
+    params = dagbag.dags["traitflow_weekly_retrain"].params
+    for key, (section, _) in PipelineConfig.FLAT_KEYS.items():
+        param = params.get_param(key)
+        declared = PipelineConfig.json_schema(key)
+        assert param.description == declared.pop("description"), key
+        assert param.schema == {**declared, "title": key, "section": param.schema["section"]}, key
+        assert param.schema["section"] and param.schema["section"] != section, key  # a readable title
 
-    assert set(traitflow_common._SPECS) == set(PipelineConfig.FLAT_KEYS)
+
+def test_daily_form_shows_only_what_the_daily_run_reads(dagbag: Any) -> None:
+    """The daily update profiles customers with the stored model's own config, so the model
+    parameters have no place in its form."""
+    params = dagbag.dags["traitflow_daily"].params
+    assert set(params.keys()) == DAILY_PARAMS
+    for key in DAILY_PARAMS:
+        assert params.get_param(key).description, key
+        params.get_param(key).resolve()
 
 
 def test_weekly_form_starts_with_force_retrain(dagbag: Any) -> None:
@@ -319,7 +335,7 @@ def test_dag_files_import_no_heavy_modules(parse_report: dict[str, Any]) -> None
     heavy = sorted({m.split(".")[0] for m in loaded} & set(HEAVY_MODULES))
     assert heavy == []
     traitflow_modules = {m for m in loaded if m == "traitflow" or m.startswith("traitflow.")}
-    assert traitflow_modules <= {"traitflow", "traitflow.config"}
+    assert traitflow_modules <= {"traitflow", "traitflow.bounds", "traitflow.config"}
 
 
 def test_dag_files_do_no_db_work_at_top_level(parse_report: dict[str, Any]) -> None:
