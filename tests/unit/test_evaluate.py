@@ -172,6 +172,40 @@ def test_report_renders_as_text_and_json(report, tmp_path: Path):
     )
 
 
+def test_report_renders_skipped_and_missing_sections(tmp_path: Path):
+    """An ``evaluate_model``-like report: no model, skipped sections say why, absent ones are left out."""
+    report = {
+        "split": {"at": "2026-01-01T00:00:00+00:00"},
+        "category_ranking": {},
+        "product_ranking": {"skipped": "no purchases"},
+        "product_ranking_new": None,
+        "next_item": {"skipped": "post-split sessions: no pairs"},
+        "segments": None,
+        "purity": None,
+        "stability": {"skipped": "every customer has new events in the extended window"},
+        "k_selection": [{"k": 1024, "reconstruction_error": 0.5, "purity": float("nan")}],
+    }
+    assert format_report(report).splitlines() == [
+        "Traitflow evaluation -- split at 2026-01-01T00:00:00+00:00 (given)",
+        "",
+        "",
+        "Product ranking (all products): skipped (no purchases)",
+        "",
+        "Item2Vec next-item: skipped (post-split sessions: no pairs)",
+        "",
+        "Stability: skipped (every customer has new events in the extended window)",
+        "",
+        "Choice of k (same tokens, NMF refitted per k):",
+        "  k     reconstruction_error  purity",
+        "  ----  --------------------  ------",
+        "  1024                 0.500     nan",  # k is a label: no thousands separator
+    ]
+    report["extra"] = {"n": np.int64(3), "inf": np.float64("inf"), "pair": (1, 2.5)}
+    loaded = json.loads(write_json(report, tmp_path / "nested" / "report.json").read_text())
+    assert loaded["k_selection"][0]["purity"] is None
+    assert loaded["extra"] == {"n": 3, "inf": None, "pair": [1, 2.5]}
+
+
 # ------------------------------------------------------------------------------- metric units
 
 
