@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.linalg import orthogonal_procrustes
 
 from traitflow.model import TokenTable
@@ -45,7 +46,7 @@ class Alignment:
 
 def shared_rows(source: TokenTable, target: TokenTable, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (into source, into target) of tokens both tables know with >= min_count in both."""
-    target_rows = target.index.get_indexer(source.tokens)
+    target_rows = target.index.get_indexer(pd.Index(source.tokens))
     source_rows = np.flatnonzero(target_rows >= 0)
     target_rows = target_rows[source_rows]
     frequent = (source.counts[source_rows] >= min_count) & (target.counts[target_rows] >= min_count)

@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Literal, TypeAlias, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,22 @@ _DECODE_WINDOW = 64 << 10
 _NL, _CR, _QUOTE, _COMMA = 0x0A, 0x0D, 0x22, 0x2C
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+# An opened input file: plain or gunzipped.
+ByteStream: TypeAlias = gzip.GzipFile | io.BufferedReader
+
+
+class _PandasOptions(TypedDict):
+    dtype: type[str]
+    keep_default_na: bool
+    na_filter: bool
+    index_col: Literal[False]
+    skip_blank_lines: bool
+    encoding: str
+    engine: Literal["c"]
+
+
 # Options of the pandas parse of well-formed records: every field as text, nothing guessed.
-PANDAS_OPTIONS = {
+PANDAS_OPTIONS: _PandasOptions = {
     "dtype": str,
     "keep_default_na": False,
     "na_filter": False,
@@ -125,7 +139,7 @@ def escape_raw(data: bytes) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def open_bytes(path: Path) -> IO[bytes]:
+def open_bytes(path: Path) -> ByteStream:
     """The file's bytes, gunzipped for a ``.gz`` name."""
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
@@ -203,7 +217,7 @@ def _pieces(path: Path, names: list[str], *, has_header: bool) -> Iterator[Recor
                 buffer, final = _skip_line(stream, buffer)
 
 
-def _skip_line(stream: IO[bytes], buffer: bytes) -> tuple[bytes, bool]:
+def _skip_line(stream: ByteStream, buffer: bytes) -> tuple[bytes, bool]:
     """Drop bytes up to and including the next newline; (what follows, end of file reached)."""
     while True:
         at = buffer.find(b"\n")

@@ -23,6 +23,8 @@ first row is kept and the later one rejected with that reason, so no row vanishe
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 import pandas as pd
 
@@ -46,7 +48,7 @@ DUPLICATE_FIELDS: tuple[str, ...] = OPTIONAL_COLUMNS
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 1024  # category and session id
 
-TIME_DTYPE = "datetime64[us, UTC]"
+TIME_DTYPE: Final = "datetime64[us, UTC]"
 
 REJECT_COLUMNS: tuple[str, ...] = ("source", "row_number", "raw", "reason")
 

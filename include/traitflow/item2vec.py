@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -156,7 +157,7 @@ class TokenLookup:
         return {name: int(n) for name, n in zip(SOURCE_NAMES, per_source, strict=True)}
 
 
-_Strings = np.ndarray | pa.Array
+_Strings: TypeAlias = np.ndarray | pa.Array
 
 
 def _subset(values: _Strings, mask: np.ndarray) -> np.ndarray:
@@ -195,19 +196,19 @@ def lookup(
         positions = pc.index_in(token_values, value_set=value_set).fill_null(-1)
         rows = positions.to_numpy(zero_copy_only=False).astype(np.int64)
     else:
-        rows = tokens.index.get_indexer(token_values).astype(np.int64)
+        rows = tokens.index.get_indexer(pd.Index(token_values)).astype(np.int64)
     source = np.full(len(rows), SOURCE_TOKEN, dtype=np.int8)
     in_vocabulary = rows >= 0
     if force_category is not None:
         rows[force_category] = -1
     missing = rows < 0
     if missing.any():
-        category_rows = fallback.category_index.get_indexer(_subset(categories, missing))
+        category_rows = fallback.category_index.get_indexer(pd.Index(_subset(categories, missing)))
         rows[missing] = np.where(category_rows >= 0, category_rows + fallback.category_offset, -1)
         source[missing] = SOURCE_CATEGORY
         missing = rows < 0
     if missing.any():
-        action_rows = fallback.action_index.get_indexer(_subset(actions, missing))
+        action_rows = fallback.action_index.get_indexer(pd.Index(_subset(actions, missing)))
         rows[missing] = np.where(action_rows >= 0, action_rows + fallback.action_offset, -1)
         source[missing] = SOURCE_ACTION
         missing = rows < 0

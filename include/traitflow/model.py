@@ -168,7 +168,7 @@ class TraitflowModel:
         if self.traits.products is not None:
             arrays["trait_product_ids"] = self.traits.products.product_ids.astype(str)
             arrays["trait_product_weights"] = self.traits.products.weights
-        np.savez(directory / "arrays.npz", **arrays)
+        np.savez(directory / "arrays.npz", allow_pickle=False, **arrays)
         meta = {
             "format_version": MODEL_FORMAT_VERSION,
             "trained_through": self.trained_through.isoformat(),
@@ -252,7 +252,7 @@ def save_tokens(tokens: TokenTable, path: str | Path) -> Path:
     """Write a TokenTable alone (a candidate between weekly tasks) to an ``.npz`` file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **_token_arrays(tokens))
+    np.savez(path, allow_pickle=False, **_token_arrays(tokens))
     return path
 
 

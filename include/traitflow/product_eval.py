@@ -116,7 +116,7 @@ def product_ranking(
     else:
         stored_ids, stored = distribution
         weights = np.zeros((profiles.shape[1], len(index)))
-        cols = index.get_indexer(np.asarray(stored_ids, dtype=object))
+        cols = index.get_indexer(pd.Index(np.asarray(stored_ids, dtype=object)))
         weights[:, cols[cols >= 0]] = stored[:, cols >= 0]
     popularity = product_popularity(history, index, actions)
     transition = cooccurrence_matrix(history, config.sessions, index)
@@ -135,9 +135,7 @@ def product_ranking(
             "popularity": popularity,
             "cooccurrence": sparse_scores(usage @ transition, popularity(0, 1)[0]),
             "own_history": sparse_scores(usage, popularity(0, 1)[0]),
-            "profile_with_history": lambda start, stop, mix=mixture, own=usage: (
-                mix(start, stop) + HISTORY_WEIGHT * own[start:stop].toarray()
-            ),
+            "profile_with_history": _with_history(mixture, usage),
         }
         for extra_name, extra, extra_weights in extra_profiles:
             scorers[extra_name] = mixture_scores(extra[rows], extra_weights)
@@ -165,6 +163,11 @@ def product_ranking(
             "n_resamples": n_resamples,
         }
     return out
+
+
+def _with_history(mixture: ScoreBatch, usage: sp.csr_matrix) -> ScoreBatch:
+    """The mixture scores plus ``HISTORY_WEIGHT`` times each customer's own (row-normalized) usage."""
+    return lambda start, stop: mixture(start, stop) + HISTORY_WEIGHT * usage[start:stop].toarray()
 
 
 def mixture_metrics(

@@ -92,6 +92,7 @@ class ProfileBatch:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
             path,
+            allow_pickle=False,
             customer_ids=self.customer_ids.astype(str),
             embeddings=self.embeddings,
             profiles=self.profiles,

@@ -18,8 +18,8 @@ def embedding_quality(tokens: TokenTable, expected_similarity: pd.DataFrame) -> 
     expected_similarity : DataFrame with columns ``token_a``, ``token_b``, ``expected`` (float);
         pairs with an unknown token are ignored. At least 3 usable pairs are needed.
     """
-    rows_a = tokens.index.get_indexer(expected_similarity["token_a"].to_numpy(dtype=object))
-    rows_b = tokens.index.get_indexer(expected_similarity["token_b"].to_numpy(dtype=object))
+    rows_a = tokens.index.get_indexer(pd.Index(expected_similarity["token_a"].to_numpy(dtype=object)))
+    rows_b = tokens.index.get_indexer(pd.Index(expected_similarity["token_b"].to_numpy(dtype=object)))
     usable = (rows_a >= 0) & (rows_b >= 0)
     if usable.sum() < 3:
         raise ValueError(f"need >= 3 pairs of known tokens, got {int(usable.sum())}")
@@ -100,8 +100,8 @@ def next_item_hits(
     Returns ndarray of bool, shape (n_pairs,). Pairs with a token unknown to the model are misses
     (a model that knows fewer tokens is not rewarded for it).
     """
-    current_rows = tokens.index.get_indexer(current)
-    following_rows = tokens.index.get_indexer(following)
+    current_rows = tokens.index.get_indexer(pd.Index(current))
+    following_rows = tokens.index.get_indexer(pd.Index(following))
     scorable = (current_rows >= 0) & (following_rows >= 0)
     hits = np.zeros(len(current), dtype=bool)
     if scorable.any() and len(tokens) > 1:
@@ -125,7 +125,8 @@ def next_item_hit_rate(
         sessions, session_tokens, max_pairs=max_pairs, random_state=random_state
     )
     hits = next_item_hits(tokens, current, following, top_n=top_n)
-    coverage = (tokens.index.get_indexer(current) >= 0) & (tokens.index.get_indexer(following) >= 0)
+    known = tokens.index
+    coverage = (known.get_indexer(pd.Index(current)) >= 0) & (known.get_indexer(pd.Index(following)) >= 0)
     return {"hit_rate": float(hits.mean()), "n_pairs": len(current), "coverage": float(coverage.mean())}
 
 
@@ -234,5 +235,5 @@ def compare_with_popularity(
 
 def _token_counts(tokens: TokenTable, values: np.ndarray) -> np.ndarray:
     """Occurrences of each vocabulary token among ``values`` (unknown values ignored), shape (n_tokens,)."""
-    rows = tokens.index.get_indexer(np.asarray(values, dtype=object))
+    rows = tokens.index.get_indexer(pd.Index(np.asarray(values, dtype=object)))
     return np.bincount(rows[rows >= 0], minlength=len(tokens)).astype(np.int64)

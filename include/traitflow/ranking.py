@@ -43,7 +43,7 @@ def item_matrix(
     rows: np.ndarray, items: np.ndarray, index: pd.Index, values: np.ndarray, n_rows: int
 ) -> sp.csr_matrix:
     """Sparse (n_rows, len(index)) sum of ``values`` at (row, item); items not in ``index`` dropped."""
-    cols = index.get_indexer(items)
+    cols = index.get_indexer(pd.Index(items))
     known = cols >= 0
     matrix = sp.csr_matrix(
         (np.asarray(values, dtype=np.float64)[known], (rows[known], cols[known])),
@@ -323,7 +323,7 @@ def item_targets(
             len(test_ids),
         )
     rows = np.searchsorted(test_ids, customers)
-    unseen = pd.Index(pd.unique(items[index.get_indexer(items) < 0]))
+    unseen = pd.Index(pd.unique(items[index.get_indexer(pd.Index(items)) < 0]))
     relevant = item_matrix(rows, items, index.append(unseen), np.ones(len(rows)), len(test_ids))
     relevant.data[:] = 1.0
     return ItemTargets(customer_ids=test_ids, relevant=relevant, exclude=exclude, n_unseen_items=len(unseen))

@@ -320,7 +320,7 @@ def fit_traits(
     weights = project_weights(components, matrix, l1_penalty=l1_penalty)
     population_profile = np.full(params.n_traits, 1.0 / params.n_traits)
     profiles, _ = normalize_profiles(weights, population_profile)
-    residual = np.linalg.norm(matrix - weights @ components) / max(np.linalg.norm(matrix), _EPS)
+    residual = np.linalg.norm(matrix - weights @ components) / max(float(np.linalg.norm(matrix)), _EPS)
     traits = TraitModel(
         components=components,
         center=center,

@@ -28,7 +28,7 @@ import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,11 @@ class TuningResult:
         rows = self.table[self.table["role"] == role]
         if rows.empty:
             raise KeyError(f"no row with role {role!r}")
-        return rows.iloc[0].to_dict()
+        return _string_keys(rows.iloc[0].to_dict())
 
     @property
     def best(self) -> dict[str, Any]:
-        return self.table.iloc[0].to_dict()
+        return _string_keys(self.table.iloc[0].to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -100,8 +100,13 @@ class TuningResult:
             "gensim_defaults": _plain(self.row("gensim_defaults")),
             "config_defaults": _plain(self.row("config_defaults")),
             "sample": self.sample,
-            "table": [_plain(r) for r in self.table.to_dict("records")],
+            "table": [_plain(_string_keys(r)) for r in self.table.to_dict("records")],
         }
+
+
+def _string_keys(row: Mapping[Hashable, Any]) -> dict[str, Any]:
+    """A table row keyed by its column labels (all strings)."""
+    return {str(k): v for k, v in row.items()}
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:

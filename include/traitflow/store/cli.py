@@ -158,7 +158,7 @@ def traits_json(frame: pd.DataFrame) -> dict[str, Any]:
     top_categories, top_product_names, size}]}`` from ``Store.traits``: the shape
     ``traitflow inspect MODEL --json`` prints for a saved model (there, sizes count training
     customers; product names are known only to the store)."""
-    version = int(frame["model_version"].iat[0]) if len(frame) else None
+    version = int(frame["model_version"].iloc[0]) if len(frame) else None
     return {
         "model_version": version,
         "size_counts": "current profiles by dominant trait",
@@ -187,17 +187,17 @@ def _print_trait_table(frame: pd.DataFrame, names: Mapping[str, str]) -> None:
     """One line per trait, labels left-aligned and never cut (a cut name would mislead); the model
     version once in a header, top categories only when the model has any."""
     print(
-        f"model version {int(frame['model_version'].iat[0])}: {len(frame)} traits "
+        f"model version {int(frame['model_version'].iloc[0])}: {len(frame)} traits "
         "(size: current profiles by dominant trait)"
     )
     with_categories = any(len(v) for v in frame["top_categories"])
     width = max(5, *(len(label) for label in frame["label"]))
     columns = "top categories; top products" if with_categories else "top products"
     print(f"{'trait':>5}  {'size':>6}  {'label':<{width}}  {columns}")
-    for row in frame.itertuples(index=False):  # one row per trait (k rows)
-        categories = f"{', '.join(row.top_categories[:3])}; " if with_categories else ""
-        products = ", ".join(_named(p, names) for p in row.top_products[:3])
-        print(f"{row.trait_id:>5}  {row.size:>6}  {row.label:<{width}}  {categories}{products}")
+    for row in frame.to_dict(orient="records"):  # one row per trait (k rows)
+        categories = f"{', '.join(row['top_categories'][:3])}; " if with_categories else ""
+        products = ", ".join(_named(p, names) for p in row["top_products"][:3])
+        print(f"{row['trait_id']:>5}  {row['size']:>6}  {row['label']:<{width}}  {categories}{products}")
 
 
 def _named(product_id: str, names: Mapping[str, str]) -> str:

@@ -34,6 +34,8 @@ PG_EPOCH_US = 946_684_800_000_000
 # Element type OIDs checked by array_recv: they must match the column's element type.
 _OID = {"float4": 700, "float8": 701, "int8": 20, "int4": 23}
 _SCALAR_DTYPE = {"int8": ">i8", "int4": ">i4", "int2": ">i2", "float8": ">f8", "float4": ">f4", "bool": "?"}
+# One field of a numpy structured dtype: (name, type) or (name, type, shape).
+_Field = tuple[str, Any] | tuple[str, Any, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _as_2d(values: np.ndarray, dtype: type, kind: str) -> np.ndarray:
     return array
 
 
-def _array_fields(prefix: str, kind: str, dim: int) -> list[tuple[str, Any]]:
+def _array_fields(prefix: str, kind: str, dim: int) -> list[_Field]:
     elem = ">f4" if kind == "float4[]" else ">f8"
     return [
         (f"{prefix}len", ">i4"),
@@ -167,7 +169,7 @@ def encode_rows(columns: Sequence[Column]) -> pa.Buffer:
     """The binary COPY rows (no header, no trailer) for ``columns``, all of the same length."""
     n = _common_length(columns)
     segments: list[pa.Array] = []
-    fields: list[tuple[str, Any]] = [("ncols", ">i2")]
+    fields: list[_Field] = [("ncols", ">i2")]
     fills: dict[str, Any] = {"ncols": len(columns)}
 
     for i, col in enumerate(columns):
@@ -225,7 +227,7 @@ def encode_rows(columns: Sequence[Column]) -> pa.Buffer:
 
 
 def _flush_fields(
-    fields: list[tuple[str, Any]], fills: dict[str, Any], n: int, segments: list[pa.Array]
+    fields: list[_Field], fills: dict[str, Any], n: int, segments: list[pa.Array]
 ) -> None:
     """Append the pending fixed-width fields as one block (sub-field keys use ``name.sub``)."""
     if not fields:
@@ -285,7 +287,7 @@ def decode_fixed(data: bytes | memoryview, spec: Sequence[tuple[str, str, int]])
     if bytes(body[-2:]) != TRAILER:
         raise ValueError("binary COPY stream lacks its trailer")
     body = body[:-2]
-    fields: list[tuple[str, Any]] = [("ncols", ">i2")]
+    fields: list[_Field] = [("ncols", ">i2")]
     expected: dict[str, int] = {"ncols": len(spec)}
     for i, (_name, kind, dim) in enumerate(spec):
         p = f"c{i}_"
@@ -306,10 +308,10 @@ def decode_fixed(data: bytes | memoryview, spec: Sequence[tuple[str, str, int]])
             dtype = _SCALAR_DTYPE[kind]
             fields.extend([(f"{p}len", ">i4"), (f"{p}v", dtype)])
             expected[f"{p}len"] = np.dtype(dtype).itemsize
-    dtype = np.dtype(fields)
-    if len(body) % dtype.itemsize:
+    row_dtype = np.dtype(fields)
+    if len(body) % row_dtype.itemsize:
         raise ValueError("binary COPY rows are not fixed-width as expected (NULL or ragged array?)")
-    rows = np.frombuffer(body, dtype=dtype)
+    rows = np.frombuffer(body, dtype=row_dtype)
     for name, value in expected.items():
         if len(rows) and not np.all(rows[name] == value):
             raise ValueError(f"unexpected binary COPY layout in field {name!r} (NULL or ragged array?)")

@@ -231,10 +231,10 @@ class Timeouts:
         ``..._CLIENT_TIMEOUT_S``; unset ones keep the defaults."""
         base = cls()
 
-        def number(name: str, default: float | None) -> float | None:
+        def number(name: str) -> float | None:
             raw = config.env_str(f"TRAITFLOW_{name}")
             if raw is None:
-                return default
+                return None
             try:
                 return float(raw)
             except ValueError:
@@ -242,14 +242,18 @@ class Timeouts:
                     f"TRAITFLOW_{name} must be a number of seconds, got {raw!r}"
                 ) from None
 
+        def seconds(name: str, default: float) -> float:
+            value = number(name)
+            return default if value is None else value
+
         return cls(
-            connect_s=number("CONNECT_TIMEOUT_S", base.connect_s),
-            statement_s=number("STATEMENT_TIMEOUT_S", base.statement_s),
-            lock_s=number("LOCK_TIMEOUT_S", base.lock_s),
-            keepalives_idle_s=int(number("KEEPALIVES_IDLE_S", base.keepalives_idle_s)),
-            keepalives_interval_s=int(number("KEEPALIVES_INTERVAL_S", base.keepalives_interval_s)),
-            keepalives_count=int(number("KEEPALIVES_COUNT", base.keepalives_count)),
-            client_s=number("CLIENT_TIMEOUT_S", None),
+            connect_s=seconds("CONNECT_TIMEOUT_S", base.connect_s),
+            statement_s=seconds("STATEMENT_TIMEOUT_S", base.statement_s),
+            lock_s=seconds("LOCK_TIMEOUT_S", base.lock_s),
+            keepalives_idle_s=int(seconds("KEEPALIVES_IDLE_S", base.keepalives_idle_s)),
+            keepalives_interval_s=int(seconds("KEEPALIVES_INTERVAL_S", base.keepalives_interval_s)),
+            keepalives_count=int(seconds("KEEPALIVES_COUNT", base.keepalives_count)),
+            client_s=number("CLIENT_TIMEOUT_S"),
         )
 
     @property

@@ -334,6 +334,7 @@ def ingest_frames(
                 _CONFLICTS_SQL.format(stored=stored),
                 {"source": source, "reason": event_schema.REASON_CONFLICTING_DUPLICATE, "run_id": run_id},
             ).fetchone()
+            assert row is not None  # one aggregate row
             report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
     if reject_cols is not None:
         conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_rejects")

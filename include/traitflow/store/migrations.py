@@ -141,7 +141,7 @@ def upgrade(conn: psycopg.Connection, schema: str) -> list[int]:
                     )
                     # A whole file: psycopg sends parameterless queries with the simple protocol,
                     # which accepts several statements. The text is package data, never input.
-                    conn.execute(sql.SQL(migration.sql))  # type: ignore[arg-type]
+                    conn.execute(sql.SQL(migration.sql))
                     conn.execute(
                         sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
                             _table(schema)

@@ -1,0 +1,170 @@
+"""What the ``traitflow`` commands share: argument types, model and trigger flags, event loading."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from traitflow.config import PipelineConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("traitflow")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def parse_utc(value: str) -> datetime:
+    """An ISO date or datetime; naive values are taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/datetime: {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model parameters (defaults from traitflow.config)")
+    group.add_argument("--k", type=positive_int, help="number of traits (default 16)")
+    group.add_argument("--vector-size", type=positive_int, help="embedding size (default 64)")
+    group.add_argument("--epochs", type=positive_int, help="Word2Vec epochs (default 10)")
+    group.add_argument("--window", type=positive_int, help="Word2Vec window (default 5)")
+    group.add_argument("--ns-exponent", type=float, help="negative sampling exponent (default 0.75)")
+    group.add_argument("--seed", type=int, help="Word2Vec seed (default 42)")
+    group.add_argument("--workers", type=positive_int, help="Word2Vec worker threads (default 2)")
+    group.add_argument("--session-timeout-minutes", type=float, help="inactivity timeout (default 30)")
+
+
+TRIGGER_KEYS = ("new_vocab_threshold", "drift_threshold", "quality_margin", "training_window_days")
+
+
+def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = PipelineConfig().triggers
+    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
+    group.add_argument(
+        "--new-vocab-threshold",
+        type=float,
+        help=f"retrain when more than this share of tokens is new (default {defaults.new_vocab_threshold})",
+    )
+    group.add_argument(
+        "--drift-threshold",
+        type=float,
+        help=f"refit traits above this aligned drift (default {defaults.drift_threshold})",
+    )
+    group.add_argument(
+        "--quality-margin",
+        type=float,
+        help=f"reject a candidate this much worse in hit rate (default {defaults.quality_margin})",
+    )
+    group.add_argument(
+        "--training-window-days",
+        type=positive_int,
+        help=f"days of events before --as-of to train on (default {defaults.training_window_days})",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    flat = {
+        key: getattr(args, key)
+        for key in (
+            "k",
+            "vector_size",
+            "epochs",
+            "window",
+            "ns_exponent",
+            "seed",
+            "workers",
+            "session_timeout_minutes",
+            *TRIGGER_KEYS,
+        )
+        if getattr(args, key, None) is not None
+    }
+    return PipelineConfig.from_mapping(flat)
+
+
+def int_list(value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"need integers >= 1, got {value!r}")
+    return numbers
+
+
+def fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
+    return number
+
+
+def quiet_gensim(args: argparse.Namespace) -> None:
+    """Commands that train many models keep per-epoch progress lines out of the report."""
+    if not args.verbose:
+        logging.getLogger("gensim").setLevel(logging.WARNING)
+        logging.getLogger("traitflow.item2vec").setLevel(logging.WARNING)
+
+
+def load_events(
+    paths: Sequence[str],
+    mapping: str,
+    max_reject_share: float | None = None,
+    names: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """The valid events of ``paths``; with ``names``, fills it with product_id -> name (the file's
+    most frequent name; a later file overrides an earlier one, as ingestion does)."""
+    import pandas as pd
+
+    from traitflow.events import DEFAULT_MAX_REJECT_SHARE, read_events
+
+    share = DEFAULT_MAX_REJECT_SHARE if max_reject_share is None else max_reject_share
+    frames, n_rejected = [], 0
+    for path in paths:
+        started = time.perf_counter()
+        result = read_events(path, mapping, max_reject_share=share)
+        log.info(
+            "read %s: %d events, %d rejected (%.1fs)",
+            path,
+            len(result.events),
+            len(result.rejects),
+            time.perf_counter() - started,
+        )
+        if len(result.rejects):
+            reasons = result.rejects["reason"].value_counts().to_dict()
+            log.warning("rejected rows in %s by reason: %s", path, reasons)
+        frames.append(result.events)
+        n_rejected += len(result.rejects)
+        if names is not None:
+            named = result.product_names()
+            names.update(zip(named["product_id"].astype(str), named["product_name"].astype(str), strict=True))
+    events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if events.empty:
+        raise CliError(f"no valid events in {', '.join(paths)} ({n_rejected} rejected)")
+    return events
+
+
+def one_microsecond() -> pd.Timedelta:
+    import pandas as pd
+
+    return pd.Timedelta(microseconds=1)
