@@ -31,6 +31,8 @@ SECOND_TRAITS = (3, 7, 12)  # a retrain: trait 11 gone, trait 12 new
 class TwoModels:
     first: TraitflowModel
     second: TraitflowModel
+    first_version: int
+    second_version: int
 
 
 @pytest.fixture
@@ -38,18 +40,18 @@ def two_models(store: Store, build_model: BuildModel, build_profile_batch: Build
     """Customer ``c1`` profiled under the first model on D1 and under the second on D2."""
     first = build_model(trait_ids=FIRST_TRAITS)
     first.trait_match = None  # the first model has no predecessor to be matched with
-    store.save_model(first)
-    store.promote(first.version)
+    first_version = store.save_model(first)
+    store.promote(first_version)
     second = build_model(trait_ids=SECOND_TRAITS, seed=1, trained_through=datetime(2024, 1, 14, tzinfo=UTC))
-    store.save_model(second)
-    store.update_model_metadata(second.version, trait_match={"matched": [[3, 3], [7, 7]], "new": [12]})
+    second_version = store.save_model(second)
+    store.update_model_metadata(second_version, trait_match={"matched": [[3, 3], [7, 7]], "new": [12]})
     early = build_profile_batch(
-        first.version, ["c1"], trait_ids=FIRST_TRAITS, profiles=np.array([[0.1, 0.2, 0.7]]), as_of=D1
+        first_version, ["c1"], trait_ids=FIRST_TRAITS, profiles=np.array([[0.1, 0.2, 0.7]]), as_of=D1
     )
     early.n_events[:], early.n_known_tokens[:] = 9, 6
     store.write_profiles(early)
     late = build_profile_batch(
-        second.version,
+        second_version,
         ["c1"],
         trait_ids=SECOND_TRAITS,
         profiles=np.array([[0.6, 0.3, 0.1]]),
@@ -58,7 +60,7 @@ def two_models(store: Store, build_model: BuildModel, build_profile_batch: Build
     )
     late.n_events[:] = 12
     store.write_profiles(late)
-    return TwoModels(first, second)
+    return TwoModels(first, second, first_version, second_version)
 
 
 def test_trait_columns_name_and_decode_profile_history_columns(store: Store, two_models: TwoModels) -> None:
@@ -67,17 +69,17 @@ def test_trait_columns_name_and_decode_profile_history_columns(store: Store, two
     assert {c: t for c, t in decoded.items() if t is not None} == {
         trait_column(t): t for t in sorted({*FIRST_TRAITS, *SECOND_TRAITS})
     }
-    assert trait_column(np.int64(12)) == "trait_12"
+    assert trait_column(12) == "trait_12"
     for other in ("as_of", "model_version", "dominant_trait_id", "n_events", "trait_", "trait_x", "traits"):
         assert trait_id_of_column(other) is None, other
 
 
 def test_trait_labels_of_some_model_versions(store: Store, two_models: TwoModels) -> None:
     first, second = two_models.first, two_models.second
-    labels = store.trait_labels([second.version, first.version, 999])
+    labels = store.trait_labels([two_models.second_version, two_models.first_version, 999])
     assert labels == {
-        first.version: dict(zip(FIRST_TRAITS, first.traits.labels, strict=True)),
-        second.version: dict(zip(SECOND_TRAITS, second.traits.labels, strict=True)),
+        two_models.first_version: dict(zip(FIRST_TRAITS, first.traits.labels, strict=True)),
+        two_models.second_version: dict(zip(SECOND_TRAITS, second.traits.labels, strict=True)),
         999: {},  # no such model: no labels
     }
     assert store.trait_labels([]) == {}
@@ -85,8 +87,8 @@ def test_trait_labels_of_some_model_versions(store: Store, two_models: TwoModels
 
 def test_trait_matches_of_every_model_version(store: Store, two_models: TwoModels) -> None:
     assert store.trait_matches() == {
-        two_models.first.version: None,
-        two_models.second.version: {"matched": [[3, 3], [7, 7]], "new": [12]},
+        two_models.first_version: None,
+        two_models.second_version: {"matched": [[3, 3], [7, 7]], "new": [12]},
     }
 
 
@@ -96,7 +98,7 @@ def test_labelled_history_uses_each_entry_model_and_its_labels(store: Store, two
     assert isinstance(early, LabelledHistoryEntry)
     assert (early.as_of, late.as_of) == (D1, D2)
     assert type(early.as_of) is datetime
-    assert (early.model_version, late.model_version) == (first.version, second.version)
+    assert (early.model_version, late.model_version) == (two_models.first_version, two_models.second_version)
     assert (early.dominant_trait_id, early.dominant_label) == (11, first.traits.labels[2])
     assert (late.dominant_trait_id, late.dominant_label) == (3, second.traits.labels[0])
     assert (early.n_events, late.n_events) == (9, 12)
@@ -104,10 +106,11 @@ def test_labelled_history_uses_each_entry_model_and_its_labels(store: Store, two
     assert late.n_known_tokens is None  # not recorded for that batch
     assert early.cold_start in {"none", "few_tokens", "no_history"}
     # Only the traits of the entry's own model, in trait id order, each with its label.
-    assert early.traits == tuple(
-        LabelledTraitScore(t, label, pytest.approx(score))
-        for t, label, score in zip(FIRST_TRAITS, first.traits.labels, (0.1, 0.2, 0.7), strict=True)
+    assert all(isinstance(s, LabelledTraitScore) for s in early.traits)
+    assert [(s.trait_id, s.label) for s in early.traits] == list(
+        zip(FIRST_TRAITS, first.traits.labels, strict=True)
     )
+    assert [s.score for s in early.traits] == pytest.approx([0.1, 0.2, 0.7])
     assert [(s.trait_id, s.label) for s in late.traits] == list(
         zip(SECOND_TRAITS, second.traits.labels, strict=True)
     )

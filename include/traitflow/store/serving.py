@@ -89,12 +89,12 @@ def _optional_int(value: Any) -> int | None:
     return int(value)
 
 
-def _labelled_scores(record: Mapping[str, Any], labels: Mapping[int, str]) -> tuple[LabelledTraitScore, ...]:
+def _labelled_scores(record: Mapping[Any, Any], labels: Mapping[int, str]) -> tuple[LabelledTraitScore, ...]:
     """The trait scores of one ``profile_history`` record; a trait the record's model did not
     have is NaN there and left out."""
     scores = []
     for column, value in record.items():
-        trait_id = trait_id_of_column(column)
+        trait_id = trait_id_of_column(str(column))
         if trait_id is None or value is None or math.isnan(value):
             continue
         scores.append(LabelledTraitScore(trait_id, labels.get(trait_id), float(value)))
