@@ -556,6 +556,8 @@ def test_database_problems_are_503_with_a_reason(
     assert response.status_code == 503
     assert "needs migrations" in response.json()["detail"]
     assert "traitflow db upgrade" in response.json()["detail"]
+    models = client.get("/api/models")  # reads model_versions and their trait matches
+    assert models.status_code == 503 and "needs migrations" in models.json()["detail"]
 
     _env_for(monkeypatch, tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2", "x")
     POOL.clear()
