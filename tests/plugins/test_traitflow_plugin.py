@@ -588,6 +588,21 @@ def test_connection_traitflow_db_wins_over_the_env_var(
     POOL.clear()
 
 
+def test_database_url_without_the_connection_is_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitflow import connections
+
+    monkeypatch.delenv("AIRFLOW_CONN_TRAITFLOW_DB", raising=False)
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", "postgresql://tf@db.example/traitflow")
+    assert connections.database_url() == "postgresql://tf@db.example/traitflow"
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", " ")
+    assert connections.database_url() is None  # the embedded server
+
+    # The library imports Airflow only when the lookup runs.
+    code = "import sys, traitflow.connections; print('airflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_url_from_connection() -> None:
     from airflow.sdk import Connection
 
