@@ -3,8 +3,8 @@
 This file only registers the plugin; the app lives in the ``traitflow_web`` package next to it
 (see its docstring for which module does what). Airflow imports every ``.py`` file under the
 plugins folder as a plugin module; ``.airflowignore`` keeps ``traitflow_web/`` out of that, and
-the package is imported by name: importing ``airflow`` (the line above it) puts the plugins
-folder on ``sys.path`` (``airflow.settings.prepare_syspath_for_config_and_plugins``).
+this file imports the package by name: importing ``airflow``, which it does first, puts the
+plugins folder on ``sys.path`` (``airflow.settings.prepare_syspath_for_config_and_plugins``).
 
 What it registers (``TraitflowPlugin``)
 ---------------------------------------
