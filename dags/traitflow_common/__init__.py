@@ -155,21 +155,15 @@ def pipeline_config_values(params: dict[str, Any]) -> dict[str, Any]:
 def database_url() -> str | None:
     """Traitflow's database: Connection ``traitflow_db``, else ``TRAITFLOW_DATABASE_URL``, else None.
 
-    None means: the library starts its embedded Postgres. Call inside tasks only (a connection
-    lookup at parse time would hit the secrets backends on every parse), and never return the
-    URL from a task: XCom is stored unencrypted and shown in the UI.
+    None means: the library starts its embedded Postgres. The lookup is
+    ``traitflow.connections.database_url`` (the UI plugin uses it too); here its secrets are also
+    registered with the log masker. Call inside tasks only (a connection lookup at parse time
+    would hit the secrets backends on every parse), and never return the URL from a task: XCom
+    is stored unencrypted and shown in the UI.
     """
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from traitflow.connections import database_url as lookup_database_url
 
-    from traitflow.connections import url_from_connection
-
-    try:
-        conn = Connection.get(CONN_ID)
-    except AirflowNotFoundException:
-        url = env_str("TRAITFLOW_DATABASE_URL")
-    else:
-        url = url_from_connection(conn)
+    url = lookup_database_url()
     mask_database_secrets(url)
     return url
 

@@ -1,13 +1,35 @@
-"""Database URLs from Airflow Connection objects (duck-typed: no Airflow import here).
+"""Traitflow's database URL as Airflow processes resolve it.
 
 Shared by the DAGs (``dags/traitflow_common``) and the UI plugin, which run in different
-processes with different ``sys.path`` but both have the ``traitflow`` package.
+processes with different ``sys.path`` but both have the ``traitflow`` package. Airflow is
+imported inside ``database_url`` only, so the library stays importable without Airflow.
 """
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from traitflow.config import env_str
+
+CONN_ID = "traitflow_db"  # the Airflow Connection holding Traitflow's database
+URL_ENV = "TRAITFLOW_DATABASE_URL"  # used when that Connection does not exist
+
+
+def database_url() -> str | None:
+    """Connection ``traitflow_db``, else ``TRAITFLOW_DATABASE_URL``, else None (= embedded server).
+
+    Looks the Connection up through Airflow's secrets backends (environment, secrets manager,
+    metadata database), so call it at run time only, never while a DAG file or plugin is imported.
+    """
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(CONN_ID)
+    except AirflowNotFoundException:
+        return env_str(URL_ENV)
+    return url_from_connection(conn)
 
 
 def url_from_connection(conn: Any) -> str:

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from traitflow_web.api import DEFAULT_MIN_EVENTS
+from traitflow_web.auth import require_access, require_page_access
+from traitflow_web.pool import POOL
 
 if TYPE_CHECKING:  # imported in fixtures, where the Starlette/httpx deprecation is filtered
     from fastapi.testclient import TestClient
@@ -77,9 +80,9 @@ def empty_db(
 ) -> Iterator[Any]:
     """A migrated, empty schema the plugin is pointed at (via TRAITFLOW_DATABASE_URL/_DB_SCHEMA)."""
     _env_for(monkeypatch, tmp_path, database_url, store_schema)
-    plugin.POOL.clear()
+    POOL.clear()
     yield store
-    plugin.POOL.clear()  # close pooled connections before the schema is dropped
+    POOL.clear()  # close pooled connections before the schema is dropped
 
 
 @pytest.fixture
@@ -110,8 +113,8 @@ def client(plugin: ModuleType) -> Iterator[TestClient]:
     from fastapi.testclient import TestClient
 
     app = plugin.app
-    app.dependency_overrides[plugin.require_access] = lambda: "analyst"
-    app.dependency_overrides[plugin.require_page_access] = lambda: "analyst"
+    app.dependency_overrides[require_access] = lambda: "analyst"
+    app.dependency_overrides[require_page_access] = lambda: "analyst"
     try:
         with TestClient(app) as test_client:
             yield test_client
@@ -167,6 +170,37 @@ def test_airflow_plugin_loader_finds_the_plugin(plugin: ModuleType, monkeypatch:
     assert plugins[0].fastapi_apps[0]["url_prefix"] == "/traitflow"
 
 
+def test_airflow_plugin_discovery_loads_each_file_once() -> None:
+    """Airflow's own discovery (``plugins_manager._get_plugins``) on the repo's plugins folder, in a
+    fresh process: exactly one Traitflow plugin, no import errors, and the ``traitflow_web``
+    modules imported once each, as the package (``.airflowignore``), never as plugin modules."""
+    code = (
+        "import json, sys\n"
+        "from airflow import plugins_manager\n"
+        "from airflow._shared.plugins_manager import PluginsDirectorySource\n"
+        "plugins, errors = plugins_manager._get_plugins()\n"
+        "from_folder = [(p.name, str(p.source)) for p in plugins"
+        " if isinstance(p.source, PluginsDirectorySource)]\n"
+        f"folder = {str(PLUGINS_DIR)!r}\n"
+        "files = sorted((m.__file__, name) for name, m in list(sys.modules.items())"
+        " if (getattr(m, '__file__', None) or '').startswith(folder))\n"
+        "print(json.dumps({'plugins': from_folder, 'errors': errors, 'files': files}))\n"
+    )
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["plugins"] == [["traitflow", "$PLUGINS_FOLDER/traitflow_plugin.py"]]
+    assert result["errors"] == {}
+    modules = {Path(file).relative_to(PLUGINS_DIR).as_posix(): name for file, name in result["files"]}
+    package = sorted(f"traitflow_web/{p.name}" for p in (PLUGINS_DIR / "traitflow_web").glob("*.py"))
+    assert len(package) > 1
+    assert sorted(modules) == sorted(["traitflow_plugin.py", *package])  # each file once
+    assert modules["traitflow_plugin.py"] == "traitflow_plugin"
+    assert all(modules[f].startswith("traitflow_web") for f in package)
+
+
 def test_import_does_no_database_work_and_stays_light(tmp_path: Path) -> None:
     """Every Airflow process imports plugins: no DB/connection lookup and no numpy/pandas/psycopg."""
     code = (
@@ -177,10 +211,11 @@ def test_import_does_no_database_work_and_stays_light(tmp_path: Path) -> None:
         "loader.exec_module(mod)\n"
         "heavy = ['traitflow.store', 'pandas', 'numpy', 'psycopg', 'airflow.api_fastapi.core_api.security']\n"
         "print(json.dumps({'loaded': [m for m in heavy if m in sys.modules],"
-        " 'pool_key': mod.POOL._key}))\n"
+        " 'pool_key': sys.modules['traitflow_web.pool'].POOL._key}))\n"
     )
     env = {
         **os.environ,
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_DIR),  # Airflow puts it on sys.path
         # Unreachable everywhere: an import that touched the database would hang or fail.
         "TRAITFLOW_DATABASE_URL": "postgresql://nobody@192.0.2.1:1/none?connect_timeout=1",
         "AIRFLOW_CONN_TRAITFLOW_DB": "postgresql://nobody@192.0.2.1:1/none",
@@ -295,7 +330,7 @@ def test_similar_customers_leave_out_thin_evidence_unless_asked(
 def test_the_default_minimum_evidence_is_the_library_default(plugin: ModuleType) -> None:
     from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
 
-    assert plugin.DEFAULT_MIN_EVENTS == MIN_EVIDENCE_EVENTS
+    assert DEFAULT_MIN_EVENTS == MIN_EVIDENCE_EVENTS
 
 
 def test_top_customers_validation_and_unknown_trait(client: TestClient, seeded: Seeded) -> None:
@@ -516,14 +551,16 @@ def test_database_problems_are_503_with_a_reason(
 ) -> None:
     fresh = make_store(fresh=True)  # a schema that was never migrated
     _env_for(monkeypatch, tmp_path, database_url, fresh.schema)
-    plugin.POOL.clear()
+    POOL.clear()
     response = client.get("/api/traits")
     assert response.status_code == 503
     assert "needs migrations" in response.json()["detail"]
     assert "traitflow db upgrade" in response.json()["detail"]
+    models = client.get("/api/models")  # reads model_versions and their trait matches
+    assert models.status_code == 503 and "needs migrations" in models.json()["detail"]
 
     _env_for(monkeypatch, tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2", "x")
-    plugin.POOL.clear()
+    POOL.clear()
     response = client.get("/api/customers/c1")
     assert response.status_code == 503
     detail = response.json()["detail"]
@@ -532,7 +569,7 @@ def test_database_problems_are_503_with_a_reason(
     page = client.get("/")  # the page still renders, with the reason
     assert page.status_code == 200
     assert "cannot connect to" in page.text
-    plugin.POOL.clear()
+    POOL.clear()
 
 
 def test_connection_traitflow_db_wins_over_the_env_var(
@@ -540,14 +577,30 @@ def test_connection_traitflow_db_wins_over_the_env_var(
 ) -> None:
 
     import traitflow_common
+    from traitflow import connections
 
     monkeypatch.setenv("AIRFLOW_CONN_TRAITFLOW_DB", database_url)
     monkeypatch.setenv("TRAITFLOW_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/wrong")
-    plugin.POOL.clear()
-    assert plugin.database_url() == traitflow_common.database_url()
+    POOL.clear()
+    assert connections.database_url() == traitflow_common.database_url()
     body = client.get("/api/traits").json()
     assert body["model_version"] == seeded.active
-    plugin.POOL.clear()
+    POOL.clear()
+
+
+def test_database_url_without_the_connection_is_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitflow import connections
+
+    monkeypatch.delenv("AIRFLOW_CONN_TRAITFLOW_DB", raising=False)
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", "postgresql://tf@db.example/traitflow")
+    assert connections.database_url() == "postgresql://tf@db.example/traitflow"
+    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", " ")
+    assert connections.database_url() is None  # the embedded server
+
+    # The library imports Airflow only when the lookup runs.
+    code = "import sys, traitflow.connections; print('airflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_url_from_connection() -> None:
@@ -578,7 +631,7 @@ def test_url_from_connection() -> None:
 def test_pool_reuses_connections_and_drops_broken_ones(
     client: TestClient, plugin: ModuleType, seeded: Seeded
 ) -> None:
-    pool = plugin.POOL
+    pool = POOL
     for _ in range(3):
         assert client.get("/api/traits").status_code == 200
     assert len(pool._idle) == 1  # sequential requests share one connection

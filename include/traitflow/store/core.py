@@ -33,6 +33,7 @@ from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
+from . import serving as _serving
 from .db import GuardedConnection, Timeouts, connect, mask_url, resolve_url, validate_schema
 from .errors import DatabaseConnectionLostError, SchemaNotReadyError
 from .ingest import IngestReport, LoadResultLike
@@ -416,6 +417,18 @@ class Store:
         self, customer_id: str, n: int = 10, min_events: int = MIN_EVIDENCE_EVENTS
     ) -> pd.DataFrame:
         return _reads.similar_customers(self._ensure_ready(), customer_id, n, min_events)
+
+    def trait_labels(self, model_versions: Sequence[int]) -> dict[int, dict[int, str]]:
+        """``{model_version: {trait_id: label}}`` for some model versions (``{}`` for an unknown one)."""
+        return _serving.trait_labels(self._ensure_ready(), model_versions)
+
+    def trait_matches(self) -> dict[int, dict[str, Any] | None]:
+        """``{model_version: trait_match}`` of every model version (None where none was recorded)."""
+        return _serving.trait_matches(self._ensure_ready())
+
+    def labelled_profile_history(self, customer_id: str) -> list[_serving.LabelledHistoryEntry]:
+        """``profile_history`` as typed entries with the trait labels of each entry's model."""
+        return _serving.labelled_history(self._ensure_ready(), customer_id)
 
     # ------------------------------------------------------------------------------- reports
 

@@ -1,0 +1,196 @@
+"""The read-only JSON API (``/api``): every route needs Airflow auth and reads through the Store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import Path as PathParam
+
+from .auth import require_access
+from .pool import StoreDep
+from .schemas import (
+    Error,
+    History,
+    HistoryEntry,
+    ModelVersion,
+    ModelVersions,
+    Profile,
+    RunReport,
+    RunReports,
+    Similar,
+    SimilarCustomer,
+    Status,
+    TopCustomer,
+    TopCustomers,
+    Trait,
+    Traits,
+    TraitScore,
+    evidence,
+    plain,
+    records,
+)
+
+MAX_TOP_N = 1000
+MAX_REPORTS = 200
+MAX_ID_LENGTH = 256  # customer_id CHECK constraint in the schema
+MAX_TRAIT_ID = 2**63 - 1  # trait_id is a bigint
+
+Limit = Annotated[int, Query(ge=1, le=MAX_TOP_N, description=f"how many (1..{MAX_TOP_N})")]
+# traitflow.profile_batch.MIN_EVIDENCE_EVENTS, repeated here because this package imports no traitflow
+# code at top level (import cost, see the package docstring); a test checks that they agree.
+DEFAULT_MIN_EVENTS = 3
+MinEvents = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=2**31 - 1,
+        description="leave out customers with fewer events (their profile is a guess); 0 keeps everyone",
+    ),
+]
+ModelVersionQuery = Annotated[
+    int | None, Query(ge=1, le=2**31 - 1, description="a model version; default: the active model")
+]
+# Stored ids never hold control characters (the loaders reject them), and PostgreSQL text cannot
+# hold NUL at all: such an id is a bad request, not a lookup.
+CustomerId = Annotated[
+    str,
+    PathParam(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="a customer id as in the events (no control characters)",
+    ),
+]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error}, 503: {"model": Error}}
+
+api = APIRouter(prefix="/api", dependencies=[Depends(require_access)], responses=NOT_FOUND)
+
+
+@api.get("/traits", response_model=Traits, summary="Traits of a model with labels and sizes")
+def get_traits(store: StoreDep, model_version: ModelVersionQuery = None) -> Traits:
+    rows = records(store.traits(model_version))  # 404: unknown version / no active model
+    if not rows:  # a saved model always has components
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model version {model_version} has no traits")
+    version = int(rows[0]["model_version"])
+    total = sum(int(r["size"]) for r in rows)
+    traits = [
+        Trait(
+            trait_id=r["trait_id"],
+            position=r["position"],
+            label=r["label"],
+            top_products=list(r["top_products"]),
+            top_categories=list(r["top_categories"]),
+            size=r["size"],
+            share=r["size"] / total if total else None,
+        )
+        for r in rows
+    ]
+    return Traits(model_version=version, n_customers=total, traits=traits)
+
+
+@api.get("/traits/{trait_id}/top", response_model=TopCustomers, summary="Top customers of a trait")
+def get_top_customers(
+    store: StoreDep,
+    trait_id: Annotated[int, PathParam(ge=0, le=MAX_TRAIT_ID)],
+    n: Limit = 10,
+    model_version: ModelVersionQuery = None,
+    min_events: MinEvents = DEFAULT_MIN_EVENTS,
+) -> TopCustomers:
+    version = model_version or store.active_model_version()
+    if version is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "there is no active model yet")
+    # 404 for an unknown trait
+    frame = store.top_customers(trait_id, n=n, model_version=version, min_events=min_events)
+    label = store.trait_labels([version])[version].get(trait_id, "")
+    customers = [
+        TopCustomer(rank=i, customer_id=r["customer_id"], score=r["score"], as_of=r["as_of"], **evidence(r))
+        for i, r in enumerate(records(frame), start=1)
+    ]
+    return TopCustomers(
+        trait_id=trait_id, label=label, model_version=version, min_events=min_events, customers=customers
+    )
+
+
+# Customer ids may contain "/": the routes take the rest of the path (``:path``), and the two with a
+# suffix are declared first, so ".../history" and ".../similar" are matched before the plain one.
+@api.get("/customers/{customer_id:path}/history", response_model=History, summary="Profile history")
+def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
+    entries = store.labelled_profile_history(customer_id)
+    if not entries:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile history")
+    return History(customer_id=customer_id, history=[HistoryEntry(**asdict(e)) for e in entries])
+
+
+@api.get("/customers/{customer_id:path}/similar", response_model=Similar, summary="Customers like this one")
+def get_similar_customers(
+    store: StoreDep, customer_id: CustomerId, n: Limit = 10, min_events: MinEvents = DEFAULT_MIN_EVENTS
+) -> Similar:
+    profile = store.current_profile(customer_id)
+    if profile is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
+    names = {t["trait_id"]: t["label"] for t in profile["traits"]}
+    similar = [
+        SimilarCustomer(
+            rank=i,
+            customer_id=r["customer_id"],
+            similarity=r["similarity"],
+            dominant_trait_id=r["dominant_trait_id"],
+            dominant_label=names.get(r["dominant_trait_id"]),
+            as_of=r["as_of"],
+            **evidence(r),
+        )
+        for i, r in enumerate(records(store.similar_customers(customer_id, n=n, min_events=min_events)), 1)
+    ]
+    version = profile["model_version"]
+    return Similar(customer_id=customer_id, model_version=version, min_events=min_events, similar=similar)
+
+
+@api.get("/customers/{customer_id:path}", response_model=Profile, summary="Current profile of a customer")
+def get_customer(
+    store: StoreDep,
+    customer_id: CustomerId,
+    embedding: Annotated[bool, Query(description="include the customer embedding")] = False,
+) -> Profile:
+    profile = store.current_profile(customer_id)
+    if profile is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
+    vector = profile.pop("embedding")
+    profile["traits"] = [TraitScore(**{k: plain(v) for k, v in t.items()}) for t in profile["traits"]]
+    profile["embedding"] = [plain(x) for x in vector.tolist()] if embedding and vector is not None else None
+    return Profile(**{k: plain(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
+
+
+@api.get("/models", response_model=ModelVersions, summary="Model versions, newest first")
+def get_models(store: StoreDep) -> ModelVersions:
+    matches = store.trait_matches()
+    models = []
+    for r in records(store.model_versions()):
+        r["metrics"] = r["metrics"] or {}
+        r["trait_match"] = matches.get(r["model_version"])
+        models.append(ModelVersion(**r))
+    active = next((m.model_version for m in models if m.status == "active"), None)
+    return ModelVersions(active_model_version=active, models=models)
+
+
+@api.get("/reports", response_model=RunReports, summary="Newest run reports")
+def get_reports(
+    store: StoreDep,
+    kind: Annotated[
+        str | None, Query(min_length=1, max_length=64, description="e.g. daily or weekly; default: all")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_REPORTS, description=f"1..{MAX_REPORTS}")] = 20,
+) -> RunReports:
+    return RunReports(reports=[RunReport(**r) for r in store.run_reports(kind=kind, limit=limit)])
+
+
+@api.get("/status", response_model=Status, summary="Schema version, active model, exact row counts")
+def get_status(store: StoreDep) -> Status:
+    return Status(
+        db_schema=store.schema,
+        schema_version=store.schema_version(),
+        active_model_version=store.active_model_version(),
+        latest_profile_as_of=store.latest_profile_as_of(),
+        table_counts=store.table_counts(),
+    )

@@ -1,0 +1,83 @@
+"""The plugin's FastAPI app (built at import, without I/O) and its nav entry in the Airflow UI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.configuration import conf
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .api import api
+from .auth import LoginRequiredError, login_redirect
+from .page import UI_DIR, index
+from .pool import POOL
+
+URL_PREFIX = "/traitflow"
+URL_ROUTE = "traitflow"  # the UI shows the page at /plugin/<URL_ROUTE>
+
+
+def airflow_root_path() -> str:
+    """Path part of ``[api] base_url`` ending in '/' (``/`` unless Airflow runs under a sub-path).
+
+    The same derivation as ``airflow.api_fastapi.app.API_ROOT_PATH`` (not imported: that module
+    pulls in the whole api-server).
+    """
+    base = conf.get("api", "base_url", fallback="") or ""
+    path = urlsplit(base).path or "/"
+    return path if path.endswith("/") else path + "/"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    POOL.clear()  # the api-server enters mounted FastAPI apps' lifespans
+
+
+async def _no_store_for_api(request: Request, call_next: Any) -> Response:
+    """``Cache-Control: no-store`` on API responses: they hold customer data."""
+    response = await call_next(request)
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    if path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def create_app() -> FastAPI:
+    """The plugin's FastAPI app (no I/O: safe to build at import)."""
+    app = FastAPI(
+        title="Traitflow",
+        summary="Read-only API over Traitflow's customer trait profiles (Airflow plugin)",
+        description=(
+            "Authenticate like the Airflow API: `Authorization: Bearer <token from POST /auth/token>` "
+            "or the Airflow UI session cookie. Needs GET on the `Traitflow` custom view."
+        ),
+        version="1",
+        lifespan=_lifespan,
+    )
+    app.include_router(api)
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+    app.add_exception_handler(LoginRequiredError, login_redirect)
+    app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")
+    app.middleware("http")(_no_store_for_api)
+    return app
+
+
+def traits_view(root_path: str) -> Mapping[str, Any]:
+    """The nav entry "Traits" under Browse; the UI shows the page in an iframe at /plugin/traitflow."""
+    return {
+        "name": "Traits",
+        "href": f"{root_path}{URL_PREFIX.strip('/')}/",
+        "icon": f"{root_path}{URL_PREFIX.strip('/')}/static/icon.svg",
+        "url_route": URL_ROUTE,
+        "destination": "nav",
+        "category": "browse",
+    }
+
+
+app = create_app()
+TRAITS_VIEW = traits_view(airflow_root_path())
