@@ -123,7 +123,8 @@ def bounded_fields(cls: type) -> tuple[BoundedField, ...]:
 def violation(instance: Any) -> str | None:
     """A message naming the first field of dataclass ``instance`` outside its declared
     ``Bounds``, or None when every bounded field is within them."""
-    for declared in bounded_fields(type(instance)):
+    kind: type = type(instance)
+    for declared in bounded_fields(kind):
         value = getattr(instance, declared.name)
         problem = declared.problem(value)
         if problem is not None:

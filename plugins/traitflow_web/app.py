@@ -33,7 +33,7 @@ def airflow_root_path() -> str:
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: ARG001 (the lifespan protocol passes the app)
     yield
     POOL.clear()  # the api-server enters mounted FastAPI apps' lifespans
 

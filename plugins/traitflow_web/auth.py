@@ -81,7 +81,7 @@ async def require_page_access(
     return user
 
 
-def login_redirect(request: Request, exc: Exception) -> Response:
+def login_redirect(request: Request, exc: Exception) -> Response:  # noqa: ARG001 (handler signature)
     """Exception handler for ``LoginRequiredError``: to the auth manager's login page and back."""
     from airflow.api_fastapi.app import get_auth_manager
 

@@ -80,7 +80,7 @@ def _page_content() -> tuple[str, str]:
     return _esc(summary), _trait_rows(traits)
 
 
-def index(user: Annotated[Any, Depends(require_page_access)]) -> HTMLResponse:
+def index(user: Annotated[Any, Depends(require_page_access)]) -> HTMLResponse:  # noqa: ARG001 (the dependency guards the route)
     """The page: traits of the active model rendered here, the rest fetched by static/app.js."""
     summary, rows = _page_content()
     page = _index_template().replace("<!--MODEL_SUMMARY-->", summary).replace("<!--TRAITS_ROWS-->", rows)
