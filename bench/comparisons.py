@@ -81,8 +81,11 @@ def _persistence(
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(totals with the writes, each write pair): the seed's hook (``compare_with``) against the
     Traitflow hook it names."""
-    compared = [h for h in hooks if h.after == "baseline" and h.compare_with in bench.results]
-    write_pairs = [(h.compare_with, h.name) for h in compared]
+    write_pairs = [
+        (h.compare_with, h.name)
+        for h in hooks
+        if h.after == "baseline" and h.compare_with is not None and h.compare_with in bench.results
+    ]
     tf_write_s = sum(bench.wall(ours) for ours, _ in write_pairs)
     seed_write_s = sum(bench.wall(theirs) for _, theirs in write_pairs)
     with_persistence = (
@@ -96,12 +99,8 @@ def _persistence(
         else None
     )
     writes = {
-        h.name: {
-            "seed_s": bench.wall(h.name),
-            "traitflow_s": bench.wall(h.compare_with),
-            "vs": h.compare_with,
-        }
-        for h in compared
+        theirs: {"seed_s": bench.wall(theirs), "traitflow_s": bench.wall(ours), "vs": ours}
+        for ours, theirs in write_pairs
     }
     return with_persistence, writes
 

@@ -203,7 +203,7 @@ def run_bench(options: Options) -> dict[str, Any]:
     postgres = None
     if options.postgres:
         postgres = pg_stages.PostgresStages(options.database_url, keep=options.keep_schemas)
-        hooks += postgres.hooks(StageHook)
+        hooks += postgres.hooks()
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     label = options.tier if options.events_file is None else f"{options.tier}-file"
