@@ -1,6 +1,6 @@
 """The PostgreSQL stages of the benchmark: what the DAG tasks read from and write to the store.
 
-Each stage is a ``run.StageHook`` on a throw-away schema per workload (dropped at the end):
+Each stage is a ``stages.StageHook`` on a throw-away schema per workload (dropped at the end):
 
 =================  ============  =============================================================
 stage              counts in     what runs (the DAG task it stands for)
@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pandas as pd
+from stages import StageHook
 
 from traitflow import event_schema
 from traitflow.store import Store
@@ -219,19 +219,19 @@ class PostgresStages:
 
     # ----------------------------------------------------------------------------- hooks
 
-    def hooks(self, stage_hook: Callable[..., Any]) -> list[Any]:
-        """The hooks, built with ``run.StageHook`` (passed in: ``run`` imports this module)."""
+    def hooks(self) -> list[StageHook]:
+        """The Postgres stages as hooks, in the order they run."""
         return [
-            stage_hook("pg_ingest", "load", self.ingest, units="events"),
-            stage_hook(
+            StageHook("pg_ingest", "load", self.ingest, units="events"),
+            StageHook(
                 "pg_read_events", "weekly_start", self.read_events, units="events", setup=self.ensure_ingested
             ),
-            stage_hook("pg_save_model", "weekly", self.save_model, units="tokens"),
-            stage_hook("pg_promote", "weekly", self.promote, units="customers", setup=self.last_week),
-            stage_hook("pg_daily_read", "daily_start", self.daily_read, units="events"),
-            stage_hook("pg_daily_write", "daily", self.daily_write, units="customers"),
-            stage_hook("tf_write", "baseline", self.tf_write, units="customers", setup=self._empty_profiles),
-            stage_hook(
+            StageHook("pg_save_model", "weekly", self.save_model, units="tokens"),
+            StageHook("pg_promote", "weekly", self.promote, units="customers", setup=self.last_week),
+            StageHook("pg_daily_read", "daily_start", self.daily_read, units="events"),
+            StageHook("pg_daily_write", "daily", self.daily_write, units="customers"),
+            StageHook("tf_write", "baseline", self.tf_write, units="customers", setup=self._empty_profiles),
+            StageHook(
                 "seed_insert",
                 "baseline",
                 self.seed_insert,

@@ -1,4 +1,4 @@
-"""The benchmark harness (bench/run.py) at smoke size, in-process, so that it cannot rot.
+"""The benchmark harness (bench/run.py and its modules) at smoke size, in-process, so that it cannot rot.
 
 Checks structure only (every stage ran and took time, the report renders, hooks run); never
 timings, which depend on the machine and its load.
@@ -125,7 +125,7 @@ def test_comparisons_latency_and_scaling_are_filled(smoke_report, bench_run):
     points = report["scaling"]["points"]
     assert len(points) == 3 and points[-1]["reused_main_run"]
     assert all(p["retrain_wall_s"] > 0 for p in points)
-    assert [t["key"] for t in report["targets"]] == [t[0] for t in bench_run.TARGETS]
+    assert [t["key"] for t in report["targets"]] == [t.key for t in sys.modules["targets"].TARGETS]
 
 
 def test_hooks_receive_the_batches(smoke_report):

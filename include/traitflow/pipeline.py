@@ -2,6 +2,15 @@
 
 Each function takes canonical events (already validated) and plain config objects, so the CLI,
 the Airflow jobs and the benchmarks share one code path.
+
+``train``, ``fit_model``, ``profile_customers`` and ``profiles_from_embeddings`` run their named
+stages through ``run_stage`` (a ``StageRunner``; by default ``run_directly``, which only calls
+the stage). The benchmark passes a runner that times each stage; the stages, in order:
+
+* ``train``: ``corpus``, ``item2vec``, then those of ``fit_model``;
+* ``fit_model``: ``aggregate``; then ``nmf`` (and ``match`` with a ``previous`` model), or
+  ``carry_over`` with ``refit_traits=False``; then ``labels``, ``trait_products``;
+* ``profile_customers``: ``aggregate``, then those of ``profiles_from_embeddings``: ``project``.
 """
 
 from __future__ import annotations
@@ -9,24 +18,42 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from traitflow.aggregate import customer_embeddings
+from traitflow.aggregate import CustomerEmbeddings, customer_embeddings
 from traitflow.config import ConfigError, PipelineConfig, SessionParams, ThinDataError, check_trait_count
 from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
 from traitflow.trait_products import characteristic_products, fit_trait_products
-from traitflow.traits import REFIT_ANCHOR, fit_traits, label_traits, match_traits, project
+from traitflow.traits import REFIT_ANCHOR, TraitFit, fit_traits, label_traits, match_traits, project
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
+
+
+class StageRunner(Protocol):
+    """Runs one named pipeline stage: calls ``stage()`` and returns what it returned.
+
+    A runner may call ``stage`` more than once (a benchmark repeating a measurement): a stage
+    only reads its inputs, so every call returns an equal result.
+    """
+
+    def __call__(self, name: str, stage: Callable[[], _Result]) -> _Result: ...
+
+
+def run_directly(name: str, stage: Callable[[], _Result]) -> _Result:
+    """The default ``StageRunner``: the stage and nothing around it."""
+    return stage()
 
 
 def events_before(events: pd.DataFrame, end: datetime) -> pd.DataFrame:
@@ -136,6 +163,7 @@ def fit_model(
     warm_start: bool = True,
     anchor: float = REFIT_ANCHOR,
     product_names: Mapping[str, str] | None = None,
+    run_stage: StageRunner = run_directly,
 ) -> TraitflowModel:
     """Fit (or carry over) the traits for ``tokens`` and return the complete model.
 
@@ -147,10 +175,14 @@ def fit_model(
     their traits; ``warm_start=False`` fits from scratch (``config.traits.init``).
     Events at or after ``trained_through`` are ignored; ``previous`` is never modified.
     ``product_names`` (product_id -> name) lets labels name products (``traits.label_traits``).
+    ``run_stage`` runs each stage (see the module's docstring).
     """
     events = events_before(events, trained_through)
-    embeddings = customer_embeddings(
-        events, tokens, config.aggregation, config.sessions, as_of=trained_through
+    embeddings = run_stage(
+        "aggregate",
+        lambda: customer_embeddings(
+            events, tokens, config.aggregation, config.sessions, as_of=trained_through
+        ),
     )
     train_rows = embeddings.cold_start == COLD_START_NONE
     training_vectors = embeddings.vectors[train_rows]
@@ -159,7 +191,7 @@ def fit_model(
     if previous is not None and not refit_traits:
         traits = copy.deepcopy(previous.traits)  # labels and population are updated below
         traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
-        training_profiles = project(traits, training_vectors)
+        training_profiles = run_stage("carry_over", lambda: project(traits, training_vectors))
         traits.population_profile = training_profiles.mean(axis=0)
         metrics["traits"] = {"refit": False}
     else:
@@ -174,11 +206,12 @@ def fit_model(
             and previous is not None
             and previous.traits.components.shape == (config.traits.n_traits, 2 * tokens.vector_size)
         )
-        fit = fit_traits(
-            training_vectors,
-            config.traits,
-            previous_components=previous.traits.components if warm and previous is not None else None,
-            anchor=anchor,
+        previous_components = previous.traits.components if warm and previous is not None else None
+        fit = run_stage(
+            "nmf",
+            lambda: fit_traits(
+                training_vectors, config.traits, previous_components=previous_components, anchor=anchor
+            ),
         )
         traits = fit.traits
         training_profiles = fit.profiles
@@ -190,24 +223,25 @@ def fit_model(
             **({"anchor": anchor} if warm else {}),
         }
         if previous is not None:
-            previous_profiles = project(previous.traits, training_vectors)
-            next_id = int(max(previous.traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0))) + 1
-            traits.trait_ids, trait_match = match_traits(
-                previous_profiles, fit.profiles, previous.traits.trait_ids, next_id=next_id
+            traits.trait_ids, trait_match = run_stage(
+                "match", lambda: _match_previous(previous, fit, training_vectors)
             )
     # Training customers per trait (by dominant trait, in component order): what `inspect` shows
     # as a saved model's trait sizes.
     dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
     metrics["trait_sizes"] = np.bincount(dominant, minlength=traits.n_traits).tolist()
-    label_traits(traits, tokens, product_names=product_names)
+    run_stage("labels", lambda: label_traits(traits, tokens, product_names=product_names))
     # Products are ranked for a profile through what the customers holding each trait bought
     # (see traitflow.trait_products); the traits' top products are the most characteristic ones.
-    traits.products = fit_trait_products(
-        events,
-        embeddings.customer_ids[train_rows],
-        training_profiles,
-        config.aggregation,
-        trained_through,
+    traits.products = run_stage(
+        "trait_products",
+        lambda: fit_trait_products(
+            events,
+            embeddings.customer_ids[train_rows],
+            training_profiles,
+            config.aggregation,
+            trained_through,
+        ),
     )
     traits.top_products = characteristic_products(traits.products)
     _label_by_shown_products(traits, product_names or {})
@@ -222,6 +256,15 @@ def fit_model(
         metrics=metrics,
         trait_match=trait_match,
     )
+
+
+def _match_previous(
+    previous: TraitflowModel, fit: TraitFit, training_vectors: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """(trait ids, match report) of the refitted traits, matched to ``previous``'s on the same customers."""
+    previous_profiles = project(previous.traits, training_vectors)
+    next_id = int(max(previous.traits.trait_ids.max(), previous.metrics.get("max_trait_id", 0))) + 1
+    return match_traits(previous_profiles, fit.profiles, previous.traits.trait_ids, next_id=next_id)
 
 
 def _label_by_shown_products(traits: TraitModel, product_names: Mapping[str, str]) -> None:
@@ -251,15 +294,19 @@ def train(
     work_dir: Path,
     *,
     product_names: Mapping[str, str] | None = None,
+    run_stage: StageRunner = run_directly,
 ) -> TraitflowModel:
     """Train a model from scratch on events before ``trained_through``.
 
-    ``product_names`` (product_id -> name) lets labels name products.
+    ``product_names`` (product_id -> name) lets labels name products. ``run_stage`` runs each
+    stage (see the module's docstring).
     """
     training_events = events_before(events, trained_through)
-    corpus = build_corpus(training_events, config.sessions, work_dir)
-    tokens = train_tokens(corpus, config)
-    model = fit_model(training_events, tokens, config, trained_through, product_names=product_names)
+    corpus = run_stage("corpus", lambda: build_corpus(training_events, config.sessions, work_dir))
+    tokens = run_stage("item2vec", lambda: train_tokens(corpus, config))
+    model = fit_model(
+        training_events, tokens, config, trained_through, product_names=product_names, run_stage=run_stage
+    )
     model.metrics["corpus"] = corpus.stats.__dict__
     return model
 
@@ -270,34 +317,52 @@ def profile_customers(
     as_of: datetime,
     *,
     customer_ids: np.ndarray | None = None,
+    run_stage: StageRunner = run_directly,
 ) -> ProfileBatch:
     """Profiles as of ``as_of`` from events before it, for the customers in ``events`` (and
-    ``customer_ids``; those without events get the population profile, flagged no_history)."""
+    ``customer_ids``; those without events get the population profile, flagged no_history).
+    ``run_stage`` runs each stage (see the module's docstring)."""
     started = time.perf_counter()
     usable = events_before(events, as_of)
-    embeddings = customer_embeddings(
-        usable,
-        model.tokens,
-        model.config.aggregation,
-        model.config.sessions,
-        as_of=as_of,
-        customer_ids=customer_ids,
+    embeddings = run_stage(
+        "aggregate",
+        lambda: customer_embeddings(
+            usable,
+            model.tokens,
+            model.config.aggregation,
+            model.config.sessions,
+            as_of=as_of,
+            customer_ids=customer_ids,
+        ),
     )
+    batch = profiles_from_embeddings(model, embeddings, as_of, run_stage=run_stage)
+    log.info(
+        "profiles: %d customers from %d events as of %s (%.1fs)",
+        len(batch.profiles),
+        len(usable),
+        pd.Timestamp(as_of).isoformat(),
+        time.perf_counter() - started,
+    )
+    return batch
+
+
+def profiles_from_embeddings(
+    model: TraitflowModel,
+    embeddings: CustomerEmbeddings,
+    as_of: datetime,
+    *,
+    run_stage: StageRunner = run_directly,
+) -> ProfileBatch:
+    """The profiles of the customers of ``embeddings`` (``customer_embeddings`` with ``model``'s
+    tokens, as of ``as_of``): projected where a customer has a vector, the population's otherwise."""
     profiles = np.empty((len(embeddings.customer_ids), model.traits.n_traits), dtype=np.float64)
     known = embeddings.has_vector
-    profiles[known] = project(model.traits, embeddings.vectors[known])
+    profiles[known] = run_stage("project", lambda: project(model.traits, embeddings.vectors[known]))
     profiles[~known] = model.traits.population_profile
     vectors = embeddings.vectors.copy()
     vectors[~known] = model.traits.population_vector
     stats = dict(embeddings.stats)
     stats["n_customers"] = len(profiles)
-    log.info(
-        "profiles: %d customers from %d events as of %s (%.1fs)",
-        len(profiles),
-        len(usable),
-        pd.Timestamp(as_of).isoformat(),
-        time.perf_counter() - started,
-    )
     return ProfileBatch(
         as_of=as_of,
         model_version=model.version,

@@ -1,0 +1,217 @@
+"""The benchmark report as Markdown (from the report dict, or the JSON ``run_bench`` writes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from traitflow.formatting import text_table
+
+_TOTALS = (
+    ("**weekly retrain (sum)**", "weekly_retrain"),
+    ("**weekly retrain, refit path (sum)**", "weekly_retrain_refit"),
+    ("**daily run (sum)**", "daily_run"),
+)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A cell: three significant digits, fewer decimals from 100 on, thousands separators."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        magnitude = abs(value)
+        if magnitude >= 1000:
+            return f"{value:,.0f}"
+        if magnitude >= 100:
+            return f"{value:.1f}"
+        return f"{value:.{digits}g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return text_table(header, rows, style="markdown", cell=_fmt)
+
+
+def _limit(target: dict[str, Any]) -> str:
+    if target["op"] == "between":
+        return f"{target['limit'][0]} to {target['limit'][1]}"
+    return f"{target['op']} {target['limit']}"
+
+
+def _heading(report: dict[str, Any]) -> list[str]:
+    w, host = report["workload"], report["host"]
+    return [
+        f"# Traitflow benchmark: tier {report['tier']}",
+        "",
+        f"{w['events']:,} events, {w['customers']:,} customers, {w['products']:,} products "
+        f"({w['source']}); {report['started_at']}; commit {host['commit']}; "
+        f"{host['cpus']} CPUs; load average at start/end "
+        f"{host['loadavg_start']} / {host.get('loadavg_end')}.",
+        "",
+    ]
+
+
+def _stages(report: dict[str, Any]) -> list[str]:
+    rows: list[list[Any]] = []
+    for s in report["stages"]:
+        throughput = s["throughput_per_s"]
+        rate = f"{_fmt(throughput)} {s['units']}/s" if throughput else "-"
+        wall = _fmt(s["wall_s"]) + (f" (median of {s['repeats']})" if s["repeats"] > 1 else "")
+        rows.append(
+            [
+                s["name"],
+                s["group"],
+                wall,
+                s["cpu_s"],
+                s["cpu_per_wall"],
+                s["peak_rss_mib"],
+                s["rss_growth_mib"],
+                rate,
+            ]
+        )
+    for label, key in _TOTALS:
+        total = report["totals"].get(key)
+        if total:
+            cpu_per_wall = total["cpu_s"] / total["wall_s"]
+            rows.append(
+                [label, "", total["wall_s"], total["cpu_s"], cpu_per_wall, total["peak_rss_mib"], "", ""]
+            )
+    header = ["stage", "group", "wall s", "CPU s", "CPU/wall", "peak RSS MiB", "RSS growth MiB", "throughput"]
+    return [
+        "## Stages",
+        "",
+        *_table(header, rows),
+        "",
+        f"Process peak RSS (ru_maxrss): {_fmt(report['process_peak_rss_mib'])} MiB.",
+        "",
+    ]
+
+
+def _baseline_rows(report: dict[str, Any], base: dict[str, Any]) -> list[list[Any]]:
+    walls = report["stage_walls"]
+    rows: list[list[Any]] = [
+        [
+            f"aggregation + projection vs seed-literal ({base['events']:,} events, "
+            f"{base['customers']:,} customers)",
+            base["traitflow_s"],
+            base["seed_s"],
+            f"{base['speedup']:.1f}x faster (CPU time {base['speedup_cpu']:.1f}x)",
+        ],
+        [
+            "  aggregation only",
+            walls.get("tf_aggregation"),
+            walls.get("seed_aggregation"),
+            f"{base['aggregation_speedup']:.1f}x faster",
+        ],
+        [
+            "  projection only",
+            walls.get("tf_projection"),
+            walls.get("seed_projection"),
+            f"{base['projection_speedup']:.1f}x faster",
+        ],
+    ]
+    persist = base.get("with_persistence")
+    if persist:
+        rows.append(
+            [
+                "aggregation + projection + persistence vs seed-literal",
+                persist["traitflow_s"],
+                persist["seed_s"],
+                f"{persist['speedup']:.1f}x faster",
+            ]
+        )
+    for name, write in base.get("writes", {}).items():
+        rows.append(
+            [
+                f"writes: {write['vs']} vs {name}",
+                write["traitflow_s"],
+                write["seed_s"],
+                f"{write['seed_s'] / write['traitflow_s']:.1f}x faster",
+            ]
+        )
+    return rows
+
+
+def _comparisons(report: dict[str, Any]) -> list[str]:
+    rows: list[list[Any]] = []
+    summary = report["summary"]
+    if summary.get("item2vec_overhead") is not None:
+        rows.append(
+            [
+                "Item2Vec: pipeline vs standalone gensim",
+                summary["item2vec_s"],
+                summary["gensim_s"],
+                f"{summary['item2vec_overhead']:.3f}x (pipeline / gensim, median of paired runs; "
+                f"CPU time {summary['item2vec_overhead_cpu']:.3f}x)",
+            ]
+        )
+    base = report.get("baseline")
+    if base:
+        rows += _baseline_rows(report, base)
+    if not rows:
+        return []
+    return ["## Comparisons", "", *_table(["comparison", "Traitflow s", "reference s", "ratio"], rows), ""]
+
+
+def _latency(report: dict[str, Any]) -> list[str]:
+    latency = report.get("latency")
+    if not latency:
+        return []
+    rows = [
+        [name, p["n"], p["p50_ms"], p["p95_ms"], p["p99_ms"], p["mean_ms"]]
+        for name, p in latency["paths"].items()
+    ]
+    return [
+        f"## Single-customer profile latency ({latency['customers']:,} customers, median "
+        f"{_fmt(latency['events_per_customer_median'])} events each; online vs library max abs "
+        f"diff {latency['online_vs_library_max_abs_diff']:.1e})",
+        "",
+        *_table(["path", "n", "p50 ms", "p95 ms", "p99 ms", "mean ms"], rows),
+        "",
+    ]
+
+
+def _scaling(report: dict[str, Any]) -> list[str]:
+    scaling = report.get("scaling")
+    if not scaling:
+        return []
+    stage_names = list(scaling["stage_exponents"])
+    header = ["events", "customers", "retrain wall s", "CPU s", "peak RSS MiB"]
+    header += [f"{s} s" for s in stage_names] + ["NMF iterations"]
+    rows = [
+        [
+            p["events"],
+            p["customers"],
+            p["retrain_wall_s"],
+            p["retrain_cpu_s"],
+            p["peak_rss_mib"],
+            *[p["stages_wall_s"].get(s) for s in stage_names],
+            p.get("nmf_n_iter"),
+        ]
+        for p in scaling["points"]
+    ]
+    per_stage = ", ".join(f"{s} {_fmt(b)}" for s, b in scaling["stage_exponents"].items())
+    return [
+        "## Scaling (full retrain on customer slices)",
+        "",
+        *_table(header, rows),
+        "",
+        f"Fitted exponent (log-log least squares): retrain wall {_fmt(scaling['exponent'])}, "
+        f"CPU {_fmt(scaling.get('exponent_cpu'))}; per stage (wall): {per_stage}.",
+        "",
+    ]
+
+
+def _targets(report: dict[str, Any]) -> list[str]:
+    rows = [[t["target"], _limit(t), t["value"], t["status"]] for t in report["targets"]]
+    return ["## Targets", "", *_table(["target", "limit", "measured", "status"], rows), ""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (works on the JSON written by ``run_bench``)."""
+    sections = (_heading, _stages, _comparisons, _latency, _scaling, _targets)
+    return "\n".join(line for section in sections for line in section(report))
