@@ -51,7 +51,7 @@ class StageRunner(Protocol):
     def __call__(self, name: str, stage: Callable[[], _Result]) -> _Result: ...
 
 
-def run_directly(name: str, stage: Callable[[], _Result]) -> _Result:
+def run_directly(name: str, stage: Callable[[], _Result]) -> _Result:  # noqa: ARG001 (the StageRunner protocol)
     """The default ``StageRunner``: the stage and nothing around it."""
     return stage()
 
