@@ -267,6 +267,21 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
     assert store.stale_profiles(D1 + 6 * hour) == StaleProfiles(3, D1 - 2 * hour)  # and d
 
 
+def test_count_profiles_not_at_counts_rows_of_another_date_or_model(
+    store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    first = store.save_model(build_model())
+    assert store.count_profiles_not_at(D1, first) == 0  # no profiles at all
+    store.promote(first, build_profile_batch(first, ["a", "b", "c"], as_of=D1))
+    assert store.count_profiles_not_at(D1, first) == 0
+    assert store.count_profiles_not_at(D1 + timedelta(days=1), first) == 3
+    store.write_profiles(build_profile_batch(first, ["a"], as_of=D1 + timedelta(days=1)))
+    assert store.count_profiles_not_at(D1 + timedelta(days=1), first) == 2  # b and c still at D1
+    assert store.count_profiles_not_at(D1, first) == 1  # a moved on
+    second = store.save_model(build_model())
+    assert store.count_profiles_not_at(D1, second) == 3  # every row is under the first model
+
+
 def test_reject_counts_by_source(store: Store) -> None:
     rejects = pd.DataFrame(
         {

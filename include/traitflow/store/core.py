@@ -400,6 +400,10 @@ class Store:
         """Customers with events before ``before`` that their current profile does not include."""
         return _reads.stale_profiles(self._ensure_ready(), before)
 
+    def count_profiles_not_at(self, as_of: datetime, model_version: int) -> int:
+        """Current profiles not computed as of ``as_of`` under ``model_version`` (0: all are)."""
+        return _reads.count_profiles_not_at(self._ensure_ready(), as_of, model_version)
+
     def top_customers(
         self,
         trait_id: int,

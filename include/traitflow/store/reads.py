@@ -430,6 +430,15 @@ def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:
     return None if row is None else row[0]
 
 
+def count_profiles_not_at(conn: psycopg.Connection, as_of: datetime, model_version: int) -> int:
+    """Current profiles whose ``as_of`` or model differs from the given ones."""
+    row = conn.execute(
+        "SELECT count(*) FROM customer_profiles WHERE as_of <> %s OR model_version <> %s",
+        (utc(as_of), model_version),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def reject_counts(conn: psycopg.Connection, source: str) -> dict[str, int]:
     """``{reason: rows}`` of the rejects recorded for ``source``, most frequent reason first."""
     rows = conn.execute(
