@@ -118,7 +118,7 @@ def newest_event_time(database_url: str | None) -> datetime | None:
     """Time of the newest stored event (UTC), or None when the events table is empty."""
     with Store(database_url) as store:
         store.upgrade()
-        value = store.connection.execute("SELECT max(event_time) FROM events").fetchone()[0]
+        value = store.newest_event_time()
     return None if value is None else pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
 
 

@@ -235,6 +235,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
     store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
 ) -> None:
     hour = timedelta(hours=1)
+    assert store.newest_event_time() is None  # no events yet
     # a and b get profiles as of D1: a has older events only, b one more after D1; c has no
     # profile; d's only event is at D1 + 5h.
     rows = [
@@ -255,6 +256,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
         )
     )
     store.ingest_events(LoadResult(events, event_schema.empty_rejects()), source="unit", run_id="r1")
+    assert store.newest_event_time() == D1 + 5 * hour
     # before any profile: every customer with an event before the instant
     assert store.stale_profiles(D1) == StaleProfiles(3, D1 - 3 * hour)
     version = store.save_model(build_model())

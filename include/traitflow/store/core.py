@@ -392,6 +392,10 @@ class Store:
     def profile_history(self, customer_id: str) -> pd.DataFrame:
         return _reads.profile_history(self._ensure_ready(), customer_id)
 
+    def newest_event_time(self) -> datetime | None:
+        """Time of the newest stored event (None while there are none)."""
+        return _reads.newest_event_time(self._ensure_ready())
+
     def latest_profile_as_of(self) -> datetime | None:
         """Newest ``as_of`` among current profiles (None before the first profile write)."""
         return _reads.latest_profile_as_of(self._ensure_ready())

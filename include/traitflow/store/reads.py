@@ -424,6 +424,12 @@ def similar_customers(
     return _with_confidence(frame)
 
 
+def newest_event_time(conn: psycopg.Connection) -> datetime | None:
+    """The newest stored ``event_time`` (None while the events table is empty)."""
+    row = conn.execute("SELECT max(event_time) FROM events").fetchone()
+    return None if row is None else row[0]
+
+
 def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:
     """The newest ``as_of`` among current profiles (None if nothing was profiled yet)."""
     row = conn.execute("SELECT max(as_of) FROM customer_profiles").fetchone()
