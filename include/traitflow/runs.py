@@ -31,7 +31,8 @@ def iso(value: datetime) -> str:
 
 
 def _checked(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` as keyword arguments of ``cls``: unknown keys and missing required ones raise."""
+    """``data`` as keyword arguments of ``cls``; an unknown key raises here, a missing required one
+    when ``cls`` is built."""
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names
     if unknown:
