@@ -7,10 +7,11 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from traitflow_common import (
     DEFAULT_ARGS,
     TAGS,
-    current_run,
     env_input_dir,
     explain_test_before_start,
     fail_fast,
+    run_context,
+    run_params,
     start_date,
 )
 
@@ -89,56 +90,39 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
     },
 )
 def traitflow_daily() -> None:
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def ingest() -> dict:
         from traitflow import jobs
+        from traitflow.runs import EventInput
 
-        run = current_run()
-        return jobs.ingest_interval(
-            run.database_url,
-            run.params["input_dir"] or None,
-            run.params["mapping"],
-            run.start,
-            run.end,
-            run.run_id,
-            max_reject_share=run.params.get("max_reject_share"),
-        )
+        params = run_params()
+        source = EventInput(params["input_dir"] or None, params["mapping"], params.get("max_reject_share"))
+        return jobs.ingest_interval(run_context(), source).to_xcom()
 
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def select_customers() -> dict:
         from traitflow import jobs
 
-        run = current_run()
-        return jobs.select_customers(
-            run.database_url, run.start, run.end, run.work_dir, input_dir=run.params["input_dir"] or None
-        )
+        return jobs.select_customers(run_context(), run_params()["input_dir"] or None).to_xcom()
 
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def update_profiles(selection: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import CustomerSelection
 
-        run = current_run()
-        return jobs.update_profiles(
-            run.database_url,
-            as_of=run.end,
-            customers_path=selection["customers_path"],
-            run_id=run.run_id,
-            params=run.config,
-            input_dir=run.params["input_dir"] or None,
-        )
+        customers = CustomerSelection.from_xcom(selection)
+        return jobs.update_profiles(run_context(), customers, run_params()["input_dir"] or None).to_xcom()
 
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def monitor(update_result: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import UpdateResult
 
-        run = current_run()
-        return jobs.monitor_daily(
-            run.database_url, as_of=run.end, run_id=run.run_id, update_result=update_result
-        )
+        return jobs.monitor_daily(run_context(), UpdateResult.from_xcom(update_result)).to_xcom()
 
     selection = select_customers()
     ingest() >> selection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from traitflow_common import DEFAULT_ARGS, MODEL_ASSET, TAGS, current_run, fail_fast, start_date
+from traitflow_common import DEFAULT_ARGS, MODEL_ASSET, TAGS, fail_fast, run_context, start_date
 
 DOC_MD = """
 ### Traitflow refresh on promotion
@@ -26,13 +26,12 @@ active model so consumers never mix trait spaces. Can also be triggered by hand.
     doc_md=DOC_MD,
 )
 def traitflow_refresh_on_promotion() -> None:
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def refresh_profiles() -> dict:
         from traitflow import jobs
 
-        run = current_run()
-        return jobs.refresh_all_profiles(run.database_url, run.work_dir, run.run_id)
+        return jobs.refresh_all_profiles(run_context()).to_xcom()
 
     refresh_profiles()
 

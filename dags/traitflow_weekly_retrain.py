@@ -13,13 +13,17 @@ from traitflow_common import (
     TAGS,
     branch_result,
     collect_results,
-    current_run,
     explain_test_before_start,
     fail_fast,
     pipeline_params,
+    push_result,
     record_decision,
+    run_config,
+    run_context,
+    run_params,
     start_date,
     training_timeout,
+    upstream_result,
 )
 
 WEEK = timedelta(weeks=1)
@@ -115,132 +119,127 @@ run covers the last complete week before its trigger time.
     },
 )
 def traitflow_weekly_retrain() -> None:
-    @task(execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG)
     @fail_fast
     def build_corpus() -> dict:
         from traitflow import jobs
 
-        run = current_run(WEEK)
-        return jobs.build_corpus(
-            run.database_url, trained_through=run.end, work_dir=run.work_dir, params=run.config
-        )
+        return jobs.build_corpus(run_context(WEEK), run_config()).to_xcom()
 
     @task.branch
     @fail_fast
     def check_new_vocab(corpus_info: dict) -> str:
         from traitflow import jobs
+        from traitflow.runs import CorpusInfo
 
-        run = current_run(WEEK)
+        params = run_params()
         retrain, reason = jobs.should_retrain(
-            corpus_info, bool(run.params["force_retrain"]), run.params["new_vocab_threshold"]
+            CorpusInfo.from_xcom(corpus_info), bool(params["force_retrain"]), params["new_vocab_threshold"]
         )
         return record_decision("train_candidate" if retrain else "skip_retrain", reason=reason)
 
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def skip_retrain() -> dict:
         # Nothing to do: the report records the reason from check_new_vocab's decision.
         return {"retrained": False}
 
-    @task(execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG)
     @fail_fast
     def train_candidate(corpus_info: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import CorpusInfo, TuningRequest
 
-        run = current_run(WEEK)
-        return jobs.train_candidate(
-            run.database_url,
-            corpus_info,
-            run.work_dir,
-            run.config,
-            tune=bool(run.params["tune_item2vec"]),
-            tune_sample_fraction=run.params["tune_sample_fraction"],
-            tune_trials=run.params["tune_trials"],
-        )
+        params = run_params()
+        tuning = None
+        if params["tune_item2vec"]:
+            tuning = TuningRequest(params["tune_sample_fraction"], params["tune_trials"])
+        corpus = CorpusInfo.from_xcom(corpus_info)
+        return jobs.train_candidate(run_context(WEEK), corpus, run_config(), tuning).to_xcom()
 
     @task.branch
     @fail_fast
     def quality_gate(candidate_info: dict) -> str:
         from traitflow import jobs
+        from traitflow.runs import Candidate
 
-        run = current_run(WEEK)
-        gate = jobs.quality_gate(run.database_url, candidate_info, run.config)
-        return record_decision("measure_drift" if gate["passed"] else "reject_candidate", **gate)
+        gate = jobs.quality_gate(run_context(WEEK), Candidate.from_xcom(candidate_info))
+        push_result("gate_result", gate.to_xcom())  # for reject_candidate and promote
+        return record_decision("measure_drift" if gate.passed else "reject_candidate", **gate.to_xcom())
 
-    @task(execution_timeout=LONG)  # fits the candidate's traits to store it as a rejected version
+    @task(multiple_outputs=False, execution_timeout=LONG)  # fits the candidate's traits to store it
     @fail_fast
     def reject_candidate(candidate_info: dict, gate_result: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import Candidate, GateResult
 
-        return jobs.reject_candidate(current_run(WEEK).database_url, candidate_info, gate_result)
+        candidate, gate = Candidate.from_xcom(candidate_info), GateResult.from_xcom(gate_result)
+        return jobs.reject_candidate(run_context(WEEK), candidate, gate).to_xcom()
 
-    @task
+    @task(multiple_outputs=False)
     @fail_fast
     def measure_drift(candidate_info: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import Candidate
 
-        return jobs.measure_drift(current_run(WEEK).database_url, candidate_info)
+        return jobs.measure_drift(run_context(WEEK), Candidate.from_xcom(candidate_info)).to_xcom()
 
     @task.branch
     @fail_fast
     def check_drift(drift_info: dict) -> str:
         from traitflow import jobs
+        from traitflow.runs import DriftResult
 
-        run = current_run(WEEK)
-        refit, reason = jobs.should_refit(drift_info, run.params["drift_threshold"])
+        refit, reason = jobs.should_refit(DriftResult.from_xcom(drift_info), run_params()["drift_threshold"])
         return record_decision("refit_traits" if refit else "keep_traits", reason=reason)
 
-    @task(execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG)
     @fail_fast
     def refit_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import Candidate
 
-        run = current_run(WEEK)
-        return jobs.refit_traits(run.database_url, candidate_info, run.config)
+        return jobs.refit_traits(run_context(WEEK), Candidate.from_xcom(candidate_info)).to_xcom()
 
-    @task(execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG)
     @fail_fast
     def keep_traits(candidate_info: dict) -> dict:
         from traitflow import jobs
+        from traitflow.runs import Candidate
 
-        return jobs.keep_traits(current_run(WEEK).database_url, candidate_info)
+        return jobs.keep_traits(run_context(WEEK), Candidate.from_xcom(candidate_info)).to_xcom()
 
-    @task(trigger_rule=JOIN, execution_timeout=LONG)
+    @task(multiple_outputs=False, trigger_rule=JOIN, execution_timeout=LONG)
     @fail_fast
     def recompute_profiles() -> dict:
         from traitflow import jobs
+        from traitflow.runs import FittedCandidate
 
-        run = current_run(WEEK)
-        candidate_info = branch_result("refit_traits", "keep_traits")  # exactly one of them ran
-        profiles_info = jobs.recompute_profiles(
-            run.database_url, candidate_info, as_of=run.end, work_dir=run.work_dir
-        )
-        return {"candidate_info": candidate_info, "profiles_info": profiles_info}
+        fitted = FittedCandidate.from_xcom(branch_result("refit_traits", "keep_traits"))  # one of them ran
+        return jobs.recompute_profiles(run_context(WEEK), fitted).to_xcom()
 
-    @task(outlets=[MODEL_ASSET])
+    @task(multiple_outputs=False, outlets=[MODEL_ASSET])
     @fail_fast
-    def promote(recomputed: dict) -> dict:
+    def promote(profiles_info: dict, drift_info: dict) -> dict:
         from airflow.sdk import get_current_context
 
         from traitflow import jobs
+        from traitflow.runs import DriftResult, GateResult, ProfilesResult
 
-        result = jobs.promote(
-            current_run(WEEK).database_url, recomputed["candidate_info"], recomputed["profiles_info"]
-        )
+        # Pulled, not an argument: a direct input from the branch task would make it skip this one.
+        gate = GateResult.from_xcom(upstream_result("quality_gate", key="gate_result"))
+        profiles, drift = ProfilesResult.from_xcom(profiles_info), DriftResult.from_xcom(drift_info)
+        result = jobs.promote(run_context(WEEK), profiles, gate, drift)
         # The asset event tells traitflow_refresh_on_promotion (and the UI) which version is live.
-        get_current_context()["outlet_events"][MODEL_ASSET].extra = {"model_version": result["model_version"]}
-        return result
+        get_current_context()["outlet_events"][MODEL_ASSET].extra = {"model_version": result.model_version}
+        return result.to_xcom()
 
-    @task(trigger_rule=JOIN)
+    @task(multiple_outputs=False, trigger_rule=JOIN)
     @fail_fast
     def report() -> dict:
         from traitflow import jobs
 
-        run = current_run(WEEK)
-        results = collect_results()
-        # The interval end identifies the week: a rerun of the same week replaces its report.
-        results["trained_through"] = run.end.isoformat()
-        return jobs.weekly_report(run.database_url, run.run_id, results)
+        return jobs.weekly_report(run_context(WEEK), collect_results()).to_xcom()
 
     corpus = build_corpus()
     candidate = train_candidate(corpus)
@@ -249,7 +248,7 @@ def traitflow_weekly_retrain() -> None:
 
     gate = quality_gate(candidate)
     drift = measure_drift(candidate)
-    rejected = reject_candidate(candidate, gate["decision"])  # the gate's result, pushed by record_decision
+    rejected = reject_candidate(candidate, gate["gate_result"])  # pushed by quality_gate
     gate >> [drift, rejected]
 
     refitted = refit_traits(candidate)
@@ -258,7 +257,7 @@ def traitflow_weekly_retrain() -> None:
 
     recomputed = recompute_profiles()
     [refitted, kept] >> recomputed
-    promoted = promote(recomputed)
+    promoted = promote(recomputed, drift)
     [skipped, rejected, promoted] >> report()
 
 

@@ -1,9 +1,9 @@
 """Shared wiring for the Traitflow DAG files: the only DAG-side module that imports Airflow.
 
 Kept deliberately thin: Param forms built from ``traitflow.config``, the database URL from the
-Airflow Connection, per-run folders and the run's dates. Pipeline logic lives in ``traitflow.jobs``,
-imported inside task functions only (the dag-processor re-parses DAG files every few seconds and
-must not pay for numpy/gensim/sklearn).
+Airflow Connection, per-run folders and the run's ``traitflow.runs.RunContext``. Pipeline logic
+lives in ``traitflow.jobs``, imported (with ``traitflow.runs``) inside task functions only (the
+dag-processor re-parses DAG files every few seconds and must not pay for numpy/gensim/sklearn).
 
 The dags folder is put on ``sys.path`` by Airflow itself (``BundleDagBag`` adds the bundle path
 when the dag-processor parses and when a worker runs a task), so DAG files import this package as
@@ -18,13 +18,15 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import Asset, Param
 
 from traitflow.config import PipelineConfig, data_dir, env_int, env_str
+
+if TYPE_CHECKING:
+    from traitflow.runs import RunContext
 
 CONN_ID = "traitflow_db"
 OWNER = "traitflow"
@@ -196,50 +198,43 @@ def work_dir(dag_id: str, run_id: str) -> str:
     return str(path)
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """What a task needs to know about its run (dates are timezone-aware)."""
-
-    dag_id: str
-    run_id: str
-    start: datetime
-    end: datetime
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return pipeline_config_values(self.params)
-
-    @property
-    def work_dir(self) -> str:
-        return work_dir(self.dag_id, self.run_id)
-
-    @property
-    def database_url(self) -> str | None:
-        return database_url()
-
-
-def current_run(period: timedelta = timedelta(days=1)) -> RunInfo:
-    """The running task's RunInfo; call inside a task.
+def run_context(period: timedelta = timedelta(days=1)) -> RunContext:
+    """The running task's ``RunContext`` (UTC dates, the run's folder, the database URL); call
+    inside a task, once.
 
     The run covers ``[data_interval_start, data_interval_end)``. Runs without a data interval
     (manual runs without a logical date, asset-triggered runs) or with an empty one cover the
-    ``period`` that ends at the run's ``run_after``/interval end.
+    ``period`` that ends at the run's ``run_after``/interval end. The schema is left to the
+    store's default (``TRAITFLOW_DB_SCHEMA``).
     """
     from airflow.sdk import get_current_context
+
+    from traitflow.runs import RunContext
 
     context = get_current_context()
     end = context.get("data_interval_end") or context["dag_run"].run_after
     start = context.get("data_interval_start")
     if start is None or start >= end:
         start = end - period
-    return RunInfo(
-        dag_id=context["dag"].dag_id,
+    return RunContext(
         run_id=context["run_id"],
         start=start,
         end=end,
-        params=dict(context["params"]),
+        work_dir=work_dir(context["dag"].dag_id, context["run_id"]),
+        database_url=database_url(),
     )
+
+
+def run_params() -> dict[str, Any]:
+    """The running task's run parameters (the DAG's form, as triggered)."""
+    from airflow.sdk import get_current_context
+
+    return dict(get_current_context()["params"])
+
+
+def run_config() -> PipelineConfig:
+    """The run's ``PipelineConfig``, from the ``PipelineConfig.FLAT_KEYS`` entries of its params."""
+    return PipelineConfig.from_mapping(pipeline_config_values(run_params()))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -272,6 +267,14 @@ def fail_fast(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def push_result(key: str, value: dict[str, Any]) -> None:
+    """Push ``value`` as this task's XCom ``key``, beside its return value (a branch task's result
+    for the tasks after it)."""
+    from airflow.sdk import get_current_context
+
+    get_current_context()["ti"].xcom_push(key=key, value=value)
 
 
 def record_decision(branch: str, **details: Any) -> str:
@@ -313,6 +316,17 @@ def branch_result(*task_ids: str) -> Any:
         if value is not None:
             return value
     raise RuntimeError(f"none of {task_ids} returned a value; the join ran without its branch")
+
+
+def upstream_result(task_id: str, key: str = "return_value") -> Any:
+    """XCom ``key`` of ``task_id``, which ran before this task but is not its direct input (a branch
+    task: a direct input of it would be skipped whenever the branch follows the other path)."""
+    from airflow.sdk import get_current_context
+
+    value = get_current_context()["ti"].xcom_pull(task_ids=task_id, key=key)
+    if value is None:
+        raise RuntimeError(f"{task_id} pushed no XCom {key!r}; this task ran without it")
+    return value
 
 
 def env_input_dir() -> str:

@@ -1,7 +1,8 @@
 """The weekly retrain and the daily update as plain function calls, for the CLI.
 
 ``run_weekly_chain`` walks the weekly DAG (dags/traitflow_weekly_retrain.py) step by step: the
-same ``traitflow.jobs`` functions with the same arguments, and the same branch deciders
+same ``traitflow.jobs`` functions with the same typed arguments (``traitflow.runs``; the DAG
+passes them through XCom), and the same branch deciders
 (``jobs.should_retrain``, the quality gate's ``passed``, ``jobs.should_refit``), so a retrain
 from the command line decides exactly what the DAG would for the same ``trained_through``. Its
 report is stored with ``jobs.weekly_report`` under the DAG's task ids (``WEEKLY_STEPS``;
@@ -25,9 +26,12 @@ import pandas as pd
 
 from traitflow import jobs
 from traitflow.config import PipelineConfig, data_dir
+from traitflow.runs import Candidate, GateResult, PromotionResult, RunContext, TuningRequest
 from traitflow.store import Store
 
 log = logging.getLogger(__name__)
+
+WEEK = timedelta(weeks=1)  # the weekly DAG's interval: the chain's run covers the week before its end
 
 # The weekly DAG's task ids other than ``report``, in DAG order.
 WEEKLY_STEPS: tuple[str, ...] = (
@@ -114,7 +118,7 @@ def newest_event_time(database_url: str | None) -> datetime | None:
     """Time of the newest stored event (UTC), or None when the events table is empty."""
     with Store(database_url) as store:
         store.upgrade()
-        value = store.connection.execute("SELECT max(event_time) FROM events").fetchone()[0]
+        value = store.newest_event_time()
     return None if value is None else pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
 
 
@@ -131,90 +135,99 @@ def run_weekly_chain(
     force: bool = False,
     *,
     run_id: str,
-    tune: bool = False,
-    tune_sample_fraction: float = 0.1,
-    tune_trials: int = 8,
+    schema: str | None = None,
+    tuning: TuningRequest | None = None,
     on_decision: Callable[[Decision], None] | None = None,
 ) -> WeeklyOutcome:
     """Run the weekly retrain for the window ending at ``trained_through``, as the DAG does.
 
     corpus -> new-vocabulary check -> (skip | candidate -> quality gate -> (reject | aligned drift
     -> refit or keep -> profiles -> promotion)) -> report. ``params`` are flat
-    ``PipelineConfig`` keys (thresholds included); ``on_decision`` is called at each branch as
-    it is taken. A window without events skips (``jobs.should_retrain``) and is reported; raises
-    what the jobs raise otherwise (e.g. too few customers: ``ThinDataError``).
+    ``PipelineConfig`` keys (thresholds included); ``tuning`` searches Item2Vec parameters before
+    training; ``on_decision`` is called at each branch as it is taken. A window without events
+    skips (``jobs.should_retrain``) and is reported; raises what the jobs raise otherwise (e.g.
+    too few customers: ``ThinDataError``).
     """
     started = time.perf_counter()
-    work_dir = str(work_dir)
-    params = dict(params or {})
-    triggers = PipelineConfig.from_mapping(params).triggers
-    results: dict[str, Any] = {}
+    config = PipelineConfig.from_mapping(dict(params or {}))
+    context = RunContext(
+        run_id=run_id,
+        start=trained_through - WEEK,
+        end=trained_through,
+        work_dir=str(work_dir),
+        database_url=database_url,
+        schema=schema,
+    )
+    steps: dict[str, Any] = {}
     decisions: list[Decision] = []
 
     def decide(step: str, branch: str, reason: str, **details: Any) -> None:
         decision = Decision(step, branch, reason)
         decisions.append(decision)
         # Stored as the DAG's record_decision pushes it: {"branch", **details}.
-        results[step] = {"branch": branch, "reason": reason, **details}
+        steps[step] = {"branch": branch, "reason": reason, **details}
         if on_decision is not None:
             on_decision(decision)
 
-    corpus = jobs.build_corpus(
-        database_url, trained_through=trained_through, work_dir=work_dir, params=params
-    )
-    results["build_corpus"] = corpus
-    retrain, reason = jobs.should_retrain(corpus, force, triggers.new_vocab_threshold)
+    corpus = jobs.build_corpus(context, config)
+    steps["build_corpus"] = corpus.to_xcom()
+    retrain, reason = jobs.should_retrain(corpus, force, config.triggers.new_vocab_threshold)
     decide("check_new_vocab", "train_candidate" if retrain else "skip_retrain", reason)
     status, version, n_profiles = "skipped", None, 0
     if not retrain:
-        results["skip_retrain"] = {"retrained": False}
+        steps["skip_retrain"] = {"retrained": False}
     else:
-        candidate = jobs.train_candidate(
-            database_url,
-            corpus,
-            work_dir,
-            params,
-            tune=tune,
-            tune_sample_fraction=tune_sample_fraction,
-            tune_trials=tune_trials,
-        )
-        results["train_candidate"] = candidate
-        gate = jobs.quality_gate(database_url, candidate, params)
-        branch = "measure_drift" if gate["passed"] else "reject_candidate"
-        decide("quality_gate", branch, gate["reason"], **{k: v for k, v in gate.items() if k != "reason"})
-        if not gate["passed"]:
-            # The DAG hands the gate's recorded decision ({"branch", **gate}) to reject_candidate.
-            decision = results["quality_gate"]
-            results["reject_candidate"] = jobs.reject_candidate(database_url, candidate, decision)
+        candidate = jobs.train_candidate(context, corpus, config, tuning)
+        steps["train_candidate"] = candidate.to_xcom()
+        gate = jobs.quality_gate(context, candidate)
+        details = {k: v for k, v in gate.to_xcom().items() if k != "reason"}
+        decide("quality_gate", "measure_drift" if gate.passed else "reject_candidate", gate.reason, **details)
+        if not gate.passed:
+            steps["reject_candidate"] = jobs.reject_candidate(context, candidate, gate).to_xcom()
             status = "rejected"
         else:
-            drift = jobs.measure_drift(database_url, candidate)
-            results["measure_drift"] = drift
-            refit, reason = jobs.should_refit(drift, triggers.drift_threshold)
-            decide("check_drift", "refit_traits" if refit else "keep_traits", reason)
-            if refit:
-                fitted = results["refit_traits"] = jobs.refit_traits(database_url, candidate, params)
-            else:
-                fitted = results["keep_traits"] = jobs.keep_traits(database_url, candidate)
-            profiles = jobs.recompute_profiles(database_url, fitted, as_of=trained_through, work_dir=work_dir)
-            results["recompute_profiles"] = {"candidate_info": fitted, "profiles_info": profiles}
-            promoted = results["promote"] = jobs.promote(database_url, fitted, profiles)
-            status, version, n_profiles = "promoted", promoted["model_version"], promoted["n_profiles"]
-    results["trained_through"] = trained_through.isoformat()  # the report's key, as the DAG writes it
-    results["runner"] = "cli"
-    report = jobs.weekly_report(database_url, run_id, results)
+            threshold = config.triggers.drift_threshold
+            promoted = _promote_candidate(context, candidate, gate, threshold, decide, steps)
+            status, version, n_profiles = "promoted", promoted.model_version, promoted.n_profiles
+    report = jobs.weekly_report(context, steps, runner="cli")
     return WeeklyOutcome(
         run_id=run_id,
         trained_through=trained_through,
-        work_dir=work_dir,
+        work_dir=context.work_dir,
         status=status,
         decisions=tuple(decisions),
         model_version=version,
-        active_version=corpus.get("active_version"),
+        active_version=corpus.active_version,
         n_profiles=n_profiles,
         seconds=time.perf_counter() - started,
-        report=report,
+        report=report.to_xcom(),
     )
+
+
+def _promote_candidate(
+    context: RunContext,
+    candidate: Candidate,
+    gate: GateResult,
+    drift_threshold: float,
+    decide: Callable[..., None],
+    steps: dict[str, Any],
+) -> PromotionResult:
+    """The weekly chain after a passed gate: drift -> refit or keep -> profiles -> promotion."""
+    drift = jobs.measure_drift(context, candidate)
+    steps["measure_drift"] = drift.to_xcom()
+    refit, reason = jobs.should_refit(drift, drift_threshold)
+    decide("check_drift", "refit_traits" if refit else "keep_traits", reason)
+    if refit:
+        fitted = jobs.refit_traits(context, candidate)
+        steps["refit_traits"] = fitted.to_xcom()
+    else:
+        fitted = jobs.keep_traits(context, candidate)
+        steps["keep_traits"] = fitted.to_xcom()
+    profiles = jobs.recompute_profiles(context, fitted)
+    steps["recompute_profiles"] = profiles.to_xcom()
+    promoted = jobs.promote(context, profiles, gate, drift)
+    steps["promote"] = promoted.to_xcom()
+    return promoted
 
 
 def run_daily_update(
@@ -222,26 +235,28 @@ def run_daily_update(
     start: datetime,
     end: datetime,
     work_dir: str | Path,
-    params: Mapping[str, Any] | None = None,
     *,
     run_id: str,
+    schema: str | None = None,
 ) -> DailyOutcome:
     """The daily DAG's select -> update -> monitor for customers with events in [start, end):
-    their profiles as of ``end`` from their whole history, with the model selected for ``end``."""
+    their profiles as of ``end`` from their whole history, with the model selected for ``end``
+    (the profiles use the stored model's own parameters)."""
     if start >= end:
         raise ValueError(f"the update interval is empty: start {start.isoformat()} >= end {end.isoformat()}")
-    selection = jobs.select_customers(database_url, start, end, str(work_dir))
-    updated = jobs.update_profiles(
-        database_url, as_of=end, customers_path=selection["customers_path"], run_id=run_id, params=params
+    context = RunContext(
+        run_id=run_id, start=start, end=end, work_dir=str(work_dir), database_url=database_url, schema=schema
     )
-    report = jobs.monitor_daily(database_url, as_of=end, run_id=run_id, update_result=updated)
+    selection = jobs.select_customers(context)
+    updated = jobs.update_profiles(context, selection)
+    report = jobs.monitor_daily(context, updated)
     return DailyOutcome(
         run_id=run_id,
         start=start,
         end=end,
-        n_customers=int(selection["n_customers"]),
-        n_profiles=int(updated.get("n_profiles") or 0),
-        model_version=updated.get("model_version"),
-        reason=updated.get("reason"),
-        report=report,
+        n_customers=selection.n_customers,
+        n_profiles=updated.n_profiles,
+        model_version=updated.model_version,
+        reason=updated.reason,
+        report=report.to_xcom(),
     )

@@ -44,6 +44,7 @@ EXPECTED_EDGES: dict[str, set[tuple[str, str]]] = {
         ("refit_traits", "recompute_profiles"),
         ("keep_traits", "recompute_profiles"),
         ("recompute_profiles", "promote"),
+        ("measure_drift", "promote"),  # data: the drift result, stored with the promoted model
         ("promote", "report"),
         ("skip_retrain", "report"),
         ("reject_candidate", "report"),

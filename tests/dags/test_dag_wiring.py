@@ -1,32 +1,64 @@
-"""Run the real Traitflow DAGs with ``dag.test`` against a fake ``traitflow.jobs``.
+"""Run the real Traitflow DAGs with ``dag.test`` against test doubles of ``traitflow.jobs``.
 
-The fake records every call, so these tests pin what the DAGs hand to the library (dates, params,
-paths, the database URL) and which branch runs in each weekly scenario, without Postgres or
-training. End-to-end runs against the real library live next to these once ``jobs`` exists.
+The doubles are generated from the real job functions (``create_autospec``: a call that does not
+fit a job's signature fails) and return real ``traitflow.runs`` results, which travel between the
+tasks through their XCom forms (``from_xcom`` refuses an unknown key). The deciders
+(``should_retrain``, ``should_refit``) are the real ones. So these tests pin what the DAGs hand to
+the library (run context, inputs, the database URL) and which branch runs in each weekly scenario,
+without Postgres or training.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import create_autospec
 
 import pytest
 
 import traitflow
-from traitflow import chains  # imported before any FakeJobs is installed: it binds the real jobs
+from traitflow import chains  # imported before any double is installed: it binds the real jobs
+from traitflow import jobs as real_jobs
 from traitflow.config import PipelineConfig
+from traitflow.runs import (
+    Candidate,
+    CorpusFiles,
+    CorpusInfo,
+    CustomerSelection,
+    DailyReport,
+    DriftResult,
+    EventInput,
+    FittedCandidate,
+    GateResult,
+    IngestResult,
+    ProfilesResult,
+    PromotionResult,
+    RefreshResult,
+    RejectionResult,
+    RunContext,
+    UpdateResult,
+    WeeklyReport,
+    iso,
+)
 
 D = datetime(2026, 1, 11, tzinfo=UTC)  # a Sunday: a real weekly logical date
 DAY, WEEK = timedelta(days=1), timedelta(weeks=1)
 CONN = "postgresql://tf:pw@db.example:5432/traitflow"
 
 
-class FakeJobs(types.ModuleType):
-    """Stand-in for ``traitflow.jobs`` with the agreed signatures; records calls by name."""
+class JobsDouble:
+    """``traitflow.jobs`` made of autospecced job functions returning real result dataclasses.
+
+    ``module`` is what gets installed; ``order`` lists the jobs called, in order, ``returned``
+    their results by name; ``args(name)`` gives a job's call as {parameter: value} (defaults
+    filled in), bound to the real signature.
+    """
 
     def __init__(
         self,
@@ -36,117 +68,133 @@ class FakeJobs(types.ModuleType):
         empty: bool = False,
         corpus_error: Exception | None = None,
     ) -> None:
-        super().__init__("traitflow.jobs")
         self.retrain, self.passed, self.refit, self.empty = retrain, passed, refit, empty
         self.corpus_error = corpus_error
-        self.calls: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        self.returned: dict[str, Any] = {}
+        self.module = types.ModuleType("traitflow.jobs")
+        for name in real_jobs.__all__:
+            real = getattr(real_jobs, name)
+            if inspect.isfunction(real):
+                behaviour = getattr(self, f"_{name}", None)
+                side_effect = self._recorded(name, behaviour or real)
+                setattr(self.module, name, create_autospec(real, side_effect=side_effect))
 
-    def _record(self, name: str, args: dict[str, Any]) -> None:
-        args.pop("self", None)
-        assert name not in self.calls, f"{name} called twice"
-        self.calls[name] = args
+    def _recorded(self, name: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.order.append(name)
+            self.returned[name] = behaviour(*args, **kwargs)
+            return self.returned[name]
+
+        return call
+
+    def args(self, name: str) -> dict[str, Any]:
+        double = getattr(self.module, name)
+        assert double.call_count == 1, f"{name} called {double.call_count} times"
+        call = double.call_args
+        bound = inspect.signature(getattr(real_jobs, name)).bind(*call.args, **call.kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def called(self) -> set[str]:
+        return set(self.order)
 
     # daily
-    def ingest_interval(self, database_url, input_dir, mapping, start, end, run_id, max_reject_share) -> dict:
-        self._record("ingest_interval", dict(locals()))
-        return {"skipped": input_dir is None, "n_events": 0 if input_dir is None else 10}
+    def _ingest_interval(self, context: RunContext, source: EventInput) -> IngestResult:
+        if source.input_dir is None:
+            return IngestResult(skipped=True, reason="no input_dir")
+        return IngestResult(skipped=False, n_files_seen=1, files=["/in/a.csv"], n_files=1, n_inserted=10)
 
-    def select_customers(self, database_url, start, end, work_dir, input_dir) -> dict:
-        self._record("select_customers", dict(locals()))
-        path = Path(work_dir) / "customers.parquet"
+    def _select_customers(self, context: RunContext, input_dir: str | None = None) -> CustomerSelection:
+        path = Path(context.work_dir) / "customers.parquet"
         path.write_text("fake")
-        return {"customers_path": str(path), "n_customers": 3}
+        return CustomerSelection(str(path), 3)
 
-    def update_profiles(self, database_url, as_of, customers_path, run_id, params, input_dir) -> dict:
-        self._record("update_profiles", dict(locals()))
-        return {"model_version": 1, "n_profiles": 3}
+    def _update_profiles(
+        self, context: RunContext, selection: CustomerSelection, input_dir=None
+    ) -> UpdateResult:
+        return UpdateResult(iso(context.end), 1, selection.n_customers)
 
-    def monitor_daily(self, database_url, as_of, run_id, update_result) -> dict:
-        self._record("monitor_daily", dict(locals()))
-        return {"ok": True}
+    def _monitor_daily(self, context: RunContext, update: UpdateResult) -> DailyReport:
+        return DailyReport(context.run_id, update, 0.1, 0.2, 0.01)
 
     # weekly
-    def build_corpus(self, database_url, trained_through, work_dir, params) -> dict:
-        self._record("build_corpus", dict(locals()))
+    def _build_corpus(self, context: RunContext, config: PipelineConfig) -> CorpusInfo:
         if self.corpus_error is not None:
             raise self.corpus_error
+        window = {"window_start": context.end - WEEK, "trained_through": context.end, "active_version": 1}
         if self.empty:
-            return {"n_events": 0, "empty_reason": "no events in the training window", "active_version": 1}
-        return {
-            "corpus_path": f"{work_dir}/corpus.txt",
-            "tokens_path": "t",
-            "new_vocab_ratio": 0.2,
-            "active_version": 1,
-        }
+            return CorpusInfo(
+                **window, n_events=0, event_snapshot="9:9:", empty_reason="no events in the training window"
+            )
+        work = context.work_dir
+        files = CorpusFiles(
+            f"{work}/corpus.txt", f"{work}/vocabulary.parquet", f"{work}/holdout.parquet", 50, 9, 8, 40, 7
+        )
+        ratio = 0.2 if self.retrain else 0.01
+        return CorpusInfo(**window, n_events=50, event_snapshot="9:9:", corpus=files, new_vocab_ratio=ratio)
 
-    def should_retrain(self, corpus_info, force_retrain, threshold) -> tuple[bool, str]:
-        self._record("should_retrain", dict(locals()))
-        if corpus_info.get("empty_reason"):
-            return False, f"skip: {corpus_info['empty_reason']}"
-        return (
-            self.retrain or force_retrain,
-            "new vocab 20% > 5%" if self.retrain else "new vocab below threshold",
+    def _train_candidate(
+        self, context: RunContext, corpus: CorpusInfo, config: PipelineConfig, tuning=None
+    ) -> Candidate:
+        return Candidate(corpus, f"{context.work_dir}/candidate/tokens.npz", 7, config.to_flat())
+
+    def _quality_gate(self, context: RunContext, candidate: Candidate) -> GateResult:
+        reason = "hit rate ok" if self.passed else "hit rate -5%"
+        return GateResult(
+            self.passed, reason, "active", 0.02, 0.3, 0.0 if self.passed else -0.05, 0.01, 100, 0.3
         )
 
-    def train_candidate(
-        self, database_url, corpus_info, work_dir, params, *, tune, tune_sample_fraction, tune_trials
-    ) -> dict:
-        self._record("train_candidate", dict(locals()))
-        return {"candidate_dir": f"{work_dir}/candidate", "version": 2}
+    def _reject_candidate(
+        self, context: RunContext, candidate: Candidate, gate: GateResult
+    ) -> RejectionResult:
+        return RejectionResult(gate.reason, 2, "rejected-sha256:00")
 
-    def quality_gate(self, database_url, candidate_info, params) -> dict:
-        self._record("quality_gate", dict(locals()))
-        return {"passed": self.passed, "reason": "hit rate ok" if self.passed else "hit rate -5%"}
+    def _measure_drift(self, context: RunContext, candidate: Candidate) -> DriftResult:
+        drift = 0.5 if self.refit else 0.01
+        return DriftResult(True, None, drift, drift, drift, drift, 100, 110, 105, 5)
 
-    def reject_candidate(self, database_url, candidate_info, gate_result) -> dict:
-        self._record("reject_candidate", dict(locals()))
-        return {"rejected": True}
+    def _refit_traits(self, context: RunContext, candidate: Candidate) -> FittedCandidate:
+        return FittedCandidate(candidate, f"{context.work_dir}/candidate/model", refit=True)
 
-    def measure_drift(self, database_url, candidate_info) -> dict:
-        self._record("measure_drift", dict(locals()))
-        return {"mean_drift": 0.3, "max_drift": 0.5, "n_shared_tokens": 100}
+    def _keep_traits(self, context: RunContext, candidate: Candidate) -> FittedCandidate:
+        return FittedCandidate(candidate, f"{context.work_dir}/candidate/model", refit=False)
 
-    def should_refit(self, drift_info, threshold) -> tuple[bool, str]:
-        self._record("should_refit", dict(locals()))
-        return (self.refit, "drift above threshold" if self.refit else "drift below threshold")
+    def _recompute_profiles(self, context: RunContext, fitted: FittedCandidate) -> ProfilesResult:
+        return ProfilesResult(fitted, f"{context.work_dir}/profiles.npz", 3, iso(context.end), {})
 
-    def refit_traits(self, database_url, candidate_info, params) -> dict:
-        self._record("refit_traits", dict(locals()))
-        return {**candidate_info, "traits": "refit"}
+    def _promote(self, context: RunContext, profiles: ProfilesResult, gate, drift) -> PromotionResult:
+        return PromotionResult(2, profiles.n_profiles, "candidate-sha256:00")
 
-    def keep_traits(self, database_url, candidate_info) -> dict:
-        self._record("keep_traits", dict(locals()))
-        return {**candidate_info, "traits": "kept"}
-
-    def recompute_profiles(self, database_url, candidate_info, as_of, work_dir) -> dict:
-        self._record("recompute_profiles", dict(locals()))
-        return {"profiles_path": f"{work_dir}/profiles.parquet", "n_profiles": 3}
-
-    def promote(self, database_url, candidate_info, profiles_info) -> dict:
-        self._record("promote", dict(locals()))
-        return {"model_version": 2, "n_profiles": 3, "promoted": True}
-
-    def weekly_report(self, database_url, run_id, results) -> dict:
-        self._record("weekly_report", dict(locals()))
-        return {"stored": True}
+    def _weekly_report(self, context: RunContext, steps, runner=None) -> WeeklyReport:
+        return WeeklyReport(context.run_id, context.end, dict(steps), runner)
 
     # refresh
-    def refresh_all_profiles(self, database_url, work_dir, run_id) -> dict:
-        self._record("refresh_all_profiles", dict(locals()))
-        return {"n_profiles": 3}
+    def _refresh_all_profiles(self, context: RunContext) -> RefreshResult:
+        return RefreshResult(3, 2, iso(context.end))
 
 
 @pytest.fixture
 def fake_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Install a FakeJobs as ``traitflow.jobs`` (tasks run in this process under dag.test)."""
+    """Install a JobsDouble as ``traitflow.jobs`` (tasks run in this process under dag.test)."""
 
-    def install(**behaviour: bool) -> FakeJobs:
-        fake = FakeJobs(**behaviour)
-        monkeypatch.setitem(sys.modules, "traitflow.jobs", fake)
-        monkeypatch.setattr(traitflow, "jobs", fake, raising=False)
-        return fake
+    def install(**behaviour: Any) -> JobsDouble:
+        double = JobsDouble(**behaviour)
+        monkeypatch.setitem(sys.modules, "traitflow.jobs", double.module)
+        monkeypatch.setattr(traitflow, "jobs", double.module, raising=False)
+        return double
 
     yield install
+
+
+def test_the_doubles_refuse_a_call_the_real_job_would_refuse() -> None:
+    double = JobsDouble()
+    context = RunContext("r", D - DAY, D, "/tmp/w")
+    with pytest.raises(TypeError):
+        double.module.update_profiles(context, CustomerSelection("/c.parquet", 1), "/in", PipelineConfig())
+    with pytest.raises(TypeError):
+        double.module.refresh_all_profiles(context, "/tmp/w", "run-id")
+    assert double.order == []
 
 
 def _asset_events(run_id: str) -> list[dict[str, Any]]:
@@ -176,25 +224,29 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     )
     assert result.state == "success"
     assert set(result.values()) == {"success"}
-    calls = fake.calls
+    assert fake.order == ["ingest_interval", "select_customers", "update_profiles", "monitor_daily"]
+    calls = {name: fake.args(name) for name in fake.order}
     ingest = calls["ingest_interval"]
-    assert (ingest["start"], ingest["end"]) == (D - DAY, D)  # logical date D = end of the day
-    assert (ingest["input_dir"], ingest["mapping"], ingest["run_id"], ingest["max_reject_share"]) == (
-        "/data/in",
-        "retailrocket",
-        result.run_id,
-        0.25,
-    )
-    assert {c["database_url"] for c in calls.values() if "database_url" in c} == {CONN}
-    work_dir = Path(calls["select_customers"]["work_dir"])
+    context = ingest["context"]
+    assert (context.start, context.end) == (D - DAY, D)  # logical date D = end of the day
+    assert context.run_id == result.run_id
+    assert ingest["source"] == EventInput("/data/in", "retailrocket", 0.25)
+    # Every task builds the same context; the database URL reaches the library, never XCom.
+    assert {call["context"] for call in calls.values()} == {context}
+    assert {call["context"].database_url for call in calls.values()} == {CONN}
+    assert all(CONN not in repr(result.xcom(task)) for task in result)
+    work_dir = Path(context.work_dir)
     assert work_dir.is_dir() and work_dir.parts[-3:-1] == ("runs", "traitflow_daily")
     update = calls["update_profiles"]
-    assert update["as_of"] == D
-    assert update["customers_path"] == str(work_dir / "customers.parquet")
-    assert not update.get("params")  # the update uses the stored model's own config
+    assert update["context"].end == D
+    assert update["selection"] == CustomerSelection(str(work_dir / "customers.parquet"), 3)
     # The day's files decide which late events are picked up and which files are not yet due.
     assert calls["select_customers"]["input_dir"] == update["input_dir"] == "/data/in"
-    assert calls["monitor_daily"]["update_result"] == {"model_version": 1, "n_profiles": 3}
+    assert calls["monitor_daily"]["update"] == UpdateResult(D.isoformat(), 1, 3)
+    assert (
+        result.xcom("monitor")
+        == DailyReport(result.run_id, UpdateResult(D.isoformat(), 1, 3), 0.1, 0.2, 0.01).to_xcom()
+    )
 
 
 def test_daily_without_input_dir_ingests_nothing_but_still_updates(
@@ -205,9 +257,10 @@ def test_daily_without_input_dir_ingests_nothing_but_still_updates(
     fake = fake_jobs()
     result = run_dag("traitflow_daily", D, conf={"input_dir": ""})
     assert result.state == "success"
-    assert fake.calls["ingest_interval"]["input_dir"] is None
-    assert fake.calls["ingest_interval"]["database_url"] is None  # embedded Postgres
-    assert fake.calls["update_profiles"]["input_dir"] is None
+    assert fake.args("ingest_interval")["source"].input_dir is None
+    assert fake.args("ingest_interval")["context"].database_url is None  # embedded Postgres
+    assert fake.args("update_profiles")["input_dir"] is None
+    assert result.xcom("ingest")["skipped"] is True
 
 
 # --- weekly --------------------------------------------------------------------------------------
@@ -238,7 +291,7 @@ PROMOTED = {"measure_drift", "check_drift", "recompute_profiles", "promote"}
         ({"retrain": False}, {}, ALWAYS | {"skip_retrain"}),
         ({"retrain": False}, {"force_retrain": True}, ALWAYS | TRAINED | PROMOTED | {"refit_traits"}),
         ({"passed": False}, {}, ALWAYS | TRAINED | {"reject_candidate"}),
-        ({"refit": True}, {}, ALWAYS | TRAINED | PROMOTED | {"refit_traits"}),
+        ({"refit": True}, {"k": 8}, ALWAYS | TRAINED | PROMOTED | {"refit_traits"}),
         ({"refit": False}, {}, ALWAYS | TRAINED | PROMOTED | {"keep_traits"}),
     ],
     ids=["skip", "forced", "reject", "promote-refit", "promote-keep"],
@@ -252,54 +305,74 @@ def test_weekly_branches(
     assert set(result) == set(WEEKLY)
     assert result.ran() == ran
     assert result.skipped() == set(WEEKLY) - ran
-    assert fake.calls["build_corpus"]["trained_through"] == D
-    assert fake.calls["should_retrain"]["force_retrain"] is bool(conf.get("force_retrain"))
-    assert fake.calls["should_retrain"]["threshold"] == PipelineConfig().triggers.new_vocab_threshold
+    corpus_call = fake.args("build_corpus")
+    context = corpus_call["context"]
+    assert (context.start, context.end, context.database_url) == (D - WEEK, D, CONN)
+    # Only the form's PipelineConfig keys reach the library, as a config.
+    assert corpus_call["config"] == PipelineConfig.from_mapping({k: v for k, v in conf.items() if k == "k"})
+    retrain_call = fake.args("should_retrain")
+    assert retrain_call["force_retrain"] is bool(conf.get("force_retrain"))
+    assert retrain_call["threshold"] == PipelineConfig().triggers.new_vocab_threshold
 
-    results = fake.calls["weekly_report"]["results"]
-    assert set(results) == set(WEEKLY) - {"report"} | {"trained_through"}
-    assert results["trained_through"] == D.isoformat()
-    assert results["check_new_vocab"]["branch"] == (
+    report_call = fake.args("weekly_report")
+    steps = report_call["steps"]
+    assert report_call["context"] == context and report_call["runner"] is None
+    assert set(steps) == set(WEEKLY) - {"report"}
+    assert result.xcom("report")["trained_through"] == D.isoformat()
+    assert steps["check_new_vocab"]["branch"] == (
         "train_candidate" if "train_candidate" in ran else "skip_retrain"
     )
-    assert results["check_new_vocab"]["reason"]
-    assert all(results[t] is None for t in set(WEEKLY) - ran)  # skipped tasks report nothing
+    assert steps["check_new_vocab"]["reason"]
+    assert all(steps[t] is None for t in set(WEEKLY) - ran)  # skipped tasks report nothing
 
     events = _asset_events(result.run_id)
     if "promote" in ran:
         assert events == [{"uri": "traitflow://models/active", "extra": {"model_version": 2}}]
-        candidate = fake.calls["promote"]["candidate_info"]
-        assert candidate["traits"] == ("refit" if "refit_traits" in ran else "kept")
-        assert fake.calls["recompute_profiles"]["as_of"] == D
+        promote = fake.args("promote")
+        assert promote["profiles"].fitted.refit is ("refit_traits" in ran)
+        # What reached promote through XCom is what the jobs returned, field for field.
+        for argument, job in (
+            ("gate", "quality_gate"),
+            ("drift", "measure_drift"),
+            ("profiles", "recompute_profiles"),
+        ):
+            assert promote[argument] == fake.returned[job], argument
+        assert fake.args("recompute_profiles")["context"].end == D
     else:
         assert events == []
     if "reject_candidate" in ran:
-        gate = fake.calls["reject_candidate"]["gate_result"]
-        assert gate["passed"] is False and gate["reason"] == "hit rate -5%"
+        gate = fake.args("reject_candidate")["gate"]
+        assert gate == fake.returned["quality_gate"]
+        assert gate.passed is False and gate.reason == "hit rate -5%"
 
     # `traitflow retrain` (traitflow.chains) takes the same branches with the same job calls.
     assert tuple(WEEKLY[:-1]) == chains.WEEKLY_STEPS
-    chain_fake = FakeJobs(**behaviour)
+    chain_fake = JobsDouble(**behaviour)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(chains, "jobs", chain_fake)
+        patch.setattr(chains, "jobs", chain_fake.module)
         outcome = chains.run_weekly_chain(
             CONN,
             D,
-            fake.calls["build_corpus"]["work_dir"],  # the fake's results embed it
-            PipelineConfig().to_flat(),
+            context.work_dir,  # the double's results embed it
+            PipelineConfig.from_mapping({k: v for k, v in conf.items() if k == "k"}).to_flat(),
             bool(conf.get("force_retrain")),
             run_id="cli-test",
         )
-    assert list(chain_fake.calls) == list(fake.calls)  # same jobs, same order
-    for name, call in fake.calls.items():
-        ignored = {"run_id", "results"}
-        assert {k: v for k, v in chain_fake.calls[name].items() if k not in ignored} == {
-            k: v for k, v in call.items() if k not in ignored
+    assert chain_fake.order == fake.order  # same jobs, same order
+    for name in fake.order:
+        dag_args, chain_args = fake.args(name), chain_fake.args(name)
+        if "context" in dag_args:
+            assert chain_args["context"].database_url == CONN
+            assert replace(chain_args["context"], run_id=context.run_id) == dag_args["context"], name
+        ignored = {"context", "steps", "runner"}
+        assert {k: v for k, v in chain_args.items() if k not in ignored} == {
+            k: v for k, v in dag_args.items() if k not in ignored
         }, name
-    chain_results = chain_fake.calls["weekly_report"]["results"]
-    assert {k for k, v in results.items() if v is not None} == set(chain_results) - {"runner"}
+    chain_steps = chain_fake.args("weekly_report")["steps"]
+    assert chain_fake.args("weekly_report")["runner"] == "cli"
+    assert {k: v for k, v in steps.items() if v is not None} == chain_steps
     branches = ("check_new_vocab", "quality_gate", "check_drift")
-    assert [d.branch for d in outcome.decisions] == [results[b]["branch"] for b in branches if results[b]]
+    assert [d.branch for d in outcome.decisions] == [steps[b]["branch"] for b in branches if steps[b]]
     assert outcome.status == (
         "promoted" if "promote" in ran else "rejected" if "reject_candidate" in ran else "skipped"
     )
@@ -307,16 +380,12 @@ def test_weekly_branches(
 
 def test_weekly_failure_fails_the_run_and_skips_no_report_silently(run_dag: Any, fake_jobs: Any) -> None:
     fake = fake_jobs()
-
-    def broken(*args: Any, **kwargs: Any) -> dict:
-        raise RuntimeError("training blew up")
-
-    fake.train_candidate = broken
+    fake.module.train_candidate.side_effect = RuntimeError("training blew up")
     result = run_dag("traitflow_weekly_retrain", D)
     assert result.state == "failed"
     assert result["train_candidate"] == "failed"
     assert result["report"] == "upstream_failed"
-    assert "promote" not in fake.calls
+    assert "promote" not in fake.called()
 
 
 # --- refresh -------------------------------------------------------------------------------------
@@ -326,10 +395,11 @@ def test_refresh_on_promotion_refreshes_all_profiles(run_dag: Any, fake_jobs: An
     fake = fake_jobs()
     result = run_dag("traitflow_refresh_on_promotion", D, env={"AIRFLOW_CONN_TRAITFLOW_DB": CONN})
     assert result.state == "success"
-    call = fake.calls["refresh_all_profiles"]
-    assert call["database_url"] == CONN
-    assert call["run_id"] == result.run_id
-    assert Path(call["work_dir"]).is_dir()
+    context = fake.args("refresh_all_profiles")["context"]
+    assert context.database_url == CONN
+    assert context.run_id == result.run_id
+    assert Path(context.work_dir).is_dir()
+    assert result.xcom("refresh_profiles") == RefreshResult(3, 2, iso(context.end)).to_xcom()
 
 
 def test_dags_test_before_the_start_date_says_why_nothing_runs(
@@ -364,7 +434,7 @@ def test_weekly_empty_window_takes_the_skip_branch_with_the_reason(run_dag: Any,
     )
     assert result.state == "success"
     assert result.ran() == ALWAYS | {"skip_retrain"}
-    decision = fake.calls["weekly_report"]["results"]["check_new_vocab"]
+    decision = fake.args("weekly_report")["steps"]["check_new_vocab"]
     assert decision == {"branch": "skip_retrain", "reason": "skip: no events in the training window"}
 
 

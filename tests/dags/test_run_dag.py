@@ -19,7 +19,7 @@ def _branch_dag() -> Any:
     """choose -> (left | right) -> join, plus a task that reads the Traitflow DB connection."""
     from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-    from traitflow_common import JOIN, current_run, database_url
+    from traitflow_common import JOIN, database_url, run_context, run_params
 
     @dag(
         dag_id="traitflow_test_branch",
@@ -31,7 +31,7 @@ def _branch_dag() -> Any:
     def traitflow_test_branch() -> None:
         @task.branch
         def choose() -> str:
-            return current_run().params["go"]
+            return run_params()["go"]
 
         @task
         def left() -> str:
@@ -41,9 +41,9 @@ def _branch_dag() -> Any:
         def right() -> str:
             return "R"
 
-        @task(trigger_rule=JOIN)
+        @task(multiple_outputs=False, trigger_rule=JOIN)
         def join() -> dict:
-            run = current_run()
+            run = run_context()
             return {"start": run.start.isoformat(), "end": run.end.isoformat(), "work_dir": run.work_dir}
 
         @task

@@ -10,12 +10,14 @@ import pytest
 
 from traitflow import jobs
 from traitflow.config import ConfigError, confine
+from traitflow.runs import EventInput, RunContext
 from traitflow.store import Store
 
 DAY = datetime(2026, 1, 5, tzinfo=UTC)
 END = datetime(2026, 1, 6, tzinfo=UTC)
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"  # a refused path never gets this far
 SECRET_KEY = "internal_api_token_4f2a"
+RUN = RunContext("run", DAY, END, "/nonexistent/work", UNREACHABLE)
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_input_dir_outside_the_root_is_refused(layout: dict[str, Path], input_di
     (layout["root"] / "link_out").symlink_to(layout["secret"], target_is_directory=True)
     given = input_dir.format(root=layout["root"], secret=layout["secret"])
     with pytest.raises(ConfigError, match="input_dir") as failure:
-        jobs.ingest_interval(UNREACHABLE, given, "canonical", DAY, END, "run")
+        jobs.ingest_interval(RUN, EventInput(given, "canonical"))
     message = str(failure.value)
     assert "TRAITFLOW_INPUT_ROOT" in message or "'..'" in message
     assert "events_2026-01-05" not in message  # nothing read from the folder
@@ -52,12 +54,12 @@ def test_an_event_file_that_links_out_of_the_root_is_refused(layout: dict[str, P
     link = layout["root"] / "sample" / "events_2026-01-05.csv"
     link.symlink_to(layout["secret"] / "events_2026-01-05.csv")
     with pytest.raises(ConfigError, match=r"event file .* is outside the allowed folder"):
-        jobs.ingest_interval(UNREACHABLE, "sample", "canonical", DAY, END, "run")
+        jobs.ingest_interval(RUN, EventInput("sample", "canonical"))
 
 
 def test_a_mapping_file_outside_the_root_is_refused_without_reading_it(layout: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="TRAITFLOW_MAPPING_ROOT") as failure:
-        jobs.ingest_interval(UNREACHABLE, "sample", str(layout["secret"] / "mapping.json"), DAY, END, "run")
+        jobs.ingest_interval(RUN, EventInput("sample", str(layout["secret"] / "mapping.json")))
     assert SECRET_KEY not in str(failure.value)
     with pytest.raises(ConfigError, match=r"'\.\.' components"):
         jobs.confined_mapping("../secret_dir/mapping.json")

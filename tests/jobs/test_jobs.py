@@ -11,15 +11,20 @@ import pandas as pd
 import pytest
 
 from traitflow import event_schema, jobs
+from traitflow.config import PipelineConfig
 from traitflow.events import LoadResult
+from traitflow.jobs import daily as daily_jobs
+from traitflow.jobs import refresh as refresh_jobs
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
 from traitflow.profile_batch import ProfileBatch
+from traitflow.runs import EventInput, RunContext, TuningRequest
 from traitflow.store import ModelStateError, Store
 from traitflow.synthetic import SyntheticSpec, write_sample
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window_days": 30}
+CONFIG = PipelineConfig.from_mapping(PARAMS)
 
 
 @pytest.fixture
@@ -42,46 +47,55 @@ def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.
     return {"url": database_url, "input": str(input_dir), "work": tmp_path / "work", "store": store}
 
 
+def context(env, run_id: str, end: datetime, work: str | Path | None = None, start: datetime | None = None):
+    """The jobs' RunContext for the interval [start, end) (default: the day before ``end``)."""
+    work_dir = str(work if work is not None else env["work"] / run_id)
+    return RunContext(run_id, start or end - DAY, end, work_dir, env["url"])
+
+
 def run_daily(env, day: int) -> dict:
     start = START + day * DAY
-    end = start + DAY
-    run_id = f"daily-{day}"
-    ingested = jobs.ingest_interval(env["url"], env["input"], "canonical", start, end, run_id)
-    selected = jobs.select_customers(env["url"], start, end, str(env["work"] / run_id), env["input"])
-    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], run_id, PARAMS, env["input"])
-    monitored = jobs.monitor_daily(env["url"], end, run_id, updated)
+    run = context(env, f"daily-{day}", start + DAY)
+    ingested = jobs.ingest_interval(run, EventInput(env["input"], "canonical"))
+    selected = jobs.select_customers(run, env["input"])
+    updated = jobs.update_profiles(run, selected, env["input"])
+    monitored = jobs.monitor_daily(run, updated)
     return {"ingested": ingested, "selected": selected, "updated": updated, "monitored": monitored}
 
 
+def weekly_context(env, end: datetime, name: str | None = None) -> RunContext:
+    name = name or f"weekly-{end:%Y%m%d}"
+    return context(env, name, end, env["work"] / name, start=end - 7 * DAY)
+
+
 def run_weekly(env, end: datetime, *, force: bool = False) -> dict:
-    work = str(env["work"] / f"weekly-{end:%Y%m%d}")
-    corpus = jobs.build_corpus(env["url"], end, work, PARAMS)
+    run = weekly_context(env, end)
+    corpus = jobs.build_corpus(run, CONFIG)
     retrain, why = jobs.should_retrain(corpus, force, 0.05)
     result = {"corpus": corpus, "retrain": retrain, "retrain_reason": why}
     if not retrain:
         return result
-    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
-    gate = jobs.quality_gate(env["url"], candidate, PARAMS)
+    candidate = jobs.train_candidate(run, corpus, CONFIG)
+    gate = jobs.quality_gate(run, candidate)
     result["gate"] = gate
-    if not gate["passed"]:
-        result["rejected"] = jobs.reject_candidate(env["url"], candidate, gate)
+    if not gate.passed:
+        result["rejected"] = jobs.reject_candidate(run, candidate, gate)
         return result
-    drift = jobs.measure_drift(env["url"], candidate)
+    drift = jobs.measure_drift(run, candidate)
     refit, why = jobs.should_refit(drift, 0.1)
     result.update(drift=drift, refit=refit, refit_reason=why)
-    fitted = (
-        jobs.refit_traits(env["url"], candidate, PARAMS) if refit else jobs.keep_traits(env["url"], candidate)
-    )
-    profiles = jobs.recompute_profiles(env["url"], fitted, end, work)
-    result["promoted"] = jobs.promote(env["url"], fitted, profiles)
+    fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
+    profiles = jobs.recompute_profiles(run, fitted)
+    result["promoted"] = jobs.promote(run, profiles, gate, drift)
     result["fitted"] = fitted
+    result["profiles"] = profiles
     return result
 
 
 def ingest_days(env, days: range) -> None:
     for day in days:
         start = START + day * DAY
-        jobs.ingest_interval(env["url"], env["input"], "canonical", start, start + DAY, "backfill")
+        jobs.ingest_interval(context(env, "backfill", start + DAY), EventInput(env["input"], "canonical"))
 
 
 def test_first_week_then_daily_runs(env):
@@ -89,51 +103,54 @@ def test_first_week_then_daily_runs(env):
     for day in range(7):
         first = run_daily(env, day)
     # Before any model exists the daily run ingests but cannot profile, and says why.
-    assert first["ingested"]["n_files"] == 1 and first["ingested"]["n_inserted"] > 0
-    assert first["updated"]["model_version"] is None and "weekly retrain" in first["updated"]["reason"]
+    assert first["ingested"].n_files == 1 and first["ingested"].n_inserted > 0
+    assert first["updated"].model_version is None and "weekly retrain" in first["updated"].reason
 
     week = run_weekly(env, START + 7 * DAY)
     assert week["retrain"] and week["retrain_reason"] == "no promoted model yet"
-    assert week["gate"]["passed"] and week["refit"]
+    assert week["gate"].passed and week["refit"]
     # A first model is compared with the popularity baseline on the held-out sessions.
-    assert week["gate"]["baseline"] == "popularity" and week["gate"]["lower"] > 0, week["gate"]
-    assert week["gate"]["candidate_hit_rate"] > week["gate"]["popularity_hit_rate"]
-    version = week["promoted"]["model_version"]
+    assert week["gate"].baseline == "popularity" and week["gate"].lower > 0, week["gate"]
+    assert week["gate"].candidate_hit_rate > week["gate"].popularity_hit_rate
+    version = week["promoted"].model_version
     assert store.active_model_version() == version
-    assert store.load_model(version).metrics["quality_gate"] == week["gate"]
+    assert store.load_model(version).metrics["quality_gate"] == week["gate"].to_xcom()
+    assert store.model_versions().set_index("model_version").loc[version, "drift"] == week["drift"].to_xcom()
     n_customers = len(store.customers_with_events(None, START + 7 * DAY))
-    assert store.table_counts()["customer_profiles"] == n_customers == week["promoted"]["n_profiles"]
+    assert store.table_counts()["customer_profiles"] == n_customers == week["promoted"].n_profiles
 
     day7 = run_daily(env, 7)
-    assert day7["updated"]["model_version"] == version
-    assert day7["updated"]["n_profiles"] == day7["selected"]["n_customers"] > 0
-    assert 0.0 <= day7["monitored"]["profile_shift_js"] <= 1.0
+    assert day7["updated"].model_version == version
+    assert day7["updated"].n_profiles == day7["selected"].n_customers > 0
+    assert 0.0 <= day7["monitored"].profile_shift_js <= 1.0
+    (stored,) = store.run_reports("daily", limit=1)
+    assert stored["report"] == day7["monitored"].to_xcom()
     assert [r["run_key"] for r in store.run_reports("daily", limit=1)] == [(START + 8 * DAY).isoformat()]
 
 
 def test_a_first_model_that_does_not_beat_popularity_is_not_promoted(env):
     ingest_days(env, range(7))
-    work = str(env["work"] / "random")
-    corpus = jobs.build_corpus(env["url"], START + 7 * DAY, work, PARAMS)
-    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
+    run = weekly_context(env, START + 7 * DAY, "random")
+    corpus = jobs.build_corpus(run, CONFIG)
+    candidate = jobs.train_candidate(run, corpus, CONFIG)
     # The same vocabulary with random vectors: its neighbours predict nothing.
-    tokens = load_tokens(candidate["tokens_path"])
+    tokens = load_tokens(candidate.tokens_path)
     tokens.vectors = np.random.default_rng(0).normal(size=tokens.vectors.shape).astype(np.float32)
-    save_tokens(tokens, candidate["tokens_path"])
-    gate = jobs.quality_gate(env["url"], candidate, PARAMS)
-    assert not gate["passed"] and gate["baseline"] == "popularity", gate
-    assert gate["upper"] < 0 and "not clearly better than popularity" in gate["reason"]
-    rejected = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
-    assert rejected["promoted"] is False and rejected["reason"] == gate["reason"]
+    save_tokens(tokens, candidate.tokens_path)
+    gate = jobs.quality_gate(run, candidate)
+    assert not gate.passed and gate.baseline == "popularity", gate
+    assert gate.upper < 0 and "not clearly better than popularity" in gate.reason
+    rejected = jobs.reject_candidate(run, candidate, gate)
+    assert rejected.promoted is False and rejected.reason == gate.reason
     assert env["store"].active_model_version() is None
     # The candidate is kept as a rejected version with the gate's result, once even when retried.
-    again = jobs.reject_candidate(env["url"], candidate, {"branch": "reject_candidate", **gate})
-    assert again["model_version"] == rejected["model_version"] == 1
+    again = jobs.reject_candidate(run, candidate, gate)
+    assert again.model_version == rejected.model_version == 1
     versions = env["store"].model_versions()
     assert len(versions) == 1
     row = versions.iloc[0]
-    assert row["status"] == "rejected" and row["status_reason"] == gate["reason"]
-    assert row["metrics"]["quality_gate"] == gate
+    assert row["status"] == "rejected" and row["status_reason"] == gate.reason
+    assert row["metrics"]["quality_gate"] == gate.to_xcom()
     with pytest.raises(ModelStateError, match="rejected"):
         env["store"].promote(1)
 
@@ -144,15 +161,15 @@ def test_second_week_aligns_measures_drift_and_keeps_trait_ids(env):
     first = run_weekly(env, START + 7 * DAY)
     second = run_weekly(env, START + 10 * DAY, force=True)
     assert second["retrain_reason"] == "force_retrain requested"
-    assert second["drift"]["measured"] and second["drift"]["n_shared_tokens"] > 100
-    assert second["gate"]["passed"], second["gate"]["reason"]
+    assert second["drift"].measured and second["drift"].n_shared_tokens > 100
+    assert second["gate"].passed, second["gate"].reason
     store: Store = env["store"]
-    assert store.active_model_version() == second["promoted"]["model_version"]
-    assert store.model_version_for(START + 9 * DAY) == first["promoted"]["model_version"]
-    old = set(store.traits(first["promoted"]["model_version"])["trait_id"])
-    new = set(store.traits(second["promoted"]["model_version"])["trait_id"])
+    assert store.active_model_version() == second["promoted"].model_version
+    assert store.model_version_for(START + 9 * DAY) == first["promoted"].model_version
+    old = set(store.traits(first["promoted"].model_version)["trait_id"])
+    new = set(store.traits(second["promoted"].model_version)["trait_id"])
     if second["refit"]:
-        assert second["fitted"]["trait_match"]["n_matched"] >= 4, second["fitted"]["trait_match"]
+        assert second["fitted"].trait_match["n_matched"] >= 4, second["fitted"].trait_match
     assert len(old & new) >= 4
 
 
@@ -163,14 +180,13 @@ def test_a_retried_promote_publishes_the_candidate_once(env):
     store: Store = env["store"]
     first = week["promoted"]
     before = store.table_checksums()
-    work = env["work"] / f"weekly-{START + 7 * DAY:%Y%m%d}"
-    profiles_info = {"profiles_path": str(work / "profiles.npz")}
+    run = weekly_context(env, START + 7 * DAY)
     # The task retried twice after its COMMIT (e.g. the worker died before reporting success).
-    retries = [jobs.promote(env["url"], week["fitted"], profiles_info) for _ in range(2)]
-    assert [r["model_version"] for r in retries] == [first["model_version"]] * 2
-    assert {r["run_key"] for r in retries} == {first["run_key"]}
+    retries = [jobs.promote(run, week["profiles"], week["gate"], week["drift"]) for _ in range(2)]
+    assert [r.model_version for r in retries] == [first.model_version] * 2
+    assert {r.run_key for r in retries} == {first.run_key}
     assert len(store.model_versions()) == 1
-    assert store.active_model_version() == first["model_version"]
+    assert store.active_model_version() == first.model_version
     assert store.table_checksums() == before
 
 
@@ -203,33 +219,33 @@ def test_daily_backfill_in_any_order_gives_identical_rows(env, make_store, monke
 
 def test_tuned_retrain_records_the_chosen_parameters_with_the_model(env):
     ingest_days(env, range(7))
-    work = str(env["work"] / "tuned")
-    corpus = jobs.build_corpus(env["url"], START + 7 * DAY, work, PARAMS)
-    candidate = jobs.train_candidate(
-        env["url"], corpus, work, PARAMS, tune=True, tune_sample_fraction=0.5, tune_trials=3
-    )
-    assert candidate["tuned"]
-    chosen = {key: candidate["params"][key] for key in ("ns_exponent", "window", "sample", "epochs")}
-    jobs.quality_gate(env["url"], candidate, PARAMS)
-    jobs.measure_drift(env["url"], candidate)
-    fitted = jobs.refit_traits(env["url"], candidate, PARAMS)
-    profiles = jobs.recompute_profiles(env["url"], fitted, START + 7 * DAY, work)
-    version = jobs.promote(env["url"], fitted, profiles)["model_version"]
+    run = weekly_context(env, START + 7 * DAY, "tuned")
+    corpus = jobs.build_corpus(run, CONFIG)
+    candidate = jobs.train_candidate(run, corpus, CONFIG, TuningRequest(sample_fraction=0.5, trials=3))
+    assert candidate.tuning is not None
+    chosen = {key: candidate.config[key] for key in ("ns_exponent", "window", "sample", "epochs")}
+    gate = jobs.quality_gate(run, candidate)
+    drift = jobs.measure_drift(run, candidate)
+    fitted = jobs.refit_traits(run, candidate)
+    profiles = jobs.recompute_profiles(run, fitted)
+    version = jobs.promote(run, profiles, gate, drift).model_version
     model = env["store"].load_model(version)
+    assert model.metrics["tuning"] == candidate.tuning.to_xcom()
     assert model.metrics["tuning"]["best_params"] == chosen
+    # The trait fit used the tuned config the candidate carries, not the run's.
     assert {key: getattr(model.config.item2vec, key) for key in chosen} == chosen
 
 
 def test_refresh_after_promotion_brings_every_profile_to_the_newest_date(env):
     ingest_days(env, range(9))
     week = run_weekly(env, START + 7 * DAY)
-    assert jobs.refresh_all_profiles(env["url"], str(env["work"]), "r1")["reason"] == "already current"
+    assert jobs.refresh_all_profiles(context(env, "r1", START + 9 * DAY)).reason == "already current"
     run_daily(env, 7)  # some customers now have profiles as of day 8, the rest as of day 7
-    refreshed = jobs.refresh_all_profiles(env["url"], str(env["work"]), "r2")
+    refreshed = jobs.refresh_all_profiles(context(env, "r2", START + 9 * DAY))
     store: Store = env["store"]
-    assert refreshed["n_profiles"] == store.table_counts()["customer_profiles"] > 0
+    assert refreshed.n_profiles == store.table_counts()["customer_profiles"] > 0
     rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
-    assert rows == [(START + 8 * DAY, week["promoted"]["model_version"])]
+    assert rows == [(START + 8 * DAY, week["promoted"].model_version)]
 
 
 PROFILE_QUERIES = (
@@ -246,10 +262,10 @@ def profile_rows(store: Store) -> list[list[tuple]]:
 
 def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_other(env, monkeypatch):
     ingest_days(env, range(10))
-    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    first = run_weekly(env, START + 7 * DAY)["promoted"].model_version
     end = START + 10 * DAY
-    selected = jobs.select_customers(env["url"], end - DAY, end, str(env["work"] / "race"))
-    main, original = threading.get_ident(), jobs.profile_customers
+    selected = jobs.select_customers(context(env, "race", end))
+    main, original = threading.get_ident(), daily_jobs.profile_customers
     daily_models: list[int] = []
     weekly: dict = {}
 
@@ -265,20 +281,20 @@ def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_oth
                 weekly["rows"] = profile_rows(env["store"])
         return original(events, model, as_of, **kwargs)
 
-    monkeypatch.setattr(jobs, "profile_customers", racing)
-    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], "race", PARAMS)
-    second = weekly["promoted"]["model_version"]
+    monkeypatch.setattr(daily_jobs, "profile_customers", racing)
+    updated = jobs.update_profiles(context(env, "race", end), selected)
+    second = weekly["promoted"].model_version
     assert second != first and daily_models == [first, second]
-    assert updated["model_version"] == second and updated["n_profiles"] == selected["n_customers"] > 0
-    assert updated["recomputed"] == f"model {first} was replaced by {second} for this date meanwhile"
+    assert updated.model_version == second and updated.n_profiles == selected.n_customers > 0
+    assert updated.recomputed == f"model {first} was replaced by {second} for this date meanwhile"
     store: Store = env["store"]
     raced = profile_rows(store)
     # The state of "weekly, then daily": running the daily update now, after the weekly run,
     # changes nothing; the customers it did not select keep the weekly's rows exactly.
-    jobs.update_profiles(env["url"], end, selected["customers_path"], "after", PARAMS)
+    jobs.update_profiles(context(env, "after", end), selected)
     assert daily_models == [first, second, second]
     assert profile_rows(store) == raced
-    daily_ids = set(pd.read_parquet(selected["customers_path"])["customer_id"])
+    daily_ids = set(pd.read_parquet(selected.customers_path)["customer_id"])
     for rows, weekly_rows in zip(raced, weekly["rows"], strict=True):
         assert [r for r in rows if r[0] not in daily_ids] == [r for r in weekly_rows if r[0] not in daily_ids]
         for row, weekly_row in zip(rows, weekly_rows, strict=True):
@@ -296,9 +312,9 @@ def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_oth
 
 def test_a_daily_update_losing_the_race_twice_skips_with_the_reason(env, monkeypatch):
     ingest_days(env, range(8))
-    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    first = run_weekly(env, START + 7 * DAY)["promoted"].model_version
     end = START + 8 * DAY
-    selected = jobs.select_customers(env["url"], end - DAY, end, str(env["work"] / "race"))
+    selected = jobs.select_customers(context(env, "race", end))
     store: Store = env["store"]
     before = store.table_checksums()
     # Every write finds yet another model selected for its date (as if promotions kept coming).
@@ -309,18 +325,18 @@ def test_a_daily_update_losing_the_race_twice_skips_with_the_reason(env, monkeyp
         raise StaleModelError(batch.as_of, batch.model_version, first)
 
     monkeypatch.setattr(Store, "write_profiles", always_stale)
-    updated = jobs.update_profiles(env["url"], end, selected["customers_path"], "race", PARAMS)
-    assert updated["model_version"] is None and updated["n_profiles"] == 0
-    assert updated["stale_versions"] == [first, first] and updated["reason"].startswith("skipped: ")
+    updated = jobs.update_profiles(context(env, "race", end), selected)
+    assert updated.model_version is None and updated.n_profiles == 0
+    assert updated.stale_versions == [first, first] and updated.reason.startswith("skipped: ")
     assert store.table_checksums() == before
 
 
 def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(env):
     ingest_days(env, range(7))
     end = START + 7 * DAY
-    work = str(env["work"] / "snapshot")
-    corpus = jobs.build_corpus(env["url"], end, work, PARAMS)
-    candidate = jobs.train_candidate(env["url"], corpus, work, PARAMS)
+    run = weekly_context(env, end, "snapshot")
+    corpus = jobs.build_corpus(run, CONFIG)
+    candidate = jobs.train_candidate(run, corpus, CONFIG)
     # A daily ingest commits between the corpus and the fit: events inside the training window,
     # of a new customer.
     store: Store = env["store"]
@@ -329,13 +345,13 @@ def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(en
     store.ingest_events(LoadResult(events=late, rejects=event_schema.empty_rejects()), "late.csv", "late")
     assert len(store.customers_with_events(None, end)) == seen["customer_id"].nunique() + 1
 
-    fitted = jobs.refit_traits(env["url"], candidate, PARAMS)
-    profiles = jobs.recompute_profiles(env["url"], fitted, end, work)
-    batch = ProfileBatch.load(profiles["profiles_path"])
+    fitted = jobs.refit_traits(run, candidate)
+    profiles = jobs.recompute_profiles(run, fitted)
+    batch = ProfileBatch.load(profiles.profiles_path)
     assert "zz-late" not in set(batch.customer_ids)
-    assert profiles["n_profiles"] == seen["customer_id"].nunique()
-    model = TraitflowModel.load(fitted["model_dir"])
-    assert model.metrics["event_snapshot"] == corpus["event_snapshot"]
+    assert profiles.n_profiles == seen["customer_id"].nunique()
+    model = TraitflowModel.load(fitted.model_dir)
+    assert model.metrics["event_snapshot"] == corpus.event_snapshot
     assert model.metrics["n_training_customers"] <= seen["customer_id"].nunique()
 
 
@@ -369,7 +385,7 @@ def test_late_events_are_picked_up_and_backfill_orders_agree(env, make_store, mo
             late = target.profile_history("zz-late")
             assert list(late["as_of"]) == [pd.Timestamp(START + 9 * DAY)]
     for day in (7, 8, 9):
-        counts = {order: selections[order, day]["n_customers"] for order in results}
+        counts = {order: selections[order, day].n_customers for order in results}
         assert len(set(counts.values())) == 1, (day, counts)
     assert results[(7, 8, 9)][0] and results[(7, 8, 9)] == results[(9, 8, 7)] == results[(8, 9, 7)]
 
@@ -377,18 +393,18 @@ def test_late_events_are_picked_up_and_backfill_orders_agree(env, make_store, mo
 def test_the_new_vocabulary_ratio_is_zero_on_unchanged_data(env):
     ingest_days(env, range(7))
     first = run_weekly(env, START + 7 * DAY)
-    again = jobs.build_corpus(env["url"], START + 7 * DAY, str(env["work"] / "again"), PARAMS)
-    assert again["active_version"] == first["promoted"]["model_version"]
-    assert again["new_vocab_ratio"] == 0.0
+    again = jobs.build_corpus(weekly_context(env, START + 7 * DAY, "again"), CONFIG)
+    assert again.active_version == first["promoted"].model_version
+    assert again.new_vocab_ratio == 0.0
     assert jobs.should_retrain(again, False, 0.05)[0] is False
 
 
 def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypatch):
     ingest_days(env, range(10))
-    first = run_weekly(env, START + 7 * DAY)["promoted"]["model_version"]
+    first = run_weekly(env, START + 7 * DAY)["promoted"].model_version
     run_daily(env, 9)  # the newest profiles are as of day 10, under the first model
     end = START + 10 * DAY
-    original, weekly = jobs.profile_customers, {}
+    original, weekly = refresh_jobs.profile_customers, {}
 
     def overtaken(events, model, as_of, **kwargs):
         if not weekly:  # the refresh computes under the first model; a retrain promotes now
@@ -398,11 +414,11 @@ def test_a_refresh_overtaken_by_a_promotion_skips_with_the_reason(env, monkeypat
             thread.join()
         return original(events, model, as_of, **kwargs)
 
-    monkeypatch.setattr(jobs, "profile_customers", overtaken)
-    refreshed = jobs.refresh_all_profiles(env["url"], str(env["work"]), "r")
-    second = weekly["promoted"]["model_version"]
-    assert refreshed["n_profiles"] == 0 and refreshed["reason"].startswith("skipped: ")
-    assert f"computed with model {first}, but model {second}" in refreshed["reason"]
+    monkeypatch.setattr(refresh_jobs, "profile_customers", overtaken)
+    refreshed = jobs.refresh_all_profiles(context(env, "r", end))
+    second = weekly["promoted"].model_version
+    assert refreshed.n_profiles == 0 and refreshed.reason.startswith("skipped: ")
+    assert f"computed with model {first}, but model {second}" in refreshed.reason
     store: Store = env["store"]
     rows = store.connection.execute("SELECT DISTINCT as_of, model_version FROM customer_profiles").fetchall()
     assert rows == [(end, second)]
@@ -412,13 +428,13 @@ def test_an_empty_training_window_is_a_skip_with_the_reason_not_an_error(env):
     from traitflow.chains import run_weekly_chain
 
     end = START + 7 * DAY  # nothing ingested yet
-    corpus = jobs.build_corpus(env["url"], end, str(env["work"] / "empty"), PARAMS)
-    assert corpus["n_events"] == 0
-    assert corpus["empty_reason"] == (
+    corpus = jobs.build_corpus(weekly_context(env, end, "empty"), CONFIG)
+    assert corpus.n_events == 0
+    assert corpus.empty_reason == (
         "no events in the training window [2026-02-06T00:00:00+00:00, 2026-03-08T00:00:00+00:00)"
     )
-    assert "corpus_path" not in corpus
-    assert jobs.should_retrain(corpus, True, 0.05) == (False, f"skip: {corpus['empty_reason']}")
+    assert corpus.corpus is None and corpus.new_vocab_ratio is None
+    assert jobs.should_retrain(corpus, True, 0.05) == (False, f"skip: {corpus.empty_reason}")
 
     decisions = []
     outcome = run_weekly_chain(
@@ -427,5 +443,5 @@ def test_an_empty_training_window_is_a_skip_with_the_reason_not_an_error(env):
     assert outcome.status == "skipped" and outcome.model_version is None
     assert [(d.step, d.branch) for d in decisions] == [("check_new_vocab", "skip_retrain")]
     (stored,) = env["store"].run_reports("weekly")
-    assert stored["report"]["check_new_vocab"]["reason"] == f"skip: {corpus['empty_reason']}"
+    assert stored["report"]["check_new_vocab"]["reason"] == f"skip: {corpus.empty_reason}"
     assert env["store"].model_versions().empty

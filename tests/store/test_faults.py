@@ -50,6 +50,15 @@ from psycopg import sql
 
 from traitflow import jobs
 from traitflow.profile_batch import ProfileBatch
+from traitflow.runs import (
+    Candidate,
+    CorpusInfo,
+    DriftResult,
+    FittedCandidate,
+    GateResult,
+    ProfilesResult,
+    RunContext,
+)
 from traitflow.store import (
     DatabaseConnectionLostError,
     Store,
@@ -80,7 +89,6 @@ class Scenario:
 
     events_csv: str
     model_dir: str
-    candidate_tokens: str  # jobs.promote reads the quality gate's and drift's results beside it
     weekly_profiles: str
     daily_profiles: str
 
@@ -90,17 +98,20 @@ def _ingest(store: Store, scenario: Scenario) -> None:
 
 
 def _publish(store: Store, scenario: Scenario) -> None:
-    # jobs.promote opens its own Store on TRAITFLOW_DB_SCHEMA, like the weekly DAG's task.
-    previous = os.environ.get("TRAITFLOW_DB_SCHEMA")
-    os.environ["TRAITFLOW_DB_SCHEMA"] = store.schema
-    try:
-        candidate = {"model_dir": scenario.model_dir, "tokens_path": scenario.candidate_tokens}
-        jobs.promote(store.url, candidate, {"profiles_path": scenario.weekly_profiles})
-    finally:
-        if previous is None:
-            os.environ.pop("TRAITFLOW_DB_SCHEMA", None)
-        else:
-            os.environ["TRAITFLOW_DB_SCHEMA"] = previous
+    # jobs.promote opens its own Store on the context's schema, like the weekly DAG's task.
+    end = datetime(2024, 1, 8, tzinfo=UTC)
+    context = RunContext(
+        "fault-run", datetime(2024, 1, 1, tzinfo=UTC), end, scenario.model_dir, store.url, store.schema
+    )
+    corpus = CorpusInfo(datetime(2024, 1, 1, tzinfo=UTC), end, N_EVENTS, None, "")
+    candidate = Candidate(corpus, str(Path(scenario.model_dir).parent / "tokens.npz"), 0, {})
+    fitted = FittedCandidate(candidate, scenario.model_dir, refit=True)
+    profiles = ProfilesResult(fitted, scenario.weekly_profiles, 200, end.isoformat(), {})
+    gate = GateResult(
+        True, "passes", "popularity", 0.02, 0.3, 0.05, 0.02, 100, popularity_hit_rate=0.25, lower=0.01
+    )
+    drift = DriftResult(measured=False, reason="no active model")
+    jobs.promote(context, profiles, gate, drift)
 
 
 def _daily(store: Store, scenario: Scenario) -> None:
@@ -261,17 +272,13 @@ def _write_scenario(directory: Path) -> Scenario:
     events_csv = directory / "events_2024-01-06.csv"
     events.to_csv(events_csv, index=False)
     model_dir = build_model(trained_through=datetime(2024, 1, 7, tzinfo=UTC)).save(directory / "model")
-    candidate = directory / "candidate"
-    candidate.mkdir()
-    (candidate / "quality_gate.json").write_text(json.dumps({"passed": True, "lower": 0.01}))
-    (candidate / "drift.json").write_text(json.dumps({"aligned_drift": 0.2, "refit": True}))
     weekly = build_profile_batch(
         None, [f"c{i}" for i in range(200)], as_of=datetime(2024, 1, 8, tzinfo=UTC), seed=1
     ).save(directory / "weekly.npz")
     daily = build_profile_batch(
         None, [f"c{i}" for i in range(100, 250)], as_of=datetime(2024, 1, 10, tzinfo=UTC), seed=2
     ).save(directory / "daily.npz")
-    return Scenario(str(events_csv), str(model_dir), str(candidate / "tokens.npz"), str(weekly), str(daily))
+    return Scenario(str(events_csv), str(model_dir), str(weekly), str(daily))
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -324,9 +324,10 @@ def test_the_daily_dag_ingestion_counts_conflicts_across_day_files(
     Day 2 holds the twin first, then day 1's row: the loader keeps the twin and rejects the row
     (a conflict within the file), the store rejects the twin (a conflict with day 1's event).
     """
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from traitflow import jobs
+    from traitflow.runs import EventInput, RunContext
 
     monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store.schema)
     monkeypatch.setenv("TRAITFLOW_INPUT_ROOT", str(tmp_path))
@@ -334,10 +335,11 @@ def test_the_daily_dag_ingestion_counts_conflicts_across_day_files(
     write_csv(tmp_path / "events_2024-03-01.csv", [ROW])
     write_csv(tmp_path / "events_2024-03-02.csv", [TWIN, ROW, other])
     start = datetime(2024, 3, 2, tzinfo=UTC)
-    totals = jobs.ingest_interval(database_url, str(tmp_path), "canonical", start, start, "daily")
-    assert totals["n_files"] == 2 and totals["n_read"] == 4
-    assert (totals["n_inserted"], totals["n_already_present"], totals["n_rejected"]) == (2, 0, 2)
-    assert totals["n_conflicting"] == 1
+    run = RunContext("daily", start, start + timedelta(days=1), str(tmp_path / "work"), database_url)
+    totals = jobs.ingest_interval(run, EventInput(str(tmp_path), "canonical"))
+    assert totals.n_files == 2 and totals.n_read == 4
+    assert (totals.n_inserted, totals.n_already_present, totals.n_rejected) == (2, 0, 2)
+    assert totals.n_conflicting == 1
     assert stored_prices(store) == [1.0, 1.0]
     day2 = rejects_of(store, str(tmp_path / "events_2024-03-02.csv"))
     assert day2[["row_number", "reason"]].values.tolist() == [

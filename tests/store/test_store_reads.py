@@ -235,6 +235,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
     store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
 ) -> None:
     hour = timedelta(hours=1)
+    assert store.newest_event_time() is None  # no events yet
     # a and b get profiles as of D1: a has older events only, b one more after D1; c has no
     # profile; d's only event is at D1 + 5h.
     rows = [
@@ -255,6 +256,7 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
         )
     )
     store.ingest_events(LoadResult(events, event_schema.empty_rejects()), source="unit", run_id="r1")
+    assert store.newest_event_time() == D1 + 5 * hour
     # before any profile: every customer with an event before the instant
     assert store.stale_profiles(D1) == StaleProfiles(3, D1 - 3 * hour)
     version = store.save_model(build_model())
@@ -265,6 +267,21 @@ def test_stale_profiles_counts_events_no_current_profile_includes(
     assert store.stale_profiles(D1) == StaleProfiles(1, D1 - 2 * hour)  # c only
     assert store.stale_profiles(D1 - 2 * hour) == StaleProfiles(0, None)  # a's and b's are included
     assert store.stale_profiles(D1 + 6 * hour) == StaleProfiles(3, D1 - 2 * hour)  # and d
+
+
+def test_count_profiles_not_at_counts_rows_of_another_date_or_model(
+    store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    first = store.save_model(build_model())
+    assert store.count_profiles_not_at(D1, first) == 0  # no profiles at all
+    store.promote(first, build_profile_batch(first, ["a", "b", "c"], as_of=D1))
+    assert store.count_profiles_not_at(D1, first) == 0
+    assert store.count_profiles_not_at(D1 + timedelta(days=1), first) == 3
+    store.write_profiles(build_profile_batch(first, ["a"], as_of=D1 + timedelta(days=1)))
+    assert store.count_profiles_not_at(D1 + timedelta(days=1), first) == 2  # b and c still at D1
+    assert store.count_profiles_not_at(D1, first) == 1  # a moved on
+    second = store.save_model(build_model())
+    assert store.count_profiles_not_at(D1, second) == 3  # every row is under the first model
 
 
 def test_reject_counts_by_source(store: Store) -> None:

@@ -17,7 +17,6 @@ from traitflow.cli.common import (
     parse_utc,
     positive_int,
 )
-from traitflow.config import PipelineConfig
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -137,6 +136,7 @@ STEP_NAMES = {
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from traitflow.chains import run_weekly_chain, run_work_dir
+    from traitflow.runs import TuningRequest
 
     params = config_from_args(args).to_flat()
     with _db_schema(args.schema):
@@ -151,9 +151,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             params,
             args.force,
             run_id=run_id,
-            tune=args.tune,
-            tune_trials=args.tune_trials,
-            tune_sample_fraction=args.tune_sample_fraction,
+            tuning=TuningRequest(args.tune_sample_fraction, args.tune_trials) if args.tune else None,
             on_decision=lambda d: print(f"{STEP_NAMES.get(d.step, d.step)}: {d.branch} -- {d.reason}"),
         )
     active = f"model version {outcome.active_version}" if outcome.active_version else "no model"
@@ -177,14 +175,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from traitflow.chains import run_daily_update, run_work_dir
 
-    # The profiles use the stored model's own parameters; the flat config is passed as the DAG does.
-    params = PipelineConfig().to_flat()
     with _db_schema(args.schema):
         as_of = _as_of(args, "update")
         since = args.since if args.since is not None else as_of - timedelta(days=1)
         run_id = _run_id("update")
         outcome = run_daily_update(
-            args.database_url, since, as_of, run_work_dir("cli_update", run_id), params, run_id=run_id
+            args.database_url, since, as_of, run_work_dir("cli_update", run_id), run_id=run_id
         )
     print(f"customers with events in [{since.isoformat()}, {as_of.isoformat()}): {outcome.n_customers}")
     if outcome.model_version is None:

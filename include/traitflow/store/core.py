@@ -393,6 +393,10 @@ class Store:
     def profile_history(self, customer_id: str) -> pd.DataFrame:
         return _reads.profile_history(self._ensure_ready(), customer_id)
 
+    def newest_event_time(self) -> datetime | None:
+        """Time of the newest stored event (None while there are none)."""
+        return _reads.newest_event_time(self._ensure_ready())
+
     def latest_profile_as_of(self) -> datetime | None:
         """Newest ``as_of`` among current profiles (None before the first profile write)."""
         return _reads.latest_profile_as_of(self._ensure_ready())
@@ -400,6 +404,10 @@ class Store:
     def stale_profiles(self, before: datetime) -> _reads.StaleProfiles:
         """Customers with events before ``before`` that their current profile does not include."""
         return _reads.stale_profiles(self._ensure_ready(), before)
+
+    def count_profiles_not_at(self, as_of: datetime, model_version: int) -> int:
+        """Current profiles not computed as of ``as_of`` under ``model_version`` (0: all are)."""
+        return _reads.count_profiles_not_at(self._ensure_ready(), as_of, model_version)
 
     def top_customers(
         self,

@@ -424,10 +424,25 @@ def similar_customers(
     return _with_confidence(frame)
 
 
+def newest_event_time(conn: psycopg.Connection) -> datetime | None:
+    """The newest stored ``event_time`` (None while the events table is empty)."""
+    row = conn.execute("SELECT max(event_time) FROM events").fetchone()
+    return None if row is None else row[0]
+
+
 def latest_profile_as_of(conn: psycopg.Connection) -> datetime | None:
     """The newest ``as_of`` among current profiles (None if nothing was profiled yet)."""
     row = conn.execute("SELECT max(as_of) FROM customer_profiles").fetchone()
     return None if row is None else row[0]
+
+
+def count_profiles_not_at(conn: psycopg.Connection, as_of: datetime, model_version: int) -> int:
+    """Current profiles whose ``as_of`` or model differs from the given ones."""
+    row = conn.execute(
+        "SELECT count(*) FROM customer_profiles WHERE as_of <> %s OR model_version <> %s",
+        (utc(as_of), model_version),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def reject_counts(conn: psycopg.Connection, source: str) -> dict[str, int]:

@@ -1,0 +1,244 @@
+"""The daily DAG's jobs: ingest the day's files, select its customers, update and monitor their
+profiles.
+
+Time semantics (backfill safety): a run for the interval [start, end) reads only events before
+``end`` and profiles ``as_of=end`` with the newest promoted model trained through ``end`` or
+earlier (``Store.model_version_for``), so re-running the interval writes the same rows. Files are
+delivered per day: the run treats the files dated ``start``'s day as what arrived in its interval
+and files dated ``end``'s day or later as not delivered yet, whatever order the days run in.
+
+Races: a daily write checks, under the writers' locks, that its model is still the one selected
+for its date (``StaleModelError`` otherwise) and recomputes once with the newer model
+(``update_profiles``): it never replaces a newer promoted model's rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from traitflow.config import confine, input_root, mapping_root
+from traitflow.jobs._common import open_store
+from traitflow.jobs.input_files import event_files
+from traitflow.pipeline import profile_customers
+from traitflow.profile_batch import COLD_START_NONE
+from traitflow.runs import (
+    CustomerSelection,
+    DailyReport,
+    EventInput,
+    IngestResult,
+    RunContext,
+    UpdateResult,
+    iso,
+)
+from traitflow.store import StaleModelError, Store
+
+log = logging.getLogger(__name__)
+
+# The counts of ``Store.ingest_file``'s report that an ingest task sums over its files.
+_INGEST_COUNTS = (
+    "n_read",
+    "n_inserted",
+    "n_already_present",
+    "n_rejected",
+    "n_conflicting",
+    "n_rejects_recorded",
+    "n_product_names",
+)
+
+
+def _day(instant: datetime) -> str:
+    """The ``YYYY-MM-DD`` of ``instant`` in UTC: the delivery day its event files carry."""
+    return iso(instant)[:10]
+
+
+def confined_mapping(mapping: str) -> str:
+    """A preset name as it is; a mapping file path only inside ``mapping_root()`` (resolved)."""
+    from traitflow.events import PRESETS
+
+    if mapping in PRESETS:
+        return mapping
+    return str(confine(mapping, mapping_root(), "mapping file", "TRAITFLOW_MAPPING_ROOT"))
+
+
+def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
+    """Ingest the event files of the interval's day and any earlier-dated file not ingested yet.
+
+    Catching up earlier files makes the day's result independent of the order days are run in
+    (a backfill may run newest first). Ingestion is idempotent: a file already recorded under its
+    path is not read again, and re-reading one adds no rows. Files are treated as immutable once
+    delivered: a corrected file needs a new name (or ``traitflow ingest --force``).
+
+    A file with more than ``source.max_reject_share`` of its rows rejected (default
+    ``events.DEFAULT_MAX_REJECT_SHARE``) raises ``events.MostlyRejectedError`` with nothing of it
+    stored: the task fails, and files before it stay ingested (one transaction per file).
+
+    ``input_dir`` and a mapping file come from run parameters, so both must lie inside their
+    configured roots (``TRAITFLOW_INPUT_ROOT``, ``TRAITFLOW_MAPPING_ROOT``; see
+    ``traitflow.config.confine``); a mapping preset name needs no file.
+    """
+    if not source.input_dir:
+        return IngestResult(skipped=True, reason="no input_dir configured; events are expected in the table")
+    listing = event_files(source.input_dir)
+    mapping = confined_mapping(source.mapping)
+    day = _day(context.start)
+    files = listing.through(day)
+    for path in files:  # a file may be a symlink that leads out of the root
+        confine(path, input_root(), "event file", "TRAITFLOW_INPUT_ROOT")
+    if listing.undated:
+        names = [p.name for p in listing.undated]
+        log.warning("ignoring event files without a YYYY-MM-DD date in the name: %s", names)
+    totals = dict.fromkeys(_INGEST_COUNTS, 0)
+    with open_store(context) as store:
+        already = store.ingested_sources([str(path) for path in files])
+        pending = [path for path in files if str(path) not in already]
+        for path in pending:
+            report = store.ingest_file(
+                path, mapping, context.run_id, max_reject_share=source.max_reject_share
+            )
+            for name in totals:
+                totals[name] += getattr(report, name)
+    if not listing.on(day):
+        log.warning("no event file for %s in %s", iso(context.start), source.input_dir)
+    return IngestResult(
+        skipped=False,
+        **totals,
+        n_files_seen=len(files),
+        ignored_undated=len(listing.undated),
+        files=[str(path) for path in pending],
+        n_files=len(pending),
+    )
+
+
+def select_customers(context: RunContext, input_dir: str | None = None) -> CustomerSelection:
+    """Customers with events in [start, end), written to ``customers.parquet`` in the run's folder.
+
+    With ``input_dir``: also the customers with events in the files dated ``start``'s day, whatever
+    their event times (late events: a Jan-8 event in the Jan-9 file updates its customer on
+    Jan 9), and nothing from files dated after the interval, so forward, reverse and shuffled
+    backfills select the same customers.
+    """
+    on_day: list[str] = []
+    later: list[str] = []
+    if input_dir:
+        listing = event_files(input_dir)
+        on_day, later = listing.on(_day(context.start)), listing.from_day(_day(context.end))
+    with open_store(context) as store:
+        customer_ids = store.customers_with_events(
+            context.start, context.end, delivered_in=on_day, exclude_sources=later
+        )
+    path = Path(context.work_dir) / "customers.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype="str")}).to_parquet(path, index=False)
+    return CustomerSelection(customers_path=str(path), n_customers=len(customer_ids))
+
+
+def _not_yet_delivered(input_dir: str | None, as_of: datetime) -> list[str]:
+    """Sources dated ``as_of``'s day or later: not delivered yet for an interval ending at ``as_of``."""
+    return event_files(input_dir).from_day(_day(as_of)) if input_dir else []
+
+
+def update_profiles(
+    context: RunContext, selection: CustomerSelection, input_dir: str | None = None
+) -> UpdateResult:
+    """Recompute the selected customers' embeddings and profiles from their whole history before
+    the interval end, with the model selected for it, and write them in one transaction.
+
+    With ``input_dir``, events from files dated the end's day or later are left out (not
+    delivered yet for this interval; see ``select_customers``). If a newer model is promoted for
+    the date between picking the model and writing (a weekly run finishing meanwhile), the write
+    is refused (``StaleModelError``) and the batch recomputed once with the newer model; should
+    that happen again, the run skips with the reason (the promotion's own recompute and the
+    refresh DAG cover these customers).
+    """
+    as_of = context.end
+    customer_ids = pd.read_parquet(selection.customers_path)["customer_id"].to_numpy(dtype=object)
+    later = _not_yet_delivered(input_dir, as_of)
+    with open_store(context) as store:
+        version = store.model_version_for(as_of)
+        if version is None:
+            reason = f"no promoted model trained before {iso(as_of)}: run the weekly retrain first"
+            return UpdateResult(as_of=iso(as_of), model_version=None, n_profiles=0, reason=reason)
+        if len(customer_ids) == 0:
+            return UpdateResult(
+                as_of=iso(as_of), model_version=version, n_profiles=0, reason="no customers with events"
+            )
+        events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
+        return _write_with_selected_model(store, events, customer_ids, as_of, version)
+
+
+def _write_with_selected_model(
+    store: Store, events: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime, version: int
+) -> UpdateResult:
+    """Profile and write the batch with model ``version``; once more with the newer model when a
+    promotion replaced it for ``as_of`` meanwhile; skip with the reason the second time."""
+    stale_versions: list[int] = []
+    while True:
+        batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
+        batch.model_version = version
+        try:
+            store.write_profiles(batch, require_selected_model=True)
+            break
+        except StaleModelError as stale:
+            stale_versions.append(version)
+            if stale.selected is None or len(stale_versions) > 1:
+                return UpdateResult(
+                    as_of=iso(as_of),
+                    model_version=None,
+                    n_profiles=0,
+                    stale_versions=stale_versions,
+                    reason=f"skipped: {stale}",
+                )
+            log.warning("%s; recomputing with model %s", stale, stale.selected)
+            version = stale.selected
+    recomputed = None
+    if stale_versions:
+        recomputed = f"model {stale_versions[0]} was replaced by {version} for this date meanwhile"
+    return UpdateResult(
+        as_of=iso(as_of),
+        model_version=version,
+        n_profiles=len(batch),
+        stats=batch.stats,
+        mean_profile=batch.profiles.mean(axis=0).tolist(),
+        trait_ids=batch.trait_ids.tolist(),
+        stale_versions=stale_versions,
+        recomputed=recomputed,
+    )
+
+
+def _js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two distributions."""
+    p = np.asarray(p, dtype=np.float64) / max(float(np.sum(p)), 1e-12)
+    q = np.asarray(q, dtype=np.float64) / max(float(np.sum(q)), 1e-12)
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nonzero = a > 0
+        return float(np.sum(a[nonzero] * np.log2(a[nonzero] / m[nonzero])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def monitor_daily(context: RunContext, update: UpdateResult) -> DailyReport:
+    """OOV rate, cold-start share and profile-distribution shift of the day, stored as a run report."""
+    report = DailyReport(run_id=context.run_id, update=update)
+    with open_store(context) as store:
+        if update.model_version is not None and update.n_profiles:
+            stats = update.stats or {}
+            cold = stats.get("cold_start", {})
+            population = store.load_model(update.model_version).traits.population_profile
+            report = DailyReport(
+                run_id=context.run_id,
+                update=update,
+                oov_rate=stats.get("oov_rate"),
+                cold_start_share=1.0 - cold.get(COLD_START_NONE, 0) / update.n_profiles,
+                # Today's customers against the population the model was fitted on: a rising
+                # value means behaviour is moving away from what the traits describe.
+                profile_shift_js=_js_divergence(np.array(update.mean_profile), population),
+            )
+        store.write_run_report("daily", update.as_of, report.to_xcom())
+    return report

@@ -1,0 +1,247 @@
+"""The weekly DAG's jobs up to the branch on drift: corpus, new-vocabulary check, candidate,
+quality gate and drift.
+
+Races: a weekly run takes one event snapshot when it starts (``build_corpus``:
+``Store.event_snapshot``), carried in its ``CorpusInfo``, and every weekly read (corpus, tuning,
+trait fit, recomputed profiles) is pinned to it, so a daily ingest committing meanwhile cannot give
+a model whose tokens and profiles come from different data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from traitflow.config import PipelineConfig
+from traitflow.drift import measure_drift as _measure_drift
+from traitflow.drift import new_vocab_ratio
+from traitflow.jobs._common import open_store
+from traitflow.model import TokenTable, load_tokens, save_tokens
+from traitflow.pipeline import Corpus, train_tokens
+from traitflow.pipeline import build_corpus as _build_corpus
+from traitflow.quality import compare_hit_rates, compare_with_popularity
+from traitflow.runs import (
+    Candidate,
+    CorpusFiles,
+    CorpusInfo,
+    DriftResult,
+    GateResult,
+    RunContext,
+    TuningRequest,
+    TuningSummary,
+    iso,
+)
+from traitflow.sessions import CorpusStats
+
+HOLDOUT_FRACTION = 0.1
+# Fixed, not the Word2Vec seed: a candidate and the active model must be judged on sessions
+# neither was trained on, whatever seeds they were trained with.
+HOLDOUT_SEED = 20240607
+CANDIDATE_FOLDER = "candidate"
+
+
+def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
+    """Sessions of the training window ending at the run's end -> corpus file (held-out sessions
+    set aside) + new-vocabulary ratio.
+
+    Takes the run's event snapshot first (``CorpusInfo.event_snapshot``): the later weekly reads
+    pass it on, so the whole run sees the events committed when it started. The new-vocabulary
+    ratio counts the tokens of the sessions written to the corpus only (what a model can learn).
+
+    A window without events is a result, not an error: ``n_events`` 0 and ``empty_reason``, no
+    corpus, so ``should_retrain`` skips with that reason.
+    """
+    end = context.end
+    start = end - timedelta(days=config.triggers.training_window_days)
+    with open_store(context) as store:
+        snapshot = store.event_snapshot()
+        events = store.read_events(start=start, end=end, snapshot=snapshot)
+        active_version = store.model_version_for(end)
+        active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
+    window = {"window_start": start, "trained_through": end, "active_version": active_version}
+    if events.empty:
+        # A data condition, not a fault: no retry can add events, so the run takes the skip
+        # branch (``should_retrain``) with this reason instead of failing.
+        reason = f"no events in the training window [{iso(start)}, {iso(end)})"
+        return CorpusInfo(**window, n_events=0, event_snapshot=snapshot, empty_reason=reason)
+    corpus = _build_corpus(
+        events,
+        config.sessions,
+        Path(context.work_dir) / "corpus",
+        holdout_fraction=HOLDOUT_FRACTION,
+        random_state=HOLDOUT_SEED,
+    )
+    vocabulary = corpus.vocabulary()
+    # The tokens a model can learn from this corpus: those of the sessions written to it (held-out
+    # sessions and ones too short to train on are left out, so no model ever knows their tokens,
+    # and counting them would make the ratio positive on unchanged data).
+    learnable = np.unique(np.fromfile(corpus.corpus_path, dtype=np.int64, sep=" "))
+    files = CorpusFiles(
+        corpus_path=str(corpus.corpus_path),
+        vocabulary_path=str(corpus.vocabulary_path),
+        holdout_path=str(corpus.holdout_path),
+        n_events=corpus.stats.n_events,
+        n_sessions=corpus.stats.n_sessions,
+        n_sessions_written=corpus.stats.n_sessions_written,
+        n_tokens_written=corpus.stats.n_tokens_written,
+        n_vocabulary=len(vocabulary.tokens),
+    )
+    return CorpusInfo(
+        **window,
+        n_events=len(events),
+        event_snapshot=snapshot,
+        corpus=files,
+        new_vocab_ratio=new_vocab_ratio(vocabulary.tokens[learnable], active_tokens),
+    )
+
+
+def should_retrain(corpus: CorpusInfo, force_retrain: bool, threshold: float) -> tuple[bool, str]:
+    """(retrain?, why). An empty window (``empty_reason``) never retrains, even when forced:
+    there is nothing to train on."""
+    if corpus.empty_reason:
+        return False, f"skip: {corpus.empty_reason}"
+    if force_retrain:
+        return True, "force_retrain requested"
+    if corpus.active_version is None:
+        return True, "no promoted model yet"
+    ratio = float(corpus.new_vocab_ratio or 0.0)
+    if ratio > threshold:
+        return True, f"new-vocabulary ratio {ratio:.3f} > {threshold}"
+    return False, f"new-vocabulary ratio {ratio:.3f} <= {threshold}"
+
+
+def _corpus(files: CorpusFiles) -> Corpus:
+    stats = CorpusStats(
+        n_events=files.n_events,
+        n_sessions=files.n_sessions,
+        n_sessions_written=files.n_sessions_written,
+        n_tokens_written=files.n_tokens_written,
+        n_vocabulary=files.n_vocabulary,
+    )
+    return Corpus(Path(files.corpus_path), Path(files.vocabulary_path), Path(files.holdout_path), stats)
+
+
+def _tuned(
+    context: RunContext, corpus: CorpusInfo, config: PipelineConfig, tuning: TuningRequest
+) -> tuple[PipelineConfig, TuningSummary]:
+    """``config`` with the parameters a search on the window's events picked, and the search."""
+    from traitflow.tuning import search
+
+    with open_store(context) as store:
+        events = store.read_events(
+            start=corpus.window_start, end=corpus.trained_through, snapshot=corpus.event_snapshot
+        )
+    result = search(
+        events,
+        config,
+        sample_fraction=tuning.sample_fraction,
+        n_trials=tuning.trials,
+        work_dir=Path(context.work_dir) / "tuning",
+    )
+    found = result.to_dict()
+    summary = TuningSummary(
+        best_params=found["best_params"],
+        best=found["best"],
+        gensim_defaults=found["gensim_defaults"],
+        sample=found["sample"],
+    )
+    return PipelineConfig.from_mapping({**config.to_flat(), **result.best_params}), summary
+
+
+def train_candidate(
+    context: RunContext, corpus: CorpusInfo, config: PipelineConfig, tuning: TuningRequest | None = None
+) -> Candidate:
+    """Train Item2Vec on the corpus; the candidate's token vectors go to the run's candidate folder.
+
+    With ``tuning`` a small search (``traitflow.tuning``) picks ns_exponent, window, sample and
+    epochs first; the candidate carries the resulting config and the search's summary, stored
+    with the model version. Off by default: a setting that predicts the next item better can
+    make the traits worse, so check a tuned model with ``traitflow evaluate`` before relying on it.
+    """
+    if corpus.corpus is None:
+        raise ValueError(f"no corpus to train on: {corpus.empty_reason}")
+    summary = None
+    if tuning is not None:
+        config, summary = _tuned(context, corpus, config, tuning)
+    tokens = train_tokens(_corpus(corpus.corpus), config)
+    tokens_path = Path(context.work_dir) / CANDIDATE_FOLDER / "tokens.npz"
+    save_tokens(tokens, tokens_path)
+    return Candidate(
+        corpus=corpus,
+        tokens_path=str(tokens_path),
+        n_tokens=len(tokens),
+        config=config.to_flat(),
+        tuning=summary,
+    )
+
+
+def _active_tokens(context: RunContext, version: int) -> TokenTable:
+    with open_store(context) as store:
+        return store.load_model(version).tokens
+
+
+def quality_gate(context: RunContext, candidate: Candidate) -> GateResult:
+    """The candidate must not be clearly worse than the active model on held-out next-item hit rate.
+
+    "Clearly": the paired difference (candidate - active) is below ``-quality_margin`` (of the
+    candidate's config) even at the upper end of its 95% interval, so a few hundred held-out pairs
+    of sampling noise cannot reject a retrain of the same behaviour. Without an active model the
+    candidate must instead be clearly better than the popularity baseline
+    (``quality.compare_with_popularity``): the lower end of the 95% interval above 0.
+    """
+    assert candidate.corpus.corpus is not None  # a candidate is trained on a corpus
+    margin = PipelineConfig.from_mapping(candidate.config).triggers.quality_margin
+    holdout = pd.read_parquet(candidate.corpus.corpus.holdout_path)
+    sessions = holdout["session"].to_numpy()
+    session_tokens = holdout["token"].to_numpy(dtype=object)
+    tokens = load_tokens(candidate.tokens_path)
+    active_version = candidate.corpus.active_version
+    if active_version is None:
+        # A first model has nothing to be compared with but must still beat recommending the
+        # most popular items: clearly (the whole 95% interval of the paired difference above 0),
+        # or an untrained or broken model becomes the first active one.
+        baseline = compare_with_popularity(tokens, sessions, session_tokens)
+        passed = baseline["lower"] > 0.0
+        verdict = "passes" if passed else "fails: not clearly better than popularity"
+        reason = (
+            f"first model: hit@10 candidate {baseline['candidate_hit_rate']:.4f}"
+            f" vs popularity {baseline['popularity_hit_rate']:.4f}"
+            f" (difference {baseline['difference']:+.4f}, 95% interval [{baseline['lower']:+.4f},"
+            f" {baseline['upper']:+.4f}], {baseline['n_pairs']} held-out pairs): {verdict}"
+        )
+        return GateResult(passed=passed, reason=reason, baseline="popularity", margin=margin, **baseline)
+    comparison = compare_hit_rates(tokens, _active_tokens(context, active_version), sessions, session_tokens)
+    upper = comparison["difference"] + 1.96 * comparison["standard_error"]
+    passed = upper >= -margin
+    verdict = "passes" if passed else "fails: clearly worse than the active model"
+    reason = (
+        f"hit@10 candidate {comparison['candidate_hit_rate']:.4f}"
+        f" vs active {comparison['active_hit_rate']:.4f}"
+        f" (difference {comparison['difference']:+.4f} +- {1.96 * comparison['standard_error']:.4f},"
+        f" margin {margin}, {comparison['n_pairs']} held-out pairs): {verdict}"
+    )
+    return GateResult(passed=passed, reason=reason, baseline="active", margin=margin, **comparison)
+
+
+def measure_drift(context: RunContext, candidate: Candidate) -> DriftResult:
+    """Drift of the candidate from the active model after Procrustes alignment."""
+    active_version = candidate.corpus.active_version
+    if active_version is None:
+        return DriftResult(measured=False, reason="no active model")
+    report = _measure_drift(load_tokens(candidate.tokens_path), _active_tokens(context, active_version))
+    return DriftResult(measured=True, **report.to_dict())
+
+
+def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
+    """(refit the traits?, why): without a measured drift always; else above ``threshold``."""
+    if not drift.measured or drift.weighted_mean_drift is None:
+        return True, f"refit: {drift.reason or 'drift not measured'}"
+    if drift.weighted_mean_drift > threshold:
+        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {threshold}"
+    return (
+        False,
+        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {threshold}: keep the trait components",
+    )

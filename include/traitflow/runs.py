@@ -1,0 +1,460 @@
+"""What crosses a task boundary: the run's context and every job's result, as frozen dataclasses.
+
+A job (``traitflow.jobs``) has the shape ``(context, input) -> output``: ``RunContext`` says which
+run and interval it works for and where, the input is the previous job's result. Between Airflow
+tasks the results travel as XCom: ``to_xcom()`` gives a dict of JSON types (lists, not tuples;
+ISO strings, not datetimes) and ``from_xcom`` rebuilds the same value, refusing unknown or missing
+keys so a renamed field fails loudly instead of reading as None. The CLI chains
+(``traitflow.chains``) pass the values themselves.
+
+No numpy, pandas or Airflow here: the DAG helpers import this module inside tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Self
+
+
+def utc(value: datetime | str) -> datetime:
+    """``value`` (a datetime or ISO string, naive = UTC) as a timezone-aware UTC ``datetime``."""
+    stamp = datetime.fromisoformat(value) if isinstance(value, str) else value
+    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    # A plain datetime: Airflow hands pendulum ones, which compare equal but repr differently.
+    return datetime(*stamp.timetuple()[:6], stamp.microsecond, tzinfo=UTC)
+
+
+def iso(value: datetime) -> str:
+    return utc(value).isoformat()
+
+
+def _checked(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` as keyword arguments of ``cls``; an unknown key raises here, a missing required one
+    when ``cls`` is built."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown XCom keys {sorted(unknown)}")
+    return dict(data)
+
+
+class _Flat:
+    """XCom form of a dataclass whose fields are JSON values already (numbers, strings, None,
+    dicts and lists of them): the fields as they are."""
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**_checked(cls, data))
+
+
+# --------------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Which run a job works for: its id, its interval [start, end) (UTC), its folder and database.
+
+    ``database_url`` (None: the embedded PostgreSQL) may hold a password: it is left out of
+    ``repr``, of equality and of the XCom form, and ``from_xcom`` gives a context without it.
+    ``schema`` is the store's PostgreSQL schema; None means ``traitflow.config.db_schema()``.
+    """
+
+    run_id: str
+    start: datetime
+    end: datetime
+    work_dir: str
+    database_url: str | None = field(default=None, repr=False, compare=False)
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", utc(self.start))
+        object.__setattr__(self, "end", utc(self.end))
+        if self.start >= self.end:
+            raise ValueError(f"empty run interval: start {iso(self.start)} >= end {iso(self.end)}")
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "work_dir": self.work_dir,
+            "schema": self.schema,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> RunContext:
+        if "database_url" in data:
+            raise ValueError("RunContext: a database URL never travels in XCom")
+        return cls(**_checked(cls, data))
+
+
+@dataclass(frozen=True)
+class EventInput(_Flat):
+    """Where the daily run's event files come from: a folder (None: the events are in the table
+    already), a column mapping (preset name or file) and the refusal threshold for bad files."""
+
+    input_dir: str | None
+    mapping: str = "canonical"
+    max_reject_share: float | None = None
+
+
+@dataclass(frozen=True)
+class TuningRequest(_Flat):
+    """Search Item2Vec parameters before training: ``trials`` combinations on a
+    ``sample_fraction`` sample of the window's customers (``traitflow.tuning.search``)."""
+
+    sample_fraction: float = 0.1
+    trials: int = 8
+
+
+# ------------------------------------------------------------------------------------ daily
+
+
+@dataclass(frozen=True)
+class IngestResult(_Flat):
+    """Totals of one ingest task over the files it read (``Store.ingest_file`` counts summed).
+
+    skipped : no input folder configured (``reason`` says so); nothing was read
+    files : the files read by this run (resolved paths); ``n_files_seen`` counts the ones due,
+        read before or now; ``ignored_undated`` the ones without a date in their name
+    """
+
+    skipped: bool
+    reason: str | None = None
+    n_files_seen: int = 0
+    ignored_undated: int = 0
+    files: list[str] = field(default_factory=list)
+    n_files: int = 0
+    n_read: int = 0
+    n_inserted: int = 0
+    n_already_present: int = 0
+    n_rejected: int = 0
+    n_conflicting: int = 0
+    n_rejects_recorded: int = 0
+    n_product_names: int = 0
+
+
+@dataclass(frozen=True)
+class CustomerSelection(_Flat):
+    """The customers a daily run updates, in a Parquet file (column ``customer_id``)."""
+
+    customers_path: str
+    n_customers: int
+
+
+@dataclass(frozen=True)
+class UpdateResult(_Flat):
+    """What a daily profile update wrote for the instant ``as_of`` (ISO, the interval end).
+
+    model_version : the model used; None when nothing was written (``reason`` says why)
+    stats, mean_profile, trait_ids : the batch's statistics and mean trait profile (monitoring);
+        None when nothing was computed
+    stale_versions : models found replaced for this date while computing (race with a promotion)
+    recomputed : set when the batch was recomputed with a newer model
+    """
+
+    as_of: str
+    model_version: int | None
+    n_profiles: int
+    reason: str | None = None
+    stats: dict[str, Any] | None = None
+    mean_profile: list[float] | None = None
+    trait_ids: list[int] | None = None
+    stale_versions: list[int] = field(default_factory=list)
+    recomputed: str | None = None
+
+
+@dataclass(frozen=True)
+class DailyReport:
+    """The daily run report (``run_reports`` kind "daily"): the update's result plus its monitors.
+
+    Stored and passed on flat: the update's fields beside ``run_id`` and the monitors (None
+    without profiles): ``oov_rate``, ``cold_start_share`` (share of customers with at least one
+    cold-start flag) and ``profile_shift_js`` (JS divergence of the day's mean profile from the
+    model's training population).
+    """
+
+    run_id: str
+    update: UpdateResult
+    oov_rate: float | None = None
+    cold_start_share: float | None = None
+    profile_shift_js: float | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            **self.update.to_xcom(),
+            "run_id": self.run_id,
+            "oov_rate": self.oov_rate,
+            "cold_start_share": self.cold_start_share,
+            "profile_shift_js": self.profile_shift_js,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> DailyReport:
+        update_keys = {f.name for f in fields(UpdateResult)}
+        update = UpdateResult.from_xcom({k: v for k, v in data.items() if k in update_keys})
+        own = _checked(cls, {k: v for k, v in data.items() if k not in update_keys})
+        return cls(update=update, **own)
+
+
+# ----------------------------------------------------------------------------------- weekly
+
+
+@dataclass(frozen=True)
+class CorpusFiles(_Flat):
+    """A training corpus on disk (``traitflow.pipeline.Corpus``) with its ``CorpusStats`` counts."""
+
+    corpus_path: str
+    vocabulary_path: str
+    holdout_path: str
+    n_events: int
+    n_sessions: int
+    n_sessions_written: int
+    n_tokens_written: int
+    n_vocabulary: int
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """The weekly run's training window and corpus.
+
+    event_snapshot : the ``pg_snapshot`` every later read of the run is pinned to
+    active_version : the model selected for ``trained_through`` before this run (None: none yet)
+    corpus, new_vocab_ratio : None when the window has no events (``empty_reason`` says so)
+    """
+
+    window_start: datetime
+    trained_through: datetime
+    n_events: int
+    active_version: int | None
+    event_snapshot: str
+    corpus: CorpusFiles | None = None
+    new_vocab_ratio: float | None = None
+    empty_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_start", utc(self.window_start))
+        object.__setattr__(self, "trained_through", utc(self.trained_through))
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "window_start": iso(self.window_start),
+            "trained_through": iso(self.trained_through),
+            "n_events": self.n_events,
+            "active_version": self.active_version,
+            "event_snapshot": self.event_snapshot,
+            "corpus": None if self.corpus is None else self.corpus.to_xcom(),
+            "new_vocab_ratio": self.new_vocab_ratio,
+            "empty_reason": self.empty_reason,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> CorpusInfo:
+        values = _checked(cls, data)
+        if values.get("corpus") is not None:
+            values["corpus"] = CorpusFiles.from_xcom(values["corpus"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TuningSummary(_Flat):
+    """The parameter search behind a tuned candidate, as stored in the model's metrics["tuning"]."""
+
+    best_params: dict[str, Any]
+    best: dict[str, Any] | None
+    gensim_defaults: dict[str, Any]
+    sample: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained candidate: its token vectors and the configuration it was trained with.
+
+    config : flat ``PipelineConfig`` values, tuned ones included; the quality gate and the trait
+        fit use these, so a candidate is judged and completed with the settings that made it
+    """
+
+    corpus: CorpusInfo
+    tokens_path: str
+    n_tokens: int
+    config: dict[str, Any]
+    tuning: TuningSummary | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "corpus": self.corpus.to_xcom(),
+            "tokens_path": self.tokens_path,
+            "n_tokens": self.n_tokens,
+            "config": dict(self.config),
+            "tuning": None if self.tuning is None else self.tuning.to_xcom(),
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> Candidate:
+        values = _checked(cls, data)
+        values["corpus"] = CorpusInfo.from_xcom(values["corpus"])
+        if values.get("tuning") is not None:
+            values["tuning"] = TuningSummary.from_xcom(values["tuning"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class GateResult(_Flat):
+    """The quality gate's verdict on a candidate (stored in the model's metrics["quality_gate"]).
+
+    baseline : "active" (paired hit@10 comparison with the active model) or "popularity" (a
+        first model against recommending the most popular items)
+    active_hit_rate / popularity_hit_rate : the hit rate of whichever baseline was used
+    lower, upper : the 95% interval of ``difference`` (popularity comparison only)
+    """
+
+    passed: bool
+    reason: str
+    baseline: str
+    margin: float
+    candidate_hit_rate: float
+    difference: float
+    standard_error: float
+    n_pairs: int
+    active_hit_rate: float | None = None
+    popularity_hit_rate: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftResult(_Flat):
+    """Drift of a candidate from the active model after Procrustes alignment
+    (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``)."""
+
+    measured: bool
+    reason: str | None = None
+    mean_drift: float | None = None
+    weighted_mean_drift: float | None = None
+    p95_drift: float | None = None
+    max_drift: float | None = None
+    n_shared_tokens: int | None = None
+    n_candidate_tokens: int | None = None
+    n_active_tokens: int | None = None
+    min_count: int | None = None
+
+
+@dataclass(frozen=True)
+class FittedCandidate:
+    """A candidate made a complete model (traits fitted or kept), saved under ``model_dir``."""
+
+    candidate: Candidate
+    model_dir: str
+    refit: bool
+    trait_match: dict[str, Any] | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_xcom(),
+            "model_dir": self.model_dir,
+            "refit": self.refit,
+            "trait_match": self.trait_match,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> FittedCandidate:
+        values = _checked(cls, data)
+        values["candidate"] = Candidate.from_xcom(values["candidate"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProfilesResult:
+    """Every customer's profile as of ``as_of`` under a fitted candidate, in ``profiles_path``."""
+
+    fitted: FittedCandidate
+    profiles_path: str
+    n_profiles: int
+    as_of: str
+    stats: dict[str, Any]
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "fitted": self.fitted.to_xcom(),
+            "profiles_path": self.profiles_path,
+            "n_profiles": self.n_profiles,
+            "as_of": self.as_of,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> ProfilesResult:
+        values = _checked(cls, data)
+        values["fitted"] = FittedCandidate.from_xcom(values["fitted"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PromotionResult(_Flat):
+    """The promoted model version, its profiles and the run key that makes a retry a no-op."""
+
+    model_version: int
+    n_profiles: int
+    run_key: str
+    promoted: bool = True
+
+
+@dataclass(frozen=True)
+class RejectionResult(_Flat):
+    """A candidate the gate refused, stored as a ``rejected`` model version.
+
+    model_version : None when the data was too thin to fit its traits (``not_saved`` says why)
+    """
+
+    reason: str
+    model_version: int | None
+    run_key: str | None = None
+    not_saved: str | None = None
+    promoted: bool = False
+
+
+@dataclass(frozen=True)
+class WeeklyReport:
+    """The weekly run report (``run_reports`` kind "weekly", keyed by ``trained_through``).
+
+    steps : each task's XCom by task id (branch tasks: their decision ``{"branch", "reason",
+        ...}``); tasks that did not run are left out
+    runner : "cli" for ``traitflow retrain``; None for the DAG
+    """
+
+    run_id: str
+    trained_through: datetime
+    steps: dict[str, Any]
+    runner: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trained_through", utc(self.trained_through))
+
+    def to_xcom(self) -> dict[str, Any]:
+        report = {"run_id": self.run_id, **self.steps, "trained_through": iso(self.trained_through)}
+        if self.runner is not None:
+            report["runner"] = self.runner
+        return report
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> WeeklyReport:
+        steps = {k: v for k, v in data.items() if k not in ("run_id", "trained_through", "runner")}
+        return cls(data["run_id"], data["trained_through"], steps, data.get("runner"))
+
+
+# ---------------------------------------------------------------------------------- refresh
+
+
+@dataclass(frozen=True)
+class RefreshResult(_Flat):
+    """Profiles rewritten after a promotion; ``reason`` says why none were (e.g. already current)."""
+
+    n_profiles: int
+    model_version: int | None = None
+    as_of: str | None = None
+    reason: str | None = None
