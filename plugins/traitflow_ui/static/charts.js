@@ -101,12 +101,16 @@ const TraitflowCharts = (() => {
     return models.map((m) => `v${m.model_version} (${m.status})`);
   }
 
-  function thresholdLine(label, data) {
+  // A threshold holds for one model version: a short horizontal mark on its bar, not a line
+  // joining versions (each was judged by its own).
+  function thresholdMarks(label, data) {
     return {
-      type: "line", label, data, borderColor: THRESHOLD, borderDash: [6, 4], borderWidth: 2,
-      pointRadius: 3, pointStyle: "line", fill: false, spanGaps: false,
+      type: "line", label, data, showLine: false, pointStyle: "line", pointRadius: 30, pointHoverRadius: 30,
+      borderColor: THRESHOLD, backgroundColor: THRESHOLD, borderWidth: 3, order: 0, // drawn last: on top
     };
   }
+
+  const POINT_LEGEND = { labels: { usePointStyle: true } };
 
   // (c) Held-out hit rate per model version with its baseline and the lowest rate the gate accepts.
   function quality(models) {
@@ -119,18 +123,21 @@ const TraitflowCharts = (() => {
         datasets: [
           {
             label: "hit@10 (held out)",
+            order: 2,
             data: models.map((m) => m.hit_rate),
             backgroundColor: models.map((m) => (m.passed === false ? traitColor(2, 0.55) : traitColor(0, 0.8))),
           },
           {
             type: "line", label: "baseline hit@10", data: models.map((m) => m.baseline_hit_rate),
             borderColor: BASELINE, backgroundColor: BASELINE, showLine: false, pointRadius: 5, pointStyle: "rectRot",
+            order: 1,
           },
-          thresholdLine("gate: baseline − margin", floor),
+          thresholdMarks("gate: baseline − margin", floor),
         ],
       },
       options: {
         plugins: {
+          legend: POINT_LEGEND,
           tooltip: { callbacks: { afterBody: (items) => {
             const m = models[items[0].dataIndex];
             return m.baseline ? `baseline: ${m.baseline}, margin ${m.quality_margin}` : "not gated";
@@ -150,15 +157,16 @@ const TraitflowCharts = (() => {
         datasets: [
           {
             label: "weighted mean drift",
+            order: 2,
             data: models.map((m) => m.drift),
             backgroundColor: models.map((m) =>
               m.drift !== null && m.drift_threshold !== null && m.drift > m.drift_threshold ? traitColor(1, 0.8) : traitColor(3, 0.8)),
           },
-          thresholdLine("refit threshold", models.map((m) => m.drift_threshold)),
+          thresholdMarks("refit threshold", models.map((m) => m.drift_threshold)),
         ],
       },
       options: {
-        plugins: { tooltip: { callbacks: { afterBody: (items) =>
+        plugins: { legend: POINT_LEGEND, tooltip: { callbacks: { afterBody: (items) =>
           (models[items[0].dataIndex].drift === null ? "not measured (no model to compare with)" : "") } } },
         scales: { y: { beginAtZero: true, title: { display: true, text: "drift" } } },
       },
@@ -222,7 +230,7 @@ const TraitflowCharts = (() => {
       data: { datasets },
       options: {
         parsing: { xAxisKey: "x", yAxisKey: "y" },
-        plugins: { tooltip: { callbacks: { label: (c) => {
+        plugins: { legend: POINT_LEGEND, tooltip: { callbacks: { label: (c) => {
           const raw = c.raw;
           return raw.customer_id !== undefined ? `${raw.customer_id} · ${c.dataset.label}` : `pure ${traitName(raw.trait_id, raw.label)}`;
         } } } },
