@@ -260,44 +260,65 @@ def _log_in(driver: Any, base: str, password: str) -> None:
     _wait_for(driver, lambda d: d.current_url.rstrip("/").endswith("/traitflow"))
 
 
+def _screenshot(driver: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
 def _screenshot_sections(driver: Any) -> list[Path]:
+    """The whole page, then each section of it."""
     from selenium.webdriver.common.by import By
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1400, int(height) + 200)
-    paths = [SCREENSHOTS / "traits_page.png"]
-    driver.save_screenshot(str(paths[0]))
+    paths = [_screenshot(driver, "traits_page")]
     for section in ("traits", "customer", "map", "models", "reports"):
         path = SCREENSHOTS / f"{section}.png"
         driver.find_element(By.ID, f"{section}-section").screenshot(str(path))
         paths.append(path)
+    driver.set_window_size(1400, 1000)
     return paths
 
 
-def test_traits_page_draws_every_chart_without_console_errors(
-    browser: Any,
-    api_server: tuple[str, str],
-    store: Store,
-    store_schema: str,
-    database_url: str,
-    tmp_path: Path,
-) -> None:
+def _check_in_airflow_ui(driver: Any, base: str) -> Path:
+    """The nav entry's view: Airflow's UI shows the page in an iframe, charts drawn there too."""
     from selenium.webdriver.common.by import By
 
-    built = _build_data(store, database_url, store_schema, tmp_path / "runs")
-    base, password = api_server
-    _log_in(browser, base, password)
-    browser.get_log("browser")  # the login page's messages: not the Traits page's
+    driver.get(f"{base}/plugin/traitflow")
+    frame = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[src*='traitflow']"))[0]
+    driver.switch_to.frame(frame)
+    try:
+        _charts_drawn(driver, CHARTS)
+    finally:
+        driver.switch_to.default_content()
+    return _screenshot(driver, "airflow_ui")
 
-    browser.get(f"{base}/traitflow/?customer={built.customer_id}")
-    marks = _charts_drawn(browser, (*CHARTS, CUSTOMER_CHART))
+
+def _check_api_docs(driver: Any, base: str) -> Path:
+    """Swagger UI from the plugin's own static files renders every route."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/traitflow/docs")
+    operations = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {op.get_attribute("data-path") for op in operations}
+    assert {"/api/charts/trait-sizes", "/api/charts/model-quality", "/api/charts/trait-map"} <= paths
+    return _screenshot(driver, "api_docs")
+
+
+def _check_page(driver: Any, base: str, built: Built, store: Store) -> None:
+    """Every chart of the page and of the customer drew its marks; the reports are summarized."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/traitflow/?customer={built.customer_id}")
+    marks = _charts_drawn(driver, (*CHARTS, CUSTOMER_CHART))
     n_traits = len(store.traits())
     assert marks["chart-sizes"]["marks"] == [n_traits]  # one bar per trait of the active model
     history = marks["chart-size-history"]
     assert history["labels"] >= 5 and sum(history["marks"]) >= history["labels"]  # profile times
     hit_rate, baseline, floor = marks["chart-quality"]["marks"]
-    assert hit_rate == len(built.model_versions) and baseline == floor == len(built.model_versions)
+    assert hit_rate == baseline == floor == len(built.model_versions)
     drift, threshold = marks["chart-drift"]["marks"]
     assert drift == 1 and threshold == len(built.model_versions)  # drift needs a model to compare with
     assert (
@@ -309,17 +330,33 @@ def test_traits_page_draws_every_chart_without_console_errors(
         assert drawn["drawn"] > 2000, (chart, drawn)  # more than axes: bars, areas, points
 
     # The customer's history table beside the chart, and the run reports.
-    rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
-    assert len(rows) == built.n_history
-    weekly = browser.find_elements(By.CSS_SELECTOR, "#reports tr[data-kind=weekly]")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == built.n_history
+    weekly = driver.find_elements(By.CSS_SELECTOR, "#reports tr[data-kind=weekly]")
     assert len(weekly) == 2
-    assert any("quality_gate → measure_drift" in row.text for row in weekly)
-    assert all("check_new_vocab →" in row.text for row in weekly)
-    folded = browser.find_element(By.CSS_SELECTOR, "#reports tr.folded summary")
+    assert all("quality_gate → measure_drift" in row.text for row in weekly)
+    assert all("check_new_vocab → train_candidate" in row.text for row in weekly)
+    folded = driver.find_element(By.CSS_SELECTOR, "#reports tr.folded summary")
     assert folded.text.startswith("2 daily runs with nothing to do"), folded.text
-    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert not driver.find_element(By.ID, "error").is_displayed()
 
-    paths = _screenshot_sections(browser)
-    assert all(p.stat().st_size > 10_000 for p in paths)
+
+def test_traits_page_draws_every_chart_without_console_errors(
+    browser: Any,
+    api_server: tuple[str, str],
+    store: Store,
+    store_schema: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    built = _build_data(store, database_url, store_schema, tmp_path / "runs")
+    base, password = api_server
+    _log_in(browser, base, password)
+    screenshots = [_check_in_airflow_ui(browser, base)]
+    _check_page(browser, base, built, store)
+    screenshots += _screenshot_sections(browser)
+    screenshots.append(_check_api_docs(browser, base))
+
+    assert all(p.stat().st_size > 10_000 for p in screenshots)
+    # Everything the browser logged since it started, the login page included.
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

@@ -194,7 +194,10 @@ def test_api_docs_are_served_without_a_cdn(client: TestClient, empty_db: Any) ->
 
 
 def test_no_page_references_an_external_url(client: TestClient, empty_db: Any) -> None:
-    pages = {path: client.get(path) for path in ("/", "/docs", "/static/app.css", "/static/app.js")}
+    pages = {
+        path: client.get(path)
+        for path in ("/", "/docs", "/static/app.css", "/static/app.js", "/static/charts.js")
+    }
     for path, response in pages.items():
         assert response.status_code == 200, path
         assert not EXTERNAL.search(response.text), (path, EXTERNAL.search(response.text))
