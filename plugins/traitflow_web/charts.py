@@ -24,7 +24,7 @@ from .schemas import (
 
 MAX_TIMES = 365
 MAX_MAP_POINTS = 5000
-COORDINATE_DIGITS = 5  # enough for a chart, and a tenth of the JSON of full float64
+COORDINATE_DIGITS = 5  # enough for a chart, and far shorter JSON than full float64 digits
 
 charts = APIRouter(prefix="/api/charts", dependencies=[Depends(require_access)], responses=NOT_FOUND)
 

@@ -4,6 +4,9 @@ Airflow reads its configuration when ``airflow`` is first imported. In a full ru
 collected first and its conftest has already set up a temp ``AIRFLOW_HOME`` (marked by
 ``_TRAITFLOW_AIRFLOW_HOME``): reuse it. When tests/plugins runs alone (or first), set up the same
 environment here, before anything imports Airflow.
+
+The fixtures shared by the endpoint tests are here too: ``plugin_env`` (point the plugin at a
+database schema), ``empty_db`` (a migrated, empty one) and ``client`` (the app, auth overridden).
 """
 
 from __future__ import annotations
