@@ -210,3 +210,40 @@ def test_no_page_references_an_external_url(client: TestClient, empty_db: Any) -
         "url(http://x)",
     ):
         assert EXTERNAL.search(html), html
+
+
+def test_the_page_has_a_canvas_for_every_chart(client: TestClient, empty_db: Any) -> None:
+    page = client.get("/").text
+    charts_js = client.get("/static/charts.js").text
+    for canvas in (
+        "chart-sizes",
+        "chart-size-history",
+        "chart-quality",
+        "chart-drift",
+        "chart-profile",
+        "chart-map",
+    ):
+        assert f'<canvas id="{canvas}"' in page, canvas
+        assert f'draw("{canvas}"' in charts_js, canvas
+    # Chart.js before the scripts that use it (deferred scripts run in document order).
+    assert (
+        page.index("vendor/chart.js/chart.umd.js")
+        < page.index("static/charts.js")
+        < page.index("static/app.js")
+    )
+
+
+def test_the_report_summary_reads_the_weekly_steps_the_chain_stores(
+    client: TestClient, empty_db: Any
+) -> None:
+    """app.js summarizes a weekly report by the DAG's task ids (``chains.WEEKLY_STEPS``)."""
+    from traitflow.chains import WEEKLY_STEPS
+
+    script = client.get("/static/app.js").text
+    found = re.search(r"const WEEKLY_DECISIONS = \[([^\]]*)\]", script)
+    assert found is not None
+    decisions = re.findall(r'"(\w+)"', found.group(1))
+    assert decisions == ["check_new_vocab", "quality_gate", "check_drift"]
+    outcomes = set(re.findall(r"report\.(\w+)", script[script.index("function weeklyOutcome") :][:400]))
+    assert outcomes == {"promote", "reject_candidate", "skip_retrain"}
+    assert set(decisions) | outcomes <= set(WEEKLY_STEPS)
