@@ -30,7 +30,14 @@ What it registers (``TraitflowPlugin``)
   ``GET /traitflow/api/reports?kind=&limit=``       newest run reports (limit in 1..200)
   ``GET /traitflow/api/status``                     schema version, active model, exact row
                                                     counts (counts every table: not for polling)
-  ``GET /traitflow/docs``, ``/traitflow/openapi.json``  the app's own OpenAPI docs (no data)
+  ``GET /traitflow/api/charts/trait-sizes?times=``  trait sizes at the newest profile times
+                                                    (times in 1..365)
+  ``GET /traitflow/api/charts/model-quality``       per model version: held-out hit rate, its
+                                                    baseline and margin, drift and its threshold
+  ``GET /traitflow/api/charts/trait-map?n=``        2-D map of a deterministic sample of current
+                                                    profiles (n in 1..5000), by dominant trait
+  ``GET /traitflow/docs``, ``/traitflow/openapi.json``  the app's own OpenAPI docs (no data);
+                                                    Swagger UI from the static folder, no CDN
   ===============================================  ==========================================
 
   Bad parameters give FastAPI's 422 JSON (``{"detail": [{"loc": [...], "msg": ...}]}``); other

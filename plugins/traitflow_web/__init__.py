@@ -5,8 +5,9 @@
 * ``auth``: Airflow's own authentication and the ``Traitflow`` custom-view permission.
 * ``schemas``: the response models and the conversion of store values into them.
 * ``api``: the read-only JSON routes under ``/api``.
+* ``charts``: the JSON routes of the page's charts under ``/api/charts``.
 * ``page``: the HTML page.
-* ``app``: the app factory, the app and the nav entry.
+* ``app``: the app factory (and its Swagger UI docs page), the app and the nav entry.
 
 Airflow imports every ``.py`` file under the plugins folder as a plugin module;
 ``plugins/.airflowignore`` keeps it out of this package, which ``traitflow_plugin.py`` imports

@@ -9,11 +9,13 @@ from urllib.parse import urlsplit
 
 from airflow.configuration import conf
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .api import api
 from .auth import LoginRequiredError, login_redirect
+from .charts import charts
 from .page import UI_DIR, index
 from .pool import POOL
 
@@ -47,6 +49,19 @@ async def _no_store_for_api(request: Request, call_next: Any) -> Response:
     return response
 
 
+def api_docs() -> HTMLResponse:
+    """Swagger UI from the app's own static files (``static/vendor/swagger-ui``): no CDN. The URLs
+    are relative to ``/traitflow/docs``, so they hold under any ``[api] base_url``."""
+    return get_swagger_ui_html(
+        openapi_url="openapi.json",
+        title="Traitflow API",
+        swagger_js_url="static/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="static/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="static/icon.svg",
+        swagger_ui_parameters={"validatorUrl": None},  # the default validator is an external service
+    )
+
+
 def create_app() -> FastAPI:
     """The plugin's FastAPI app (no I/O: safe to build at import)."""
     app = FastAPI(
@@ -58,8 +73,12 @@ def create_app() -> FastAPI:
         ),
         version="1",
         lifespan=_lifespan,
+        docs_url=None,  # served by api_docs, without a CDN
+        redoc_url=None,
     )
     app.include_router(api)
+    app.include_router(charts)
+    app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
     app.add_exception_handler(LoginRequiredError, login_redirect)
     app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")

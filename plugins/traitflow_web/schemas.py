@@ -148,6 +148,62 @@ class RunReports(BaseModel):
     reports: list[RunReport]
 
 
+class TraitSizes(BaseModel):
+    trait_id: int
+    label: str | None = Field(description="from the newest promoted model that has the trait")
+    sizes: list[int] = Field(description="customers with this dominant trait at each of the times")
+
+
+class TraitSizeHistory(BaseModel):
+    """Trait sizes over time: at each profile time, every profiled customer counts once, under the
+    dominant trait of their newest profile at or before it."""
+
+    times: list[datetime] = Field(description="profile times (as_of), oldest first")
+    traits: list[TraitSizes]
+
+
+class ModelQuality(BaseModel):
+    model_version: int
+    status: str
+    trained_through: datetime
+    passed: bool | None = Field(description="the quality gate's verdict; null if the model was not gated")
+    hit_rate: float | None = Field(description="held-out hit@10 of the model (quality gate)")
+    baseline: str | None = Field(description="what the gate compared with: active | popularity")
+    baseline_hit_rate: float | None
+    quality_margin: float | None = Field(description="how much below the baseline the gate tolerates")
+    drift: float | None = Field(description="weighted mean aligned drift from the model it replaced")
+    drift_threshold: float | None = Field(description="traits are refitted above this drift")
+
+
+class ModelQualities(BaseModel):
+    models: list[ModelQuality] = Field(description="oldest first, rejected versions included")
+
+
+class MapPoint(BaseModel):
+    customer_id: str
+    x: float
+    y: float
+    dominant_trait_id: int
+
+
+class MapTrait(BaseModel):
+    trait_id: int
+    label: str
+    x: float = Field(description="where a profile made of this trait alone lands")
+    y: float
+
+
+class TraitMap(BaseModel):
+    """Current profiles of a deterministic sample of customers on the first two principal
+    components of their trait profiles (``traitflow.projection.trait_map``)."""
+
+    model_version: int
+    n_profiled: int = Field(description="customers with a current profile of this model")
+    explained: list[float] = Field(description="share of the sample's profile variance on each axis")
+    traits: list[MapTrait]
+    points: list[MapPoint]
+
+
 class Status(BaseModel):
     db_schema: str
     schema_version: int

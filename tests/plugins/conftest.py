@@ -4,6 +4,9 @@ Airflow reads its configuration when ``airflow`` is first imported. In a full ru
 collected first and its conftest has already set up a temp ``AIRFLOW_HOME`` (marked by
 ``_TRAITFLOW_AIRFLOW_HOME``): reuse it. When tests/plugins runs alone (or first), set up the same
 environment here, before anything imports Airflow.
+
+The fixtures shared by the endpoint tests are here too: ``plugin_env`` (point the plugin at a
+database schema), ``empty_db`` (a migrated, empty one) and ``client`` (the app, auth overridden).
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # imported in the fixture, where the Starlette/httpx deprecation is filtered
+    from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_DIR = REPO / "dags"
@@ -103,3 +111,51 @@ def airflow_db() -> Path:
 
     db.upgradedb()
     return AIRFLOW_HOME / "airflow.db"
+
+
+@pytest.fixture
+def plugin_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str, str], None]:
+    """``plugin_env(url, schema)``: point the plugin at ``schema`` on ``url`` (the DAGs' settings,
+    no connection) and drop its pooled connections."""
+    from traitflow_web.pool import POOL
+
+    def point(url: str, schema: str) -> None:
+        monkeypatch.setenv("TRAITFLOW_DATABASE_URL", url)
+        monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", schema)
+        monkeypatch.delenv("AIRFLOW_CONN_TRAITFLOW_DB", raising=False)
+        monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))  # never the repo's data/
+        POOL.clear()
+
+    return point
+
+
+@pytest.fixture
+def empty_db(
+    plugin: ModuleType,
+    store: Any,
+    store_schema: str,
+    database_url: str,
+    plugin_env: Callable[[str, str], None],
+) -> Iterator[Any]:
+    """A migrated, empty schema the plugin is pointed at (via TRAITFLOW_DATABASE_URL/_DB_SCHEMA)."""
+    from traitflow_web.pool import POOL
+
+    plugin_env(database_url, store_schema)
+    yield store
+    POOL.clear()  # close pooled connections before the schema is dropped
+
+
+@pytest.fixture
+def client(plugin: ModuleType) -> Iterator[TestClient]:
+    """The plugin app with Airflow auth replaced by a fixed user (test_traitflow_plugin.py tests auth)."""
+    from fastapi.testclient import TestClient
+    from traitflow_web.auth import require_access, require_page_access
+
+    app = plugin.app
+    app.dependency_overrides[require_access] = lambda: "analyst"
+    app.dependency_overrides[require_page_access] = lambda: "analyst"
+    try:
+        with TestClient(app) as test_client:
+            yield test_client
+    finally:
+        app.dependency_overrides.clear()

@@ -13,7 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from traitflow_web.api import DEFAULT_MIN_EVENTS
-from traitflow_web.auth import require_access, require_page_access
 from traitflow_web.pool import POOL
 
 if TYPE_CHECKING:  # imported in fixtures, where the Starlette/httpx deprecation is filtered
@@ -62,29 +61,6 @@ class Seeded:
     schema: str
 
 
-def _env_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, schema: str) -> None:
-    monkeypatch.setenv("TRAITFLOW_DATABASE_URL", url)
-    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", schema)
-    monkeypatch.delenv("AIRFLOW_CONN_TRAITFLOW_DB", raising=False)
-    monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))  # never the repo's data/
-
-
-@pytest.fixture
-def empty_db(
-    plugin: ModuleType,
-    store: Any,
-    store_schema: str,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[Any]:
-    """A migrated, empty schema the plugin is pointed at (via TRAITFLOW_DATABASE_URL/_DB_SCHEMA)."""
-    _env_for(monkeypatch, tmp_path, database_url, store_schema)
-    POOL.clear()
-    yield store
-    POOL.clear()  # close pooled connections before the schema is dropped
-
-
 @pytest.fixture
 def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_batch: Any) -> Seeded:
     store = empty_db
@@ -105,21 +81,6 @@ def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_bat
     store.write_run_report("daily", "2024-01-09", {"n_profiles": 1, "oov_rate": 0.01})
     store.write_run_report("daily", "2024-01-10", {"n_profiles": 7, "oov_rate": 0.02})
     return Seeded(active=active, rejected=rejected, model=model, batch=batch, schema=store_schema)
-
-
-@pytest.fixture
-def client(plugin: ModuleType) -> Iterator[TestClient]:
-    """The plugin app with Airflow auth replaced by a fixed user (auth has its own tests below)."""
-    from fastapi.testclient import TestClient
-
-    app = plugin.app
-    app.dependency_overrides[require_access] = lambda: "analyst"
-    app.dependency_overrides[require_page_access] = lambda: "analyst"
-    try:
-        with TestClient(app) as test_client:
-            yield test_client
-    finally:
-        app.dependency_overrides.clear()
 
 
 # ------------------------------------------------------------------------------ registration
@@ -546,12 +507,10 @@ def test_database_problems_are_503_with_a_reason(
     plugin: ModuleType,
     database_url: str,
     make_store: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    plugin_env: Callable[[str, str], None],
 ) -> None:
     fresh = make_store(fresh=True)  # a schema that was never migrated
-    _env_for(monkeypatch, tmp_path, database_url, fresh.schema)
-    POOL.clear()
+    plugin_env(database_url, fresh.schema)
     response = client.get("/api/traits")
     assert response.status_code == 503
     assert "needs migrations" in response.json()["detail"]
@@ -559,8 +518,7 @@ def test_database_problems_are_503_with_a_reason(
     models = client.get("/api/models")  # reads model_versions and their trait matches
     assert models.status_code == 503 and "needs migrations" in models.json()["detail"]
 
-    _env_for(monkeypatch, tmp_path, "postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2", "x")
-    POOL.clear()
+    plugin_env("postgresql://nobody:s3cret@127.0.0.1:1/none?connect_timeout=2", "x")
     response = client.get("/api/customers/c1")
     assert response.status_code == 503
     detail = response.json()["detail"]

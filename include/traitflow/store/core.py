@@ -479,3 +479,17 @@ class Store:
         conn = self._live()
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
         self._ready = False
+
+    # --------------------------------------------------------------------- charts (serving)
+
+    def trait_size_history(self, max_times: int = 90) -> _serving.TraitSizeHistory:
+        """Trait sizes (customers per dominant trait) at the newest ``max_times`` profile times."""
+        return _serving.trait_size_history(self._ensure_ready(), max_times)
+
+    def model_quality(self) -> list[_serving.ModelQuality]:
+        """Held-out hit rate and drift of every model version with the thresholds, oldest first."""
+        return _serving.model_quality(self._ensure_ready())
+
+    def profile_sample(self, model_version: int | None = None, limit: int = 500) -> _serving.ProfileSample:
+        """Current profiles of a deterministic sample of a model's customers (default: active model)."""
+        return _serving.profile_sample(self._ensure_ready(), model_version, limit)

@@ -1,4 +1,4 @@
-// Traitflow "Traits" page: plain DOM, no build step. Every value from the API is inserted with
+// Traitflow "Traits" page: plain DOM, no build step; charts.js draws the charts. Every value from the API is inserted with
 // textContent (labels and ids are arbitrary text), and every URL is relative to the page, so it
 // works under any Airflow base_url.
 "use strict";
@@ -115,6 +115,34 @@ async function loadTraits() {
     row.addEventListener("click", () => loadTop(t.trait_id, row));
     tbody.appendChild(row);
   }
+  TraitflowCharts.traitSizes(data.traits);
+}
+
+async function loadSizeHistory() {
+  const note = $("chart-size-history-note");
+  try {
+    const data = await api("api/charts/trait-sizes?times=90");
+    note.textContent = data.times.length ? "" : "No profiles yet.";
+    TraitflowCharts.sizeHistory(data);
+  } catch (e) {
+    note.textContent = e.message;
+  }
+}
+
+async function loadMap() {
+  const note = $("chart-map-note");
+  try {
+    const data = await api("api/charts/trait-map?n=500");
+    note.textContent = `${data.points.length.toLocaleString()} of ${data.n_profiled.toLocaleString()} ` +
+      `customers profiled with model ${data.model_version} (the same sample on every load).`;
+    TraitflowCharts.traitMap(data, (customerId) => {
+      $("customer-id").value = customerId;
+      lookup(customerId);
+      $("customer-section").scrollIntoView();
+    });
+  } catch (e) {
+    note.textContent = e.status === 404 ? "No active model yet." : e.message;
+  }
 }
 
 async function loadTop(traitId, row) {
@@ -208,6 +236,7 @@ async function loadHistory(id) {
   tbody.replaceChildren();
   try {
     const data = await api(`api/customers/${id}/history`);
+    TraitflowCharts.profile(data.history);
     for (const h of [...data.history].reverse()) {
       const row = el("tr");
       row.appendChild(td(fmtDate(h.as_of)));
@@ -268,6 +297,16 @@ async function loadModels() {
   }
 }
 
+async function loadModelQuality() {
+  try {
+    const data = await api("api/charts/model-quality");
+    TraitflowCharts.quality(data.models);
+    TraitflowCharts.drift(data.models);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
 // ------------------------------------------------------------------------------------ reports
 
 const SUMMARY_KEYS = [
@@ -285,11 +324,77 @@ function summarize(report) {
   return parts.join(" · ");
 }
 
+// The weekly run's branch tasks, in DAG order; each stored decision is {branch, reason, ...}.
+const WEEKLY_DECISIONS = ["check_new_vocab", "quality_gate", "check_drift"];
+
+function weeklyOutcome(report) {
+  if (report.promote && report.promote.model_version !== undefined) return `promoted model ${report.promote.model_version}`;
+  if (report.reject_candidate) return "candidate rejected";
+  if (report.skip_retrain) return "no retrain";
+  return "incomplete";
+}
+
+// A weekly report's summary: its outcome and each decision with its reason.
+function weeklySummary(report) {
+  const cell = td(null, "tags");
+  cell.appendChild(el("strong", weeklyOutcome(report)));
+  const list = el("ul", null, "decisions");
+  for (const step of WEEKLY_DECISIONS) {
+    const decision = report[step];
+    if (!decision || !decision.branch) continue;
+    const item = el("li");
+    item.appendChild(el("span", `${step} → ${decision.branch}`, "decision"));
+    if (decision.reason) item.appendChild(el("span", `: ${decision.reason}`));
+    list.appendChild(item);
+  }
+  cell.appendChild(list);
+  return cell;
+}
+
+function jsonCell(report) {
+  const cell = td();
+  const details = el("details");
+  details.appendChild(el("summary", "JSON"));
+  details.appendChild(el("pre", JSON.stringify(report, null, 2)));
+  cell.appendChild(details);
+  return cell;
+}
+
+function reportRow(r) {
+  const row = el("tr");
+  row.dataset.kind = r.kind;
+  row.appendChild(td(r.kind));
+  row.appendChild(td(r.run_key));
+  row.appendChild(td(fmtDate(r.updated_at)));
+  row.appendChild(r.kind === "weekly" ? weeklySummary(r.report) : td(summarize(r.report), "tags"));
+  row.appendChild(jsonCell(r.report));
+  return row;
+}
+
+const isIdleDaily = (r) => r.kind === "daily" && r.report.n_profiles === 0;
+
+// Daily runs that wrote no profile, folded into one line (where the newest of them is).
+function idleDailyRow(idle) {
+  const row = el("tr", null, "folded");
+  row.appendChild(td("daily"));
+  const cell = td(null, "tags");
+  cell.colSpan = 4;
+  const details = el("details");
+  const runs = `${idle.length} daily run${idle.length === 1 ? "" : "s"} with nothing to do`;
+  details.appendChild(el("summary", `${runs} (${idle[idle.length - 1].run_key} … ${idle[0].run_key})`));
+  const list = el("ul");
+  for (const r of idle) list.appendChild(el("li", `${r.run_key}${r.report.reason ? `: ${r.report.reason}` : ""}`));
+  details.appendChild(list);
+  cell.appendChild(details);
+  row.appendChild(cell);
+  return row;
+}
+
 async function loadReports() {
   const tbody = $("reports").querySelector("tbody");
   tbody.replaceChildren();
   try {
-    const data = await api("api/reports?limit=20");
+    const data = await api("api/reports?limit=50");
     if (!data.reports.length) {
       const row = el("tr");
       const cell = td("No run reports yet.", "muted");
@@ -297,19 +402,10 @@ async function loadReports() {
       row.appendChild(cell);
       tbody.appendChild(row);
     }
+    const idle = data.reports.filter(isIdleDaily);
     for (const r of data.reports) {
-      const row = el("tr");
-      row.appendChild(td(r.kind));
-      row.appendChild(td(r.run_key));
-      row.appendChild(td(fmtDate(r.updated_at)));
-      row.appendChild(td(summarize(r.report), "tags"));
-      const raw = td();
-      const details = el("details");
-      details.appendChild(el("summary", "JSON"));
-      details.appendChild(el("pre", JSON.stringify(r.report, null, 2)));
-      raw.appendChild(details);
-      row.appendChild(raw);
-      tbody.appendChild(row);
+      if (!isIdleDaily(r)) tbody.appendChild(reportRow(r));
+      else if (r === idle[0]) tbody.appendChild(idleDailyRow(idle));
     }
   } catch (e) {
     showError(e.message);
@@ -325,7 +421,10 @@ document.addEventListener("DOMContentLoaded", () => {
     if (value) lookup(value);
   });
   loadModels();
+  loadModelQuality();
   loadTraits();
+  loadSizeHistory();
+  loadMap();
   loadReports();
   const initial = new URL(window.location.href).searchParams.get("customer");
   if (initial) {

@@ -1,0 +1,362 @@
+"""The Traits page in a real browser: a real ``airflow api-server`` with this repo's plugins, a
+headless Chromium driven by Selenium, data built by the library's own weekly and daily chains.
+
+It logs in through Airflow's login page, opens the page and a customer, and checks that every
+chart drew its marks (Chart.js's own element counts and non-blank canvas pixels), that the run
+reports show the weekly decisions and fold the idle daily runs, and that the browser console
+has no errors. Screenshots go to tests/artifacts/screenshots/ (gitignored).
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); without them the
+test skips and says which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from traitflow import event_schema
+from traitflow.chains import run_daily_update, run_weekly_chain
+from traitflow.events import LoadResult
+from traitflow.store import Store
+from traitflow.synthetic import SyntheticSpec, generate
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "tests" / "artifacts" / "screenshots"
+START = datetime(2026, 3, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window_days": 30}
+ADMIN = "admin"
+SERVER_START_TIMEOUT_S = 180
+# Without the networking flags Chromium waits on services it cannot reach on a closed network.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+)
+CHARTS = ("chart-sizes", "chart-size-history", "chart-quality", "chart-drift", "chart-map")
+CUSTOMER_CHART = "chart-profile"
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the chains built: two promoted models and the customer with the longest history."""
+
+    schema: str
+    model_versions: tuple[int, ...]
+    customer_id: str
+    n_history: int
+
+
+def _browser_paths() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    missing = [name for name, path in (("chromium", chromium), ("chromium-driver", driver)) if path is None]
+    if missing:
+        reason = f"browser missing: Debian package(s) {', '.join(missing)} not installed (see .ci/run)"
+        print(reason)
+        pytest.skip(reason)
+    assert chromium is not None and driver is not None
+    return chromium, driver
+
+
+def _build_data(store: Store, url: str, schema: str, work: Path) -> Built:
+    """Events of 12 days; a weekly run on day 7, daily runs, a forced second weekly run on day 10,
+    and two daily runs after the last events (nothing to do)."""
+    spec = SyntheticSpec(
+        n_customers=300, n_products=200, n_categories=12, n_segments=4, n_events=12_000, start=START, days=12,
+        seed=3,
+    )  # fmt: skip
+    events = generate(spec).events
+    store.ingest_events(
+        LoadResult(events=events, rejects=event_schema.empty_rejects()), "synthetic", "browser"
+    )
+
+    def weekly(day: int, force: bool) -> Any:
+        run_id = f"weekly-{day}"
+        end = START + day * DAY
+        return run_weekly_chain(url, end, work / run_id, PARAMS, force, run_id=run_id, schema=schema)
+
+    def daily(day: int) -> Any:
+        start = START + day * DAY
+        return run_daily_update(
+            url, start, start + DAY, work / f"daily-{day}", run_id=f"daily-{day}", schema=schema
+        )
+
+    first = weekly(7, False)
+    assert first.status == "promoted", first.decisions
+    for day in (7, 8, 9):
+        assert daily(day).n_profiles > 0
+    second = weekly(10, True)
+    assert second.status == "promoted", second.decisions
+    for day in (10, 11):
+        assert daily(day).n_profiles > 0
+    for day in (13, 14):  # after the last events: nothing to do
+        assert daily(day).n_profiles == 0
+    candidates = store.profile_sample(limit=30).customer_ids
+    customer = max(candidates, key=lambda c: (len(store.labelled_profile_history(c)), c))
+    versions = (first.model_version, second.model_version)
+    return Built(schema, versions, customer, len(store.labelled_profile_history(customer)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"airflow api-server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"airflow api-server not up after {SERVER_START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """TERM the server's process group (it runs workers), KILL what is left after 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def api_server(
+    store: Store, store_schema: str, database_url: str, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """``(base URL, admin password)`` of a real api-server on a free loopback port: its own
+    AIRFLOW_HOME and migrated SQLite metadata DB, this repo's plugins folder, SimpleAuthManager."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    password = secrets.token_urlsafe(12)
+    (home / "passwords.json").write_text(json.dumps({ADMIN: password}))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "_TRAITFLOW"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),  # the api-server parses no DAGs
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "bundles"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(64),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "TRAITFLOW_DATABASE_URL": database_url,
+            "TRAITFLOW_DB_SCHEMA": store_schema,
+            "TRAITFLOW_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    log = home / "api-server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: _stop ends the workers too
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(process, f"{base}/api/v2/monitor/health", log)
+        yield base, password
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium through chromedriver, with the console log kept."""
+    chromium, driver_path = _browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# Per chart: the elements Chart.js laid out with a value (bars, points) in each dataset, and the
+# canvas pixels drawn (alpha > 0).
+CHART_MARKS_JS = """
+const out = {};
+for (const id of arguments[0]) {
+  const canvas = document.getElementById(id);
+  const chart = Chart.getChart(canvas);
+  if (!chart) { out[id] = null; continue; }
+  const marks = chart.data.datasets.map((d, i) =>
+    chart.getDatasetMeta(i).data.filter((e, j) => d.data[j] !== null && d.data[j] !== undefined).length);
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let drawn = 0;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) drawn += 1;
+  out[id] = {marks, labels: chart.data.labels.length, drawn};
+}
+return out;
+"""
+
+
+def _wait_for(driver: Any, condition: Any, timeout: float = 60) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def _charts_drawn(driver: Any, ids: tuple[str, ...]) -> dict[str, Any]:
+    marks = _wait_for(
+        driver, lambda d: (m := d.execute_script(CHART_MARKS_JS, list(ids))) and all(m.values()) and m
+    )
+    return dict(marks)
+
+
+def _log_in(driver: Any, base: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/traitflow/")  # not logged in: Airflow's login page, then back
+    _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[name=username]"))
+    driver.find_element(By.CSS_SELECTOR, "input[name=username]").send_keys(ADMIN)
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait_for(driver, lambda d: d.current_url.rstrip("/").endswith("/traitflow"))
+
+
+def _screenshot(driver: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def _screenshot_sections(driver: Any) -> list[Path]:
+    """The whole page, then each section of it."""
+    from selenium.webdriver.common.by import By
+
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, int(height) + 200)
+    paths = [_screenshot(driver, "traits_page")]
+    for section in ("traits", "customer", "map", "models", "reports"):
+        path = SCREENSHOTS / f"{section}.png"
+        driver.find_element(By.ID, f"{section}-section").screenshot(str(path))
+        paths.append(path)
+    driver.set_window_size(1400, 1000)
+    return paths
+
+
+def _check_in_airflow_ui(driver: Any, base: str) -> Path:
+    """The nav entry's view: Airflow's UI shows the page in an iframe, charts drawn there too."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/plugin/traitflow")
+    frame = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[src*='traitflow']"))[0]
+    driver.switch_to.frame(frame)
+    try:
+        _charts_drawn(driver, CHARTS)
+    finally:
+        driver.switch_to.default_content()
+    return _screenshot(driver, "airflow_ui")
+
+
+def _check_api_docs(driver: Any, base: str) -> Path:
+    """Swagger UI from the plugin's own static files renders every route."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/traitflow/docs")
+    operations = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {op.get_attribute("data-path") for op in operations}
+    assert {"/api/charts/trait-sizes", "/api/charts/model-quality", "/api/charts/trait-map"} <= paths
+    return _screenshot(driver, "api_docs")
+
+
+def _check_page(driver: Any, base: str, built: Built, store: Store) -> None:
+    """Every chart of the page and of the customer drew its marks; the reports are summarized."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/traitflow/?customer={built.customer_id}")
+    marks = _charts_drawn(driver, (*CHARTS, CUSTOMER_CHART))
+    n_traits = len(store.traits())
+    assert marks["chart-sizes"]["marks"] == [n_traits]  # one bar per trait of the active model
+    history = marks["chart-size-history"]
+    assert history["labels"] >= 5 and sum(history["marks"]) >= history["labels"]  # profile times
+    hit_rate, baseline, floor = marks["chart-quality"]["marks"]
+    assert hit_rate == baseline == floor == len(built.model_versions)
+    drift, threshold = marks["chart-drift"]["marks"]
+    assert drift == 1 and threshold == len(built.model_versions)  # drift needs a model to compare with
+    assert (
+        sum(marks["chart-map"]["marks"]) == min(500, store.profile_sample(limit=5000).n_profiled) + n_traits
+    )
+    profile = marks[CUSTOMER_CHART]
+    assert profile["labels"] == built.n_history >= 2 and min(profile["marks"]) == built.n_history
+    for chart, drawn in marks.items():
+        assert drawn["drawn"] > 2000, (chart, drawn)  # more than axes: bars, areas, points
+
+    # The customer's history table beside the chart, and the run reports.
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#history tbody tr")) == built.n_history
+    weekly = driver.find_elements(By.CSS_SELECTOR, "#reports tr[data-kind=weekly]")
+    assert len(weekly) == 2
+    assert all("quality_gate → measure_drift" in row.text for row in weekly)
+    assert all("check_new_vocab → train_candidate" in row.text for row in weekly)
+    folded = driver.find_element(By.CSS_SELECTOR, "#reports tr.folded summary")
+    assert folded.text.startswith("2 daily runs with nothing to do"), folded.text
+    assert not driver.find_element(By.ID, "error").is_displayed()
+
+
+def test_traits_page_draws_every_chart_without_console_errors(
+    browser: Any,
+    api_server: tuple[str, str],
+    store: Store,
+    store_schema: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    built = _build_data(store, database_url, store_schema, tmp_path / "runs")
+    base, password = api_server
+    _log_in(browser, base, password)
+    screenshots = [_check_in_airflow_ui(browser, base)]
+    _check_page(browser, base, built, store)
+    screenshots += _screenshot_sections(browser)
+    screenshots.append(_check_api_docs(browser, base))
+
+    assert all(p.stat().st_size > 10_000 for p in screenshots)
+    # Everything the browser logged since it started, the login page included.
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
