@@ -232,6 +232,11 @@ def main() -> None:
     for offset in range(1, (timeline.end - timeline.retrain).days + 1):
         run(daily, timeline.retrain + offset * DAY)
     summarize(url)
+    from traitflow.html_report import write_report
+    from traitflow.store import Store
+
+    with Store(url) as store:
+        print(f"\nHTML report (charts, traits): {write_report(store, data / 'report.html')}")
     print(f"\nquickstart finished in {time.perf_counter() - started:.0f}s")
 
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from traitflow.cli import evaluation, files, scheduled
+from traitflow.cli import evaluation, files, report, scheduled
 from traitflow.cli.common import CliError
 from traitflow.config import ConfigError
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_parsers(sub)
     evaluation.add_parsers(sub)
     scheduled.add_parsers(sub)
+    report.add_parsers(sub)
 
     add_commands(sub, names={"profile": "customer"})
     return parser
