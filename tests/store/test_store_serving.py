@@ -12,12 +12,8 @@ import pytest
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store
-from traitflow.store.serving import (
-    LabelledHistoryEntry,
-    LabelledTraitScore,
-    trait_column,
-    trait_id_of_column,
-)
+from traitflow.store.naming import trait_column, trait_id_of_column
+from traitflow.store.serving import LabelledHistoryEntry, LabelledTraitScore
 
 BuildModel = Callable[..., TraitflowModel]
 BuildBatch = Callable[..., ProfileBatch]
