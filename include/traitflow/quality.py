@@ -12,27 +12,29 @@ from traitflow.item2vec import most_similar
 from traitflow.model import TokenTable
 
 
-class ActiveComparison(TypedDict):
-    """``compare_hit_rates``: a candidate's next-item hit rate against the active model's."""
+class _Comparison(TypedDict):
+    """A paired comparison of next-item hit rates on the same held-out pairs: the candidate's
+    rate, the mean per-pair difference (candidate - baseline) and its standard error."""
 
     candidate_hit_rate: float
-    active_hit_rate: float
     difference: float
     standard_error: float
     n_pairs: int
 
 
-class PopularityComparison(TypedDict):
-    """``compare_with_popularity``: a candidate's next-item hit rate against the popularity
-    baseline's, with the 95% interval ``lower`` / ``upper`` of the difference."""
+class ActiveComparison(_Comparison):
+    """``compare_hit_rates``: a candidate against the active model."""
 
-    candidate_hit_rate: float
+    active_hit_rate: float
+
+
+class PopularityComparison(_Comparison):
+    """``compare_with_popularity``: a candidate against the popularity baseline, with the 95%
+    interval ``lower`` / ``upper`` of the difference."""
+
     popularity_hit_rate: float
-    difference: float
-    standard_error: float
     lower: float
     upper: float
-    n_pairs: int
 
 
 def embedding_quality(tokens: TokenTable, expected_similarity: pd.DataFrame) -> float:
