@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,18 @@ from traitflow.runs import (
 from traitflow.store import StaleModelError, Store
 
 log = logging.getLogger(__name__)
+
+# The counts of ``Store.ingest_file``'s report that an ingest task sums over its files.
+_INGEST_COUNTS = (
+    "n_read",
+    "n_inserted",
+    "n_already_present",
+    "n_rejected",
+    "n_conflicting",
+    "n_rejects_recorded",
+    "n_product_names",
+)
+
 
 def _day(instant: datetime) -> str:
     """The ``YYYY-MM-DD`` of ``instant`` in UTC: the delivery day its event files carry."""
@@ -80,28 +93,25 @@ def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
     if listing.undated:
         names = [p.name for p in listing.undated]
         log.warning("ignoring event files without a YYYY-MM-DD date in the name: %s", names)
+    totals: dict[str, Any] = dict.fromkeys(_INGEST_COUNTS, 0)  # int counts, by IngestResult field
     with open_store(context) as store:
         already = store.ingested_sources([str(path) for path in files])
         pending = [path for path in files if str(path) not in already]
-        reports = [
-            store.ingest_file(path, mapping, context.run_id, max_reject_share=source.max_reject_share)
-            for path in pending
-        ]
+        for path in pending:
+            report = store.ingest_file(
+                path, mapping, context.run_id, max_reject_share=source.max_reject_share
+            )
+            for name in totals:
+                totals[name] += getattr(report, name)
     if not listing.on(day):
         log.warning("no event file for %s in %s", iso(context.start), source.input_dir)
     return IngestResult(
         skipped=False,
+        **totals,
         n_files_seen=len(files),
         ignored_undated=len(listing.undated),
         files=[str(path) for path in pending],
         n_files=len(pending),
-        n_read=sum(report.n_read for report in reports),
-        n_inserted=sum(report.n_inserted for report in reports),
-        n_already_present=sum(report.n_already_present for report in reports),
-        n_rejected=sum(report.n_rejected for report in reports),
-        n_conflicting=sum(report.n_conflicting for report in reports),
-        n_rejects_recorded=sum(report.n_rejects_recorded for report in reports),
-        n_product_names=sum(report.n_product_names for report in reports),
     )
 
 
