@@ -11,6 +11,10 @@ offset, the factorization is far from unique (the offset can be spread over comp
 ways), and on planted data the dominant trait recovered segments at ARI 0.24 (16 segments) where
 the split transform reaches 0.67 (k-means on the same vectors: 0.74). Traits also read better:
 each describes how customers *differ* from the average customer.
+
+``projection``: the transform and the projection of customer vectors onto fitted traits;
+``fitting``: NMF, the anchored refit and stable trait ids (``match_traits``); ``labels``: labels
+and top items by distinctiveness. Their public names are importable from ``traitflow.traits``.
 """
 
 from __future__ import annotations
