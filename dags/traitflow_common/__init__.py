@@ -28,7 +28,6 @@ from traitflow.config import PipelineConfig, data_dir, env_int, env_str
 if TYPE_CHECKING:
     from traitflow.runs import RunContext
 
-CONN_ID = "traitflow_db"
 OWNER = "traitflow"
 TAGS = ["traitflow"]
 
@@ -212,8 +211,8 @@ def run_context(period: timedelta = timedelta(days=1)) -> RunContext:
     from traitflow.runs import RunContext
 
     context = get_current_context()
-    end = context.get("data_interval_end") or context["dag_run"].run_after
-    start = context.get("data_interval_start")
+    end: datetime = context.get("data_interval_end") or context["dag_run"].run_after
+    start: datetime | None = context.get("data_interval_start")
     if start is None or start >= end:
         start = end - period
     return RunContext(

@@ -187,45 +187,20 @@ def fit_model(
     train_rows = embeddings.cold_start == COLD_START_NONE
     training_vectors = embeddings.vectors[train_rows]
     metrics: dict = {"n_training_customers": int(train_rows.sum()), "embedding": embeddings.stats}
-    trait_match = None
     if previous is not None and not refit_traits:
-        traits = copy.deepcopy(previous.traits)  # labels and population are updated below
-        traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
-        training_profiles = run_stage("carry_over", lambda: project(traits, training_vectors))
-        traits.population_profile = training_profiles.mean(axis=0)
-        metrics["traits"] = {"refit": False}
+        fitted = _carry_over_traits(previous, training_vectors, run_stage)
     else:
-        check = check_trait_count(len(training_vectors), config.traits.n_traits)
-        if check.verdict == "refuse":
-            raise ConfigError(check.message)
-        if check.verdict == "thin":
-            log.warning("%s", check.message)
-            metrics["thin_data"] = check.message
-        warm = (
-            warm_start
-            and previous is not None
-            and previous.traits.components.shape == (config.traits.n_traits, 2 * tokens.vector_size)
+        fitted = _refit_traits(
+            training_vectors,
+            tokens,
+            config,
+            previous,
+            warm_start=warm_start,
+            anchor=anchor,
+            run_stage=run_stage,
         )
-        previous_components = previous.traits.components if warm and previous is not None else None
-        fit = run_stage(
-            "nmf",
-            lambda: fit_traits(
-                training_vectors, config.traits, previous_components=previous_components, anchor=anchor
-            ),
-        )
-        traits = fit.traits
-        training_profiles = fit.profiles
-        metrics["traits"] = {
-            "refit": True,
-            "reconstruction_error": fit.reconstruction_error,
-            "n_iter": fit.n_iter,
-            "init": fit.init,
-            **({"anchor": anchor} if warm else {}),
-        }
-        if previous is not None:
-            traits.trait_ids, trait_match = run_stage(
-                "match", lambda: _match_previous(previous, fit, training_vectors)
-            )
+    traits, training_profiles = fitted.traits, fitted.training_profiles
+    metrics.update(fitted.metrics)
     # Training customers per trait (by dominant trait, in component order): what `inspect` shows
     # as a saved model's trait sizes.
     dominant = training_profiles.argmax(axis=1) if len(training_profiles) else np.empty(0, dtype=np.int64)
@@ -254,8 +229,80 @@ def fit_model(
         tokens=tokens,
         traits=traits,
         metrics=metrics,
-        trait_match=trait_match,
+        trait_match=fitted.trait_match,
     )
+
+
+@dataclass(frozen=True)
+class _FittedTraits:
+    """A model's traits before labels and products, with their training customers' profiles.
+
+    metrics : the entries this step adds to the model's metrics (``traits``, ``thin_data``)
+    trait_match : how refitted traits were matched to the previous model's (None: no matching)
+    """
+
+    traits: TraitModel
+    training_profiles: np.ndarray  # float64, shape (n_training_customers, n_traits)
+    metrics: dict
+    trait_match: dict | None = None
+
+
+def _carry_over_traits(
+    previous: TraitflowModel, training_vectors: np.ndarray, run_stage: StageRunner
+) -> _FittedTraits:
+    """The previous model's components, centre and ids, with the population of this training set."""
+    traits = copy.deepcopy(previous.traits)  # labels and population are updated here and by the caller
+    traits.population_vector = training_vectors.mean(axis=0).astype(np.float32)
+    training_profiles = run_stage("carry_over", lambda: project(traits, training_vectors))
+    traits.population_profile = training_profiles.mean(axis=0)
+    return _FittedTraits(traits, training_profiles, {"traits": {"refit": False}})
+
+
+def _refit_traits(
+    training_vectors: np.ndarray,
+    tokens: TokenTable,
+    config: PipelineConfig,
+    previous: TraitflowModel | None,
+    *,
+    warm_start: bool,
+    anchor: float,
+    run_stage: StageRunner,
+) -> _FittedTraits:
+    """NMF on the training vectors (anchored on ``previous``'s components when their shape fits
+    and ``warm_start``); traits matched to ``previous``'s keep their ids."""
+    metrics: dict = {}
+    check = check_trait_count(len(training_vectors), config.traits.n_traits)
+    if check.verdict == "refuse":
+        raise ConfigError(check.message)
+    if check.verdict == "thin":
+        log.warning("%s", check.message)
+        metrics["thin_data"] = check.message
+    warm = (
+        warm_start
+        and previous is not None
+        and previous.traits.components.shape == (config.traits.n_traits, 2 * tokens.vector_size)
+    )
+    previous_components = previous.traits.components if warm and previous is not None else None
+    fit = run_stage(
+        "nmf",
+        lambda: fit_traits(
+            training_vectors, config.traits, previous_components=previous_components, anchor=anchor
+        ),
+    )
+    traits = fit.traits
+    metrics["traits"] = {
+        "refit": True,
+        "reconstruction_error": fit.reconstruction_error,
+        "n_iter": fit.n_iter,
+        "init": fit.init,
+        **({"anchor": anchor} if warm else {}),
+    }
+    trait_match = None
+    if previous is not None:
+        traits.trait_ids, trait_match = run_stage(
+            "match", lambda: _match_previous(previous, fit, training_vectors)
+        )
+    return _FittedTraits(traits, fit.profiles, metrics, trait_match)
 
 
 def _match_previous(

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
 from traitflow.item2vec import most_similar
 from traitflow.model import TokenTable
+
+
+class _Comparison(TypedDict):
+    """A paired comparison of next-item hit rates on the same held-out pairs: the candidate's
+    rate, the mean per-pair difference (candidate - baseline) and its standard error."""
+
+    candidate_hit_rate: float
+    difference: float
+    standard_error: float
+    n_pairs: int
+
+
+class ActiveComparison(_Comparison):
+    """``compare_hit_rates``: a candidate against the active model."""
+
+    active_hit_rate: float
+
+
+class PopularityComparison(_Comparison):
+    """``compare_with_popularity``: a candidate against the popularity baseline, with the 95%
+    interval ``lower`` / ``upper`` of the difference."""
+
+    popularity_hit_rate: float
+    lower: float
+    upper: float
 
 
 def embedding_quality(tokens: TokenTable, expected_similarity: pd.DataFrame) -> float:
@@ -125,9 +152,15 @@ def next_item_hit_rate(
         sessions, session_tokens, max_pairs=max_pairs, random_state=random_state
     )
     hits = next_item_hits(tokens, current, following, top_n=top_n)
-    known = tokens.index
-    coverage = (known.get_indexer(pd.Index(current)) >= 0) & (known.get_indexer(pd.Index(following)) >= 0)
+    coverage = known_pairs(tokens, current, following)
     return {"hit_rate": float(hits.mean()), "n_pairs": len(current), "coverage": float(coverage.mean())}
+
+
+def known_pairs(tokens: TokenTable, current: np.ndarray, following: np.ndarray) -> np.ndarray:
+    """Whether the model knows both tokens of each pair: ndarray of bool, shape (n_pairs,)."""
+    return (tokens.index.get_indexer(pd.Index(current)) >= 0) & (
+        tokens.index.get_indexer(pd.Index(following)) >= 0
+    )
 
 
 def compare_hit_rates(
@@ -138,7 +171,7 @@ def compare_hit_rates(
     *,
     top_n: int = 10,
     max_pairs: int = 20_000,
-) -> dict[str, float]:
+) -> ActiveComparison:
     """Paired comparison of two models' next-item hit rates on the same held-out pairs.
 
     Returns the two hit rates, their difference (candidate - active) and its standard error from
@@ -204,7 +237,7 @@ def compare_with_popularity(
     *,
     top_n: int = 10,
     max_pairs: int = 20_000,
-) -> dict[str, float]:
+) -> PopularityComparison:
     """Paired comparison of a model's next-item hit rate with the popularity baseline's.
 
     Both predict the same held-out pairs (``next_item_pairs``): the model by the ``top_n``

@@ -167,6 +167,47 @@ def _layout(
     return u + reserved_before
 
 
+def _segments(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced segment of each customer, shape (c,); each segment's favourite categories, shape
+    (m, cps), round-robin over shuffled categories; and its other categories, shape (m, k - cps)."""
+    k, m, c = spec.n_categories, spec.n_segments, spec.n_customers
+    cps = spec.categories_per_segment
+    segment = rng.permutation(np.arange(c) % m)
+    shuffled = rng.permutation(k)
+    favourites = shuffled[(np.arange(m)[:, None] * cps + np.arange(cps)) % k]  # (m, cps)
+    is_fav = np.zeros((m, k), dtype=bool)
+    np.put_along_axis(is_fav, favourites, True, axis=1)
+    others = np.argsort(is_fav, axis=1, kind="stable")[:, : k - cps]  # (m, k - cps) non-favourites
+    return segment, favourites, others
+
+
+def _event_seconds(
+    rng: np.random.Generator,
+    spec: SyntheticSpec,
+    sess_customer: np.ndarray,
+    sess: np.ndarray,
+    sess_start: np.ndarray,
+    length: np.ndarray,
+) -> np.ndarray:
+    """Seconds after ``spec.start`` of every event, shape (E,): integer-second gaps inside
+    sessions, sessions laid out per customer (``_layout``) inside the window."""
+    c, n_e = spec.n_customers, len(sess)
+    pos = np.arange(n_e) - sess_start[sess]
+    gap = np.clip(np.round(rng.lognormal(np.log(30.0), 1.0, n_e)), 1, MAX_EVENT_GAP_S)
+    gap[pos == 0] = 0
+    offset = np.cumsum(gap)
+    offset -= offset[sess_start][sess]
+    span = offset[sess_start + length - 1]  # (S,) first to last event of each session
+    # A hyperactive customer's sessions could outgrow the window: shrink their gaps to fit (rare).
+    room = spec.days * 86_400.0 - np.bincount(sess_customer, minlength=c) * MIN_SESSION_BREAK.total_seconds()
+    total_span = np.bincount(sess_customer, weights=span, minlength=c)
+    shrink = np.minimum(1.0, room / np.maximum(total_span, 1.0))
+    offset *= shrink[sess_customer[sess]]
+    span *= shrink[sess_customer]
+    start_s = np.floor(_layout(rng, spec, sess_customer, span))
+    return np.floor(start_s[sess] + offset).astype(np.int64)
+
+
 def generate(spec: SyntheticSpec) -> SyntheticData:
     """Draw a synthetic workload; identical output for identical specs."""
     rng = np.random.default_rng(spec.seed)
@@ -174,13 +215,7 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
     cps = spec.categories_per_segment
     p_category, p_rank, p_price, p_order, p_cdf = _products(rng, spec)
 
-    # Segments: balanced assignment; favourites round-robin over shuffled categories.
-    segment = rng.permutation(np.arange(c) % m)
-    shuffled = rng.permutation(k)
-    favourites = shuffled[(np.arange(m)[:, None] * cps + np.arange(cps)) % k]  # (m, cps)
-    is_fav = np.zeros((m, k), dtype=bool)
-    np.put_along_axis(is_fav, favourites, True, axis=1)
-    others = np.argsort(is_fav, axis=1, kind="stable")[:, : k - cps]  # (m, k - cps) non-favourites
+    segment, favourites, others = _segments(rng, spec)
 
     # Sessions per customer: 1 + heavy-tailed share of the rest; capped so breaks fit the window.
     budget = max(round(spec.n_events / MEAN_SESSION_LENGTH), c)
@@ -216,20 +251,7 @@ def generate(spec: SyntheticSpec) -> SyntheticData:
     pick = fresh_before_sess[sess[ref]] + (rng.random(len(ref)) * n_earlier).astype(np.int64)
     product[ref] = product[np.flatnonzero(fresh)[pick]]
 
-    # Times: integer-second gaps inside sessions, sessions laid out per customer.
-    gap = np.clip(np.round(rng.lognormal(np.log(30.0), 1.0, n_e)), 1, MAX_EVENT_GAP_S)
-    gap[pos == 0] = 0
-    offset = np.cumsum(gap)
-    offset -= offset[sess_start][sess]
-    span = offset[sess_start + length - 1]  # (S,) first to last event of each session
-    # A hyperactive customer's sessions could outgrow the window: shrink their gaps to fit (rare).
-    room = spec.days * 86_400.0 - np.bincount(sess_customer, minlength=c) * MIN_SESSION_BREAK.total_seconds()
-    total_span = np.bincount(sess_customer, weights=span, minlength=c)
-    shrink = np.minimum(1.0, room / np.maximum(total_span, 1.0))
-    offset *= shrink[sess_customer[sess]]
-    span *= shrink[sess_customer]
-    start_s = np.floor(_layout(rng, spec, sess_customer, span))
-    seconds = np.floor(start_s[sess] + offset).astype(np.int64)
+    seconds = _event_seconds(rng, spec, sess_customer, sess, sess_start, length)
     order = np.argsort(seconds, kind="stable")
     base = np.datetime64(spec.start.astimezone(UTC).replace(tzinfo=None), "us")
     times = base + seconds[order].astype("timedelta64[s]")

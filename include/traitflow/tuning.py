@@ -23,22 +23,27 @@ before adopting them for the traits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from traitflow.config import ConfigError, PipelineConfig
 from traitflow.item2vec import train_item2vec
+from traitflow.model import TokenTable
 from traitflow.quality import next_item_hit_rate
+
+if TYPE_CHECKING:
+    from traitflow.pipeline import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +185,11 @@ def search(
     base_config = base_config or PipelineConfig()
     trials = grid_trials(grid or DEFAULT_GRID, n_trials=n_trials, random_state=random_state)
     sample = sample_customers(events, sample_fraction, random_state=random_state)
-    temporary = None
-    if work_dir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="traitflow-tune-")
-        work_dir = Path(temporary.name)
-    try:
+    with _work_folder(work_dir) as folder:
         corpus = build_corpus(
             sample,
             base_config.sessions,
-            work_dir,
+            folder,
             holdout_fraction=holdout_fraction,
             random_state=random_state,
         )
@@ -196,63 +197,25 @@ def search(
             raise TuningError("holdout_fraction must be > 0 to score the trials")
         holdout = pd.read_parquet(corpus.holdout_path)
         halves = _split_holdout(holdout, random_state)
-        vocabulary = corpus.vocabulary()
         base_flat = {k: v for k, v in base_config.to_flat().items() if k in TUNED_KEYS}
         reported = list(dict.fromkeys([*TUNED_KEYS, *(grid or DEFAULT_GRID)]))
         runs = [("grid", t) for t in trials] + [
             ("gensim_defaults", GENSIM_DEFAULTS),
             ("config_defaults", base_flat),
         ]
-        rows = []
-        trained: dict[Any, tuple[dict[str, float], float]] = {}  # Item2VecParams -> scores, seconds
-        for role, trial in runs:
-            config = _config(base_config, {**trial, "workers": workers})
-            values = {key: _flat_value(config, key) for key in reported}
-            if config.item2vec not in trained:  # a reference row may repeat a grid row
-                started = time.perf_counter()
-                try:
-                    tokens = train_item2vec(corpus.corpus_path, vocabulary, config.item2vec)
-                except ValueError as error:
-                    raise TuningError(
-                        f"cannot train on the sample: {error}; use a larger --sample-fraction"
-                    ) from None
-                scores = {
-                    f"{half}_hit_rate": next_item_hit_rate(
-                        tokens,
-                        sessions,
-                        session_tokens,
-                        top_n=top_n,
-                        max_pairs=max_pairs,
-                        random_state=random_state,
-                    )["hit_rate"]
-                    for half, (sessions, session_tokens) in halves.items()
-                }
-                trained[config.item2vec] = scores, time.perf_counter() - started
-                log.info("tune %s %s: %s", role, values, scores)
-            scores, seconds = trained[config.item2vec]
-            rows.append({**values, "role": role, **scores, "seconds": seconds})
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-    table = pd.DataFrame(rows)
-    table["_order"] = np.arange(len(table))
-    # Best validation hit rate first; ties: fewer epochs (cheaper), then grid order.
-    sort_keys = ["validation_hit_rate", *(["epochs"] if "epochs" in table else []), "_order"]
-    table = table.sort_values(sort_keys, ascending=[False, *([True] if "epochs" in table else []), True])
-    table = table.drop(columns="_order").reset_index(drop=True)
-    undefined = None
-    if not (table["validation_hit_rate"] > 0).any():
-        undefined = (
-            f"held-out next-item hit rate@{top_n} is 0 on every one of the {len(table)} trained settings: "
-            "the metric is undefined on this data (too few sessions or repeat pairs); nothing picked, "
-            "the configured values stay"
+        rows = _trial_rows(
+            runs,
+            base_config,
+            corpus,
+            halves,
+            reported,
+            workers=workers,
+            top_n=top_n,
+            max_pairs=max_pairs,
+            random_state=random_state,
         )
-        log.warning("tune: %s", undefined)
-        best_params: dict[str, Any] = {}
-    else:
-        # Reference rows compete too: the search never recommends something worse on validation.
-        best_params = {key: _native(table.iloc[0][key]) for key in reported}
-        PipelineConfig.from_mapping(best_params)  # validated: the DAG can pass it along as is
+    table = _ranked(pd.DataFrame(rows))
+    best_params, undefined = _best_params(table, reported, top_n)
     summary = {
         "n_customers": int(sample["customer_id"].nunique()),
         "n_events": len(sample),
@@ -265,6 +228,96 @@ def search(
         "n_trials": len(trials),
     }
     return TuningResult(best_params=best_params, table=table, sample=summary, undefined=undefined)
+
+
+@contextlib.contextmanager
+def _work_folder(work_dir: Path | None) -> Iterator[Path]:
+    """``work_dir``, or a temporary folder removed afterwards."""
+    if work_dir is not None:
+        yield work_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="traitflow-tune-") as temporary:
+        yield Path(temporary)
+
+
+def _trial_rows(
+    runs: Sequence[tuple[str, Mapping[str, Any]]],
+    base_config: PipelineConfig,
+    corpus: Corpus,
+    halves: dict[str, tuple[np.ndarray, np.ndarray]],
+    reported: list[str],
+    *,
+    workers: int,
+    top_n: int,
+    max_pairs: int,
+    random_state: int,
+) -> list[dict[str, Any]]:
+    """One row per (role, trial): its ``reported`` settings, both halves' hit rates and the
+    training time; settings that repeat an earlier row's Item2Vec parameters are trained once."""
+    vocabulary = corpus.vocabulary()
+    rows = []
+    trained: dict[Any, tuple[dict[str, float], float]] = {}  # Item2VecParams -> scores, seconds
+    for role, trial in runs:
+        config = _config(base_config, {**trial, "workers": workers})
+        values = {key: _flat_value(config, key) for key in reported}
+        if config.item2vec not in trained:  # a reference row may repeat a grid row
+            started = time.perf_counter()
+            try:
+                tokens = train_item2vec(corpus.corpus_path, vocabulary, config.item2vec)
+            except ValueError as error:
+                raise TuningError(
+                    f"cannot train on the sample: {error}; use a larger --sample-fraction"
+                ) from None
+            scores = _hit_rates(
+                tokens, halves, top_n=top_n, max_pairs=max_pairs, random_state=random_state
+            )
+            trained[config.item2vec] = scores, time.perf_counter() - started
+            log.info("tune %s %s: %s", role, values, scores)
+        scores, seconds = trained[config.item2vec]
+        rows.append({**values, "role": role, **scores, "seconds": seconds})
+    return rows
+
+
+def _hit_rates(
+    tokens: TokenTable,
+    halves: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    top_n: int,
+    max_pairs: int,
+    random_state: int,
+) -> dict[str, float]:
+    """``<half>_hit_rate`` of ``tokens`` on each held-out half (validation, test)."""
+    return {
+        f"{half}_hit_rate": next_item_hit_rate(
+            tokens, sessions, session_tokens, top_n=top_n, max_pairs=max_pairs, random_state=random_state
+        )["hit_rate"]
+        for half, (sessions, session_tokens) in halves.items()
+    }
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """The trial rows, best validation hit rate first; ties: fewer epochs (cheaper), then grid order."""
+    table["_order"] = np.arange(len(table))
+    sort_keys = ["validation_hit_rate", *(["epochs"] if "epochs" in table else []), "_order"]
+    table = table.sort_values(sort_keys, ascending=[False, *([True] if "epochs" in table else []), True])
+    return table.drop(columns="_order").reset_index(drop=True)
+
+
+def _best_params(table: pd.DataFrame, reported: list[str], top_n: int) -> tuple[dict[str, Any], str | None]:
+    """The first row's settings, validated as a config, or none and the reason when the hit rate
+    is 0 on every row (the metric says nothing on this data)."""
+    if not (table["validation_hit_rate"] > 0).any():
+        undefined = (
+            f"held-out next-item hit rate@{top_n} is 0 on every one of the {len(table)} trained settings: "
+            "the metric is undefined on this data (too few sessions or repeat pairs); nothing picked, "
+            "the configured values stay"
+        )
+        log.warning("tune: %s", undefined)
+        return {}, undefined
+    # Reference rows compete too: the search never recommends something worse on validation.
+    best_params = {key: _native(table.iloc[0][key]) for key in reported}
+    PipelineConfig.from_mapping(best_params)  # validated: the DAG can pass it along as is
+    return best_params, None
 
 
 def _native(value: Any) -> Any:

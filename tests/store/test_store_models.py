@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
-from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError
+from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError, model_io
 from traitflow.store import models as store_models
 
 Build = Callable[..., TraitflowModel]
@@ -52,7 +52,7 @@ def assert_same_model(saved: TraitflowModel, loaded: TraitflowModel) -> None:
 def test_the_store_persists_every_field_of_the_model_bundle() -> None:
     # Fails when someone adds a field to the model dataclasses without teaching the store about it.
     for cls in (TraitflowModel, TokenTable, TraitModel):
-        assert {f.name for f in dataclasses.fields(cls)} == store_models.PERSISTED_FIELDS[cls.__name__]
+        assert {f.name for f in dataclasses.fields(cls)} == model_io.PERSISTED_FIELDS[cls.__name__]
 
 
 def test_save_then_load_is_bit_identical(store: Store, build_model: Build) -> None:

@@ -14,14 +14,13 @@ import pytest
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import NotFoundError, Store
+from traitflow.store.naming import trait_column, trait_id_of_column
 from traitflow.store.serving import (
     LabelledHistoryEntry,
     LabelledTraitScore,
     ModelQuality,
     TraitSizeHistory,
     TraitSizeSeries,
-    trait_column,
-    trait_id_of_column,
 )
 
 BuildModel = Callable[..., TraitflowModel]

@@ -4,7 +4,6 @@ import pytest
 from traitflow.config import TraitParams
 from traitflow.model import TokenTable
 from traitflow.traits import (
-    _distinct_labels,
     distinctiveness,
     fit_traits,
     label_traits,
@@ -15,6 +14,7 @@ from traitflow.traits import (
     project_one,
     project_weights,
 )
+from traitflow.traits.labels import _distinct_labels
 
 
 def _planted(n: int = 600, d: int = 12, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -99,12 +99,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
     from traitflow.model import TraitflowModel
     from traitflow.pipeline import profile_customers
+    from traitflow.store.naming import trait_column
 
     model = TraitflowModel.load(args.model)
     events = load_events(args.events, args.mapping, args.max_reject_share)
     as_of = args.as_of or (events["event_time"].max() + one_microsecond()).to_pydatetime()
     batch = profile_customers(events, model, as_of)
-    frame = pd.DataFrame(batch.profiles, columns=[f"trait_{i}" for i in batch.trait_ids])
+    frame = pd.DataFrame(batch.profiles, columns=[trait_column(i) for i in batch.trait_ids])
     frame.insert(0, "customer_id", batch.customer_ids)
     frame.insert(1, "n_events", batch.n_events)
     frame.insert(2, "cold_start", batch.cold_start)

@@ -79,7 +79,7 @@ def _targets(split: Split, index: pd.Index, min_customers: int, target: str | No
     rows = np.searchsorted(test_ids, wanted["customer_id"].to_numpy(dtype=object))
     categories = wanted["category"].to_numpy(dtype=object)
     # Categories unseen before T get columns after the known ones: no ranking can reach them.
-    unseen = pd.Index(pd.unique(categories[index.get_indexer(categories) < 0]))
+    unseen = pd.Index(pd.unique(categories[index.get_indexer(pd.Index(categories)) < 0]))
     extended = index.append(unseen)
     relevant = _category_matrix(rows, categories, extended, np.ones(len(rows)), len(test_ids))
     relevant.data[:] = 1.0

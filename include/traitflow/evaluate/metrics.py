@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from traitflow.config import PipelineConfig
 from traitflow.evaluate.split import EvaluationError
 from traitflow.model import TokenTable, TraitModel
-from traitflow.quality import next_item_pairs, profile_coherence
+from traitflow.quality import known_pairs, next_item_hits, next_item_pairs, profile_coherence
 from traitflow.ranking import per_customer_metrics
 from traitflow.sessions import sessionize
 
@@ -84,8 +84,6 @@ def next_item_report(
 ) -> dict[str, Any]:
     """Item2Vec next-item hit rate@``top_n`` on post-T sessions, with a popularity baseline
     (the ``top_n`` most frequent training tokens, whatever the current token)."""
-    from traitflow.quality import next_item_hits
-
     sessionized = sessionize(future, config.sessions)
     sessions = sessionized["session"].to_numpy()
     session_tokens = sessionized["token"].to_numpy(dtype=object)
@@ -95,7 +93,7 @@ def next_item_report(
         return {"skipped": f"post-split sessions: {error}"}
     hits = next_item_hits(tokens, current, following, top_n=top_n)
     popular = tokens.tokens[np.argsort(-tokens.counts, kind="stable")[:top_n]]
-    known = (tokens.index.get_indexer(current) >= 0) & (tokens.index.get_indexer(following) >= 0)
+    known = known_pairs(tokens, current, following)
     return {
         f"hit_rate@{top_n}": float(hits.mean()),
         f"popular_tokens_hit_rate@{top_n}": float(np.isin(following, popular).mean()),
@@ -117,7 +115,7 @@ def segment_report(customer_ids: np.ndarray, profiles: np.ndarray, segments: pd.
             f"segments file needs columns customer_id and segment; missing {sorted(missing)}"
         )
     lookup = pd.Series(segments["segment"].to_numpy(), index=segments["customer_id"].astype(str).to_numpy())
-    rows = lookup.index.get_indexer(np.asarray(customer_ids, dtype=object))
+    rows = lookup.index.get_indexer(pd.Index(np.asarray(customer_ids, dtype=object)))
     known = rows >= 0
     if known.sum() < 2:
         raise EvaluationError(

@@ -90,8 +90,9 @@ def choose_target(
     future = future[future[column].notna()]
     counts: dict[str, int] = {}
     for candidate in (target,) if target else AUTO_TARGETS:
-        customers = future.loc[future["action"].isin(TARGET_ACTIONS[candidate]), "customer_id"]
-        customers = customers.to_numpy(dtype=object)
+        customers = future.loc[future["action"].isin(TARGET_ACTIONS[candidate]), "customer_id"].to_numpy(
+            dtype=object
+        )
         counts[candidate] = len(np.unique(customers[np.isin(customers, history_customers)]))
         if counts[candidate] >= min_customers:
             return candidate

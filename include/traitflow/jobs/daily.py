@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,7 +93,7 @@ def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
     if listing.undated:
         names = [p.name for p in listing.undated]
         log.warning("ignoring event files without a YYYY-MM-DD date in the name: %s", names)
-    totals = dict.fromkeys(_INGEST_COUNTS, 0)
+    totals: dict[str, Any] = dict.fromkeys(_INGEST_COUNTS, 0)  # int counts, by IngestResult field
     with open_store(context) as store:
         already = store.ingested_sources([str(path) for path in files])
         pending = [path for path in files if str(path) not in already]

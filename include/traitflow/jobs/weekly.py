@@ -61,12 +61,18 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         events = store.read_events(start=start, end=end, snapshot=snapshot)
         active_version = store.model_version_for(end)
         active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
-    window = {"window_start": start, "trained_through": end, "active_version": active_version}
     if events.empty:
         # A data condition, not a fault: no retry can add events, so the run takes the skip
         # branch (``should_retrain``) with this reason instead of failing.
         reason = f"no events in the training window [{iso(start)}, {iso(end)})"
-        return CorpusInfo(**window, n_events=0, event_snapshot=snapshot, empty_reason=reason)
+        return CorpusInfo(
+            window_start=start,
+            trained_through=end,
+            n_events=0,
+            active_version=active_version,
+            event_snapshot=snapshot,
+            empty_reason=reason,
+        )
     corpus = _build_corpus(
         events,
         config.sessions,
@@ -90,8 +96,10 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         n_vocabulary=len(vocabulary.tokens),
     )
     return CorpusInfo(
-        **window,
+        window_start=start,
+        trained_through=end,
         n_events=len(events),
+        active_version=active_version,
         event_snapshot=snapshot,
         corpus=files,
         new_vocab_ratio=new_vocab_ratio(vocabulary.tokens[learnable], active_tokens),

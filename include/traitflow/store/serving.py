@@ -18,23 +18,7 @@ import pandas as pd
 import psycopg
 
 from . import reads as _reads
-
-# ``reads.profile_history`` names the column holding a trait's score ``trait_<trait_id>``.
-TRAIT_COLUMN_PREFIX = "trait_"
-
-
-def trait_column(trait_id: int) -> str:
-    """Name of the column holding ``trait_id``'s score in a ``profile_history`` frame."""
-    return f"{TRAIT_COLUMN_PREFIX}{int(trait_id)}"
-
-
-def trait_id_of_column(column: str) -> int | None:
-    """The trait id whose score ``column`` holds (inverse of ``trait_column``); None for any
-    other column of the frame."""
-    if not column.startswith(TRAIT_COLUMN_PREFIX):
-        return None
-    digits = column.removeprefix(TRAIT_COLUMN_PREFIX)
-    return int(digits) if digits.isdigit() else None
+from .naming import trait_id_of_column
 
 
 @dataclass(frozen=True)
