@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.sdk import Asset, Param
 
 from traitflow.config import PipelineConfig, data_dir, env_int, env_str
+from traitflow.runs import MISSING_INPUT_FAIL, MISSING_INPUT_POLICIES
 
 if TYPE_CHECKING:
     from traitflow.runs import RunContext
@@ -80,6 +81,22 @@ def start_date() -> datetime:
     except ValueError:
         raise ValueError(f"TRAITFLOW_START_DATE must be an ISO date or datetime, got {raw!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def catchup_enabled() -> bool:
+    """``catchup`` of the daily DAG (``TRAITFLOW_CATCHUP``, default off; an env read, parse-safe).
+
+    Off: unpausing (a fresh install, or after an outage) schedules the latest complete day only,
+    not one run per day since the start date; history is processed with ``airflow backfill
+    create``. On: the scheduler creates every missed day itself, oldest first, one at a time.
+    """
+    raw = (env_str("TRAITFLOW_CATCHUP", "false") or "").lower()
+    if raw not in _TRUE + _FALSE:
+        raise ValueError(f"TRAITFLOW_CATCHUP must be true or false, got {raw!r}")
+    return raw in _TRUE
 
 
 _EXPLAINED: set[str] = set()
@@ -252,13 +269,20 @@ def non_retryable() -> tuple[type[BaseException], ...]:
 
 def fail_fast(func: F) -> F:
     """Task-function decorator (under ``@task``): a data or configuration error fails the task at
-    once (``AirflowFailException``: no retries), while anything else (database, network) keeps
+    once (``AirflowFailException``: no retries), a data condition with nothing to do
+    (``traitflow.runs.RunSkipped``) ends it skipped, while anything else (database, network) keeps
     the task's retries with backoff."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from traitflow.runs import RunSkipped
+
         try:
             return func(*args, **kwargs)
+        except RunSkipped as skip:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(skip.reason) from skip
         except Exception as error:
             if isinstance(error, non_retryable()):
                 from airflow.sdk.exceptions import AirflowFailException
@@ -326,6 +350,27 @@ def upstream_result(task_id: str, key: str = "return_value") -> Any:
     value = get_current_context()["ti"].xcom_pull(task_ids=task_id, key=key)
     if value is None:
         raise RuntimeError(f"{task_id} pushed no XCom {key!r}; this task ran without it")
+    return value
+
+
+def skip_unless(done: bool, result: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """``result`` as the task's return value; unless ``done``, it is pushed as the XCom
+    ``return_value`` and the task ends skipped with ``reason`` (a green run)."""
+    if done:
+        return result
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    push_result("return_value", result)
+    raise AirflowSkipException(reason or "nothing to do")
+
+
+def env_missing_input() -> str:
+    """Default ``missing_input`` of the daily form (``TRAITFLOW_MISSING_INPUT``: fail, skip or
+    ignore; default fail: a day without its file is a delivery problem to see, and the failed run
+    is the one to clear once the file has arrived)."""
+    value = (env_str("TRAITFLOW_MISSING_INPUT", MISSING_INPUT_FAIL) or "").lower()
+    if value not in MISSING_INPUT_POLICIES:
+        raise ValueError(f"TRAITFLOW_MISSING_INPUT must be one of {MISSING_INPUT_POLICIES}, got {value!r}")
     return value
 
 

@@ -108,7 +108,7 @@ def test_task_graph(dagbag: Any, dag_id: str) -> None:
 @pytest.mark.parametrize(
     ("dag_id", "cron", "interval", "catchup"),
     [
-        ("traitflow_daily", "0 0 * * *", timedelta(days=1), True),
+        ("traitflow_daily", "0 0 * * *", timedelta(days=1), False),
         ("traitflow_weekly_retrain", "0 0 * * 0", timedelta(weeks=1), False),
     ],
 )
@@ -204,7 +204,7 @@ def test_joins_after_branches_use_none_failed_min_one_success(dagbag: Any) -> No
     assert all(t.trigger_rule in ("all_success", JOIN) for t in dag.tasks)
 
 
-DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share"}
+DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share", "missing_input"}
 WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
 
 

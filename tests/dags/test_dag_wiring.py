@@ -230,7 +230,7 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     context = ingest["context"]
     assert (context.start, context.end) == (D - DAY, D)  # logical date D = end of the day
     assert context.run_id == result.run_id
-    assert ingest["source"] == EventInput("/data/in", "retailrocket", 0.25)
+    assert ingest["source"] == EventInput("/data/in", "retailrocket", 0.25, "fail")  # the default policy
     # Every task builds the same context; the database URL reaches the library, never XCom.
     assert {call["context"] for call in calls.values()} == {context}
     assert {call["context"].database_url for call in calls.values()} == {CONN}
