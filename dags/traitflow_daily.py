@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from traitflow.runs import MISSING_INPUT_POLICIES
+from traitflow.config import MISSING_INPUT_POLICIES, missing_input_policy
 from traitflow_common import (
     DEFAULT_ARGS,
     TAGS,
     catchup_enabled,
     env_input_dir,
-    env_missing_input,
     explain_test_before_start,
     fail_fast,
     run_context,
@@ -108,7 +107,7 @@ On a paused DAG the backfill's runs are created and wait, queued, until the DAG 
             section="Input",
         ),
         "missing_input": Param(
-            env_missing_input(),
+            missing_input_policy(),
             type="string",
             enum=list(MISSING_INPUT_POLICIES),
             title="missing_input",

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import Asset, Param
 
-from traitflow.config import PipelineConfig, data_dir, env_int, env_str
-from traitflow.runs import MISSING_INPUT_FAIL, MISSING_INPUT_POLICIES
+from traitflow.config import ConfigError, PipelineConfig, data_dir, env_int, env_str
 
 if TYPE_CHECKING:
     from traitflow.runs import RunContext
@@ -95,7 +94,7 @@ def catchup_enabled() -> bool:
     """
     raw = (env_str("TRAITFLOW_CATCHUP", "false") or "").lower()
     if raw not in _TRUE + _FALSE:
-        raise ValueError(f"TRAITFLOW_CATCHUP must be true or false, got {raw!r}")
+        raise ConfigError(f"TRAITFLOW_CATCHUP must be true or false, got {raw!r}")
     return raw in _TRUE
 
 
@@ -362,16 +361,6 @@ def skip_unless(done: bool, result: dict[str, Any], reason: str | None) -> dict[
 
     push_result("return_value", result)
     raise AirflowSkipException(reason or "nothing to do")
-
-
-def env_missing_input() -> str:
-    """Default ``missing_input`` of the daily form (``TRAITFLOW_MISSING_INPUT``: fail, skip or
-    ignore; default fail: a day without its file is a delivery problem to see, and the failed run
-    is the one to clear once the file has arrived)."""
-    value = (env_str("TRAITFLOW_MISSING_INPUT", MISSING_INPUT_FAIL) or "").lower()
-    if value not in MISSING_INPUT_POLICIES:
-        raise ValueError(f"TRAITFLOW_MISSING_INPUT must be one of {MISSING_INPUT_POLICIES}, got {value!r}")
-    return value
 
 
 def env_input_dir() -> str:

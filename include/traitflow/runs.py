@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from traitflow.config import ConfigError
+from traitflow.config import MISSING_INPUT_IGNORE, MISSING_INPUT_POLICIES, ConfigError
 
 
 def utc(value: datetime | str) -> datetime:
@@ -103,13 +103,6 @@ class RunContext:
         if "database_url" in data:
             raise ValueError("RunContext: a database URL never travels in XCom")
         return cls(**_checked(cls, data))
-
-
-# What a daily run does when ``input_dir`` holds no event file dated its day (``EventInput``).
-MISSING_INPUT_FAIL = "fail"  # store the reason, fail the run without retries
-MISSING_INPUT_SKIP = "skip"  # store the reason, end the run skipped (green)
-MISSING_INPUT_IGNORE = "ignore"  # log a warning and update from the events table
-MISSING_INPUT_POLICIES = (MISSING_INPUT_FAIL, MISSING_INPUT_SKIP, MISSING_INPUT_IGNORE)
 
 
 @dataclass(frozen=True)

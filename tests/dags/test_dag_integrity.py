@@ -136,6 +136,33 @@ def test_schedules_have_a_real_data_interval(
     assert (manual.start, manual.end) == (day - interval, day)  # the last complete interval
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("true", True), ("0", False), ("YES", True)])
+def test_daily_catchup_is_a_deployment_setting_off_by_default(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    from traitflow_common import catchup_enabled
+
+    if value is None:
+        monkeypatch.delenv("TRAITFLOW_CATCHUP", raising=False)
+    else:
+        monkeypatch.setenv("TRAITFLOW_CATCHUP", value)
+    assert catchup_enabled() is expected
+
+
+def test_a_misspelt_catchup_or_missing_input_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitflow.config import ConfigError, missing_input_policy
+    from traitflow_common import catchup_enabled
+
+    monkeypatch.setenv("TRAITFLOW_CATCHUP", "maybe")
+    with pytest.raises(ValueError, match="TRAITFLOW_CATCHUP"):
+        catchup_enabled()
+    monkeypatch.setenv("TRAITFLOW_MISSING_INPUT", "retry")
+    with pytest.raises(ConfigError, match="fail"):
+        missing_input_policy()
+    monkeypatch.setenv("TRAITFLOW_MISSING_INPUT", "Skip")
+    assert missing_input_policy() == "skip"
+
+
 def test_promotion_asset_links_weekly_and_refresh(dagbag: Any) -> None:
     from airflow.sdk import Asset
 

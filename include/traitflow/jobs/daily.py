@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitflow.config import confine, input_root, mapping_root
+from traitflow.config import MISSING_INPUT_FAIL, MISSING_INPUT_IGNORE, confine, input_root, mapping_root
 from traitflow.jobs._common import open_store
 from traitflow.jobs.input_files import EventFiles, MissingInputError, event_files
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import COLD_START_NONE
 from traitflow.runs import (
-    MISSING_INPUT_FAIL,
-    MISSING_INPUT_IGNORE,
     CustomerSelection,
     DailyReport,
     EventInput,
