@@ -66,16 +66,21 @@ def _run(airflow: Any, command: str) -> subprocess.CompletedProcess[str]:
     return airflow.cli(*words[1:])
 
 
+def _listed(stdout: str) -> list[dict[str, Any]]:
+    """The JSON list an ``airflow ... -o json`` command printed (log lines may come before it)."""
+    (line,) = [line for line in stdout.splitlines() if line.startswith(("[{", "[]"))]
+    return json.loads(line)
+
+
 def _runs(airflow: Any) -> list[dict[str, Any]]:
-    listed = airflow.cli("dags", "list-runs", "traitflow_daily", "-o", "json").stdout
-    return sorted(json.loads(listed[listed.index("[") :]), key=lambda run: run["logical_date"])
+    listed = _listed(airflow.cli("dags", "list-runs", "traitflow_daily", "-o", "json").stdout)
+    return sorted(listed, key=lambda run: run["logical_date"])
 
 
 def _wait_for_dag(airflow: Any) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        listed = airflow.cli("dags", "list", "-o", "json").stdout
-        dags = {dag["dag_id"]: dag for dag in json.loads(listed[listed.index("[") :])}
+        dags = {dag["dag_id"]: dag for dag in _listed(airflow.cli("dags", "list", "-o", "json").stdout)}
         if "traitflow_daily" in dags:
             return dags["traitflow_daily"]
         time.sleep(3)
@@ -106,7 +111,7 @@ def test_readme_backfill_runs_days_in_order_one_at_a_time_and_reports_the_missin
         # No scheduled run beside the backfill's: a backfill is not bound by the start date.
         TRAITFLOW_START_DATE=tomorrow,
     )
-    assert _wait_for_dag(airflow)["is_paused"] is True  # new DAGs start paused
+    assert _wait_for_dag(airflow)["is_paused"] == "True"  # new DAGs start paused
 
     _run(airflow, backfill)
     created = _runs(airflow)
