@@ -460,3 +460,20 @@ def test_a_config_error_fails_the_task_at_once_without_retries(
             )
         ).scalar_one()
     assert tries == 1
+
+
+def test_too_few_customers_skips_the_rest_of_the_week_and_reports_why(run_dag: Any, fake_jobs: Any) -> None:
+    from traitflow.config import ThinDataError
+
+    fake = fake_jobs()
+    fake.module.refit_traits.side_effect = ThinDataError(
+        "need at least n_traits=16 customers to fit traits, got 3"
+    )
+    result = run_dag("traitflow_weekly_retrain", D, retries=None)  # the DAG's own retries
+    assert result.state == "success", result
+    assert result["refit_traits"] == result["recompute_profiles"] == result["promote"] == "skipped"
+    assert result["report"] == "success"
+    assert fake.module.refit_traits.call_count == 1  # not retried
+    reason = fake.args("weekly_report")["steps"]["refit_traits"]["reason"]
+    assert reason == "ThinDataError: need at least n_traits=16 customers to fit traits, got 3"
+    assert "promote" not in fake.called()
