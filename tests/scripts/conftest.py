@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -73,7 +74,7 @@ StartStandalone = Callable[..., Standalone]
 
 @pytest.fixture
 def start_standalone(tmp_path: Path) -> Iterator[StartStandalone]:
-    started: list[tuple[subprocess.Popen, object]] = []
+    started: list[tuple[subprocess.Popen, IO[bytes]]] = []
 
     def start(**extra_env: str) -> Standalone:
         port = free_port()
@@ -109,7 +110,7 @@ def start_standalone(tmp_path: Path) -> Iterator[StartStandalone]:
     finally:
         for process, log in started:
             stop(process)
-            log.close()  # type: ignore[attr-defined]
+            log.close()
 
 
 def stop(process: subprocess.Popen) -> None:
