@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
+from traitflow.config import MISSING_INPUT_POLICIES, missing_input_policy
 from traitflow_common import (
     DEFAULT_ARGS,
     TAGS,
+    catchup_enabled,
     env_input_dir,
     explain_test_before_start,
     fail_fast,
     run_context,
     run_params,
+    skip_unless,
     start_date,
 )
 
@@ -27,22 +30,40 @@ DOC_MD = """
   `input_dir` it skips and the run works on events already in the `events` table. Bad rows and
   malformed lines go to `rejected_events`; a file with more than `max_reject_share` of its rows
   rejected is refused whole (nothing stored) and fails the task.
+* **No file for the day** (`input_dir` set, no file dated D): `missing_input` decides, default
+  from `TRAITFLOW_MISSING_INPUT`. `fail` (the default): the run fails at once, no retries; a day
+  without its delivery is an incident, and this run is the one to clear once the file arrives
+  (later days do not pick up its customers). `skip`: the run ends green with every task skipped,
+  for sources that legitimately deliver nothing on some days. `ignore`: a warning, and the day is
+  updated from the events table. With `fail` and `skip` the day's run report (`traitflow reports`,
+  the Traits page) stores the reason with `outcome` `failed` / `skipped`.
 * **select_customers** takes the customers with events in the interval and those with events in
   the day's files (late events, dated before their file's day); files dated after the interval
   are ignored, so backfills in any order select and read the same events.
 * **update_profiles** uses the newest model trained through the interval end or earlier
   (backfill-safe) and never overwrites a newer current profile; if a newer model is promoted for
   the same date while it runs, it recomputes with that model instead of writing over its rows.
-* **monitor** stores a run report (OOV rate, profile-distribution drift).
+* **monitor** stores a run report (OOV rate, profile-distribution drift). When nothing was written
+  (no promoted model yet, no customers with events in the day) it stores the reason with
+  `outcome: skipped` and ends skipped: a green run that says why, never retried.
+* Data and configuration errors (bad files, bad settings) fail a task at once (`fail_fast`);
+  other errors (database, network) keep the retries.
 
-Backfill after an outage (creates queued runs; a running scheduler executes them):
+**Scheduling.** Catchup is off unless `TRAITFLOW_CATCHUP=true` is set for the scheduler and
+dag-processor: unpausing schedules the latest complete day only, not one run per day since the
+start date (`TRAITFLOW_START_DATE`). History, and the days missed during an outage, are a
+backfill (creates queued runs; a running scheduler executes them):
 
     airflow backfill create --dag-id traitflow_daily \\
         --from-date 2026-01-02 --to-date 2026-01-31 --max-active-runs 1
 
-processes Jan 2 to Jan 31 inclusive (the dates are logical dates = first day of each interval).
-Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
-`max_active_runs` does not apply to it. Add `--reprocess-behavior completed` to redo days that ran.
+processes Jan 2 to Jan 31 inclusive (the dates are logical dates = first day of each interval),
+oldest first. Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
+`max_active_runs` does not apply to it, and concurrent days would read and write the same
+customers. `--run-backwards` is safe (a day reads only files dated up to it and events before its
+end, so any order writes the same rows) but the first run then ingests every earlier file at once.
+On a paused DAG the backfill's runs are created and wait, queued, until the DAG is unpaused. Add
+`--reprocess-behavior completed` to redo days that ran.
 """
 
 
@@ -54,7 +75,7 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
     # is also what `airflow backfill create --from-date/--to-date` selects on.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=start_date(),
-    catchup=True,
+    catchup=catchup_enabled(),  # off by default: history is a backfill, not hundreds of queued runs
     max_active_runs=1,  # days build on each other (profiles, history); run them in order
     default_args=DEFAULT_ARGS,
     tags=TAGS,
@@ -85,6 +106,15 @@ Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's
             "share of its rows is rejected: that is a wrong mapping, not bad rows. 1 = never refuse.",
             section="Input",
         ),
+        "missing_input": Param(
+            missing_input_policy(),
+            type="string",
+            enum=list(MISSING_INPUT_POLICIES),
+            title="missing_input",
+            description="When input_dir has no file dated the run's day: fail (no retries), skip (green, "
+            "skipped) or ignore (update from the events table); the reason goes to the run report.",
+            section="Input",
+        ),
         # No model parameters: the daily update profiles customers with the stored model's own
         # config (traitflow.pipeline.profile_customers), so a form value could change nothing.
     },
@@ -97,7 +127,12 @@ def traitflow_daily() -> None:
         from traitflow.runs import EventInput
 
         params = run_params()
-        source = EventInput(params["input_dir"] or None, params["mapping"], params.get("max_reject_share"))
+        source = EventInput(
+            params["input_dir"] or None,
+            params["mapping"],
+            params.get("max_reject_share"),
+            params["missing_input"],
+        )
         return jobs.ingest_interval(run_context(), source).to_xcom()
 
     @task(multiple_outputs=False)
@@ -122,7 +157,8 @@ def traitflow_daily() -> None:
         from traitflow import jobs
         from traitflow.runs import UpdateResult
 
-        return jobs.monitor_daily(run_context(), UpdateResult.from_xcom(update_result)).to_xcom()
+        report = jobs.monitor_daily(run_context(), UpdateResult.from_xcom(update_result))
+        return skip_unless(report.outcome == "updated", report.to_xcom(), report.update.reason)
 
     selection = select_customers()
     ingest() >> selection

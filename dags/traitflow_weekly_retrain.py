@@ -10,6 +10,7 @@ from traitflow_common import (
     DEFAULT_ARGS,
     JOIN,
     MODEL_ASSET,
+    REPORT,
     TAGS,
     branch_result,
     collect_results,
@@ -57,10 +58,13 @@ build_corpus -> check_new_vocab
   which triggers `traitflow_refresh_on_promotion`.
 * An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with
   an `empty_reason`, check_new_vocab skips with it (even when forced) and the report stores it.
-* Data and configuration errors (ConfigError, EventsFileError, ThinDataError) fail a task at
-  once (`fail_fast`); other errors (database, network) keep the retries.
-* **report** is written on every path (skip, reject, promote); a failed task fails the run instead
-  of being hidden behind an `all_done` report.
+* Data too thin for a fit (ThinDataError: fewer customers than traits, every session held out)
+  is a data condition too: that task ends skipped with the reason, the tasks after it skip, the
+  run is green and the report stores the reason under the skipped task's id. No retries.
+* Data and configuration errors (ConfigError, EventsFileError) fail a task at once
+  (`fail_fast`); other errors (database, network) keep the retries.
+* **report** is written on every path (skip, reject, promote, a skipped step; trigger rule
+  `none_failed`); a failed task fails the run instead of being hidden behind an `all_done` report.
 
 A scheduled run with logical date **D** (a Sunday, UTC) covers the week [D, D + 7 days), starts
 when that week is over, and trains on the `training_window_days` before the interval end. A manual
@@ -234,7 +238,7 @@ def traitflow_weekly_retrain() -> None:
         get_current_context()["outlet_events"][MODEL_ASSET].extra = {"model_version": result.model_version}
         return result.to_xcom()
 
-    @task(multiple_outputs=False, trigger_rule=JOIN)
+    @task(multiple_outputs=False, trigger_rule=REPORT)
     @fail_fast
     def report() -> dict:
         from traitflow import jobs

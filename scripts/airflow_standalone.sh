@@ -31,6 +31,11 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__API__HOST="${AIRFLOW_HOST:-127.0.0.1}"
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-$(nproc)}"
+# Task processes report to the api-server's execution API, which Airflow otherwise expects on
+# localhost:8080 whatever AIRFLOW_PORT says.
+api_host="$AIRFLOW__API__HOST"
+[[ "$api_host" == "0.0.0.0" ]] && api_host=127.0.0.1
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="${AIRFLOW__CORE__EXECUTION_API_SERVER_URL:-http://$api_host:$AIRFLOW__API__PORT/execution/}"
 # The quickstart's sample starts on a date it records; the DAGs' start date follows it unless set.
 if [[ -z "${TRAITFLOW_START_DATE:-}" && -f "$TRAITFLOW_DATA_DIR/sample_truth/timeline.env" ]]; then
   # shellcheck disable=SC1091

@@ -19,11 +19,11 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from airflow.sdk import Asset, Param
 
-from traitflow.config import PipelineConfig, data_dir, env_int, env_str
+from traitflow.config import ConfigError, PipelineConfig, data_dir, env_int, env_str
 
 if TYPE_CHECKING:
     from traitflow.runs import RunContext
@@ -37,6 +37,11 @@ MODEL_ASSET = Asset("traitflow://models/active")
 # Trigger rule of every join after a branch: run if at least one upstream succeeded and none
 # failed; a plain all_success join would be skipped whenever a branch skipped one of its inputs.
 JOIN = "none_failed_min_one_success"
+# Trigger rule of a run's report: written on every path, also when a step skipped for thin data
+# and every input of the report is skipped; a failed step still fails it (upstream_failed).
+REPORT = "none_failed"
+# XCom key of a skipped task's reason, for the report.
+SKIP_KEY = "skipped"
 
 
 def task_timeout() -> timedelta:
@@ -79,6 +84,22 @@ def start_date() -> datetime:
     except ValueError:
         raise ValueError(f"TRAITFLOW_START_DATE must be an ISO date or datetime, got {raw!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def catchup_enabled() -> bool:
+    """``catchup`` of the daily DAG (``TRAITFLOW_CATCHUP``, default off; an env read, parse-safe).
+
+    Off: unpausing (a fresh install, or after an outage) schedules the latest complete day only,
+    not one run per day since the start date; history is processed with ``airflow backfill
+    create``. On: the scheduler creates every missed day itself, oldest first, one at a time.
+    """
+    raw = (env_str("TRAITFLOW_CATCHUP", "false") or "").lower()
+    if raw not in _TRUE + _FALSE:
+        raise ConfigError(f"TRAITFLOW_CATCHUP must be true or false, got {raw!r}")
+    return raw in _TRUE
 
 
 _EXPLAINED: set[str] = set()
@@ -240,24 +261,41 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def non_retryable() -> tuple[type[BaseException], ...]:
-    """Exceptions no retry can fix: bad configuration, a bad events file (mostly-rejected ones
-    included) and data too thin for the fit. Imported on failure only (``traitflow.events``
-    pulls in pandas)."""
-    from traitflow.config import ConfigError, ThinDataError
+    """Exceptions no retry can fix: bad configuration and a bad events file (mostly-rejected ones
+    and a missing day file included). Imported on failure only (``traitflow.events`` pulls in
+    pandas)."""
+    from traitflow.config import ConfigError
     from traitflow.events import EventsFileError
 
-    return (ConfigError, EventsFileError, ThinDataError)
+    return (ConfigError, EventsFileError)
+
+
+def skip_with(reason: str, error: BaseException) -> NoReturn:
+    """End the running task skipped with ``reason``, kept as its XCom ``SKIP_KEY`` for the report."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    push_result(SKIP_KEY, {"reason": reason})
+    raise AirflowSkipException(reason) from error
 
 
 def fail_fast(func: F) -> F:
     """Task-function decorator (under ``@task``): a data or configuration error fails the task at
-    once (``AirflowFailException``: no retries), while anything else (database, network) keeps
-    the task's retries with backoff."""
+    once (``AirflowFailException``: no retries); a data condition with nothing to do
+    (``traitflow.runs.RunSkipped``) or data too thin for the fit (``ThinDataError``: too few
+    customers or sessions) ends it skipped with the reason; anything else (database, network)
+    keeps the task's retries with backoff."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from traitflow.config import ThinDataError
+        from traitflow.runs import RunSkipped
+
         try:
             return func(*args, **kwargs)
+        except RunSkipped as skip:
+            skip_with(skip.reason, skip)
+        except ThinDataError as thin:
+            skip_with(f"{type(thin).__name__}: {thin}", thin)
         except Exception as error:
             if isinstance(error, non_retryable()):
                 from airflow.sdk.exceptions import AirflowFailException
@@ -286,8 +324,8 @@ def record_decision(branch: str, **details: Any) -> str:
 
 def collect_results() -> dict[str, Any]:
     """Return values of every other task of this run (None for skipped); branch tasks give their
-    decision. Read from the DAG itself, so a task added to the DAG is reported without a list
-    to keep in step."""
+    decision, tasks skipped for a data condition ``{"reason": ...}``. Read from the DAG itself, so
+    a task added to the DAG is reported without a list to keep in step."""
     from airflow.sdk import get_current_context
 
     context = get_current_context()
@@ -297,6 +335,8 @@ def collect_results() -> dict[str, Any]:
         if task_id == ti.task_id:
             continue
         decision = ti.xcom_pull(task_ids=task_id, key="decision")
+        if decision is None:
+            decision = ti.xcom_pull(task_ids=task_id, key=SKIP_KEY)
         results[task_id] = decision if decision is not None else ti.xcom_pull(task_ids=task_id)
     return results
 
@@ -326,6 +366,17 @@ def upstream_result(task_id: str, key: str = "return_value") -> Any:
     if value is None:
         raise RuntimeError(f"{task_id} pushed no XCom {key!r}; this task ran without it")
     return value
+
+
+def skip_unless(done: bool, result: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """``result`` as the task's return value; unless ``done``, it is pushed as the XCom
+    ``return_value`` and the task ends skipped with ``reason`` (a green run)."""
+    if done:
+        return result
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    push_result("return_value", result)
+    raise AirflowSkipException(reason or "nothing to do")
 
 
 def env_input_dir() -> str:

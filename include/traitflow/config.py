@@ -388,6 +388,23 @@ def db_schema() -> str:
     return schema
 
 
+# What a daily run does when its ``input_dir`` holds no event file dated its day.
+MISSING_INPUT_FAIL = "fail"  # store the reason in the run report, fail the run without retries
+MISSING_INPUT_SKIP = "skip"  # store the reason in the run report, end the run skipped (green)
+MISSING_INPUT_IGNORE = "ignore"  # log a warning and update from the events table
+MISSING_INPUT_POLICIES = (MISSING_INPUT_FAIL, MISSING_INPUT_SKIP, MISSING_INPUT_IGNORE)
+
+
+def missing_input_policy() -> str:
+    """The deployment's ``MISSING_INPUT_POLICIES`` entry (``TRAITFLOW_MISSING_INPUT``, default
+    "fail": a day without its delivery is an incident to see, and the failed run is the one to
+    clear once the file has arrived; later days do not pick up its customers)."""
+    policy = (env_str("TRAITFLOW_MISSING_INPUT", MISSING_INPUT_FAIL) or "").lower()
+    if policy not in MISSING_INPUT_POLICIES:
+        raise ConfigError(f"TRAITFLOW_MISSING_INPUT must be one of {MISSING_INPUT_POLICIES}, got {policy!r}")
+    return policy
+
+
 def input_root() -> Path:
     """The folder the daily DAG may read event files from (``TRAITFLOW_INPUT_ROOT``, default the
     data dir): an ``input_dir`` run parameter outside it is refused."""

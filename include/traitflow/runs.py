@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from traitflow.config import MISSING_INPUT_IGNORE, MISSING_INPUT_POLICIES, ConfigError
+
 
 def utc(value: datetime | str) -> datetime:
     """``value`` (a datetime or ISO string, naive = UTC) as a timezone-aware UTC ``datetime``."""
@@ -28,6 +30,16 @@ def utc(value: datetime | str) -> datetime:
 
 def iso(value: datetime) -> str:
     return utc(value).isoformat()
+
+
+class RunSkipped(Exception):  # noqa: N818 - a skip, not an error
+    """A data condition under which a run has nothing to do (no event file for its day, no
+    promoted model yet, no customers): no retry can change it. The job has stored the reason in
+    the run report; the DAG ends the task ``skipped`` (a green run) with the same reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _checked(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,11 +108,17 @@ class RunContext:
 @dataclass(frozen=True)
 class EventInput(_Flat):
     """Where the daily run's event files come from: a folder (None: the events are in the table
-    already), a column mapping (preset name or file) and the refusal threshold for bad files."""
+    already), a column mapping (preset name or file), the refusal threshold for bad files and
+    what to do when the folder has no file dated the run's day (``MISSING_INPUT_POLICIES``)."""
 
     input_dir: str | None
     mapping: str = "canonical"
     max_reject_share: float | None = None
+    on_missing: str = MISSING_INPUT_IGNORE
+
+    def __post_init__(self) -> None:
+        if self.on_missing not in MISSING_INPUT_POLICIES:
+            raise ConfigError(f"on_missing must be one of {MISSING_INPUT_POLICIES}, got {self.on_missing!r}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +194,8 @@ class DailyReport:
     Stored and passed on flat: the update's fields beside ``run_id`` and the monitors (None
     without profiles): ``oov_rate``, ``cold_start_share`` (share of customers with at least one
     cold-start flag) and ``profile_shift_js`` (JS divergence of the day's mean profile from the
-    model's training population).
+    model's training population). ``outcome`` is "updated" when profiles were written, else
+    "skipped" or "failed" (the run's state), with the update's ``reason`` saying why.
     """
 
     run_id: str
@@ -184,6 +203,7 @@ class DailyReport:
     oov_rate: float | None = None
     cold_start_share: float | None = None
     profile_shift_js: float | None = None
+    outcome: str = "updated"
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -192,6 +212,7 @@ class DailyReport:
             "oov_rate": self.oov_rate,
             "cold_start_share": self.cold_start_share,
             "profile_shift_js": self.profile_shift_js,
+            "outcome": self.outcome,
         }
 
     @classmethod

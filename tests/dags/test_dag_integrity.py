@@ -108,7 +108,7 @@ def test_task_graph(dagbag: Any, dag_id: str) -> None:
 @pytest.mark.parametrize(
     ("dag_id", "cron", "interval", "catchup"),
     [
-        ("traitflow_daily", "0 0 * * *", timedelta(days=1), True),
+        ("traitflow_daily", "0 0 * * *", timedelta(days=1), False),
         ("traitflow_weekly_retrain", "0 0 * * 0", timedelta(weeks=1), False),
     ],
 )
@@ -134,6 +134,33 @@ def test_schedules_have_a_real_data_interval(
     # What a manual trigger / dag.test(logical_date=T) gets:
     manual = coerce_to_core_timetable(dag.timetable).infer_manual_data_interval(run_after=day + interval / 2)
     assert (manual.start, manual.end) == (day - interval, day)  # the last complete interval
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("true", True), ("0", False), ("YES", True)])
+def test_daily_catchup_is_a_deployment_setting_off_by_default(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    from traitflow_common import catchup_enabled
+
+    if value is None:
+        monkeypatch.delenv("TRAITFLOW_CATCHUP", raising=False)
+    else:
+        monkeypatch.setenv("TRAITFLOW_CATCHUP", value)
+    assert catchup_enabled() is expected
+
+
+def test_a_misspelt_catchup_or_missing_input_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from traitflow.config import ConfigError, missing_input_policy
+    from traitflow_common import catchup_enabled
+
+    monkeypatch.setenv("TRAITFLOW_CATCHUP", "maybe")
+    with pytest.raises(ValueError, match="TRAITFLOW_CATCHUP"):
+        catchup_enabled()
+    monkeypatch.setenv("TRAITFLOW_MISSING_INPUT", "retry")
+    with pytest.raises(ConfigError, match="fail"):
+        missing_input_policy()
+    monkeypatch.setenv("TRAITFLOW_MISSING_INPUT", "Skip")
+    assert missing_input_policy() == "skip"
 
 
 def test_promotion_asset_links_weekly_and_refresh(dagbag: Any) -> None:
@@ -198,13 +225,14 @@ def test_joins_after_branches_use_none_failed_min_one_success(dagbag: Any) -> No
                     if up & only_first and up & only_second:
                         joins.add(task.task_id)
     assert joins == {"recompute_profiles", "report"}
-    for task_id in joins:
-        assert dag.get_task(task_id).trigger_rule == JOIN, task_id
-    # all_done on the last task would mark a run with a failed training as successful.
-    assert all(t.trigger_rule in ("all_success", JOIN) for t in dag.tasks)
+    assert dag.get_task("recompute_profiles").trigger_rule == JOIN
+    # The report also runs when every input skipped (a step skipped for thin data), never after a
+    # failure: all_done on the last task would mark a run with a failed training as successful.
+    assert dag.get_task("report").trigger_rule == "none_failed"
+    assert all(t.trigger_rule == "all_success" for t in dag.tasks if t.task_id not in joins)
 
 
-DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share"}
+DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share", "missing_input"}
 WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
 
 

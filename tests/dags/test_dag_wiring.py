@@ -230,7 +230,7 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     context = ingest["context"]
     assert (context.start, context.end) == (D - DAY, D)  # logical date D = end of the day
     assert context.run_id == result.run_id
-    assert ingest["source"] == EventInput("/data/in", "retailrocket", 0.25)
+    assert ingest["source"] == EventInput("/data/in", "retailrocket", 0.25, "fail")  # the default policy
     # Every task builds the same context; the database URL reaches the library, never XCom.
     assert {call["context"] for call in calls.values()} == {context}
     assert {call["context"].database_url for call in calls.values()} == {CONN}
@@ -460,3 +460,20 @@ def test_a_config_error_fails_the_task_at_once_without_retries(
             )
         ).scalar_one()
     assert tries == 1
+
+
+def test_too_few_customers_skips_the_rest_of_the_week_and_reports_why(run_dag: Any, fake_jobs: Any) -> None:
+    from traitflow.config import ThinDataError
+
+    fake = fake_jobs()
+    fake.module.refit_traits.side_effect = ThinDataError(
+        "need at least n_traits=16 customers to fit traits, got 3"
+    )
+    result = run_dag("traitflow_weekly_retrain", D, retries=None)  # the DAG's own retries
+    assert result.state == "success", result
+    assert result["refit_traits"] == result["recompute_profiles"] == result["promote"] == "skipped"
+    assert result["report"] == "success"
+    assert fake.module.refit_traits.call_count == 1  # not retried
+    reason = fake.args("weekly_report")["steps"]["refit_traits"]["reason"]
+    assert reason == "ThinDataError: need at least n_traits=16 customers to fit traits, got 3"
+    assert "promote" not in fake.called()

@@ -4,36 +4,12 @@ data folder (SQLite metadata, no Traitflow database needed: nothing is triggered
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "airflow_standalone.sh"
-START_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -50,37 +26,6 @@ def _command(process: psutil.Process) -> str:
         return " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return ""
-
-
-@pytest.fixture
-def standalone(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TRAITFLOW_DATA_DIR": str(tmp_path / "data"),
-        "AIRFLOW_PORT": str(port),
-        "STOP_GRACE_S": "30",
-    }
-    for key in [k for k in env if k.startswith("AIRFLOW__") or k == "AIRFLOW_HOME"]:
-        del env[key]  # the script's own settings, not a test harness's
-    log = (tmp_path / "standalone.log").open("wb")
-    process = subprocess.Popen(
-        ["bash", str(SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (tmp_path / "standalone.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"airflow standalone did not come up on port {port}:\n{tail}")
-            time.sleep(2)
-        yield process, port
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-        log.close()
 
 
 @pytest.mark.slow

@@ -64,6 +64,7 @@ VALUES = [
     CONTEXT,
     EventInput("/data/in", "taobao", 0.25),
     EventInput(None),
+    EventInput("/data/in", "canonical", None, "skip"),
     TuningRequest(0.5, 3),
     IngestResult(skipped=True, reason="no input_dir"),
     IngestResult(False, None, 3, 1, ["/in/a.csv"], 1, 10, 8, 1, 1, 0, 1, 2),
@@ -72,6 +73,7 @@ VALUES = [
     UpdateResult(END.isoformat(), None, 0, "no promoted model"),
     DailyReport("daily-1", UPDATE, 0.1, 0.3, 0.02),
     DailyReport("daily-1", UpdateResult(END.isoformat(), None, 0, "no model")),
+    DailyReport("daily-1", UpdateResult(END.isoformat(), None, 0, "no event file"), outcome="failed"),
     FILES,
     CORPUS,
     EMPTY_CORPUS,
@@ -147,3 +149,10 @@ def test_the_daily_report_keeps_the_keys_the_traits_page_summarises() -> None:
     for key in ("model_version", "n_profiles", "oov_rate", "cold_start_share", "profile_shift_js", "reason"):
         assert key in report, key
     assert report["as_of"] == END.isoformat() and report["run_id"] == "daily-1"
+
+
+def test_an_unknown_missing_input_policy_is_refused() -> None:
+    from traitflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="on_missing"):
+        EventInput("/data/in", on_missing="retry")

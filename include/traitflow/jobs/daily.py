@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traitflow.config import confine, input_root, mapping_root
+from traitflow.config import MISSING_INPUT_FAIL, MISSING_INPUT_IGNORE, confine, input_root, mapping_root
 from traitflow.jobs._common import open_store
-from traitflow.jobs.input_files import event_files
+from traitflow.jobs.input_files import EventFiles, MissingInputError, event_files
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import COLD_START_NONE
 from traitflow.runs import (
@@ -33,6 +33,7 @@ from traitflow.runs import (
     EventInput,
     IngestResult,
     RunContext,
+    RunSkipped,
     UpdateResult,
     iso,
 )
@@ -81,12 +82,17 @@ def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
     ``input_dir`` and a mapping file come from run parameters, so both must lie inside their
     configured roots (``TRAITFLOW_INPUT_ROOT``, ``TRAITFLOW_MAPPING_ROOT``; see
     ``traitflow.config.confine``); a mapping preset name needs no file.
+
+    No file dated the interval's day: ``source.on_missing`` decides (``stop_without_day_file``);
+    with "ignore" the run goes on with what the table holds.
     """
     if not source.input_dir:
         return IngestResult(skipped=True, reason="no input_dir configured; events are expected in the table")
     listing = event_files(source.input_dir)
     mapping = confined_mapping(source.mapping)
     day = _day(context.start)
+    if not listing.on(day):
+        stop_without_day_file(context, source, listing)
     files = listing.through(day)
     for path in files:  # a file may be a symlink that leads out of the root
         confine(path, input_root(), "event file", "TRAITFLOW_INPUT_ROOT")
@@ -103,8 +109,6 @@ def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
             )
             for name in totals:
                 totals[name] += getattr(report, name)
-    if not listing.on(day):
-        log.warning("no event file for %s in %s", iso(context.start), source.input_dir)
     return IngestResult(
         skipped=False,
         **totals,
@@ -113,6 +117,30 @@ def ingest_interval(context: RunContext, source: EventInput) -> IngestResult:
         files=[str(path) for path in pending],
         n_files=len(pending),
     )
+
+
+def stop_without_day_file(context: RunContext, source: EventInput, listing: EventFiles) -> None:
+    """The interval's day has no event file in ``source.input_dir``: store the reason as the day's
+    run report and raise ``RunSkipped`` ("skip") or ``MissingInputError`` ("fail"); nothing is
+    ingested either way (the next run catches up earlier files). "ignore" logs a warning and returns.
+    """
+    day = _day(context.start)
+    newest = listing.dated[-1][0] if listing.dated else None
+    reason = (
+        f"no event file dated {day} in {source.input_dir} (newest dated file: {newest or 'none'};"
+        f" missing_input={source.on_missing})"
+    )
+    if source.on_missing == MISSING_INPUT_IGNORE:
+        log.warning("%s: updating from the events table as it is", reason)
+        return
+    outcome = "failed" if source.on_missing == MISSING_INPUT_FAIL else "skipped"
+    update = UpdateResult(as_of=iso(context.end), model_version=None, n_profiles=0, reason=reason)
+    report = DailyReport(context.run_id, update, outcome=outcome)
+    with open_store(context) as store:
+        store.write_run_report("daily", update.as_of, report.to_xcom())
+    if source.on_missing == MISSING_INPUT_FAIL:
+        raise MissingInputError(reason)
+    raise RunSkipped(reason)
 
 
 def select_customers(context: RunContext, input_dir: str | None = None) -> CustomerSelection:
@@ -225,8 +253,13 @@ def _js_divergence(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def monitor_daily(context: RunContext, update: UpdateResult) -> DailyReport:
-    """OOV rate, cold-start share and profile-distribution shift of the day, stored as a run report."""
-    report = DailyReport(run_id=context.run_id, update=update)
+    """OOV rate, cold-start share and profile-distribution shift of the day, stored as a run report.
+
+    An update that wrote no profiles (no promoted model yet, no customers with events, a race lost
+    twice) is reported with outcome "skipped" and its reason: the DAG ends the run skipped.
+    """
+    outcome = "updated" if update.n_profiles else "skipped"
+    report = DailyReport(run_id=context.run_id, update=update, outcome=outcome)
     with open_store(context) as store:
         if update.model_version is not None and update.n_profiles:
             stats = update.stats or {}

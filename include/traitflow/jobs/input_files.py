@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traitflow.config import confine, input_root
+from traitflow.events.errors import EventsFileError
 
 EVENT_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _FILE_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+class MissingInputError(EventsFileError):
+    """No event file is dated the run's day (policy "fail"): a delivery problem no retry fixes;
+    the run to clear once the file has arrived."""
 
 
 @dataclass(frozen=True)
