@@ -165,6 +165,21 @@ def run(dag, logical_date: datetime, conf: dict | None = None) -> dict[str, str]
     return states
 
 
+def unpause(dag_ids: list[str]) -> None:
+    """Unpause the DAGs the quickstart ran, so the UI (``airflow_standalone.sh``) schedules them.
+
+    Safe on a fresh install: catch-up is off (``TRAITFLOW_CATCHUP``), so the scheduler adds one
+    run per DAG, for its latest complete interval, which the sample covers.
+    """
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id.in_(dag_ids)).values(is_paused=False))
+    print(f"unpaused for the scheduler: {', '.join(dag_ids)}")
+
+
 def summarize(url: str) -> None:
     from traitflow.store import Store
 
@@ -231,6 +246,7 @@ def main() -> None:
     print("\nDaily runs with the promoted model:")
     for offset in range(1, (timeline.end - timeline.retrain).days + 1):
         run(daily, timeline.retrain + offset * DAY)
+    unpause([daily.dag_id, weekly.dag_id, "traitflow_refresh_on_promotion"])
     summarize(url)
     from traitflow.html_report import write_report
     from traitflow.store import Store
