@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,15 @@ from traitflow.config import PipelineConfig
 from traitflow.evaluate import _profile_all, split_events
 from traitflow.model import TraitflowModel
 from traitflow.pipeline import train
-from traitflow.product_eval import product_index, product_ranking
+from traitflow.product_eval import customer_usage, product_index, product_ranking
+from traitflow.ranking import (
+    ScoreBatch,
+    blended_scores,
+    embedding_similarity,
+    mixture_scores,
+    product_vectors,
+    trait_item_distribution,
+)
 from traitflow.traits import project
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +69,41 @@ def label_score_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarr
     return out
 
 
+GAMMAS: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
+
+
+def similarity_variants(
+    model: TraitflowModel,
+    index: pd.Index,
+    embeddings: np.ndarray,
+    profiles: np.ndarray,
+    weights: np.ndarray,
+) -> list[tuple[str, Callable[[np.ndarray], ScoreBatch]]]:
+    """Scorers of the customers at given rows: the Item2Vec similarity of customer and product
+    (``embedding``: the customer's own vector; ``reconstruction``: the vector the profile stands
+    for, ``profile @ (H+ - H-)`` about the centre), alone and blended with the profile mixture."""
+    tokens, traits = model.tokens, model.traits
+    vectors = product_vectors(tokens.product_ids, tokens.counts, tokens.vectors, index)
+    d = tokens.vector_size
+    center = traits.center
+    reconstructed = center[None, :] + profiles @ (traits.components[:, :d] - traits.components[:, d:])
+
+    def build(customers: np.ndarray, gamma: float | None) -> Callable[[np.ndarray], ScoreBatch]:
+        def scorer(rows: np.ndarray) -> ScoreBatch:
+            similarity = embedding_similarity(customers[rows], vectors, center)
+            if gamma is None:
+                return similarity
+            return blended_scores(mixture_scores(profiles[rows], weights), similarity, gamma)
+
+        return scorer
+
+    out: list[tuple[str, Callable[[np.ndarray], ScoreBatch]]] = []
+    for name, customers in (("embedding", embeddings), ("reconstruction", reconstructed)):
+        out.append((name, build(customers, None)))
+        out.extend((f"profile_x_{name}_g{gamma:g}", build(customers, gamma)) for gamma in GAMMAS)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,6 +115,14 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--name", default="")
     parser.add_argument(
+        "--variants", action="store_true", help="also score the Item2Vec similarity variants"
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="split the training events again at --fraction and score inside them (never the test period)",
+    )
+    parser.add_argument(
         "--stored", action="store_true", help="rank with the model's stored (top-N) distributions"
     )
     args = parser.parse_args()
@@ -81,12 +133,26 @@ def main() -> None:
     config = PipelineConfig.from_mapping(overrides)
     events = retail_events()
     split = split_events(events, fraction=args.fraction)
+    if args.validation:
+        split = split_events(split.history, fraction=args.fraction)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         model = train(split.history, config, split.at, Path(work))
     train_seconds = time.perf_counter() - started
     profiled = _profile_all(model, split.history, split.at)
     index = product_index(split.history)
+    stored = (
+        (model.traits.products.product_ids, model.traits.products.weights)
+        if args.stored and model.traits.products is not None
+        else None
+    )
+    variants = []
+    if args.variants:
+        usage = customer_usage(split.history, profiled.customer_ids, index, config, split.at)
+        weights = trait_item_distribution(
+            profiled.profiles, usage, smoothing=args.smoothing, em_steps=args.em_steps
+        )
+        variants = similarity_variants(model, index, profiled.embeddings, profiled.profiles, weights)
     report = product_ranking(
         split.history,
         split.future,
@@ -99,11 +165,8 @@ def main() -> None:
             ("profile_loadings", profiled.profiles, loading_distribution(model, index)),
             ("profile_label_scores", profiled.profiles, label_score_distribution(model, index)),
         ],
-        distribution=(
-            (model.traits.products.product_ids, model.traits.products.weights)
-            if args.stored and model.traits.products is not None
-            else None
-        ),
+        extra_scorers=variants,
+        distribution=stored,
         smoothing=args.smoothing,
         em_steps=args.em_steps,
         n_resamples=args.resamples,
@@ -114,6 +177,7 @@ def main() -> None:
         "smoothing": args.smoothing,
         "em_steps": args.em_steps,
         "stored": args.stored,
+        "validation": args.validation,
         "train_s": train_seconds,
     }
     for view in ("product_ranking", "product_ranking_new"):
@@ -126,6 +190,8 @@ def main() -> None:
             "lift_ci95": section["profile_lift_vs_popularity_ci95"],
             "lift_with_history": section["profile_with_history_lift_vs_popularity"],
             "lift_with_history_ci95": section["profile_with_history_lift_vs_popularity_ci95"],
+            "lifts": section.get("lifts_vs_popularity", {}),
+            "lifts_ci95": section.get("lifts_vs_popularity_ci95", {}),
         }
     print(json.dumps(row))
 

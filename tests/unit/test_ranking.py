@@ -11,9 +11,12 @@ import scipy.sparse as sp
 
 from traitflow.config import PipelineConfig
 from traitflow.ranking import (
+    blended_scores,
     cooccurrence_matrix,
+    embedding_similarity,
     item_targets,
     per_customer_metrics,
+    product_vectors,
     sparse_scores,
     trait_item_distribution,
 )
@@ -127,3 +130,34 @@ def test_fit_trait_products_keeps_top_products_and_names_characteristic_ones():
     np.testing.assert_allclose(by_id["common"], [0.25, 0.25])
     top = characteristic_products(products, top_n=2)
     assert top == [["garden", "rake"], ["candle", "vase"]]  # "common" is bought by both traits
+
+
+def test_product_vectors_are_count_weighted_token_means():
+    index = pd.Index(["p", "q", "r"])
+    # p has a view token (count 1) and a purchase token (count 3); q one token; r none.
+    vectors = product_vectors(
+        np.array(["p", "p", "q", "gone"], dtype=object),
+        np.array([1, 3, 2, 5]),
+        np.array([[4.0, 0.0], [0.0, 4.0], [1.0, 1.0], [9.0, 9.0]]),
+        index,
+    )
+    np.testing.assert_allclose(vectors, [[1.0, 3.0], [1.0, 1.0], [0.0, 0.0]])
+
+
+def test_embedding_similarity_measures_deviation_from_the_centre():
+    center = np.array([1.0, 1.0])
+    products = np.array([[2.0, 1.0], [1.0, 3.0], [0.0, 0.0]])  # east, north, no vector
+    customers = np.array([[3.0, 1.0], [1.0, 1.5]])  # east of the centre, north of it
+    scores = embedding_similarity(customers, products, center)(0, 2)
+    np.testing.assert_allclose(scores, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-12)
+
+
+def test_blended_scores_reorder_the_mixture_by_similarity():
+    mixture = np.array([[0.5, 0.4, 0.1, 0.0]])
+    similarity = np.array([[0.0, 0.5, 0.0, 1.0]])
+    blend = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=1.0)(0, 1)[0]
+    np.testing.assert_allclose(blend[:3], np.log([0.5, 0.4, 0.1]) + np.array([0.0, 0.5, 0.0]))
+    assert blend[1] > blend[0] > blend[2]  # log(0.4) + 0.5 > log(0.5)
+    assert blend[3] == pytest.approx(np.log(0.01 / 4) + 1.0)  # unexplained: floored, then similarity
+    plain = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=0.0)(0, 1)[0]
+    assert list(np.argsort(-plain)) == [0, 1, 2, 3]  # gamma 0 is the mixture's order
