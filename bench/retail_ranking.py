@@ -5,7 +5,11 @@ split and scores product rankings of purchases after it (``traitflow.product_eva
 products and on products new to the customer, with bootstrap 95% intervals. Besides the profile
 mixture it scores the token-loading ranking (each trait's products by their tokens' projected
 loadings, the design before the mixture) as ``profile_loadings``, and by the scores
-``label_traits`` picks a trait's top products with as ``profile_label_scores``.
+``label_traits`` picks a trait's top products with as ``profile_label_scores``; with
+``--variants`` also the Item2Vec similarity of customer and product, alone and blended with the
+mixture (``similarity_variants``). ``--validation`` splits the training events again and scores
+inside them, so blend weights are chosen without the test period; ``--tier`` runs on a bench
+tier's synthetic events instead of the export. The row names the model's trait labels.
 
     PYTHONPATH=include:bench .venv/bin/python bench/retail_ranking.py --set k=16 --smoothing 0
 """
@@ -41,6 +45,7 @@ from traitflow.traits import project
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retail_events import retail_events
+from workloads import TIERS, synthetic_events
 
 
 def loading_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarray:
@@ -115,6 +120,9 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--name", default="")
     parser.add_argument(
+        "--tier", choices=("smoke", "S"), help="a bench tier's synthetic events instead of the export"
+    )
+    parser.add_argument(
         "--variants", action="store_true", help="also score the Item2Vec similarity variants"
     )
     parser.add_argument(
@@ -131,7 +139,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)
     config = PipelineConfig.from_mapping(overrides)
-    events = retail_events()
+    events = synthetic_events(TIERS[args.tier].spec)[0] if args.tier else retail_events()
     split = split_events(events, fraction=args.fraction)
     if args.validation:
         split = split_events(split.history, fraction=args.fraction)
@@ -178,7 +186,9 @@ def main() -> None:
         "em_steps": args.em_steps,
         "stored": args.stored,
         "validation": args.validation,
+        "data": args.tier or "online_retail_ii",
         "train_s": train_seconds,
+        "labels": list(model.traits.labels),
     }
     for view in ("product_ranking", "product_ranking_new"):
         section = report[view]
