@@ -74,7 +74,7 @@ def label_score_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarr
     return out
 
 
-GAMMAS: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0)
+GAMMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0)
 
 
 def similarity_variants(
@@ -85,17 +85,20 @@ def similarity_variants(
     weights: np.ndarray,
 ) -> list[tuple[str, Callable[[np.ndarray], ScoreBatch]]]:
     """Scorers of the customers at given rows: the Item2Vec similarity of customer and product
-    (``embedding``: the customer's own vector; ``reconstruction``: the vector the profile stands
-    for, ``profile @ (H+ - H-)`` about the centre), alone and blended with the profile mixture."""
+    (``embedding``: the customer's own vector, about the training centre; ``embedding_raw``: the
+    same without centring; ``reconstruction``: the vector the profile stands for,
+    ``profile @ (H+ - H-)`` about the centre), alone and blended with the profile mixture."""
     tokens, traits = model.tokens, model.traits
     vectors = product_vectors(tokens.product_ids, tokens.counts, tokens.vectors, index)
     d = tokens.vector_size
     center = traits.center
     reconstructed = center[None, :] + profiles @ (traits.components[:, :d] - traits.components[:, d:])
 
-    def build(customers: np.ndarray, gamma: float | None) -> Callable[[np.ndarray], ScoreBatch]:
+    def build(
+        customers: np.ndarray, origin: np.ndarray, gamma: float | None
+    ) -> Callable[[np.ndarray], ScoreBatch]:
         def scorer(rows: np.ndarray) -> ScoreBatch:
-            similarity = embedding_similarity(customers[rows], vectors, center)
+            similarity = embedding_similarity(customers[rows], vectors, origin)
             if gamma is None:
                 return similarity
             return blended_scores(mixture_scores(profiles[rows], weights), similarity, gamma)
@@ -103,9 +106,13 @@ def similarity_variants(
         return scorer
 
     out: list[tuple[str, Callable[[np.ndarray], ScoreBatch]]] = []
-    for name, customers in (("embedding", embeddings), ("reconstruction", reconstructed)):
-        out.append((name, build(customers, None)))
-        out.extend((f"profile_x_{name}_g{gamma:g}", build(customers, gamma)) for gamma in GAMMAS)
+    for name, customers, origin in (
+        ("embedding", embeddings, center),
+        ("embedding_raw", embeddings, np.zeros_like(center)),
+        ("reconstruction", reconstructed, center),
+    ):
+        out.append((name, build(customers, origin, None)))
+        out.extend((f"profile_x_{name}_g{gamma:g}", build(customers, origin, gamma)) for gamma in GAMMAS)
     return out
 
 
