@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from traitflow.ranking import (
     ScoreBatch,
     blended_scores,
     embedding_similarity,
+    fold_in_profiles,
     mixture_scores,
     product_vectors,
     trait_item_distribution,
@@ -116,6 +118,40 @@ def similarity_variants(
     return out
 
 
+FOLD_IN_STEPS: tuple[int, ...] = (1, 3, 10)
+
+
+def fold_in_variants(
+    model: TraitflowModel,
+    index: pd.Index,
+    embeddings: np.ndarray,
+    profiles: np.ndarray,
+    usage: sp.csr_matrix,
+    weights: np.ndarray,
+) -> list[tuple[str, Callable[[np.ndarray], ScoreBatch]]]:
+    """Scorers of the mixture with profiles refined towards each customer's own purchases
+    (``ranking.fold_in_profiles``), alone and blended with the centred embedding similarity."""
+    vectors = product_vectors(model.tokens.product_ids, model.tokens.counts, model.tokens.vectors, index)
+    center = model.traits.center
+    out: list[tuple[str, Callable[[np.ndarray], ScoreBatch]]] = []
+    for steps in FOLD_IN_STEPS:
+        refined = fold_in_profiles(profiles, usage, weights, steps)
+
+        def plain(rows: np.ndarray, refined: np.ndarray = refined) -> ScoreBatch:
+            return mixture_scores(refined[rows], weights)
+
+        def blend(rows: np.ndarray, refined: np.ndarray = refined, gamma: float = 1.0) -> ScoreBatch:
+            similarity = embedding_similarity(embeddings[rows], vectors, center)
+            return blended_scores(mixture_scores(refined[rows], weights), similarity, gamma)
+
+        out.append((f"profile_foldin_s{steps}", plain))
+        out.extend(
+            (f"profile_foldin_s{steps}_x_embedding_g{gamma:g}", partial(blend, gamma=gamma))
+            for gamma in (1.0, 2.0)
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,6 +204,7 @@ def main() -> None:
             profiled.profiles, usage, smoothing=args.smoothing, em_steps=args.em_steps
         )
         variants = similarity_variants(model, index, profiled.embeddings, profiled.profiles, weights)
+        variants += fold_in_variants(model, index, profiled.embeddings, profiled.profiles, usage, weights)
     report = product_ranking(
         split.history,
         split.future,

@@ -376,3 +376,30 @@ def blended_scores(mixture: ScoreBatch, similarity: ScoreBatch, gamma: float) ->
         return np.log(np.maximum(mix, floor)) + gamma * similarity(start, stop)
 
     return score
+
+
+def fold_in_profiles(
+    profiles: np.ndarray, usage: sp.spmatrix, distribution: np.ndarray, steps: int
+) -> np.ndarray:
+    """Profiles refined by ``steps`` EM steps towards the customers' own items, traits fixed.
+
+    Each step re-weighs a customer's traits by how much of their items each trait explains,
+    ``w_t <- sum_p u(p) w_t P(p | t) / sum_s w_s P(p | s)``, ``u`` the customer's item shares
+    (rows of ``usage``, normalized): the mixture's weights move towards the maximum-likelihood
+    fit of what the customer bought, starting from (and, with few steps, staying near) the
+    profile. Customers without items keep their profile. Shapes: profiles (n, k), usage (n, P),
+    distribution (k, P); returns (n, k), rows summing to 1 where the profile did.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    shares = row_normalize(sp.csr_matrix(usage, dtype=np.float64)).tocoo()
+    held = np.bincount(shares.row, minlength=profiles.shape[0]) > 0
+    weights = np.asarray(profiles, dtype=np.float64).copy()
+    for _ in range(steps):
+        explained = np.einsum("ik,ki->i", weights[shares.row], distribution[:, shares.col])
+        ratios = sp.csr_matrix(
+            (shares.data / np.maximum(explained, _EPS), (shares.row, shares.col)), shape=shares.shape
+        )
+        updated = weights * np.asarray(ratios @ distribution.T)
+        weights = np.where(held[:, None], updated, weights)
+    return weights

@@ -14,6 +14,7 @@ from traitflow.ranking import (
     blended_scores,
     cooccurrence_matrix,
     embedding_similarity,
+    fold_in_profiles,
     item_targets,
     per_customer_metrics,
     product_vectors,
@@ -161,3 +162,17 @@ def test_blended_scores_reorder_the_mixture_by_similarity():
     assert blend[3] == pytest.approx(np.log(0.01 / 4) + 1.0)  # unexplained: floored, then similarity
     plain = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=0.0)(0, 1)[0]
     assert list(np.argsort(-plain)) == [0, 1, 2, 3]  # gamma 0 is the mixture's order
+
+
+def test_fold_in_moves_profiles_towards_what_the_customer_bought():
+    distribution = np.array([[1.0, 0.0], [0.5, 0.5]])  # trait 0 buys x only, trait 1 x and y alike
+    profiles = np.full((3, 2), 0.5)
+    # a buys only y (only trait 1 explains it), b only x (trait 0 explains it twice as well), c nothing
+    usage = sp.csr_matrix(np.array([[0.0, 4.0], [1.0, 0.0], [0.0, 0.0]]))
+    refined = fold_in_profiles(profiles, usage, distribution, steps=1)
+    np.testing.assert_allclose(refined, [[0.0, 1.0], [2 / 3, 1 / 3], [0.5, 0.5]])
+    np.testing.assert_allclose(fold_in_profiles(profiles, usage, distribution, steps=0), profiles)
+    # b's further steps keep moving towards trait 0, never past a distribution
+    further = fold_in_profiles(profiles, usage, distribution, steps=5)
+    assert further[1, 0] > refined[1, 0]
+    np.testing.assert_allclose(further.sum(axis=1), 1.0)
