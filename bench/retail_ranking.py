@@ -76,7 +76,7 @@ def label_score_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarr
     return out
 
 
-GAMMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0)
+GAMMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
 
 
 def similarity_variants(
