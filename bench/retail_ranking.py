@@ -46,7 +46,7 @@ from traitflow.ranking import (
 from traitflow.traits import project
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retail_events import retail_events
+from retail_events import RETAIL_PATH, retail_events
 from workloads import TIERS, synthetic_events
 
 
@@ -74,6 +74,15 @@ def label_score_distribution(model: TraitflowModel, index: pd.Index) -> np.ndarr
     for j in range(model.traits.n_traits):  # k iterations, each vectorized over tokens
         np.maximum.at(out[j], cols[cols >= 0], scores[cols >= 0, j])
     return out
+
+
+def retail_product_names(path: Path = RETAIL_PATH) -> dict[str, str]:
+    """StockCode -> its most frequent Description in the export (labels name products)."""
+    raw = pd.read_parquet(path, columns=["StockCode", "Description"]).dropna()
+    raw = raw.assign(StockCode=raw["StockCode"].astype(str), Description=raw["Description"].str.strip())
+    counts = raw.groupby(["StockCode", "Description"]).size().reset_index(name="n")
+    best = counts.sort_values("n", ascending=False, kind="stable").drop_duplicates("StockCode")
+    return dict(zip(best["StockCode"], best["Description"], strict=True))
 
 
 GAMMAS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
@@ -188,7 +197,8 @@ def main() -> None:
         split = split_events(split.history, fraction=args.fraction)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        model = train(split.history, config, split.at, Path(work))
+        names = None if args.tier else retail_product_names()
+        model = train(split.history, config, split.at, Path(work), product_names=names)
     train_seconds = time.perf_counter() - started
     profiled = _profile_all(model, split.history, split.at)
     index = product_index(split.history)
