@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from traitflow.config import PipelineConfig
+from traitflow.product_eval import product_index, product_ranking
 from traitflow.ranking import (
     blended_scores,
     cooccurrence_matrix,
@@ -176,3 +177,40 @@ def test_fold_in_moves_profiles_towards_what_the_customer_bought():
     further = fold_in_profiles(profiles, usage, distribution, steps=5)
     assert further[1, 0] > refined[1, 0]
     np.testing.assert_allclose(further.sum(axis=1), 1.0)
+
+
+def test_product_ranking_reports_lifts_of_further_scorers():
+    history = _events(
+        [
+            ("a", 0, "purchase", "x"),
+            ("a", 1, "purchase", "y"),
+            ("b", 0, "purchase", "y"),
+            ("c", 0, "purchase", "y"),
+            ("c", 1, "purchase", "z"),
+        ]
+    )
+    future = _events([("a", 50, "purchase", "z"), ("b", 50, "purchase", "x"), ("c", 50, "purchase", "x")])
+    customers = np.array(["a", "b", "c"], dtype=object)
+    profiles = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    index = product_index(history)  # x, y, z
+    truth = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # what each buys after T
+    report = product_ranking(
+        history,
+        future,
+        customer_ids=customers,
+        profiles=profiles,
+        config=PipelineConfig(),
+        split_at=T0 + pd.Timedelta(hours=10),
+        actions=("purchase",),
+        extra_scorers=[("oracle", lambda rows: lambda a, b: truth[rows][a:b])],
+        n_resamples=50,
+    )
+    section = report["product_ranking"]
+    assert list(index) == ["x", "y", "z"]
+    assert section["methods"]["oracle"]["ndcg@10"] == 1.0  # each customer's purchase ranked first
+    # popularity ranks y (3 buyers), then x and z (1 each, index order): a's z third, b's and c's x second
+    popularity = (1 / math.log2(4) + 2 / math.log2(3)) / 3
+    assert section["methods"]["popularity"]["ndcg@10"] == pytest.approx(popularity)
+    assert section["lifts_vs_popularity"]["oracle"]["ndcg@10"] == pytest.approx(1 / popularity)
+    low, high = section["lifts_vs_popularity_ci95"]["oracle"]["ndcg@10"]
+    assert low <= 1 / popularity <= high
