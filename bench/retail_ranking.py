@@ -161,7 +161,7 @@ def fold_in_variants(
     return out
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -175,7 +175,7 @@ def main() -> None:
         "--tier", choices=("smoke", "S"), help="a bench tier's synthetic events instead of the export"
     )
     parser.add_argument(
-        "--variants", action="store_true", help="also score the Item2Vec similarity variants"
+        "--variants", action="store_true", help="also score the Item2Vec similarity and fold-in variants"
     )
     parser.add_argument(
         "--validation",
@@ -185,7 +185,11 @@ def main() -> None:
     parser.add_argument(
         "--stored", action="store_true", help="rank with the model's stored (top-N) distributions"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     overrides: dict = {"workers": 2}
     for item in args.set:
         key, value = item.split("=", 1)
