@@ -12,7 +12,7 @@ without targets are not scored).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -87,6 +87,7 @@ def product_ranking(
     actions: Sequence[str],
     distribution: tuple[np.ndarray, np.ndarray] | None = None,
     extra_profiles: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+    extra_scorers: Sequence[tuple[str, Callable[[np.ndarray], ScoreBatch]]] = (),
     smoothing: float = 0.0,
     em_steps: int = EM_STEPS,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -103,6 +104,9 @@ def product_ranking(
         estimated here from ``history`` and ``profiles`` (``trait_item_distribution``) when None
     extra_profiles : (name, profiles (n, k'), distribution (k', P)) further profile methods over
         ``product_index(history)`` (the k sweep, variants), reported next to the others
+    extra_scorers : (name, build) further methods: ``build(rows)`` returns the scores over
+        ``product_index(history)`` of the customers at ``rows`` of ``customer_ids``; with
+        ``extra_profiles`` they get their own lifts over popularity (``lifts_vs_popularity``)
 
     Returns ``{"product_ranking": ..., "product_ranking_new": ...}``, each with ``methods``,
     ``methods_ci95``, ``profile_lift_vs_popularity`` and ``profile_lift_vs_popularity_ci95`` (and
@@ -139,6 +143,8 @@ def product_ranking(
         }
         for extra_name, extra, extra_weights in extra_profiles:
             scorers[extra_name] = mixture_scores(extra[rows], extra_weights)
+        for extra_name, build in extra_scorers:
+            scorers[extra_name] = build(rows)
         per_customer = {
             method: per_customer_metrics(score, targets.relevant, exclude=targets.exclude)
             for method, score in scorers.items()
@@ -162,7 +168,27 @@ def product_ranking(
             "profile_with_history_lift_vs_popularity_ci95": with_history.lift_intervals,
             "n_resamples": n_resamples,
         }
+        extras = [name for name, *_ in extra_profiles] + [name for name, _ in extra_scorers]
+        if extras:
+            out[name].update(_extra_lifts(per_customer, extras, n_resamples, random_state))
     return out
+
+
+def _extra_lifts(
+    per_customer: dict[str, dict[str, np.ndarray]], names: Sequence[str], n_resamples: int, random_state: int
+) -> dict[str, dict[str, Any]]:
+    """Lifts over popularity, with intervals, of the further methods ``names``."""
+    lifts: dict[str, Any] = {}
+    intervals: dict[str, Any] = {}
+    for name in names:
+        summary = compare(
+            {name: per_customer[name], "popularity": per_customer["popularity"]},
+            focus=name,
+            n_resamples=n_resamples,
+            random_state=random_state,
+        )
+        lifts[name], intervals[name] = summary.lift, summary.lift_intervals
+    return {"lifts_vs_popularity": lifts, "lifts_vs_popularity_ci95": intervals}
 
 
 def _with_history(mixture: ScoreBatch, usage: sp.csr_matrix) -> ScoreBatch:

@@ -327,3 +327,79 @@ def item_targets(
     relevant = item_matrix(rows, items, index.append(unseen), np.ones(len(rows)), len(test_ids))
     relevant.data[:] = 1.0
     return ItemTargets(customer_ids=test_ids, relevant=relevant, exclude=exclude, n_unseen_items=len(unseen))
+
+
+def product_vectors(
+    token_products: np.ndarray, token_counts: np.ndarray, token_vectors: np.ndarray, index: pd.Index
+) -> np.ndarray:
+    """Each product's Item2Vec vector: the count-weighted mean of its tokens' vectors, (P, d).
+
+    A product has one token per action it was seen with; products without a token stay zero.
+    """
+    cols = index.get_indexer(pd.Index(np.asarray(token_products, dtype=object)))
+    known = cols >= 0
+    membership = sp.csr_matrix(
+        (np.asarray(token_counts, dtype=np.float64)[known], (cols[known], np.flatnonzero(known))),
+        shape=(len(index), len(token_products)),
+    )
+    return np.asarray(row_normalize(membership) @ np.asarray(token_vectors, dtype=np.float64))
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, _EPS)
+
+
+def embedding_similarity(
+    customer_vectors: np.ndarray, products: np.ndarray, center: np.ndarray
+) -> ScoreBatch:
+    """``cos(x_c - center, v_p - center)``: how a customer and a product deviate alike from the
+    average customer (``center``), for customer vectors (n, d) and product vectors (P, d).
+
+    Centring removes the direction every customer shares, which otherwise makes the most
+    frequent products the nearest to everyone. Products without a vector score 0.
+    """
+    has_vector = np.linalg.norm(products, axis=1) > 0
+    unit_products = np.where(has_vector[:, None], _unit_rows(products - center[None, :]), 0.0)
+    unit_customers = _unit_rows(np.asarray(customer_vectors, dtype=np.float64) - center[None, :])
+    return lambda start, stop: unit_customers[start:stop] @ unit_products.T
+
+
+def blended_scores(mixture: ScoreBatch, similarity: ScoreBatch, gamma: float) -> ScoreBatch:
+    """``log P(p | c) + gamma cos(c, p)``: the profile mixture reweighted by the embedding
+    similarity (a product of experts), ``P(p | c)`` floored at a hundredth of uniform so that a
+    product the mixture leaves at zero still ranks by similarity among such products."""
+
+    def score(start: int, stop: int) -> np.ndarray:
+        mix = mixture(start, stop)
+        floor = 0.01 / max(mix.shape[1], 1)
+        return np.log(np.maximum(mix, floor)) + gamma * similarity(start, stop)
+
+    return score
+
+
+def fold_in_profiles(
+    profiles: np.ndarray, usage: sp.spmatrix, distribution: np.ndarray, steps: int
+) -> np.ndarray:
+    """Profiles refined by ``steps`` EM steps towards the customers' own items, traits fixed.
+
+    Each step re-weighs a customer's traits by how much of their items each trait explains,
+    ``w_t <- sum_p u(p) w_t P(p | t) / sum_s w_s P(p | s)``, ``u`` the customer's item shares
+    (rows of ``usage``, normalized): the mixture's weights move towards the maximum-likelihood
+    fit of what the customer bought, starting from (and, with few steps, staying near) the
+    profile. Customers without items keep their profile. Shapes: profiles (n, k), usage (n, P),
+    distribution (k, P); returns (n, k), rows summing to 1 where the profile did.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    shares = row_normalize(sp.csr_matrix(usage, dtype=np.float64)).tocoo()
+    held = np.bincount(shares.row, minlength=profiles.shape[0]) > 0
+    weights = np.asarray(profiles, dtype=np.float64).copy()
+    for _ in range(steps):
+        explained = np.einsum("ik,ki->i", weights[shares.row], distribution[:, shares.col])
+        ratios = sp.csr_matrix(
+            (shares.data / np.maximum(explained, _EPS), (shares.row, shares.col)), shape=shares.shape
+        )
+        updated = weights * np.asarray(ratios @ distribution.T)
+        weights = np.where(held[:, None], updated, weights)
+    return weights

@@ -10,10 +10,15 @@ import pytest
 import scipy.sparse as sp
 
 from traitflow.config import PipelineConfig
+from traitflow.product_eval import product_index, product_ranking
 from traitflow.ranking import (
+    blended_scores,
     cooccurrence_matrix,
+    embedding_similarity,
+    fold_in_profiles,
     item_targets,
     per_customer_metrics,
+    product_vectors,
     sparse_scores,
     trait_item_distribution,
 )
@@ -127,3 +132,85 @@ def test_fit_trait_products_keeps_top_products_and_names_characteristic_ones():
     np.testing.assert_allclose(by_id["common"], [0.25, 0.25])
     top = characteristic_products(products, top_n=2)
     assert top == [["garden", "rake"], ["candle", "vase"]]  # "common" is bought by both traits
+
+
+def test_product_vectors_are_count_weighted_token_means():
+    index = pd.Index(["p", "q", "r"])
+    # p has a view token (count 1) and a purchase token (count 3); q one token; r none.
+    vectors = product_vectors(
+        np.array(["p", "p", "q", "gone"], dtype=object),
+        np.array([1, 3, 2, 5]),
+        np.array([[4.0, 0.0], [0.0, 4.0], [1.0, 1.0], [9.0, 9.0]]),
+        index,
+    )
+    np.testing.assert_allclose(vectors, [[1.0, 3.0], [1.0, 1.0], [0.0, 0.0]])
+
+
+def test_embedding_similarity_measures_deviation_from_the_centre():
+    center = np.array([1.0, 1.0])
+    products = np.array([[2.0, 1.0], [1.0, 3.0], [0.0, 0.0]])  # east, north, no vector
+    customers = np.array([[3.0, 1.0], [1.0, 1.5]])  # east of the centre, north of it
+    scores = embedding_similarity(customers, products, center)(0, 2)
+    np.testing.assert_allclose(scores, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-12)
+
+
+def test_blended_scores_reorder_the_mixture_by_similarity():
+    mixture = np.array([[0.5, 0.4, 0.1, 0.0]])
+    similarity = np.array([[0.0, 0.5, 0.0, 1.0]])
+    blend = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=1.0)(0, 1)[0]
+    np.testing.assert_allclose(blend[:3], np.log([0.5, 0.4, 0.1]) + np.array([0.0, 0.5, 0.0]))
+    assert blend[1] > blend[0] > blend[2]  # log(0.4) + 0.5 > log(0.5)
+    assert blend[3] == pytest.approx(np.log(0.01 / 4) + 1.0)  # unexplained: floored, then similarity
+    plain = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=0.0)(0, 1)[0]
+    assert list(np.argsort(-plain)) == [0, 1, 2, 3]  # gamma 0 is the mixture's order
+
+
+def test_fold_in_moves_profiles_towards_what_the_customer_bought():
+    distribution = np.array([[1.0, 0.0], [0.5, 0.5]])  # trait 0 buys x only, trait 1 x and y alike
+    profiles = np.full((3, 2), 0.5)
+    # a buys only y (only trait 1 explains it), b only x (trait 0 explains it twice as well), c nothing
+    usage = sp.csr_matrix(np.array([[0.0, 4.0], [1.0, 0.0], [0.0, 0.0]]))
+    refined = fold_in_profiles(profiles, usage, distribution, steps=1)
+    np.testing.assert_allclose(refined, [[0.0, 1.0], [2 / 3, 1 / 3], [0.5, 0.5]])
+    np.testing.assert_allclose(fold_in_profiles(profiles, usage, distribution, steps=0), profiles)
+    # b's further steps keep moving towards trait 0, never past a distribution
+    further = fold_in_profiles(profiles, usage, distribution, steps=5)
+    assert further[1, 0] > refined[1, 0]
+    np.testing.assert_allclose(further.sum(axis=1), 1.0)
+
+
+def test_product_ranking_reports_lifts_of_further_scorers():
+    history = _events(
+        [
+            ("a", 0, "purchase", "x"),
+            ("a", 1, "purchase", "y"),
+            ("b", 0, "purchase", "y"),
+            ("c", 0, "purchase", "y"),
+            ("c", 1, "purchase", "z"),
+        ]
+    )
+    future = _events([("a", 50, "purchase", "z"), ("b", 50, "purchase", "x"), ("c", 50, "purchase", "x")])
+    customers = np.array(["a", "b", "c"], dtype=object)
+    profiles = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    index = product_index(history)  # x, y, z
+    truth = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # what each buys after T
+    report = product_ranking(
+        history,
+        future,
+        customer_ids=customers,
+        profiles=profiles,
+        config=PipelineConfig(),
+        split_at=T0 + pd.Timedelta(hours=10),
+        actions=("purchase",),
+        extra_scorers=[("oracle", lambda rows: lambda a, b: truth[rows][a:b])],
+        n_resamples=50,
+    )
+    section = report["product_ranking"]
+    assert list(index) == ["x", "y", "z"]
+    assert section["methods"]["oracle"]["ndcg@10"] == 1.0  # each customer's purchase ranked first
+    # popularity ranks y (3 buyers), then x and z (1 each, index order): a's z third, b's and c's x second
+    popularity = (1 / math.log2(4) + 2 / math.log2(3)) / 3
+    assert section["methods"]["popularity"]["ndcg@10"] == pytest.approx(popularity)
+    assert section["lifts_vs_popularity"]["oracle"]["ndcg@10"] == pytest.approx(1 / popularity)
+    low, high = section["lifts_vs_popularity_ci95"]["oracle"]["ndcg@10"]
+    assert low <= 1 / popularity <= high
