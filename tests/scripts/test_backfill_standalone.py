@@ -32,13 +32,14 @@ def readme_backfill_commands() -> list[str]:
     start = readme.index("### The Airflow UI without Docker")
     end = readme.index("### Airflow over historical")
     section = readme[start:end]
-    block = section[section.index("```bash\nsource .venv") :].split("```")[1]
+    block = section[section.index("```bash\nsource .venv") :].split("```")[1].replace("\\\n", " ")
     commands = [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.startswith("airflow ")]
     backfill = commands[0]
     assert backfill.startswith("airflow backfill create --dag-id traitflow_daily "), backfill
     assert "--max-active-runs 1" in backfill and "--run-backwards" not in backfill
-    backfill = re.sub(r"--from-date \S+", f"--from-date {FIRST}", backfill)
-    return [re.sub(r"--to-date \S+", f"--to-date {LAST}", backfill), *commands[1:]]
+    # A date is a word or a quoted shell expression ("$(date ...)").
+    backfill = re.sub(r'--from-date ("[^"]*"|\S+)', f"--from-date {FIRST}", backfill)
+    return [re.sub(r'--to-date ("[^"]*"|\S+)', f"--to-date {LAST}", backfill), *commands[1:]]
 
 
 def _write_day_files(folder: Path) -> None:
