@@ -58,9 +58,15 @@ class Standalone:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``airflow ARGS`` against the standalone's metadata database; raises on a non-zero exit."""
         env = {**self.env, "AIRFLOW_HOME": str(self.data_dir / "airflow")}
-        done = subprocess.run(
-            ["airflow", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        for _ in range(LOCKED_ATTEMPTS):
+            done = subprocess.run(
+                ["airflow", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+            # SQLite takes one writer at a time: a command that meets the busy scheduler's write
+            # lock fails whole (nothing committed) and is run again, as the README tells users.
+            if done.returncode == 0 or "database is locked" not in done.stderr:
+                break
+            time.sleep(2)
         if done.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
         return done
@@ -70,6 +76,7 @@ class Standalone:
 
 
 StartStandalone = Callable[..., Standalone]
+LOCKED_ATTEMPTS = 5
 
 
 @pytest.fixture
