@@ -25,6 +25,7 @@ from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
 from traitflow.config import PipelineConfig
 from traitflow.ranking import (
     EM_STEPS,
+    ItemTargets,
     ScoreBatch,
     cooccurrence_matrix,
     item_matrix,
@@ -118,10 +119,7 @@ def product_ranking(
     if distribution is None:
         weights = trait_item_distribution(profiles, usage_all, smoothing=smoothing, em_steps=em_steps)
     else:
-        stored_ids, stored = distribution
-        weights = np.zeros((profiles.shape[1], len(index)))
-        cols = index.get_indexer(pd.Index(np.asarray(stored_ids, dtype=object)))
-        weights[:, cols[cols >= 0]] = stored[:, cols >= 0]
+        weights = _stored_weights(distribution, profiles.shape[1], index)
     popularity = product_popularity(history, index, actions)
     transition = cooccurrence_matrix(history, config.sessions, index)
     out: dict[str, Any] = {}
@@ -132,8 +130,7 @@ def product_ranking(
             continue
         rows = np.searchsorted(customer_ids, targets.customer_ids)
         usage = row_normalize(usage_all[rows])
-        test_profiles = profiles[rows]
-        mixture = mixture_scores(test_profiles, weights)
+        mixture = mixture_scores(profiles[rows], weights)
         scorers: dict[str, ScoreBatch] = {
             "profile": mixture,
             "popularity": popularity,
@@ -145,33 +142,59 @@ def product_ranking(
             scorers[extra_name] = mixture_scores(extra[rows], extra_weights)
         for extra_name, build in extra_scorers:
             scorers[extra_name] = build(rows)
-        per_customer = {
-            method: per_customer_metrics(score, targets.relevant, exclude=targets.exclude)
-            for method, score in scorers.items()
-        }
-        summary = compare(per_customer, n_resamples=n_resamples, random_state=random_state)
-        # The same seed and customers draw the same resamples: lifts on the same footing.
-        with_history = compare(
-            per_customer, focus="profile_with_history", n_resamples=n_resamples, random_state=random_state
-        )
+        extras = [name for name, *_ in extra_profiles] + [name for name, _ in extra_scorers]
         out[name] = {
             "target_actions": list(actions),
             "n_customers": len(targets.customer_ids),
             "n_products": len(index),
             "n_unseen_products": targets.n_unseen_items,
             "mean_relevant_products": float(np.diff(targets.relevant.indptr).mean()),
-            "methods": summary.means,
-            "methods_ci95": summary.intervals,
-            "profile_lift_vs_popularity": summary.lift,
-            "profile_lift_vs_popularity_ci95": summary.lift_intervals,
-            "profile_with_history_lift_vs_popularity": with_history.lift,
-            "profile_with_history_lift_vs_popularity_ci95": with_history.lift_intervals,
-            "n_resamples": n_resamples,
+            **_scored(scorers, targets, extras, n_resamples, random_state),
         }
-        extras = [name for name, *_ in extra_profiles] + [name for name, _ in extra_scorers]
-        if extras:
-            out[name].update(_extra_lifts(per_customer, extras, n_resamples, random_state))
     return out
+
+
+def _stored_weights(
+    distribution: tuple[np.ndarray, np.ndarray], n_traits: int, index: pd.Index
+) -> np.ndarray:
+    """The model's stored ``P(product | trait)`` (product ids (P',), weights (k, P')) laid out over
+    ``index`` (k, P); products the model does not list get 0."""
+    stored_ids, stored = distribution
+    weights = np.zeros((n_traits, len(index)))
+    cols = index.get_indexer(pd.Index(np.asarray(stored_ids, dtype=object)))
+    weights[:, cols[cols >= 0]] = stored[:, cols >= 0]
+    return weights
+
+
+def _scored(
+    scorers: dict[str, ScoreBatch],
+    targets: ItemTargets,
+    extras: list[str],
+    n_resamples: int,
+    random_state: int,
+) -> dict[str, Any]:
+    """Every method's metrics with 95% intervals, and the profile's (and extras') lifts."""
+    per_customer = {
+        method: per_customer_metrics(score, targets.relevant, exclude=targets.exclude)
+        for method, score in scorers.items()
+    }
+    summary = compare(per_customer, n_resamples=n_resamples, random_state=random_state)
+    # The same seed and customers draw the same resamples: lifts on the same footing.
+    with_history = compare(
+        per_customer, focus="profile_with_history", n_resamples=n_resamples, random_state=random_state
+    )
+    scored = {
+        "methods": summary.means,
+        "methods_ci95": summary.intervals,
+        "profile_lift_vs_popularity": summary.lift,
+        "profile_lift_vs_popularity_ci95": summary.lift_intervals,
+        "profile_with_history_lift_vs_popularity": with_history.lift,
+        "profile_with_history_lift_vs_popularity_ci95": with_history.lift_intervals,
+        "n_resamples": n_resamples,
+    }
+    if extras:
+        scored.update(_extra_lifts(per_customer, extras, n_resamples, random_state))
+    return scored
 
 
 def _extra_lifts(
