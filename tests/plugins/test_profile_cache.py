@@ -175,6 +175,20 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
         cache.close()
 
 
+def test_many_changed_customers_bump_the_generation_instead(
+    profiled: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ProfileCache(CacheSettings(redis_server.url))
+    monkeypatch.setattr(profile_cache, "MAX_REFRESHED_CUSTOMERS", 1)
+    try:
+        cache.current_profile(profiled, "c1")
+        assert cache.profiles_changed(profiled, ["c1", "c2"]) == "invalidated"
+        assert cache.current_profile(profiled, "c1").outcome == MISS
+        assert profile_cache.profiles_changed(profiled, ["c1"]) == "off"  # TRAITFLOW_REDIS_URL unset
+    finally:
+        cache.close()
+
+
 def test_killed_redis_falls_back_to_postgres_and_stops_trying(
     profiled: Any, redis_server: RedisServer
 ) -> None:
