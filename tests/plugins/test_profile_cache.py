@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +20,6 @@ from traitflow.profile_cache import FALLBACK, HIT, MISS, CacheSettings, CircuitB
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-REDIS_SERVER = "/usr/bin/redis-server"
 TRAITS = (3, 7, 11)
 NEW_TRAITS = (3, 7, 12)
 CUSTOMERS = ["c1", "c2", "shop/c:3"]
@@ -31,59 +27,8 @@ AS_OF = datetime(2024, 1, 10, tzinfo=UTC)
 PROFILE_ROUTE = "/api/customers/{customer_id:path}"
 
 
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGCONT)  # a stopped process cannot die before it resumes
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
-    import redis
-
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {process.returncode}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer within 10 s")
-
-
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    port = _free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port, process)
-    try:
-        _wait_for(port, process)
-        yield server
-    finally:
-        if process.poll() is None:
-            server.kill()
-
-
-@pytest.fixture
-def cache_env(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisServer]:
+def cache_env(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The plugin's process-wide cache pointed at this test's server."""
     monkeypatch.setenv(profile_cache.ENV_URL, redis_server.url)
     yield redis_server
@@ -109,9 +54,7 @@ def _same_profile(got: dict[str, Any] | None, expected: dict[str, Any] | None) -
 # ------------------------------------------------------------------------------ library
 
 
-def test_read_through_misses_then_hits_with_the_stored_profile(
-    profiled: Any, redis_server: RedisServer
-) -> None:
+def test_read_through_misses_then_hits_with_the_stored_profile(profiled: Any, redis_server: Any) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url))
     try:
         first, second = (
@@ -128,7 +71,7 @@ def test_read_through_misses_then_hits_with_the_stored_profile(
 
 
 def test_a_promotion_between_two_reads_is_never_hidden_by_the_cache(
-    profiled: Any, redis_server: RedisServer, build_model: Any, build_profile_batch: Any
+    profiled: Any, redis_server: Any, build_model: Any, build_profile_batch: Any
 ) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url))
     try:
@@ -151,7 +94,7 @@ def test_a_promotion_between_two_reads_is_never_hidden_by_the_cache(
 
 
 def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
-    profiled: Any, redis_server: RedisServer, build_profile_batch: Any
+    profiled: Any, redis_server: Any, build_profile_batch: Any
 ) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url))
     version = profiled.active_model_version()
@@ -176,7 +119,7 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
 
 
 def test_many_changed_customers_bump_the_generation_instead(
-    profiled: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    profiled: Any, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url))
     monkeypatch.setattr(profile_cache, "MAX_REFRESHED_CUSTOMERS", 1)
@@ -189,9 +132,7 @@ def test_many_changed_customers_bump_the_generation_instead(
         cache.close()
 
 
-def test_killed_redis_falls_back_to_postgres_and_stops_trying(
-    profiled: Any, redis_server: RedisServer
-) -> None:
+def test_killed_redis_falls_back_to_postgres_and_stops_trying(profiled: Any, redis_server: Any) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url, cooldown_seconds=60))
     try:
         assert cache.current_profile(profiled, "c1").outcome == MISS
@@ -205,7 +146,7 @@ def test_killed_redis_falls_back_to_postgres_and_stops_trying(
         cache.close()
 
 
-def test_a_hung_redis_costs_one_short_timeout(profiled: Any, redis_server: RedisServer) -> None:
+def test_a_hung_redis_costs_one_short_timeout(profiled: Any, redis_server: Any) -> None:
     cache = ProfileCache(CacheSettings(redis_server.url, timeout_seconds=0.05))
     try:
         assert cache.current_profile(profiled, "c1").outcome == MISS
@@ -273,7 +214,7 @@ def _reads(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], outcome
 
 
 def test_api_reads_through_the_cache_and_survives_redis_dying(
-    client: TestClient, profiled: Any, cache_env: RedisServer
+    client: TestClient, profiled: Any, cache_env: Any
 ) -> None:
     before = _scrape(client)
     bodies = [client.get("/api/customers/shop/c:3") for _ in range(2)]
