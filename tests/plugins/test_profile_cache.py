@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ NEW_TRAITS = (3, 7, 12)
 CUSTOMERS = ["c1", "c2", "shop/c:3"]
 AS_OF = datetime(2024, 1, 10, tzinfo=UTC)
 PROFILE_ROUTE = "/api/customers/{customer_id:path}"
+PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
 
 
 @pytest.fixture
@@ -283,3 +285,35 @@ def test_metrics_report_an_unreachable_store_without_failing(client: TestClient,
     metrics = _scrape(client)
     assert metrics[("traitflow_store_up", frozenset())] == 0
     assert not any(name.startswith("traitflow_events") for name, _ in metrics)
+
+
+def test_multiprocess_mode_sums_the_workers_counts(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, a scrape in one process reports what every process counted."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")]),
+        "TRAITFLOW_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1",
+    }
+    count = "from traitflow_web.metrics import count_cache_read; count_cache_read('hit')"
+    for _ in range(2):  # two "workers", one hit each
+        subprocess.run([sys.executable, "-c", count], env=env, check=True, timeout=60)
+    scrape = (
+        "from prometheus_client import generate_latest\n"
+        "from traitflow_web.metrics import exposition_registry\n"
+        "import sys; open(sys.argv[1], 'wb').write(generate_latest(exposition_registry()))"
+    )
+    page = tmp_path.parent / f"{tmp_path.name}.txt"  # not in the metrics folder
+    subprocess.run(
+        [sys.executable, "-c", scrape, str(page)], env=env, check=True, timeout=60, capture_output=True
+    )
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(page.read_text())
+        for s in family.samples
+    }
+    assert samples[("traitflow_profile_cache_reads_total", frozenset({("outcome", "hit")}))] == 2
+    assert samples[("traitflow_store_up", frozenset())] == 0
