@@ -177,9 +177,10 @@ class ProfileCache:
         version = store.active_model_version()
         if version is None:
             return ProfileRead(store.current_profile(customer_id), UNCACHED)
-        cached = self._redis(lambda r: r.get(self._profile_key(r, store.schema, version, customer_id)))
-        if cached is _FAILED:
+        looked_up = self._redis(lambda r: self._look_up(r, store.schema, version, customer_id))
+        if looked_up is _FAILED:
             return ProfileRead(store.current_profile(customer_id), FALLBACK)
+        key, cached = looked_up
         if cached is not None:
             try:
                 return ProfileRead(decode_profile(cached), HIT)
@@ -187,13 +188,10 @@ class ProfileCache:
                 log.warning("Ignoring an undecodable cached profile: %s", exc)
         profile = store.current_profile(customer_id)
         if profile is not None:
-            value = encode_profile(profile)
-            ttl = self.settings.ttl_seconds
-            self._redis(
-                lambda r: r.set(
-                    self._profile_key(r, store.schema, version, customer_id), value, ex=ttl, nx=True
-                )
-            )
+            # Under the key looked up before the read: a generation bump meanwhile leaves this
+            # (possibly older) row in the abandoned key space; NX keeps a refresh's newer value.
+            value, ttl = encode_profile(profile), self.settings.ttl_seconds
+            self._redis(lambda r: r.set(key, value, ex=ttl, nx=True))
         return ProfileRead(profile, MISS)
 
     # ------------------------------------------------------------------------------ writes
@@ -231,8 +229,12 @@ class ProfileCache:
 
     # ---------------------------------------------------------------------------- plumbing
 
-    def _profile_key(self, r: redis.Redis, schema: str, version: int, customer_id: str) -> str:
-        return self._version_prefix(r, schema, version) + customer_id
+    def _look_up(
+        self, r: redis.Redis, schema: str, version: int, customer_id: str
+    ) -> tuple[str, bytes | None]:
+        """(the customer's key in the current generation, its cached value or None)."""
+        key = self._version_prefix(r, schema, version) + customer_id
+        return key, r.get(key)
 
     @staticmethod
     def _version_prefix(r: redis.Redis, schema: str, version: int) -> str:

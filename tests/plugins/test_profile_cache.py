@@ -120,6 +120,32 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
         cache.close()
 
 
+class _WriteDuringRead:
+    """A Store whose profile read is overtaken by a committed write of every profile: the write's
+    generation bump lands between the cache miss and the fill."""
+
+    def __init__(self, store: Any, cache: ProfileCache) -> None:
+        self.store, self.cache = store, cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def current_profile(self, customer_id: str) -> Any:
+        profile = self.store.current_profile(customer_id)  # the row before the write
+        assert self.cache.profiles_changed(self.store) == "invalidated"
+        return profile
+
+
+def test_a_fill_racing_a_write_never_lands_in_the_new_generation(profiled: Any, redis_server: Any) -> None:
+    cache = ProfileCache(CacheSettings(redis_server.url))
+    try:
+        assert cache.current_profile(_WriteDuringRead(profiled, cache), "c1").outcome == MISS  # type: ignore[arg-type]
+        assert cache.current_profile(profiled, "c1").outcome == MISS  # the raced fill is unreachable
+        assert cache.current_profile(profiled, "c1").outcome == HIT
+    finally:
+        cache.close()
+
+
 def test_many_changed_customers_bump_the_generation_instead(
     profiled: Any, redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
