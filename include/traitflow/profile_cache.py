@@ -231,7 +231,7 @@ class ProfileCache:
 
     def _look_up(
         self, r: redis.Redis, schema: str, version: int, customer_id: str
-    ) -> tuple[str, bytes | None]:
+    ) -> tuple[str, bytes | str | None]:
         """(the customer's key in the current generation, its cached value or None)."""
         key = self._version_prefix(r, schema, version) + customer_id
         return key, r.get(key)
