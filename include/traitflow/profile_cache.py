@@ -11,14 +11,16 @@ refresh the cache through ``profiles_changed``: a few customers are re-read from
 rewritten (plain SET, while reads fill with SET NX, so a read that raced the write cannot put
 the older row back); many customers, or all of them, bump the generation (one INCR, the old keys
 expire by their TTL). Every key carries the TTL (``TRAITFLOW_REDIS_TTL_SECONDS``, default 300 s),
-which also bounds staleness after a write that could not reach Redis.
+which also bounds staleness after a write that could not reach Redis, and after a rollback that
+makes an earlier version active again within the TTL of what was cached under it.
 
 Redis is an optimisation, never a dependency: every Redis call has a short socket timeout, a
 failure opens a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
 falls back to PostgreSQL. ``ProfileRead.outcome`` says which path served a read, for metrics.
 
 Values are JSON (never pickle: whoever can write to Redis must not be able to run code here);
-the embedding travels as base64 float32 bytes. Absent customers are not cached.
+the embedding travels as base64 float32 bytes. Absent customers are not cached. Keys name the
+schema, not the database: give each Traitflow database its own Redis database (``/<n>`` in the URL).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ class ProfileCache:
         if cached is not None:
             try:
                 return ProfileRead(decode_profile(cached), HIT)
-            except ValueError as exc:  # a value this code did not write: replaced below
+            except (ValueError, TypeError, AttributeError) as exc:  # not written by this code: replaced
                 log.warning("Ignoring an undecodable cached profile: %s", exc)
         profile = store.current_profile(customer_id)
         if profile is not None:
