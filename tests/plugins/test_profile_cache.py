@@ -271,6 +271,14 @@ def test_metrics_expose_pipeline_cache_and_latency_families(
         "c2,2024-01-09T10:02:00Z,teleport,p2,shoes,1.0,s2\n"
     )
     ingest = profiled.ingest_file(csv, "canonical", run_id="metrics-test", max_reject_share=1.0)
+    active = profiled.active_model_version()
+    profiled.update_model_metadata(
+        active, drift={"measured": True, "weighted_mean_drift": 0.12, "reason": None}
+    )
+    promoted = _scrape(client)
+    assert promoted[("traitflow_last_retrain_gate_passed", frozenset({("model_version", str(active))}))] == 1
+    drift = {dict(labels)["measure"]: v for (name, labels), v in promoted.items() if name.endswith("_drift")}
+    assert drift == {"weighted_mean_drift": 0.12}  # numbers only
     rejected = profiled.save_model(build_model(seed=3, trained_through=datetime(2024, 1, 14, tzinfo=UTC)))
     profiled.reject_model(rejected, "below the gate")
     monkeypatch.delenv(profile_cache.ENV_URL, raising=False)
