@@ -38,6 +38,8 @@ What it registers (``TraitflowPlugin``)
                                                     profiles (n in 1..5000), by dominant trait
   ``GET /traitflow/docs``, ``/traitflow/openapi.json``  the app's own OpenAPI docs (no data);
                                                     Swagger UI from the static folder, no CDN
+  ``GET /traitflow/metrics``                        Prometheus exposition: aggregates only
+                                                    (``traitflow_web.metrics``)
   ===============================================  ==========================================
 
   Bad parameters give FastAPI's 422 JSON (``{"detail": [{"loc": [...], "msg": ...}]}``); other
@@ -48,9 +50,10 @@ What it registers (``TraitflowPlugin``)
 * ``external_views``: a nav entry "Traits" under *Browse* (``destination="nav"``,
   ``url_route="traitflow"``): the UI shows the page in an iframe at ``/plugin/traitflow``.
 
-Authentication is Airflow's own, on every route but the static files and the OpenAPI docs
-(``traitflow_web.auth``); the database is the DAGs' (``traitflow_web.pool``). Importing this
-file does no database or connection lookup and loads neither numpy, pandas nor psycopg.
+Authentication is Airflow's own, on every route but the static files, the OpenAPI docs and
+the metrics (``traitflow_web.auth``; the metrics take an optional token of their own); the
+database is the DAGs' (``traitflow_web.pool``). Importing this file does no database or
+connection lookup and loads neither numpy, pandas nor psycopg.
 """
 
 from __future__ import annotations

@@ -21,7 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -269,6 +273,66 @@ def hostile_events() -> HostileEvents:
             rejects.append((len(lines), item[1]))  # headerless: row_number = file line number
     assert len(rejects) == len(HOSTILE_BAD_LINES)
     return HostileEvents(lines, rejects, HOSTILE_GOOD_IDS)
+
+
+# ------------------------------------------------------------------------------ redis
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """A test's own redis-server process."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGCONT)  # a stopped process cannot die before it resumes
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer within 10 s")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a free loopback port (never the shared one), without
+    persistence; stopped (even when paused with SIGSTOP) when the test ends."""
+    port = _free_port()
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, process)
+    try:
+        _wait_for(port, process)
+        yield server
+    finally:
+        if process.poll() is None:
+            server.kill()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -19,9 +19,10 @@ COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 
 DATABASES = {"airflow-db", "traitflow-db"}
+CACHES = {"redis"}
 AIRFLOW_RUNTIME = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
 AIRFLOW_SERVICES = AIRFLOW_RUNTIME | {"airflow-init"}
-LONG_RUNNING = DATABASES | AIRFLOW_RUNTIME
+LONG_RUNNING = DATABASES | CACHES | AIRFLOW_RUNTIME
 PROJECT_MOUNTS = {"./dags", "./plugins", "./include", "./data"}
 # ${VAR}, ${VAR:-default}; not $${VAR}, which compose passes through to the container's shell.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?-[^}]*)?\}")
@@ -76,6 +77,7 @@ def test_services(services: dict[str, Any]) -> None:
     assert set(services) == LONG_RUNNING | {"airflow-init"}
     for name in DATABASES:
         assert services[name]["image"] == "postgres:15"
+    assert services["redis"]["image"].startswith("redis:")
 
 
 def test_airflow_image_is_built_from_the_pinned_airflow() -> None:
@@ -131,6 +133,7 @@ def test_airflow_environment(services: dict[str, Any]) -> None:
         "AIRFLOW_CONN_TRAITFLOW_DB",
         "AIRFLOW__CORE__DAGS_FOLDER",
         "TRAITFLOW_DATA_DIR",
+        "TRAITFLOW_REDIS_URL",
     }
     for key in shared:
         values = {name: env.get(key) for name, env in envs.items()}
@@ -224,3 +227,31 @@ def test_traitflow_db_port_is_local_only(services: dict[str, Any]) -> None:
     for port in services["traitflow-db"].get("ports", []):
         assert str(port).startswith("127.0.0.1:"), port
     assert "ports" not in services["airflow-db"]
+
+
+def test_redis_is_a_private_cache_the_airflow_services_use(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    assert "ports" not in redis and not redis.get("volumes")  # reachable in the stack only, no state
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--save"] == "" and options["--appendonly"] == "no"
+    # Evict only keys with a TTL (cached profiles), never the generation counters writes bump.
+    assert options["--maxmemory-policy"] == "volatile-lru"
+    for name in AIRFLOW_SERVICES:
+        env = _env(services[name])
+        url = urlsplit(env["TRAITFLOW_REDIS_URL"])
+        assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379), name
+        assert int(env["TRAITFLOW_REDIS_TTL_SECONDS"]) >= 1, name
+    # Redis is optional: reads fall back to PostgreSQL, so nothing waits for it to start.
+    for name, service in services.items():
+        assert "redis" not in (service.get("depends_on") or {}), name
+
+
+def test_metrics_of_all_api_server_workers_and_how_to_scrape_them(services: dict[str, Any]) -> None:
+    api = services["airflow-apiserver"]
+    multiproc = _env(api)["PROMETHEUS_MULTIPROC_DIR"]
+    assert multiproc in api["tmpfs"]  # empty at every start, as prometheus-client requires
+    text = COMPOSE.read_text()
+    assert "metrics_path: /traitflow/metrics" in text
+    assert "STATSD_ON" in text and "OTEL_ON" in text

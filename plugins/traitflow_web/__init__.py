@@ -4,8 +4,9 @@
 * ``errors``: store and database failures as HTTP errors (404, 503).
 * ``auth``: Airflow's own authentication and the ``Traitflow`` custom-view permission.
 * ``schemas``: the response models and the conversion of store values into them.
-* ``api``: the read-only JSON routes under ``/api``.
+* ``api``: the read-only JSON routes under ``/api`` (profile reads through the Redis profile cache).
 * ``charts``: the JSON routes of the page's charts under ``/api/charts``.
+* ``metrics``: the Prometheus exposition at ``/metrics`` and the request-latency middleware.
 * ``page``: the HTML page.
 * ``app``: the app factory (and its Swagger UI docs page), the app and the nav entry.
 

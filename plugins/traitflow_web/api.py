@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi import Path as PathParam
 
 from .auth import require_access
+from .metrics import count_cache_read
 from .pool import StoreDep
 from .schemas import (
     Error,
@@ -66,6 +67,16 @@ CustomerId = Annotated[
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error}, 503: {"model": Error}}
 
 api = APIRouter(prefix="/api", dependencies=[Depends(require_access)], responses=NOT_FOUND)
+
+
+def current_profile(store: Any, customer_id: str) -> dict[str, Any] | None:
+    """``Store.current_profile`` through the Redis profile cache (``traitflow.profile_cache``: off
+    without ``TRAITFLOW_REDIS_URL``, falls back to PostgreSQL when Redis fails); counted in metrics."""
+    from traitflow.profile_cache import cached_current_profile
+
+    read = cached_current_profile(store, customer_id)
+    count_cache_read(read.outcome)
+    return read.profile
 
 
 @api.get("/traits", response_model=Traits, summary="Traits of a model with labels and sizes")
@@ -127,7 +138,7 @@ def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
 def get_similar_customers(
     store: StoreDep, customer_id: CustomerId, n: Limit = 10, min_events: MinEvents = DEFAULT_MIN_EVENTS
 ) -> Similar:
-    profile = store.current_profile(customer_id)
+    profile = current_profile(store, customer_id)
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
     names = {t["trait_id"]: t["label"] for t in profile["traits"]}
@@ -153,7 +164,7 @@ def get_customer(
     customer_id: CustomerId,
     embedding: Annotated[bool, Query(description="include the customer embedding")] = False,
 ) -> Profile:
-    profile = store.current_profile(customer_id)
+    profile = current_profile(store, customer_id)
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
     vector = profile.pop("embedding")

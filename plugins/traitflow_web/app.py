@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from .api import api
 from .auth import LoginRequiredError, login_redirect
 from .charts import charts
+from .metrics import metrics, time_requests
 from .page import UI_DIR, index
 from .pool import POOL
 
@@ -79,10 +80,13 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(charts)
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
+    # Prometheus scrapes without an Airflow login: aggregates only (see metrics.py)
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
     app.add_exception_handler(LoginRequiredError, login_redirect)
     app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")
     app.middleware("http")(_no_store_for_api)
+    app.middleware("http")(time_requests)  # added last: outermost, so it times the whole request
     return app
 
 

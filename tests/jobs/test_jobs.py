@@ -445,3 +445,28 @@ def test_an_empty_training_window_is_a_skip_with_the_reason_not_an_error(env):
     (stored,) = env["store"].run_reports("weekly")
     assert stored["report"]["check_new_vocab"]["reason"] == f"skip: {corpus.empty_reason}"
     assert env["store"].model_versions().empty
+
+
+def test_daily_and_refresh_writes_reach_the_profile_cache(env, redis_server, monkeypatch):
+    """The daily job rewrites the cached profiles it changed; the refresh starts the cache over."""
+    from traitflow import profile_cache
+
+    monkeypatch.setenv(profile_cache.ENV_URL, redis_server.url)
+    store: Store = env["store"]
+    ingest_days(env, range(9))
+    run_weekly(env, START + 7 * DAY)
+    active = store.customers_with_events(START + 7 * DAY, START + 8 * DAY)  # the daily run's customers
+    customers = [c for c in active if store.current_profile(c) is not None]  # not the new ones
+    cached = [profile_cache.cached_current_profile(store, c) for c in customers]
+    assert len(customers) > 10 and {r.outcome for r in cached} == {profile_cache.MISS}
+    assert {r.profile["as_of"] for r in cached} == {START + 7 * DAY}  # type: ignore[index]
+
+    run_daily(env, 7)  # these customers' profiles move to day 8
+    after_daily = [profile_cache.cached_current_profile(store, c) for c in customers]
+    assert {r.outcome for r in after_daily} == {profile_cache.HIT}  # refreshed in place, not dropped
+    assert {r.profile["as_of"] for r in after_daily} == {START + 8 * DAY}  # type: ignore[index]
+
+    jobs.refresh_all_profiles(context(env, "r", START + 9 * DAY))
+    assert profile_cache.cached_current_profile(store, customers[0]).outcome == profile_cache.MISS
+    monkeypatch.delenv(profile_cache.ENV_URL)
+    assert profile_cache.shared_cache() is None

@@ -670,6 +670,8 @@ def test_airflow_mounts_the_app_and_enforces_its_auth(airflow_app: Any, seeded: 
         assert login.status_code == 303
         assert login.headers["location"] == "/auth/login?next=%2Ftraitflow%2F"
         assert api.get("/traitflow/static/app.js").status_code == 200  # static assets are public
+        metrics = api.get("/traitflow/metrics")  # scrapers cannot log in: aggregates only
+        assert metrics.status_code == 200 and "traitflow_store_up" in metrics.text
         api.cookies.set("_token", _token("viewer"))
         page = api.get("/traitflow/")
         assert page.status_code == 200

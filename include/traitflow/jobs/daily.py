@@ -27,6 +27,7 @@ from traitflow.jobs._common import open_store
 from traitflow.jobs.input_files import EventFiles, MissingInputError, event_files
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import COLD_START_NONE
+from traitflow.profile_cache import profiles_changed
 from traitflow.runs import (
     CustomerSelection,
     DailyReport,
@@ -224,6 +225,7 @@ def _write_with_selected_model(
                 )
             log.warning("%s; recomputing with model %s", stale, stale.selected)
             version = stale.selected
+    profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
     recomputed = None
     if stale_versions:
         recomputed = f"model {stale_versions[0]} was replaced by {version} for this date meanwhile"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from traitflow.jobs._common import open_store
 from traitflow.pipeline import profile_customers
+from traitflow.profile_cache import profiles_changed
 from traitflow.runs import RefreshResult, RunContext, iso
 from traitflow.store import StaleModelError
 
@@ -30,4 +31,5 @@ def refresh_all_profiles(context: RunContext) -> RefreshResult:
         except StaleModelError as stale:
             # A newer promotion wrote its own profiles and triggers its own refresh run.
             return RefreshResult(n_profiles=0, as_of=iso(as_of), reason=f"skipped: {stale}")
+        profiles_changed(store)  # every profile may have moved: the API's cache starts over
     return RefreshResult(n_profiles=len(batch), model_version=version, as_of=iso(as_of))

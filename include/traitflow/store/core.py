@@ -29,6 +29,7 @@ from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, ProfileBatch
 from . import ingest as _ingest
 from . import migrations as _migrations
 from . import models as _models
+from . import pipeline_stats as _pipeline_stats
 from . import products as _products
 from . import profiles as _profiles
 from . import reads as _reads
@@ -449,6 +450,10 @@ class Store:
         return _reports.run_reports(self._ensure_ready(), kind, limit)
 
     # ------------------------------------------------------------------------- housekeeping
+
+    def pipeline_stats(self) -> _pipeline_stats.PipelineStats:
+        """Stored events, rejects by reason, current profiles, active model, last retrain (one snapshot)."""
+        return _pipeline_stats.pipeline_stats(self._ensure_ready())
 
     def table_counts(self) -> dict[str, int]:
         return _reads.table_counts(self._ensure_ready())

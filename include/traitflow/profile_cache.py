@@ -1,0 +1,321 @@
+"""A Redis read-through cache of current customer profiles (``Store.current_profile``).
+
+Off unless ``TRAITFLOW_REDIS_URL`` is set. Keys hold the Store's schema, a generation number and
+the **active model version** read from PostgreSQL on every read::
+
+    traitflow:p1:<schema>:g<generation>:v<active model version>:<customer id>
+
+A promotion changes the active version, so the next read looks in a key space no earlier read
+filled: a cached profile never outlives the model that was active when it was cached. Writes
+refresh the cache through ``profiles_changed``: a few customers are re-read from the Store and
+rewritten (plain SET, while reads fill with SET NX, so a read that raced the write cannot put
+the older row back); many customers, or all of them, bump the generation (one INCR, the old keys
+expire by their TTL). Every key carries the TTL (``TRAITFLOW_REDIS_TTL_SECONDS``, default 300 s),
+which also bounds staleness after a write that could not reach Redis, and after a rollback that
+makes an earlier version active again within the TTL of what was cached under it.
+
+Redis is an optimisation, never a dependency: every Redis call has a short socket timeout, a
+failure opens a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
+falls back to PostgreSQL. ``ProfileRead.outcome`` says which path served a read, for metrics.
+
+Values are JSON (never pickle: whoever can write to Redis must not be able to run code here);
+the embedding travels as base64 float32 bytes. Absent customers are not cached. Keys name the
+schema, not the database: give each Traitflow database its own Redis database (``/<n>`` in the URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import redis
+
+    from traitflow.store import Store
+
+log = logging.getLogger(__name__)
+
+ENV_URL: Final = "TRAITFLOW_REDIS_URL"
+ENV_TTL: Final = "TRAITFLOW_REDIS_TTL_SECONDS"
+ENV_TIMEOUT: Final = "TRAITFLOW_REDIS_TIMEOUT_SECONDS"
+DEFAULT_TTL_SECONDS: Final = 300
+DEFAULT_TIMEOUT_SECONDS: Final = 0.05
+BREAKER_COOLDOWN_SECONDS: Final = 5.0
+# Above this many changed customers one generation bump is cheaper than re-reading each profile.
+MAX_REFRESHED_CUSTOMERS: Final = 1000
+KEY_FORMAT: Final = "p1"  # changes when the value encoding changes
+
+# ProfileRead.outcome values
+HIT: Final = "hit"  # served from Redis
+MISS: Final = "miss"  # read from PostgreSQL, then cached
+FALLBACK: Final = "fallback"  # Redis failed or its circuit is open: read from PostgreSQL
+UNCACHED: Final = "uncached"  # no active model (nothing to key on): read from PostgreSQL
+OUTCOMES: Final = (HIT, MISS, FALLBACK, UNCACHED)
+
+_DATETIME_FIELDS: Final = ("as_of", "updated_at")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where Redis is and how long to trust it."""
+
+    url: str
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    cooldown_seconds: float = BREAKER_COOLDOWN_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CacheSettings | None:
+        """The settings from ``TRAITFLOW_REDIS_*``; None when ``TRAITFLOW_REDIS_URL`` is unset or empty."""
+        env = os.environ if env is None else env
+        url = env.get(ENV_URL, "").strip()
+        if not url:
+            return None
+        ttl = int(env.get(ENV_TTL) or DEFAULT_TTL_SECONDS)
+        timeout = float(env.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_SECONDS)
+        if ttl < 1 or timeout <= 0:
+            raise ValueError(f"{ENV_TTL} must be >= 1 and {ENV_TIMEOUT} > 0 (got {ttl}, {timeout})")
+        return cls(url=url, ttl_seconds=ttl, timeout_seconds=timeout)
+
+
+@dataclass(frozen=True)
+class ProfileRead:
+    """A current profile (None: the customer has none) and the path that served it (``OUTCOMES``)."""
+
+    profile: dict[str, Any] | None
+    outcome: str
+
+
+class CircuitBreaker:
+    """Closed until a failure; then open (calls refused) for ``cooldown_seconds``; then one trial
+    call at a time is let through, and its result closes or reopens the circuit."""
+
+    def __init__(self, cooldown_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cooldown_seconds = cooldown_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until: float | None = None
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._open_until is None:
+                return True
+            now = self._clock()
+            if now < self._open_until:
+                return False
+            self._open_until = now + self.cooldown_seconds  # this caller is the trial; others wait
+            return True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._open_until = None
+
+    def failed(self) -> None:
+        with self._lock:
+            self._open_until = self._clock() + self.cooldown_seconds
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open_until is not None
+
+
+def encode_profile(profile: Mapping[str, Any]) -> str:
+    """``Store.current_profile``'s dict as JSON (datetimes as ISO 8601, the embedding as base64)."""
+    out = dict(profile)
+    for field in _DATETIME_FIELDS:
+        if isinstance(out.get(field), datetime):
+            out[field] = out[field].isoformat()
+    embedding = out.get("embedding")
+    if embedding is not None:
+        out["embedding"] = base64.b64encode(np.asarray(embedding, dtype="<f4").tobytes()).decode("ascii")
+    return json.dumps(out, separators=(",", ":"), default=_plain)
+
+
+def decode_profile(text: str | bytes) -> dict[str, Any]:
+    """The inverse of ``encode_profile``."""
+    profile: dict[str, Any] = json.loads(text)
+    for field in _DATETIME_FIELDS:
+        if isinstance(profile.get(field), str):
+            profile[field] = datetime.fromisoformat(profile[field])
+    if profile.get("embedding") is not None:
+        raw = base64.b64decode(profile["embedding"])
+        profile["embedding"] = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    return profile
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers (the JSON encoder's fallback)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot cache a {type(value).__name__}")
+
+
+class ProfileCache:
+    """Read-through cache of ``Store.current_profile`` in Redis (thread-safe: one per process)."""
+
+    def __init__(self, settings: CacheSettings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.breaker = CircuitBreaker(settings.cooldown_seconds)
+        self._client = client if client is not None else _client_for(settings)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------------------- reads
+
+    def current_profile(self, store: Store, customer_id: str) -> ProfileRead:
+        """The customer's current profile, from Redis when cached under the active model."""
+        version = store.active_model_version()
+        if version is None:
+            return ProfileRead(store.current_profile(customer_id), UNCACHED)
+        looked_up = self._redis(lambda r: self._look_up(r, store.schema, version, customer_id))
+        if looked_up is _FAILED:
+            return ProfileRead(store.current_profile(customer_id), FALLBACK)
+        key, cached = looked_up
+        if cached is not None:
+            try:
+                return ProfileRead(decode_profile(cached), HIT)
+            except (ValueError, TypeError, AttributeError) as exc:  # not written by this code: replaced
+                log.warning("Ignoring an undecodable cached profile: %s", exc)
+        profile = store.current_profile(customer_id)
+        if profile is not None:
+            # Under the key looked up before the read: a generation bump meanwhile leaves this
+            # (possibly older) row in the abandoned key space; NX keeps a refresh's newer value.
+            value, ttl = encode_profile(profile), self.settings.ttl_seconds
+            self._redis(lambda r: r.set(key, value, ex=ttl, nx=True))
+        return ProfileRead(profile, MISS)
+
+    # ------------------------------------------------------------------------------ writes
+
+    def profiles_changed(self, store: Store, customer_ids: Sequence[str] | None = None) -> str:
+        """Make the cache agree with the Store after a committed write of these customers' profiles
+        (None: any or all customers). Never raises for Redis problems; returns what it did:
+        ``refreshed``, ``invalidated`` (generation bumped), ``skipped`` (circuit open) or ``failed``.
+        """
+        if not self.breaker.allow():
+            return "skipped"  # the TTL bounds what Redis may still hold
+        if customer_ids is None or len(customer_ids) > MAX_REFRESHED_CUSTOMERS:
+            done = self._redis(lambda r: r.incr(_generation_key(store.schema)), check_breaker=False)
+            return "failed" if done is _FAILED else "invalidated"
+        version = store.active_model_version()
+        if version is None:
+            return "refreshed"  # nothing is cached without an active model
+        profiles = {c: store.current_profile(c) for c in dict.fromkeys(customer_ids)}
+        done = self._redis(
+            lambda r: self._write_profiles(r, store.schema, version, profiles), check_breaker=False
+        )
+        return "failed" if done is _FAILED else "refreshed"
+
+    def _write_profiles(
+        self, r: redis.Redis, schema: str, version: int, profiles: Mapping[str, dict[str, Any] | None]
+    ) -> None:
+        prefix = self._version_prefix(r, schema, version)
+        pipe = r.pipeline(transaction=False)
+        for customer_id, profile in profiles.items():
+            if profile is None:
+                pipe.delete(prefix + customer_id)
+            else:
+                pipe.set(prefix + customer_id, encode_profile(profile), ex=self.settings.ttl_seconds)
+        pipe.execute()
+
+    # ---------------------------------------------------------------------------- plumbing
+
+    def _look_up(
+        self, r: redis.Redis, schema: str, version: int, customer_id: str
+    ) -> tuple[str, bytes | str | None]:
+        """(the customer's key in the current generation, its cached value or None)."""
+        key = self._version_prefix(r, schema, version) + customer_id
+        return key, r.get(key)
+
+    @staticmethod
+    def _version_prefix(r: redis.Redis, schema: str, version: int) -> str:
+        generation = int(r.get(_generation_key(schema)) or 0)
+        return f"traitflow:{KEY_FORMAT}:{schema}:g{generation}:v{int(version)}:"
+
+    def _redis(self, call: Callable[[redis.Redis], Any], *, check_breaker: bool = True) -> Any:
+        """``call(client)``, or ``_FAILED`` when the circuit is open or Redis fails (which opens it)."""
+        import redis
+
+        if check_breaker and not self.breaker.allow():
+            return _FAILED
+        try:
+            result = call(self._client)
+        except redis.RedisError as exc:
+            if not self.breaker.is_open:
+                log.warning("Redis profile cache unavailable, reading PostgreSQL: %s", exc)
+            self.breaker.failed()
+            return _FAILED
+        self.breaker.succeeded()
+        return result
+
+
+_FAILED: Final = object()
+
+
+def _generation_key(schema: str) -> str:
+    return f"traitflow:{KEY_FORMAT}:{schema}:generation"
+
+
+def _client_for(settings: CacheSettings) -> redis.Redis:
+    """A client that gives up after one short timeout: no retries, no long connects."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        settings.url,
+        socket_timeout=settings.timeout_seconds,
+        socket_connect_timeout=settings.timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+    )
+
+
+_shared_lock = threading.Lock()
+_shared: ProfileCache | None = None
+
+
+def shared_cache() -> ProfileCache | None:
+    """The process's cache for the current ``TRAITFLOW_REDIS_*`` settings (None: caching is off).
+    Rebuilt when the settings change."""
+    global _shared
+    try:
+        settings = CacheSettings.from_env()
+    except ValueError as exc:  # a bad setting disables the cache; reads must not fail over it
+        log.error("Redis profile cache disabled: %s", exc)
+        settings = None
+    with _shared_lock:
+        if _shared is not None and _shared.settings != settings:
+            _shared.close()
+            _shared = None
+        if settings is not None and _shared is None:
+            _shared = ProfileCache(settings)
+        return _shared
+
+
+def cached_current_profile(store: Store, customer_id: str) -> ProfileRead:
+    """``Store.current_profile`` through the process's cache (straight to the Store when it is off)."""
+    cache = shared_cache()
+    if cache is None:
+        return ProfileRead(store.current_profile(customer_id), UNCACHED)
+    return cache.current_profile(store, customer_id)
+
+
+def profiles_changed(store: Store, customer_ids: Sequence[str] | None = None) -> str:
+    """Call after committing profile writes for ``customer_ids`` (None: any or all customers), so
+    reads through the cache see them. A no-op (``off``) when caching is off; never raises for Redis."""
+    cache = shared_cache()
+    if cache is None:
+        return "off"
+    return cache.profiles_changed(store, customer_ids)
