@@ -1,0 +1,83 @@
+"""``traitflow.online_update.update_from_events`` against a real PostgreSQL: stored before
+profiled, no model, a promotion racing the write, the request limit."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from traitflow.model import TraitflowModel
+from traitflow.online_update import (
+    MAX_EVENTS,
+    TooManyEventsError,
+    day_end,
+    request_source,
+    update_from_events,
+)
+from traitflow.store import Store
+
+EVENTS: list[dict[str, Any]] = [
+    {"customer_id": "ann", "event_time": "2024-01-09T08:00:00Z", "action": "cart", "product_id": "p1"},
+    {"customer_id": "ann", "event_time": "2024-01-09T09:00:00Z", "action": "view", "product_id": "p4"},
+    {"customer_id": "ann", "event_time": "2024-01-09T10:00:00Z", "action": "purchase", "product_id": "p2"},
+]
+
+
+def _model(build_model: Any, trained_through: datetime, seed: int = 0) -> TraitflowModel:
+    model = build_model(trained_through=trained_through, seed=seed)
+    vectors = np.random.default_rng(seed).standard_normal(model.tokens.vectors.shape).astype(np.float32)
+    return dataclasses.replace(model, tokens=dataclasses.replace(model.tokens, vectors=vectors))
+
+
+def test_without_a_model_the_events_are_stored_and_the_customer_listed(store: Store) -> None:
+    update = update_from_events(store, EVENTS, run_id="test")
+    assert (update.n_received, update.n_inserted, update.n_rejected) == (3, 3, 0)
+    assert update.profiles == ()
+    [unprofiled] = update.unprofiled
+    assert unprofiled.customer_id == "ann" and unprofiled.as_of == datetime(2024, 1, 10, tzinfo=UTC)
+    assert "no promoted model" in unprofiled.reason
+    assert len(store.read_events(customer_ids=["ann"])) == 3
+
+
+def test_a_promotion_racing_the_write_is_recomputed_with_the_newer_model(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(first)
+    newer = store.save_model(_model(build_model, datetime(2024, 1, 8, tzinfo=UTC), seed=1))
+    write = store.write_profiles
+    calls: list[int | None] = []
+
+    def promote_then_write(batch: Any, **kwargs: Any) -> Any:
+        calls.append(batch.model_version)
+        if len(calls) == 1:  # a weekly run promotes between the pick and the write
+            store.promote(newer)
+        return write(batch, **kwargs)
+
+    monkeypatch.setattr(store, "write_profiles", promote_then_write)
+    update = update_from_events(store, EVENTS, run_id="test")
+    assert calls == [first, newer]
+    [profile] = update.profiles
+    assert profile.model_version == newer
+    assert store.current_profile("ann")["model_version"] == newer
+
+
+def test_the_source_names_the_content_and_the_limit_holds(store: Store) -> None:
+    assert request_source(EVENTS) == request_source([dict(e) for e in EVENTS])
+    assert request_source(EVENTS) != request_source(EVENTS[:2])
+    assert request_source(EVENTS).startswith("api:sha256:")
+    with pytest.raises(TooManyEventsError):
+        update_from_events(store, EVENTS * (MAX_EVENTS // 3 + 1), run_id="test")
+    assert store.table_counts()["events"] == 0
+
+
+def test_day_end_is_the_daily_runs_as_of() -> None:
+    import pandas as pd
+
+    assert day_end(pd.Timestamp("2024-01-09T23:59:59.999999Z")) == datetime(2024, 1, 10, tzinfo=UTC)
+    assert day_end(pd.Timestamp("2024-01-10T00:00:00Z")) == datetime(2024, 1, 11, tzinfo=UTC)
+    assert day_end(pd.Timestamp("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
