@@ -19,8 +19,13 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
 * **Write** with ``Store.write_profiles(require_selected_model=True)`` (one transaction per
   ``as_of``): the history row of (customer, as_of) is replaced, the current row only moves
   forward, and a model promoted for that date meanwhile makes the batch be recomputed once with
-  it, like the daily run. A late event (its day older than the customer's current row) therefore
-  updates that day's history row while the newer current row stays.
+  it, like the daily run. When a refresh or promotion has put the customer's current row at a
+  later ``as_of`` than the day of their newest event, the update rewrites that day's history row
+  and the newer current row stays.
+
+The daily run with an input folder also leaves out events of files dated its end's day or later
+(not delivered yet for it); events posted here are in the store at once, so a customer who also
+has such file events is profiled with them here and without them by that daily run.
 
 Without a promoted model for a customer's date the events are still stored (the first daily run
 after a promotion profiles them) and the customer is listed in ``EventUpdate.unprofiled``.
