@@ -197,10 +197,8 @@ def _profile_and_write(
     recomputed once when a promotion replaced that model meanwhile (as the daily run does)."""
     version = store.model_version_for(as_of)
     events = history[history["customer_id"].isin(set(customer_ids))]
-    for attempt in range(2):
-        if version is None:
-            reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
-            return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids]
+    replaced: StaleModelError | None = None
+    while version is not None:
         model = store.load_model(version)
         batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
         batch.model_version = version
@@ -208,11 +206,12 @@ def _profile_and_write(
             store.write_profiles(batch, require_selected_model=True)
             return _profiles(batch, model.traits.labels), []
         except StaleModelError as stale:
-            if attempt:
+            if replaced is not None:
                 return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids]
             log.warning("%s; recomputing with model %s", stale, stale.selected)
-            version = stale.selected
-    raise AssertionError("unreachable: the loop returns on its second attempt")
+            replaced, version = stale, stale.selected
+    reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
+    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids]
 
 
 def _profiles(batch: ProfileBatch, labels: Sequence[str]) -> list[UpdatedProfile]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -43,6 +43,11 @@ from .schemas import (
     UnprofiledCustomer,
     UpdatedProfile,
 )
+
+if TYPE_CHECKING:  # imported on the first post: traitflow is heavy (see the package docstring)
+    from traitflow.online_update import EventUpdate
+    from traitflow.online_update import UpdatedProfile as WrittenProfile
+    from traitflow.store import Store
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # 10,000 events of a few hundred bytes each, with room to spare
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -85,7 +90,7 @@ def _run_id(user: Any) -> str:
     return f"api:{_CONTROL.sub('?', str(name))[:64]}:{datetime.now(UTC).isoformat()}"
 
 
-def _posted(store: Any, rows: list[dict[str, Any]], user: Any) -> Any:
+def _posted(store: Store, rows: list[dict[str, Any]], user: Any) -> EventsPosted | JSONResponse:
     """Validate, store and profile ``rows``; the result as a response (200, 409 or 422)."""
     from traitflow.online_update import update_from_events
 
@@ -103,7 +108,7 @@ def _posted(store: Any, rows: list[dict[str, Any]], user: Any) -> Any:
     return _response(update)
 
 
-def _response(update: Any) -> EventsPosted:
+def _response(update: EventUpdate) -> EventsPosted:
     return EventsPosted(
         source=update.source,
         n_received=update.n_received,
@@ -120,7 +125,7 @@ def _response(update: Any) -> EventsPosted:
     )
 
 
-def _profile(profile: Any) -> UpdatedProfile:
+def _profile(profile: WrittenProfile) -> UpdatedProfile:
     names = dict(zip(profile.trait_ids, profile.labels, strict=True))
     return UpdatedProfile(
         customer_id=profile.customer_id,

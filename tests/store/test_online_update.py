@@ -81,3 +81,30 @@ def test_day_end_is_the_daily_runs_as_of() -> None:
     assert day_end(pd.Timestamp("2024-01-09T23:59:59.999999Z")) == datetime(2024, 1, 10, tzinfo=UTC)
     assert day_end(pd.Timestamp("2024-01-10T00:00:00Z")) == datetime(2024, 1, 11, tzinfo=UTC)
     assert day_end(pd.Timestamp("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
+
+
+def test_the_online_profiler_gives_the_posted_profile(store: Store, build_model: Any) -> None:
+    """``online.CustomerProfiler`` (one customer, model prepared once) agrees with the batch path
+    the update uses, recency weighting included."""
+    from traitflow.config import PipelineConfig
+    from traitflow.online import CustomerProfiler
+
+    config = PipelineConfig.from_mapping({"k": 3, "recency_half_life_days": 1.5})
+    model = dataclasses.replace(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)), config=config)
+    version = store.save_model(model)
+    store.promote(version)
+    [posted] = update_from_events(store, EVENTS, run_id="test").profiles
+    events = store.read_events(customer_ids=["ann"])
+    online = CustomerProfiler(store.load_model(version)).profile(
+        events["action"].tolist(),
+        events["product_id"].tolist(),
+        events["category"].tolist(),
+        events["event_time"].dt.tz_convert(None).to_numpy(),  # UTC, as datetime64
+        as_of=posted.as_of,
+    )
+    assert online.profile == pytest.approx(np.array(posted.scores), abs=1e-9)
+    assert (online.n_events, online.n_known_tokens, online.cold_start) == (
+        posted.n_events,
+        posted.n_known_tokens,
+        posted.cold_start,
+    )
