@@ -22,6 +22,10 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   it, like the daily run. When a refresh or promotion has put the customer's current row at a
   later ``as_of`` than the day of their newest event, the update rewrites that day's history row
   and the newer current row stays.
+* **Concurrent posts** for one customer: events are stored before their profile is computed,
+  and a post re-reads its customers' history after writing and profiles again those whose
+  history grew meanwhile (``MAX_ROUNDS`` times at most), so the last profile written for a
+  customer includes every event stored before it was computed.
 
 The daily run with an input folder also leaves out events of files dated its end's day or later
 (not delivered yet for it); events posted here are in the store at once, so a customer who also
@@ -54,6 +58,7 @@ from traitflow.store import StaleModelError, Store
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 10_000  # per request: validation, storage and profiling stay within a second or so
+MAX_ROUNDS = 3  # profile writes per customer and request when concurrent posts keep adding events
 SOURCE_PREFIX = "api:"
 _DAY = timedelta(days=1)
 _EVENT_FIELDS: tuple[str, ...] = event_schema.CANONICAL_COLUMNS
@@ -152,15 +157,8 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
     source = request_source(rows)
     result = validate_events(events_frame(rows), PRESETS["canonical"], source=source)
     report = store.ingest_events(result, source, run_id)
-    profiled: list[UpdatedProfile] = []
-    unprofiled: list[Unprofiled] = []
     customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
-    if len(customer_ids):
-        history = store.read_events(customer_ids=list(customer_ids))
-        for as_of, ids in _customers_by_day(history).items():
-            done, skipped = _profile_and_write(store, history, ids, as_of)
-            profiled.extend(done)
-            unprofiled.extend(skipped)
+    profiled, unprofiled = _update_profiles(store, customer_ids)
     return EventUpdate(
         source=source,
         n_received=report.n_read,
@@ -168,9 +166,43 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
         n_already_present=report.n_already_present,
         n_rejected=report.n_rejected,
         rejects=_rejects(store, source, result.rejects, report.n_conflicting),
-        profiles=tuple(sorted(profiled, key=lambda p: p.customer_id)),
-        unprofiled=tuple(sorted(unprofiled, key=lambda u: u.customer_id)),
+        profiles=tuple(profiled[c] for c in sorted(profiled)),
+        unprofiled=tuple(unprofiled[c] for c in sorted(unprofiled)),
     )
+
+
+def _update_profiles(
+    store: Store, customer_ids: np.ndarray
+) -> tuple[dict[str, UpdatedProfile], dict[str, Unprofiled]]:
+    """Profile and write ``customer_ids`` from their stored history, again for those whose history
+    grew meanwhile (a concurrent post committed between reading and writing: the last write of a
+    customer then rests on every event), at most ``MAX_ROUNDS`` times."""
+    profiled: dict[str, UpdatedProfile] = {}
+    unprofiled: dict[str, Unprofiled] = {}
+    pending = customer_ids
+    for _ in range(MAX_ROUNDS):
+        if not len(pending):
+            break
+        history = store.read_events(customer_ids=list(pending))
+        for as_of, ids in _customers_by_day(history).items():
+            done, skipped = _profile_and_write(store, history, ids, as_of)
+            for profile in done:
+                profiled[profile.customer_id] = profile
+                unprofiled.pop(profile.customer_id, None)
+            for skip in skipped:
+                unprofiled[skip.customer_id] = skip
+                profiled.pop(skip.customer_id, None)
+        pending = _grown(history, store.read_events(customer_ids=list(pending)))
+    return profiled, unprofiled
+
+
+def _grown(before: pd.DataFrame, after: pd.DataFrame) -> np.ndarray:
+    """Customers with another number of events in ``after`` than in ``before`` (events are only
+    ever added, so another count means events the profile missed)."""
+    counts = pd.concat(
+        [before["customer_id"].value_counts(), after["customer_id"].value_counts()], axis=1
+    ).fillna(0)
+    return counts.index[counts.iloc[:, 0] != counts.iloc[:, 1]].to_numpy(dtype=object)
 
 
 def _rejects(store: Store, source: str, rejects: pd.DataFrame, n_conflicting: int) -> tuple[Reject, ...]:

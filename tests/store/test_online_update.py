@@ -63,7 +63,8 @@ def test_a_promotion_racing_the_write_is_recomputed_with_the_newer_model(
     assert calls == [first, newer]
     [profile] = update.profiles
     assert profile.model_version == newer
-    assert store.current_profile("ann")["model_version"] == newer
+    current = store.current_profile("ann")
+    assert current is not None and current["model_version"] == newer
 
 
 def test_the_source_names_the_content_and_the_limit_holds(store: Store) -> None:
@@ -108,3 +109,29 @@ def test_the_online_profiler_gives_the_posted_profile(store: Store, build_model:
         posted.n_known_tokens,
         posted.cold_start,
     )
+
+
+def test_events_stored_by_a_concurrent_post_are_in_the_last_profile_written(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another post commits an event of the customer between this post's read and its write: the
+    profile is computed again, so the stored profile rests on all four events."""
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    write = store.write_profiles
+    late = {"customer_id": "ann", "event_time": "2024-01-09T11:00:00Z", "action": "cart", "product_id": "p5"}
+    written: list[int] = []
+
+    def another_post_then_write(batch: Any, **kwargs: Any) -> Any:
+        written.append(int(batch.n_events[0]))
+        if len(written) == 1:
+            monkeypatch.setattr(store, "write_profiles", write)
+            update_from_events(store, [late], run_id="other")  # commits its event and profile
+            monkeypatch.setattr(store, "write_profiles", another_post_then_write)
+        return write(batch, **kwargs)
+
+    monkeypatch.setattr(store, "write_profiles", another_post_then_write)
+    [profile] = update_from_events(store, EVENTS, run_id="test").profiles
+    assert written == [3, 4]  # the first write missed the other post's event; the second has it
+    current = store.current_profile("ann")
+    assert current is not None and profile.n_events == 4 == current["n_events"]
