@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 
 class Error(BaseModel):
@@ -243,7 +243,7 @@ class PostedEvent(BaseModel):
     )
     product_id: Text | None = None
     category: Text | None = None
-    price: float | Text | None = None
+    price: StrictInt | StrictFloat | Text | None = Field(default=None, description="a number (or its text)")
     session_id: Text | None = None
 
 

@@ -167,6 +167,8 @@ def test_without_a_model_the_events_are_stored_and_the_answer_is_409(
         ("/api/customers/alice/events", {"events": "all of them"}),
         ("/api/customers/alice/events", {"events": [{"event_time": 20240108, "action": "view"}]}),
         ("/api/customers/alice/events", {"events": [{**JAN8[0], "colour": "red"}]}),
+        ("/api/customers/alice/events", {"events": [{**JAN8[0], "price": True}]}),
+        ("/api/customers/alice/events", {"events": [None]}),
         ("/api/customers/alice/events", {"events": [JAN8[0]] * 10_001}),
         ("/api/customers/alice/events", [JAN8[0]]),
         ("/api/events", {"events": [{**JAN8[0], "customer_id": ["x"]}]}),
@@ -233,3 +235,10 @@ def test_only_op_and_admin_may_post_through_airflow_auth(
             assert allowed.status_code == 200, allowed.text
         viewer = {"Authorization": f"Bearer {role_token('viewer')}"}
         assert api.get("/traitflow/api/customers/hana", headers=viewer).json()["n_events"] == 2
+
+
+def test_the_api_docs_describe_the_event_posts(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    single = paths["/api/customers/{customer_id}/events"]["post"]
+    assert set(single["responses"]) >= {"200", "409", "413", "422", "503"}
+    assert "requestBody" in single and "post" in paths["/api/events"]
