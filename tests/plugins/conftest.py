@@ -6,7 +6,9 @@ collected first and its conftest has already set up a temp ``AIRFLOW_HOME`` (mar
 environment here, before anything imports Airflow.
 
 The fixtures shared by the endpoint tests are here too: ``plugin_env`` (point the plugin at a
-database schema), ``empty_db`` (a migrated, empty one) and ``client`` (the app, auth overridden).
+database schema), ``empty_db`` (a migrated, empty one), ``client`` (the app, auth overridden),
+``airflow_app`` (Airflow's api-server app with the plugin, real auth) and ``role_token`` (a JWT
+for a SimpleAuthManager role).
 """
 
 from __future__ import annotations
