@@ -1,4 +1,4 @@
-"""Traitflow's Airflow 3.3 plugin: a "Traits" page in the Airflow UI and a read-only JSON API.
+"""Traitflow's Airflow 3.3 plugin: a "Traits" page in the Airflow UI and a JSON API (reads and event posts).
 
 This file only registers the plugin; the app lives in the ``traitflow_web`` package next to it
 (see its docstring for which module does what). Airflow imports every ``.py`` file under the
@@ -36,11 +36,22 @@ What it registers (``TraitflowPlugin``)
                                                     baseline and margin, drift and its threshold
   ``GET /traitflow/api/charts/trait-map?n=``        2-D map of a deterministic sample of current
                                                     profiles (n in 1..5000), by dominant trait
+  ``POST /traitflow/api/customers/{id}/events``    a customer's events (``{"events": [...]}``,
+                                                    canonical fields, at most 10,000): validated,
+                                                    stored, profile recomputed and returned
+  ``POST /traitflow/api/events``                    the same for events of many customers (each
+                                                    with its ``customer_id``)
   ``GET /traitflow/docs``, ``/traitflow/openapi.json``  the app's own OpenAPI docs (no data);
                                                     Swagger UI from the static folder, no CDN
   ``GET /traitflow/metrics``                        Prometheus exposition: aggregates only
                                                     (``traitflow_web.metrics``)
   ===============================================  ==========================================
+
+  The event posts (``traitflow_web.events``, ``traitflow.online_update``) answer 200 with the
+  counts (received = stored + rejected), each reject's row number and reason and the profiles
+  written; 422 when every event was rejected (the rejects are still listed and recorded); 409
+  when the events were stored but no model is promoted for their date yet; 413 for a body over
+  16 MiB. A re-post of the same body adds nothing.
 
   Bad parameters give FastAPI's 422 JSON (``{"detail": [{"loc": [...], "msg": ...}]}``); other
   errors are ``{"detail": "<message>"}``: 404 unknown customer/trait/model (or no active model
@@ -51,9 +62,10 @@ What it registers (``TraitflowPlugin``)
   ``url_route="traitflow"``): the UI shows the page in an iframe at ``/plugin/traitflow``.
 
 Authentication is Airflow's own, on every route but the static files, the OpenAPI docs and
-the metrics (``traitflow_web.auth``; the metrics take an optional token of their own); the
-database is the DAGs' (``traitflow_web.pool``). Importing this file does no database or
-connection lookup and loads neither numpy, pandas nor psycopg.
+the metrics (``traitflow_web.auth``; the metrics take an optional token of their own); the event
+posts also need POST on the ``Traitflow`` view and on assets (simple auth manager: role op or
+admin; ``traitflow_web.events``). The database is the DAGs' (``traitflow_web.pool``). Importing
+this file does no database or connection lookup and loads neither numpy, pandas nor psycopg.
 """
 
 from __future__ import annotations
@@ -63,7 +75,7 @@ from traitflow_web.app import TRAITS_VIEW, URL_PREFIX, app
 
 
 class TraitflowPlugin(AirflowPlugin):
-    """Traits view + read API (see the module docstring)."""
+    """Traits view + API (see the module docstring)."""
 
     name = "traitflow"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Traitflow traits API"}]  # noqa: RUF012

@@ -3,8 +3,9 @@
 * ``pool``: pooled ``traitflow.store.Store`` objects, one per request, and the request dependency.
 * ``errors``: store and database failures as HTTP errors (404, 503).
 * ``auth``: Airflow's own authentication and the ``Traitflow`` custom-view permission.
-* ``schemas``: the response models and the conversion of store values into them.
+* ``schemas``: the request and response models and the conversion of store values into them.
 * ``api``: the read-only JSON routes under ``/api`` (profile reads through the Redis profile cache).
+* ``events``: the event posts under ``/api`` (op/admin), their 422 encoding and body size limit.
 * ``charts``: the JSON routes of the page's charts under ``/api/charts``.
 * ``metrics``: the Prometheus exposition at ``/metrics`` and the request-latency middleware.
 * ``page``: the HTML page.

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from airflow.configuration import conf
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -16,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from .api import api
 from .auth import LoginRequiredError, login_redirect
 from .charts import charts
+from .events import BodySizeLimit, events, validation_error
 from .metrics import metrics, time_requests
 from .page import UI_DIR, index
 from .pool import POOL
@@ -67,10 +69,11 @@ def create_app() -> FastAPI:
     """The plugin's FastAPI app (no I/O: safe to build at import)."""
     app = FastAPI(
         title="Traitflow",
-        summary="Read-only API over Traitflow's customer trait profiles (Airflow plugin)",
+        summary="API over Traitflow's customer trait profiles and event posts (Airflow plugin)",
         description=(
             "Authenticate like the Airflow API: `Authorization: Bearer <token from POST /auth/token>` "
-            "or the Airflow UI session cookie. Needs GET on the `Traitflow` custom view."
+            "or the Airflow UI session cookie. Reads need GET on the `Traitflow` custom view; event "
+            "posts need POST on it and on assets (simple auth manager: role op or admin)."
         ),
         version="1",
         lifespan=_lifespan,
@@ -79,13 +82,16 @@ def create_app() -> FastAPI:
     )
     app.include_router(api)
     app.include_router(charts)
+    app.include_router(events)
     app.add_api_route("/docs", api_docs, methods=["GET"], include_in_schema=False)
     # Prometheus scrapes without an Airflow login: aggregates only (see metrics.py)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
     app.add_exception_handler(LoginRequiredError, login_redirect)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")
     app.middleware("http")(_no_store_for_api)
+    app.add_middleware(BodySizeLimit)
     app.middleware("http")(time_requests)  # added last: outermost, so it times the whole request
     return app
 

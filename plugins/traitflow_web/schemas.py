@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 
 class Error(BaseModel):
@@ -210,6 +210,95 @@ class Status(BaseModel):
     active_model_version: int | None
     latest_profile_as_of: datetime | None
     table_counts: dict[str, int]
+
+
+# ---------------------------------------------------------------- event posts (plugin events.py)
+
+# traitflow.online_update.MAX_EVENTS, repeated (this package imports no traitflow code at top
+# level); a test checks that they agree.
+MAX_POSTED_EVENTS = 10_000
+
+
+def _encodable(value: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"): no UTF-8 text, so no stored text either."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class PostedEvent(BaseModel):
+    """One event of a customer in the canonical shape. Fields are text as in an event file; a
+    missing or invalid value makes the event a reject with the loaders' reason, not an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_time: Text | None = Field(default=None, description="ISO 8601; without an offset: UTC")
+    action: Text | None = Field(
+        default=None, description="view | wishlist | cart | remove_from_cart | purchase"
+    )
+    product_id: Text | None = None
+    category: Text | None = None
+    price: StrictInt | StrictFloat | Text | None = Field(default=None, description="a number (or its text)")
+    session_id: Text | None = None
+
+
+class CustomerEvent(PostedEvent):
+    customer_id: Text | None = None
+
+
+class CustomerEvents(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[PostedEvent] = Field(min_length=1, max_length=MAX_POSTED_EVENTS)
+
+
+class ManyCustomersEvents(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[CustomerEvent] = Field(min_length=1, max_length=MAX_POSTED_EVENTS)
+
+
+class EventReject(BaseModel):
+    row_number: int = Field(description="1-based position of the event in the request")
+    reason: str = Field(description="a reject reason of the event loaders")
+
+
+class UpdatedProfile(BaseModel):
+    customer_id: str
+    as_of: datetime = Field(description="end of the UTC day of the customer's newest event")
+    model_version: int
+    dominant_trait_id: int
+    dominant_label: str | None
+    n_events: int
+    cold_start: str = Field(description="none | few_tokens | no_history")
+    n_known_tokens: int | None
+    confidence: float | None
+    traits: list[TraitScore] = Field(description="in the model's trait order")
+
+
+class UnprofiledCustomer(BaseModel):
+    customer_id: str
+    as_of: datetime
+    reason: str
+
+
+class EventsPosted(BaseModel):
+    """``n_received = n_stored + n_rejected``; ``n_stored = n_inserted + n_already_present``."""
+
+    source: str = Field(description="names this request's events and rejects in the store")
+    n_received: int
+    n_stored: int
+    n_inserted: int = Field(description="events new to the store")
+    n_already_present: int = Field(description="events stored by an earlier post or file")
+    n_rejected: int
+    rejects: list[EventReject]
+    profiles: list[UpdatedProfile] = Field(description="recomputed and written, by customer id")
+    unprofiled: list[UnprofiledCustomer] = Field(description="events stored, profile not updated")
 
 
 def plain(value: Any) -> Any:

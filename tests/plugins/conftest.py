@@ -6,7 +6,9 @@ collected first and its conftest has already set up a temp ``AIRFLOW_HOME`` (mar
 environment here, before anything imports Airflow.
 
 The fixtures shared by the endpoint tests are here too: ``plugin_env`` (point the plugin at a
-database schema), ``empty_db`` (a migrated, empty one) and ``client`` (the app, auth overridden).
+database schema), ``empty_db`` (a migrated, empty one), ``client`` (the app, auth overridden),
+``airflow_app`` (Airflow's api-server app with the plugin, real auth) and ``role_token`` (a JWT
+for a SimpleAuthManager role).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import atexit
 import importlib.machinery
 import importlib.util
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -150,12 +153,60 @@ def client(plugin: ModuleType) -> Iterator[TestClient]:
     """The plugin app with Airflow auth replaced by a fixed user (test_traitflow_plugin.py tests auth)."""
     from fastapi.testclient import TestClient
     from traitflow_web.auth import require_access, require_page_access
+    from traitflow_web.events import require_write_access
 
     app = plugin.app
     app.dependency_overrides[require_access] = lambda: "analyst"
     app.dependency_overrides[require_page_access] = lambda: "analyst"
+    app.dependency_overrides[require_write_access] = lambda: "analyst"
     try:
         with TestClient(app) as test_client:
             yield test_client
     finally:
         app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def airflow_app(plugin: ModuleType, airflow_db: Path) -> Iterator[Any]:
+    """Airflow's own api-server app (``create_app(apps="core")``) with this plugin registered."""
+    from airflow import plugins_manager
+    from airflow.api_fastapi import app as api_app
+
+    instance = plugin.TraitflowPlugin()
+    cached = (
+        plugins_manager.get_flask_plugins,
+        plugins_manager.get_fastapi_plugins,
+        plugins_manager._get_extra_operators_links_plugins,
+        plugins_manager._get_ui_plugins,
+    )
+
+    def reset() -> None:
+        for function in cached:
+            function.cache_clear()
+        api_app.purge_cached_app()
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(plugins_manager, "_get_plugins", lambda: ([instance], {}))
+    # Airflow generates a short HMAC secret when none is configured (PyJWT warns about it).
+    patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(64))
+    reset()
+    try:
+        yield api_app.create_app(apps="core")
+    finally:
+        patch.undo()
+        reset()
+
+
+@pytest.fixture
+def role_token() -> Callable[[str | None], str]:
+    """``role_token(role)``: a SimpleAuthManager JWT for a user with ``role`` (None: no role); use
+    with ``airflow_app``."""
+
+    def token(role: str | None) -> str:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+        user = SimpleAuthManagerUser(username=f"user-{role}", role=role)
+        return get_auth_manager().generate_jwt(user)
+
+    return token

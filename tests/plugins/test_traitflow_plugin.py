@@ -10,10 +10,9 @@ from __future__ import annotations
 import html
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -605,45 +604,9 @@ def test_pool_reuses_connections_and_drops_broken_ones(
 # ------------------------------------------------------------- through Airflow's api-server app
 
 
-@pytest.fixture
-def airflow_app(plugin: ModuleType, airflow_db: Path) -> Iterator[Any]:
-    """Airflow's own api-server app (``create_app(apps="core")``) with this plugin registered."""
-    from airflow import plugins_manager
-    from airflow.api_fastapi import app as api_app
-
-    instance = plugin.TraitflowPlugin()
-    cached = (
-        plugins_manager.get_flask_plugins,
-        plugins_manager.get_fastapi_plugins,
-        plugins_manager._get_extra_operators_links_plugins,
-        plugins_manager._get_ui_plugins,
-    )
-
-    def reset() -> None:
-        for function in cached:
-            function.cache_clear()
-        api_app.purge_cached_app()
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(plugins_manager, "_get_plugins", lambda: ([instance], {}))
-    # Airflow generates a short HMAC secret when none is configured (PyJWT warns about it).
-    patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(64))
-    reset()
-    try:
-        yield api_app.create_app(apps="core")
-    finally:
-        patch.undo()
-        reset()
-
-
-def _token(role: str | None) -> str:
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=f"user-{role}", role=role))
-
-
-def test_airflow_mounts_the_app_and_enforces_its_auth(airflow_app: Any, seeded: Seeded) -> None:
+def test_airflow_mounts_the_app_and_enforces_its_auth(
+    airflow_app: Any, seeded: Seeded, role_token: Callable[[str | None], str]
+) -> None:
     from fastapi.testclient import TestClient
 
     with TestClient(airflow_app) as api:
@@ -651,14 +614,14 @@ def test_airflow_mounts_the_app_and_enforces_its_auth(airflow_app: Any, seeded: 
         assert anonymous.status_code == 401
         assert anonymous.json() == {"detail": "Not authenticated"}
 
-        viewer = {"Authorization": f"Bearer {_token('viewer')}"}
+        viewer = {"Authorization": f"Bearer {role_token('viewer')}"}
         response = api.get("/traitflow/api/traits", headers=viewer)
         assert response.status_code == 200, response.text
         assert [t["label"] for t in response.json()["traits"]] == seeded.model.traits.labels
         assert api.get("/traitflow/api/traits/3/top", params={"n": 0}, headers=viewer).status_code == 422
         assert api.get("/traitflow/api/customers/nobody", headers=viewer).status_code == 404
 
-        no_role = api.get("/traitflow/api/models", headers={"Authorization": f"Bearer {_token(None)}"})
+        no_role = api.get("/traitflow/api/models", headers={"Authorization": f"Bearer {role_token(None)}"})
         assert no_role.status_code == 403
         assert "Traitflow" in no_role.json()["detail"]
         forged = api.get("/traitflow/api/models", headers={"Authorization": "Bearer not-a-jwt"})
@@ -672,18 +635,20 @@ def test_airflow_mounts_the_app_and_enforces_its_auth(airflow_app: Any, seeded: 
         assert api.get("/traitflow/static/app.js").status_code == 200  # static assets are public
         metrics = api.get("/traitflow/metrics")  # scrapers cannot log in: aggregates only
         assert metrics.status_code == 200 and "traitflow_store_up" in metrics.text
-        api.cookies.set("_token", _token("viewer"))
+        api.cookies.set("_token", role_token("viewer"))
         page = api.get("/traitflow/")
         assert page.status_code == 200
         assert html.escape(seeded.model.traits.labels[0], quote=True) in page.text
         assert api.get("/traitflow/api/customers/c1").json()["dominant_trait_id"] == 3
 
 
-def test_airflow_serves_the_nav_entry_to_the_ui(airflow_app: Any) -> None:
+def test_airflow_serves_the_nav_entry_to_the_ui(
+    airflow_app: Any, role_token: Callable[[str | None], str]
+) -> None:
     from fastapi.testclient import TestClient
 
     with TestClient(airflow_app) as api:
-        response = api.get("/api/v2/plugins", headers={"Authorization": f"Bearer {_token('viewer')}"})
+        response = api.get("/api/v2/plugins", headers={"Authorization": f"Bearer {role_token('viewer')}"})
     assert response.status_code == 200
     [entry] = [p for p in response.json()["plugins"] if p["name"] == "traitflow"]
     assert entry["fastapi_apps"] == [

@@ -252,6 +252,10 @@ class Store:
         """``{reason: rows}`` of the rejects recorded for ``source`` (a file's path as ingested)."""
         return _reads.reject_counts(self._ensure_ready(), source)
 
+    def rejects_of(self, source: str, reason: str | None = None) -> list[tuple[int, str]]:
+        """``(row_number, reason)`` of the rejects recorded for ``source``, by row number."""
+        return _reads.rejected_rows(self._ensure_ready(), source, reason)
+
     def product_names(self, product_ids: Sequence[str] | np.ndarray) -> dict[str, str]:
         """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
         return _products.product_names(self._ensure_ready(), product_ids)

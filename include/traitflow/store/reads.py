@@ -289,6 +289,16 @@ def reject_counts(conn: psycopg.Connection, source: str) -> dict[str, int]:
     return {str(reason): int(n) for reason, n in rows}
 
 
+def rejected_rows(conn: psycopg.Connection, source: str, reason: str | None = None) -> list[tuple[int, str]]:
+    """``(row_number, reason)`` of the rejects recorded for ``source`` (only ``reason`` if given)."""
+    rows = conn.execute(
+        "SELECT row_number, reason FROM rejected_events WHERE source = %s"
+        " AND (%s::text IS NULL OR reason = %s) ORDER BY row_number",
+        (source, reason, reason),
+    ).fetchall()
+    return [(int(number), str(why)) for number, why in rows]
+
+
 @dataclass(frozen=True)
 class StaleProfiles:
     """Customers with events before an instant that their current profile does not include.

@@ -1,0 +1,269 @@
+"""Profiles updated from freshly posted events: validate -> store -> profile -> write.
+
+The HTTP event routes of the Airflow plugin call ``update_from_events``; any other pusher of
+events (a queue consumer, a script) can call it too. Each step reuses what the daily run uses:
+
+* **Validate** with the loaders' own rules (``events.validate_events`` and the ``canonical``
+  mapping): every posted event is either stored or rejected with a reason of
+  ``event_schema.REJECT_REASONS``, under its 1-based position in the request (``row_number``).
+* **Store** with ``Store.ingest_events`` (one transaction): a re-post adds nothing. The source
+  names the request by its content (``request_source``), so a re-post of the same body also
+  records its rejects only once, and an event repeated with other fields is a
+  ``conflicting_duplicate``, as for files.
+* **Profile** each affected customer from their whole stored history with the batch path
+  (``pipeline.profile_customers``), as of the **end of the UTC day of their newest stored
+  event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
+  what the daily run for that day computes (interval ``[day, day + 1)``, ``as_of`` its end,
+  events before it, the model of its date), so the daily run that follows rewrites the same
+  values. An ``as_of`` of "now" would differ from it whenever recency weighting is on.
+* **Write** with ``Store.write_profiles(require_selected_model=True)`` (one transaction per
+  ``as_of``): the history row of (customer, as_of) is replaced, the current row only moves
+  forward, and a model promoted for that date meanwhile makes the batch be recomputed once with
+  it, like the daily run. When a refresh or promotion has put the customer's current row at a
+  later ``as_of`` than the day of their newest event, the update rewrites that day's history row
+  and the newer current row stays.
+* **Concurrent posts** for one customer: events are stored before their profile is computed,
+  and a post re-reads its customers' history after writing and profiles again those whose
+  history grew meanwhile (``MAX_ROUNDS`` times at most), so the last profile written for a
+  customer includes every event stored before it was computed.
+
+The daily run with an input folder also leaves out events of files dated its end's day or later
+(not delivered yet for it); events posted here are in the store at once, so a customer who also
+has such file events is profiled with them here and without them by that daily run.
+
+Without a promoted model for a customer's date the events are still stored (the first daily run
+after a promotion profiles them) and the customer is listed in ``EventUpdate.unprofiled``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from traitflow import event_schema
+from traitflow.events import PRESETS, validate_events
+from traitflow.pipeline import profile_customers
+from traitflow.profile_batch import ProfileBatch, profile_confidence
+from traitflow.runs import utc
+from traitflow.store import StaleModelError, Store
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 10_000  # per request: validation, storage and profiling stay within a second or so
+MAX_ROUNDS = 3  # profile writes per customer and request when concurrent posts keep adding events
+SOURCE_PREFIX = "api:"
+_DAY = timedelta(days=1)
+_EVENT_FIELDS: tuple[str, ...] = event_schema.CANONICAL_COLUMNS
+
+
+@dataclass(frozen=True)
+class Reject:
+    row_number: int  # 1-based position of the event in the request
+    reason: str  # one of event_schema.REJECT_REASONS
+
+
+@dataclass(frozen=True)
+class UpdatedProfile:
+    """A profile as written: ``scores`` in the model's trait order (``trait_ids``, ``labels``)."""
+
+    customer_id: str
+    as_of: datetime
+    model_version: int
+    trait_ids: tuple[int, ...]
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    dominant_trait_id: int
+    n_events: int
+    n_known_tokens: int | None
+    confidence: float | None
+    cold_start: str
+
+
+@dataclass(frozen=True)
+class Unprofiled:
+    customer_id: str
+    as_of: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class EventUpdate:
+    """What one post did: ``n_received = n_stored + n_rejected`` (``n_stored`` counts events new to
+    the store and those already present from an earlier post)."""
+
+    source: str
+    n_received: int
+    n_inserted: int
+    n_already_present: int
+    n_rejected: int
+    rejects: tuple[Reject, ...]
+    profiles: tuple[UpdatedProfile, ...]
+    unprofiled: tuple[Unprofiled, ...]
+
+    @property
+    def n_stored(self) -> int:
+        return self.n_inserted + self.n_already_present
+
+
+class TooManyEventsError(ValueError):
+    """More than ``MAX_EVENTS`` events in one request."""
+
+
+def request_source(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``api:sha256:<hex>`` of the events' canonical JSON: the same body always gets the same
+    source, so its rejects (keyed by source and row number) are recorded once."""
+    canonical = json.dumps([dict(row) for row in rows], sort_keys=True, ensure_ascii=False, default=str)
+    return f"{SOURCE_PREFIX}sha256:{hashlib.sha256(canonical.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def _text(value: Any) -> str:
+    """A posted field as the text a file would hold: missing -> '', numbers in their JSON form."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def events_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The posted events as a string frame with the canonical columns (what the loaders validate)."""
+    return pd.DataFrame(
+        {name: pd.Series([_text(row.get(name)) for row in rows], dtype="str") for name in _EVENT_FIELDS}
+    )
+
+
+def day_end(instant: pd.Timestamp) -> datetime:
+    """The end of ``instant``'s UTC day: the ``as_of`` of the daily run whose interval holds it."""
+    return utc((instant.tz_convert("UTC").normalize() + _DAY).to_pydatetime())
+
+
+def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_id: str) -> EventUpdate:
+    """Validate, store and profile posted events (see the module docstring).
+
+    ``rows``: mappings with the canonical fields (``event_schema.CANONICAL_COLUMNS``; missing or
+    None = blank); at most ``MAX_EVENTS`` (``TooManyEventsError``). ``run_id`` is recorded with
+    the stored rows (who posted, when).
+    """
+    if len(rows) > MAX_EVENTS:
+        raise TooManyEventsError(f"{len(rows)} events in one request; at most {MAX_EVENTS}")
+    source = request_source(rows)
+    result = validate_events(events_frame(rows), PRESETS["canonical"], source=source)
+    report = store.ingest_events(result, source, run_id)
+    customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
+    profiled, unprofiled = _update_profiles(store, customer_ids)
+    return EventUpdate(
+        source=source,
+        n_received=report.n_read,
+        n_inserted=report.n_inserted,
+        n_already_present=report.n_already_present,
+        n_rejected=report.n_rejected,
+        rejects=_rejects(store, source, result.rejects, report.n_conflicting),
+        profiles=tuple(profiled[c] for c in sorted(profiled)),
+        unprofiled=tuple(unprofiled[c] for c in sorted(unprofiled)),
+    )
+
+
+def _update_profiles(
+    store: Store, customer_ids: np.ndarray
+) -> tuple[dict[str, UpdatedProfile], dict[str, Unprofiled]]:
+    """Profile and write ``customer_ids`` from their stored history, again for those whose history
+    grew meanwhile (a concurrent post committed between reading and writing: the last write of a
+    customer then rests on every event), at most ``MAX_ROUNDS`` times."""
+    profiled: dict[str, UpdatedProfile] = {}
+    unprofiled: dict[str, Unprofiled] = {}
+    pending = customer_ids
+    for _ in range(MAX_ROUNDS):
+        if not len(pending):
+            break
+        history = store.read_events(customer_ids=list(pending))
+        for as_of, ids in _customers_by_day(history).items():
+            done, skipped = _profile_and_write(store, history, ids, as_of)
+            for profile in done:
+                profiled[profile.customer_id] = profile
+                unprofiled.pop(profile.customer_id, None)
+            for skip in skipped:
+                unprofiled[skip.customer_id] = skip
+                profiled.pop(skip.customer_id, None)
+        pending = _grown(history, store.read_events(customer_ids=list(pending)))
+    return profiled, unprofiled
+
+
+def _grown(before: pd.DataFrame, after: pd.DataFrame) -> np.ndarray:
+    """Customers with another number of events in ``after`` than in ``before`` (events are only
+    ever added, so another count means events the profile missed)."""
+    counts = pd.concat(
+        [before["customer_id"].value_counts(), after["customer_id"].value_counts()], axis=1
+    ).fillna(0)
+    return counts.index[counts.iloc[:, 0] != counts.iloc[:, 1]].to_numpy(dtype=object)
+
+
+def _rejects(store: Store, source: str, rejects: pd.DataFrame, n_conflicting: int) -> tuple[Reject, ...]:
+    """The request's rejects by row number: the validator's, plus events that conflict with
+    stored ones (recorded by the store under the same source)."""
+    found = [(int(n), str(r)) for n, r in zip(rejects["row_number"], rejects["reason"], strict=True)]
+    if n_conflicting:
+        found += store.rejects_of(source, event_schema.REASON_CONFLICTING_DUPLICATE)
+    return tuple(Reject(n, reason) for n, reason in sorted(set(found)))
+
+
+def _customers_by_day(history: pd.DataFrame) -> dict[datetime, np.ndarray]:
+    """Customer ids grouped by the ``as_of`` of their newest stored event's day, oldest first."""
+    newest = history.groupby("customer_id", sort=True)["event_time"].max()
+    as_ofs = np.array([day_end(t) for t in newest], dtype=object)
+    ids = newest.index.to_numpy(dtype=object)
+    return {as_of: ids[as_ofs == as_of] for as_of in sorted(set(as_ofs))}
+
+
+def _profile_and_write(
+    store: Store, history: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
+) -> tuple[list[UpdatedProfile], list[Unprofiled]]:
+    """Profile ``customer_ids`` as of ``as_of`` with the model selected for it and write them;
+    recomputed once when a promotion replaced that model meanwhile (as the daily run does)."""
+    version = store.model_version_for(as_of)
+    events = history[history["customer_id"].isin(set(customer_ids))]
+    replaced: StaleModelError | None = None
+    while version is not None:
+        model = store.load_model(version)
+        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
+        batch.model_version = version
+        try:
+            store.write_profiles(batch, require_selected_model=True)
+            return _profiles(batch, model.traits.labels), []
+        except StaleModelError as stale:
+            if replaced is not None:
+                return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids]
+            log.warning("%s; recomputing with model %s", stale, stale.selected)
+            replaced, version = stale, stale.selected
+    reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
+    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids]
+
+
+def _profiles(batch: ProfileBatch, labels: Sequence[str]) -> list[UpdatedProfile]:
+    trait_ids = tuple(int(t) for t in batch.trait_ids)
+    known = batch.n_known_tokens
+    confidence = None if known is None else profile_confidence(known)
+    assert batch.model_version is not None  # set by the caller before writing
+    return [
+        UpdatedProfile(
+            customer_id=str(customer),
+            as_of=utc(batch.as_of),
+            model_version=int(batch.model_version),
+            trait_ids=trait_ids,
+            labels=tuple(labels),
+            scores=tuple(float(s) for s in batch.profiles[i]),
+            dominant_trait_id=trait_ids[int(np.argmax(batch.profiles[i]))],
+            n_events=int(batch.n_events[i]),
+            n_known_tokens=None if known is None else int(known[i]),
+            confidence=None if confidence is None else float(confidence[i]),
+            cold_start=str(batch.cold_start[i]),
+        )
+        for i, customer in enumerate(batch.customer_ids)
+    ]

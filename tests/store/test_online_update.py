@@ -1,0 +1,137 @@
+"""``traitflow.online_update.update_from_events`` against a real PostgreSQL: stored before
+profiled, no model, a promotion racing the write, the request limit."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from traitflow.model import TraitflowModel
+from traitflow.online_update import (
+    MAX_EVENTS,
+    TooManyEventsError,
+    day_end,
+    request_source,
+    update_from_events,
+)
+from traitflow.store import Store
+
+EVENTS: list[dict[str, Any]] = [
+    {"customer_id": "ann", "event_time": "2024-01-09T08:00:00Z", "action": "cart", "product_id": "p1"},
+    {"customer_id": "ann", "event_time": "2024-01-09T09:00:00Z", "action": "view", "product_id": "p4"},
+    {"customer_id": "ann", "event_time": "2024-01-09T10:00:00Z", "action": "purchase", "product_id": "p2"},
+]
+
+
+def _model(build_model: Any, trained_through: datetime, seed: int = 0) -> TraitflowModel:
+    model = build_model(trained_through=trained_through, seed=seed)
+    vectors = np.random.default_rng(seed).standard_normal(model.tokens.vectors.shape).astype(np.float32)
+    return dataclasses.replace(model, tokens=dataclasses.replace(model.tokens, vectors=vectors))
+
+
+def test_without_a_model_the_events_are_stored_and_the_customer_listed(store: Store) -> None:
+    update = update_from_events(store, EVENTS, run_id="test")
+    assert (update.n_received, update.n_inserted, update.n_rejected) == (3, 3, 0)
+    assert update.profiles == ()
+    [unprofiled] = update.unprofiled
+    assert unprofiled.customer_id == "ann" and unprofiled.as_of == datetime(2024, 1, 10, tzinfo=UTC)
+    assert "no promoted model" in unprofiled.reason
+    assert len(store.read_events(customer_ids=["ann"])) == 3
+
+
+def test_a_promotion_racing_the_write_is_recomputed_with_the_newer_model(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(first)
+    newer = store.save_model(_model(build_model, datetime(2024, 1, 8, tzinfo=UTC), seed=1))
+    write = store.write_profiles
+    calls: list[int | None] = []
+
+    def promote_then_write(batch: Any, **kwargs: Any) -> Any:
+        calls.append(batch.model_version)
+        if len(calls) == 1:  # a weekly run promotes between the pick and the write
+            store.promote(newer)
+        return write(batch, **kwargs)
+
+    monkeypatch.setattr(store, "write_profiles", promote_then_write)
+    update = update_from_events(store, EVENTS, run_id="test")
+    assert calls == [first, newer]
+    [profile] = update.profiles
+    assert profile.model_version == newer
+    current = store.current_profile("ann")
+    assert current is not None and current["model_version"] == newer
+
+
+def test_the_source_names_the_content_and_the_limit_holds(store: Store) -> None:
+    assert request_source(EVENTS) == request_source([dict(e) for e in EVENTS])
+    assert request_source(EVENTS) != request_source(EVENTS[:2])
+    assert request_source(EVENTS).startswith("api:sha256:")
+    with pytest.raises(TooManyEventsError):
+        update_from_events(store, EVENTS * (MAX_EVENTS // 3 + 1), run_id="test")
+    assert store.table_counts()["events"] == 0
+
+
+def test_day_end_is_the_daily_runs_as_of() -> None:
+    import pandas as pd
+
+    assert day_end(pd.Timestamp("2024-01-09T23:59:59.999999Z")) == datetime(2024, 1, 10, tzinfo=UTC)
+    assert day_end(pd.Timestamp("2024-01-10T00:00:00Z")) == datetime(2024, 1, 11, tzinfo=UTC)
+    assert day_end(pd.Timestamp("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
+
+
+def test_the_online_profiler_gives_the_posted_profile(store: Store, build_model: Any) -> None:
+    """``online.CustomerProfiler`` (one customer, model prepared once) agrees with the batch path
+    the update uses, recency weighting included."""
+    from traitflow.config import PipelineConfig
+    from traitflow.online import CustomerProfiler
+
+    config = PipelineConfig.from_mapping({"k": 3, "recency_half_life_days": 1.5})
+    model = dataclasses.replace(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)), config=config)
+    version = store.save_model(model)
+    store.promote(version)
+    [posted] = update_from_events(store, EVENTS, run_id="test").profiles
+    events = store.read_events(customer_ids=["ann"])
+    online = CustomerProfiler(store.load_model(version)).profile(
+        events["action"].tolist(),
+        events["product_id"].tolist(),
+        events["category"].tolist(),
+        events["event_time"].dt.tz_convert(None).to_numpy(),  # UTC, as datetime64
+        as_of=posted.as_of,
+    )
+    assert online.profile == pytest.approx(np.array(posted.scores), abs=1e-9)
+    assert (online.n_events, online.n_known_tokens, online.cold_start) == (
+        posted.n_events,
+        posted.n_known_tokens,
+        posted.cold_start,
+    )
+
+
+def test_events_stored_by_a_concurrent_post_are_in_the_last_profile_written(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another post commits an event of the customer between this post's read and its write: the
+    profile is computed again, so the stored profile rests on all four events."""
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    write = store.write_profiles
+    late = {"customer_id": "ann", "event_time": "2024-01-09T11:00:00Z", "action": "cart", "product_id": "p5"}
+    written: list[int] = []
+
+    def another_post_then_write(batch: Any, **kwargs: Any) -> Any:
+        written.append(int(batch.n_events[0]))
+        if len(written) == 1:
+            monkeypatch.setattr(store, "write_profiles", write)
+            update_from_events(store, [late], run_id="other")  # commits its event and profile
+            monkeypatch.setattr(store, "write_profiles", another_post_then_write)
+        return write(batch, **kwargs)
+
+    monkeypatch.setattr(store, "write_profiles", another_post_then_write)
+    [profile] = update_from_events(store, EVENTS, run_id="test").profiles
+    assert written == [3, 4]  # the first write missed the other post's event; the second has it
+    current = store.current_profile("ann")
+    assert current is not None and profile.n_events == 4 == current["n_events"]
