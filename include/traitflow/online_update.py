@@ -52,6 +52,7 @@ from traitflow import event_schema
 from traitflow.events import PRESETS, validate_events
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch, profile_confidence
+from traitflow.profile_cache import profiles_changed
 from traitflow.runs import utc
 from traitflow.store import StaleModelError, Store
 
@@ -236,6 +237,7 @@ def _profile_and_write(
         batch.model_version = version
         try:
             store.write_profiles(batch, require_selected_model=True)
+            profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
             return _profiles(batch, model.traits.labels), []
         except StaleModelError as stale:
             if replaced is not None:

@@ -242,3 +242,22 @@ def test_the_api_docs_describe_the_event_posts(client: TestClient) -> None:
     single = paths["/api/customers/{customer_id}/events"]["post"]
     assert set(single["responses"]) >= {"200", "409", "413", "422", "503"}
     assert "requestBody" in single and "post" in paths["/api/events"]
+
+
+def test_a_post_refreshes_the_cached_profile(
+    client: TestClient, model_db: Any, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from traitflow import profile_cache
+
+    monkeypatch.setenv(profile_cache.ENV_URL, redis_server.url)
+    try:
+        assert _post(client, "erin", JAN8).status_code == 200
+        cached = [client.get("/api/customers/erin").json() for _ in range(2)]  # a miss, then a hit
+        assert cached[0] == cached[1] and cached[0]["n_events"] == 2
+        assert _post(client, "erin", JAN9).status_code == 200
+        fresh = client.get("/api/customers/erin").json()  # served from the refreshed cache
+        assert fresh["n_events"] == 5 and fresh["as_of"] != cached[0]["as_of"]
+        assert fresh == client.get("/api/customers/erin").json()
+    finally:
+        monkeypatch.delenv(profile_cache.ENV_URL)
+        assert profile_cache.shared_cache() is None  # closes this test's client
