@@ -237,6 +237,9 @@ def render(report: Mapping[str, Any]) -> str:
         f" + {events['n_rejected']} rejected; lost {events['n_lost']}; responses disagreeing with the"
         f" store: {events['n_responses_disagreeing']}. Daily updates during the load: {report['daily']}.",
     ]
+    if report.get("unloaded_p50_ms"):
+        probes = ", ".join(f"{k} {v:.1f} ms" for k, v in report["unloaded_p50_ms"].items())
+        lines.append(f"Unloaded, one client, p50: {probes}.")
     if "after_kill" in report:
         kill = report["after_kill"]
         lines.append(

@@ -22,12 +22,14 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import load_report
 import numpy as np
@@ -47,6 +49,8 @@ from load_server import (
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MIX = "profile=80,similar=10,post=10"
+PROBE_REQUESTS = 50
+AIRFLOW_FLOOR = {"airflow /api/v2/monitor/health": "/api/v2/monitor/health"}
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,13 @@ def measure(
     api_prefix: str = "/traitflow",
     kill_redis: Callable[[], None] | None = None,
     daily: DailyRunner | None = None,
+    probes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the load against whatever ``make_http()`` clients reach and return the report dict."""
+    """Run the load against whatever ``make_http()`` clients reach and return the report dict.
+
+    First ``probes`` (name -> path, e.g. Airflow's own health route: the server's floor) and one
+    profile read are timed from a single client with nothing else running."""
+    probes = probes or {}
     plan = LoadPlan(
         concurrency=options.concurrency,
         duration_s=options.duration_s,
@@ -130,6 +139,8 @@ def measure(
         api_prefix=api_prefix,
     )
     scraper = make_http()
+    top = quote(data.customer_ids[0], safe="")
+    unloaded = _probe(scraper, {**probes, "profile read": f"{api_prefix}/api/customers/{top}"})
     scrape = lambda: load_report.parse_metrics(scraper.get(f"{api_prefix}/metrics").text)  # noqa: E731
     before: dict[load_report.MetricKey, float] = {}
     timers = []
@@ -143,7 +154,23 @@ def measure(
         daily_runs = daily.stop() if daily is not None else []
     after = load_report.delta(scrape(), before)
     scraper.close()
-    return _report(options, data, results, after, daily_runs, store)
+    report = _report(options, data, results, after, daily_runs, store)
+    report["unloaded_p50_ms"] = unloaded
+    return report
+
+
+def _probe(http: Any, paths: Mapping[str, str], n: int = PROBE_REQUESTS) -> dict[str, float]:
+    """p50 (ms) of ``n`` sequential GETs of each path, after one untimed request."""
+    out = {}
+    for name, path in paths.items():
+        http.get(path)
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            http.get(path).raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+        out[name] = float(np.median(times))
+    return out
 
 
 def _report(
@@ -247,7 +274,9 @@ def _run_own(args: argparse.Namespace, options: LoadOptions, url: str, work: Pat
                     )
                     daily = DailyRunner(job)
                 make_http = _http_factory(base, _token(base, password))
-                return measure(options, data, make_http, store, kill_redis=redis.kill, daily=daily)
+                return measure(
+                    options, data, make_http, store, kill_redis=redis.kill, daily=daily, probes=AIRFLOW_FLOOR
+                )
     finally:
         if not args.keep_schema:
             store.drop_schema()
@@ -262,7 +291,7 @@ def _run_against(args: argparse.Namespace, options: LoadOptions, url: str) -> di
     with Store(url, args.schema) as store:
         data = existing_data(store)
         make_http = _http_factory(args.base_url.rstrip("/"), _token(args.base_url.rstrip("/"), args.password))
-        return measure(options, data, make_http, store)
+        return measure(options, data, make_http, store, probes=AIRFLOW_FLOOR)
 
 
 def _token(base: str, password: str) -> str:
