@@ -207,5 +207,32 @@ def run_clients(
     return merged
 
 
+def prewarm(plan: LoadPlan, make_http: Callable[[], Any], n_customers: int) -> dict[str, int]:
+    """Read the profiles of the ``n_customers`` most read customers once (the cache warm), spread
+    over ``plan.concurrency`` threads; the statuses seen, by count."""
+    ids = plan.customer_ids[:n_customers]
+    statuses: list[int] = []
+
+    def read(part: Sequence[str]) -> None:
+        http = make_http()
+        try:
+            for customer in part:
+                path = f"{plan.api_prefix}/api/customers/{quote(customer, safe='')}"
+                try:
+                    statuses.append(http.get(path).status_code)
+                except Exception:  # counted, as in the load itself
+                    statuses.append(TRANSPORT_ERROR)
+        finally:
+            http.close()
+
+    n = plan.concurrency
+    threads = [threading.Thread(target=read, args=(ids[i::n],)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {str(status): statuses.count(status) for status in sorted(set(statuses))}
+
+
 def _sleep_until(instant: float) -> None:
     time.sleep(max(0.0, instant - time.perf_counter()))

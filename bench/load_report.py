@@ -211,7 +211,8 @@ def render(report: Mapping[str, Any]) -> str:
         f"`{report['command']}`",
         "",
         f"{cfg['concurrency']} clients, {cfg['duration_s']:.0f} s measured after"
-        f" {cfg['warmup_s']:.0f} s warm-up,"
+        f" {cfg['warmup_s']:.0f} s warm-up (after reading the {cfg['prewarm_customers']} most read"
+        f" profiles once: {report.get('prewarm_statuses')}),"
         f" mix {cfg['mix']}, Zipf {cfg['zipf_exponent']} over {cfg['n_customers']} customers,"
         f" {cfg['workers']} api-server worker(s); load average {report['load_average']}.",
         "",
@@ -229,10 +230,12 @@ def render(report: Mapping[str, Any]) -> str:
         )
     cache, events = report["cache"], report["events"]
     hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.1%}"
+    redis_rate = "-" if cache["redis_hit_rate"] is None else f"{cache['redis_hit_rate']:.1%}"
     lines += [
         "",
         f"Total {report['n_requests']} requests, {report['per_second']:.1f}/s; transport errors:"
-        f" {report['transport_errors'] or 'none'}. Cache: {cache['outcomes']} (hit rate {hit_rate}).",
+        f" {report['transport_errors'] or 'none'}. Cache: {cache['outcomes']} (hit rate {hit_rate};"
+        f" of the reads Redis answered: {redis_rate}).",
         f"Events: {events['n_sent']} posted in {events['n_posts']} requests = {events['n_stored']} stored"
         f" + {events['n_rejected']} rejected; lost {events['n_lost']}; responses disagreeing with the"
         f" store: {events['n_responses_disagreeing']}. Daily updates during the load: {report['daily']}.",

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import load_report
 import numpy as np
-from load_clients import ClientResults, LoadPlan, Mix, run_clients
+from load_clients import ClientResults, LoadPlan, Mix, prewarm, run_clients
 from load_server import (
     BuiltData,
     DailyJob,
@@ -64,6 +64,7 @@ class LoadOptions:
     kill_redis_after_s: float | None = None
     workers: int = 2
     daily_interval_s: float = 10.0
+    prewarm_customers: int = 3000
     seed: int = 0
 
 
@@ -78,6 +79,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--kill-redis-after", type=float, default=None, metavar="S", help="kill Redis S s in")
     p.add_argument("--workers", type=int, default=2, help="api-server workers (own server only)")
     p.add_argument("--daily-interval", type=float, default=10.0, help="pause between daily updates (s)")
+    p.add_argument(
+        "--prewarm", type=int, default=3000, help="read the N most read customers once before the warm-up"
+    )
     p.add_argument("--no-daily", action="store_true", help="no daily update during the load")
     p.add_argument("--customers", type=int, default=3000, help="synthetic customers (own data only)")
     p.add_argument("--events", type=int, default=60_000, help="synthetic events (own data only)")
@@ -141,6 +145,7 @@ def measure(
     scraper = make_http()
     top = quote(data.customer_ids[0], safe="")
     unloaded = _probe(scraper, {**probes, "profile read": f"{api_prefix}/api/customers/{top}"})
+    warmed = prewarm(plan, make_http, options.prewarm_customers)
     scrape = lambda: load_report.parse_metrics(scraper.get(f"{api_prefix}/metrics").text)  # noqa: E731
     before: dict[load_report.MetricKey, float] = {}
     timers = []
@@ -156,6 +161,7 @@ def measure(
     scraper.close()
     report = _report(options, data, results, after, daily_runs, store)
     report["unloaded_p50_ms"] = unloaded
+    report["prewarm_statuses"] = warmed
     return report
 
 
@@ -184,6 +190,7 @@ def _report(
     routes = load_report.route_stats(results.samples, options.duration_s)
     outcomes = load_report.cache_outcomes(metrics)
     n_reads = sum(outcomes.values())
+    n_answered = outcomes.get("hit", 0) + outcomes.get("miss", 0)
     report: dict[str, Any] = {
         "config": {**asdict(options), "n_customers": len(data.customer_ids), "schema": data.schema},
         "routes": load_report.as_dicts(routes),
@@ -194,7 +201,11 @@ def _report(
         "server_latency": {
             route: load_report.server_quantiles(metrics, route) for route in ("profile", "similar", "post")
         },
-        "cache": {"outcomes": outcomes, "hit_rate": outcomes.get("hit", 0) / n_reads if n_reads else None},
+        "cache": {
+            "outcomes": outcomes,
+            "hit_rate": outcomes.get("hit", 0) / n_reads if n_reads else None,
+            "redis_hit_rate": outcomes.get("hit", 0) / n_answered if n_answered else None,
+        },
         "events": asdict(load_report.check_events(store, results.posts, data.post_day)),
         "daily": _daily_summary(daily_runs),
         "kill_redis_after_s": options.kill_redis_after_s,
@@ -244,6 +255,7 @@ def _options(args: argparse.Namespace) -> LoadOptions:
         kill_redis_after_s=args.kill_redis_after,
         workers=args.workers,
         daily_interval_s=args.daily_interval,
+        prewarm_customers=args.prewarm,
         seed=args.seed,
     )
 
