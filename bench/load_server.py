@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,8 @@ class ServerSettings:
     schema: str
     redis_url: str
     workers: int
+    keep_log: Path | None = None  # where to copy the api-server's log when it stops
+    redis_timeout_s: float | None = None  # TRAITFLOW_REDIS_TIMEOUT_SECONDS (None: the plugin's default)
 
 
 @contextmanager
@@ -202,6 +205,8 @@ def api_server(settings: ServerSettings, home: Path) -> Iterator[tuple[str, str]
             "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
         }
     )
+    if settings.redis_timeout_s is not None:
+        env["TRAITFLOW_REDIS_TIMEOUT_SECONDS"] = str(settings.redis_timeout_s)
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
     log = home / "api-server.log"
@@ -220,6 +225,9 @@ def api_server(settings: ServerSettings, home: Path) -> Iterator[tuple[str, str]
         yield base, password
     finally:
         _stop(process)
+        if settings.keep_log is not None:
+            settings.keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, settings.keep_log)
 
 
 def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:

@@ -89,6 +89,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--base-url", help="a running api-server with the plugin (needs --schema, --password)")
     p.add_argument("--schema", help="the Traitflow schema that server uses (--base-url)")
     p.add_argument("--password", default=os.environ.get("TRAITFLOW_LOAD_PASSWORD"), help="admin's")
+    p.add_argument(
+        "--redis-timeout", type=float, help="the server's TRAITFLOW_REDIS_TIMEOUT_SECONDS (own server only)"
+    )
+    p.add_argument("--server-log", type=Path, help="copy the api-server's log here (own server only)")
     p.add_argument("--keep-schema", action="store_true", help="keep the built schema")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--seed", type=int, default=0)
@@ -271,7 +275,9 @@ def _run_own(args: argparse.Namespace, options: LoadOptions, url: str, work: Pat
         print(f"building {workload} in schema {schema} ...", flush=True)
         data = build_data(store.url, schema, workload, work)
         with redis_server() as redis:
-            settings = ServerSettings(store.url, schema, redis.url, options.workers)
+            settings = ServerSettings(
+                store.url, schema, redis.url, options.workers, args.server_log, args.redis_timeout
+            )
             print("starting redis-server and airflow api-server ...", flush=True)
             with api_server(settings, work / "airflow") as (base, password):
                 daily = None
