@@ -150,7 +150,10 @@ def measure(
     top = quote(data.customer_ids[0], safe="")
     unloaded = _probe(scraper, {**probes, "profile read": f"{api_prefix}/api/customers/{top}"})
     warmed = prewarm(plan, make_http, options.prewarm_customers)
-    scrape = lambda: load_report.parse_metrics(scraper.get(f"{api_prefix}/metrics").text)  # noqa: E731
+
+    def scrape() -> dict[load_report.MetricKey, float]:
+        return load_report.parse_metrics(scraper.get(f"{api_prefix}/metrics").text)
+
     before: dict[load_report.MetricKey, float] = {}
     timers = []
     if options.kill_redis_after_s is not None and kill_redis is not None:
