@@ -22,6 +22,8 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   it, like the daily run. When a refresh or promotion has put the customer's current row at a
   later ``as_of`` than the day of their newest event, the update rewrites that day's history row
   and the newer current row stays.
+* **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
+  change): a post reads the model from PostgreSQL only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
   and a post re-reads its customers' history after writing and profiles again those whose
   history grew meanwhile (``MAX_ROUNDS`` times at most), so the last profile written for a
@@ -50,6 +52,7 @@ import pandas as pd
 
 from traitflow import event_schema
 from traitflow.events import PRESETS, validate_events
+from traitflow.model_cache import load_model
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch, profile_confidence
 from traitflow.profile_cache import profiles_changed
@@ -232,7 +235,7 @@ def _profile_and_write(
     events = history[history["customer_id"].isin(set(customer_ids))]
     replaced: StaleModelError | None = None
     while version is not None:
-        model = store.load_model(version)
+        model = load_model(store, version)  # the process's cache: a saved version never changes
         batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
         batch.model_version = version
         try:

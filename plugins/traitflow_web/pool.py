@@ -23,7 +23,10 @@ from .errors import http_error, is_db_failure
 log = logging.getLogger(__name__)
 
 URL_TTL_SECONDS = 60.0
-MAX_IDLE_STORES = 4
+# A request that finds no idle Store opens a new PostgreSQL connection (several ms). The
+# api-server runs sync routes on a thread pool of 40, so under concurrent load a small pool means
+# a connect per request; 16 per worker process keeps the common case warm.
+MAX_IDLE_STORES = 16
 
 # (database URL or None for the embedded server, schema): what a pooled Store is connected to
 StoreKey = tuple[str | None, str]

@@ -80,6 +80,11 @@ def event_snapshot(conn: psycopg.Connection) -> str:
     return str(row[0])
 
 
+# Up to this many customer ids go into the query as one array parameter (the event update path
+# reads one customer or a few); more are staged in a temp table.
+MAX_LISTED_IDS = 100
+
+
 def _stage_ids(conn: psycopg.Connection, ids: np.ndarray) -> None:
     """Put a set of customer ids in a temp table (joined instead of a giant literal array)."""
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_read_ids")
@@ -137,8 +142,12 @@ def read_events(
         ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).dropna().astype(str).to_numpy())
         if len(ids) == 0:
             return event_schema.empty_events()
-        _stage_ids(conn, np.asarray(ids, dtype=object))
-        conditions.append(sql.SQL("e.customer_id IN (SELECT customer_id FROM _tf_read_ids)"))
+        if len(ids) <= MAX_LISTED_IDS:  # a temp table costs more round trips than a few ids in the query
+            conditions.append(sql.SQL("e.customer_id = ANY(%s)"))
+            params.append([str(i) for i in ids])
+        else:
+            _stage_ids(conn, np.asarray(ids, dtype=object))
+            conditions.append(sql.SQL("e.customer_id IN (SELECT customer_id FROM _tf_read_ids)"))
     # No ORDER BY: the server streams a plain scan, and pyarrow sorts (multi-threaded C++, byte
     # order = COLLATE "C"). A server-side sort of millions of rows either spills to disk with a
     # default work_mem or becomes a random-access full index scan (measured 3-5x slower).

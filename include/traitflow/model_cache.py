@@ -1,0 +1,75 @@
+"""An in-process cache of loaded models, keyed by database, schema and model version.
+
+A saved model version never changes (``Store.save_model`` writes it once; later steps only
+change its status), so once loaded its arrays can serve every later request of the process:
+the online update path (``traitflow.online_update``) profiles a customer in milliseconds, and
+reading the token table and components back from PostgreSQL would otherwise dominate each post.
+The cached model also keeps what it builds lazily (the token table's hash index).
+
+Bounded (``MAX_MODELS`` versions, least recently used dropped first) and thread-safe: the
+api-server serves requests from a thread pool. Two threads missing the same version at once
+both load it and one result is kept; the lock is not held while loading. Callers share the
+cached object: they must not modify it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from traitflow.model import TraitflowModel
+    from traitflow.store import Store
+
+MAX_MODELS: Final = 4  # the active model, the one it replaced, and room for a rollback or two
+
+# (database URL, schema, model version): version numbers are per schema
+ModelKey = tuple[str, str, int]
+
+
+class ModelCache:
+    """Loaded models by ``ModelKey``, at most ``max_models`` of them (least recently used evicted)."""
+
+    def __init__(self, max_models: int = MAX_MODELS) -> None:
+        if max_models < 1:
+            raise ValueError(f"max_models must be >= 1, got {max_models}")
+        self.max_models = max_models
+        self._lock = threading.Lock()
+        self._models: OrderedDict[ModelKey, TraitflowModel] = OrderedDict()
+        self.hits = 0
+        self.loads = 0
+
+    def load(self, store: Store, version: int) -> TraitflowModel:
+        """``store.load_model(version)``, read from the database only the first time."""
+        key: ModelKey = (str(store.url), store.schema, int(version))
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                self.hits += 1
+                return model
+        model = store.load_model(int(version))
+        with self._lock:
+            self.loads += 1
+            kept = self._models.setdefault(key, model)  # a concurrent load of the same key may have won
+            self._models.move_to_end(key)
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+            return kept
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+MODELS = ModelCache()
+
+
+def load_model(store: Store, version: int) -> TraitflowModel:
+    """``store.load_model(version)`` through the process's model cache."""
+    return MODELS.load(store, version)
