@@ -33,6 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DAYS_BEFORE_RETRAIN = 10
 DAY = timedelta(days=1)
+# The quickstart's manual runs take logical dates one second past midnight: a manual run covers the
+# complete interval before its logical date, so the data is the same, and no run can hold the
+# midnight logical date the scheduler gives its own run of the same day once the DAGs are unpaused
+# (Airflow allows one run per logical date; a taken one stalls the scheduled run).
+PAST_MIDNIGHT = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -240,12 +245,12 @@ def main() -> None:
     # complete week before T (the weekly one).
     print("\nDaily runs before any model exists (ingest only):")
     for offset in range(1, (timeline.retrain - timeline.start).days + 1):
-        run(daily, timeline.start + offset * DAY)
+        run(daily, timeline.start + offset * DAY + PAST_MIDNIGHT)
     print("\nWeekly retrain:")
-    run(weekly, timeline.retrain)
+    run(weekly, timeline.retrain + PAST_MIDNIGHT)
     print("\nDaily runs with the promoted model:")
     for offset in range(1, (timeline.end - timeline.retrain).days + 1):
-        run(daily, timeline.retrain + offset * DAY)
+        run(daily, timeline.retrain + offset * DAY + PAST_MIDNIGHT)
     unpause([daily.dag_id, weekly.dag_id, "traitflow_refresh_on_promotion"])
     summarize(url)
     from traitflow.html_report import write_report
