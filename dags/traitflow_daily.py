@@ -54,8 +54,10 @@ dag-processor: unpausing schedules the latest complete day only, not one run per
 start date (`TRAITFLOW_START_DATE`). History, and the days missed during an outage, are a
 backfill (creates queued runs; a running scheduler executes them):
 
-    airflow backfill create --dag-id traitflow_daily \\
-        --from-date 2026-01-02 --to-date 2026-01-31 --max-active-runs 1
+```bash
+airflow backfill create --dag-id traitflow_daily \\
+    --from-date 2026-01-02 --to-date 2026-01-31 --max-active-runs 1
+```
 
 processes Jan 2 to Jan 31 inclusive (the dates are logical dates = first day of each interval),
 oldest first. Pass `--max-active-runs 1`: a backfill has its own limit (default 10), the DAG's

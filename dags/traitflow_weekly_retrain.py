@@ -33,15 +33,13 @@ LONG = training_timeout()  # the tasks that read the whole window or train; the 
 DOC_MD = """
 ### Traitflow weekly retrain
 
-```
-build_corpus -> check_new_vocab
-  |-> skip_retrain ------------------------------------------------------------> report
-  '-> train_candidate -> quality_gate
-        |-> reject_candidate --------------------------------------------------> report
-        '-> measure_drift -> check_drift
-              |-> refit_traits -.
-              '-> keep_traits  --+-> recompute_profiles -> promote [asset] ---> report
-```
+Every path ends in **report**:
+
+1. `build_corpus` -> `check_new_vocab` -> `skip_retrain`
+2. `build_corpus` -> `check_new_vocab` -> `train_candidate` -> `quality_gate` -> `reject_candidate`
+3. `build_corpus` -> `check_new_vocab` -> `train_candidate` -> `quality_gate` -> `measure_drift`
+   -> `check_drift` -> `refit_traits` or `keep_traits` -> `recompute_profiles` -> `promote`
+   (emits the asset)
 
 * **build_corpus** takes the run's event snapshot: every later read of the run (trait fit,
   profiles) sees the events committed when the run started, not what a daily ingest adds meanwhile.
