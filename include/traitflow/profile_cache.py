@@ -15,7 +15,7 @@ which also bounds staleness after a write that could not reach Redis, and after 
 makes an earlier version active again within the TTL of what was cached under it.
 
 Redis is an optimisation, never a dependency: every Redis call has a short socket timeout, a
-failure opens a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
+few failures in a row open a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
 falls back to PostgreSQL. ``ProfileRead.outcome`` says which path served a read, for metrics.
 
 Values are JSON (never pickle: whoever can write to Redis must not be able to run code here);
@@ -49,7 +49,7 @@ ENV_URL: Final = "TRAITFLOW_REDIS_URL"
 ENV_TTL: Final = "TRAITFLOW_REDIS_TTL_SECONDS"
 ENV_TIMEOUT: Final = "TRAITFLOW_REDIS_TIMEOUT_SECONDS"
 DEFAULT_TTL_SECONDS: Final = 300
-DEFAULT_TIMEOUT_SECONDS: Final = 0.05
+DEFAULT_TIMEOUT_SECONDS: Final = 0.1
 BREAKER_COOLDOWN_SECONDS: Final = 5.0
 # Above this many changed customers one generation bump is cheaper than re-reading each profile.
 MAX_REFRESHED_CUSTOMERS: Final = 1000
@@ -97,14 +97,25 @@ class ProfileRead:
 
 
 class CircuitBreaker:
-    """Closed until a failure; then open (calls refused) for ``cooldown_seconds``; then one trial
-    call at a time is let through, and its result closes or reopens the circuit."""
+    """Closed until ``failures_to_open`` calls in a row failed; then open (calls refused) for
+    ``cooldown_seconds``; then one trial call at a time is let through, and its result closes or
+    reopens the circuit. More than one failure opens it because a busy host (every CPU taken)
+    makes single calls miss a short timeout now and then while Redis itself is fine."""
 
-    def __init__(self, cooldown_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cooldown_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        failures_to_open: int = 3,
+    ) -> None:
+        if failures_to_open < 1:
+            raise ValueError(f"failures_to_open must be >= 1, got {failures_to_open}")
         self.cooldown_seconds = cooldown_seconds
+        self.failures_to_open = failures_to_open
         self._clock = clock
         self._lock = threading.Lock()
         self._open_until: float | None = None
+        self._failures = 0
 
     def allow(self) -> bool:
         with self._lock:
@@ -119,10 +130,14 @@ class CircuitBreaker:
     def succeeded(self) -> None:
         with self._lock:
             self._open_until = None
+            self._failures = 0
 
     def failed(self) -> None:
         with self._lock:
-            self._open_until = self._clock() + self.cooldown_seconds
+            self._failures += 1
+            # A failed trial (circuit already open) reopens it at once.
+            if self._open_until is not None or self._failures >= self.failures_to_open:
+                self._open_until = self._clock() + self.cooldown_seconds
 
     @property
     def is_open(self) -> bool:

@@ -183,6 +183,9 @@ def test_a_hung_redis_costs_one_short_timeout(profiled: Any, redis_server: Any) 
         read = cache.current_profile(profiled, "c1")
         assert read.outcome == FALLBACK and read.profile is not None
         assert time.monotonic() - started < 0.5  # one 50 ms timeout plus PostgreSQL, no retries
+        for _ in range(cache.breaker.failures_to_open - 1):  # the failures that open the circuit
+            assert cache.current_profile(profiled, "c2").outcome == FALLBACK
+        assert cache.breaker.is_open
         started = time.monotonic()
         assert cache.current_profile(profiled, "c2").outcome == FALLBACK  # circuit open: no wait at all
         assert time.monotonic() - started < 0.2
@@ -193,8 +196,13 @@ def test_a_hung_redis_costs_one_short_timeout(profiled: Any, redis_server: Any) 
 
 def test_circuit_breaker_opens_waits_then_lets_one_trial_through() -> None:
     now = [0.0]
-    breaker = CircuitBreaker(5.0, clock=lambda: now[0])
+    breaker = CircuitBreaker(5.0, clock=lambda: now[0], failures_to_open=2)
     assert breaker.allow() and not breaker.is_open
+    breaker.failed()
+    assert breaker.allow() and not breaker.is_open  # one failure: a busy host, not a dead Redis
+    breaker.succeeded()
+    breaker.failed()
+    assert breaker.allow()  # a success in between starts the count again
     breaker.failed()
     assert not breaker.allow()
     now[0] = 5.0
@@ -202,6 +210,12 @@ def test_circuit_breaker_opens_waits_then_lets_one_trial_through() -> None:
     assert not breaker.allow()  # only one
     breaker.succeeded()
     assert breaker.allow() and not breaker.is_open
+    breaker.failed()
+    breaker.failed()
+    now[0] = 11.0
+    assert breaker.allow()  # the trial fails: the circuit reopens at once
+    breaker.failed()
+    assert not breaker.allow()
 
 
 def test_settings_from_env() -> None:
