@@ -10,32 +10,19 @@ write.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from servers import ADMIN
+
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-ADMIN = "admin"
-REDIS_SERVER = "/usr/bin/redis-server"
-SERVER_START_TIMEOUT_S = 240
 
 
 @dataclass(frozen=True)
@@ -112,146 +99,6 @@ def build_data(url: str, schema: str, workload: Workload, work_dir: Path) -> Bui
         for p, c, x in zip(catalogue["product_id"], catalogue["category"], catalogue["price"], strict=True)
     )
     return BuiltData(schema, outcome.model_version, tuple(customers), products, end)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# ----------------------------------------------------------------------------------- redis
-
-
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server of the load test's own on a free loopback port, without persistence."""
-    import redis
-
-    port = free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = RedisServer(port, subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield server
-    finally:
-        server.kill()
-
-
-# ------------------------------------------------------------------------------ api-server
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    database_url: str
-    schema: str
-    redis_url: str
-    workers: int
-    keep_log: Path | None = None  # where to copy the api-server's log when it stops
-    redis_timeout_s: float | None = None  # TRAITFLOW_REDIS_TIMEOUT_SECONDS (None: the plugin's default)
-
-
-@contextmanager
-def api_server(settings: ServerSettings, home: Path) -> Iterator[tuple[str, str]]:
-    """``(base URL, admin password)`` of an ``airflow api-server`` on a free loopback port: its own
-    AIRFLOW_HOME and SQLite metadata DB, this repo's plugins, SimpleAuthManager, the plugin's
-    metrics summed over workers (``PROMETHEUS_MULTIPROC_DIR``)."""
-    home.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({ADMIN: password}))
-    multiproc = Path(tempfile.mkdtemp(prefix="prom-", dir=home))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "_TRAITFLOW"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "bundles"),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(64),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "TRAITFLOW_DATABASE_URL": settings.database_url,
-            "TRAITFLOW_DB_SCHEMA": settings.schema,
-            "TRAITFLOW_DATA_DIR": str(home / "data"),
-            "TRAITFLOW_REDIS_URL": settings.redis_url,
-            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
-        }
-    )
-    if settings.redis_timeout_s is not None:
-        env["TRAITFLOW_REDIS_TIMEOUT_SECONDS"] = str(settings.redis_timeout_s)
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
-    log = home / "api-server.log"
-    command = [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--workers", str(settings.workers)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped with its workers
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(process, f"{base}/api/v2/monitor/health", log)
-        yield base, password
-    finally:
-        _stop(process)
-        if settings.keep_log is not None:
-            settings.keep_log.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(log, settings.keep_log)
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"api-server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"api-server not up after {SERVER_START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def log_in(client: Any, base: str, password: str) -> str:

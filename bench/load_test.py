@@ -34,18 +34,8 @@ from urllib.parse import quote
 import load_report
 import numpy as np
 from load_clients import ClientResults, LoadPlan, Mix, prewarm, run_clients
-from load_server import (
-    BuiltData,
-    DailyJob,
-    DailyRunner,
-    Product,
-    ServerSettings,
-    Workload,
-    api_server,
-    build_data,
-    log_in,
-    redis_server,
-)
+from load_server import BuiltData, DailyJob, DailyRunner, Product, Workload, build_data, log_in
+from servers import ServerSettings, api_server, redis_server
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_MIX = "profile=80,similar=10,post=10"
@@ -279,7 +269,13 @@ def _run_own(args: argparse.Namespace, options: LoadOptions, url: str, work: Pat
         data = build_data(store.url, schema, workload, work)
         with redis_server() as redis:
             settings = ServerSettings(
-                store.url, schema, redis.url, options.workers, args.server_log, args.redis_timeout
+                store.url,
+                schema,
+                workers=options.workers,
+                redis_url=redis.url,
+                multiprocess_metrics=True,
+                redis_timeout_s=args.redis_timeout,
+                keep_log=args.server_log,
             )
             print("starting redis-server and airflow api-server ...", flush=True)
             with api_server(settings, work / "airflow") as (base, password):

@@ -18,19 +18,19 @@ Nothing here imports Airflow (tests/dags/conftest.py must configure it first).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
+import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -277,62 +277,36 @@ def hostile_events() -> HostileEvents:
 
 # ------------------------------------------------------------------------------ redis
 
-REDIS_SERVER = "/usr/bin/redis-server"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
-@dataclass
-class RedisServer:
-    """A test's own redis-server process."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGCONT)  # a stopped process cannot die before it resumes
-        self.process.kill()
-        self.process.wait(timeout=10)
+def _load_bench_servers() -> ModuleType:
+    """``bench/servers.py`` (a redis-server and an ``airflow api-server`` of one's own, as the load
+    test starts them), loaded by path: bench's folder is not put on the tests' ``sys.path``,
+    where its module names (``report``, ``run``, ...) could shadow others."""
+    spec = importlib.util.spec_from_file_location("traitflow_bench_servers", BENCH_DIR / "servers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_SERVERS = _load_bench_servers()
 
 
-def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
-    import redis
-
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {process.returncode}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer within 10 s")
+@pytest.fixture(scope="session")
+def servers() -> ModuleType:
+    """The ``bench/servers.py`` module: ``free_port``, ``redis_server``, ``api_server``."""
+    return _SERVERS
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(servers: ModuleType) -> Iterator[Any]:
     """A redis-server of this test's own on a free loopback port (never the shared one), without
     persistence; stopped (even when paused with SIGSTOP) when the test ends."""
-    port = _free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port, process)
-    try:
-        _wait_for(port, process)
+    with servers.redis_server() as server:
         yield server
-    finally:
-        if process.poll() is None:
-            server.kill()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

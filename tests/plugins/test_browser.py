@@ -12,16 +12,7 @@ test skips and says which is missing.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,83 +110,16 @@ def _build_data(store: Store, url: str, schema: str, work: Path) -> Built:
     return Built(schema, versions, customer, len(store.labelled_profile_history(customer)))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"airflow api-server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"airflow api-server not up after {SERVER_START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """TERM the server's process group (it runs workers), KILL what is left after 20 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 @pytest.fixture
 def api_server(
-    store: Store, store_schema: str, database_url: str, tmp_path: Path
+    store: Store, store_schema: str, database_url: str, tmp_path: Path, servers: Any
 ) -> Iterator[tuple[str, str]]:
-    """``(base URL, admin password)`` of a real api-server on a free loopback port: its own
-    AIRFLOW_HOME and migrated SQLite metadata DB, this repo's plugins folder, SimpleAuthManager."""
-    home = tmp_path / "airflow"
-    home.mkdir()
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({ADMIN: password}))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "_TRAITFLOW"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),  # the api-server parses no DAGs
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "bundles"),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(64),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "TRAITFLOW_DATABASE_URL": database_url,
-            "TRAITFLOW_DB_SCHEMA": store_schema,
-            "TRAITFLOW_DATA_DIR": str(tmp_path / "data"),
-        }
-    )
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    log = home / "api-server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: _stop ends the workers too
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(process, f"{base}/api/v2/monitor/health", log)
-        yield base, password
-    finally:
-        _stop(process)
+    """``(base URL, admin password)`` of a real api-server on a free loopback port
+    (``bench/servers.py``): its own AIRFLOW_HOME and migrated SQLite metadata DB, this repo's
+    plugins folder, SimpleAuthManager."""
+    settings = servers.ServerSettings(database_url, store_schema, start_timeout_s=SERVER_START_TIMEOUT_S)
+    with servers.api_server(settings, tmp_path / "airflow") as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import IO
 
 import psutil
@@ -29,12 +29,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "airflow_standalone.sh"
 START_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def healthy(port: int) -> bool:
@@ -80,11 +74,11 @@ LOCKED_ATTEMPTS = 5
 
 
 @pytest.fixture
-def start_standalone(tmp_path: Path) -> Iterator[StartStandalone]:
+def start_standalone(tmp_path: Path, servers: ModuleType) -> Iterator[StartStandalone]:
     started: list[tuple[subprocess.Popen, IO[bytes]]] = []
 
     def start(**extra_env: str) -> Standalone:
-        port = free_port()
+        port = servers.free_port()
         env = {
             **os.environ,
             # The venv's `airflow` first (the script adds ./.venv/bin, absent in a worktree) and
