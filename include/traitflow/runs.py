@@ -12,6 +12,8 @@ No numpy, pandas or Airflow here: the DAG helpers import this module inside task
 
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -52,16 +54,43 @@ def _checked(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-class _Flat:
-    """XCom form of a dataclass whose fields are JSON values already (numbers, strings, None,
-    dicts and lists of them): the fields as they are."""
+class _XComForm:
+    """XCom form of a dataclass whose fields are JSON values (numbers, strings, None, dicts and
+    lists of them), datetimes (ISO strings in XCom; the class's ``__post_init__`` turns them back)
+    or other results of this module (their own XCom form, nested): one field, one key."""
 
     def to_xcom(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: _to_xcom_value(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
 
     @classmethod
     def from_xcom(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**_checked(cls, data))
+        values = _checked(cls, data)
+        kind: type = cls
+        for name, result_type in _nested_results(kind).items():
+            if values.get(name) is not None:
+                values[name] = result_type.from_xcom(values[name])
+        return cls(**values)
+
+
+def _to_xcom_value(value: Any) -> Any:
+    if isinstance(value, _XComForm):
+        return value.to_xcom()
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
+
+
+@functools.cache
+def _nested_results(cls: type) -> dict[str, type[_XComForm]]:
+    """``{field name: result class}`` of the fields of ``cls`` that hold another result (``T`` or
+    ``T | None``)."""
+    hints = typing.get_type_hints(cls)
+    nested: dict[str, type[_XComForm]] = {}
+    for spec in fields(cls):
+        for option in typing.get_args(hints[spec.name]) or (hints[spec.name],):
+            if isinstance(option, type) and issubclass(option, _XComForm):
+                nested[spec.name] = option
+    return nested
 
 
 # --------------------------------------------------------------------------------- the run
@@ -106,7 +135,7 @@ class RunContext:
 
 
 @dataclass(frozen=True)
-class EventInput(_Flat):
+class EventInput(_XComForm):
     """Where the daily run's event files come from: a folder (None: the events are in the table
     already), a column mapping (preset name or file), the refusal threshold for bad files and
     what to do when the folder has no file dated the run's day (``MISSING_INPUT_POLICIES``)."""
@@ -122,7 +151,7 @@ class EventInput(_Flat):
 
 
 @dataclass(frozen=True)
-class TuningRequest(_Flat):
+class TuningRequest(_XComForm):
     """Search Item2Vec parameters before training: ``trials`` combinations on a
     ``sample_fraction`` sample of the window's customers (``traitflow.tuning.search``)."""
 
@@ -134,7 +163,7 @@ class TuningRequest(_Flat):
 
 
 @dataclass(frozen=True)
-class IngestResult(_Flat):
+class IngestResult(_XComForm):
     """Totals of one ingest task over the files it read (``Store.ingest_file`` counts summed).
 
     skipped : no input folder configured (``reason`` says so); nothing was read
@@ -158,7 +187,7 @@ class IngestResult(_Flat):
 
 
 @dataclass(frozen=True)
-class CustomerSelection(_Flat):
+class CustomerSelection(_XComForm):
     """The customers a daily run updates, in a Parquet file (column ``customer_id``)."""
 
     customers_path: str
@@ -166,7 +195,7 @@ class CustomerSelection(_Flat):
 
 
 @dataclass(frozen=True)
-class UpdateResult(_Flat):
+class UpdateResult(_XComForm):
     """What a daily profile update wrote for the instant ``as_of`` (ISO, the interval end).
 
     model_version : the model used; None when nothing was written (``reason`` says why)
@@ -227,7 +256,7 @@ class DailyReport:
 
 
 @dataclass(frozen=True)
-class CorpusFiles(_Flat):
+class CorpusFiles(_XComForm):
     """A training corpus on disk (``traitflow.pipeline.Corpus``) with its ``CorpusStats`` counts."""
 
     corpus_path: str
@@ -241,7 +270,7 @@ class CorpusFiles(_Flat):
 
 
 @dataclass(frozen=True)
-class CorpusInfo:
+class CorpusInfo(_XComForm):
     """The weekly run's training window and corpus.
 
     event_snapshot : the ``pg_snapshot`` every later read of the run is pinned to
@@ -262,28 +291,9 @@ class CorpusInfo:
         object.__setattr__(self, "window_start", utc(self.window_start))
         object.__setattr__(self, "trained_through", utc(self.trained_through))
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "window_start": iso(self.window_start),
-            "trained_through": iso(self.trained_through),
-            "n_events": self.n_events,
-            "active_version": self.active_version,
-            "event_snapshot": self.event_snapshot,
-            "corpus": None if self.corpus is None else self.corpus.to_xcom(),
-            "new_vocab_ratio": self.new_vocab_ratio,
-            "empty_reason": self.empty_reason,
-        }
-
-    @classmethod
-    def from_xcom(cls, data: Mapping[str, Any]) -> CorpusInfo:
-        values = _checked(cls, data)
-        if values.get("corpus") is not None:
-            values["corpus"] = CorpusFiles.from_xcom(values["corpus"])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
-class TuningSummary(_Flat):
+class TuningSummary(_XComForm):
     """The parameter search behind a tuned candidate, as stored in the model's metrics["tuning"]."""
 
     best_params: dict[str, Any]
@@ -293,7 +303,7 @@ class TuningSummary(_Flat):
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Candidate(_XComForm):
     """A trained candidate: its token vectors and the configuration it was trained with.
 
     config : flat ``PipelineConfig`` values, tuned ones included; the quality gate and the trait
@@ -306,26 +316,9 @@ class Candidate:
     config: dict[str, Any]
     tuning: TuningSummary | None = None
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "corpus": self.corpus.to_xcom(),
-            "tokens_path": self.tokens_path,
-            "n_tokens": self.n_tokens,
-            "config": dict(self.config),
-            "tuning": None if self.tuning is None else self.tuning.to_xcom(),
-        }
-
-    @classmethod
-    def from_xcom(cls, data: Mapping[str, Any]) -> Candidate:
-        values = _checked(cls, data)
-        values["corpus"] = CorpusInfo.from_xcom(values["corpus"])
-        if values.get("tuning") is not None:
-            values["tuning"] = TuningSummary.from_xcom(values["tuning"])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
-class GateResult(_Flat):
+class GateResult(_XComForm):
     """The quality gate's verdict on a candidate (stored in the model's metrics["quality_gate"]).
 
     baseline : "active" (paired hit@10 comparison with the active model) or "popularity" (a
@@ -349,7 +342,7 @@ class GateResult(_Flat):
 
 
 @dataclass(frozen=True)
-class DriftResult(_Flat):
+class DriftResult(_XComForm):
     """Drift of a candidate from the active model after Procrustes alignment
     (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``)."""
 
@@ -366,7 +359,7 @@ class DriftResult(_Flat):
 
 
 @dataclass(frozen=True)
-class FittedCandidate:
+class FittedCandidate(_XComForm):
     """A candidate made a complete model (traits fitted or kept), saved under ``model_dir``."""
 
     candidate: Candidate
@@ -374,23 +367,9 @@ class FittedCandidate:
     refit: bool
     trait_match: dict[str, Any] | None = None
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate.to_xcom(),
-            "model_dir": self.model_dir,
-            "refit": self.refit,
-            "trait_match": self.trait_match,
-        }
-
-    @classmethod
-    def from_xcom(cls, data: Mapping[str, Any]) -> FittedCandidate:
-        values = _checked(cls, data)
-        values["candidate"] = Candidate.from_xcom(values["candidate"])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
-class ProfilesResult:
+class ProfilesResult(_XComForm):
     """Every customer's profile as of ``as_of`` under a fitted candidate, in ``profiles_path``."""
 
     fitted: FittedCandidate
@@ -399,24 +378,9 @@ class ProfilesResult:
     as_of: str
     stats: dict[str, Any]
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "fitted": self.fitted.to_xcom(),
-            "profiles_path": self.profiles_path,
-            "n_profiles": self.n_profiles,
-            "as_of": self.as_of,
-            "stats": self.stats,
-        }
-
-    @classmethod
-    def from_xcom(cls, data: Mapping[str, Any]) -> ProfilesResult:
-        values = _checked(cls, data)
-        values["fitted"] = FittedCandidate.from_xcom(values["fitted"])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
-class PromotionResult(_Flat):
+class PromotionResult(_XComForm):
     """The promoted model version, its profiles and the run key that makes a retry a no-op."""
 
     model_version: int
@@ -426,7 +390,7 @@ class PromotionResult(_Flat):
 
 
 @dataclass(frozen=True)
-class RejectionResult(_Flat):
+class RejectionResult(_XComForm):
     """A candidate the gate refused, stored as a ``rejected`` model version.
 
     model_version : None when the data was too thin to fit its traits (``not_saved`` says why)
@@ -472,7 +436,7 @@ class WeeklyReport:
 
 
 @dataclass(frozen=True)
-class RefreshResult(_Flat):
+class RefreshResult(_XComForm):
     """Profiles rewritten after a promotion; ``reason`` says why none were (e.g. already current)."""
 
     n_profiles: int
