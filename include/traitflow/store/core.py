@@ -191,9 +191,7 @@ class Store:
             if not force and _ingest.is_file_ingested(conn, sha):
                 return IngestReport(source=source, run_id=run_id, file_sha256=sha, skipped=True)
             share = ev.DEFAULT_MAX_REJECT_SHARE if max_reject_share is None else max_reject_share
-            chunks = ev.iter_events(
-                file, mapping, source=source, chunksize=chunksize, max_reject_share=share
-            )
+            chunks = ev.iter_events(file, mapping, source=source, chunksize=chunksize, max_reject_share=share)
             return _ingest.ingest_results(conn, chunks, source, run_id, sha)
 
     def is_file_ingested(self, sha256: str) -> bool:
@@ -223,6 +221,10 @@ class Store:
             return _reads.read_events(
                 conn, start, end, customer_ids, snapshot=snapshot, exclude_sources=exclude_sources
             )
+
+    def event_counts(self, customer_ids: Sequence[str]) -> dict[str, int]:
+        """Stored events per customer of ``customer_ids`` (customers without any left out)."""
+        return _reads.event_counts(self._ensure_ready(), customer_ids)
 
     def event_snapshot(self) -> str:
         """What is committed now, as a ``pg_snapshot`` text: pins later reads to these events."""
@@ -382,18 +384,28 @@ class Store:
 
     # ------------------------------------------------------------------------------ profiles
 
-    def write_profiles(self, batch: ProfileBatch, *, require_selected_model: bool = False) -> WriteReport:
+    def write_profiles(
+        self, batch: ProfileBatch, *, require_selected_model: bool = False, few_rows: bool = False
+    ) -> WriteReport:
         """Write a batch: history replaced per (customer, as_of); current rows only move forward.
 
         ``require_selected_model``: raise ``StaleModelError`` (writing nothing) when the batch's
         model is no longer the one ``model_version_for(batch.as_of)`` selects, checked under the
         writers' locks (a newer model was promoted since the batch's model was picked).
+        ``few_rows``: a batch of a few customers (``profiles.MAX_PARAMETER_ROWS``) is sent as query
+        parameters instead of staged (the same rows written, fewer round trips).
         """
         with self._transaction() as conn:
-            return _profiles.write_profiles(conn, batch, require_selected_model=require_selected_model)
+            return _profiles.write_profiles(
+                conn, batch, require_selected_model=require_selected_model, few_rows=few_rows
+            )
 
     def current_profile(self, customer_id: str) -> dict[str, Any] | None:
         return _reads.current_profile(self._ensure_ready(), customer_id)
+
+    def current_profiles(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """``current_profile`` of each customer (None: never profiled), read in one query."""
+        return _reads.current_profiles(self._ensure_ready(), list(customer_ids))
 
     def profile_history(self, customer_id: str) -> pd.DataFrame:
         return _reads.profile_history(self._ensure_ready(), customer_id)
