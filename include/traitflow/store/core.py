@@ -286,6 +286,7 @@ class Store:
         with self._transaction() as conn:
             report = _profiles.write_profiles(conn, profiles) if profiles is not None else None
             _models.promote(conn, version)
+        _active_model_changed(self)
         return report
 
     def publish(
@@ -327,6 +328,7 @@ class Store:
             except BaseException:
                 profiles.model_version = previous  # the batch as it was, like the database
                 raise
+        _active_model_changed(self)
         model.version = version
         return version
 
@@ -514,3 +516,11 @@ class Store:
     def profile_sample(self, model_version: int | None = None, limit: int = 500) -> _serving.ProfileSample:
         """Current profiles of a deterministic sample of a model's customers (default: active model)."""
         return _serving.profile_sample(self._ensure_ready(), model_version, limit)
+
+
+def _active_model_changed(store: Store) -> None:
+    """After a promotion commits: the API's profile cache (``traitflow.profile_cache``, when
+    configured) starts a new generation, so its readers look the active version up again."""
+    from traitflow.profile_cache import profiles_changed  # imports no Store code at top level
+
+    profiles_changed(store)
