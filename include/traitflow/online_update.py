@@ -7,7 +7,7 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   (``events.validate_columns``: the result of ``events.validate_events`` on the request's
   frame): every posted event is either stored or rejected with a reason of
   ``event_schema.REJECT_REASONS``, under its 1-based position in the request (``row_number``).
-* **Store** with ``Store.ingest_events`` (one transaction): a re-post adds nothing. The source
+* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction): a re-post adds nothing. The source
   names the request by its content (``request_source``), so a re-post of the same body also
   records its rejects only once, and an event repeated with other fields is a
   ``conflicting_duplicate``, as for files.
@@ -162,7 +162,7 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
         raise TooManyEventsError(f"{len(rows)} events in one request; at most {MAX_EVENTS}")
     source = request_source(rows)
     result = validate_columns(event_columns(rows), PRESETS["canonical"], source=source)
-    report = store.ingest_events(result, source, run_id)
+    report = store.ingest_events(result, source, run_id, few_rows=True)
     customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
     profiled, unprofiled = _update_profiles(store, customer_ids)
     return EventUpdate(

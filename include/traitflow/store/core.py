@@ -143,7 +143,13 @@ class Store:
     # ---------------------------------------------------------------------------- ingestion
 
     def ingest_events(
-        self, result: LoadResultLike, source: str, run_id: str, file_sha256: str | None = None
+        self,
+        result: LoadResultLike,
+        source: str,
+        run_id: str,
+        file_sha256: str | None = None,
+        *,
+        few_rows: bool = False,
     ) -> IngestReport:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
@@ -154,9 +160,11 @@ class Store:
         is stored (or repeated in ``events``) with another category, price or session id is
         rejected as ``conflicting_duplicate`` under its row number: ``result.event_row_numbers``
         when present (the loader sets them), else its position in ``events`` from 1.
+        ``few_rows``: a result of a few rows (``ingest.MAX_PARAMETER_ROWS``) is sent as query
+        parameters instead of staged (the same rows written, fewer round trips).
         """
         with self._transaction() as conn:
-            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
+            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256, few_rows=few_rows)
 
     def ingest_file(
         self,
