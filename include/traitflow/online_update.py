@@ -7,10 +7,10 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   (``events.validate_columns``: the result of ``events.validate_events`` on the request's
   frame): every posted event is either stored or rejected with a reason of
   ``event_schema.REJECT_REASONS``, under its 1-based position in the request (``row_number``).
-* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction): a re-post adds nothing. The source
-  names the request by its content (``request_source``), so a re-post of the same body also
-  records its rejects only once, and an event repeated with other fields is a
-  ``conflicting_duplicate``, as for files.
+* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction): a re-post adds
+  nothing. The source names the request by its content (``request_source``), so a re-post of
+  the same body also records its rejects only once, and an event repeated with other fields is
+  a ``conflicting_duplicate``, as for files.
 * **Profile** each affected customer from their whole stored history with the batch path
   (``pipeline.profile_customers``), as of the **end of the UTC day of their newest stored
   event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
