@@ -433,7 +433,12 @@ def _is_plain(mapping: ColumnMapping) -> bool:
 def _validate_few(
     columns: Mapping[str, Sequence[str]], n: int, mapping: ColumnMapping, source: str, first_row_number: int
 ) -> LoadResult:
-    """``validate_frame`` for a few rows of a plain mapping without a pandas call per rule."""
+    """``validate_frame`` for a few rows of a plain mapping without a pandas call per rule.
+
+    Text fields go through the Arrow kernels pandas' ``str`` methods run (strip, lower), the
+    rules through ``_rule_masks``; times and prices through the loaders' own parsers
+    (``_parse_times_any``, ``_parse_prices``) on the few values, so what parses is pandas' call.
+    """
 
     def stripped(canonical: str) -> pa.Array:
         return pc.utf8_trim_whitespace(pa.array(list(columns[mapping.column(canonical)]), pa.large_string()))
