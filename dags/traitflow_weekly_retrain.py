@@ -248,7 +248,7 @@ def traitflow_weekly_retrain() -> None:
 
         return jobs.recompute_profiles(run_context(WEEK), ShardPlan.from_xcom(plan), shard).to_xcom()
 
-    @task(multiple_outputs=False, outlets=[MODEL_ASSET], execution_timeout=LONG)
+    @task(multiple_outputs=False, outlets=[MODEL_ASSET])
     @fail_fast
     def promote(plan: dict, drift_info: dict) -> dict:
         from airflow.sdk import get_current_context
