@@ -46,6 +46,7 @@ WEEKLY_STEPS: tuple[str, ...] = (
     "refit_traits",
     "keep_traits",
     "plan_recompute",
+    "shard_ids",
     "recompute_profiles",
     "promote",
 )
@@ -229,6 +230,7 @@ def _promote_candidate(
         steps["keep_traits"] = fitted.to_xcom()
     plan = jobs.plan_recompute(context, fitted, n_shards)
     steps["plan_recompute"] = plan.to_xcom()
+    steps["shard_ids"] = plan.shards()
     # The DAG's mapped task, one shard after the other (its XCom: the list of shard results).
     steps["recompute_profiles"] = [
         jobs.recompute_profiles(context, plan, shard).to_xcom() for shard in plan.shards()

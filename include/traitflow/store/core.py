@@ -442,14 +442,15 @@ class Store:
         """``publish`` with the profiles of the ``n_shards`` batches staged under ``staged_key``
         (model version None), deleting them, all in one transaction; returns (version, profiles).
 
-        Idempotent through ``run_key`` like ``publish``: once published, a retry (whose staged
-        rows are gone with the commit) returns the same version and its profile count.
+        Idempotent through ``run_key`` like ``publish``: once published, a retry returns the same
+        version and its profile count, and deletes what shards re-run after the commit staged.
         """
         with self._transaction() as conn:
             _models._lock_lifecycle(conn)
             existing = _models.published_version(conn, run_key)
             if existing is not None:
                 model.version = existing
+                _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
                 row = conn.execute(
                     "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
                     (existing, as_of),
