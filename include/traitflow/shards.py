@@ -5,12 +5,14 @@ over the UTF-8 id, modulo ``N_BUCKETS``. Shard ``s`` of ``n`` holds the buckets 
 ``b % n == s``: whole buckets, never a part of one.
 
 Why buckets and not ``hash % n_shards`` directly: the trait projection solves its customers in
-batches, and BLAS results of a row can differ in the last bit with the row's position in a
-batch. ``profiles_from_embeddings`` therefore projects bucket by bucket, and a bucket holds the
-same customers, in the same order, whatever the number of shards: a customer's profile is
-bit-identical for every ``n_shards`` (the sharded runs' table checksums equal the unsharded
-run's). ``N_BUCKETS`` = 256 keeps shards within 1/ (256 // n) of each other in size and the
-per-bucket overhead (one projection call each) small.
+batches, and a row's result depends slightly on the rest of its batch (BLAS kernels round a row
+differently by its position; the coordinate descent keeps sweeping converged rows until half of
+the batch has converged). ``profiles_from_embeddings`` therefore projects bucket by bucket, and a
+bucket holds the same customers, in the same order, whatever the number of shards: a customer's
+profile is bit-identical for every ``n_shards`` (the sharded runs' table checksums equal the
+unsharded run's) on one machine and BLAS build. ``N_BUCKETS`` = 256 keeps the shards' sizes
+within one bucket of each other (256 // n or one more) and the per-bucket overhead (one
+projection call each) small.
 
 Same function for every caller (DAG tasks, CLI chains, tests): no second implementation.
 """

@@ -130,7 +130,6 @@ def nonnegative_cd(
     np.divide(rhs, diag, out=targets)
     current = np.asfortranarray(weights, dtype=np.float64)
     active = np.arange(n_rows)  # rows of ``weights`` that ``current`` holds
-    finished = np.zeros(n_rows, dtype=bool)  # rows of ``current`` whose result is in ``weights``
     before = np.empty_like(current)
     column = np.empty(n_rows)
     for sweep in range(1, max_iter + 1):
@@ -148,23 +147,17 @@ def nonnegative_cd(
         np.subtract(current, before, out=before)
         np.abs(before, out=before)  # each coordinate moved once in the sweep: these are its steps
         going = before.max(axis=1) > tol * np.maximum(current.max(axis=1), 1.0)
-        # A row's result is its value at the first check it passes, whatever the other rows do:
-        # a customer's profile does not depend on the batch it is computed in (customer shards
-        # give the rows of one batch).
-        done = ~going & ~finished
-        weights[active[done]] = current[done]
-        finished |= done
-        n_going = active.size - int(np.count_nonzero(finished))
+        n_going = int(np.count_nonzero(going))
         if 2 * n_going > active.size:
             continue
-        going = ~finished
+        done = ~going
+        weights[active[done]] = current[done]
         active = active[going]
         current = np.asfortranarray(current[going])
         targets = np.asfortranarray(targets[going])
-        finished = np.zeros(n_going, dtype=bool)
         before = np.empty_like(current)
         column = np.empty(n_going)
-    weights[active[~finished]] = current[~finished]
+    weights[active] = current
     return weights
 
 
