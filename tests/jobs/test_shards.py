@@ -8,6 +8,7 @@ import random
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_jobs import CONFIG, DAY, START, context, ingest_days, weekly_context
 
@@ -72,9 +73,11 @@ def test_daily_update_with_1_3_8_shards_writes_identical_tables(env):
     one = daily_checksums(env, run, selected, 1)
     # A re-run replaces only rows whose content changed (and then sets updated_at): any value that
     # differed with more shards would change a checksum.
-    for n_shards in (3, 8, 1):
+    for n_shards in (3, 8, 64, 1):  # 64: more shards than some have customers (empty batches)
         assert daily_checksums(env, run, selected, n_shards) == one, n_shards
     assert env["store"].table_counts()["profile_shards"] == 0
+    ids = pd.read_parquet(selected.customers_path)["customer_id"].to_numpy(dtype=object)
+    assert len(set(shards_of(ids, 64))) < 64  # some of the 64 shards were empty
 
 
 def profile_state(store: Store) -> tuple:
