@@ -31,6 +31,7 @@ from . import migrations as _migrations
 from . import models as _models
 from . import pipeline_stats as _pipeline_stats
 from . import products as _products
+from . import profile_shards as _profile_shards
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
@@ -409,6 +410,83 @@ class Store:
             return _profiles.write_profiles(
                 conn, batch, require_selected_model=require_selected_model, few_rows=few_rows
             )
+
+    # ------------------------------------------------------------------- sharded profiles
+
+    def stage_profiles(self, run_key: str, shard: int, n_shards: int, batch: ProfileBatch) -> None:
+        """Stage customer shard ``shard`` of ``n_shards`` of run ``run_key`` (``profile_shards``),
+        replacing an earlier attempt of the same shard; the profile tables are not touched."""
+        with self._transaction() as conn:
+            _profile_shards.stage_shard(conn, run_key, shard, n_shards, batch)
+
+    def discard_staged(self, run_key: str) -> None:
+        """Delete the run's staged shards (and stale ones of abandoned runs), in one transaction."""
+        with self._transaction() as conn:
+            _profile_shards.clear_staged(conn, run_key)
+
+    def staged_shards(self, run_key: str) -> list[int]:
+        """Shard numbers staged under ``run_key``, ascending."""
+        return _profile_shards.staged_shards(self._ensure_ready(), run_key)
+
+    def write_staged_profiles(
+        self,
+        run_key: str,
+        n_shards: int,
+        as_of: datetime,
+        model_version: int,
+        *,
+        require_selected_model: bool = False,
+    ) -> tuple[ProfileBatch, WriteReport]:
+        """Write the run's ``n_shards`` staged batches as one batch (``write_profiles``) and delete
+        them, in one transaction; returns the batch written (customer id order) and the report.
+
+        ``ShardsNotReadyError`` when a shard is missing or was staged for another as_of, model or
+        shard count; ``StaleModelError`` as ``write_profiles``. Either way nothing changes.
+        """
+        with self._transaction() as conn:
+            batch = _profile_shards.load_staged(conn, run_key, n_shards, as_of, model_version)
+            report = _profiles.write_profiles(conn, batch, require_selected_model=require_selected_model)
+            _profile_shards.clear_staged(conn, run_key)
+        return batch, report
+
+    def publish_staged(
+        self,
+        model: TraitflowModel,
+        staged_key: str,
+        n_shards: int,
+        as_of: datetime,
+        *,
+        drift: dict[str, Any] | None = None,
+        run_key: str,
+    ) -> tuple[int, int]:
+        """``publish`` with the profiles of the ``n_shards`` batches staged under ``staged_key``
+        (model version None), deleting them, all in one transaction; returns (version, profiles).
+
+        Idempotent through ``run_key`` like ``publish``: once published, a retry returns the same
+        version and its profile count, and deletes what shards re-run after the commit staged.
+        """
+        with self._transaction() as conn:
+            _models._lock_lifecycle(conn)
+            existing = _models.published_version(conn, run_key)
+            if existing is not None:
+                model.version = existing
+                _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
+                row = conn.execute(
+                    "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
+                    (existing, as_of),
+                ).fetchone()
+                return existing, int(row[0]) if row else 0
+            profiles = _profile_shards.load_staged(conn, staged_key, n_shards, as_of, None)
+            version = _models.save_model(conn, model)
+            _models.set_run_key(conn, version, run_key)
+            if drift is not None:
+                _models.update_model_metadata(conn, version, drift=drift)
+            profiles.model_version = version
+            _profiles.write_profiles(conn, profiles)
+            _models.promote(conn, version)
+            _profile_shards.clear_staged(conn, staged_key)
+        model.version = version
+        return version, len(profiles)
 
     def current_profile(self, customer_id: str) -> dict[str, Any] | None:
         return _reads.current_profile(self._ensure_ready(), customer_id)

@@ -40,6 +40,7 @@ TABLES: tuple[str, ...] = (
     "customer_profile_history",
     "run_reports",
     "product_names",
+    "profile_shards",
 )
 
 # -------------------------------------------------------------------------- consumer queries
