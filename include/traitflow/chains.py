@@ -7,7 +7,7 @@ passes them through XCom), and the same branch deciders
 from the command line decides exactly what the DAG would for the same ``trained_through``. Its
 report is stored with ``jobs.weekly_report`` under the DAG's task ids (``WEEKLY_STEPS``;
 tests/dags checks they match the DAG). ``run_daily_update`` does the same for the daily DAG's
-select -> update -> monitor tasks (ingestion is ``traitflow ingest``).
+select -> update -> monitor -> maintain_history tasks (ingestion is ``traitflow ingest``).
 
 No Airflow imports.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import pandas as pd
 
 from traitflow import jobs
 from traitflow.config import PipelineConfig, data_dir
+from traitflow.config import history_retention_months as retention_months
 from traitflow.runs import Candidate, GateResult, PromotionResult, RunContext, TuningRequest
 from traitflow.store import Store
 
@@ -93,8 +94,8 @@ class DailyOutcome:
     """What one daily update did for the customers with events in [start, end).
 
     model_version : the model used (None: no model trained through ``end`` yet; see ``reason``)
-    report : the stored monitoring report (``jobs.monitor_daily``: OOV rate, cold-start share,
-        profile shift)
+    report : the stored run report (``jobs.monitor_daily``: OOV rate, cold-start share,
+        profile shift; ``history``: ``jobs.maintain_history``'s partitions created and dropped)
     """
 
     run_id: str
@@ -238,10 +239,13 @@ def run_daily_update(
     *,
     run_id: str,
     schema: str | None = None,
+    history_retention_months: int | None = None,
 ) -> DailyOutcome:
-    """The daily DAG's select -> update -> monitor for customers with events in [start, end):
-    their profiles as of ``end`` from their whole history, with the model selected for ``end``
-    (the profiles use the stored model's own parameters)."""
+    """The daily DAG's select -> update -> monitor -> maintain_history for customers with events
+    in [start, end): their profiles as of ``end`` from their whole history, with the model
+    selected for ``end`` (the profiles use the stored model's own parameters); then the history's
+    months ahead and retention (``history_retention_months``, default
+    ``TRAITFLOW_HISTORY_RETENTION_MONTHS``, as the DAG's Param)."""
     if start >= end:
         raise ValueError(f"the update interval is empty: start {start.isoformat()} >= end {end.isoformat()}")
     context = RunContext(
@@ -250,6 +254,8 @@ def run_daily_update(
     selection = jobs.select_customers(context)
     updated = jobs.update_profiles(context, selection)
     report = jobs.monitor_daily(context, updated)
+    retention = retention_months() if history_retention_months is None else history_retention_months
+    report = replace(report, history=jobs.maintain_history(context, retention))
     return DailyOutcome(
         run_id=run_id,
         start=start,

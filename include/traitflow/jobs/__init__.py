@@ -6,7 +6,7 @@ files under the run's ``work_dir`` and returns a frozen dataclass of ``traitflow
 paths and counts; ``to_xcom()`` for Airflow). No Airflow imports: the DAG files adapt these to
 tasks.
 
-daily : ingest, customer selection, profile update and monitoring of one day
+daily : ingest, customer selection, profile update, monitoring and history maintenance of one day
 weekly : corpus, new-vocabulary check, candidate training, quality gate and drift
 candidate : trait fit, rejection, profiles of every customer, promotion and the weekly report
 refresh : every current profile under the model of its date after a promotion
@@ -25,6 +25,7 @@ from traitflow.jobs.candidate import (
 from traitflow.jobs.daily import (
     confined_mapping,
     ingest_interval,
+    maintain_history,
     monitor_daily,
     select_customers,
     update_profiles,
@@ -48,6 +49,7 @@ __all__ = [
     "event_files",
     "ingest_interval",
     "keep_traits",
+    "maintain_history",
     "measure_drift",
     "monitor_daily",
     "promote",
