@@ -277,3 +277,19 @@ def test_maintenance_records_its_outcome_in_the_run_report_in_the_same_transacti
         store.maintain_history(datetime(2026, 6, 15, tzinfo=UTC), 1, report=("daily", ""))
     assert f"{HISTORY}_2026_02" in partitions.history_partitions(store.connection)
     assert store.run_reports("daily")[0]["report"] == report
+
+
+def test_creating_a_month_blocks_neither_reads_nor_writes_of_the_history(
+    store: Store, make_store: Callable[..., Store]
+) -> None:
+    store.ensure_history_partitions(datetime(2026, 1, 1, tzinfo=UTC), months_ahead=0)
+    conn = store.connection
+    conn.execute(INSERT_ROW, ("c", "2026-01-05 00:00+00", [1.0], 1, "none", 0))
+    other = make_store().connection
+    other.execute("SET lock_timeout = '2s'")  # waiting for the creator's lock would raise
+    with conn.transaction():  # a profile write creating its month holds this until it commits
+        assert partitions.ensure_months(conn, [datetime(2026, 2, 3, tzinfo=UTC)]) == [f"{HISTORY}_2026_02"]
+        read = other.execute("SELECT count(*) FROM customer_profile_history WHERE customer_id = 'c'")
+        assert read.fetchone() == (1,)
+        other.execute(INSERT_ROW, ("d", "2026-01-06 00:00+00", [1.0], 1, "none", 0))
+    assert _partitions_of_rows(conn) == {f"{HISTORY}_2026_01": 2}
