@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from traitflow.config import MAX_SHARDS, MISSING_INPUT_POLICIES, missing_input_policy
+from traitflow.config import (
+    MAX_SHARDS,
+    MISSING_INPUT_POLICIES,
+    history_retention_months,
+    missing_input_policy,
+)
 from traitflow_common import (
     DEFAULT_ARGS,
+    REPORT,
     TAGS,
     catchup_enabled,
     env_input_dir,
@@ -22,7 +28,7 @@ DOC_MD = """
 ### Traitflow daily profile update
 
 `ingest` -> `select_customers` -> `plan_update` -> `shard_ids` -> `update_profiles` (one mapped
-instance per customer shard) -> `commit_update` -> `monitor`
+instance per customer shard) -> `commit_update` -> `monitor` -> `maintain_history`
 
 * Every run processes its data interval (UTC). A scheduled or backfill run with logical date
   **D** covers the day **[D, D + 1 day)** and starts after midnight ending that day. A manual run
@@ -34,10 +40,11 @@ instance per customer shard) -> `commit_update` -> `monitor`
 * **No file for the day** (`input_dir` set, no file dated D): `missing_input` decides, default
   from `TRAITFLOW_MISSING_INPUT`. `fail` (the default): the run fails at once, no retries; a day
   without its delivery is an incident, and this run is the one to clear once the file arrives
-  (later days do not pick up its customers). `skip`: the run ends green with every task skipped,
-  for sources that legitimately deliver nothing on some days. `ignore`: a warning, and the day is
-  updated from the events table. With `fail` and `skip` the day's run report (`traitflow reports`,
-  the Traits page) stores the reason with `outcome` `failed` / `skipped`.
+  (later days do not pick up its customers). `skip`: the run ends green with every task but
+  `maintain_history` skipped, for sources that legitimately deliver nothing on some days.
+  `ignore`: a warning, and the day is updated from the events table. With `fail` and `skip` the
+  day's run report (`traitflow reports`, the Traits page) stores the reason with `outcome`
+  `failed` / `skipped`.
 * **select_customers** takes the customers with events in the interval and those with events in
   the day's files (late events, dated before their file's day); files dated after the interval
   are ignored, so backfills in any order select and read the same events.
@@ -51,6 +58,11 @@ instance per customer shard) -> `commit_update` -> `monitor`
 * **monitor** stores a run report (OOV rate, profile-distribution drift). When nothing was written
   (no promoted model yet, no customers with events in the day) it stores the reason with
   `outcome: skipped` and ends skipped: a green run that says why, never retried.
+* **maintain_history** creates the profile history's monthly partitions ahead (this month and
+  the next two) and, with `history_retention_months` > 0 (default from
+  `TRAITFLOW_HISTORY_RETENTION_MONTHS`, 0 = keep everything), drops the months older than that
+  many months before the run's month, whole. What it created and dropped (with row counts) is
+  the `history` entry of the day's run report. It runs after a skipped monitor too.
 * Data and configuration errors (bad files, bad settings) fail a task at once (`fail_fast`);
   other errors (database, network) keep the retries.
 
@@ -133,6 +145,15 @@ On a paused DAG the backfill's runs are created and wait, queued, until the DAG 
             "rows written are the same for any number.",
             section="Run",
         ),
+        "history_retention_months": Param(
+            history_retention_months(),
+            type="integer",
+            minimum=0,
+            title="history_retention_months",
+            description="Keep this many months of customer_profile_history before the run's month and "
+            "drop older months whole (recorded in the run report); 0 = keep everything.",
+            section="History",
+        ),
         # No model parameters: the daily update profiles customers with the stored model's own
         # config (traitflow.pipeline.profile_customers), so a form value could change nothing.
     },
@@ -202,13 +223,22 @@ def traitflow_daily() -> None:
         report = jobs.monitor_daily(run_context(), UpdateResult.from_xcom(update_result))
         return skip_unless(report.outcome == "updated", report.to_xcom(), report.update.reason)
 
+    # After the report it adds to; also after a skipped update (none_failed), so quiet days
+    # still create months ahead and apply retention.
+    @task(multiple_outputs=False, trigger_rule=REPORT)
+    @fail_fast
+    def maintain_history() -> dict:
+        from traitflow import jobs
+
+        return jobs.maintain_history(run_context(), run_params()["history_retention_months"]).to_xcom()
+
     selection = select_customers()
     ingest() >> selection
     plan = plan_update(selection)
     shards = update_profiles.partial(plan=plan).expand(shard=shard_ids(plan))
     committed = commit_update(plan)
     shards >> committed
-    monitor(committed)
+    monitor(committed) >> maintain_history()
 
 
 traitflow_daily()

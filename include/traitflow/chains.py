@@ -7,7 +7,8 @@ passes them through XCom), and the same branch deciders
 from the command line decides exactly what the DAG would for the same ``trained_through``. Its
 report is stored with ``jobs.weekly_report`` under the DAG's task ids (``WEEKLY_STEPS``;
 tests/dags checks they match the DAG). ``run_daily_update`` does the same for the daily DAG's
-select -> plan -> shards -> commit -> monitor tasks (ingestion is ``traitflow ingest``).
+select -> plan -> shards -> commit -> monitor -> maintain_history tasks (ingestion is
+``traitflow ingest``).
 
 No Airflow imports.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import pandas as pd
 
 from traitflow import jobs
 from traitflow.config import PipelineConfig, data_dir
+from traitflow.config import history_retention_months as retention_months
 from traitflow.runs import Candidate, GateResult, PromotionResult, RunContext, TuningRequest
 from traitflow.store import Store
 
@@ -95,8 +97,8 @@ class DailyOutcome:
     """What one daily update did for the customers with events in [start, end).
 
     model_version : the model used (None: no model trained through ``end`` yet; see ``reason``)
-    report : the stored monitoring report (``jobs.monitor_daily``: OOV rate, cold-start share,
-        profile shift)
+    report : the stored run report (``jobs.monitor_daily``: OOV rate, cold-start share,
+        profile shift; ``history``: ``jobs.maintain_history``'s partitions created and dropped)
     """
 
     run_id: str
@@ -249,11 +251,14 @@ def run_daily_update(
     run_id: str,
     schema: str | None = None,
     n_shards: int = 1,
+    history_retention_months: int | None = None,
 ) -> DailyOutcome:
-    """The daily DAG's select -> update -> monitor for customers with events in [start, end):
-    their profiles as of ``end`` from their whole history, with the model selected for ``end``
-    (the profiles use the stored model's own parameters), in ``n_shards`` customer shards run one
-    after the other."""
+    """The daily DAG's select -> shards -> commit -> monitor -> maintain_history for customers with
+    events in [start, end): their profiles as of ``end`` from their whole history, with the model
+    selected for ``end`` (the profiles use the stored model's own parameters), in ``n_shards``
+    customer shards run one after the other; then the history's months ahead and retention
+    (``history_retention_months``, default ``TRAITFLOW_HISTORY_RETENTION_MONTHS``, as the DAG's
+    Param)."""
     if start >= end:
         raise ValueError(f"the update interval is empty: start {start.isoformat()} >= end {end.isoformat()}")
     context = RunContext(
@@ -265,6 +270,8 @@ def run_daily_update(
         jobs.update_profiles(context, plan, shard)
     updated = jobs.commit_update(context, plan)
     report = jobs.monitor_daily(context, updated)
+    retention = retention_months() if history_retention_months is None else history_retention_months
+    report = replace(report, history=jobs.maintain_history(context, retention))
     return DailyOutcome(
         run_id=run_id,
         start=start,

@@ -407,6 +407,18 @@ def missing_input_policy() -> str:
     return policy
 
 
+def history_retention_months() -> int:
+    """Months of profile history the daily run keeps before the current month
+    (``TRAITFLOW_HISTORY_RETENTION_MONTHS``, default 0 = keep everything); older months are
+    dropped whole (``traitflow.store.partitions``)."""
+    months = env_int("TRAITFLOW_HISTORY_RETENTION_MONTHS", 0)
+    if months < 0:
+        raise ConfigError(
+            f"TRAITFLOW_HISTORY_RETENTION_MONTHS must be >= 0 (0 = keep everything), got {months}"
+        )
+    return months
+
+
 def input_root() -> Path:
     """The folder the daily DAG may read event files from (``TRAITFLOW_INPUT_ROOT``, default the
     data dir): an ``input_dir`` run parameter outside it is refused."""

@@ -217,6 +217,26 @@ class UpdateResult(_XComForm):
 
 
 @dataclass(frozen=True)
+class HistoryResult(_XComForm):
+    """The daily history maintenance at ``as_of`` (ISO): the profile history's monthly
+    partitions created ahead and those dropped by retention (``traitflow.store.partitions``).
+
+    retention_months : months kept before ``as_of``'s month (0: everything kept)
+    cutoff : the oldest instant kept (ISO; None with retention 0)
+    created : partitions created (names, oldest first); months_ahead : how far ahead they go
+    dropped : ``{partition: rows}`` of the months dropped; rows_dropped : their total
+    """
+
+    as_of: str
+    retention_months: int
+    months_ahead: int
+    cutoff: str | None
+    created: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    rows_dropped: int = 0
+
+
+@dataclass(frozen=True)
 class DailyReport:
     """The daily run report (``run_reports`` kind "daily"): the update's result plus its monitors.
 
@@ -225,6 +245,8 @@ class DailyReport:
     cold-start flag) and ``profile_shift_js`` (JS divergence of the day's mean profile from the
     model's training population). ``outcome`` is "updated" when profiles were written, else
     "skipped" or "failed" (the run's state), with the update's ``reason`` saying why.
+    ``history``: the history maintenance, added to the stored report by the step after the
+    monitor (``jobs.maintain_history``); the key is absent until then.
     """
 
     run_id: str
@@ -233,9 +255,10 @@ class DailyReport:
     cold_start_share: float | None = None
     profile_shift_js: float | None = None
     outcome: str = "updated"
+    history: HistoryResult | None = None
 
     def to_xcom(self) -> dict[str, Any]:
-        return {
+        report = {
             **self.update.to_xcom(),
             "run_id": self.run_id,
             "oov_rate": self.oov_rate,
@@ -243,12 +266,17 @@ class DailyReport:
             "profile_shift_js": self.profile_shift_js,
             "outcome": self.outcome,
         }
+        if self.history is not None:
+            report["history"] = self.history.to_xcom()
+        return report
 
     @classmethod
     def from_xcom(cls, data: Mapping[str, Any]) -> DailyReport:
         update_keys = {f.name for f in fields(UpdateResult)}
         update = UpdateResult.from_xcom({k: v for k, v in data.items() if k in update_keys})
         own = _checked(cls, {k: v for k, v in data.items() if k not in update_keys})
+        if own.get("history") is not None:
+            own["history"] = HistoryResult.from_xcom(own["history"])
         return cls(update=update, **own)
 
 

@@ -30,6 +30,7 @@ EXPECTED_EDGES: dict[str, set[tuple[str, str]]] = {
         ("plan_update", "commit_update"),
         ("update_profiles", "commit_update"),
         ("commit_update", "monitor"),
+        ("monitor", "maintain_history"),
     },
     "traitflow_weekly_retrain": {
         ("build_corpus", "check_new_vocab"),
@@ -252,7 +253,9 @@ def test_joins_after_branches_use_none_failed_min_one_success(dagbag: Any) -> No
     assert all(t.trigger_rule == "all_success" for t in dag.tasks if t.task_id not in joins)
 
 
-DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share", "missing_input", "n_shards"}
+DAILY_PARAMS = {
+    "input_dir", "mapping", "max_reject_share", "missing_input", "n_shards", "history_retention_months"
+}  # fmt: skip
 WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction", "n_shards"}
 
 
@@ -290,6 +293,31 @@ def test_daily_form_shows_only_what_the_daily_run_reads(dagbag: Any) -> None:
     for key in DAILY_PARAMS:
         assert params.get_param(key).description, key
         params.get_param(key).resolve()
+
+
+def test_daily_history_maintenance_runs_after_a_skipped_monitor_and_retention_is_bounded(
+    dagbag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from traitflow.config import ConfigError, history_retention_months
+
+    dag = dagbag.dags["traitflow_daily"]
+    # none_failed: a quiet day (monitor skipped) still creates months ahead; a failed one does not.
+    assert dag.get_task("maintain_history").trigger_rule == "none_failed"
+    assert all(t.trigger_rule == "all_success" for t in dag.tasks if t.task_id != "maintain_history")
+    param = dag.params.get_param("history_retention_months")
+    assert param.resolve(0) == 0 and param.resolve(24) == 24
+    for bad in (-1, 1.5, "12"):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+    monkeypatch.delenv("TRAITFLOW_HISTORY_RETENTION_MONTHS", raising=False)
+    assert history_retention_months() == 0  # keep everything unless the deployment says otherwise
+    monkeypatch.setenv("TRAITFLOW_HISTORY_RETENTION_MONTHS", "18")
+    assert history_retention_months() == 18
+    monkeypatch.setenv("TRAITFLOW_HISTORY_RETENTION_MONTHS", "-3")
+    with pytest.raises(ConfigError, match="TRAITFLOW_HISTORY_RETENTION_MONTHS"):
+        history_retention_months()
 
 
 def test_weekly_form_starts_with_force_retrain(dagbag: Any) -> None:

@@ -36,6 +36,7 @@ from traitflow.runs import (
     EventInput,
     FittedCandidate,
     GateResult,
+    HistoryResult,
     IngestResult,
     PromotionResult,
     RefreshResult,
@@ -124,6 +125,12 @@ class JobsDouble:
 
     def _monitor_daily(self, context: RunContext, update: UpdateResult) -> DailyReport:
         return DailyReport(context.run_id, update, 0.1, 0.2, 0.01)
+
+    def _maintain_history(self, context: RunContext, retention_months: int) -> HistoryResult:
+        cutoff = None if retention_months == 0 else "2025-01-01T00:00:00+00:00"
+        return HistoryResult(
+            iso(context.end), retention_months, 2, cutoff, ["h_2026_03"], {"h_2024_12": 5}, 5
+        )
 
     # weekly
     def _build_corpus(self, context: RunContext, config: PipelineConfig) -> CorpusInfo:
@@ -241,6 +248,7 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
         "update_profiles",
         "commit_update",
         "monitor_daily",
+        "maintain_history",
     ]
     calls = {name: fake.args(name) for name in fake.order}
     ingest = calls["ingest_interval"]
@@ -269,6 +277,42 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
         result.xcom("monitor")
         == DailyReport(result.run_id, UpdateResult(D.isoformat(), 1, 3), 0.1, 0.2, 0.01).to_xcom()
     )
+    assert calls["maintain_history"]["retention_months"] == 0  # the form's default: keep everything
+    assert result.xcom("maintain_history") == fake.returned["maintain_history"].to_xcom()
+
+
+def test_daily_passes_the_retention_on_and_the_cli_chain_makes_the_same_calls(
+    run_dag: Any, fake_jobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAITFLOW_HISTORY_RETENTION_MONTHS", "7")  # the CLI's default; the form gets 18
+    fake = fake_jobs()
+    result = run_dag(
+        "traitflow_daily",
+        D,
+        conf={"input_dir": "", "history_retention_months": 18},
+        env={"AIRFLOW_CONN_TRAITFLOW_DB": CONN},
+    )
+    assert result.state == "success"
+    assert fake.args("maintain_history")["retention_months"] == 18
+    context = fake.args("update_profiles")["context"]
+
+    # `traitflow update` (traitflow.chains.run_daily_update): the same jobs after ingestion, same inputs.
+    chain_fake = JobsDouble()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chains, "jobs", chain_fake.module)
+        outcome = chains.run_daily_update(
+            CONN, D - DAY, D, context.work_dir, run_id="cli-test", history_retention_months=18
+        )
+        assert chain_fake.order == fake.order[1:]
+        for name in chain_fake.order:
+            dag_args, chain_args = fake.args(name), chain_fake.args(name)
+            assert replace(chain_args["context"], run_id=context.run_id) == dag_args["context"], name
+            assert {k: v for k, v in chain_args.items() if k != "context"} == {
+                k: v for k, v in dag_args.items() if k != "context"
+            }, name
+        assert outcome.report["history"] == chain_fake.returned["maintain_history"].to_xcom()
+        chains.run_daily_update(CONN, D - DAY, D, context.work_dir, run_id="cli-default")
+    assert chain_fake.module.maintain_history.call_args.args[1] == 7  # TRAITFLOW_HISTORY_RETENTION_MONTHS
 
 
 def test_daily_without_input_dir_ingests_nothing_but_still_updates(

@@ -82,6 +82,7 @@ def test_a_missing_day_file_fails_the_run_at_once_by_default_with_the_reason_sto
     result = daily(START + DAY)
     assert result.state == "failed" and result["ingest"] == "failed", result
     assert {result[task] for task in DAILY_TASKS - {"ingest"}} == {"upstream_failed"}
+    assert result["maintain_history"] == "upstream_failed"  # a failed day is not maintained
     assert _tries(result.run_id)["ingest"] == 1  # not retried
     report = _report(store, START + DAY)
     assert report["outcome"] == "failed" and report["run_id"] == result.run_id
@@ -93,12 +94,19 @@ def test_a_missing_day_file_fails_the_run_at_once_by_default_with_the_reason_sto
 def test_a_missing_day_file_with_skip_gives_a_green_skipped_run_with_the_reason_stored(
     daily: Any, store: Store
 ) -> None:
-    result = daily(START + DAY, missing_input="skip")
+    result = daily(START + DAY, missing_input="skip", history_retention_months=1)
     assert result.state == "success", result
     assert {result[task] for task in DAILY_TASKS} == {"skipped"}
     assert max(_tries(result.run_id).values()) == 1
     report = _report(store, START + DAY)
     assert report["outcome"] == "skipped" and "missing_input=skip" in report["reason"], report
+    # A quiet day still creates the history's months ahead (March + 2), recorded in its report.
+    assert result["maintain_history"] == "success"
+    history = "customer_profile_history_2026_0"
+    assert report["history"] == result.xcom("maintain_history")
+    assert report["history"]["created"] == [f"{history}3", f"{history}4", f"{history}5"]
+    kept = (report["history"]["retention_months"], report["history"]["cutoff"])
+    assert kept == (1, "2026-02-01T00:00:00+00:00")
 
 
 def test_a_missing_day_file_with_ignore_updates_from_the_table(daily: Any, store: Store) -> None:
@@ -118,4 +126,7 @@ def test_a_day_before_the_first_model_skips_with_the_reason_stored(daily: Any, s
     report = _report(store, START)
     assert report["outcome"] == "skipped" and report["model_version"] is None, report
     assert report["reason"].startswith("no promoted model trained before 2026-03-02"), report
-    assert result.xcom("monitor") == report  # the skipped task still hands its report on
+    # The skipped task still hands its report on; the maintenance after it added its part.
+    assert result["maintain_history"] == "success"
+    assert result.xcom("monitor") == {k: v for k, v in report.items() if k != "history"}
+    assert report["history"] == result.xcom("maintain_history")

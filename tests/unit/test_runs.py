@@ -18,6 +18,7 @@ from traitflow.runs import (
     EventInput,
     FittedCandidate,
     GateResult,
+    HistoryResult,
     IngestResult,
     PromotionResult,
     RefreshResult,
@@ -62,6 +63,10 @@ UPDATE = UpdateResult(
     END.isoformat(), 2, 3, None, {"oov_rate": 0.1}, [0.5, 0.5], [1, 2], [1], "model 1 was replaced by 2"
 )
 
+HISTORY = HistoryResult(
+    END.isoformat(), 12, 2, "2025-03-01T00:00:00+00:00", [], {"customer_profile_history_2025_02": 40}, 40
+)
+
 VALUES = [
     CONTEXT,
     EventInput("/data/in", "taobao", 0.25),
@@ -76,6 +81,9 @@ VALUES = [
     DailyReport("daily-1", UPDATE, 0.1, 0.3, 0.02),
     DailyReport("daily-1", UpdateResult(END.isoformat(), None, 0, "no model")),
     DailyReport("daily-1", UpdateResult(END.isoformat(), None, 0, "no event file"), outcome="failed"),
+    HISTORY,
+    HistoryResult(END.isoformat(), 0, 2, None, ["customer_profile_history_2026_03"]),
+    DailyReport("daily-1", UPDATE, 0.1, 0.3, 0.02, history=HISTORY),
     FILES,
     CORPUS,
     EMPTY_CORPUS,

@@ -6,7 +6,8 @@ files under the run's ``work_dir`` and returns a frozen dataclass of ``traitflow
 paths and counts; ``to_xcom()`` for Airflow). No Airflow imports: the DAG files adapt these to
 tasks.
 
-daily : ingest, customer selection, profile update (in customer shards) and monitoring of one day
+daily : ingest, customer selection, profile update (in customer shards), monitoring and history
+    maintenance of one day
 weekly : corpus, new-vocabulary check, candidate training, quality gate and drift
 candidate : trait fit, rejection, profiles of every customer (in customer shards), promotion and
     the weekly report
@@ -28,6 +29,7 @@ from traitflow.jobs.daily import (
     commit_update,
     confined_mapping,
     ingest_interval,
+    maintain_history,
     monitor_daily,
     plan_update,
     select_customers,
@@ -53,6 +55,7 @@ __all__ = [
     "event_files",
     "ingest_interval",
     "keep_traits",
+    "maintain_history",
     "measure_drift",
     "monitor_daily",
     "plan_recompute",

@@ -1,5 +1,5 @@
 """The daily DAG's jobs: ingest the day's files, select its customers, update and monitor their
-profiles.
+profiles, maintain the profile history's monthly partitions.
 
 Time semantics (backfill safety): a run for the interval [start, end) reads only events before
 ``end`` and profiles ``as_of=end`` with the newest promoted model trained through ``end`` or
@@ -33,6 +33,7 @@ from traitflow.runs import (
     CustomerSelection,
     DailyReport,
     EventInput,
+    HistoryResult,
     IngestResult,
     RunContext,
     RunSkipped,
@@ -44,6 +45,7 @@ from traitflow.runs import (
 )
 from traitflow.shards import check_n_shards, in_shard
 from traitflow.store import StaleModelError, Store
+from traitflow.store.partitions import DEFAULT_MONTHS_AHEAD
 
 log = logging.getLogger(__name__)
 
@@ -335,3 +337,22 @@ def monitor_daily(context: RunContext, update: UpdateResult) -> DailyReport:
             )
         store.write_run_report("daily", update.as_of, report.to_xcom())
     return report
+
+
+def maintain_history(context: RunContext, retention_months: int) -> HistoryResult:
+    """Create the profile history's monthly partitions for the interval end's month and the
+    months after it (``partitions.DEFAULT_MONTHS_AHEAD``), and drop the months older than
+    ``retention_months`` months before it (0: keep everything), in one transaction that also
+    records the outcome as the ``history`` key of the day's run report (``DailyReport.history``).
+
+    Runs after the monitor, also when the update skipped. Idempotent: a re-run creates and
+    drops nothing more.
+    """
+    with open_store(context) as store:
+        done = store.maintain_history(
+            context.end, retention_months, DEFAULT_MONTHS_AHEAD, report=("daily", iso(context.end))
+        )
+    if done.dropped:
+        names = [d.name for d in done.dropped]
+        log.info("history retention dropped %s (%d rows)", names, sum(d.rows for d in done.dropped))
+    return HistoryResult.from_xcom(done.to_dict())

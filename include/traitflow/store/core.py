@@ -29,6 +29,7 @@ from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, ProfileBatch
 from . import ingest as _ingest
 from . import migrations as _migrations
 from . import models as _models
+from . import partitions as _partitions
 from . import pipeline_stats as _pipeline_stats
 from . import products as _products
 from . import profile_shards as _profile_shards
@@ -106,10 +107,14 @@ class Store:
             self._conn = connect(self.url, self.schema, timeouts=self.timeouts)
         return self._conn
 
-    def upgrade(self) -> list[int]:
-        """Create the schema and apply pending migrations; returns the versions applied (idempotent)."""
-        applied = _migrations.upgrade(self._live(), self.schema)
-        self._ready = True
+    def upgrade(self, target: int | None = None) -> list[int]:
+        """Create the schema and apply pending migrations; returns the versions applied (idempotent).
+
+        ``target``: stop after that version (a schema as an older release left it, for testing
+        later migrations on its data); the store is not ready for use until fully upgraded.
+        """
+        applied = _migrations.upgrade(self._live(), self.schema, target)
+        self._ready = target is None or target >= _migrations.latest_version()
         return applied
 
     def schema_version(self) -> int:
@@ -542,6 +547,44 @@ class Store:
     def labelled_profile_history(self, customer_id: str) -> list[_serving.LabelledHistoryEntry]:
         """``profile_history`` as typed entries with the trait labels of each entry's model."""
         return _serving.labelled_history(self._ensure_ready(), customer_id)
+
+    # ------------------------------------------------------------------- history partitions
+
+    def ensure_history_partitions(
+        self, through: datetime, months_ahead: int = _partitions.DEFAULT_MONTHS_AHEAD
+    ) -> list[str]:
+        """Create the missing monthly partitions of the profile history for ``through``'s month
+        and the ``months_ahead`` after it (idempotent); returns the names created."""
+        with self._transaction() as conn:
+            _profiles._lock_profiles(conn)  # never in the middle of a profile write
+            return _partitions.ensure_history_partitions(conn, through, months_ahead)
+
+    def drop_expired_history(
+        self, retention_months: int, as_of: datetime
+    ) -> list[_partitions.DroppedPartition]:
+        """Drop the months of profile history older than ``retention_months`` months before
+        ``as_of``'s month (whole partitions; 0 keeps everything); returns what was dropped."""
+        with self._transaction() as conn:
+            _profiles._lock_profiles(conn)
+            return _partitions.drop_expired_history(conn, retention_months, as_of)
+
+    def maintain_history(
+        self,
+        as_of: datetime,
+        retention_months: int,
+        months_ahead: int = _partitions.DEFAULT_MONTHS_AHEAD,
+        *,
+        report: tuple[str, str] | None = None,
+    ) -> _partitions.HistoryMaintenance:
+        """Create months ahead and apply retention at ``as_of`` in one transaction; with
+        ``report`` (kind, run_key), the outcome is stored as that run report's ``history`` key in
+        the same transaction, so a dropped month is never left unrecorded."""
+        with self._transaction() as conn:
+            _profiles._lock_profiles(conn)
+            done = _partitions.maintain_history(conn, as_of, retention_months, months_ahead)
+            if report is not None:
+                _reports.merge_run_report(conn, report[0], report[1], {"history": done.to_dict()})
+        return done
 
     # ------------------------------------------------------------------------------- reports
 

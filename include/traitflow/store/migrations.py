@@ -105,8 +105,11 @@ def _check_consistent(applied: dict[int, str], available: list[Migration]) -> No
         )
 
 
-def upgrade(conn: psycopg.Connection, schema: str) -> list[int]:
+def upgrade(conn: psycopg.Connection, schema: str, target: int | None = None) -> list[int]:
     """Create ``schema`` if needed and apply pending migrations; returns the versions applied.
+
+    ``target``: apply pending migrations up to this version only (None: all of them), e.g. to
+    build a schema as an older release left it and test the later migrations on its data.
 
     ``conn`` must be in autocommit mode (as ``traitflow.store.db.connect`` returns it): every
     migration runs in its own transaction, so a failure leaves the schema at the previous version.
@@ -115,6 +118,8 @@ def upgrade(conn: psycopg.Connection, schema: str) -> list[int]:
     if not conn.autocommit:
         raise MigrationError("upgrade() needs an autocommit connection (one transaction per migration)")
     available = available_migrations()
+    if target is not None and not any(m.version == target for m in available):
+        raise MigrationError(f"no migration version {target}; known versions are 1..{available[-1].version}")
     conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_NAMESPACE, schema))
     try:
         with conn.transaction():
@@ -132,7 +137,7 @@ def upgrade(conn: psycopg.Connection, schema: str) -> list[int]:
         _check_consistent(applied, available)
         done: list[int] = []
         for migration in available:
-            if migration.version in applied:
+            if migration.version in applied or (target is not None and migration.version > target):
                 continue
             try:
                 with conn.transaction():

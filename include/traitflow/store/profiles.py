@@ -11,7 +11,8 @@ One ``ProfileBatch`` is written in the caller's transaction:
    position order, shapes, dtypes, finite values, unique ids, storage limits) -- all before
    touching the database;
 2. a transaction-scoped advisory lock serialises profile writers (see ``_lock_profiles``), so what
-   the next step finds stays true until commit;
+   the next step finds stays true until commit; the history's partition for the batch's month is
+   created if missing (``partitions.ensure_months``; the daily run creates months ahead);
 3. two primary-key range probes: does either table hold a row between the batch's lowest and
    highest customer_id (COLLATE "C" byte order, the batch is sorted)?
 4. none (a first load, a cohort of new ids past the existing ones): one binary COPY straight
@@ -57,6 +58,7 @@ from traitflow.profile_batch import ProfileBatch
 from ._util import copy_in, require_transaction
 from .errors import StaleModelError
 from .models import _lock_lifecycle, model_version_for
+from .partitions import ensure_months
 from .profile_prepare import PreparedProfiles, prepare_batch
 
 
@@ -418,6 +420,7 @@ def write_profiles(
         _lock_profiles(conn)
         if require_selected_model:
             _check_selected_model(conn, prepared)
+        ensure_months(conn, [prepared.as_of])
         as_parameters = few_rows and prepared.n <= MAX_PARAMETER_ROWS
         if not as_parameters:
             conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
