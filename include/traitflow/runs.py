@@ -267,6 +267,36 @@ class CorpusFiles(_XComForm):
     n_sessions_written: int
     n_tokens_written: int
     n_vocabulary: int
+    increment_path: str | None = None
+    n_increment_sessions: int | None = None
+    n_increment_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPlan(_XComForm):
+    """How the candidate is trained (``traitflow.jobs.weekly.plan_training``) and from what.
+
+    mode : "full" (from scratch) or "incremental" (continues ``parent_version``'s vectors on the
+        sessions with events since ``trained_since``, plus a replayed sample of older ones)
+    requested : the ``training_mode`` asked for ("auto", "full" or "incremental")
+    reason : why ``mode`` was chosen, with its numbers
+    increment : what the incremental update did (new tokens and how they were initialised)
+    """
+
+    mode: str
+    requested: str
+    reason: str
+    parent_version: int | None = None
+    trained_since: datetime | None = None
+    increment: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "incremental"):
+            raise ValueError(f"TrainingPlan.mode must be 'full' or 'incremental', got {self.mode!r}")
+        if (self.mode == "incremental") != (self.parent_version is not None):
+            raise ValueError("an incremental plan needs a parent_version, a full one has none")
+        if self.trained_since is not None:
+            object.__setattr__(self, "trained_since", utc(self.trained_since))
 
 
 @dataclass(frozen=True)
@@ -276,6 +306,7 @@ class CorpusInfo(_XComForm):
     event_snapshot : the ``pg_snapshot`` every later read of the run is pinned to
     active_version : the model selected for ``trained_through`` before this run (None: none yet)
     corpus, new_vocab_ratio : None when the window has no events (``empty_reason`` says so)
+    plan : how a candidate would be trained (None when the window has no events)
     """
 
     window_start: datetime
@@ -286,6 +317,7 @@ class CorpusInfo(_XComForm):
     corpus: CorpusFiles | None = None
     new_vocab_ratio: float | None = None
     empty_reason: str | None = None
+    plan: TrainingPlan | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_start", utc(self.window_start))
@@ -308,6 +340,7 @@ class Candidate(_XComForm):
 
     config : flat ``PipelineConfig`` values, tuned ones included; the quality gate and the trait
         fit use these, so a candidate is judged and completed with the settings that made it
+    training : how it was trained (the corpus's plan, or full when tuning overrode it)
     """
 
     corpus: CorpusInfo
@@ -315,6 +348,7 @@ class Candidate(_XComForm):
     n_tokens: int
     config: dict[str, Any]
     tuning: TuningSummary | None = None
+    training: TrainingPlan | None = None
 
 
 @dataclass(frozen=True)
