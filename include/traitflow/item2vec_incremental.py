@@ -13,9 +13,13 @@ locked (gensim's ``vectors_lockf`` = 0): without that, the zero output weights o
 would give the first updates of the input vectors no signal and then pull them towards whatever
 the half-trained output layer says. The cost is one extra epoch over the increment corpus.
 
-New tokens start at the mean vector of the known tokens they share sessions with in the
-increment corpus (one sparse session x token product), else at their category's mean in the
-parent, else at gensim's small random initialisation.
+New tokens start in the direction of the mean vector of the known tokens they share sessions
+with in the increment corpus (one sparse session x token product), else of their category's mean
+in the parent, else at gensim's small random initialisation; always at the length of gensim's
+random initial vectors. At full length a mean vector is close in cosine to every token it
+averages, so a new token seen in a few sessions, which the update barely moves, would sit among
+the nearest neighbours of a whole category and push true neighbours out of next-item
+recommendations; at the random vectors' length the training signal decides where it ends up.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,7 +183,9 @@ class IncrementStats:
 def _starting_vectors(
     merged: MergedVocabulary, parent: TokenTable, lines: np.ndarray, rows: np.ndarray, random: np.ndarray
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """float32 (n, d): parent vectors, else co-session means, else category means, else ``random``."""
+    """float32 (n, d): parent vectors; for new tokens the direction of their co-session mean, else
+    of their category's mean, else ``random``'s, at the length of their ``random`` row (gensim's
+    initial vectors, shape (n, d))."""
     vectors = random.copy()
     is_parent = merged.parent_rows >= 0
     vectors[is_parent] = parent.vectors[merged.parent_rows[is_parent]]
@@ -190,6 +197,9 @@ def _starting_vectors(
     category_rows = fallback.category_index.get_indexer(pd.Index(merged.table.categories[rest]))
     by_category = rest[category_rows >= 0]
     vectors[by_category] = fallback.matrix[fallback.category_offset + category_rows[category_rows >= 0]]
+    lengths = np.linalg.norm(vectors, axis=1)
+    new = np.flatnonzero(~is_parent)
+    vectors[new] *= (np.linalg.norm(random[new], axis=1) / np.maximum(lengths[new], 1e-12))[:, None]
     initialised = {
         INIT_PARENT: int(is_parent.sum()),
         INIT_CO_SESSION: int(by_session.sum()),
@@ -197,6 +207,24 @@ def _starting_vectors(
         INIT_RANDOM: len(rest) - len(by_category),
     }
     return vectors, initialised
+
+
+def fresh_word2vec(
+    merged: MergedVocabulary, params: Item2VecParams, increment: IncrementParams, n_sessions: int
+) -> Any:
+    """An untrained gensim ``Word2Vec`` whose vocabulary is ``merged`` (words: the decimal
+    corpus codes) with its merged counts: sorted, down-sampling thresholds and negative-sampling
+    table (``cum_table``) computed from scratch over every token."""
+    from gensim.models import Word2Vec  # heavy import, only where training happens
+
+    arguments = {**word2vec_arguments(params), "min_count": 1}
+    arguments.update(alpha=increment.increment_alpha, epochs=increment.increment_epochs)
+    model = Word2Vec(**arguments)
+    counts = np.maximum(merged.table.counts, 1)  # gensim drops a word counted 0
+    model.build_vocab_from_freq(
+        dict(zip(merged.codes.astype(str).tolist(), counts.tolist(), strict=True)), corpus_count=n_sessions
+    )
+    return model
 
 
 def train_increment(
@@ -215,8 +243,6 @@ def train_increment(
     learnable (``min_count``), as in a full retrain. The result has the parent's tokens (in its
     order) then the new ones; ``vector_size`` must be the parent's.
     """
-    from gensim.models import Word2Vec  # heavy import, only where training happens
-
     if params.vector_size != parent.vector_size:
         raise ValueError(
             f"cannot continue a model of vector_size {parent.vector_size}"
@@ -230,15 +256,7 @@ def train_increment(
     merged = merge_vocabulary(parent, vocabulary, corpus_counts, params.min_count)
     lines, codes = corpus_tokens(increment_path)
 
-    arguments = {**word2vec_arguments(params), "min_count": 1}
-    arguments.update(alpha=increment.increment_alpha, epochs=increment.increment_epochs)
-    model = Word2Vec(**arguments)
-    # A fresh vocabulary from the merged counts: sorted, down-sampling and cum_table all current.
-    counts = np.maximum(merged.table.counts, 1)
-    model.build_vocab_from_freq(
-        dict(zip(merged.codes.astype(str).tolist(), counts.tolist(), strict=True)),
-        corpus_count=int(lines.max()) + 1,
-    )
+    model = fresh_word2vec(merged, params, increment, n_sessions=int(lines.max()) + 1)
     gensim_keys = np.asarray(model.wv.index_to_key, dtype=np.int64)
     order = np.argsort(gensim_keys)
     position = order[np.searchsorted(gensim_keys, merged.codes, sorter=order)]  # merged row -> gensim row
