@@ -9,9 +9,9 @@ copies the parent's vectors in by token.
 
 The stored model keeps the input vectors only, not gensim's output (negative-sampling) weights.
 An update therefore first trains the output layer alone for one epoch with every input vector
-locked (gensim's ``vectors_lockf`` = 0): without that, the zero output weights of a fresh model
-would give the first updates of the input vectors no signal and then pull them towards whatever
-the half-trained output layer says. The cost is one extra epoch over the increment corpus.
+locked (gensim's ``vectors_lockf`` = 0), so that the parent's vectors are not pushed around by an
+output layer that starts from zero; without it they drift further from the parent for the same
+next-item quality (docs/results.md). The cost is one extra epoch over the increment corpus.
 
 New tokens start in the direction of the mean vector of the known tokens they share sessions
 with in the increment corpus (one sparse session x token product), else of their category's mean
