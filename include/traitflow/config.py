@@ -271,6 +271,16 @@ class IncrementParams:
             description="Share of the window's older sessions replayed in an incremental update.",
         ),
     )
+    # An increment starts from the parent's vectors and moves them far less than a full retrain
+    # (docs/results.md), so its drift is judged on its own scale.
+    increment_drift_threshold: float = field(
+        default=0.01,
+        metadata=bounds(
+            minimum=0,
+            maximum=1,
+            description="Refit traits when an incremental candidate's aligned drift exceeds this.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -313,6 +323,7 @@ class PipelineConfig:
         "increment_epochs": ("increment", "increment_epochs"),
         "increment_alpha": ("increment", "increment_alpha"),
         "replay_fraction": ("increment", "replay_fraction"),
+        "increment_drift_threshold": ("increment", "increment_drift_threshold"),
     }
 
     @classmethod

@@ -378,7 +378,11 @@ class GateResult(_XComForm):
 @dataclass(frozen=True)
 class DriftResult(_XComForm):
     """Drift of a candidate from the active model after Procrustes alignment
-    (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``)."""
+    (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``).
+
+    increment_threshold : for an incremental candidate, the drift above which its traits are
+        refitted (its ``increment_drift_threshold``), used instead of the run's ``drift_threshold``
+    """
 
     measured: bool
     reason: str | None = None
@@ -390,6 +394,7 @@ class DriftResult(_XComForm):
     n_candidate_tokens: int | None = None
     n_active_tokens: int | None = None
     min_count: int | None = None
+    increment_threshold: float | None = None
 
 
 @dataclass(frozen=True)

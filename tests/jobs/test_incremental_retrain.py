@@ -30,10 +30,6 @@ PARAMS = {
     "training_window_days": 60,
     "full_retrain_every_weeks": 3,
 }
-# Between the weighted drift of an increment on unchanged behaviour (about 0.003-0.005 here) and
-# of the increment over the planted shift (about 0.02); increments drift far less than full
-# retrains (about 0.04 on the same data), for which the default threshold is set.
-INCREMENT_DRIFT_THRESHOLD = 0.01
 SPEC = SyntheticSpec(
     n_customers=300,
     n_products=120,
@@ -110,7 +106,8 @@ def test_full_then_two_increments_then_a_full_retrain_on_schedule(env):
     # Unchanged behaviour: the increments pass the gate, drift little and keep the trait ids.
     for week in weeks[1:3]:
         assert week["gate"].passed, week["gate"].reason
-        assert not week["refit"] and week["drift"].weighted_mean_drift < INCREMENT_DRIFT_THRESHOLD
+        assert week["drift"].increment_threshold == config.increment.increment_drift_threshold
+        assert not week["refit"] and week["drift"].weighted_mean_drift < week["drift"].increment_threshold
     ids = [set(store.traits(version)["trait_id"]) for version in (1, 2, 3)]
     assert ids[0] == ids[1] == ids[2]
     # The lineage travels with the loaded model and is listed by `traitflow models`.
@@ -129,14 +126,16 @@ def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(e
     shifted = events["event_time"] >= START + 2 * WEEK
     events.loc[shifted, "product_id"] = events.loc[shifted, "product_id"].map(swap)
     ingest(store, events)
-    config = PipelineConfig.from_mapping(
-        {**PARAMS, "drift_threshold": INCREMENT_DRIFT_THRESHOLD, "full_retrain_every_weeks": 8}
-    )
+    # The default thresholds: the increment is judged by increment_drift_threshold.
+    config = PipelineConfig.from_mapping({**PARAMS, "full_retrain_every_weeks": 8})
     first = run_weekly(env, START + 2 * WEEK, config)
     shift = run_weekly(env, START + 3 * WEEK, config)
     assert shift["candidate"].training.mode == "incremental"
     assert shift["gate"].passed, shift["gate"].reason
-    assert shift["drift"].weighted_mean_drift > config.triggers.drift_threshold and shift["refit"]
+    threshold = config.increment.increment_drift_threshold
+    assert shift["drift"].increment_threshold == threshold < config.triggers.drift_threshold
+    assert threshold < shift["drift"].weighted_mean_drift < config.triggers.drift_threshold
+    assert shift["refit"]
     after = run_weekly(env, START + 4 * WEEK, config)
     plan = after["candidate"].training
     assert plan.mode == "full"

@@ -59,6 +59,7 @@ INCREMENT_KEYS = (
     "increment_epochs",
     "increment_alpha",
     "replay_fraction",
+    "increment_drift_threshold",
 )
 
 
@@ -96,6 +97,11 @@ def add_increment_flags(parser: argparse.ArgumentParser) -> None:
         "--replay-fraction",
         type=float,
         help=f"share of older sessions replayed in an increment (default {defaults.replay_fraction})",
+    )
+    group.add_argument(
+        "--increment-drift-threshold",
+        type=float,
+        help=f"refit traits above this drift of an increment (default {defaults.increment_drift_threshold})",
     )
 
 

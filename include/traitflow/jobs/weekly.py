@@ -393,21 +393,31 @@ def quality_gate(context: RunContext, candidate: Candidate) -> GateResult:
 
 
 def measure_drift(context: RunContext, candidate: Candidate) -> DriftResult:
-    """Drift of the candidate from the active model after Procrustes alignment."""
+    """Drift of the candidate from the active model after Procrustes alignment; an incremental
+    candidate carries its ``increment_drift_threshold`` for ``should_refit``."""
     active_version = candidate.corpus.active_version
     if active_version is None:
         return DriftResult(measured=False, reason="no active model")
     report = _measure_drift(load_tokens(candidate.tokens_path), _active_tokens(context, active_version))
-    return DriftResult(measured=True, **report.to_dict())
+    increment_threshold = None
+    if candidate.training is not None and candidate.training.mode == "incremental":
+        increment = PipelineConfig.from_mapping(candidate.config).increment
+        increment_threshold = increment.increment_drift_threshold
+    return DriftResult(measured=True, increment_threshold=increment_threshold, **report.to_dict())
 
 
 def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
-    """(refit the traits?, why): without a measured drift always; else above ``threshold``."""
+    """(refit the traits?, why): without a measured drift always; else above ``threshold``, or
+    above the drift's ``increment_threshold`` for an incremental candidate."""
     if not drift.measured or drift.weighted_mean_drift is None:
         return True, f"refit: {drift.reason or 'drift not measured'}"
+    name = "drift_threshold"
+    if drift.increment_threshold is not None:
+        threshold, name = drift.increment_threshold, "increment_drift_threshold"
     if drift.weighted_mean_drift > threshold:
-        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {threshold}"
+        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {name} {threshold}"
     return (
         False,
-        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {threshold}: keep the trait components",
+        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {name} {threshold}:"
+        " keep the trait components",
     )
