@@ -46,6 +46,9 @@ Every path ends in **report**:
   profiles) sees the events committed when the run started, not what a daily ingest adds meanwhile.
 * **check_new_vocab** retrains when more than `new_vocab_threshold` of the window's tokens are new
   to the active model, when there is no active model yet, or when `force_retrain` is set.
+* **train_candidate** trains from scratch or continues the active model's vectors on the sessions
+  since its `trained_through` (`training_mode`: auto, full, incremental; build_corpus records the
+  choice and why, the promoted or rejected version its lineage).
 * **quality_gate** rejects a candidate that scores worse than the active model by more than
   `quality_margin` on held-out sessions (chosen by session identity: the same sessions are held
   out every week, so the active model was not trained on them either).

@@ -148,6 +148,7 @@ _SECTIONS = {
     "aggregation": "Customer embedding",
     "traits": "Traits (NMF)",
     "triggers": "Retrain triggers and quality gate",
+    "increment": "Training mode (full or incremental)",
 }
 
 

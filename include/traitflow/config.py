@@ -220,6 +220,72 @@ class TriggerParams:
         check_bounds(self)
 
 
+TRAINING_MODES = ("auto", "full", "incremental")
+
+
+@dataclass(frozen=True)
+class IncrementParams:
+    """How the weekly retrain trains a candidate: from scratch (full) or continuing the active
+    model (incremental, ``traitflow.item2vec_incremental``).
+
+    ``auto`` trains incrementally when that is possible and no rule asks for a full retrain
+    (``traitflow.jobs.weekly.plan_training``): a full retrain at least every
+    ``full_retrain_every_weeks`` weeks, and after an incremental candidate was rejected or its
+    drift made the traits refit.
+    """
+
+    training_mode: str = field(
+        default="auto",
+        metadata=bounds(
+            choices=TRAINING_MODES,
+            description=(
+                "auto: continue the active model when possible, full retrain on schedule, after a "
+                "rejected increment or a refit; full: train from scratch; incremental: continue "
+                "the active model whenever it is compatible."
+            ),
+        ),
+    )
+    full_retrain_every_weeks: int = field(
+        default=4,
+        metadata=bounds(
+            minimum=1,
+            maximum=520,
+            description="auto mode: train from scratch once the last full retrain is this many weeks old.",
+        ),
+    )
+    increment_epochs: int = field(
+        default=5,
+        metadata=bounds(minimum=1, maximum=500, description="Epochs of an incremental update."),
+    )
+    increment_alpha: float = field(
+        default=0.01,
+        metadata=bounds(
+            exclusive_minimum=0, maximum=1, description="Start learning rate of an incremental update."
+        ),
+    )
+    replay_fraction: float = field(
+        default=0.2,
+        metadata=bounds(
+            minimum=0,
+            maximum=1,
+            description="Share of the window's older sessions replayed in an incremental update.",
+        ),
+    )
+    # An increment starts from the parent's vectors and moves them far less than a full retrain
+    # (docs/results.md), so its drift is judged on its own scale.
+    increment_drift_threshold: float = field(
+        default=0.01,
+        metadata=bounds(
+            minimum=0,
+            maximum=1,
+            description="Refit traits when an incremental candidate's aligned drift exceeds this.",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything one pipeline run needs, grouped by stage."""
@@ -229,6 +295,7 @@ class PipelineConfig:
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     traits: TraitParams = field(default_factory=TraitParams)
     triggers: TriggerParams = field(default_factory=TriggerParams)
+    increment: IncrementParams = field(default_factory=IncrementParams)
 
     # Flat parameter names (as shown in the Airflow trigger form) -> (section, field).
     FLAT_KEYS: ClassVar[dict[str, tuple[str, str]]] = {
@@ -251,6 +318,12 @@ class PipelineConfig:
         "drift_threshold": ("triggers", "drift_threshold"),
         "quality_margin": ("triggers", "quality_margin"),
         "training_window_days": ("triggers", "training_window_days"),
+        "training_mode": ("increment", "training_mode"),
+        "full_retrain_every_weeks": ("increment", "full_retrain_every_weeks"),
+        "increment_epochs": ("increment", "increment_epochs"),
+        "increment_alpha": ("increment", "increment_alpha"),
+        "replay_fraction": ("increment", "replay_fraction"),
+        "increment_drift_threshold": ("increment", "increment_drift_threshold"),
     }
 
     @classmethod

@@ -20,6 +20,7 @@ import pyarrow as pa
 from traitflow import formatting
 from traitflow.config import (
     AggregationParams,
+    IncrementParams,
     Item2VecParams,
     PipelineConfig,
     SessionParams,
@@ -141,9 +142,51 @@ class TraitModel:
         return int(self.components.shape[0])
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """How a model's token vectors were trained.
+
+    training_mode : "full" (from scratch) or "incremental" (continued from ``parent_version``)
+    parent_version : the model whose vectors it started from (None for a full retrain)
+    trained_since : the parent's ``trained_through``: the increment trained on the sessions with
+        events from then on (plus a replayed sample of older ones); None for a full retrain
+    """
+
+    training_mode: str
+    parent_version: int | None = None
+    trained_since: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.training_mode not in ("full", "incremental"):
+            raise ValueError(f"training_mode must be 'full' or 'incremental', got {self.training_mode!r}")
+        if (self.training_mode == "incremental") != (self.parent_version is not None):
+            raise ValueError("an incremental model needs a parent_version, a full one has none")
+
+    def to_dict(self) -> dict[str, Any]:
+        since = None if self.trained_since is None else self.trained_since.isoformat()
+        return {
+            "training_mode": self.training_mode,
+            "parent_version": self.parent_version,
+            "trained_since": since,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lineage:
+        since = data.get("trained_since")
+        return cls(
+            data["training_mode"],
+            data.get("parent_version"),
+            datetime.fromisoformat(since) if isinstance(since, str) else since,
+        )
+
+
 @dataclass
 class TraitflowModel:
-    """Everything a retrain produces. ``version`` is assigned by the store on save."""
+    """Everything a retrain produces. ``version`` is assigned by the store on save.
+
+    lineage : how its token vectors were trained (None: not recorded, e.g. a model built
+        outside the weekly retrain)
+    """
 
     trained_through: datetime
     config: PipelineConfig
@@ -152,6 +195,7 @@ class TraitflowModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     trait_match: dict[str, Any] | None = None
     version: int | None = None
+    lineage: Lineage | None = None
 
     def save(self, directory: str | Path) -> Path:
         """Write ``arrays.npz`` + ``meta.json`` into ``directory`` (created); returns the directory."""
@@ -180,6 +224,7 @@ class TraitflowModel:
             "trait_match": self.trait_match,
             "version": self.version,
             "l1_penalty": self.traits.l1_penalty,
+            "lineage": None if self.lineage is None else self.lineage.to_dict(),
         }
         (directory / "meta.json").write_text(formatting.dumps(meta, indent=2))
         return directory
@@ -222,6 +267,7 @@ class TraitflowModel:
             metrics=meta.get("metrics") or {},
             trait_match=meta.get("trait_match"),
             version=meta.get("version"),
+            lineage=Lineage.from_dict(meta["lineage"]) if meta.get("lineage") else None,
         )
 
 
@@ -269,4 +315,6 @@ def config_from_dict(nested: dict[str, Any]) -> PipelineConfig:
         aggregation=AggregationParams(**nested["aggregation"]),
         traits=TraitParams(**nested["traits"]),
         triggers=TriggerParams(**nested["triggers"]),
+        # Models stored before the section existed were trained with its defaults' meaning: full.
+        increment=IncrementParams(**nested.get("increment", {})),
     )

@@ -16,6 +16,7 @@ the stage). The benchmark passes a runner that times each stage; the stages, in 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -63,13 +64,32 @@ def events_before(events: pd.DataFrame, end: datetime) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
+class IncrementSelection:
+    """Which training sessions an incremental update trains on: every session with an event at or
+    after ``since`` (new to the model being continued) and a ``replay_fraction`` sample of the
+    others (drawn with ``random_state``), so the update also revisits older behaviour."""
+
+    since: datetime
+    replay_fraction: float
+    random_state: int
+
+
+@dataclass(frozen=True)
 class Corpus:
-    """A training corpus on disk: one line of token codes per session, plus the vocabulary."""
+    """A training corpus on disk: one line of token codes per session, plus the vocabulary.
+
+    increment_path, increment_stats : the incremental update's corpus (``IncrementSelection``),
+        same token codes; None unless one was asked for
+    n_increment_new_sessions : of its sessions, those with events at or after ``since``
+    """
 
     corpus_path: Path
     vocabulary_path: Path
     holdout_path: Path | None
     stats: CorpusStats
+    increment_path: Path | None = None
+    increment_stats: CorpusStats | None = None
+    n_increment_new_sessions: int | None = None
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.from_frame(pd.read_parquet(self.vocabulary_path))
@@ -109,6 +129,7 @@ def build_corpus(
     *,
     holdout_fraction: float = 0.0,
     random_state: int = 0,
+    increment: IncrementSelection | None = None,
 ) -> Corpus:
     """Sessionize ``events`` and write ``corpus.txt`` and ``vocabulary.parquet`` into ``work_dir``.
 
@@ -146,7 +167,46 @@ def build_corpus(
         stats.n_sessions_written,
         stats.n_vocabulary,
     )
-    return Corpus(corpus_path, vocabulary_path, holdout_path, stats)
+    corpus = Corpus(corpus_path, vocabulary_path, holdout_path, stats)
+    if increment is None:
+        return corpus
+    chosen, is_new = increment_sessions(sessionized, increment)
+    rows = chosen[sessionized["session"].to_numpy()]
+    increment_path = work_dir / "increment.txt"
+    increment_stats = write_corpus(sessionized[rows], codes[rows], increment_path, params)
+    log.info(
+        "increment corpus: %d new + %d replayed sessions (%d written)",
+        int(is_new.sum()),
+        int((chosen & ~is_new).sum()),
+        increment_stats.n_sessions_written,
+    )
+    return dataclasses.replace(
+        corpus,
+        increment_path=increment_path,
+        increment_stats=increment_stats,
+        n_increment_new_sessions=int(is_new.sum()),
+    )
+
+
+def increment_sessions(
+    sessionized: pd.DataFrame, increment: IncrementSelection
+) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, new): bool arrays of shape (max session + 1,) over the session numbers of
+    ``sessionized`` (``sessions.sessionize`` output, possibly with held-out sessions removed):
+    ``new`` marks the sessions whose last event is at or after ``increment.since``, ``chosen``
+    those plus the replayed sample of the other sessions. Numbers absent from ``sessionized``
+    are neither."""
+    sessions = sessionized["session"].to_numpy()
+    n = int(sessions.max()) + 1 if len(sessions) else 0
+    # Rows are ordered by session then time: a session's last row holds its last event.
+    last_rows = np.flatnonzero(np.r_[sessions[1:] != sessions[:-1], True]) if len(sessions) else sessions
+    last_time = pd.to_datetime(sessionized["event_time"].iloc[last_rows], utc=True)
+    present = np.zeros(n, dtype=bool)
+    present[sessions[last_rows]] = True
+    new = np.zeros(n, dtype=bool)
+    new[sessions[last_rows]] = (last_time >= pd.Timestamp(increment.since)).to_numpy()
+    draw = np.random.default_rng(increment.random_state).random(n) < increment.replay_fraction
+    return new | (present & ~new & draw), new
 
 
 def train_tokens(corpus: Corpus, config: PipelineConfig) -> TokenTable:

@@ -295,6 +295,36 @@ class CorpusFiles(_XComForm):
     n_sessions_written: int
     n_tokens_written: int
     n_vocabulary: int
+    increment_path: str | None = None
+    n_increment_sessions: int | None = None
+    n_increment_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingPlan(_XComForm):
+    """How the candidate is trained (``traitflow.jobs.weekly.plan_training``) and from what.
+
+    mode : "full" (from scratch) or "incremental" (continues ``parent_version``'s vectors on the
+        sessions with events since ``trained_since``, plus a replayed sample of older ones)
+    requested : the ``training_mode`` asked for ("auto", "full" or "incremental")
+    reason : why ``mode`` was chosen, with its numbers
+    increment : what the incremental update did (new tokens and how they were initialised)
+    """
+
+    mode: str
+    requested: str
+    reason: str
+    parent_version: int | None = None
+    trained_since: datetime | None = None
+    increment: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "incremental"):
+            raise ValueError(f"TrainingPlan.mode must be 'full' or 'incremental', got {self.mode!r}")
+        if (self.mode == "incremental") != (self.parent_version is not None):
+            raise ValueError("an incremental plan needs a parent_version, a full one has none")
+        if self.trained_since is not None:
+            object.__setattr__(self, "trained_since", utc(self.trained_since))
 
 
 @dataclass(frozen=True)
@@ -304,6 +334,7 @@ class CorpusInfo(_XComForm):
     event_snapshot : the ``pg_snapshot`` every later read of the run is pinned to
     active_version : the model selected for ``trained_through`` before this run (None: none yet)
     corpus, new_vocab_ratio : None when the window has no events (``empty_reason`` says so)
+    plan : how a candidate would be trained (None when the window has no events)
     """
 
     window_start: datetime
@@ -314,6 +345,7 @@ class CorpusInfo(_XComForm):
     corpus: CorpusFiles | None = None
     new_vocab_ratio: float | None = None
     empty_reason: str | None = None
+    plan: TrainingPlan | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window_start", utc(self.window_start))
@@ -336,6 +368,7 @@ class Candidate(_XComForm):
 
     config : flat ``PipelineConfig`` values, tuned ones included; the quality gate and the trait
         fit use these, so a candidate is judged and completed with the settings that made it
+    training : how it was trained (the corpus's plan, or full when tuning overrode it)
     """
 
     corpus: CorpusInfo
@@ -343,6 +376,7 @@ class Candidate(_XComForm):
     n_tokens: int
     config: dict[str, Any]
     tuning: TuningSummary | None = None
+    training: TrainingPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -372,7 +406,11 @@ class GateResult(_XComForm):
 @dataclass(frozen=True)
 class DriftResult(_XComForm):
     """Drift of a candidate from the active model after Procrustes alignment
-    (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``)."""
+    (``traitflow.drift.DriftReport``); ``measured`` False without an active model (``reason``).
+
+    increment_threshold : for an incremental candidate, the drift above which its traits are
+        refitted (its ``increment_drift_threshold``), used instead of the run's ``drift_threshold``
+    """
 
     measured: bool
     reason: str | None = None
@@ -384,6 +422,7 @@ class DriftResult(_XComForm):
     n_candidate_tokens: int | None = None
     n_active_tokens: int | None = None
     min_count: int | None = None
+    increment_threshold: float | None = None
 
 
 @dataclass(frozen=True)

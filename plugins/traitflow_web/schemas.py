@@ -129,6 +129,11 @@ class ModelVersion(BaseModel):
     metrics: dict[str, Any]
     drift: dict[str, Any] | None
     trait_match: dict[str, Any] | None
+    # Lineage: "full" or "incremental" (None: not recorded) and, for an increment, the model it
+    # continued and that model's trained_through.
+    training_mode: str | None = None
+    parent_version: int | None = None
+    trained_since: datetime | None = None
 
 
 class ModelVersions(BaseModel):

@@ -123,7 +123,10 @@ def test_weekly_branches_daily_updates_and_every_table(pipeline, store: Store):
     )
     assert store.active_model_version() == 3
     latest = store.model_versions().set_index("model_version").loc[3]
-    assert latest["drift"]["measured"] and latest["drift"]["weighted_mean_drift"] > 0.25
+    # Auto mode continued v2 (recent, compatible): an increment, judged by its own drift threshold.
+    assert (latest["training_mode"], latest["parent_version"]) == ("incremental", 2)
+    drift = latest["drift"]
+    assert drift["measured"] and drift["weighted_mean_drift"] > drift["increment_threshold"] == 0.01
     assert latest["metrics"]["quality_gate"]["passed"] is True
     assert store.load_model(3).trait_match["n_matched"] >= 1  # the match report is kept
     assert refresh().state == "success"

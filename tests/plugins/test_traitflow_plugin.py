@@ -24,6 +24,8 @@ import pytest
 from traitflow_web.api import DEFAULT_MIN_EVENTS
 from traitflow_web.pool import POOL
 
+from traitflow.model import Lineage
+
 if TYPE_CHECKING:  # imported in fixtures, where the Starlette/httpx deprecation is filtered
     from fastapi.testclient import TestClient
 
@@ -64,6 +66,7 @@ class Seeded:
 def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_batch: Any) -> Seeded:
     store = empty_db
     model = build_model(trait_ids=TRAITS)
+    model.lineage = Lineage("full")
     active = store.save_model(model)
     batch = build_profile_batch(active, CUSTOMERS, trait_ids=TRAITS, profiles=PROFILES, as_of=AS_OF)
     batch.n_events[:], batch.n_known_tokens[:] = EVENTS, KNOWN_TOKENS
@@ -72,9 +75,9 @@ def seeded(empty_db: Any, store_schema: str, build_model: Any, build_profile_bat
         build_profile_batch(active, ["c1"], trait_ids=TRAITS, profiles=C1_EARLIER, as_of=EARLIER)
     )
     store.update_model_metadata(active, drift={"weighted_mean_drift": 0.12, "measured": True})
-    rejected = store.save_model(
-        build_model(trait_ids=(3, 7, 12), seed=1, trained_through=datetime(2024, 1, 14, tzinfo=UTC))
-    )
+    candidate = build_model(trait_ids=(3, 7, 12), seed=1, trained_through=datetime(2024, 1, 14, tzinfo=UTC))
+    candidate.lineage = Lineage("incremental", active, datetime(2024, 1, 7, tzinfo=UTC))
+    rejected = store.save_model(candidate)
     store.reject_model(rejected, "hit rate below the active model")
     store.write_run_report("weekly", "2024-01-07", {"promoted": True, "model_version": active})
     store.write_run_report("daily", "2024-01-09", {"n_profiles": 1, "oov_rate": 0.01})
@@ -431,6 +434,11 @@ def test_models_with_status_metrics_drift_and_trait_match(client: TestClient, se
     assert active["metrics"] == {"hit_rate": 0.25, "nested": {"n": 3, "list": [1, 2.5, "x"]}}
     assert active["drift"] == {"weighted_mean_drift": 0.12, "measured": True}
     assert active["trait_match"] == {"matched": [[3, 3]], "new": []}
+    # Lineage: how each model's vectors were trained and from which model.
+    assert active["training_mode"] == "full"
+    assert active["parent_version"] is None and active["trained_since"] is None
+    assert (rejected["training_mode"], rejected["parent_version"]) == ("incremental", seeded.active)
+    assert rejected["trained_since"] == "2024-01-07T00:00:00Z"
 
 
 def test_reports_newest_first_filtered_and_limited(client: TestClient, seeded: Seeded) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from traitflow.model import TraitflowModel
+from traitflow.model import Lineage, TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store, migrations
 from traitflow.store.cli import add_commands, main
@@ -136,6 +136,36 @@ def test_unmigrated_schema_and_unreachable_server(
     assert main(["reports", "--database-url", "postgresql://u:pw@127.0.0.1:1/x?connect_timeout=2"]) == 1
     err = capsys.readouterr().err
     assert "cannot connect to postgresql://u:***@127.0.0.1:1/x" in err and "pw@" not in err
+
+
+def test_models_lists_the_lineage_of_each_version(
+    cli: Callable[..., tuple[int, str, str]], store: Store, build_model: Callable[..., TraitflowModel]
+) -> None:
+    full = build_model(trained_through=datetime(2024, 1, 7, tzinfo=UTC))
+    full.lineage = Lineage("full")
+    first = store.save_model(full)
+    store.promote(first)
+    increment = build_model(trained_through=datetime(2024, 1, 14, tzinfo=UTC))
+    increment.lineage = Lineage("incremental", first, datetime(2024, 1, 7, tzinfo=UTC))
+    increment.metrics["quality_gate"] = {"candidate_hit_rate": 0.25}
+    second = store.save_model(increment)
+    store.reject_model(second, "clearly worse")
+    unrecorded = store.save_model(build_model(trained_through=datetime(2024, 1, 21, tzinfo=UTC)))
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["model_version"] for r in rows] == [unrecorded, second, first]  # newest first
+    assert [(r["training_mode"], r["parent_version"]) for r in rows] == [
+        (None, None),
+        ("incremental", first),
+        ("full", None),
+    ]
+    assert rows[1]["trained_since"].startswith("2024-01-07T00:00:00")
+    assert rows[1]["hit_rate"] == 0.25 and rows[1]["status_reason"] == "clearly worse"
+    code, out, _ = cli("models")
+    header, *lines = out.splitlines()
+    assert "training_mode" in header and "parent_version" in header
+    assert "incremental" in lines[1] and "full" in lines[2]
 
 
 def test_add_commands_mounts_under_other_names() -> None:

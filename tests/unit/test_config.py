@@ -48,6 +48,9 @@ def _edges(schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     if "maximum" in schema:
         outside.append(above(schema["maximum"]))
         inside.append(schema["maximum"])
+    if "enum" in schema:  # every choice is inside, something of the same type that is none is not
+        inside.extend(choice for choice in schema["enum"] if choice is not None)
+        outside.append(max(inside) + 1 if integer else "|".join(map(str, inside)))
     return outside, inside
 
 

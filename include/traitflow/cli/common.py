@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from traitflow.config import PipelineConfig
+from traitflow.config import TRAINING_MODES, PipelineConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,6 +53,56 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 TRIGGER_KEYS = ("new_vocab_threshold", "drift_threshold", "quality_margin", "training_window_days")
+INCREMENT_KEYS = (
+    "training_mode",
+    "full_retrain_every_weeks",
+    "increment_epochs",
+    "increment_alpha",
+    "replay_fraction",
+    "increment_drift_threshold",
+)
+
+
+def add_increment_flags(parser: argparse.ArgumentParser) -> None:
+    """``--training-mode`` and the incremental update's settings (``IncrementParams``)."""
+    defaults = PipelineConfig().increment
+    group = parser.add_argument_group("training mode (defaults from traitflow.config)")
+    group.add_argument(
+        "--training-mode",
+        choices=TRAINING_MODES,
+        help=(
+            "auto: continue the active model unless a full retrain is due; full: from scratch; "
+            f"incremental: continue it whenever compatible (default {defaults.training_mode})"
+        ),
+    )
+    group.add_argument(
+        "--full-retrain-every-weeks",
+        type=positive_int,
+        help=(
+            "auto: retrain from scratch once the last full retrain is this many weeks old "
+            f"(default {defaults.full_retrain_every_weeks})"
+        ),
+    )
+    group.add_argument(
+        "--increment-epochs",
+        type=positive_int,
+        help=f"epochs of an incremental update (default {defaults.increment_epochs})",
+    )
+    group.add_argument(
+        "--increment-alpha",
+        type=float,
+        help=f"start learning rate of an incremental update (default {defaults.increment_alpha})",
+    )
+    group.add_argument(
+        "--replay-fraction",
+        type=float,
+        help=f"share of older sessions replayed in an increment (default {defaults.replay_fraction})",
+    )
+    group.add_argument(
+        "--increment-drift-threshold",
+        type=float,
+        help=f"refit traits above this drift of an increment (default {defaults.increment_drift_threshold})",
+    )
 
 
 def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             "workers",
             "session_timeout_minutes",
             *TRIGGER_KEYS,
+            *INCREMENT_KEYS,
         )
         if getattr(args, key, None) is not None
     }

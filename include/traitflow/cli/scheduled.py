@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from traitflow.cli.common import (
     CliError,
     add_config_flags,
+    add_increment_flags,
     add_trigger_flags,
     config_from_args,
     fraction,
@@ -58,6 +59,7 @@ def _add_retrain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _add_shards_flag(retrain)
     add_config_flags(retrain)
     add_trigger_flags(retrain)
+    add_increment_flags(retrain)
     retrain.set_defaults(func=cmd_retrain)
 
 
@@ -176,6 +178,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             on_decision=lambda d: print(f"{STEP_NAMES.get(d.step, d.step)}: {d.branch} -- {d.reason}"),
             n_shards=args.shards,
         )
+    training = (outcome.report.get("train_candidate") or {}).get("training")
+    if training:
+        parent = f" from model version {training['parent_version']}" if training["parent_version"] else ""
+        print(f"training: {training['mode']}{parent} -- {training['reason']}")
     active = f"model version {outcome.active_version}" if outcome.active_version else "no model"
     if outcome.status == "promoted":
         print(

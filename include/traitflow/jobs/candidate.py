@@ -18,7 +18,7 @@ import numpy as np
 from traitflow.alignment import align_tokens
 from traitflow.config import PipelineConfig, ThinDataError
 from traitflow.jobs._common import open_store
-from traitflow.model import TraitflowModel, load_tokens
+from traitflow.model import Lineage, TraitflowModel, load_tokens
 from traitflow.pipeline import fit_model, profile_customers
 from traitflow.runs import (
     Candidate,
@@ -64,8 +64,12 @@ def _fit_candidate(context: RunContext, candidate: Candidate, refit: bool) -> Fi
         refit_traits=refit,
         product_names=names,
     )
-    # Stored with the model: which committed events it was built from.
+    # Stored with the model: which committed events it was built from, and how it was trained.
     model.metrics["event_snapshot"] = corpus.event_snapshot
+    training = candidate.training
+    if training is not None:
+        model.lineage = Lineage(training.mode, training.parent_version, training.trained_since)
+        model.metrics["training"] = {**training.to_xcom(), "refit": refit}
     model_dir = Path(candidate.tokens_path).parent / "model"
     model.save(model_dir)
     return FittedCandidate(

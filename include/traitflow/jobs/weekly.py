@@ -9,8 +9,10 @@ a model whose tokens and profiles come from different data.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import dataclasses
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +21,8 @@ from traitflow.config import PipelineConfig
 from traitflow.drift import measure_drift as _measure_drift
 from traitflow.drift import new_vocab_ratio
 from traitflow.jobs._common import open_store
-from traitflow.model import TokenTable, load_tokens, save_tokens
-from traitflow.pipeline import Corpus, train_tokens
+from traitflow.model import TokenTable, TraitflowModel, load_tokens, save_tokens
+from traitflow.pipeline import Corpus, IncrementSelection, train_tokens
 from traitflow.pipeline import build_corpus as _build_corpus
 from traitflow.quality import compare_hit_rates, compare_with_popularity
 from traitflow.runs import (
@@ -30,9 +32,11 @@ from traitflow.runs import (
     DriftResult,
     GateResult,
     RunContext,
+    TrainingPlan,
     TuningRequest,
     TuningSummary,
     iso,
+    utc,
 )
 from traitflow.sessions import CorpusStats
 
@@ -41,6 +45,106 @@ HOLDOUT_FRACTION = 0.1
 # neither was trained on, whatever seeds they were trained with.
 HOLDOUT_SEED = 20240607
 CANDIDATE_FOLDER = "candidate"
+# Settings an incremental update must share with the model it continues: the vectors' size and
+# meaning (the objective and the tokens they embed).
+COMPATIBLE_SETTINGS = (
+    ("item2vec", "vector_size"),
+    ("item2vec", "sg"),
+    ("sessions", "token_scheme"),
+)
+
+
+def _last_full(models: pd.DataFrame, version: int) -> tuple[int, datetime]:
+    """(version, trained_through) of the full retrain ``version`` descends from (itself if full;
+    a model without a recorded mode counts as full). ``models``: ``Store.model_versions``."""
+    modes = dict(zip(models["model_version"], models["training_mode"], strict=True))
+    parents = dict(zip(models["model_version"], models["parent_version"], strict=True))
+    trained = dict(zip(models["model_version"], models["trained_through"], strict=True))
+    seen: set[int] = set()
+    while modes[version] == "incremental" and version not in seen:
+        seen.add(version)  # lineage rows only point to older versions; the guard is for corrupt data
+        version = int(parents[version])
+    return version, utc(pd.Timestamp(trained[version]).to_pydatetime())
+
+
+def _full_reason(
+    active: TraitflowModel, models: pd.DataFrame, config: PipelineConfig, end: datetime
+) -> str | None:
+    """Why ``auto`` mode must retrain from scratch rather than continue ``active``, or None."""
+    assert active.version is not None
+    rejected = models[
+        (models["status"] == "rejected")
+        & (models["training_mode"] == "incremental")
+        & (models["parent_version"] == active.version)
+    ]
+    if len(rejected):
+        return (
+            f"the incremental candidate v{int(rejected['model_version'].max())} from v{active.version}"
+            " was rejected by the quality gate"
+        )
+    incremental = active.lineage is not None and active.lineage.training_mode == "incremental"
+    if incremental and (active.metrics.get("training") or {}).get("refit"):
+        return f"v{active.version} was an increment whose drift refitted the traits"
+    full_version, full_through = _last_full(models, active.version)
+    weeks = config.increment.full_retrain_every_weeks
+    if end - full_through >= timedelta(weeks=weeks):
+        age = (end - full_through) / timedelta(weeks=1)
+        return (
+            f"the last full retrain (v{full_version}) is {age:.1f} weeks old"
+            f" (full_retrain_every_weeks={weeks})"
+        )
+    return None
+
+
+def plan_training(
+    active: TraitflowModel | None,
+    models: pd.DataFrame,
+    config: PipelineConfig,
+    window_start: datetime,
+    end: datetime,
+) -> TrainingPlan:
+    """Full or incremental training for a candidate trained through ``end`` on the window from
+    ``window_start``, with ``active`` the model it would continue (``models``:
+    ``Store.model_versions``, for its lineage and rejected candidates).
+
+    Incremental needs an active model with the same ``COMPATIBLE_SETTINGS``, trained through a
+    point inside the window and before ``end``. Then ``incremental`` trains incrementally;
+    ``auto`` too unless ``_full_reason`` names a reason for a full retrain (schedule, a rejected
+    increment, an increment that refitted the traits); ``full`` always retrains from scratch.
+    """
+    requested = config.increment.training_mode
+    if requested == "full":
+        return TrainingPlan("full", requested, "training_mode=full requested")
+    if active is None or active.version is None:
+        return TrainingPlan("full", requested, "no active model to continue")
+    since = utc(active.trained_through)
+    settings = [
+        (name, getattr(getattr(active.config, section), name), getattr(getattr(config, section), name))
+        for section, name in COMPATIBLE_SETTINGS
+    ]
+    differing = [f"{name} {old!r} -> {new!r}" for name, old, new in settings if old != new]
+    reason = None
+    if differing:
+        reason = f"v{active.version} is not compatible: {', '.join(differing)}"
+    elif since < window_start:
+        reason = (
+            f"v{active.version} was trained through {iso(since)},"
+            f" before the window starts ({iso(window_start)})"
+        )
+    elif since >= end:
+        reason = f"v{active.version} was trained through {iso(since)}: no newer sessions"
+    elif requested == "auto":
+        reason = _full_reason(active, models, config, end)
+    if reason is not None:
+        return TrainingPlan("full", requested, reason)
+    return TrainingPlan(
+        "incremental",
+        requested,
+        f"continue v{active.version} on the sessions since {iso(since)}"
+        f" (+{config.increment.replay_fraction:.0%} of older ones replayed)",
+        parent_version=active.version,
+        trained_since=since,
+    )
 
 
 def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
@@ -60,7 +164,9 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         snapshot = store.event_snapshot()
         events = store.read_events(start=start, end=end, snapshot=snapshot)
         active_version = store.model_version_for(end)
-        active_tokens = store.load_model(active_version).tokens.tokens if active_version is not None else None
+        active = store.load_model(active_version) if active_version is not None else None
+        models = store.model_versions()
+    active_tokens = active.tokens.tokens if active is not None else None
     if events.empty:
         # A data condition, not a fault: no retry can add events, so the run takes the skip
         # branch (``should_retrain``) with this reason instead of failing.
@@ -73,13 +179,23 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
             event_snapshot=snapshot,
             empty_reason=reason,
         )
+    plan = plan_training(active, models, config, start, end)
+    increment = None
+    if plan.mode == "incremental":
+        assert plan.trained_since is not None
+        increment = IncrementSelection(
+            plan.trained_since, config.increment.replay_fraction, config.item2vec.seed
+        )
     corpus = _build_corpus(
         events,
         config.sessions,
         Path(context.work_dir) / "corpus",
         holdout_fraction=HOLDOUT_FRACTION,
         random_state=HOLDOUT_SEED,
+        increment=increment,
     )
+    if corpus.increment_stats is not None and corpus.increment_stats.n_sessions_written == 0:
+        plan = TrainingPlan("full", plan.requested, "no session to train an increment on")
     vocabulary = corpus.vocabulary()
     # The tokens a model can learn from this corpus: those of the sessions written to it (held-out
     # sessions and ones too short to train on are left out, so no model ever knows their tokens,
@@ -94,6 +210,7 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         n_sessions_written=corpus.stats.n_sessions_written,
         n_tokens_written=corpus.stats.n_tokens_written,
         n_vocabulary=len(vocabulary.tokens),
+        **_increment_files(corpus, plan),
     )
     return CorpusInfo(
         window_start=start,
@@ -103,7 +220,19 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         event_snapshot=snapshot,
         corpus=files,
         new_vocab_ratio=new_vocab_ratio(vocabulary.tokens[learnable], active_tokens),
+        plan=plan,
     )
+
+
+def _increment_files(corpus: Corpus, plan: TrainingPlan) -> dict[str, Any]:
+    """The ``CorpusFiles`` fields of the increment corpus (none unless the plan trains one)."""
+    if plan.mode != "incremental" or corpus.increment_path is None or corpus.increment_stats is None:
+        return {}
+    return {
+        "increment_path": str(corpus.increment_path),
+        "n_increment_sessions": corpus.increment_stats.n_sessions_written,
+        "n_increment_tokens": corpus.increment_stats.n_tokens_written,
+    }
 
 
 def should_retrain(corpus: CorpusInfo, force_retrain: bool, threshold: float) -> tuple[bool, str]:
@@ -164,17 +293,27 @@ def train_candidate(
 ) -> Candidate:
     """Train Item2Vec on the corpus; the candidate's token vectors go to the run's candidate folder.
 
+    Trained as the corpus's plan says (``plan_training``): from scratch, or continuing the active
+    model (``traitflow.item2vec_incremental``; the plan then records what the update did).
+
     With ``tuning`` a small search (``traitflow.tuning``) picks ns_exponent, window, sample and
-    epochs first; the candidate carries the resulting config and the search's summary, stored
-    with the model version. Off by default: a setting that predicts the next item better can
-    make the traits worse, so check a tuned model with ``traitflow evaluate`` before relying on it.
+    epochs first, and the candidate is trained from scratch with them; the candidate carries the
+    resulting config and the search's summary, stored with the model version. Off by default: a
+    setting that predicts the next item better can make the traits worse, so check a tuned model
+    with ``traitflow evaluate`` before relying on it.
     """
-    if corpus.corpus is None:
+    if corpus.corpus is None or corpus.plan is None:
         raise ValueError(f"no corpus to train on: {corpus.empty_reason}")
     summary = None
+    plan = corpus.plan
     if tuning is not None:
         config, summary = _tuned(context, corpus, config, tuning)
-    tokens = train_tokens(_corpus(corpus.corpus), config)
+        if plan.mode == "incremental":
+            plan = TrainingPlan("full", plan.requested, "tuned parameters are trained from scratch")
+    if plan.mode == "incremental":
+        tokens, plan = _train_increment(context, corpus.corpus, plan, config)
+    else:
+        tokens = train_tokens(_corpus(corpus.corpus), config)
     tokens_path = Path(context.work_dir) / CANDIDATE_FOLDER / "tokens.npz"
     save_tokens(tokens, tokens_path)
     return Candidate(
@@ -183,7 +322,26 @@ def train_candidate(
         n_tokens=len(tokens),
         config=config.to_flat(),
         tuning=summary,
+        training=plan,
     )
+
+
+def _train_increment(
+    context: RunContext, files: CorpusFiles, plan: TrainingPlan, config: PipelineConfig
+) -> tuple[TokenTable, TrainingPlan]:
+    """The plan's parent continued on the increment corpus; the plan with the update's stats."""
+    from traitflow.item2vec_incremental import train_increment
+
+    assert plan.parent_version is not None and files.increment_path is not None
+    tokens, stats = train_increment(
+        Path(files.increment_path),
+        Path(files.corpus_path),
+        _corpus(files).vocabulary(),
+        _active_tokens(context, plan.parent_version),
+        config.item2vec,
+        config.increment,
+    )
+    return tokens, dataclasses.replace(plan, increment=stats.to_dict())
 
 
 def _active_tokens(context: RunContext, version: int) -> TokenTable:
@@ -235,21 +393,31 @@ def quality_gate(context: RunContext, candidate: Candidate) -> GateResult:
 
 
 def measure_drift(context: RunContext, candidate: Candidate) -> DriftResult:
-    """Drift of the candidate from the active model after Procrustes alignment."""
+    """Drift of the candidate from the active model after Procrustes alignment; an incremental
+    candidate carries its ``increment_drift_threshold`` for ``should_refit``."""
     active_version = candidate.corpus.active_version
     if active_version is None:
         return DriftResult(measured=False, reason="no active model")
     report = _measure_drift(load_tokens(candidate.tokens_path), _active_tokens(context, active_version))
-    return DriftResult(measured=True, **report.to_dict())
+    increment_threshold = None
+    if candidate.training is not None and candidate.training.mode == "incremental":
+        increment = PipelineConfig.from_mapping(candidate.config).increment
+        increment_threshold = increment.increment_drift_threshold
+    return DriftResult(measured=True, increment_threshold=increment_threshold, **report.to_dict())
 
 
 def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
-    """(refit the traits?, why): without a measured drift always; else above ``threshold``."""
+    """(refit the traits?, why): without a measured drift always; else above ``threshold``, or
+    above the drift's ``increment_threshold`` for an incremental candidate."""
     if not drift.measured or drift.weighted_mean_drift is None:
         return True, f"refit: {drift.reason or 'drift not measured'}"
+    name = "drift_threshold"
+    if drift.increment_threshold is not None:
+        threshold, name = drift.increment_threshold, "increment_drift_threshold"
     if drift.weighted_mean_drift > threshold:
-        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {threshold}"
+        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {name} {threshold}"
     return (
         False,
-        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {threshold}: keep the trait components",
+        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {name} {threshold}:"
+        " keep the trait components",
     )

@@ -223,6 +223,41 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_COLUMNS = [
+    "model_version", "status", "trained_through", "training_mode", "parent_version", "trained_since",
+    "n_tokens", "n_traits", "hit_rate", "drift", "status_reason",
+]  # fmt: skip
+
+
+def models_frame(versions: pd.DataFrame) -> pd.DataFrame:
+    """``Store.model_versions`` as shown by ``traitflow models``: lineage (how the vectors were
+    trained, from which parent), the gate's held-out hit rate and the weighted mean drift."""
+
+    def number(value: Any, key: str) -> float | None:
+        found = value.get(key) if isinstance(value, dict) else None
+        return float(found) if isinstance(found, int | float) else None
+
+    gates = versions["metrics"].map(lambda m: (m or {}).get("quality_gate"))
+    frame = versions.assign(
+        hit_rate=gates.map(lambda g: number(g, "candidate_hit_rate")),
+        drift=versions["drift"].map(lambda d: number(d, "weighted_mean_drift")),
+        parent_version=versions["parent_version"].astype("Int64"),
+    )
+    return frame[MODEL_COLUMNS]
+
+
+@_handle_errors
+def cmd_models(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        frame = models_frame(store.model_versions())
+    if args.json:
+        rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        print_json(rows)
+        return 0
+    _print_frame(frame, False)
+    return 0
+
+
 @_handle_errors
 def cmd_reports(args: argparse.Namespace) -> int:
     with _store(args) as store:
@@ -373,6 +408,13 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
     _min_events_option(p)
     p.set_defaults(func=cmd_similar)
+
+    p = subparsers.add_parser(
+        name("models"),
+        parents=[common, as_json],
+        help="model versions, newest first, with lineage (full or incremental, parent), hit rate and drift",
+    )
+    p.set_defaults(func=cmd_models)
 
     p = subparsers.add_parser(name("reports"), parents=[common, as_json], help="recent run reports")
     p.add_argument("--kind", default=None, help="only reports of this kind")

@@ -17,6 +17,7 @@ import psycopg
 
 from traitflow.model import (
     MODEL_FORMAT_VERSION,
+    Lineage,
     TokenTable,
     TraitflowModel,
     TraitModel,
@@ -33,8 +34,9 @@ from .ingest import as_text_array, check_text
 # field added to the model bundle fails the store tests instead of being silently dropped.
 PERSISTED_FIELDS: dict[str, frozenset[str]] = {
     "TraitflowModel": frozenset(
-        {"trained_through", "config", "tokens", "traits", "metrics", "trait_match", "version"}
+        {"trained_through", "config", "tokens", "traits", "metrics", "trait_match", "version", "lineage"}
     ),
+    "Lineage": frozenset({"training_mode", "parent_version", "trained_since"}),
     "TokenTable": frozenset(
         # _index, _arrow_tokens: look-up caches, rebuilt on first use after loading.
         {"tokens", "actions", "product_ids", "categories", "counts", "vectors", "_index", "_arrow_tokens"}
@@ -125,10 +127,13 @@ def save_model(conn: psycopg.Connection, model: TraitflowModel) -> int:
     require_transaction(conn)
     arrays = _checked_arrays(model)
     n_traits = len(arrays.trait_ids)
+    lineage = model.lineage
     row = conn.execute(
         "INSERT INTO model_versions (trained_through, status, format_version, n_tokens, vector_size,"
-        " n_traits, params, metrics, trait_match, center, population_profile, population_vector, l1_penalty)"
-        " VALUES (%s, 'staging', %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s::real[], %s)"
+        " n_traits, params, metrics, trait_match, center, population_profile, population_vector, l1_penalty,"
+        " training_mode, parent_version, trained_since)"
+        " VALUES (%s, 'staging', %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s::real[], %s,"
+        " %s, %s, %s)"
         " RETURNING model_version",
         (
             utc(model.trained_through),
@@ -143,6 +148,9 @@ def save_model(conn: psycopg.Connection, model: TraitflowModel) -> int:
             arrays.population_profile.tolist(),
             arrays.population_vector.tolist(),  # float32 -> float64 -> real: exact both ways
             float(model.traits.l1_penalty),
+            None if lineage is None else lineage.training_mode,
+            None if lineage is None else lineage.parent_version,
+            None if lineage is None or lineage.trained_since is None else utc(lineage.trained_since),
         ),
     ).fetchone()
     assert row is not None
@@ -255,7 +263,15 @@ def load_model(conn: psycopg.Connection, version: int) -> TraitflowModel:
         metrics=row["metrics"] or {},
         trait_match=row["trait_match"],
         version=int(row["model_version"]),
+        lineage=_lineage(row),
     )
+
+
+def _lineage(row: dict[str, Any]) -> Lineage | None:
+    if row["training_mode"] is None:
+        return None
+    parent = row["parent_version"]
+    return Lineage(row["training_mode"], None if parent is None else int(parent), row["trained_since"])
 
 
 def _load_tokens(conn: psycopg.Connection, version: int, vector_size: int, n_tokens: int) -> TokenTable:

@@ -159,12 +159,14 @@ def list_models(conn: psycopg.Connection) -> pd.DataFrame:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         rows = cur.execute(
             "SELECT model_version, status, trained_through, created_at, promoted_at, retired_at,"
-            " status_reason, n_tokens, vector_size, n_traits, metrics, drift"
+            " status_reason, n_tokens, vector_size, n_traits, metrics, drift,"
+            " training_mode, parent_version, trained_since"
             " FROM model_versions ORDER BY model_version DESC"
         ).fetchall()
     columns = [
         "model_version", "status", "trained_through", "created_at", "promoted_at", "retired_at",
         "status_reason", "n_tokens", "vector_size", "n_traits", "metrics", "drift",
+        "training_mode", "parent_version", "trained_since",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 

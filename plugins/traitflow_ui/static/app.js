@@ -272,6 +272,7 @@ async function loadModels() {
       row.appendChild(td(m.model_version, "num"));
       row.appendChild(td(m.status));
       row.appendChild(td(fmtDate(m.trained_through)));
+      row.appendChild(td(fmtTraining(m.training_mode, m.parent_version)));
       row.appendChild(td(m.n_traits, "num"));
       row.appendChild(td(m.n_tokens.toLocaleString(), "num"));
       row.appendChild(td(fmtDate(m.promoted_at)));
@@ -295,6 +296,12 @@ async function loadModels() {
     $("model-summary").textContent = "";
     showError(e.message);
   }
+}
+
+// A model's lineage: "full", "incremental from v3", or "–" when it was not recorded.
+function fmtTraining(mode, parent) {
+  if (!mode) return "–";
+  return mode === "incremental" ? `incremental from v${parent}` : mode;
 }
 
 async function loadModelQuality() {
@@ -346,6 +353,14 @@ function weeklySummary(report) {
     item.appendChild(el("span", `${step} → ${decision.branch}`, "decision"));
     if (decision.reason) item.appendChild(el("span", `: ${decision.reason}`));
     list.appendChild(item);
+    // How the candidate was trained, right after the decision to train one.
+    const training = step === "check_new_vocab" && report.train_candidate && report.train_candidate.training;
+    if (training) {
+      const how = el("li");
+      how.appendChild(el("span", `train_candidate → ${fmtTraining(training.mode, training.parent_version)}`, "decision"));
+      how.appendChild(el("span", `: ${training.reason}`));
+      list.appendChild(how);
+    }
   }
   cell.appendChild(list);
   return cell;

@@ -1,0 +1,144 @@
+"""Incremental weekly retrains end to end against a real PostgreSQL, without Airflow: the mode
+each week takes and why, the lineage stored with each version, trait ids kept on unchanged
+behaviour, and a planted behaviour shift that refits the traits and makes the next week full."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from traitflow import event_schema, jobs
+from traitflow.config import PipelineConfig
+from traitflow.events import LoadResult
+from traitflow.runs import RunContext
+from traitflow.store import Store
+from traitflow.store.cli import models_frame
+from traitflow.synthetic import SyntheticSpec, generate
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+WEEK = timedelta(weeks=1)
+PARAMS = {
+    "k": 4,
+    "vector_size": 16,
+    "epochs": 5,
+    "workers": 1,
+    "training_window_days": 60,
+    "full_retrain_every_weeks": 3,
+}
+SPEC = SyntheticSpec(
+    n_customers=300,
+    n_products=120,
+    n_categories=8,
+    n_segments=4,
+    n_events=24_000,
+    start=START,
+    days=35,
+    seed=3,
+)
+
+
+@pytest.fixture
+def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Jobs open their own Store: point them at the test's schema."""
+    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
+    return {"url": database_url, "work": tmp_path, "store": store}
+
+
+def ingest(store: Store, events: pd.DataFrame) -> None:
+    store.ingest_events(LoadResult(events=events, rejects=event_schema.empty_rejects()), "synthetic", "test")
+
+
+def run_weekly(env: dict[str, Any], end: datetime, config: PipelineConfig) -> dict[str, Any]:
+    """The weekly chain as the DAG runs it, forced to train (the vocabulary barely moves here)."""
+    name = f"weekly-{end:%Y%m%d}"
+    run = RunContext(name, end - WEEK, end, str(env["work"] / name), env["url"])
+    corpus = jobs.build_corpus(run, config)
+    retrain, _ = jobs.should_retrain(corpus, True, config.triggers.new_vocab_threshold)
+    assert retrain
+    candidate = jobs.train_candidate(run, corpus, config)
+    gate = jobs.quality_gate(run, candidate)
+    result: dict[str, Any] = {"candidate": candidate, "gate": gate}
+    if not gate.passed:
+        result["rejected"] = jobs.reject_candidate(run, candidate, gate)
+        return result
+    drift = jobs.measure_drift(run, candidate)
+    refit, _ = jobs.should_refit(drift, config.triggers.drift_threshold)
+    fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
+    profiles = jobs.recompute_profiles(run, fitted)
+    promoted = jobs.promote(run, profiles, gate, drift)
+    return {**result, "drift": drift, "refit": refit, "version": promoted.model_version}
+
+
+def lineage(store: Store) -> list[tuple[int, str, int | None, datetime | None]]:
+    frame = store.model_versions().sort_values("model_version")
+    return [
+        (
+            int(row.model_version),
+            row.training_mode,
+            None if pd.isna(row.parent_version) else int(row.parent_version),
+            None if pd.isna(row.trained_since) else row.trained_since.to_pydatetime(),
+        )
+        for row in frame.itertuples()
+    ]
+
+
+def test_full_then_two_increments_then_a_full_retrain_on_schedule(env):
+    store: Store = env["store"]
+    ingest(store, generate(SPEC).events)
+    config = PipelineConfig.from_mapping(PARAMS)
+    weeks = [run_weekly(env, START + n * WEEK, config) for n in (2, 3, 4, 5)]
+    plans = [week["candidate"].training for week in weeks]
+    assert [plan.mode for plan in plans] == ["full", "incremental", "incremental", "full"]
+    assert plans[0].reason == "no active model to continue"
+    assert "3.0 weeks old (full_retrain_every_weeks=3)" in plans[3].reason, plans[3].reason
+    assert plans[1].increment is not None and plans[1].increment["n_sessions"] > 0
+    assert lineage(store) == [
+        (1, "full", None, None),
+        (2, "incremental", 1, START + 2 * WEEK),
+        (3, "incremental", 2, START + 3 * WEEK),
+        (4, "full", None, None),
+    ]
+    # Unchanged behaviour: the increments pass the gate, drift little and keep the trait ids.
+    for week in weeks[1:3]:
+        assert week["gate"].passed, week["gate"].reason
+        assert week["drift"].increment_threshold == config.increment.increment_drift_threshold
+        assert not week["refit"] and week["drift"].weighted_mean_drift < week["drift"].increment_threshold
+    ids = [set(store.traits(version)["trait_id"]) for version in (1, 2, 3)]
+    assert ids[0] == ids[1] == ids[2]
+    # The lineage travels with the loaded model and is listed by `traitflow models`.
+    assert store.load_model(3).lineage.parent_version == 2  # type: ignore[union-attr]
+    listed = models_frame(store.model_versions()).set_index("model_version")
+    assert listed.loc[3, "training_mode"] == "incremental" and listed.loc[3, "parent_version"] == 2
+    assert store.load_model(3).metrics["training"]["refit"] is False
+
+
+def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(env):
+    store: Store = env["store"]
+    events = generate(SPEC).events
+    # From the third week on every product behaves like another one (a permutation of the ids).
+    ids = np.sort(events["product_id"].unique())
+    swap = dict(zip(ids, np.random.default_rng(1).permutation(ids), strict=True))
+    shifted = events["event_time"] >= START + 2 * WEEK
+    events.loc[shifted, "product_id"] = events.loc[shifted, "product_id"].map(swap)
+    ingest(store, events)
+    # The default thresholds: the increment is judged by increment_drift_threshold.
+    config = PipelineConfig.from_mapping({**PARAMS, "full_retrain_every_weeks": 8})
+    first = run_weekly(env, START + 2 * WEEK, config)
+    shift = run_weekly(env, START + 3 * WEEK, config)
+    assert shift["candidate"].training.mode == "incremental"
+    assert shift["gate"].passed, shift["gate"].reason
+    threshold = config.increment.increment_drift_threshold
+    assert shift["drift"].increment_threshold == threshold < config.triggers.drift_threshold
+    assert threshold < shift["drift"].weighted_mean_drift < config.triggers.drift_threshold
+    assert shift["refit"]
+    after = run_weekly(env, START + 4 * WEEK, config)
+    plan = after["candidate"].training
+    assert plan.mode == "full"
+    assert plan.reason == f"v{shift['version']} was an increment whose drift refitted the traits"
+    modes = [row[1:3] for row in lineage(store)]
+    assert modes == [("full", None), ("incremental", first["version"]), ("full", None)]
