@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from test_jobs import recompute
 
 from traitflow import event_schema, jobs
 from traitflow.config import PipelineConfig
@@ -69,8 +70,7 @@ def run_weekly(env: dict[str, Any], end: datetime, config: PipelineConfig) -> di
     drift = jobs.measure_drift(run, candidate)
     refit, _ = jobs.should_refit(drift, config.triggers.drift_threshold)
     fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
-    profiles = jobs.recompute_profiles(run, fitted)
-    promoted = jobs.promote(run, profiles, gate, drift)
+    promoted = jobs.promote(run, recompute(run, fitted), gate, drift)
     return {**result, "drift": drift, "refit": refit, "version": promoted.model_version}
 
 
