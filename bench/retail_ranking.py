@@ -258,6 +258,8 @@ def main() -> None:
             "lift_ci95": section["profile_lift_vs_popularity_ci95"],
             "lift_with_history": section["profile_with_history_lift_vs_popularity"],
             "lift_with_history_ci95": section["profile_with_history_lift_vs_popularity_ci95"],
+            "lift_vs_recent_popularity": section.get("profile_lift_vs_recent_popularity"),
+            "lift_vs_recent_popularity_ci95": section.get("profile_lift_vs_recent_popularity_ci95"),
             "lifts": section.get("lifts_vs_popularity", {}),
             "lifts_ci95": section.get("lifts_vs_popularity_ci95", {}),
         }

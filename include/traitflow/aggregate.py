@@ -24,6 +24,8 @@ from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY
 from traitflow.sessions import arrow_strings, factorize_sorted, tokenize_arrow
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
+# Smallest event weight cast to float32 as it is (float32 normals end at 1.2e-38; margin for sums).
+_FLOAT32_SAFE_WEIGHT = 1e-30
 
 
 @dataclass
@@ -67,6 +69,19 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
         age_days = np.maximum(reference - times, 0) / _MICROS_PER_DAY
         weights = weights * np.exp2(-age_days / params.recency_half_life_days)
     return weights
+
+
+def _float32_safe(weights: np.ndarray, codes: np.ndarray, n_customers: int) -> np.ndarray:
+    """``weights`` (n_events,), rescaled per customer to a largest weight of 1 when a positive one
+    would underflow float32 (recency decay over many half-lives: 2^-126 is ~10 years at 30 days).
+    A customer's mean vector does not change with a factor common to their events; without the
+    rescale a customer whose events are all that old would get a zero vector."""
+    positive = weights[weights > 0]
+    if len(positive) == 0 or positive.min() >= _FLOAT32_SAFE_WEIGHT:
+        return weights
+    largest = np.zeros(n_customers)
+    np.maximum.at(largest, codes, weights)
+    return weights / np.where(largest > 0, largest, 1.0)[codes]
 
 
 def _cold_start_counts(few_tokens: np.ndarray, has_vector: np.ndarray) -> dict[str, int]:
@@ -118,6 +133,7 @@ def customer_embeddings(
 
     # float32 like the lookup matrix: a float64 sparse factor would make scipy copy the whole
     # (vocabulary x d) matrix to float64 on every call (20 ms per call at 218K tokens).
+    weights = _float32_safe(weights, codes, n_customers)
     assignment = sp.csr_matrix(
         (weights.astype(np.float32), (codes, resolved.rows)), shape=(n_customers, fallback.matrix.shape[0])
     )

@@ -126,8 +126,11 @@ class AggregationParams:
     """How a customer's tokens become one vector."""
 
     action_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+    # 30 days: on the Online Retail II export (split at 80% of events) it raised the profile's
+    # hit@10 on products new to the customer from 1.49x to 1.63x popularity at k=16 (the interval's
+    # lower bound above 1.5) and left planted-segment ARI unchanged; docs/method-variants.md.
     recency_half_life_days: float | None = field(
-        default=None,
+        default=30.0,
         metadata=bounds(
             exclusive_minimum=0,
             description="Half-life (days) of the recency weight of events; empty = no decay.",

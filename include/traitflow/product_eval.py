@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from traitflow.aggregate import event_weights
 from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
-from traitflow.config import PipelineConfig
+from traitflow.config import AggregationParams, PipelineConfig
 from traitflow.ranking import (
     EM_STEPS,
     ItemTargets,
@@ -43,6 +43,9 @@ PRODUCT_METHODS: tuple[str, ...] = ("profile", "popularity", "cooccurrence", "ow
 # ``profile_with_history`` method (repeat buying, which a k-trait profile cannot carry); on new
 # products that method is the profile mixture itself.
 HISTORY_WEIGHT = 0.5
+# A reference method reported when the profiles are recency-weighted: popularity with the same
+# decay (``recent_product_popularity``), with the profile's lift over it.
+RECENT_POPULARITY = "recent_popularity"
 
 
 def customer_usage(
@@ -75,6 +78,25 @@ def product_popularity(history: pd.DataFrame, index: pd.Index, actions: Sequence
         zeros[is_target], products[is_target], index, np.ones(int(is_target.sum())), 1
     ).toarray()[0]
     return popularity_scores(target_counts, all_counts)
+
+
+def recent_product_popularity(
+    history: pd.DataFrame, index: pd.Index, actions: Sequence[str], half_life_days: float, as_of: datetime
+) -> ScoreBatch:
+    """Target-action events per product before ``as_of``, each weighted by the profile's recency
+    decay (``half_life_days``): the popularity a recency-weighted profile has to beat to show that
+    its lift is more than following the trend. Ties broken by all events."""
+    decay = AggregationParams(
+        action_weights=dict.fromkeys(actions, 1.0), recency_half_life_days=half_life_days
+    )
+    weights = event_weights(history, decay, as_of)
+    is_target = weights > 0
+    products = history["product_id"].to_numpy(dtype=object)
+    zeros = np.zeros(int(is_target.sum()), dtype=np.int64)
+    recent = item_matrix(zeros, products[is_target], index, weights[is_target], 1).toarray()[0]
+    every = np.ones(len(history))
+    all_counts = item_matrix(np.zeros(len(history), dtype=np.int64), products, index, every, 1).toarray()[0]
+    return popularity_scores(recent, all_counts)
 
 
 def product_ranking(
@@ -112,7 +134,8 @@ def product_ranking(
     Returns ``{"product_ranking": ..., "product_ranking_new": ...}``, each with ``methods``,
     ``methods_ci95``, ``profile_lift_vs_popularity`` and ``profile_lift_vs_popularity_ci95`` (and
     the same for ``profile_with_history``: the mixture plus ``HISTORY_WEIGHT`` times the
-    customer's own product distribution).
+    customer's own product distribution). With a recency half-life in ``config``, also the
+    ``recent_popularity`` method and ``profile_lift_vs_recent_popularity`` (with ``_ci95``).
     """
     index = product_index(history)
     usage_all = customer_usage(history, customer_ids, index, config, split_at)
@@ -138,6 +161,10 @@ def product_ranking(
             "own_history": sparse_scores(usage, popularity(0, 1)[0]),
             "profile_with_history": _with_history(mixture, usage),
         }
+        half_life = config.aggregation.recency_half_life_days
+        if half_life is not None:
+            recent = recent_product_popularity(history, index, actions, half_life, split_at)
+            scorers[RECENT_POPULARITY] = recent
         for extra_name, extra, extra_weights in extra_profiles:
             scorers[extra_name] = mixture_scores(extra[rows], extra_weights)
         for extra_name, build in extra_scorers:
@@ -192,6 +219,12 @@ def _scored(
         "profile_with_history_lift_vs_popularity_ci95": with_history.lift_intervals,
         "n_resamples": n_resamples,
     }
+    if RECENT_POPULARITY in scorers:
+        recent = compare(
+            per_customer, baseline=RECENT_POPULARITY, n_resamples=n_resamples, random_state=random_state
+        )
+        scored["profile_lift_vs_recent_popularity"] = recent.lift
+        scored["profile_lift_vs_recent_popularity_ci95"] = recent.lift_intervals
     if extras:
         scored.update(_extra_lifts(per_customer, extras, n_resamples, random_state))
     return scored

@@ -29,6 +29,8 @@ from traitflow.model import TokenTable
 from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY, COLD_START_NONE
 
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
+# The hand-computed means below weigh events by action only.
+NO_DECAY = AggregationParams(recency_half_life_days=None)
 CATEGORY_X = np.array([5 / 6, 7 / 6])
 CATEGORY_Y = np.array([-4 / 5, -4 / 5])
 
@@ -81,7 +83,7 @@ def _embed(params: AggregationParams | None = None, **kwargs) -> object:
     return customer_embeddings(
         _events(TOY_EVENTS),
         _table(),
-        params or AggregationParams(),
+        params or NO_DECAY,
         SessionParams(),
         as_of=AS_OF,
         customer_ids=np.array(["c4", "c1"], dtype=object),
@@ -113,18 +115,18 @@ def test_weighted_mean_with_action_weights_equals_hand_computed_values():
     ],
 )
 def test_action_weights_are_applied(weights, expected_c1):
-    emb = _embed(AggregationParams(action_weights=weights))
+    emb = _embed(AggregationParams(action_weights=weights, recency_half_life_days=None))
     np.testing.assert_allclose(emb.vectors[0], expected_c1, rtol=1e-6)
 
 
 def test_unknown_tokens_get_zero_weight_rather_than_diluting_the_mean():
     with_noise = _embed()
     events = _events([r for r in TOY_EVENTS if not (r[0] == "c2" and r[1] == "wishlist")])
-    without = customer_embeddings(events, _table(), AggregationParams(), SessionParams(), as_of=AS_OF)
+    without = customer_embeddings(events, _table(), NO_DECAY, SessionParams(), as_of=AS_OF)
     c2 = list(without.customer_ids).index("c2")
     np.testing.assert_array_equal(with_noise.vectors[1], without.vectors[c2])
     # An action with no configured weight weighs 0 as well.
-    assert event_weights(_events([("x", "teleport", "a", "X", 1.0)]), AggregationParams(), None)[0] == 0.0
+    assert event_weights(_events([("x", "teleport", "a", "X", 1.0)]), NO_DECAY, None)[0] == 0.0
 
 
 def test_customers_with_few_tokens_are_embedded_from_category_averages():
@@ -134,7 +136,7 @@ def test_customers_with_few_tokens_are_embedded_from_category_averages():
     np.testing.assert_allclose(emb.vectors[2], (CATEGORY_X + CATEGORY_Y) / 2, rtol=1e-6)
     np.testing.assert_allclose(emb.vectors[2], [1 / 60, 11 / 60], rtol=1e-5)
     # With min_tokens=2 the same customer uses its own tokens: ([1,0] + [-1,0]) / 2
-    emb2 = _embed(AggregationParams(min_tokens=2))
+    emb2 = _embed(AggregationParams(min_tokens=2, recency_half_life_days=None))
     assert emb2.cold_start[2] == COLD_START_NONE
     np.testing.assert_allclose(emb2.vectors[2], [0.0, 0.0], atol=1e-7)
 
@@ -154,7 +156,7 @@ def test_zero_events_with_requested_customers():
     emb = customer_embeddings(
         empty_events(),
         _table(),
-        AggregationParams(),
+        NO_DECAY,
         SessionParams(),
         as_of=AS_OF,
         customer_ids=np.array(["b", "a"], dtype=object),
@@ -205,6 +207,27 @@ def test_recency_weighting_in_the_customer_mean():
     )
     # weights 1, 1/2, 3/4 -> (1*[1,0] + 0.5*[0,1] + 0.75*[2,2]) / 2.25
     np.testing.assert_allclose(emb.vectors[0], np.array([2.5, 2.0]) / 2.25, rtol=1e-6)
+
+
+def test_recency_weighting_keeps_the_mean_of_a_customer_whose_events_are_decades_old():
+    # 40 years at a 30-day half-life is a weight of 2^-487: zero in float32. The mean is per
+    # customer, so only the spacing of a customer's events matters.
+    h, old = 30.0, 40 * 365.0
+    rows = [
+        ("c", "view", "a", "X", old),
+        ("c", "view", "b", "X", old + h),
+        ("c", "view", "a", "X", old + h),
+        ("d", "view", "a", "X", 0.0),
+        ("d", "view", "b", "X", 0.0),
+        ("d", "view", "b", "X", h),
+    ]
+    emb = customer_embeddings(
+        _events(rows), _table(), AggregationParams(recency_half_life_days=h), SessionParams(), as_of=AS_OF
+    )
+    # c's weights all underflow; rescaled to c's newest they are 1, 1/2, 1/2.
+    np.testing.assert_allclose(emb.vectors[0], np.array([1.5, 0.5]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(emb.vectors[1], np.array([1.0, 1.5]) / 2.5, rtol=1e-6)
+    assert list(emb.cold_start) == [COLD_START_NONE, COLD_START_NONE]
 
 
 def test_recency_weighting_needs_as_of():
@@ -259,7 +282,7 @@ def test_arrow_and_object_inputs_resolve_every_token_the_same_way():
 def test_object_dtype_columns_embed_like_arrow_columns():
     events = _events(TOY_EVENTS)
     objects = events.astype({c: object for c in ("customer_id", "action", "product_id", "category")})
-    args = (_table(), AggregationParams(), SessionParams())
+    args = (_table(), NO_DECAY, SessionParams())
     a = customer_embeddings(events, *args, as_of=AS_OF)
     b = customer_embeddings(objects, *args, as_of=AS_OF)
     np.testing.assert_array_equal(a.customer_ids, b.customer_ids)

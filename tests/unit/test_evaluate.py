@@ -39,6 +39,7 @@ from traitflow.evaluate import (
     write_json,
 )
 from traitflow.model import TraitflowModel
+from traitflow.product_eval import RECENT_POPULARITY, recent_product_popularity
 from traitflow.sessions import sessionize
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 
@@ -116,7 +117,8 @@ PRODUCT_METRICS = ("hit@5", "hit@10", "recall@50", "ndcg@10")
 def test_product_rankings_follow_the_report_contract(report, section):
     ranking = report[section]
     assert ranking["target"] == "purchase" and ranking["n_customers"] >= 50
-    assert set(ranking["methods"]) == {*PRODUCT_METHODS, "profile_with_history"}
+    # The default config weighs events by recency: popularity with the same decay is reported too.
+    assert set(ranking["methods"]) == {*PRODUCT_METHODS, "profile_with_history", RECENT_POPULARITY}
     for method in PRODUCT_METHODS:
         for metric in PRODUCT_METRICS:
             value = ranking["methods"][method][metric]
@@ -130,6 +132,13 @@ def test_product_rankings_follow_the_report_contract(report, section):
             ranking["methods"]["profile"][metric] / ranking["methods"]["popularity"][metric]
         )
     assert ranking["methods"]["profile"]["hit@10"] > ranking["methods"]["popularity"]["hit@10"]
+    for metric in PRODUCT_METRICS:
+        lift = ranking["profile_lift_vs_recent_popularity"][metric]
+        low, high = ranking["profile_lift_vs_recent_popularity_ci95"][metric]
+        assert low <= lift <= high
+        assert lift == pytest.approx(
+            ranking["methods"]["profile"][metric] / ranking["methods"][RECENT_POPULARITY][metric]
+        )
 
 
 def test_discovery_excludes_what_customers_already_had(report):
@@ -426,3 +435,20 @@ def test_evaluate_command_reports_a_bad_split_without_traceback(tmp_path: Path, 
     err = capsys.readouterr().err
     assert status == 2
     assert "no events before the split" in err and "later --split-date" in err
+
+
+def test_recent_popularity_ranks_by_decayed_purchase_counts():
+    as_of = pd.Timestamp("2024-03-01", tz="UTC")
+    # "old" has 3 purchases 60 days back (weight 3 x 2^-2 = 0.75 at a 30-day half-life), "new" one
+    # today (weight 1), "viewed" only views (no purchase: it ranks last, after the tie-break).
+    rows = [("old", "purchase", 60.0)] * 3 + [("new", "purchase", 0.0)] + [("viewed", "view", 0.0)] * 5
+    history = pd.DataFrame(
+        {
+            "product_id": [r[0] for r in rows],
+            "action": [r[1] for r in rows],
+            "event_time": [as_of - pd.Timedelta(days=r[2]) for r in rows],
+        }
+    )
+    index = pd.Index(["new", "old", "viewed"])
+    scores = recent_product_popularity(history, index, ["purchase"], 30.0, as_of.to_pydatetime())(0, 1)[0]
+    assert list(index[np.argsort(-scores)]) == ["new", "old", "viewed"]

@@ -60,6 +60,9 @@ def test_single_customer_profiles_equal_the_batch_path(trained, half_life: float
 
 def test_cold_start_rules(trained):
     _, model = trained
+    # Events without times: a profiler without recency weighting (the rules do not depend on it).
+    aggregation = dataclasses.replace(model.config.aggregation, recency_half_life_days=None)
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, aggregation=aggregation))
     profiler = CustomerProfiler(model)
     empty = profiler.profile([], [], [])
     assert empty.cold_start == COLD_START_NO_HISTORY
