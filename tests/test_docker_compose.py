@@ -1,11 +1,15 @@
 """docker-compose.yaml and Dockerfile are consistent with each other, the repo and Airflow 3.3.
 
 No Docker engine is needed: the compose file is parsed with PyYAML (which resolves the ``<<``
-merge keys the file uses) and checked structurally.
+merge keys the file uses), validated against the Compose Specification's JSON schema (vendored in
+tests/data, see its README) as written and as each profile's project with every variable at its
+default, and checked structurally.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,10 +17,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from jsonschema import Draft201909Validator
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
+COMPOSE_SPEC = REPO / "tests" / "data" / "compose-spec.json"
+# The Compose profiles the stack is started with: none (the default stack) and "celery".
+PROFILES = {"default": frozenset(), "celery": frozenset({"celery"})}
 
 DATABASES = {"airflow-db", "traitflow-db"}
 CACHES = {"redis"}
@@ -26,6 +34,9 @@ LONG_RUNNING = DATABASES | CACHES | AIRFLOW_RUNTIME
 PROJECT_MOUNTS = {"./dags", "./plugins", "./include", "./data"}
 # ${VAR}, ${VAR:-default}; not $${VAR}, which compose passes through to the container's shell.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?-[^}]*)?\}")
+# What compose substitutes with no .env: ${VAR:-default} and ${VAR-default} -> default, ${VAR} ->
+# empty, $$ -> $.
+SUBSTITUTION = re.compile(r"\$\$|\$\{[A-Z0-9_]+(?::?-([^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +47,66 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def compose_spec() -> Draft201909Validator:
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    Draft201909Validator.check_schema(schema)  # the vendored file is a valid draft 2019-09 schema
+    return Draft201909Validator(schema)
+
+
+def _defaults(value: Any) -> Any:
+    """``value`` with every variable substituted as compose does without an .env file."""
+    if isinstance(value, str):
+        return SUBSTITUTION.sub(lambda m: "$" if m.group(0) == "$$" else m.group(1) or "", value)
+    if isinstance(value, dict):
+        return {key: _defaults(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_defaults(item) for item in value]
+    return value
+
+
+def project(compose: dict[str, Any], profiles: frozenset[str]) -> dict[str, Any]:
+    """The project ``docker compose --profile P config`` sees without an .env: variables at their
+    defaults, only the services without ``profiles`` or with one of ``profiles``."""
+    resolved = _defaults(compose)
+    resolved["services"] = {
+        name: service
+        for name, service in resolved["services"].items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
+    return resolved
+
+
+def spec_errors(validator: Draft201909Validator, document: dict[str, Any]) -> list[str]:
+    """Every schema violation as ``path: message``, with the reasons each alternative of a
+    ``oneOf`` failed (e.g. a long-syntax volume with an unknown key)."""
+    found: list[str] = []
+    pending = list(validator.iter_errors(document))
+    while pending:
+        error = pending.pop()
+        found.append(f"{error.json_path}: {error.message}")
+        pending.extend(error.context or [])
+    return sorted(found)
+
+
+def missing_references(document: dict[str, Any]) -> list[str]:
+    """``depends_on`` targets and named volumes the document's services use but it lacks."""
+    services = document["services"]
+    missing = [
+        f"{name} depends on {target}"
+        for name, service in services.items()
+        for target in service.get("depends_on") or {}
+        if target not in services
+    ]
+    missing += [
+        f"{name} mounts volume {volume}"
+        for name, service in services.items()
+        for volume in _named_volumes(service)
+        if volume not in (document.get("volumes") or {})
+    ]
+    return missing
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -71,6 +142,71 @@ def _named_volumes(service: dict[str, Any]) -> set[str]:
 def _gitignored_dirs() -> set[str]:
     lines = (REPO / ".gitignore").read_text().splitlines()
     return {line.strip().strip("/") for line in lines if line.strip() and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_is_a_valid_compose_project(
+    compose: dict[str, Any], compose_spec: Draft201909Validator, profile: str
+) -> None:
+    assert spec_errors(compose_spec, compose) == []  # the file as written
+    resolved = project(compose, PROFILES[profile])
+    assert spec_errors(compose_spec, resolved) == []  # what compose validates after substitution
+    assert missing_references(resolved) == []  # no service needs one the profile leaves out
+    assert "version" not in compose  # obsolete under the Compose Specification (Compose v2)
+
+
+def _long_bind(service: dict[str, Any]) -> dict[str, Any]:
+    return next(v for v in service["volumes"] if isinstance(v, dict) and v["type"] == "bind")
+
+
+BROKEN = {
+    "misspelled service key": (
+        lambda c: c["services"]["redis"].update(helthcheck=c["services"]["redis"].pop("healthcheck")),
+        "'helthcheck' does not match any of the regexes",
+    ),
+    "unknown depends_on condition": (
+        lambda c: c["services"]["airflow-scheduler"]["depends_on"]["airflow-init"].update(condition="done"),
+        "is not valid under any of the given schemas",
+    ),
+    "unknown bind option": (
+        lambda c: _long_bind(c["services"]["airflow-apiserver"])["bind"].update(create_host_dir=True),
+        "bind: 'create_host_dir' does not match any of the regexes",
+    ),
+    "wrong value type": (
+        lambda c: c["services"]["redis"]["healthcheck"].update(retries="five"),
+        "'five' is not of type 'number'",
+    ),
+    "unknown top-level key": (
+        lambda c: c.update(service={}),
+        "'service' does not match any of the regexes",
+    ),
+    "profiles not a list": (
+        lambda c: c["services"]["redis"].update(profiles="celery"),
+        "'celery' is not of type 'array'",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", BROKEN)
+def test_the_schema_check_rejects_a_broken_file(
+    compose: dict[str, Any], compose_spec: Draft201909Validator, mistake: str
+) -> None:
+    broken = json.loads(json.dumps(compose))  # a deep copy without the shared merge-key objects
+    break_it, expected = BROKEN[mistake]
+    break_it(broken)
+    errors = spec_errors(compose_spec, broken)
+    assert any(expected in error for error in errors), errors
+
+
+def test_the_profile_check_rejects_a_default_service_needing_a_profile_only_one(
+    compose: dict[str, Any], compose_spec: Draft201909Validator
+) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["flower"] = {"image": "x", "profiles": ["celery"]}
+    broken["services"]["redis"]["depends_on"] = {"flower": {"condition": "service_started"}}
+    assert spec_errors(compose_spec, broken) == []  # valid Compose: only the profile set is broken
+    assert missing_references(project(broken, PROFILES["default"])) == ["redis depends on flower"]
+    assert missing_references(project(broken, PROFILES["celery"])) == []
 
 
 def test_services(services: dict[str, Any]) -> None:
