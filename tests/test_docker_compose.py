@@ -23,12 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_SPEC = REPO / "tests" / "data" / "compose-spec.json"
-# The Compose profiles the stack is started with: none (the default stack) and "celery".
-PROFILES = {"default": frozenset(), "celery": frozenset({"celery"})}
+# The Compose profiles the stack is started with: none (the default stack), "celery" (workers),
+# and "flower" beside it (Celery's monitoring UI).
+PROFILES = {
+    "default": frozenset(),
+    "celery": frozenset({"celery"}),
+    "celery+flower": frozenset({"celery", "flower"}),
+}
 
 DATABASES = {"airflow-db", "traitflow-db"}
 CACHES = {"redis"}
-AIRFLOW_RUNTIME = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+WORKERS = {"airflow-worker", "airflow-worker-training"}
+AIRFLOW_RUNTIME = {
+    "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-flower"
+} | WORKERS
 AIRFLOW_SERVICES = AIRFLOW_RUNTIME | {"airflow-init"}
 LONG_RUNNING = DATABASES | CACHES | AIRFLOW_RUNTIME
 PROJECT_MOUNTS = {"./dags", "./plugins", "./include", "./data"}
@@ -276,7 +284,7 @@ def test_airflow_environment(services: dict[str, Any]) -> None:
         assert None not in values.values(), (key, values)
         assert len(set(values.values())) == 1, (key, values)  # e.g. one JWT secret for all
     env = envs["airflow-scheduler"]
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert _defaults(env["AIRFLOW__CORE__EXECUTOR"]) == "LocalExecutor"  # CeleryExecutor: set in .env
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     execution_api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert execution_api.hostname == "airflow-apiserver" and execution_api.path == "/execution/"
@@ -379,9 +387,11 @@ def test_redis_is_a_private_cache_the_airflow_services_use(services: dict[str, A
         url = urlsplit(env["TRAITFLOW_REDIS_URL"])
         assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379), name
         assert int(env["TRAITFLOW_REDIS_TTL_SECONDS"]) >= 1, name
-    # Redis is optional: reads fall back to PostgreSQL, so nothing waits for it to start.
+    # Redis is optional for the cache (reads fall back to PostgreSQL): only the Celery services,
+    # for which it is the broker, wait for it.
     for name, service in services.items():
-        assert "redis" not in (service.get("depends_on") or {}), name
+        if "redis" in (service.get("depends_on") or {}):
+            assert service.get("profiles") and name in AIRFLOW_RUNTIME, name
 
 
 def test_metrics_of_all_api_server_workers_and_how_to_scrape_them(services: dict[str, Any]) -> None:
@@ -391,3 +401,57 @@ def test_metrics_of_all_api_server_workers_and_how_to_scrape_them(services: dict
     text = COMPOSE.read_text()
     assert "metrics_path: /traitflow/metrics" in text
     assert "STATSD_ON" in text and "OTEL_ON" in text
+
+
+def _worker_queues(service: dict[str, Any]) -> set[str]:
+    command = service["command"]
+    assert command[:2] == ["celery", "worker"], command  # the image's entrypoint prepends `airflow`
+    return set(command[command.index("--queues") + 1].split(","))
+
+
+def test_celery_profile(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    default = project(compose, PROFILES["default"])["services"]
+    celery = project(compose, PROFILES["celery"])["services"]
+    assert set(celery) - set(default) == WORKERS  # flower is its own opt-in profile
+    env = _defaults(_env(services["airflow-scheduler"]))
+    # Every queue the DAGs route to is served: Airflow's default one and the heavy tasks' ones.
+    routed = {"default", env["TRAITFLOW_TRAINING_QUEUE"], env["TRAITFLOW_PROFILES_QUEUE"]}
+    assert set().union(*(_worker_queues(celery[name]) for name in WORKERS)) == routed
+    # Training runs alone on its worker, never beside shards; the shard workers scale out.
+    training = celery["airflow-worker-training"]["command"]
+    assert _worker_queues(celery["airflow-worker-training"]) == {env["TRAITFLOW_TRAINING_QUEUE"]}
+    assert training[training.index("--concurrency") + 1] == "1"
+    scalable = celery["airflow-worker"]
+    assert not {"container_name", "ports", "hostname"} & set(scalable), "--scale needs unnamed replicas"
+    # Broker: the stack's Redis on its own database number, not the profile cache's.
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    cache = urlsplit(env["TRAITFLOW_REDIS_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert broker.path != cache.path and broker.path.strip("/").isdigit()
+    # Results: the metadata database, with the same credentials as Airflow's own connection.
+    backend = env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    # A task not acknowledged in time is redelivered: longer than the 6 h training timeout.
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > 6 * 3600
+    for name in WORKERS:
+        deps = celery[name]["depends_on"]
+        assert deps["redis"]["condition"] == deps["airflow-apiserver"]["condition"] == "service_healthy"
+        assert _env(celery[name])["DUMB_INIT_SETSID"] == "0"  # TERM to Celery itself: a warm shutdown
+
+
+def test_flower_is_opt_in_and_local_only(compose: dict[str, Any]) -> None:
+    flower = project(compose, PROFILES["celery+flower"])["services"]["airflow-flower"]
+    assert flower["command"] == ["celery", "flower"]
+    assert [str(port).split(":")[0] for port in flower["ports"]] == ["127.0.0.1"]
+    assert "airflow-flower" not in project(compose, PROFILES["celery"])["services"]
+
+
+def test_celery_setup_is_documented() -> None:
+    doc = (REPO / "docs" / "celery.md").read_text()
+    header = COMPOSE.read_text().split("\nx-airflow-env")[0]
+    for text in (header, doc):
+        assert "COMPOSE_PROFILES=celery" in text and "AIRFLOW_EXECUTOR=CeleryExecutor" in text
+        assert "--scale airflow-worker=" in text
+    for remote_setting in ("CELERY__BROKER_URL", "API_AUTH__JWT_SECRET", "EXECUTION_API_SERVER_URL"):
+        assert f"AIRFLOW__{remote_setting}" in doc, remote_setting
+    assert "docs/celery.md" in (REPO / "README.md").read_text()

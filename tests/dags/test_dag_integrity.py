@@ -163,6 +163,23 @@ def test_a_misspelt_catchup_or_missing_input_setting_is_refused(monkeypatch: pyt
     assert missing_input_policy() == "skip"
 
 
+def test_training_goes_to_its_celery_queue_only_when_one_is_configured(
+    dagbag: Any, airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every task is on Airflow's default queue unless the deployment names a training queue
+    (docker-compose's celery profile does); then the training task alone moves to it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    weekly = DAGS_DIR / "traitflow_weekly_retrain.py"
+    for dag_id in PROJECT_DAG_IDS:
+        assert {task.queue for task in dagbag.dags[dag_id].tasks} == {"default"}, dag_id
+    monkeypatch.setenv("TRAITFLOW_TRAINING_QUEUE", "training")
+    parsed = DagBag(dag_folder=str(weekly)).dags["traitflow_weekly_retrain"]
+    queues = {task.task_id: task.queue for task in parsed.tasks}
+    assert queues.pop("train_candidate") == "training"
+    assert set(queues.values()) == {"default"}
+
+
 def test_promotion_asset_links_weekly_and_refresh(dagbag: Any) -> None:
     from airflow.sdk import Asset
 
