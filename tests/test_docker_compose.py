@@ -452,6 +452,6 @@ def test_celery_setup_is_documented() -> None:
     for text in (header, doc):
         assert "COMPOSE_PROFILES=celery" in text and "AIRFLOW_EXECUTOR=CeleryExecutor" in text
         assert "--scale airflow-worker=" in text
-    for remote_setting in ("CELERY__BROKER_URL", "API_AUTH__JWT_SECRET", "EXECUTION_API_SERVER_URL"):
+    for remote_setting in ("CELERY__BROKER_URL", "API_AUTH__JWT_SECRET", "CORE__EXECUTION_API_SERVER_URL"):
         assert f"AIRFLOW__{remote_setting}" in doc, remote_setting
     assert "docs/celery.md" in (REPO / "README.md").read_text()
