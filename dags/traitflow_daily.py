@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from traitflow.config import MISSING_INPUT_POLICIES, missing_input_policy
+from traitflow.config import MAX_SHARDS, MISSING_INPUT_POLICIES, missing_input_policy
 from traitflow_common import (
     DEFAULT_ARGS,
     TAGS,
@@ -21,7 +21,8 @@ from traitflow_common import (
 DOC_MD = """
 ### Traitflow daily profile update
 
-`ingest` -> `select_customers` -> `update_profiles` -> `monitor`
+`ingest` -> `select_customers` -> `plan_update` -> `shard_ids` -> `update_profiles` (one mapped
+instance per customer shard) -> `commit_update` -> `monitor`
 
 * Every run processes its data interval (UTC). A scheduled or backfill run with logical date
   **D** covers the day **[D, D + 1 day)** and starts after midnight ending that day. A manual run
@@ -40,9 +41,13 @@ DOC_MD = """
 * **select_customers** takes the customers with events in the interval and those with events in
   the day's files (late events, dated before their file's day); files dated after the interval
   are ignored, so backfills in any order select and read the same events.
-* **update_profiles** uses the newest model trained through the interval end or earlier
-  (backfill-safe) and never overwrites a newer current profile; if a newer model is promoted for
-  the same date while it runs, it recomputes with that model instead of writing over its rows.
+* **plan_update** picks the newest model trained through the interval end or earlier
+  (backfill-safe); **update_profiles** runs once per customer shard (`n_shards`, a stable hash
+  of the customer id) and stages its shard's profiles in the database (a retried shard replaces
+  its own batch); **commit_update** writes every shard in one transaction (a missing shard fails
+  it, nothing written) and never overwrites a newer current profile; if a newer model is
+  promoted for the same date meanwhile, it recomputes with that model instead of writing over
+  its rows. Any `n_shards` writes the same rows.
 * **monitor** stores a run report (OOV rate, profile-distribution drift). When nothing was written
   (no promoted model yet, no customers with events in the day) it stores the reason with
   `outcome: skipped` and ends skipped: a green run that says why, never retried.
@@ -117,6 +122,17 @@ On a paused DAG the backfill's runs are created and wait, queued, until the DAG 
             "skipped) or ignore (update from the events table); the reason goes to the run report.",
             section="Input",
         ),
+        "n_shards": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=MAX_SHARDS,
+            title="n_shards",
+            description="Customer shards: update_profiles runs once per shard (in parallel on a "
+            "distributed executor) and commit_update writes all of them in one transaction. The "
+            "rows written are the same for any number.",
+            section="Run",
+        ),
         # No model parameters: the daily update profiles customers with the stored model's own
         # config (traitflow.pipeline.profile_customers), so a form value could change nothing.
     },
@@ -146,12 +162,36 @@ def traitflow_daily() -> None:
 
     @task(multiple_outputs=False)
     @fail_fast
-    def update_profiles(selection: dict) -> dict:
+    def plan_update(selection: dict) -> dict:
         from traitflow import jobs
         from traitflow.runs import CustomerSelection
 
         customers = CustomerSelection.from_xcom(selection)
-        return jobs.update_profiles(run_context(), customers, run_params()["input_dir"] or None).to_xcom()
+        return jobs.plan_update(run_context(), customers, run_params()["n_shards"]).to_xcom()
+
+    @task
+    def shard_ids(plan: dict) -> list[int]:
+        return list(range(plan["n_shards"]))
+
+    @task(multiple_outputs=False)
+    @fail_fast
+    def update_profiles(plan: dict, shard: int) -> dict:
+        from traitflow import jobs
+        from traitflow.runs import ShardPlan
+
+        shard_plan = ShardPlan.from_xcom(plan)
+        return jobs.update_profiles(
+            run_context(), shard_plan, shard, run_params()["input_dir"] or None
+        ).to_xcom()
+
+    @task(multiple_outputs=False)
+    @fail_fast
+    def commit_update(plan: dict) -> dict:
+        from traitflow import jobs
+        from traitflow.runs import ShardPlan
+
+        shard_plan = ShardPlan.from_xcom(plan)
+        return jobs.commit_update(run_context(), shard_plan, run_params()["input_dir"] or None).to_xcom()
 
     @task(multiple_outputs=False)
     @fail_fast
@@ -164,7 +204,11 @@ def traitflow_daily() -> None:
 
     selection = select_customers()
     ingest() >> selection
-    monitor(update_profiles(selection))
+    plan = plan_update(selection)
+    shards = update_profiles.partial(plan=plan).expand(shard=shard_ids(plan))
+    committed = commit_update(plan)
+    shards >> committed
+    monitor(committed)
 
 
 traitflow_daily()

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
+from traitflow.config import MAX_SHARDS
 from traitflow_common import (
     DEFAULT_ARGS,
     JOIN,
@@ -39,8 +40,8 @@ Every path ends in **report**:
 1. `build_corpus` -> `check_new_vocab` -> `skip_retrain`
 2. `build_corpus` -> `check_new_vocab` -> `train_candidate` -> `quality_gate` -> `reject_candidate`
 3. `build_corpus` -> `check_new_vocab` -> `train_candidate` -> `quality_gate` -> `measure_drift`
-   -> `check_drift` -> `refit_traits` or `keep_traits` -> `recompute_profiles` -> `promote`
-   (emits the asset)
+   -> `check_drift` -> `refit_traits` or `keep_traits` -> `plan_recompute` -> `shard_ids`
+   -> `recompute_profiles` (one mapped instance per customer shard) -> `promote` (emits the asset)
 
 * **build_corpus** takes the run's event snapshot: every later read of the run (trait fit,
   profiles) sees the events committed when the run started, not what a daily ingest adds meanwhile.
@@ -53,7 +54,11 @@ Every path ends in **report**:
   the gate's result in its metrics, so `traitflow models` shows what the gate refused.
 * **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
   refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
-* **promote** switches the active model atomically and emits the asset `traitflow://models/active`,
+* **recompute_profiles** profiles the customers of one shard (`n_shards`, a stable hash of the
+  customer id) and stages them in the database; a retried shard replaces its own batch. Any
+  `n_shards` gives the same rows.
+* **promote** writes the profiles of every shard (a missing shard fails it, nothing written),
+  switches the active model atomically and emits the asset `traitflow://models/active`,
   which triggers `traitflow_refresh_on_promotion`.
 * An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with
   an `empty_reason`, check_new_vocab skips with it (even when forced) and the report stores it.
@@ -116,6 +121,17 @@ run covers the last complete week before its trigger time.
             maximum=1,
             title="tune_sample_fraction",
             description="Share of customers the tuning trains on.",
+            section="Run",
+        ),
+        "n_shards": Param(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=MAX_SHARDS,
+            title="n_shards",
+            description="Customer shards: recompute_profiles runs once per shard (in parallel on a "
+            "distributed executor) and promote writes all of them with the model in one "
+            "transaction. The rows written are the same for any number.",
             section="Run",
         ),
         **pipeline_params(),
@@ -212,27 +228,39 @@ def traitflow_weekly_retrain() -> None:
 
         return jobs.keep_traits(run_context(WEEK), Candidate.from_xcom(candidate_info)).to_xcom()
 
-    @task(multiple_outputs=False, trigger_rule=JOIN, execution_timeout=LONG)
+    @task(multiple_outputs=False, trigger_rule=JOIN)
     @fail_fast
-    def recompute_profiles() -> dict:
+    def plan_recompute() -> dict:
         from traitflow import jobs
         from traitflow.runs import FittedCandidate
 
         fitted = FittedCandidate.from_xcom(branch_result("refit_traits", "keep_traits"))  # one of them ran
-        return jobs.recompute_profiles(run_context(WEEK), fitted).to_xcom()
+        return jobs.plan_recompute(run_context(WEEK), fitted, run_params()["n_shards"]).to_xcom()
+
+    @task
+    def shard_ids(plan: dict) -> list[int]:
+        return list(range(plan["n_shards"]))
+
+    @task(multiple_outputs=False, execution_timeout=LONG)
+    @fail_fast
+    def recompute_profiles(plan: dict, shard: int) -> dict:
+        from traitflow import jobs
+        from traitflow.runs import ShardPlan
+
+        return jobs.recompute_profiles(run_context(WEEK), ShardPlan.from_xcom(plan), shard).to_xcom()
 
     @task(multiple_outputs=False, outlets=[MODEL_ASSET])
     @fail_fast
-    def promote(profiles_info: dict, drift_info: dict) -> dict:
+    def promote(plan: dict, drift_info: dict) -> dict:
         from airflow.sdk import get_current_context
 
         from traitflow import jobs
-        from traitflow.runs import DriftResult, GateResult, ProfilesResult
+        from traitflow.runs import DriftResult, GateResult, ShardPlan
 
         # Pulled, not an argument: a direct input from the branch task would make it skip this one.
         gate = GateResult.from_xcom(upstream_result("quality_gate", key="gate_result"))
-        profiles, drift = ProfilesResult.from_xcom(profiles_info), DriftResult.from_xcom(drift_info)
-        result = jobs.promote(run_context(WEEK), profiles, gate, drift)
+        shard_plan, drift = ShardPlan.from_xcom(plan), DriftResult.from_xcom(drift_info)
+        result = jobs.promote(run_context(WEEK), shard_plan, gate, drift)
         # The asset event tells traitflow_refresh_on_promotion (and the UI) which version is live.
         get_current_context()["outlet_events"][MODEL_ASSET].extra = {"model_version": result.model_version}
         return result.to_xcom()
@@ -258,9 +286,11 @@ def traitflow_weekly_retrain() -> None:
     kept = keep_traits(candidate)
     check_drift(drift) >> [refitted, kept]
 
-    recomputed = recompute_profiles()
-    [refitted, kept] >> recomputed
-    promoted = promote(recomputed, drift)
+    plan = plan_recompute()
+    [refitted, kept] >> plan
+    shards = recompute_profiles.partial(plan=plan).expand(shard=shard_ids(plan))
+    promoted = promote(plan, drift)
+    shards >> promoted
     [skipped, rejected, promoted] >> report()
 
 

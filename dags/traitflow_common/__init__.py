@@ -331,14 +331,26 @@ def collect_results() -> dict[str, Any]:
     context = get_current_context()
     ti = context["ti"]
     results: dict[str, Any] = {}
-    for task_id in context["dag"].task_ids:
+    dag = context["dag"]
+    for task_id in dag.task_ids:
         if task_id == ti.task_id:
             continue
         decision = ti.xcom_pull(task_ids=task_id, key="decision")
         if decision is None:
             decision = ti.xcom_pull(task_ids=task_id, key=SKIP_KEY)
         results[task_id] = decision if decision is not None else ti.xcom_pull(task_ids=task_id)
+        if getattr(dag.get_task(task_id), "is_mapped", False):
+            results[task_id] = _mapped_values(results[task_id])
     return results
+
+
+def _mapped_values(value: Any) -> list[Any] | None:
+    """A mapped task's values as a list by map index (None when it did not run): ``xcom_pull``
+    gives a single instance's value bare."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    return values or None
 
 
 def branch_result(*task_ids: str) -> Any:

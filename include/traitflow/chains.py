@@ -7,7 +7,7 @@ passes them through XCom), and the same branch deciders
 from the command line decides exactly what the DAG would for the same ``trained_through``. Its
 report is stored with ``jobs.weekly_report`` under the DAG's task ids (``WEEKLY_STEPS``;
 tests/dags checks they match the DAG). ``run_daily_update`` does the same for the daily DAG's
-select -> update -> monitor tasks (ingestion is ``traitflow ingest``).
+select -> plan -> shards -> commit -> monitor tasks (ingestion is ``traitflow ingest``).
 
 No Airflow imports.
 """
@@ -45,6 +45,8 @@ WEEKLY_STEPS: tuple[str, ...] = (
     "check_drift",
     "refit_traits",
     "keep_traits",
+    "plan_recompute",
+    "shard_ids",
     "recompute_profiles",
     "promote",
 )
@@ -138,13 +140,15 @@ def run_weekly_chain(
     schema: str | None = None,
     tuning: TuningRequest | None = None,
     on_decision: Callable[[Decision], None] | None = None,
+    n_shards: int = 1,
 ) -> WeeklyOutcome:
     """Run the weekly retrain for the window ending at ``trained_through``, as the DAG does.
 
     corpus -> new-vocabulary check -> (skip | candidate -> quality gate -> (reject | aligned drift
     -> refit or keep -> profiles -> promotion)) -> report. ``params`` are flat
     ``PipelineConfig`` keys (thresholds included); ``tuning`` searches Item2Vec parameters before
-    training; ``on_decision`` is called at each branch as it is taken. A window without events
+    training; ``on_decision`` is called at each branch as it is taken; ``n_shards`` customer
+    shards compute the profiles one after the other (the DAG runs them in parallel). A window without events
     skips (``jobs.should_retrain``) and is reported; raises what the jobs raise otherwise (e.g.
     too few customers: ``ThinDataError``).
     """
@@ -187,7 +191,7 @@ def run_weekly_chain(
             status = "rejected"
         else:
             threshold = config.triggers.drift_threshold
-            promoted = _promote_candidate(context, candidate, gate, threshold, decide, steps)
+            promoted = _promote_candidate(context, candidate, gate, threshold, decide, steps, n_shards)
             status, version, n_profiles = "promoted", promoted.model_version, promoted.n_profiles
     report = jobs.weekly_report(context, steps, runner="cli")
     return WeeklyOutcome(
@@ -211,6 +215,7 @@ def _promote_candidate(
     drift_threshold: float,
     decide: Callable[..., None],
     steps: dict[str, Any],
+    n_shards: int,
 ) -> PromotionResult:
     """The weekly chain after a passed gate: drift -> refit or keep -> profiles -> promotion."""
     drift = jobs.measure_drift(context, candidate)
@@ -223,9 +228,14 @@ def _promote_candidate(
     else:
         fitted = jobs.keep_traits(context, candidate)
         steps["keep_traits"] = fitted.to_xcom()
-    profiles = jobs.recompute_profiles(context, fitted)
-    steps["recompute_profiles"] = profiles.to_xcom()
-    promoted = jobs.promote(context, profiles, gate, drift)
+    plan = jobs.plan_recompute(context, fitted, n_shards)
+    steps["plan_recompute"] = plan.to_xcom()
+    steps["shard_ids"] = plan.shards()
+    # The DAG's mapped task, one shard after the other (its XCom: the list of shard results).
+    steps["recompute_profiles"] = [
+        jobs.recompute_profiles(context, plan, shard).to_xcom() for shard in plan.shards()
+    ]
+    promoted = jobs.promote(context, plan, gate, drift)
     steps["promote"] = promoted.to_xcom()
     return promoted
 
@@ -238,17 +248,22 @@ def run_daily_update(
     *,
     run_id: str,
     schema: str | None = None,
+    n_shards: int = 1,
 ) -> DailyOutcome:
     """The daily DAG's select -> update -> monitor for customers with events in [start, end):
     their profiles as of ``end`` from their whole history, with the model selected for ``end``
-    (the profiles use the stored model's own parameters)."""
+    (the profiles use the stored model's own parameters), in ``n_shards`` customer shards run one
+    after the other."""
     if start >= end:
         raise ValueError(f"the update interval is empty: start {start.isoformat()} >= end {end.isoformat()}")
     context = RunContext(
         run_id=run_id, start=start, end=end, work_dir=str(work_dir), database_url=database_url, schema=schema
     )
     selection = jobs.select_customers(context)
-    updated = jobs.update_profiles(context, selection)
+    plan = jobs.plan_update(context, selection, n_shards)
+    for shard in plan.shards():  # the DAG's mapped task, one shard after the other
+        jobs.update_profiles(context, plan, shard)
+    updated = jobs.commit_update(context, plan)
     report = jobs.monitor_daily(context, updated)
     return DailyOutcome(
         run_id=run_id,

@@ -333,8 +333,7 @@ def check_trait_count(n_customers: int, k: int) -> TraitCountCheck:
             else f"; traits need at least {MIN_CUSTOMERS_PER_TRAIT * 2} customers with history"
         )
         message = (
-            f"{n_customers} customers with history cannot support k={k} traits "
-            f"(need at least {floor}){hint}"
+            f"{n_customers} customers with history cannot support k={k} traits (need at least {floor}){hint}"
         )
         return TraitCountCheck(n_customers, k, "refuse", suggested, message)
     if n_customers < CUSTOMERS_PER_TRAIT * k:
@@ -389,6 +388,9 @@ def db_schema() -> str:
 
 
 # What a daily run does when its ``input_dir`` holds no event file dated its day.
+# Customer shards of a profile computation (``traitflow.shards``): the DAGs' ``n_shards`` maximum.
+MAX_SHARDS = 64
+
 MISSING_INPUT_FAIL = "fail"  # store the reason in the run report, fail the run without retries
 MISSING_INPUT_SKIP = "skip"  # store the reason in the run report, end the run skipped (green)
 MISSING_INPUT_IGNORE = "ignore"  # log a warning and update from the events table

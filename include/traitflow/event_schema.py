@@ -163,8 +163,8 @@ def duplicate_masks(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     conflicting. The first row of each key is neither: it is the one to keep.
     """
     n = len(events)
-    if not n:
-        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+    if n < 2:  # a single row repeats nothing
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     # Groups are numbered in order of first appearance, so np.unique's first index per group
     # number is the position of each key's first row.
     group = events.groupby(list(NATURAL_KEY), sort=False, dropna=False).ngroup().to_numpy()

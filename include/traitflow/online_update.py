@@ -3,21 +3,23 @@
 The HTTP event routes of the Airflow plugin call ``update_from_events``; any other pusher of
 events (a queue consumer, a script) can call it too. Each step reuses what the daily run uses:
 
-* **Validate** with the loaders' own rules (``events.validate_events`` and the ``canonical``
-  mapping): every posted event is either stored or rejected with a reason of
+* **Validate** with the loaders' own rules and the ``canonical`` mapping
+  (``events.validate_columns``: the result of ``events.validate_events`` on the request's
+  frame): every posted event is either stored or rejected with a reason of
   ``event_schema.REJECT_REASONS``, under its 1-based position in the request (``row_number``).
-* **Store** with ``Store.ingest_events`` (one transaction): a re-post adds nothing. The source
-  names the request by its content (``request_source``), so a re-post of the same body also
-  records its rejects only once, and an event repeated with other fields is a
-  ``conflicting_duplicate``, as for files.
+* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction): a re-post adds
+  nothing. The source names the request by its content (``request_source``), so a re-post of
+  the same body also records its rejects only once, and an event repeated with other fields is
+  a ``conflicting_duplicate``, as for files.
 * **Profile** each affected customer from their whole stored history with the batch path
   (``pipeline.profile_customers``), as of the **end of the UTC day of their newest stored
   event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
   what the daily run for that day computes (interval ``[day, day + 1)``, ``as_of`` its end,
   events before it, the model of its date), so the daily run that follows rewrites the same
   values. An ``as_of`` of "now" would differ from it whenever recency weighting is on.
-* **Write** with ``Store.write_profiles(require_selected_model=True)`` (one transaction per
-  ``as_of``): the history row of (customer, as_of) is replaced, the current row only moves
+* **Write** with ``Store.write_profiles(require_selected_model=True, few_rows=True)`` (one
+  transaction per ``as_of``; the rows of a few customers go as query parameters, not staged): the
+  history row of (customer, as_of) is replaced, the current row only moves
   forward, and a model promoted for that date meanwhile makes the batch be recomputed once with
   it, like the daily run. When a refresh or promotion has put the customer's current row at a
   later ``as_of`` than the day of their newest event, the update rewrites that day's history row
@@ -25,9 +27,11 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
   change): a post reads the model from PostgreSQL only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
-  and a post re-reads its customers' history after writing and profiles again those whose
-  history grew meanwhile (``MAX_ROUNDS`` times at most), so the last profile written for a
-  customer includes every event stored before it was computed.
+  and a post counts its customers' stored events after writing (``Store.event_counts``, not a
+  second read of the history) and profiles again those whose history grew meanwhile
+  (``MAX_ROUNDS`` times at most), so the last profile written for a customer includes every
+  event stored before it was computed. The profile is computed before the write's transaction,
+  which holds the writers' lock only for the few statements of the write.
 
 The daily run with an input folder also leaves out events of files dated its end's day or later
 (not delivered yet for it); events posted here are in the store at once, so a customer who also
@@ -51,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from traitflow import event_schema
-from traitflow.events import PRESETS, validate_events
+from traitflow.events import PRESETS, validate_columns
 from traitflow.model_cache import load_model
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch, profile_confidence
@@ -137,11 +141,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def events_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The posted events as a string frame with the canonical columns (what the loaders validate)."""
-    return pd.DataFrame(
-        {name: pd.Series([_text(row.get(name)) for row in rows], dtype="str") for name in _EVENT_FIELDS}
-    )
+def event_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The posted events as text columns, canonical name -> values (what the loaders validate)."""
+    return {name: [_text(row.get(name)) for row in rows] for name in _EVENT_FIELDS}
 
 
 def day_end(instant: pd.Timestamp) -> datetime:
@@ -159,8 +161,8 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
     if len(rows) > MAX_EVENTS:
         raise TooManyEventsError(f"{len(rows)} events in one request; at most {MAX_EVENTS}")
     source = request_source(rows)
-    result = validate_events(events_frame(rows), PRESETS["canonical"], source=source)
-    report = store.ingest_events(result, source, run_id)
+    result = validate_columns(event_columns(rows), PRESETS["canonical"], source=source)
+    report = store.ingest_events(result, source, run_id, few_rows=True)
     customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
     profiled, unprofiled = _update_profiles(store, customer_ids)
     return EventUpdate(
@@ -196,17 +198,16 @@ def _update_profiles(
             for skip in skipped:
                 unprofiled[skip.customer_id] = skip
                 profiled.pop(skip.customer_id, None)
-        pending = _grown(history, store.read_events(customer_ids=list(pending)))
+        pending = _grown(history, store.event_counts(list(pending)))
     return profiled, unprofiled
 
 
-def _grown(before: pd.DataFrame, after: pd.DataFrame) -> np.ndarray:
-    """Customers with another number of events in ``after`` than in ``before`` (events are only
-    ever added, so another count means events the profile missed)."""
-    counts = pd.concat(
-        [before["customer_id"].value_counts(), after["customer_id"].value_counts()], axis=1
-    ).fillna(0)
-    return counts.index[counts.iloc[:, 0] != counts.iloc[:, 1]].to_numpy(dtype=object)
+def _grown(history: pd.DataFrame, counts: Mapping[str, int]) -> np.ndarray:
+    """Customers whose stored event count (``counts``) differs from their events in ``history``
+    (events are only ever added, so another count means events the profile missed)."""
+    profiled = history["customer_id"].value_counts()
+    customers = sorted(set(profiled.index) | set(counts))
+    return np.array([c for c in customers if counts.get(c, 0) != profiled.get(c, 0)], dtype=object)
 
 
 def _rejects(store: Store, source: str, rejects: pd.DataFrame, n_conflicting: int) -> tuple[Reject, ...]:
@@ -239,7 +240,7 @@ def _profile_and_write(
         batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
         batch.model_version = version
         try:
-            store.write_profiles(batch, require_selected_model=True)
+            store.write_profiles(batch, require_selected_model=True, few_rows=True)
             profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
             return _profiles(batch, model.traits.labels), []
         except StaleModelError as stale:

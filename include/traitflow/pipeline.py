@@ -33,6 +33,7 @@ from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
+from traitflow.shards import buckets_of
 from traitflow.trait_products import characteristic_products, fit_trait_products
 from traitflow.traits import REFIT_ANCHOR, TraitFit, fit_traits, label_traits, match_traits, project
 
@@ -393,6 +394,21 @@ def profile_customers(
     return batch
 
 
+def project_by_bucket(traits: TraitModel, vectors: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    """``project`` of each customer bucket (``traitflow.shards``) on its own: a customer's profile
+    is then bit-identical whichever other buckets share its batch (any number of shards).
+
+    vectors : ndarray, shape (n, d); buckets : ndarray of int, shape (n,). Returns (n, k) float64.
+    """
+    out = np.empty((len(vectors), traits.n_traits), dtype=np.float64)
+    order = np.argsort(buckets, kind="stable")  # rows of a bucket keep their (customer id) order
+    bounds = np.flatnonzero(np.diff(buckets[order])) + 1
+    for rows in np.split(order, bounds):
+        if len(rows):
+            out[rows] = project(traits, vectors[rows])
+    return out
+
+
 def profiles_from_embeddings(
     model: TraitflowModel,
     embeddings: CustomerEmbeddings,
@@ -404,7 +420,12 @@ def profiles_from_embeddings(
     tokens, as of ``as_of``): projected where a customer has a vector, the population's otherwise."""
     profiles = np.empty((len(embeddings.customer_ids), model.traits.n_traits), dtype=np.float64)
     known = embeddings.has_vector
-    profiles[known] = run_stage("project", lambda: project(model.traits, embeddings.vectors[known]))
+    profiles[known] = run_stage(
+        "project",
+        lambda: project_by_bucket(
+            model.traits, embeddings.vectors[known], buckets_of(embeddings.customer_ids[known])
+        ),
+    )
     profiles[~known] = model.traits.population_profile
     vectors = embeddings.vectors.copy()
     vectors[~known] = model.traits.population_vector

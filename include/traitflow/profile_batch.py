@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Values of ``ProfileBatch.cold_start``.
 COLD_START_NONE = "none"
@@ -90,8 +93,22 @@ class ProfileBatch:
         """Write the batch to one ``.npz`` file (a task hands it to the next through a path)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_npz(path)
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` form of ``save`` as bytes (a customer shard's batch in the staging table)."""
+        buffer = io.BytesIO()
+        self._write_npz(buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProfileBatch:
+        return cls.load(io.BytesIO(data))
+
+    def _write_npz(self, target: Path | BinaryIO) -> None:
         np.savez(
-            path,
+            target,
             allow_pickle=False,
             customer_ids=self.customer_ids.astype(str),
             embeddings=self.embeddings,
@@ -110,10 +127,9 @@ class ProfileBatch:
                 )
             ),
         )
-        return path
 
     @classmethod
-    def load(cls, path: str | Path) -> ProfileBatch:
+    def load(cls, path: str | Path | BinaryIO) -> ProfileBatch:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             return cls(
@@ -128,3 +144,73 @@ class ProfileBatch:
                 stats=meta["stats"],
                 n_known_tokens=npz["n_known_tokens"] if "n_known_tokens" in npz.files else None,
             )
+
+
+def _merged_stats(parts: list[dict[str, Any]], n_known: int | None) -> dict[str, Any]:
+    """The statistics ``profile_customers`` gives for the union of disjoint customer sets.
+
+    Counts add up; ``oov_rate`` is recomputed from the known-token count (``n_known``, the sum of
+    ``n_known_tokens``) exactly as the one-batch computation does (``1 - known / events``), so it
+    is the same float. A key this function does not know raises: a new statistic must say how it
+    combines rather than be silently taken from one part.
+    """
+    counted = ("n_events", "n_customers")
+    per_key = ("lookup_sources", "cold_start")
+    unknown = {key for part in parts for key in part} - {*counted, *per_key, "oov_rate"}
+    if unknown:
+        raise ValueError(f"cannot merge profile statistics {sorted(unknown)}")
+    merged: dict[str, Any] = {key: sum(int(part.get(key, 0)) for part in parts) for key in counted}
+    for key in per_key:
+        totals: dict[str, int] = {}
+        for part in parts:
+            for name, count in part.get(key, {}).items():
+                totals[name] = totals.get(name, 0) + int(count)
+        # cold_start lists its flags sorted by name (``aggregate``), lookup_sources in source order
+        names = sorted(totals) if key == "cold_start" else list(totals)
+        merged[key] = {name: totals[name] for name in names}
+    if n_known is not None:
+        n_events = merged["n_events"]
+        merged["oov_rate"] = float(1.0 - n_known / n_events) if n_events else 0.0
+    ordered = [key for key in parts[0] if key in merged] if parts else []
+    return {key: merged[key] for key in ordered}
+
+
+def concat_batches(batches: list[ProfileBatch]) -> ProfileBatch:
+    """One batch of the customers of disjoint ``batches`` (same as_of, model and traits), rows in
+    customer id byte order: the same arrays and statistics whatever order the parts come in.
+
+    Shapes: each part (n_i, ...) -> (sum n_i, ...).
+    """
+    if not batches:
+        raise ValueError("concat_batches needs at least one batch")
+    first = batches[0]
+    for batch in batches[1:]:
+        if batch.as_of != first.as_of or batch.model_version != first.model_version:
+            raise ValueError("batches differ in as_of or model_version")
+        if not np.array_equal(batch.trait_ids, first.trait_ids):
+            raise ValueError("batches differ in trait ids")
+    ids = np.concatenate([np.asarray(b.customer_ids, dtype=object) for b in batches])
+    order = pc.sort_indices(pa.array(ids, pa.large_string())).to_numpy()  # byte order = COLLATE "C"
+    if len(ids) > 1 and (ids[order][1:] == ids[order][:-1]).any():
+        raise ValueError("a customer appears in two batches")
+    known = [b.n_known_tokens for b in batches]
+    has_known = all(k is not None for k in known)
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(b, name) for b in batches])[order]
+
+    return ProfileBatch(
+        as_of=first.as_of,
+        model_version=first.model_version,
+        customer_ids=ids[order],
+        embeddings=joined("embeddings"),
+        profiles=joined("profiles"),
+        trait_ids=first.trait_ids.copy(),
+        n_events=joined("n_events"),
+        cold_start=joined("cold_start"),
+        stats=_merged_stats(
+            [b.stats for b in batches],
+            int(sum(int(np.sum(k)) for k in known if k is not None)) if has_known else None,
+        ),
+        n_known_tokens=joined("n_known_tokens") if has_known else None,
+    )

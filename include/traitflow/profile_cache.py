@@ -1,18 +1,24 @@
 """A Redis read-through cache of current customer profiles (``Store.current_profile``).
 
 Off unless ``TRAITFLOW_REDIS_URL`` is set. Keys hold the Store's schema, a generation number and
-the **active model version** read from PostgreSQL on every read::
+the **active model version**::
 
     traitflow:p1:<schema>:g<generation>:v<active model version>:<customer id>
 
-A promotion changes the active version, so the next read looks in a key space no earlier read
-filled: a cached profile never outlives the model that was active when it was cached. Writes
-refresh the cache through ``profiles_changed``: a few customers are re-read from the Store and
-rewritten (plain SET, while reads fill with SET NX, so a read that raced the write cannot put
-the older row back); many customers, or all of them, bump the generation (one INCR, the old keys
-expire by their TTL). Every key carries the TTL (``TRAITFLOW_REDIS_TTL_SECONDS``, default 300 s),
-which also bounds staleness after a write that could not reach Redis, and after a rollback that
-makes an earlier version active again within the TTL of what was cached under it.
+A read asks Redis for the generation, then for the customer's key: no PostgreSQL query when the
+profile is cached. The active version comes from PostgreSQL once per generation and at most
+``CacheSettings.active_ttl_seconds`` old (kept in the process). Every promotion bumps the
+generation after its commit (``Store.promote`` and ``Store.publish`` call ``profiles_changed``),
+so the next read re-reads the active version and looks in a key space no earlier read filled: a
+promotion between two reads is never hidden by the cache. A promotion that could not reach Redis
+(Redis down, or a promoting process without ``TRAITFLOW_REDIS_URL``) is seen within
+``active_ttl_seconds``. Writes refresh the cache through ``profiles_changed``: a few customers
+are re-read from the Store in one query and rewritten (plain SET, while reads fill with SET NX,
+so a read that raced the write cannot put the older row back); many customers, or all of them,
+bump the generation (one INCR, the old keys expire by their TTL). Every key carries the TTL
+(``TRAITFLOW_REDIS_TTL_SECONDS``, default 300 s), which also bounds staleness after a write that
+could not reach Redis, and after a rollback that could not (an earlier version active again
+within the TTL of what was cached under it).
 
 Redis is an optimisation, never a dependency: every Redis call has a short socket timeout, a
 few failures in a row open a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
@@ -50,6 +56,9 @@ ENV_TTL: Final = "TRAITFLOW_REDIS_TTL_SECONDS"
 ENV_TIMEOUT: Final = "TRAITFLOW_REDIS_TIMEOUT_SECONDS"
 DEFAULT_TTL_SECONDS: Final = 300
 DEFAULT_TIMEOUT_SECONDS: Final = 0.1
+# How long a process trusts the active model version it read for a generation (bounds a
+# promotion whose generation bump did not reach Redis).
+DEFAULT_ACTIVE_TTL_SECONDS: Final = 1.0
 BREAKER_COOLDOWN_SECONDS: Final = 5.0
 # Above this many changed customers one generation bump is cheaper than re-reading each profile.
 MAX_REFRESHED_CUSTOMERS: Final = 1000
@@ -73,6 +82,7 @@ class CacheSettings:
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     cooldown_seconds: float = BREAKER_COOLDOWN_SECONDS
+    active_ttl_seconds: float = DEFAULT_ACTIVE_TTL_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CacheSettings | None:
@@ -179,10 +189,18 @@ def _plain(value: Any) -> Any:
 class ProfileCache:
     """Read-through cache of ``Store.current_profile`` in Redis (thread-safe: one per process)."""
 
-    def __init__(self, settings: CacheSettings, client: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.breaker = CircuitBreaker(settings.cooldown_seconds)
         self._client = client if client is not None else _client_for(settings)
+        self._clock = clock
+        # schema -> (generation, active version, when it was read): see the module docstring
+        self._active: dict[str, tuple[int, int | None, float]] = {}
 
     def close(self) -> None:
         self._client.close()
@@ -191,13 +209,16 @@ class ProfileCache:
 
     def current_profile(self, store: Store, customer_id: str) -> ProfileRead:
         """The customer's current profile, from Redis when cached under the active model."""
-        version = store.active_model_version()
+        generation = self._redis(lambda r: _generation(r, store.schema))
+        if generation is _FAILED:
+            return ProfileRead(store.current_profile(customer_id), FALLBACK)
+        version = self._active_version(store, generation)
         if version is None:
             return ProfileRead(store.current_profile(customer_id), UNCACHED)
-        looked_up = self._redis(lambda r: self._look_up(r, store.schema, version, customer_id))
-        if looked_up is _FAILED:
+        key = _version_prefix(store.schema, generation, version) + customer_id
+        cached = self._redis(lambda r: r.get(key))
+        if cached is _FAILED:
             return ProfileRead(store.current_profile(customer_id), FALLBACK)
-        key, cached = looked_up
         if cached is not None:
             try:
                 return ProfileRead(decode_profile(cached), HIT)
@@ -210,6 +231,17 @@ class ProfileCache:
             value, ttl = encode_profile(profile), self.settings.ttl_seconds
             self._redis(lambda r: r.set(key, value, ex=ttl, nx=True))
         return ProfileRead(profile, MISS)
+
+    def _active_version(self, store: Store, generation: int) -> int | None:
+        """The active model version: the one read for this generation unless older than
+        ``active_ttl_seconds``, else from PostgreSQL."""
+        now = self._clock()
+        known = self._active.get(store.schema)
+        if known is not None and known[0] == generation and now - known[2] < self.settings.active_ttl_seconds:
+            return known[1]
+        version = store.active_model_version()
+        self._active[store.schema] = (generation, version, now)
+        return version
 
     # ------------------------------------------------------------------------------ writes
 
@@ -226,7 +258,7 @@ class ProfileCache:
         version = store.active_model_version()
         if version is None:
             return "refreshed"  # nothing is cached without an active model
-        profiles = {c: store.current_profile(c) for c in dict.fromkeys(customer_ids)}
+        profiles = store.current_profiles(list(dict.fromkeys(customer_ids)))
         done = self._redis(
             lambda r: self._write_profiles(r, store.schema, version, profiles), check_breaker=False
         )
@@ -235,7 +267,7 @@ class ProfileCache:
     def _write_profiles(
         self, r: redis.Redis, schema: str, version: int, profiles: Mapping[str, dict[str, Any] | None]
     ) -> None:
-        prefix = self._version_prefix(r, schema, version)
+        prefix = _version_prefix(schema, _generation(r, schema), version)
         pipe = r.pipeline(transaction=False)
         for customer_id, profile in profiles.items():
             if profile is None:
@@ -245,18 +277,6 @@ class ProfileCache:
         pipe.execute()
 
     # ---------------------------------------------------------------------------- plumbing
-
-    def _look_up(
-        self, r: redis.Redis, schema: str, version: int, customer_id: str
-    ) -> tuple[str, bytes | str | None]:
-        """(the customer's key in the current generation, its cached value or None)."""
-        key = self._version_prefix(r, schema, version) + customer_id
-        return key, r.get(key)
-
-    @staticmethod
-    def _version_prefix(r: redis.Redis, schema: str, version: int) -> str:
-        generation = int(r.get(_generation_key(schema)) or 0)
-        return f"traitflow:{KEY_FORMAT}:{schema}:g{generation}:v{int(version)}:"
 
     def _redis(self, call: Callable[[redis.Redis], Any], *, check_breaker: bool = True) -> Any:
         """``call(client)``, or ``_FAILED`` when the circuit is open or Redis fails (which opens it)."""
@@ -280,6 +300,14 @@ _FAILED: Final = object()
 
 def _generation_key(schema: str) -> str:
     return f"traitflow:{KEY_FORMAT}:{schema}:generation"
+
+
+def _generation(r: redis.Redis, schema: str) -> int:
+    return int(r.get(_generation_key(schema)) or 0)
+
+
+def _version_prefix(schema: str, generation: int, version: int) -> str:
+    return f"traitflow:{KEY_FORMAT}:{schema}:g{generation}:v{int(version)}:"
 
 
 def _client_for(settings: CacheSettings) -> redis.Redis:

@@ -369,14 +369,40 @@ class FittedCandidate(_XComForm):
 
 
 @dataclass(frozen=True)
-class ProfilesResult(_XComForm):
-    """Every customer's profile as of ``as_of`` under a fitted candidate, in ``profiles_path``."""
+class ShardPlan(_XComForm):
+    """A run's profiles computed in ``n_shards`` customer shards (``traitflow.shards``), staged
+    under ``run_key`` and committed together.
 
-    fitted: FittedCandidate
-    profiles_path: str
-    n_profiles: int
+    as_of : the profiles' instant (ISO)
+    model_version, customers_path : daily: the model selected for ``as_of`` (None: none yet) and
+        the selected customers' file
+    fitted, event_snapshot : weekly: the candidate every customer is profiled with, and the
+        run's event snapshot
+    reason : set when there is nothing to compute (no model yet, no customers); shards skip
+    """
+
+    run_key: str
+    n_shards: int
     as_of: str
-    stats: dict[str, Any]
+    model_version: int | None = None
+    customers_path: str | None = None
+    fitted: FittedCandidate | None = None
+    event_snapshot: str | None = None
+    reason: str | None = None
+
+    def shards(self) -> list[int]:
+        """The shard numbers, one mapped task each."""
+        return list(range(self.n_shards))
+
+
+@dataclass(frozen=True)
+class ShardResult(_XComForm):
+    """One customer shard's staged batch: its row count (0 and ``skipped`` when the plan had
+    nothing to compute)."""
+
+    shard: int
+    n_profiles: int
+    skipped: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,13 @@ JOIN = "none_failed_min_one_success"
 EXPECTED_EDGES: dict[str, set[tuple[str, str]]] = {
     "traitflow_daily": {
         ("ingest", "select_customers"),
-        ("select_customers", "update_profiles"),
-        ("update_profiles", "monitor"),
+        ("select_customers", "plan_update"),
+        ("plan_update", "shard_ids"),
+        ("plan_update", "update_profiles"),  # data: the plan, one mapped instance per shard
+        ("shard_ids", "update_profiles"),
+        ("plan_update", "commit_update"),
+        ("update_profiles", "commit_update"),
+        ("commit_update", "monitor"),
     },
     "traitflow_weekly_retrain": {
         ("build_corpus", "check_new_vocab"),
@@ -41,8 +46,12 @@ EXPECTED_EDGES: dict[str, set[tuple[str, str]]] = {
         ("measure_drift", "check_drift"),
         ("check_drift", "refit_traits"),
         ("check_drift", "keep_traits"),
-        ("refit_traits", "recompute_profiles"),
-        ("keep_traits", "recompute_profiles"),
+        ("refit_traits", "plan_recompute"),
+        ("keep_traits", "plan_recompute"),
+        ("plan_recompute", "shard_ids"),
+        ("plan_recompute", "recompute_profiles"),  # data: the plan, one mapped instance per shard
+        ("shard_ids", "recompute_profiles"),
+        ("plan_recompute", "promote"),
         ("recompute_profiles", "promote"),
         ("measure_drift", "promote"),  # data: the drift result, stored with the promoted model
         ("promote", "report"),
@@ -64,7 +73,12 @@ BRANCHES = {
 # Tasks that train or read the whole training window get the training timeout.
 # reject_candidate fits the candidate's traits to store it as a rejected version.
 LONG_TASKS = {
-    "build_corpus", "train_candidate", "reject_candidate", "refit_traits", "keep_traits", "recompute_profiles"
+    "build_corpus",
+    "train_candidate",
+    "reject_candidate",
+    "refit_traits",
+    "keep_traits",
+    "recompute_profiles",
 }
 HEAVY_MODULES = ("numpy", "pandas", "gensim", "sklearn", "scipy", "pyarrow", "psycopg", "pgserver")
 
@@ -208,6 +222,8 @@ def test_branch_structure(dagbag: Any) -> None:
         "check_drift",
         "refit_traits",
         "keep_traits",
+        "plan_recompute",
+        "shard_ids",
         "recompute_profiles",
         "promote",
         "report",
@@ -216,12 +232,16 @@ def test_branch_structure(dagbag: Any) -> None:
         "check_drift",
         "refit_traits",
         "keep_traits",
+        "plan_recompute",
+        "shard_ids",
         "recompute_profiles",
         "promote",
         "report",
     }
     assert (
-        downstream["refit_traits"] == downstream["keep_traits"] == {"recompute_profiles", "promote", "report"}
+        downstream["refit_traits"]
+        == downstream["keep_traits"]
+        == {"plan_recompute", "shard_ids", "recompute_profiles", "promote", "report"}
     )
 
 
@@ -241,16 +261,16 @@ def test_joins_after_branches_use_none_failed_min_one_success(dagbag: Any) -> No
                     up = task.upstream_task_ids
                     if up & only_first and up & only_second:
                         joins.add(task.task_id)
-    assert joins == {"recompute_profiles", "report"}
-    assert dag.get_task("recompute_profiles").trigger_rule == JOIN
+    assert joins == {"plan_recompute", "report"}
+    assert dag.get_task("plan_recompute").trigger_rule == JOIN
     # The report also runs when every input skipped (a step skipped for thin data), never after a
     # failure: all_done on the last task would mark a run with a failed training as successful.
     assert dag.get_task("report").trigger_rule == "none_failed"
     assert all(t.trigger_rule == "all_success" for t in dag.tasks if t.task_id not in joins)
 
 
-DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share", "missing_input"}
-WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction"}
+DAILY_PARAMS = {"input_dir", "mapping", "max_reject_share", "missing_input", "n_shards"}
+WEEKLY_RUN_PARAMS = {"force_retrain", "tune_item2vec", "tune_trials", "tune_sample_fraction", "n_shards"}
 
 
 def test_weekly_form_mirrors_pipeline_config(dagbag: Any) -> None:

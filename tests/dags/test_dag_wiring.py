@@ -37,11 +37,12 @@ from traitflow.runs import (
     FittedCandidate,
     GateResult,
     IngestResult,
-    ProfilesResult,
     PromotionResult,
     RefreshResult,
     RejectionResult,
     RunContext,
+    ShardPlan,
+    ShardResult,
     UpdateResult,
     WeeklyReport,
     iso,
@@ -110,10 +111,16 @@ class JobsDouble:
         path.write_text("fake")
         return CustomerSelection(str(path), 3)
 
+    def _plan_update(self, context: RunContext, selection: CustomerSelection, n_shards: int = 1) -> ShardPlan:
+        return ShardPlan(f"daily:{context.run_id}", n_shards, iso(context.end), 1, selection.customers_path)
+
     def _update_profiles(
-        self, context: RunContext, selection: CustomerSelection, input_dir=None
-    ) -> UpdateResult:
-        return UpdateResult(iso(context.end), 1, selection.n_customers)
+        self, context: RunContext, plan: ShardPlan, shard: int, input_dir=None
+    ) -> ShardResult:
+        return ShardResult(shard, 1)
+
+    def _commit_update(self, context: RunContext, plan: ShardPlan, input_dir=None) -> UpdateResult:
+        return UpdateResult(plan.as_of, plan.model_version, 3)
 
     def _monitor_daily(self, context: RunContext, update: UpdateResult) -> DailyReport:
         return DailyReport(context.run_id, update, 0.1, 0.2, 0.01)
@@ -160,11 +167,14 @@ class JobsDouble:
     def _keep_traits(self, context: RunContext, candidate: Candidate) -> FittedCandidate:
         return FittedCandidate(candidate, f"{context.work_dir}/candidate/model", refit=False)
 
-    def _recompute_profiles(self, context: RunContext, fitted: FittedCandidate) -> ProfilesResult:
-        return ProfilesResult(fitted, f"{context.work_dir}/profiles.npz", 3, iso(context.end), {})
+    def _plan_recompute(self, context: RunContext, fitted: FittedCandidate, n_shards: int = 1) -> ShardPlan:
+        return ShardPlan(f"weekly:{context.run_id}", n_shards, iso(context.end), fitted=fitted)
 
-    def _promote(self, context: RunContext, profiles: ProfilesResult, gate, drift) -> PromotionResult:
-        return PromotionResult(2, profiles.n_profiles, "candidate-sha256:00")
+    def _recompute_profiles(self, context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
+        return ShardResult(shard, 1)
+
+    def _promote(self, context: RunContext, plan: ShardPlan, gate, drift) -> PromotionResult:
+        return PromotionResult(2, 3, "candidate-sha256:00")
 
     def _weekly_report(self, context: RunContext, steps, runner=None) -> WeeklyReport:
         return WeeklyReport(context.run_id, context.end, dict(steps), runner)
@@ -191,7 +201,7 @@ def test_the_doubles_refuse_a_call_the_real_job_would_refuse() -> None:
     double = JobsDouble()
     context = RunContext("r", D - DAY, D, "/tmp/w")
     with pytest.raises(TypeError):
-        double.module.update_profiles(context, CustomerSelection("/c.parquet", 1), "/in", PipelineConfig())
+        double.module.commit_update(context, CustomerSelection("/c.parquet", 1), "/in", PipelineConfig())
     with pytest.raises(TypeError):
         double.module.refresh_all_profiles(context, "/tmp/w", "run-id")
     assert double.order == []
@@ -224,7 +234,14 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     )
     assert result.state == "success"
     assert set(result.values()) == {"success"}
-    assert fake.order == ["ingest_interval", "select_customers", "update_profiles", "monitor_daily"]
+    assert fake.order == [
+        "ingest_interval",
+        "select_customers",
+        "plan_update",
+        "update_profiles",
+        "commit_update",
+        "monitor_daily",
+    ]
     calls = {name: fake.args(name) for name in fake.order}
     ingest = calls["ingest_interval"]
     context = ingest["context"]
@@ -237,11 +254,16 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     assert all(CONN not in repr(result.xcom(task)) for task in result)
     work_dir = Path(context.work_dir)
     assert work_dir.is_dir() and work_dir.parts[-3:-1] == ("runs", "traitflow_daily")
+    plan = calls["plan_update"]
+    assert plan["selection"] == CustomerSelection(str(work_dir / "customers.parquet"), 3)
+    assert plan["n_shards"] == 1  # the form's default
     update = calls["update_profiles"]
     assert update["context"].end == D
-    assert update["selection"] == CustomerSelection(str(work_dir / "customers.parquet"), 3)
+    assert update["plan"] == fake.returned["plan_update"] == calls["commit_update"]["plan"]
+    assert update["shard"] == 0
     # The day's files decide which late events are picked up and which files are not yet due.
     assert calls["select_customers"]["input_dir"] == update["input_dir"] == "/data/in"
+    assert calls["commit_update"]["input_dir"] == "/data/in"
     assert calls["monitor_daily"]["update"] == UpdateResult(D.isoformat(), 1, 3)
     assert (
         result.xcom("monitor")
@@ -260,6 +282,7 @@ def test_daily_without_input_dir_ingests_nothing_but_still_updates(
     assert fake.args("ingest_interval")["source"].input_dir is None
     assert fake.args("ingest_interval")["context"].database_url is None  # embedded Postgres
     assert fake.args("update_profiles")["input_dir"] is None
+    assert fake.args("commit_update")["input_dir"] is None
     assert result.xcom("ingest")["skipped"] is True
 
 
@@ -276,13 +299,25 @@ WEEKLY = [
     "check_drift",
     "refit_traits",
     "keep_traits",
+    "plan_recompute",
+    "shard_ids",
     "recompute_profiles",
     "promote",
     "report",
 ]
 ALWAYS = {"build_corpus", "check_new_vocab", "report"}
 TRAINED = {"train_candidate", "quality_gate"}
-PROMOTED = {"measure_drift", "check_drift", "recompute_profiles", "promote"}
+PROMOTED = {"measure_drift", "check_drift", "plan_recompute", "shard_ids", "recompute_profiles", "promote"}
+
+
+def same_run(value: Any) -> Any:
+    """A shard plan (object or XCom form) with its run key, which names the run, left out: the
+    DAG's and the chain's runs have different ids."""
+    if isinstance(value, ShardPlan):
+        return replace(value, run_key="run")
+    if isinstance(value, dict) and "run_key" in value and "n_shards" in value:
+        return {**value, "run_key": "run"}
+    return value
 
 
 @pytest.mark.parametrize(
@@ -329,15 +364,18 @@ def test_weekly_branches(
     if "promote" in ran:
         assert events == [{"uri": "traitflow://models/active", "extra": {"model_version": 2}}]
         promote = fake.args("promote")
-        assert promote["profiles"].fitted.refit is ("refit_traits" in ran)
+        assert promote["plan"].fitted.refit is ("refit_traits" in ran)
         # What reached promote through XCom is what the jobs returned, field for field.
         for argument, job in (
             ("gate", "quality_gate"),
             ("drift", "measure_drift"),
-            ("profiles", "recompute_profiles"),
+            ("plan", "plan_recompute"),
         ):
             assert promote[argument] == fake.returned[job], argument
-        assert fake.args("recompute_profiles")["context"].end == D
+        shard = fake.args("recompute_profiles")
+        assert shard["context"].end == D
+        assert (shard["plan"], shard["shard"]) == (fake.returned["plan_recompute"], 0)
+        assert steps["recompute_profiles"] == [{"shard": 0, "n_profiles": 1, "skipped": False}]
     else:
         assert events == []
     if "reject_candidate" in ran:
@@ -365,12 +403,14 @@ def test_weekly_branches(
             assert chain_args["context"].database_url == CONN
             assert replace(chain_args["context"], run_id=context.run_id) == dag_args["context"], name
         ignored = {"context", "steps", "runner"}
-        assert {k: v for k, v in chain_args.items() if k not in ignored} == {
-            k: v for k, v in dag_args.items() if k not in ignored
+        assert {k: same_run(v) for k, v in chain_args.items() if k not in ignored} == {
+            k: same_run(v) for k, v in dag_args.items() if k not in ignored
         }, name
     chain_steps = chain_fake.args("weekly_report")["steps"]
     assert chain_fake.args("weekly_report")["runner"] == "cli"
-    assert {k: v for k, v in steps.items() if v is not None} == chain_steps
+    assert {k: same_run(v) for k, v in steps.items() if v is not None} == {
+        k: same_run(v) for k, v in chain_steps.items()
+    }
     branches = ("check_new_vocab", "quality_gate", "check_drift")
     assert [d.branch for d in outcome.decisions] == [steps[b]["branch"] for b in branches if steps[b]]
     assert outcome.status == (

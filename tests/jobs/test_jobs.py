@@ -16,35 +16,14 @@ from traitflow.events import LoadResult
 from traitflow.jobs import daily as daily_jobs
 from traitflow.jobs import refresh as refresh_jobs
 from traitflow.model import TraitflowModel, load_tokens, save_tokens
-from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import EventInput, RunContext, TuningRequest
 from traitflow.store import ModelStateError, Store
-from traitflow.synthetic import SyntheticSpec, write_sample
+from traitflow.store.profile_shards import load_staged
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 PARAMS = {"k": 6, "vector_size": 16, "epochs": 3, "workers": 1, "training_window_days": 30}
 CONFIG = PipelineConfig.from_mapping(PARAMS)
-
-
-@pytest.fixture
-def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Jobs open their own Store: point them at the test's schema."""
-    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
-    monkeypatch.setenv("TRAITFLOW_INPUT_ROOT", str(tmp_path))  # input_dir must lie inside it
-    input_dir = tmp_path / "input"
-    spec = SyntheticSpec(
-        n_customers=300,
-        n_products=200,
-        n_categories=12,
-        n_segments=4,
-        n_events=12_000,
-        start=START,
-        days=12,
-        seed=3,
-    )
-    write_sample(input_dir, spec, days_per_file=1)
-    return {"url": database_url, "input": str(input_dir), "work": tmp_path / "work", "store": store}
 
 
 def context(env, run_id: str, end: datetime, work: str | Path | None = None, start: datetime | None = None):
@@ -58,9 +37,25 @@ def run_daily(env, day: int) -> dict:
     run = context(env, f"daily-{day}", start + DAY)
     ingested = jobs.ingest_interval(run, EventInput(env["input"], "canonical"))
     selected = jobs.select_customers(run, env["input"])
-    updated = jobs.update_profiles(run, selected, env["input"])
+    updated = update(run, selected, env["input"])
     monitored = jobs.monitor_daily(run, updated)
     return {"ingested": ingested, "selected": selected, "updated": updated, "monitored": monitored}
+
+
+def update(run: RunContext, selected, input_dir: str | None = None, n_shards: int = 1):
+    """The daily DAG's plan -> update_profiles per shard -> commit_update."""
+    plan = jobs.plan_update(run, selected, n_shards)
+    for shard in plan.shards():
+        jobs.update_profiles(run, plan, shard, input_dir)
+    return jobs.commit_update(run, plan, input_dir)
+
+
+def recompute(run: RunContext, fitted, n_shards: int = 1):
+    """The weekly DAG's plan_recompute -> recompute_profiles per shard: the plan, staged."""
+    plan = jobs.plan_recompute(run, fitted, n_shards)
+    for shard in plan.shards():
+        jobs.recompute_profiles(run, plan, shard)
+    return plan
 
 
 def weekly_context(env, end: datetime, name: str | None = None) -> RunContext:
@@ -85,10 +80,10 @@ def run_weekly(env, end: datetime, *, force: bool = False) -> dict:
     refit, why = jobs.should_refit(drift, 0.1)
     result.update(drift=drift, refit=refit, refit_reason=why)
     fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
-    profiles = jobs.recompute_profiles(run, fitted)
-    result["promoted"] = jobs.promote(run, profiles, gate, drift)
+    plan = recompute(run, fitted)
+    result["promoted"] = jobs.promote(run, plan, gate, drift)
     result["fitted"] = fitted
-    result["profiles"] = profiles
+    result["plan"] = plan
     return result
 
 
@@ -182,7 +177,7 @@ def test_a_retried_promote_publishes_the_candidate_once(env):
     before = store.table_checksums()
     run = weekly_context(env, START + 7 * DAY)
     # The task retried twice after its COMMIT (e.g. the worker died before reporting success).
-    retries = [jobs.promote(run, week["profiles"], week["gate"], week["drift"]) for _ in range(2)]
+    retries = [jobs.promote(run, week["plan"], week["gate"], week["drift"]) for _ in range(2)]
     assert [r.model_version for r in retries] == [first.model_version] * 2
     assert {r.run_key for r in retries} == {first.run_key}
     assert len(store.model_versions()) == 1
@@ -227,8 +222,7 @@ def test_tuned_retrain_records_the_chosen_parameters_with_the_model(env):
     gate = jobs.quality_gate(run, candidate)
     drift = jobs.measure_drift(run, candidate)
     fitted = jobs.refit_traits(run, candidate)
-    profiles = jobs.recompute_profiles(run, fitted)
-    version = jobs.promote(run, profiles, gate, drift).model_version
+    version = jobs.promote(run, recompute(run, fitted), gate, drift).model_version
     model = env["store"].load_model(version)
     assert model.metrics["tuning"] == candidate.tuning.to_xcom()
     assert model.metrics["tuning"]["best_params"] == chosen
@@ -282,7 +276,7 @@ def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_oth
         return original(events, model, as_of, **kwargs)
 
     monkeypatch.setattr(daily_jobs, "profile_customers", racing)
-    updated = jobs.update_profiles(context(env, "race", end), selected)
+    updated = update(context(env, "race", end), selected)
     second = weekly["promoted"].model_version
     assert second != first and daily_models == [first, second]
     assert updated.model_version == second and updated.n_profiles == selected.n_customers > 0
@@ -291,7 +285,7 @@ def test_a_promotion_during_a_daily_update_ends_as_if_they_ran_one_after_the_oth
     raced = profile_rows(store)
     # The state of "weekly, then daily": running the daily update now, after the weekly run,
     # changes nothing; the customers it did not select keep the weekly's rows exactly.
-    jobs.update_profiles(context(env, "after", end), selected)
+    update(context(env, "after", end), selected)
     assert daily_models == [first, second, second]
     assert profile_rows(store) == raced
     daily_ids = set(pd.read_parquet(selected.customers_path)["customer_id"])
@@ -324,8 +318,13 @@ def test_a_daily_update_losing_the_race_twice_skips_with_the_reason(env, monkeyp
         assert require_selected_model
         raise StaleModelError(batch.as_of, batch.model_version, first)
 
+    def always_stale_staged(self, run_key, n_shards, as_of, model_version, *, require_selected_model=False):
+        assert require_selected_model
+        raise StaleModelError(as_of, model_version, first)
+
     monkeypatch.setattr(Store, "write_profiles", always_stale)
-    updated = jobs.update_profiles(context(env, "race", end), selected)
+    monkeypatch.setattr(Store, "write_staged_profiles", always_stale_staged)
+    updated = update(context(env, "race", end), selected)
     assert updated.model_version is None and updated.n_profiles == 0
     assert updated.stale_versions == [first, first] and updated.reason.startswith("skipped: ")
     assert store.table_checksums() == before
@@ -346,10 +345,11 @@ def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(en
     assert len(store.customers_with_events(None, end)) == seen["customer_id"].nunique() + 1
 
     fitted = jobs.refit_traits(run, candidate)
-    profiles = jobs.recompute_profiles(run, fitted)
-    batch = ProfileBatch.load(profiles.profiles_path)
+    plan = recompute(run, fitted)
+    with store.connection.transaction():
+        batch = load_staged(store.connection, plan.run_key, 1, end, None)
     assert "zz-late" not in set(batch.customer_ids)
-    assert profiles.n_profiles == seen["customer_id"].nunique()
+    assert len(batch) == seen["customer_id"].nunique()
     model = TraitflowModel.load(fitted.model_dir)
     assert model.metrics["event_snapshot"] == corpus.event_snapshot
     assert model.metrics["n_training_customers"] <= seen["customer_id"].nunique()

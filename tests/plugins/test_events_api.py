@@ -56,7 +56,10 @@ def _post(client: TestClient, customer: str, events: list[dict[str, Any]]) -> An
 def _daily(store: Any, end: datetime, tmp_path: Path) -> Any:
     """The daily jobs for [end - 1 day, end) on the plugin's schema, as the DAG runs them."""
     context = RunContext("daily", end - DAY, end, str(tmp_path / "daily"), store.url, store.schema)
-    return jobs.update_profiles(context, jobs.select_customers(context))
+    plan = jobs.plan_update(context, jobs.select_customers(context))
+    for shard in plan.shards():
+        jobs.update_profiles(context, plan, shard)
+    return jobs.commit_update(context, plan)
 
 
 def test_a_post_writes_the_profile_the_next_daily_run_writes(

@@ -73,9 +73,10 @@ def test_read_through_misses_then_hits_with_the_stored_profile(profiled: Any, re
 
 
 def test_a_promotion_between_two_reads_is_never_hidden_by_the_cache(
-    profiled: Any, redis_server: Any, build_model: Any, build_profile_batch: Any
+    profiled: Any, cache_env: Any, build_model: Any, build_profile_batch: Any
 ) -> None:
-    cache = ProfileCache(CacheSettings(redis_server.url))
+    # A long active-version TTL: only the promotion's generation bump can make the read see it.
+    cache = ProfileCache(CacheSettings(cache_env.url, active_ttl_seconds=3600))
     try:
         old = profiled.active_model_version()
         assert cache.current_profile(profiled, "c1").outcome == MISS
@@ -86,11 +87,70 @@ def test_a_promotion_between_two_reads_is_never_hidden_by_the_cache(
         profiled.promote(
             new, profiles=build_profile_batch(new, ["c1"], trait_ids=NEW_TRAITS, as_of=AS_OF, seed=2)
         )
-        after = cache.current_profile(profiled, "c1")  # no profiles_changed call: the key space moved
+        after = cache.current_profile(profiled, "c1")  # promote() bumped the generation
         assert after.outcome == MISS
         assert after.profile is not None and after.profile["model_version"] == new != old
         assert [t["trait_id"] for t in after.profile["traits"]] == list(NEW_TRAITS)
         assert cache.current_profile(profiled, "c1").profile["model_version"] == new  # type: ignore[index]
+    finally:
+        cache.close()
+
+
+class _CountingStore:
+    """A Store that counts its PostgreSQL reads of the active version and of profiles."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.calls = store, {"active_model_version": 0, "current_profile": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def active_model_version(self) -> Any:
+        self.calls["active_model_version"] += 1
+        return self.store.active_model_version()
+
+    def current_profile(self, customer_id: str) -> Any:
+        self.calls["current_profile"] += 1
+        return self.store.current_profile(customer_id)
+
+
+def test_warm_reads_do_not_query_postgres(profiled: Any, redis_server: Any) -> None:
+    now = [0.0]
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=1.0), clock=lambda: now[0])
+    store = _CountingStore(profiled)
+    try:
+        assert cache.current_profile(store, "c1").outcome == MISS  # type: ignore[arg-type]
+        assert store.calls == {"active_model_version": 1, "current_profile": 1}
+        hits = [cache.current_profile(store, c).outcome for c in ("c1", "c1", "c1")]  # type: ignore[arg-type]
+        assert hits == [HIT] * 3 and store.calls == {"active_model_version": 1, "current_profile": 1}
+        now[0] = 1.5  # past the TTL: the active version is read again, the profile still cached
+        assert cache.current_profile(store, "c1").outcome == HIT  # type: ignore[arg-type]
+        assert store.calls == {"active_model_version": 2, "current_profile": 1}
+    finally:
+        cache.close()
+
+
+def test_a_promotion_that_did_not_reach_redis_is_seen_within_the_ttl(
+    profiled: Any, redis_server: Any, build_model: Any, build_profile_batch: Any
+) -> None:
+    """TRAITFLOW_REDIS_URL unset for the promoting process: no generation bump; the active
+    version read for the generation expires after ``active_ttl_seconds``."""
+    now = [0.0]
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=1.0), clock=lambda: now[0])
+    try:
+        old = profiled.active_model_version()
+        assert cache.current_profile(profiled, "c1").outcome == MISS
+        new = profiled.save_model(
+            build_model(trait_ids=NEW_TRAITS, seed=1, trained_through=datetime(2024, 1, 14, tzinfo=UTC))
+        )
+        profiled.promote(
+            new, profiles=build_profile_batch(new, ["c1"], trait_ids=NEW_TRAITS, as_of=AS_OF, seed=2)
+        )
+        stale = cache.current_profile(profiled, "c1")
+        assert stale.outcome == HIT and stale.profile["model_version"] == old  # type: ignore[index]
+        now[0] = 1.0
+        fresh = cache.current_profile(profiled, "c1")
+        assert fresh.outcome == MISS and fresh.profile["model_version"] == new  # type: ignore[index]
     finally:
         cache.close()
 
@@ -108,10 +168,12 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
             build_profile_batch(version, CUSTOMERS, trait_ids=TRAITS, as_of=later, seed=5)
         )
         assert cache.current_profile(profiled, "c1").profile["as_of"] == AS_OF  # type: ignore[index]
-        assert cache.profiles_changed(profiled, ["c1"]) == "refreshed"
-        refreshed = cache.current_profile(profiled, "c1")
-        assert refreshed.outcome == HIT  # rewritten by the refresh, not dropped
-        _same_profile(refreshed.profile, profiled.current_profile("c1"))
+        assert cache.profiles_changed(profiled, ["c1", "shop/c:3", "nobody", "c1"]) == "refreshed"
+        for customer in ("c1", "shop/c:3"):
+            refreshed = cache.current_profile(profiled, customer)
+            assert refreshed.outcome == HIT  # rewritten by the refresh, not dropped
+            _same_profile(refreshed.profile, profiled.current_profile(customer))
+        assert cache.current_profile(profiled, "nobody").outcome == MISS  # absent: not cached
         assert cache.current_profile(profiled, "c2").profile["as_of"] == AS_OF  # type: ignore[index]
         assert cache.profiles_changed(profiled) == "invalidated"
         again = cache.current_profile(profiled, "c2")

@@ -78,6 +78,15 @@ def test_ingest_retrain_update_traits_customer(
     assert f"profiles written: {day['customer_id'].nunique()} with model version 1" in out
     assert "oov rate" in out and "profile shift" in out
     assert store.run_reports("daily")[0]["report"]["n_profiles"] == day["customer_id"].nunique()
+    # The same day in 4 customer shards rewrites nothing: the rows are the same.
+    before = store.table_checksums()
+    code, out, err = cli("update", "--shards", "4")
+    assert code == 0, err
+    after = store.table_checksums()
+    for table in ("customer_profiles", "customer_profile_history", "profile_shards"):
+        assert after[table] == before[table], table
+    code, out, err = cli("update", "--shards", "65")
+    assert code == 2 and "must be <= 64" in err
 
     code, out, err = cli("traits", "--json")
     assert code == 0, err

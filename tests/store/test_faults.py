@@ -2,7 +2,8 @@
 
 The scenario is the store's part of a daily and a weekly run, on files prepared once per module:
 ``ingest`` (``Store.ingest_file`` of a CSV in several chunks, with rejects), ``publish`` (the
-weekly promotion itself, ``jobs.promote``: ``Store.publish`` under the candidate's run key) and
+weekly promotion itself, ``jobs.promote``: ``Store.publish_staged`` under the candidate's run key,
+of the batch ``stage`` put in the shard staging table) and
 ``daily`` (``Store.write_profiles`` with ``require_selected_model``, as ``jobs.update_profiles``).
 
 * kill -9: the scenario runs in a child process (``python -c``) that SIGKILLs itself right after
@@ -56,8 +57,8 @@ from traitflow.runs import (
     DriftResult,
     FittedCandidate,
     GateResult,
-    ProfilesResult,
     RunContext,
+    ShardPlan,
 )
 from traitflow.store import (
     DatabaseConnectionLostError,
@@ -69,7 +70,7 @@ from traitflow.store import (
 
 pytestmark = pytest.mark.fault
 
-STEPS = ("ingest", "publish", "daily")
+STEPS = ("ingest", "stage", "publish", "daily")
 N_EVENTS = 3_000
 CHUNK_ROWS = 500  # the CSV goes in 6 chunks, so a kill after the second is mid-file
 KILL_STAMP = "TRAITFLOW_FAULT_KILL_STAMP"  # file the child writes the wall-clock time of its kill to
@@ -97,21 +98,33 @@ def _ingest(store: Store, scenario: Scenario) -> None:
     store.ingest_file(scenario.events_csv, "canonical", "fault-run", chunksize=CHUNK_ROWS)
 
 
-def _publish(store: Store, scenario: Scenario) -> None:
-    # jobs.promote opens its own Store on the context's schema, like the weekly DAG's task.
-    end = datetime(2024, 1, 8, tzinfo=UTC)
-    context = RunContext(
-        "fault-run", datetime(2024, 1, 1, tzinfo=UTC), end, scenario.model_dir, store.url, store.schema
-    )
-    corpus = CorpusInfo(datetime(2024, 1, 1, tzinfo=UTC), end, N_EVENTS, None, "")
+WEEKLY_END = datetime(2024, 1, 8, tzinfo=UTC)
+
+
+def _weekly_plan(scenario: Scenario) -> ShardPlan:
+    corpus = CorpusInfo(datetime(2024, 1, 1, tzinfo=UTC), WEEKLY_END, N_EVENTS, None, "")
     candidate = Candidate(corpus, str(Path(scenario.model_dir).parent / "tokens.npz"), 0, {})
     fitted = FittedCandidate(candidate, scenario.model_dir, refit=True)
-    profiles = ProfilesResult(fitted, scenario.weekly_profiles, 200, end.isoformat(), {})
+    return ShardPlan("weekly:fault-run", 1, WEEKLY_END.isoformat(), fitted=fitted, event_snapshot="")
+
+
+def _stage(store: Store, scenario: Scenario) -> None:
+    # What the weekly run's one recompute_profiles shard stages for promote.
+    batch = ProfileBatch.load(scenario.weekly_profiles)
+    batch.model_version = None
+    store.stage_profiles(_weekly_plan(scenario).run_key, 0, 1, batch)
+
+
+def _publish(store: Store, scenario: Scenario) -> None:
+    # jobs.promote opens its own Store on the context's schema, like the weekly DAG's task.
+    context = RunContext(
+        "fault-run", datetime(2024, 1, 1, tzinfo=UTC), WEEKLY_END, scenario.model_dir, store.url, store.schema
+    )
     gate = GateResult(
         True, "passes", "popularity", 0.02, 0.3, 0.05, 0.02, 100, popularity_hit_rate=0.25, lower=0.01
     )
     drift = DriftResult(measured=False, reason="no active model")
-    jobs.promote(context, profiles, gate, drift)
+    jobs.promote(context, _weekly_plan(scenario), gate, drift)
 
 
 def _daily(store: Store, scenario: Scenario) -> None:
@@ -122,6 +135,7 @@ def _daily(store: Store, scenario: Scenario) -> None:
 
 STEP_FUNCTIONS: dict[str, Callable[[Store, Scenario], None]] = {
     "ingest": _ingest,
+    "stage": _stage,
     "publish": _publish,
     "daily": _daily,
 }
@@ -143,6 +157,7 @@ class KillPoint:
 
 KILL_POINTS = {
     "mid-ingest (after chunk 2 of 6)": KillPoint("ingest", "traitflow.store.ingest", ("ingest_frames",), 2),
+    "shard staging before COMMIT": KillPoint("stage", "traitflow.store.profile_shards", ("stage_shard",)),
     "weekly mid-profile-write (history written)": KillPoint(
         "publish", "traitflow.store.profiles", ("_copy_history", "_upsert_history")
     ),
@@ -361,10 +376,12 @@ def clean_states(database_url: str, scenario: Scenario) -> Iterator[list[dict[st
         # The scenario must change every table it writes, or "equal to the state before" proves little.
         for table in ("events", "rejected_events", "ingested_files"):
             assert states[1][table] != states[0][table], table
+        assert states[2]["profile_shards"] != states[1]["profile_shards"]
         for table in ("model_versions", "token_vectors", "customer_profiles", "customer_profile_history"):
-            assert states[2][table] != states[1][table], table
-        for table in ("customer_profiles", "customer_profile_history"):
             assert states[3][table] != states[2][table], table
+        assert states[3]["profile_shards"] == states[1]["profile_shards"]  # the commit took the batch
+        for table in ("customer_profiles", "customer_profile_history"):
+            assert states[4][table] != states[3][table], table
         yield states
     finally:
         _drop(database_url, schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -318,3 +319,74 @@ def test_ingest_file_through_the_events_loader(store: Store, tmp_path: Path) -> 
 def test_ingest_events_accepts_any_result_like_object(store: Store) -> None:
     like = SimpleNamespace(events=sample_events(1, 2), rejects=event_schema.empty_rejects())
     assert store.ingest_events(like, source="s", run_id="r").n_inserted == 2  # type: ignore[arg-type]
+
+
+def test_few_rows_as_parameters_store_what_the_staged_path_stores(make_store: Callable[..., Store]) -> None:
+    """The same sequence of ingests into two schemas, staged and with ``few_rows``: equal reports
+    and equal tables (events, rejects with their raw text, conflicts) after every step."""
+    stores = [make_store(fresh=True), make_store(fresh=True)]
+    for s in stores:
+        s.upgrade()
+    events = sample_events(n_customers=2, per_customer=4)
+    hostile = events_frame(
+        [
+            {"customer_id": c, "event_time": T0 + timedelta(seconds=i), "action": "view", "product_id": c}
+            for i, c in enumerate(HOSTILE_IDS)
+        ]
+    )
+    changed = events.iloc[:2].assign(price=[7.0, 8.0])  # stored keys, other fields: conflicts
+    repeated = pd.concat([events.iloc[:1], events.iloc[:1].assign(session_id="other")], ignore_index=True)
+    rejects = pd.DataFrame(
+        {
+            "row_number": [9, 10],
+            "raw": ['{"a": "nul\x00"}', "x"],
+            "reason": ["unknown_action", "exact_duplicate"],
+        }
+    )
+    steps = [
+        ("s1", result(events)),
+        ("s1", result(events)),  # a re-post: already present
+        ("s2", result(changed)),
+        ("s3", result(repeated.assign(customer_id="fresh"))),  # repeated key within the batch
+        ("s4", result(hostile)),
+        ("s5", result(events.iloc[2:3], rejects)),
+        ("s5", result(events.iloc[2:3], rejects)),  # the rejects recorded once
+        ("s6", result(event_schema.empty_events(), rejects)),
+    ]
+    queries = {  # the data columns (ingested_at, ingest_xid differ between the schemas)
+        "events": "SELECT customer_id, event_time, action, product_id, category, price, session_id, source,"
+        " run_id FROM events ORDER BY customer_id, event_time, action, product_id",
+        "rejected_events": "SELECT source, row_number, raw, reason, run_id FROM rejected_events"
+        " ORDER BY source, row_number",
+    }
+    for source, loaded in steps:
+        reports = [
+            stores[0].ingest_events(loaded, source, "run"),
+            stores[1].ingest_events(loaded, source, "run", few_rows=True),
+        ]
+        counts = [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in reports]
+        assert counts[0] == counts[1], source
+        for table, query in queries.items():
+            staged, few = (s.connection.execute(query).fetchall() for s in stores)
+            assert staged == few, (source, table)
+    assert stores[1].table_counts()["rejected_events"] > 0
+
+
+def test_few_rows_falls_back_to_staging_above_the_limit(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies: list[str] = []
+    original = store_ingest.copy_in
+
+    def counted(conn: object, statement: str, columns: object) -> None:
+        copies.append(statement)
+        original(conn, statement, columns)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_ingest, "copy_in", counted)
+    small = sample_events(n_customers=1, per_customer=3)
+    store.ingest_events(result(small), "small", "run", few_rows=True)
+    assert copies == []
+    big = sample_events(n_customers=9, per_customer=4)  # 36 events > MAX_PARAMETER_ROWS
+    assert len(big) > store_ingest.MAX_PARAMETER_ROWS
+    report = store.ingest_events(result(big), "big", "run", few_rows=True)
+    assert copies and report.n_inserted == len(big) - len(small)

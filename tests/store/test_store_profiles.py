@@ -424,3 +424,57 @@ def test_profile_writers_queue_per_schema_not_per_database(
             store.write_profiles(build_profile_batch(version, ["c1"], as_of=D1))
     store.connection.execute("RESET lock_timeout")
     assert store.write_profiles(build_profile_batch(version, ["c1"], as_of=D1)).history_inserted == 1
+
+
+ALL_COLUMNS = (
+    "customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens"
+)
+
+
+def _tables(store: Store) -> tuple[list[tuple], list[tuple]]:
+    """Every current row (with its embedding and updated_at) and every history row, in key order."""
+    conn = store.connection
+    current = conn.execute(
+        f"SELECT {ALL_COLUMNS}, embedding, updated_at FROM customer_profiles ORDER BY customer_id"
+    ).fetchall()
+    history = conn.execute(
+        f"SELECT {ALL_COLUMNS} FROM customer_profile_history ORDER BY customer_id, as_of"
+    ).fetchall()
+    return current, history
+
+
+def test_few_rows_as_parameters_write_what_the_staged_path_writes(
+    make_store: Callable[..., Store], build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    """The same sequence of writes (first write, a re-run with changes, an identical re-run, a
+    backfill of an older date, a batch with a new customer, n_known_tokens unrecorded) leaves
+    both paths' tables identical, and the reports agree."""
+    stores = [make_store(fresh=True), make_store(fresh=True)]
+    for s in stores:
+        s.upgrade()
+        s.promote(s.save_model(build_model()))
+    version = stores[0].active_model_version()
+    unrecorded = build_profile_batch(version, ["c1", "new"], as_of=D2, seed=5)
+    unrecorded.n_known_tokens = None
+    steps = [
+        build_profile_batch(version, IDS, as_of=D1, seed=1),
+        build_profile_batch(version, IDS[:3], as_of=D1, seed=2),  # a re-run of D1 with changes
+        build_profile_batch(version, IDS[:3], as_of=D1, seed=2),  # identical: nothing changes
+        build_profile_batch(version, IDS[2:5], as_of=D2, seed=3),
+        build_profile_batch(version, IDS[2:5], as_of=D1, seed=4),  # a backfill: current rows stay
+        unrecorded,
+    ]
+    for batch in steps:
+        staged = stores[0].write_profiles(batch)
+        few = stores[1].write_profiles(batch, few_rows=True)
+        assert "parameters" in few.timings and "parameters" not in staged.timings
+        counts = ("history_inserted", "history_replaced", "profiles_written")
+        assert [getattr(few, c) for c in counts] == [getattr(staged, c) for c in counts]
+        (current_a, history_a), (current_b, history_b) = _tables(stores[0]), _tables(stores[1])
+        assert history_a == history_b
+        # updated_at is each transaction's start: compare which rows moved, not the instants
+        assert [r[:-1] for r in current_a] == [r[:-1] for r in current_b]
+    big = build_profile_batch(
+        version, [f"b{i}" for i in range(store_profiles.MAX_PARAMETER_ROWS + 1)], as_of=D2
+    )
+    assert "parameters" not in stores[1].write_profiles(big, few_rows=True).timings  # staged

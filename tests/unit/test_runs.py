@@ -19,11 +19,12 @@ from traitflow.runs import (
     FittedCandidate,
     GateResult,
     IngestResult,
-    ProfilesResult,
     PromotionResult,
     RefreshResult,
     RejectionResult,
     RunContext,
+    ShardPlan,
+    ShardResult,
     TuningRequest,
     TuningSummary,
     UpdateResult,
@@ -55,7 +56,8 @@ FIRST_GATE = GateResult(
 )
 DRIFT = DriftResult(True, None, 0.1, 0.12, 0.3, 0.5, 50, 55, 52, 5)
 FITTED = FittedCandidate(CANDIDATE, "/w/candidate/model", True, {"n_matched": 5})
-PROFILES = ProfilesResult(FITTED, "/w/profiles.npz", 40, END.isoformat(), {"oov_rate": 0.1})
+WEEKLY_PLAN = ShardPlan("weekly:w-1", 3, END.isoformat(), fitted=FITTED, event_snapshot="9:12:10")
+DAILY_PLAN = ShardPlan("daily:d-1", 1, END.isoformat(), 2, "/w/customers.parquet")
 UPDATE = UpdateResult(
     END.isoformat(), 2, 3, None, {"oov_rate": 0.1}, [0.5, 0.5], [1, 2], [1], "model 1 was replaced by 2"
 )
@@ -85,7 +87,11 @@ VALUES = [
     DRIFT,
     DriftResult(False, "no active model"),
     FITTED,
-    PROFILES,
+    WEEKLY_PLAN,
+    DAILY_PLAN,
+    replace(DAILY_PLAN, model_version=None, reason="no promoted model"),
+    ShardResult(2, 40),
+    ShardResult(0, 0, skipped=True),
     PromotionResult(4, 40, "candidate-sha256:ab"),
     RejectionResult("fails", 5, "rejected-sha256:cd"),
     RejectionResult("fails", None, not_saved="too few customers"),

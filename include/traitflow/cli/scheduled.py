@@ -55,6 +55,7 @@ def _add_retrain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=0.1,
         help="share of customers tuned on (default 0.1)",
     )
+    _add_shards_flag(retrain)
     add_config_flags(retrain)
     add_trigger_flags(retrain)
     retrain.set_defaults(func=cmd_retrain)
@@ -85,7 +86,27 @@ def _add_update(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "after a retrain, pass the model's training end to profile everyone with events since"
         ),
     )
+    _add_shards_flag(update)
     update.set_defaults(func=cmd_update)
+
+
+def _n_shards(value: str) -> int:
+    from traitflow.config import MAX_SHARDS
+
+    number = positive_int(value)
+    if number > MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SHARDS}, got {number}")
+    return number
+
+
+def _add_shards_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shards",
+        type=_n_shards,
+        default=1,
+        help="compute the profiles in this many customer shards, one after the other, as the "
+        "DAG's n_shards mapped tasks do (default 1; the rows are the same for any number)",
+    )
 
 
 @contextlib.contextmanager
@@ -153,6 +174,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             run_id=run_id,
             tuning=TuningRequest(args.tune_sample_fraction, args.tune_trials) if args.tune else None,
             on_decision=lambda d: print(f"{STEP_NAMES.get(d.step, d.step)}: {d.branch} -- {d.reason}"),
+            n_shards=args.shards,
         )
     active = f"model version {outcome.active_version}" if outcome.active_version else "no model"
     if outcome.status == "promoted":
@@ -180,7 +202,12 @@ def cmd_update(args: argparse.Namespace) -> int:
         since = args.since if args.since is not None else as_of - timedelta(days=1)
         run_id = _run_id("update")
         outcome = run_daily_update(
-            args.database_url, since, as_of, run_work_dir("cli_update", run_id), run_id=run_id
+            args.database_url,
+            since,
+            as_of,
+            run_work_dir("cli_update", run_id),
+            run_id=run_id,
+            n_shards=args.shards,
         )
     print(f"customers with events in [{since.isoformat()}, {as_of.isoformat()}): {outcome.n_customers}")
     if outcome.model_version is None:

@@ -60,7 +60,13 @@ from traitflow.events.mapping import (
 )
 from traitflow.events.presets import ONLINE_RETAIL_NON_PRODUCT, PRESETS, load_mapping
 from traitflow.events.rejects import DEFAULT_MAX_REJECT_SHARE, MIN_REJECTS_TO_REFUSE
-from traitflow.events.validation import MAX_FUTURE, MIN_EVENT_TIME, REASON_PRECEDENCE, LoadResult
+from traitflow.events.validation import (
+    MAX_FUTURE,
+    MIN_EVENT_TIME,
+    REASON_PRECEDENCE,
+    LoadResult,
+    validate_columns,
+)
 
 __all__ = [
     "AUXILIARY_COLUMNS",
@@ -83,5 +89,6 @@ __all__ = [
     "load_mapping",
     "mapping_from_dict",
     "read_events",
+    "validate_columns",
     "validate_events",
 ]

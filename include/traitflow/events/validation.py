@@ -6,12 +6,16 @@ among the valid rows only, across the chunks of a file with ``SeenHashes``.
 
 from __future__ import annotations
 
+import json
 import operator
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from traitflow import event_schema
 from traitflow.events.mapping import ColumnMapping
@@ -68,6 +72,68 @@ class LoadResult:
     def n_read(self) -> int:
         """Rows read from the source: every one is either an event or a reject."""
         return len(self.events) + len(self.rejects)
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """What the reject rules look at, per row: the stripped text fields as Arrow strings (null:
+    missing; ``category`` and ``session`` blank -> null) and the parsers' verdicts (bool arrays)."""
+
+    customer: pa.Array | pa.ChunkedArray
+    product: pa.Array | pa.ChunkedArray
+    when: pa.Array | pa.ChunkedArray
+    category: pa.Array | pa.ChunkedArray
+    session: pa.Array | pa.ChunkedArray
+    unknown_action: np.ndarray
+    bad_time: np.ndarray
+    time_out_of_range: np.ndarray
+    bad_price: np.ndarray
+
+
+def _arrow(values: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """A ``str`` column as its Arrow strings (pandas keeps them in Arrow: no copy); NaN -> null."""
+    return pa.array(values.array)
+
+
+def _true(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow bool result as a numpy mask; null (a missing value) is False."""
+    return np.asarray(pc.fill_null(mask, False), dtype=bool)
+
+
+def _rule_masks(f: _Fields) -> dict[str, np.ndarray]:
+    """The reject rules every mapping has, one mask per reason (bool, one value per row).
+
+    The one definition of these rules: the loaders' frames (``validate_frame``) and a request's
+    few rows (``validate_columns``) both apply it, with the Arrow kernels pandas' ``str``
+    methods run.
+    """
+    ids, texts = (f.customer, f.product), (f.category, f.session)
+    return {
+        event_schema.REASON_MISSING_CUSTOMER: _true(pc.equal(f.customer, "")),
+        event_schema.REASON_MISSING_PRODUCT: _true(pc.equal(f.product, "")),
+        event_schema.REASON_MISSING_TIME: _true(pc.equal(f.when, "")),
+        event_schema.REASON_CONTROL_CHARS: reduce(
+            operator.or_, (_true(pc.match_substring_regex(s, _CONTROL_CHARS)) for s in ids + texts)
+        ),
+        # The length of a missing value is null, never above a limit: missing is never oversized.
+        event_schema.REASON_OVERSIZED: reduce(
+            operator.or_,
+            [_true(pc.greater(pc.utf8_length(s), event_schema.MAX_ID_LENGTH)) for s in ids]
+            + [_true(pc.greater(pc.utf8_length(s), event_schema.MAX_TEXT_LENGTH)) for s in texts],
+        ),
+        event_schema.REASON_BAD_TIME: f.bad_time,
+        event_schema.REASON_TIME_RANGE: f.time_out_of_range,
+        event_schema.REASON_UNKNOWN_ACTION: f.unknown_action,
+        event_schema.REASON_BAD_PRICE: f.bad_price,
+    }
+
+
+def _reason_codes(n: int, checks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Index into ``REASON_PRECEDENCE`` per row (int8), -1 = valid; earlier reasons win."""
+    codes = np.full(n, -1, dtype=np.int8)
+    for reason, mask in checks.items():
+        codes[(codes < 0) & mask] = REASON_PRECEDENCE.index(reason)
+    return codes
 
 
 def _text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -172,30 +238,21 @@ def validate_frame(
     price, bad_price = _prices(raw, mapping)
     times, bad_time, time_out_of_range = _parse_times_any(when, mapping.time_format)
 
-    ids, texts = (customer, product), (category, session)
-    checks = {
-        event_schema.REASON_MISSING_CUSTOMER: customer == "",
-        event_schema.REASON_MISSING_PRODUCT: product == "",
-        event_schema.REASON_MISSING_TIME: when == "",
-        event_schema.REASON_CONTROL_CHARS: reduce(
-            operator.or_, (s.str.contains(_CONTROL_CHARS, regex=True, na=False) for s in ids + texts)
-        ),
-        # str.len() of a missing value is NaN, and NaN > n is False: missing is never oversized.
-        event_schema.REASON_OVERSIZED: reduce(
-            operator.or_,
-            [s.str.len() > event_schema.MAX_ID_LENGTH for s in ids]
-            + [s.str.len() > event_schema.MAX_TEXT_LENGTH for s in texts],
-        ),
-        event_schema.REASON_BAD_TIME: bad_time,
-        event_schema.REASON_TIME_RANGE: time_out_of_range,
-        event_schema.REASON_UNKNOWN_ACTION: action.isna(),
-        event_schema.REASON_BAD_PRICE: bad_price,
-        **_order_line_checks(raw, mapping, product),
-    }
-    # Index into REASON_PRECEDENCE per row, -1 = valid; earlier reasons win.
-    codes = np.full(len(raw), -1, dtype=np.int8)
-    for reason, mask in checks.items():
-        codes[(codes < 0) & mask.to_numpy(dtype=bool)] = REASON_PRECEDENCE.index(reason)
+    fields = _Fields(
+        _arrow(customer),
+        _arrow(product),
+        _arrow(when),
+        _arrow(category),
+        _arrow(session),
+        unknown_action=action.isna().to_numpy(dtype=bool),
+        bad_time=bad_time.to_numpy(dtype=bool),
+        time_out_of_range=time_out_of_range.to_numpy(dtype=bool),
+        bad_price=bad_price.to_numpy(dtype=bool),
+    )
+    order_lines = _order_line_checks(raw, mapping, product)
+    codes = _reason_codes(
+        len(raw), {**_rule_masks(fields), **{r: m.to_numpy(dtype=bool) for r, m in order_lines.items()}}
+    )
 
     valid = codes < 0
     events = pd.DataFrame(
@@ -227,7 +284,11 @@ def _prices(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.Series, pd.Se
     """(price per row, NaN when blank or unmapped; mask of present but unusable prices)."""
     if "price" not in mapping.columns:
         return pd.Series(np.nan, index=raw.index, dtype="float64"), pd.Series(False, index=raw.index)
-    price_text = raw[mapping.columns["price"]].str.strip()
+    return _parse_prices(raw[mapping.column("price")].str.strip())
+
+
+def _parse_prices(price_text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Stripped price texts -> (prices, NaN when blank; mask of present but unusable prices)."""
     price = pd.to_numeric(price_text.mask(price_text == ""), errors="coerce").astype("float64")
     return price, (price_text != "") & ~np.isfinite(price)  # "nan"/"inf" parse but are no price
 
@@ -262,7 +323,12 @@ def _actions(raw: pd.DataFrame, mapping: ColumnMapping) -> pd.Series:
     text = raw[mapping.column("action")].str.strip().str.lower()
     if mapping.default_action is not None:
         text = text.mask(text == "", mapping.default_action)
-    return text.map({a: a for a in event_schema.ACTIONS} | dict(mapping.action_synonyms))
+    return text.map(_action_names(mapping))
+
+
+def _action_names(mapping: ColumnMapping) -> dict[str, str]:
+    """Lower-cased action text -> canonical action (absent: an unknown action)."""
+    return {a: a for a in event_schema.ACTIONS} | dict(mapping.action_synonyms)
 
 
 def _order_line_checks(raw: pd.DataFrame, mapping: ColumnMapping, product: pd.Series) -> dict[str, pd.Series]:
@@ -330,3 +396,134 @@ def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     at = np.searchsorted(sorted_values, values).clip(max=len(sorted_values) - 1)
     return sorted_values[at] == values
+
+
+# Up to this many rows of a plain mapping (``_is_plain``) skip pandas' fixed cost per call (a
+# request of one event took tens of milliseconds through ``validate_frame``, nearly all of it
+# pandas overhead): the rules stay ``_rule_masks``, applied to Arrow arrays of the few rows.
+MAX_FEW_ROWS = 64
+
+
+def validate_columns(
+    columns: Mapping[str, Sequence[str]], mapping: ColumnMapping, *, source: str, first_row_number: int = 1
+) -> LoadResult:
+    """Validate rows given column by column (source name -> texts, '' for missing, all of one
+    length), as ``validate_frame`` validates the frame of these columns: the same events, rejects,
+    reasons and row numbers. A few rows of a plain mapping take ``_validate_few``."""
+    n = len(next(iter(columns.values()), ()))
+    mapping = mapping.resolve(list(columns), source)
+    if n <= MAX_FEW_ROWS and _is_plain(mapping):
+        return _validate_few(columns, n, mapping, source, first_row_number)
+    frame = pd.DataFrame({name: pd.Series(list(values), dtype="str") for name, values in columns.items()})
+    return validate_frame(frame, mapping, source, first_row_number, None)[0]
+
+
+def _is_plain(mapping: ColumnMapping) -> bool:
+    """A mapping of the canonical fields only, without the order-line options."""
+    return (
+        "action" in mapping.columns
+        and not {"quantity", "product_name"} & set(mapping.columns)
+        and mapping.category_fallback_column is None
+        and not mapping.integral_float_ids
+        and mapping.cancellation is None
+        and mapping.non_product is None
+    )
+
+
+def _validate_few(
+    columns: Mapping[str, Sequence[str]], n: int, mapping: ColumnMapping, source: str, first_row_number: int
+) -> LoadResult:
+    """``validate_frame`` for a few rows of a plain mapping without a pandas call per rule.
+
+    Text fields go through the Arrow kernels pandas' ``str`` methods run (strip, lower), the
+    rules through ``_rule_masks``; times and prices through the loaders' own parsers
+    (``_parse_times_any``, ``_parse_prices``) on the few values, so what parses is pandas' call.
+    """
+
+    def stripped(canonical: str) -> pa.Array:
+        return pc.utf8_trim_whitespace(pa.array(list(columns[mapping.column(canonical)]), pa.large_string()))
+
+    def optional(canonical: str) -> pa.Array:
+        if canonical not in mapping.columns:
+            return pa.nulls(n, pa.large_string())
+        values = stripped(canonical)
+        return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.large_string()), values)
+
+    customer, product, when = stripped("customer_id"), stripped("product_id"), stripped("event_time")
+    action_text = pc.utf8_lower(stripped("action"))
+    if mapping.default_action is not None:
+        action_text = pc.if_else(pc.equal(action_text, ""), mapping.default_action, action_text)
+    names = _action_names(mapping)
+    actions = [names.get(a) for a in action_text.to_pylist()]
+    if "price" in mapping.columns:
+        price, bad_price = _parse_prices(pd.Series(stripped("price").to_pylist(), dtype="str"))
+    else:
+        price, bad_price = (
+            pd.Series(np.nan, index=range(n), dtype="float64"),
+            pd.Series(False, index=range(n)),
+        )
+    times, bad_time, out_of_range = _parse_times_any(
+        pd.Series(when.to_pylist(), dtype="str"), mapping.time_format
+    )
+    category, session = optional("category"), optional("session_id")
+    fields = _Fields(
+        customer,
+        product,
+        when,
+        category,
+        session,
+        unknown_action=np.array([a is None for a in actions], dtype=bool),
+        bad_time=bad_time.to_numpy(dtype=bool),
+        time_out_of_range=out_of_range.to_numpy(dtype=bool),
+        bad_price=bad_price.to_numpy(dtype=bool),
+    )
+    codes = _reason_codes(n, _rule_masks(fields))
+    valid = codes < 0
+    keep = pa.array(valid)
+    events = pd.DataFrame(
+        {
+            "customer_id": pd.Series(customer.filter(keep).to_pylist(), dtype="str"),
+            "event_time": times[valid].reset_index(drop=True),
+            "action": pd.Series([a for a, ok in zip(actions, valid, strict=True) if ok], dtype="str"),
+            "product_id": pd.Series(product.filter(keep).to_pylist(), dtype="str"),
+            "category": pd.Series(category.filter(keep).to_pylist(), dtype="str"),
+            "price": price[valid].reset_index(drop=True),
+            "session_id": pd.Series(session.filter(keep).to_pylist(), dtype="str"),
+        }
+    )
+    exact, conflicting = event_schema.duplicate_masks(events)
+    valid_at = np.flatnonzero(valid)
+    codes[valid_at[exact]] = REASON_PRECEDENCE.index(event_schema.REASON_DUPLICATE)
+    codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(event_schema.REASON_CONFLICTING_DUPLICATE)
+    duplicate = exact | conflicting
+    return LoadResult(
+        events[~duplicate].reset_index(drop=True),
+        _few_rejects(columns, mapping, source, first_row_number, codes),
+        event_schema.empty_product_names(),
+        event_row_numbers=(first_row_number + valid_at[~duplicate]).astype(np.int64),
+    )
+
+
+def _few_rejects(
+    columns: Mapping[str, Sequence[str]],
+    mapping: ColumnMapping,
+    source: str,
+    first_row_number: int,
+    codes: np.ndarray,
+) -> pd.DataFrame:
+    """``_rejects`` for a few rows: the raw text of the mapped columns as ``raw_json`` writes it
+    (``json.dumps(row, ensure_ascii=False)``, which it equals by its contract)."""
+    rejected = np.flatnonzero(codes >= 0)
+    wanted = set(mapping.source_columns)
+    mapped = [name for name in columns if name in wanted]
+    raw: Iterable[str] = (
+        json.dumps({name: columns[name][int(i)] for name in mapped}, ensure_ascii=False) for i in rejected
+    )
+    return pd.DataFrame(
+        {
+            "source": pd.Series([source] * len(rejected), dtype="str"),
+            "row_number": (first_row_number + rejected).astype("int64"),
+            "raw": pd.Series(list(raw), dtype="str"),
+            "reason": pd.Series(np.asarray(REASON_PRECEDENCE)[codes[rejected]], dtype="str"),
+        }
+    )

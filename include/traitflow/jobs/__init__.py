@@ -6,9 +6,10 @@ files under the run's ``work_dir`` and returns a frozen dataclass of ``traitflow
 paths and counts; ``to_xcom()`` for Airflow). No Airflow imports: the DAG files adapt these to
 tasks.
 
-daily : ingest, customer selection, profile update and monitoring of one day
+daily : ingest, customer selection, profile update (in customer shards) and monitoring of one day
 weekly : corpus, new-vocabulary check, candidate training, quality gate and drift
-candidate : trait fit, rejection, profiles of every customer, promotion and the weekly report
+candidate : trait fit, rejection, profiles of every customer (in customer shards), promotion and
+    the weekly report
 refresh : every current profile under the model of its date after a promotion
 input_files : the dated event files of an input folder
 """
@@ -16,6 +17,7 @@ input_files : the dated event files of an input folder
 from traitflow.jobs.candidate import (
     candidate_key,
     keep_traits,
+    plan_recompute,
     promote,
     recompute_profiles,
     refit_traits,
@@ -23,9 +25,11 @@ from traitflow.jobs.candidate import (
     weekly_report,
 )
 from traitflow.jobs.daily import (
+    commit_update,
     confined_mapping,
     ingest_interval,
     monitor_daily,
+    plan_update,
     select_customers,
     update_profiles,
 )
@@ -44,12 +48,15 @@ __all__ = [
     "EventFiles",
     "build_corpus",
     "candidate_key",
+    "commit_update",
     "confined_mapping",
     "event_files",
     "ingest_interval",
     "keep_traits",
     "measure_drift",
     "monitor_daily",
+    "plan_recompute",
+    "plan_update",
     "promote",
     "quality_gate",
     "recompute_profiles",

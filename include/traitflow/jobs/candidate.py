@@ -20,19 +20,21 @@ from traitflow.config import PipelineConfig, ThinDataError
 from traitflow.jobs._common import open_store
 from traitflow.model import TraitflowModel, load_tokens
 from traitflow.pipeline import fit_model, profile_customers
-from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import (
     Candidate,
     DriftResult,
     FittedCandidate,
     GateResult,
-    ProfilesResult,
     PromotionResult,
     RejectionResult,
     RunContext,
+    ShardPlan,
+    ShardResult,
     WeeklyReport,
     iso,
+    utc,
 )
+from traitflow.shards import check_n_shards, in_shard
 
 
 def _fit_candidate(context: RunContext, candidate: Candidate, refit: bool) -> FittedCandidate:
@@ -104,59 +106,83 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
     return RejectionResult(reason=gate.reason, model_version=version, run_key=key)
 
 
-def recompute_profiles(context: RunContext, fitted: FittedCandidate) -> ProfilesResult:
-    """Profiles of every customer as of the run's end under the fitted candidate, written to
-    ``profiles.npz`` in the run's folder.
-
-    Reads the events of the run's snapshot (``build_corpus``), like the model's fit.
-    """
-    model = TraitflowModel.load(fitted.model_dir)
-    as_of = context.end
-    with open_store(context) as store:
-        events = store.read_events(end=as_of, snapshot=fitted.candidate.corpus.event_snapshot)
-    batch = profile_customers(events, model, as_of)
-    path = batch.save(Path(context.work_dir) / "profiles.npz")
-    return ProfilesResult(
-        fitted=fitted, profiles_path=str(path), n_profiles=len(batch), as_of=iso(as_of), stats=batch.stats
+def plan_recompute(context: RunContext, fitted: FittedCandidate, n_shards: int = 1) -> ShardPlan:
+    """The shard plan of profiling every customer as of the run's end under the fitted candidate:
+    ``n_shards`` customer shards (``traitflow.shards``) reading the run's event snapshot."""
+    return ShardPlan(
+        run_key=f"weekly:{context.run_id}",
+        n_shards=check_n_shards(n_shards),
+        as_of=iso(context.end),
+        fitted=fitted,
+        event_snapshot=fitted.candidate.corpus.event_snapshot,
     )
 
 
-def candidate_key(profiles: ProfilesResult) -> str:
+def recompute_profiles(context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
+    """Profiles of shard ``shard``'s customers (every customer with an event before the run's
+    end in its snapshot, like the model's fit) under the candidate, staged for ``promote``
+    (``Store.stage_profiles``: a retry replaces the shard's batch)."""
+    if plan.fitted is None:
+        raise ValueError("a weekly shard plan needs its fitted candidate")
+    model = TraitflowModel.load(plan.fitted.model_dir)
+    as_of = utc(plan.as_of)
+    with open_store(context) as store:
+        if plan.n_shards == 1:  # every customer: no id list to send
+            events = store.read_events(end=as_of, snapshot=plan.event_snapshot)
+        else:
+            everyone = store.customers_with_events(None, as_of, snapshot=plan.event_snapshot)
+            customers = in_shard(everyone, shard, plan.n_shards)
+            events = store.read_events(end=as_of, customer_ids=customers, snapshot=plan.event_snapshot)
+        batch = profile_customers(events, model, as_of)
+        batch.model_version = None  # the candidate has no version until promote saves it
+        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch)
+    return ShardResult(shard=shard, n_profiles=len(batch))
+
+
+def candidate_key(plan: ShardPlan) -> str:
     """A fingerprint of what ``promote`` publishes: SHA-256 over the candidate's model files (by
-    relative path) and its profiles file. A retried task reads the same files, hence the same key."""
+    relative path) and what its profiles are computed from (as_of and event snapshot; the
+    profiles are a function of these and the model, whatever the shard count). A retried task
+    reads the same files, hence the same key."""
+    if plan.fitted is None:
+        raise ValueError("a weekly shard plan needs its fitted candidate")
     digest = hashlib.sha256()
-    model_dir = Path(profiles.fitted.model_dir)
+    model_dir = Path(plan.fitted.model_dir)
     files = [(f"model/{p.relative_to(model_dir).as_posix()}", p) for p in sorted(model_dir.rglob("*"))]
-    files = [(name, path) for name, path in files if path.is_file()]
-    files.append(("profiles", Path(profiles.profiles_path)))
     for name, path in files:
+        if not path.is_file():
+            continue
         digest.update(name.encode() + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         digest.update(b"\0")
+    digest.update(f"profiles as of {plan.as_of} from snapshot {plan.event_snapshot}".encode())
     return f"candidate-sha256:{digest.hexdigest()}"
 
 
-def promote(
-    context: RunContext, profiles: ProfilesResult, gate: GateResult, drift: DriftResult
-) -> PromotionResult:
-    """In one transaction: save the candidate with its gate, drift and tuning results, write its
-    profiles and make it the active model.
+def promote(context: RunContext, plan: ShardPlan, gate: GateResult, drift: DriftResult) -> PromotionResult:
+    """In one transaction: save the candidate with its gate, drift and tuning results, write the
+    profiles of every staged shard, delete the staged batches and make the candidate the active
+    model (``Store.publish_staged``; a missing shard raises ``ShardsNotReadyError``, nothing
+    written).
 
     Idempotent: the candidate's fingerprint (``candidate_key``) is stored with the version, so a
     retry of this task after its COMMIT publishes nothing again and returns the same version.
     """
-    model = TraitflowModel.load(profiles.fitted.model_dir)
-    batch = ProfileBatch.load(profiles.profiles_path)
+    if plan.fitted is None:
+        raise ValueError("a weekly shard plan needs its fitted candidate")
+    model = TraitflowModel.load(plan.fitted.model_dir)
     model.metrics["quality_gate"] = gate.to_xcom()
-    tuning = profiles.fitted.candidate.tuning
+    tuning = plan.fitted.candidate.tuning
     if tuning is not None:
         model.metrics["tuning"] = tuning.to_xcom()
-    key = candidate_key(profiles)
+    key = candidate_key(plan)
     with open_store(context) as store:
-        version = store.publish(model, batch, drift=drift.to_xcom(), run_key=key)
-    return PromotionResult(model_version=version, n_profiles=len(batch), run_key=key)
+        version, n_profiles = store.publish_staged(
+            model, plan.run_key, plan.n_shards, utc(plan.as_of), drift=drift.to_xcom(), run_key=key
+        )
+    return PromotionResult(model_version=version, n_profiles=n_profiles, run_key=key)
 
 
 def weekly_report(context: RunContext, steps: Mapping[str, Any], runner: str | None = None) -> WeeklyReport:

@@ -9,12 +9,13 @@ and files dated ``end``'s day or later as not delivered yet, whatever order the 
 
 Races: a daily write checks, under the writers' locks, that its model is still the one selected
 for its date (``StaleModelError`` otherwise) and recomputes once with the newer model
-(``update_profiles``): it never replaces a newer promoted model's rows.
+(``commit_update``): it never replaces a newer promoted model's rows.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from traitflow.config import MISSING_INPUT_FAIL, MISSING_INPUT_IGNORE, confine, 
 from traitflow.jobs._common import open_store
 from traitflow.jobs.input_files import EventFiles, MissingInputError, event_files
 from traitflow.pipeline import profile_customers
-from traitflow.profile_batch import COLD_START_NONE
+from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.profile_cache import profiles_changed
 from traitflow.runs import (
     CustomerSelection,
@@ -35,9 +36,13 @@ from traitflow.runs import (
     IngestResult,
     RunContext,
     RunSkipped,
+    ShardPlan,
+    ShardResult,
     UpdateResult,
     iso,
+    utc,
 )
+from traitflow.shards import check_n_shards, in_shard
 from traitflow.store import StaleModelError, Store
 
 log = logging.getLogger(__name__)
@@ -172,72 +177,124 @@ def _not_yet_delivered(input_dir: str | None, as_of: datetime) -> list[str]:
     return event_files(input_dir).from_day(_day(as_of)) if input_dir else []
 
 
-def update_profiles(
-    context: RunContext, selection: CustomerSelection, input_dir: str | None = None
-) -> UpdateResult:
-    """Recompute the selected customers' embeddings and profiles from their whole history before
-    the interval end, with the model selected for it, and write them in one transaction.
-
-    With ``input_dir``, events from files dated the end's day or later are left out (not
-    delivered yet for this interval; see ``select_customers``). If a newer model is promoted for
-    the date between picking the model and writing (a weekly run finishing meanwhile), the write
-    is refused (``StaleModelError``) and the batch recomputed once with the newer model; should
-    that happen again, the run skips with the reason (the promotion's own recompute and the
-    refresh DAG cover these customers).
-    """
+def plan_update(context: RunContext, selection: CustomerSelection, n_shards: int = 1) -> ShardPlan:
+    """The daily update's shard plan: the model selected for the interval end, the customers'
+    file and ``n_shards`` (``traitflow.shards``); ``reason`` says why there is nothing to compute
+    (no promoted model trained through the end yet, no customers with events)."""
     as_of = context.end
-    customer_ids = pd.read_parquet(selection.customers_path)["customer_id"].to_numpy(dtype=object)
-    later = _not_yet_delivered(input_dir, as_of)
     with open_store(context) as store:
         version = store.model_version_for(as_of)
-        if version is None:
-            reason = f"no promoted model trained before {iso(as_of)}: run the weekly retrain first"
-            return UpdateResult(as_of=iso(as_of), model_version=None, n_profiles=0, reason=reason)
-        if len(customer_ids) == 0:
-            return UpdateResult(
-                as_of=iso(as_of), model_version=version, n_profiles=0, reason="no customers with events"
-            )
-        events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
-        return _write_with_selected_model(store, events, customer_ids, as_of, version)
-
-
-def _write_with_selected_model(
-    store: Store, events: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime, version: int
-) -> UpdateResult:
-    """Profile and write the batch with model ``version``; once more with the newer model when a
-    promotion replaced it for ``as_of`` meanwhile; skip with the reason the second time."""
-    stale_versions: list[int] = []
-    while True:
-        batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
-        batch.model_version = version
-        try:
-            store.write_profiles(batch, require_selected_model=True)
-            break
-        except StaleModelError as stale:
-            stale_versions.append(version)
-            if stale.selected is None or len(stale_versions) > 1:
-                return UpdateResult(
-                    as_of=iso(as_of),
-                    model_version=None,
-                    n_profiles=0,
-                    stale_versions=stale_versions,
-                    reason=f"skipped: {stale}",
-                )
-            log.warning("%s; recomputing with model %s", stale, stale.selected)
-            version = stale.selected
-    profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
-    recomputed = None
-    if stale_versions:
-        recomputed = f"model {stale_versions[0]} was replaced by {version} for this date meanwhile"
-    return UpdateResult(
+    reason = None
+    if version is None:
+        reason = f"no promoted model trained before {iso(as_of)}: run the weekly retrain first"
+    elif selection.n_customers == 0:
+        reason = "no customers with events"
+    return ShardPlan(
+        run_key=f"daily:{context.run_id}",
+        n_shards=check_n_shards(n_shards),
         as_of=iso(as_of),
         model_version=version,
+        customers_path=selection.customers_path,
+        reason=reason,
+    )
+
+
+def update_profiles(
+    context: RunContext, plan: ShardPlan, shard: int, input_dir: str | None = None
+) -> ShardResult:
+    """Compute the profiles of shard ``shard``'s customers from their whole history before the
+    interval end with the plan's model, and stage them (``Store.stage_profiles``: a retry
+    replaces the shard's batch). The profile tables are written by ``commit_update``.
+
+    With ``input_dir``, events from files dated the end's day or later are left out (not
+    delivered yet for this interval; see ``select_customers``).
+    """
+    if plan.reason is not None or plan.model_version is None:
+        return ShardResult(shard=shard, n_profiles=0, skipped=True)
+    as_of = utc(plan.as_of)
+    with open_store(context) as store:
+        batch = _daily_batch(store, _shard_customers(plan, shard), as_of, plan.model_version, input_dir)
+        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch)
+    return ShardResult(shard=shard, n_profiles=len(batch))
+
+
+def _shard_customers(plan: ShardPlan, shard: int) -> np.ndarray:
+    """The selected customers of ``shard`` (ndarray of str, shape (n,))."""
+    if plan.customers_path is None:
+        raise ValueError("a daily shard plan needs its customers_path")
+    ids = pd.read_parquet(plan.customers_path)["customer_id"].to_numpy(dtype=object)
+    return in_shard(ids, shard, plan.n_shards)
+
+
+def _daily_batch(
+    store: Store, customer_ids: np.ndarray, as_of: datetime, version: int, input_dir: str | None
+) -> ProfileBatch:
+    """Profiles of ``customer_ids`` as of ``as_of`` with model ``version`` (events delivered by then)."""
+    later = _not_yet_delivered(input_dir, as_of)
+    events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
+    batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
+    batch.model_version = version
+    return batch
+
+
+def commit_update(context: RunContext, plan: ShardPlan, input_dir: str | None = None) -> UpdateResult:
+    """Write every staged shard of the plan in one transaction (``Store.write_staged_profiles``),
+    checking under the writers' locks that the plan's model is still the one selected for the date.
+
+    A missing shard raises ``ShardsNotReadyError`` and writes nothing. If a newer model was
+    promoted for the date meanwhile (a weekly run finishing), the write is refused
+    (``StaleModelError``) and every customer of the plan is recomputed here, once, with the newer
+    model; should that happen again, the run skips with the reason (the promotion's own recompute
+    and the refresh DAG cover these customers).
+    """
+    as_of = utc(plan.as_of)
+    if plan.reason is not None or plan.model_version is None:
+        return UpdateResult(
+            as_of=iso(as_of), model_version=plan.model_version, n_profiles=0, reason=plan.reason
+        )
+    with open_store(context) as store:
+        try:
+            batch, _report = store.write_staged_profiles(
+                plan.run_key, plan.n_shards, as_of, plan.model_version, require_selected_model=True
+            )
+            stale_versions: list[int] = []
+        except StaleModelError as stale:
+            store.discard_staged(plan.run_key)
+            if stale.selected is None:
+                return _stale_skip(as_of, [plan.model_version], stale)
+            log.warning("%s; recomputing with model %s", stale, stale.selected)
+            customers = _shard_customers(replace(plan, n_shards=1), 0)  # all of them
+            batch = _daily_batch(store, customers, as_of, stale.selected, input_dir)
+            stale_versions = [plan.model_version]
+            try:
+                store.write_profiles(batch, require_selected_model=True)
+            except StaleModelError as again:
+                return _stale_skip(as_of, [plan.model_version, stale.selected], again)
+        profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
+    recomputed = None
+    if stale_versions:
+        recomputed = (
+            f"model {stale_versions[0]} was replaced by {batch.model_version} for this date meanwhile"
+        )
+    return UpdateResult(
+        as_of=iso(as_of),
+        model_version=batch.model_version,
         n_profiles=len(batch),
         stats=batch.stats,
         mean_profile=batch.profiles.mean(axis=0).tolist(),
         trait_ids=batch.trait_ids.tolist(),
         stale_versions=stale_versions,
         recomputed=recomputed,
+    )
+
+
+def _stale_skip(as_of: datetime, stale_versions: list[int], stale: StaleModelError) -> UpdateResult:
+    return UpdateResult(
+        as_of=iso(as_of),
+        model_version=None,
+        n_profiles=0,
+        stale_versions=stale_versions,
+        reason=f"skipped: {stale}",
     )
 
 

@@ -38,6 +38,7 @@ from .errors import (
     StoreInputError,
 )
 from .ingest import IngestReport
+from .profile_shards import ShardsNotReadyError
 from .profiles import WriteReport
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "ModelStateError",
     "NotFoundError",
     "SchemaNotReadyError",
+    "ShardsNotReadyError",
     "StaleModelError",
     "Store",
     "StoreError",

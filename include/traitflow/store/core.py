@@ -31,6 +31,7 @@ from . import migrations as _migrations
 from . import models as _models
 from . import pipeline_stats as _pipeline_stats
 from . import products as _products
+from . import profile_shards as _profile_shards
 from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
@@ -143,7 +144,13 @@ class Store:
     # ---------------------------------------------------------------------------- ingestion
 
     def ingest_events(
-        self, result: LoadResultLike, source: str, run_id: str, file_sha256: str | None = None
+        self,
+        result: LoadResultLike,
+        source: str,
+        run_id: str,
+        file_sha256: str | None = None,
+        *,
+        few_rows: bool = False,
     ) -> IngestReport:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
@@ -154,9 +161,11 @@ class Store:
         is stored (or repeated in ``events``) with another category, price or session id is
         rejected as ``conflicting_duplicate`` under its row number: ``result.event_row_numbers``
         when present (the loader sets them), else its position in ``events`` from 1.
+        ``few_rows``: a result of a few rows (``ingest.MAX_PARAMETER_ROWS``) is sent as query
+        parameters instead of staged (the same rows written, fewer round trips).
         """
         with self._transaction() as conn:
-            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256)
+            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256, few_rows=few_rows)
 
     def ingest_file(
         self,
@@ -191,9 +200,7 @@ class Store:
             if not force and _ingest.is_file_ingested(conn, sha):
                 return IngestReport(source=source, run_id=run_id, file_sha256=sha, skipped=True)
             share = ev.DEFAULT_MAX_REJECT_SHARE if max_reject_share is None else max_reject_share
-            chunks = ev.iter_events(
-                file, mapping, source=source, chunksize=chunksize, max_reject_share=share
-            )
+            chunks = ev.iter_events(file, mapping, source=source, chunksize=chunksize, max_reject_share=share)
             return _ingest.ingest_results(conn, chunks, source, run_id, sha)
 
     def is_file_ingested(self, sha256: str) -> bool:
@@ -223,6 +230,10 @@ class Store:
             return _reads.read_events(
                 conn, start, end, customer_ids, snapshot=snapshot, exclude_sources=exclude_sources
             )
+
+    def event_counts(self, customer_ids: Sequence[str]) -> dict[str, int]:
+        """Stored events per customer of ``customer_ids`` (customers without any left out)."""
+        return _reads.event_counts(self._ensure_ready(), customer_ids)
 
     def event_snapshot(self) -> str:
         """What is committed now, as a ``pg_snapshot`` text: pins later reads to these events."""
@@ -284,6 +295,7 @@ class Store:
         with self._transaction() as conn:
             report = _profiles.write_profiles(conn, profiles) if profiles is not None else None
             _models.promote(conn, version)
+        _active_model_changed(self)
         return report
 
     def publish(
@@ -325,6 +337,7 @@ class Store:
             except BaseException:
                 profiles.model_version = previous  # the batch as it was, like the database
                 raise
+        _active_model_changed(self)
         model.version = version
         return version
 
@@ -382,18 +395,105 @@ class Store:
 
     # ------------------------------------------------------------------------------ profiles
 
-    def write_profiles(self, batch: ProfileBatch, *, require_selected_model: bool = False) -> WriteReport:
+    def write_profiles(
+        self, batch: ProfileBatch, *, require_selected_model: bool = False, few_rows: bool = False
+    ) -> WriteReport:
         """Write a batch: history replaced per (customer, as_of); current rows only move forward.
 
         ``require_selected_model``: raise ``StaleModelError`` (writing nothing) when the batch's
         model is no longer the one ``model_version_for(batch.as_of)`` selects, checked under the
         writers' locks (a newer model was promoted since the batch's model was picked).
+        ``few_rows``: a batch of a few customers (``profiles.MAX_PARAMETER_ROWS``) is sent as query
+        parameters instead of staged (the same rows written, fewer round trips).
         """
         with self._transaction() as conn:
-            return _profiles.write_profiles(conn, batch, require_selected_model=require_selected_model)
+            return _profiles.write_profiles(
+                conn, batch, require_selected_model=require_selected_model, few_rows=few_rows
+            )
+
+    # ------------------------------------------------------------------- sharded profiles
+
+    def stage_profiles(self, run_key: str, shard: int, n_shards: int, batch: ProfileBatch) -> None:
+        """Stage customer shard ``shard`` of ``n_shards`` of run ``run_key`` (``profile_shards``),
+        replacing an earlier attempt of the same shard; the profile tables are not touched."""
+        with self._transaction() as conn:
+            _profile_shards.stage_shard(conn, run_key, shard, n_shards, batch)
+
+    def discard_staged(self, run_key: str) -> None:
+        """Delete the run's staged shards (and stale ones of abandoned runs), in one transaction."""
+        with self._transaction() as conn:
+            _profile_shards.clear_staged(conn, run_key)
+
+    def staged_shards(self, run_key: str) -> list[int]:
+        """Shard numbers staged under ``run_key``, ascending."""
+        return _profile_shards.staged_shards(self._ensure_ready(), run_key)
+
+    def write_staged_profiles(
+        self,
+        run_key: str,
+        n_shards: int,
+        as_of: datetime,
+        model_version: int,
+        *,
+        require_selected_model: bool = False,
+    ) -> tuple[ProfileBatch, WriteReport]:
+        """Write the run's ``n_shards`` staged batches as one batch (``write_profiles``) and delete
+        them, in one transaction; returns the batch written (customer id order) and the report.
+
+        ``ShardsNotReadyError`` when a shard is missing or was staged for another as_of, model or
+        shard count; ``StaleModelError`` as ``write_profiles``. Either way nothing changes.
+        """
+        with self._transaction() as conn:
+            batch = _profile_shards.load_staged(conn, run_key, n_shards, as_of, model_version)
+            report = _profiles.write_profiles(conn, batch, require_selected_model=require_selected_model)
+            _profile_shards.clear_staged(conn, run_key)
+        return batch, report
+
+    def publish_staged(
+        self,
+        model: TraitflowModel,
+        staged_key: str,
+        n_shards: int,
+        as_of: datetime,
+        *,
+        drift: dict[str, Any] | None = None,
+        run_key: str,
+    ) -> tuple[int, int]:
+        """``publish`` with the profiles of the ``n_shards`` batches staged under ``staged_key``
+        (model version None), deleting them, all in one transaction; returns (version, profiles).
+
+        Idempotent through ``run_key`` like ``publish``: once published, a retry returns the same
+        version and its profile count, and deletes what shards re-run after the commit staged.
+        """
+        with self._transaction() as conn:
+            _models._lock_lifecycle(conn)
+            existing = _models.published_version(conn, run_key)
+            if existing is not None:
+                model.version = existing
+                _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
+                row = conn.execute(
+                    "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
+                    (existing, as_of),
+                ).fetchone()
+                return existing, int(row[0]) if row else 0
+            profiles = _profile_shards.load_staged(conn, staged_key, n_shards, as_of, None)
+            version = _models.save_model(conn, model)
+            _models.set_run_key(conn, version, run_key)
+            if drift is not None:
+                _models.update_model_metadata(conn, version, drift=drift)
+            profiles.model_version = version
+            _profiles.write_profiles(conn, profiles)
+            _models.promote(conn, version)
+            _profile_shards.clear_staged(conn, staged_key)
+        model.version = version
+        return version, len(profiles)
 
     def current_profile(self, customer_id: str) -> dict[str, Any] | None:
         return _reads.current_profile(self._ensure_ready(), customer_id)
+
+    def current_profiles(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """``current_profile`` of each customer (None: never profiled), read in one query."""
+        return _reads.current_profiles(self._ensure_ready(), list(customer_ids))
 
     def profile_history(self, customer_id: str) -> pd.DataFrame:
         return _reads.profile_history(self._ensure_ready(), customer_id)
@@ -502,3 +602,11 @@ class Store:
     def profile_sample(self, model_version: int | None = None, limit: int = 500) -> _serving.ProfileSample:
         """Current profiles of a deterministic sample of a model's customers (default: active model)."""
         return _serving.profile_sample(self._ensure_ready(), model_version, limit)
+
+
+def _active_model_changed(store: Store) -> None:
+    """After a promotion commits: the API's profile cache (``traitflow.profile_cache``, when
+    configured) starts a new generation, so its readers look the active version up again."""
+    from traitflow.profile_cache import profiles_changed  # imports no Store code at top level
+
+    profiles_changed(store)

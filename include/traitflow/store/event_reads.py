@@ -1,5 +1,5 @@
 """Event reads for the pipeline (bulk, columnar): ``read_events``, ``customers_with_events`` and
-the run's ``event_snapshot``.
+the run's ``event_snapshot``; ``event_counts`` per customer.
 
 They stream ``COPY (SELECT ...) TO STDOUT`` as CSV straight into pyarrow's C++ CSV parser: no
 Python object per row or per value, and timestamps travel as integer microseconds (exact).
@@ -194,3 +194,16 @@ def customers_with_events(
     ).format(query)
     table = copy_out_csv(conn, query, params, {"customer_id": "str"})
     return np.asarray(table.column("customer_id").to_numpy(zero_copy_only=False), dtype=object)
+
+
+def event_counts(conn: psycopg.Connection, customer_ids: Sequence[str]) -> dict[str, int]:
+    """Stored events per customer of ``customer_ids`` (customers without any are left out).
+
+    One index-only aggregate: what the event update compares with the history it profiled, to
+    find customers whose history grew meanwhile without reading it again.
+    """
+    rows = conn.execute(
+        "SELECT customer_id, count(*) FROM events WHERE customer_id = ANY(%s) GROUP BY customer_id",
+        ([str(c) for c in customer_ids],),
+    ).fetchall()
+    return {str(customer): int(n) for customer, n in rows}

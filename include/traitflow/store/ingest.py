@@ -31,6 +31,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from psycopg import sql
 
 from traitflow import event_schema
 
@@ -133,6 +134,16 @@ def check_text(array: pa.Array, column: str, *, required: bool, max_chars: int |
             )
 
 
+@dataclass
+class _EventArrays:
+    """A canonical events frame after the storage contract's checks: text columns as Arrow
+    strings (null: missing), ``times`` tz-aware UTC, ``price`` float64 (NaN: missing)."""
+
+    text: dict[str, pa.Array]
+    times: pd.Series
+    price: np.ndarray
+
+
 def event_columns(
     events: pd.DataFrame, row_numbers: np.ndarray | None = None, conflicting: np.ndarray | None = None
 ) -> list[copybin.Column]:
@@ -141,6 +152,45 @@ def event_columns(
     With ``row_numbers`` (int64) and ``conflicting`` (bool), both aligned with ``events``, they
     follow as two more columns.
     """
+    return _copy_columns(_checked_events(events), row_numbers, conflicting)
+
+
+def _copy_columns(
+    checked: _EventArrays, row_numbers: np.ndarray | None, conflicting: np.ndarray | None
+) -> list[copybin.Column]:
+    text, times, price = checked.text, checked.times, checked.price
+    # Stage (and so insert) in natural-key order: btree insertions into events_natural_key then
+    # walk the index sequentially instead of touching a random leaf page per row, which matters
+    # as soon as the index outgrows shared_buffers (measured: 2M random rows 45 s -> see bench).
+    keys = pa.table(
+        {
+            "customer_id": text["customer_id"],
+            "event_time": pa.array(
+                times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
+            ),
+            "action": text["action"],
+            "product_id": text["product_id"],
+        }
+    )
+    order = pa.array(pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in keys.column_names]))
+    np_order = order.to_numpy()
+    extra = []
+    if row_numbers is not None and conflicting is not None:
+        extra = [copybin.int8(row_numbers[np_order]), copybin.boolean(conflicting[np_order])]
+    return [
+        copybin.text(text["customer_id"].take(order)),
+        copybin.timestamptz(times.iloc[np_order]),
+        copybin.text(text["action"].take(order)),
+        copybin.text(text["product_id"].take(order)),
+        copybin.text(text["category"].take(order)),
+        copybin.float8(price[np_order], nan_is_null=True),  # a missing price is NULL, not NaN
+        copybin.text(text["session_id"].take(order)),
+        *extra,
+    ]
+
+
+def _checked_events(events: pd.DataFrame) -> _EventArrays:
+    """``events``' columns once the storage contract holds (else ``StoreInputError``)."""
     missing = [c for c in event_schema.REQUIRED_COLUMNS if c not in events.columns]
     if missing:
         raise StoreInputError(f"events frame lacks required columns {missing}; has {list(events.columns)}")
@@ -175,38 +225,23 @@ def event_columns(
         if "price" in events.columns
         else np.full(n, np.nan)
     )
-    # Stage (and so insert) in natural-key order: btree insertions into events_natural_key then
-    # walk the index sequentially instead of touching a random leaf page per row, which matters
-    # as soon as the index outgrows shared_buffers (measured: 2M random rows 45 s -> see bench).
-    keys = pa.table(
-        {
-            "customer_id": text["customer_id"],
-            "event_time": pa.array(
-                times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
-            ),
-            "action": text["action"],
-            "product_id": text["product_id"],
-        }
-    )
-    order = pa.array(pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in keys.column_names]))
-    np_order = order.to_numpy()
-    extra = []
-    if row_numbers is not None and conflicting is not None:
-        extra = [copybin.int8(row_numbers[np_order]), copybin.boolean(conflicting[np_order])]
-    return [
-        copybin.text(text["customer_id"].take(order)),
-        copybin.timestamptz(times.iloc[np_order]),
-        copybin.text(text["action"].take(order)),
-        copybin.text(text["product_id"].take(order)),
-        copybin.text(text["category"].take(order)),
-        copybin.float8(price[np_order], nan_is_null=True),  # a missing price is NULL, not NaN
-        copybin.text(text["session_id"].take(order)),
-        *extra,
-    ]
+    return _EventArrays(text, times, price)
 
 
 def reject_columns(rejects: pd.DataFrame, default_source: str) -> list[copybin.Column]:
     """COPY columns (source, row_number, raw, reason) for a rejects frame."""
+    return _reject_copy_columns(_checked_rejects(rejects, default_source))
+
+
+def _reject_copy_columns(checked: tuple[pa.Array, np.ndarray, pa.Array, pa.Array]) -> list[copybin.Column]:
+    source, row_number, raw, reason = checked
+    return [copybin.text(source), copybin.int8(row_number), copybin.text(raw), copybin.text(reason)]
+
+
+def _checked_rejects(
+    rejects: pd.DataFrame, default_source: str
+) -> tuple[pa.Array, np.ndarray, pa.Array, pa.Array]:
+    """(source, row_number int64, raw with NULs escaped, reason) of a rejects frame, checked."""
     n = len(rejects)
     for column in ("row_number", "reason"):
         if column not in rejects.columns:
@@ -222,12 +257,7 @@ def reject_columns(rejects: pd.DataFrame, default_source: str) -> list[copybin.C
     reason_array = as_text_array(rejects["reason"], "reason")
     check_text(source_array, "source", required=True, max_chars=None)
     check_text(reason_array, "reason", required=True, max_chars=None)
-    return [
-        copybin.text(source_array),
-        copybin.int8(rejects["row_number"].to_numpy(dtype=np.int64)),
-        copybin.text(raw_array),
-        copybin.text(reason_array),
-    ]
+    return source_array, rejects["row_number"].to_numpy(dtype=np.int64), raw_array, reason_array
 
 
 def _batch_row_numbers(events: pd.DataFrame, row_numbers: np.ndarray | None) -> np.ndarray:
@@ -250,7 +280,7 @@ def _batch_row_numbers(events: pd.DataFrame, row_numbers: np.ndarray | None) -> 
 # plus 2 s of JIT for 394K staged rows all already stored).
 _CONFLICTS_SQL = """
 WITH conflicting AS MATERIALIZED (
-    SELECT s.* FROM _tf_stage_events s WHERE s.conflict_in_batch
+    SELECT s.* FROM {stage} s WHERE s.conflict_in_batch
     {stored}
 ), recorded AS (
     INSERT INTO rejected_events (source, row_number, raw, reason, run_id)
@@ -269,12 +299,104 @@ WITH conflicting AS MATERIALIZED (
 SELECT (SELECT count(*) FROM conflicting), (SELECT count(*) FROM recorded)
 """
 _STORED_CONFLICT_SQL = """UNION ALL
-    SELECT s.* FROM _tf_stage_events s
+    SELECT s.* FROM {stage} s
     JOIN events e ON e.customer_id = s.customer_id AND e.event_time = s.event_time
         AND e.action = s.action AND e.product_id = s.product_id
     WHERE NOT s.conflict_in_batch
       AND (e.category IS DISTINCT FROM s.category OR e.price IS DISTINCT FROM s.price
            OR e.session_id IS DISTINCT FROM s.session_id)"""
+
+
+_STAGE_EVENTS = "_tf_stage_events"
+_STAGE_REJECTS = "_tf_stage_rejects"
+_INSERT_EVENTS = (
+    "INSERT INTO events"
+    " (customer_id, event_time, action, product_id, category, price, session_id, source, run_id)"
+    " SELECT customer_id, event_time, action, product_id, category, price, session_id, %(source)s, %(run_id)s"
+    " FROM {stage} s WHERE NOT conflict_in_batch"
+    " ON CONFLICT (customer_id, event_time, action, product_id) DO NOTHING"
+)
+_INSERT_REJECTS = (
+    "INSERT INTO rejected_events (source, row_number, raw, reason, run_id)"
+    " SELECT source, row_number, raw, reason, %(run_id)s FROM {stage} s"
+    " ON CONFLICT (source, row_number) DO NOTHING"
+)
+# With ``few_rows``, batches of up to this many events and rejects (a posted request) go to the
+# statements above as query parameters instead of through staging tables: no temporary table to
+# create, copy into and analyze.
+MAX_PARAMETER_ROWS = 32
+
+
+def _values(columns: str, types: str, rows: list[list[Any]]) -> tuple[sql.Composable, dict[str, Any]]:
+    """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``rows`` as named parameters, each
+    value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
+    casts = [t.strip() for t in types.split(",")]
+    params: dict[str, Any] = {}
+    values = []
+    for i, row in enumerate(rows):
+        names = [f"v{i}_{j}" for j in range(len(casts))]
+        params |= dict(zip(names, row, strict=True))
+        values.append(
+            sql.SQL("({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(cast))
+                    for name, cast in zip(names, casts, strict=True)
+                )
+            )
+        )
+    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
+        sql.SQL(", ").join(values), sql.SQL(columns)
+    )
+    return source, params
+
+
+def _event_rows(
+    checked: _EventArrays, numbers: np.ndarray, in_batch: np.ndarray
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The staging table's rows (``_stage_events``) as a parameter source."""
+    text = {column: array.to_pylist() for column, array in checked.text.items()}
+    times = [t.to_pydatetime() for t in checked.times.dt.tz_convert("UTC")]
+    rows = [
+        [
+            text["customer_id"][i],
+            times[i],
+            text["action"][i],
+            text["product_id"][i],
+            text["category"][i],
+            None if np.isnan(checked.price[i]) else float(checked.price[i]),  # missing: NULL, not NaN
+            text["session_id"][i],
+            int(numbers[i]),
+            bool(in_batch[i]),
+        ]
+        for i in range(len(times))
+    ]
+    return _values(
+        "customer_id, event_time, action, product_id, category, price, session_id, row_number,"
+        " conflict_in_batch",
+        "text, timestamptz, text, text, text, float8, text, int8, bool",
+        rows,
+    )
+
+
+def _stage_events(conn: psycopg.Connection, columns: list[copybin.Column]) -> None:
+    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_events")
+    conn.execute(
+        "CREATE TEMP TABLE _tf_stage_events ("
+        ' customer_id text COLLATE "C", event_time timestamptz, action text COLLATE "C",'
+        ' product_id text COLLATE "C", category text, price double precision, session_id text,'
+        " row_number bigint, conflict_in_batch boolean"
+        ") ON COMMIT DROP"
+    )
+    copy_in(conn, "COPY _tf_stage_events FROM STDIN (FORMAT binary)", columns)
+
+
+def _stage_rejects(conn: psycopg.Connection, columns: list[copybin.Column]) -> None:
+    conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_rejects")
+    conn.execute(
+        "CREATE TEMP TABLE _tf_stage_rejects (source text, row_number bigint, raw text, reason text)"
+        " ON COMMIT DROP"
+    )
+    copy_in(conn, "COPY _tf_stage_rejects FROM STDIN (FORMAT binary)", columns)
 
 
 def ingest_frames(
@@ -284,71 +406,76 @@ def ingest_frames(
     source: str,
     run_id: str,
     event_row_numbers: np.ndarray | None = None,
+    *,
+    few_rows: bool = False,
 ) -> IngestReport:
     """Stage and insert one batch of events and rejects (inside the caller's transaction).
 
     ``event_row_numbers`` (int64 per event) number the events in the source like the rejects'
     ``row_number``; without them events are numbered by position from 1. They name the
-    ``conflicting_duplicate`` rejects (see the module docstring).
+    ``conflicting_duplicate`` rejects (see the module docstring). ``few_rows``: a batch of at
+    most ``MAX_PARAMETER_ROWS`` events and rejects is sent as query parameters of the same
+    statements instead of staged (the same rows written, fewer round trips).
     """
     require_transaction(conn)
     if not source or not run_id:
         raise StoreInputError("source and run_id must be non-empty strings")
     rejects = rejects if rejects is not None else event_schema.empty_rejects()
     report = IngestReport(source=source, run_id=run_id)
+    as_parameters = few_rows and max(len(events), len(rejects)) <= MAX_PARAMETER_ROWS
+    params: dict[str, Any] = {"source": source, "run_id": run_id}
     # Check everything before writing anything (a bad reject must not follow inserted events).
-    event_cols = None
+    checked = None
     if len(events):
         numbers = _batch_row_numbers(events, event_row_numbers)
         # Loader output has no repeated key; a frame from elsewhere may.
         _, in_batch = event_schema.duplicate_masks(events)
-        event_cols = event_columns(events, numbers, in_batch)
-    reject_cols = reject_columns(rejects, source) if len(rejects) else None
-    if event_cols is not None:
-        conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_events")
-        conn.execute(
-            "CREATE TEMP TABLE _tf_stage_events ("
-            ' customer_id text COLLATE "C", event_time timestamptz, action text COLLATE "C",'
-            ' product_id text COLLATE "C", category text, price double precision, session_id text,'
-            " row_number bigint, conflict_in_batch boolean"
-            ") ON COMMIT DROP"
-        )
-        copy_in(conn, "COPY _tf_stage_events FROM STDIN (FORMAT binary)", event_cols)
-        cur = conn.execute(
-            "INSERT INTO events"
-            " (customer_id, event_time, action, product_id, category, price, session_id, source, run_id)"
-            " SELECT customer_id, event_time, action, product_id, category, price, session_id, %s, %s"
-            " FROM _tf_stage_events WHERE NOT conflict_in_batch"
-            " ON CONFLICT (customer_id, event_time, action, product_id) DO NOTHING",
-            (source, run_id),
-        )
-        report.n_inserted = cur.rowcount
+        checked = _checked_events(events)
+    checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
+    if checked is not None:
+        stage: sql.Composable = sql.SQL(_STAGE_EVENTS)
+        if as_parameters:
+            stage, rows = _event_rows(checked, numbers, in_batch)
+            params |= rows
+        else:
+            _stage_events(conn, _copy_columns(checked, numbers, in_batch))
+        report.n_inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params).rowcount
         n_candidates = len(events) - int(in_batch.sum())
         if report.n_inserted < n_candidates or in_batch.any():
             # Every candidate inserted means no key was stored before: no stored conflict to look for.
             stored = ""
             if report.n_inserted < n_candidates:
-                conn.execute("ANALYZE _tf_stage_events")  # row counts and key statistics for the join
+                if not as_parameters:
+                    conn.execute("ANALYZE _tf_stage_events")  # row counts and key statistics for the join
                 stored = _STORED_CONFLICT_SQL
+            conflicts = sql.SQL(_CONFLICTS_SQL.format(stored=stored, stage="{stage}")).format(stage=stage)
             row = conn.execute(
-                _CONFLICTS_SQL.format(stored=stored),
-                {"source": source, "reason": event_schema.REASON_CONFLICTING_DUPLICATE, "run_id": run_id},
+                conflicts, params | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE}
             ).fetchone()
             assert row is not None  # one aggregate row
             report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
-    if reject_cols is not None:
-        conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_rejects")
-        conn.execute(
-            "CREATE TEMP TABLE _tf_stage_rejects (source text, row_number bigint, raw text, reason text)"
-            " ON COMMIT DROP"
-        )
-        copy_in(conn, "COPY _tf_stage_rejects FROM STDIN (FORMAT binary)", reject_cols)
-        cur = conn.execute(
-            "INSERT INTO rejected_events (source, row_number, raw, reason, run_id)"
-            " SELECT source, row_number, raw, reason, %s FROM _tf_stage_rejects"
-            " ON CONFLICT (source, row_number) DO NOTHING",
-            (run_id,),
-        )
+    if checked_rejects is not None:
+        reject_stage: sql.Composable = sql.SQL(_STAGE_REJECTS)
+        reject_params = {"run_id": run_id}
+        if as_parameters:
+            sources, row_numbers, raws, reasons = checked_rejects
+            reject_rows = [
+                list(row)
+                for row in zip(
+                    sources.to_pylist(),
+                    row_numbers.tolist(),
+                    raws.to_pylist(),
+                    reasons.to_pylist(),
+                    strict=True,
+                )
+            ]
+            reject_stage, rows = _values(
+                "source, row_number, raw, reason", "text, int8, text, text", reject_rows
+            )
+            reject_params |= rows
+        else:
+            _stage_rejects(conn, _reject_copy_columns(checked_rejects))
+        cur = conn.execute(sql.SQL(_INSERT_REJECTS).format(stage=reject_stage), reject_params)
         report.n_rejects_recorded += cur.rowcount
     report.n_rejected = len(rejects) + report.n_conflicting
     report.n_read = len(events) + len(rejects)
@@ -407,6 +534,8 @@ def ingest_results(
     source: str,
     run_id: str,
     file_sha256: str | None = None,
+    *,
+    few_rows: bool = False,
 ) -> IngestReport:
     """Ingest a stream of load results (e.g. ``events.iter_events`` chunks) in the caller's transaction.
 
@@ -420,13 +549,16 @@ def ingest_results(
     name_counts: list[pd.DataFrame] = []
     for result in results:
         numbers = getattr(result, "event_row_numbers", None)  # loaders without numbers: positions
-        total.add(ingest_frames(conn, result.events, result.rejects, source, run_id, numbers))
+        total.add(
+            ingest_frames(conn, result.events, result.rejects, source, run_id, numbers, few_rows=few_rows)
+        )
         products = getattr(result, "products", None)  # loaders without names have no such frame
         if products is not None and len(products):
             name_counts.append(products)
-    total.n_product_names = upsert_product_names(
-        conn, event_schema.merge_name_counts(name_counts), source, run_id
-    )
+    if name_counts:
+        total.n_product_names = upsert_product_names(
+            conn, event_schema.merge_name_counts(name_counts), source, run_id
+        )
     record_file(conn, total)
     total.seconds = time.perf_counter() - started
     return total

@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from traitflow.profile_batch import ProfileBatch
 
@@ -177,6 +178,12 @@ def _copy_current_profiles(conn: psycopg.Connection, prepared: PreparedProfiles)
     return prepared.n
 
 
+# The statements below read the batch from ``{stage}``: this staging table (large batches), or
+# the batch's rows as query parameters (``_parameter_rows``, small batches).
+_STAGE = "_tf_stage_profiles"
+_STAGE_COLUMNS = "customer_id, traits, embedding, dominant_trait_id, n_events, cold_start, n_known_tokens"
+
+
 def _stage(conn: psycopg.Connection, prepared: PreparedProfiles) -> None:
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_stage_profiles")
     conn.execute(
@@ -198,21 +205,21 @@ _INSERT_HISTORY = (
     " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
     "  s.n_known_tokens"
-    " FROM _tf_stage_profiles s"
+    " FROM {stage} s"
 )
 _INSERT_NEW_HISTORY = (
     "INSERT INTO customer_profile_history"
     " (customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
     "  s.n_known_tokens"
-    " FROM _tf_stage_profiles s WHERE NOT EXISTS (SELECT 1 FROM customer_profile_history h"
+    " FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM customer_profile_history h"
     "  WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s)"
 )
 _REPLACE_HISTORY = (
     "UPDATE customer_profile_history h SET model_version = %(v)s, traits = s.traits,"
     " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start,"
     " n_known_tokens = s.n_known_tokens"
-    " FROM _tf_stage_profiles s"
+    " FROM {stage} s"
     " WHERE h.customer_id = s.customer_id AND h.as_of = %(as_of)s"
     "  AND (h.model_version, h.dominant_trait_id, h.n_events, h.cold_start, h.n_known_tokens, h.traits)"
     "  IS DISTINCT FROM (%(v)s, s.dominant_trait_id, s.n_events, s.cold_start, s.n_known_tokens, s.traits)"
@@ -233,11 +240,11 @@ def _upsert_history(conn: psycopg.Connection, prepared: PreparedProfiles) -> tup
     params = {"as_of": prepared.as_of, "v": prepared.model_version}
     try:
         with conn.transaction():
-            return conn.execute(_INSERT_HISTORY, params).rowcount, 0
+            return conn.execute(_INSERT_HISTORY.format(stage=_STAGE), params).rowcount, 0
     except psycopg.errors.UniqueViolation:
         pass
-    replaced = conn.execute(_REPLACE_HISTORY, params).rowcount
-    return conn.execute(_INSERT_NEW_HISTORY, params).rowcount, replaced
+    replaced = conn.execute(_REPLACE_HISTORY.format(stage=_STAGE), params).rowcount
+    return conn.execute(_INSERT_NEW_HISTORY.format(stage=_STAGE), params).rowcount, replaced
 
 
 # Comparison order: the columns that usually differ (as_of, model) and the cheap ones first, so
@@ -246,7 +253,7 @@ _MOVE_CURRENT = (
     "UPDATE customer_profiles c SET as_of = %(as_of)s, model_version = %(v)s, traits = s.traits,"
     " dominant_trait_id = s.dominant_trait_id, n_events = s.n_events, cold_start = s.cold_start,"
     " n_known_tokens = s.n_known_tokens, embedding = s.embedding, updated_at = now()"
-    " FROM _tf_stage_profiles s"
+    " FROM {stage} s"
     " WHERE c.customer_id = s.customer_id AND c.as_of <= %(as_of)s"
     "  AND (c.as_of, c.model_version, c.dominant_trait_id, c.n_events, c.cold_start, c.n_known_tokens,"
     "  c.traits, c.embedding) IS DISTINCT FROM"
@@ -258,14 +265,14 @@ _INSERT_CURRENT = (
     " n_events, cold_start, n_known_tokens, embedding, updated_at)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
     "  s.n_known_tokens, s.embedding, now()"
-    " FROM _tf_stage_profiles s"
+    " FROM {stage} s"
 )
 _INSERT_NEW_CURRENT = (
     "INSERT INTO customer_profiles (customer_id, as_of, model_version, traits, dominant_trait_id,"
     " n_events, cold_start, n_known_tokens, embedding, updated_at)"
     " SELECT s.customer_id, %(as_of)s, %(v)s, s.traits, s.dominant_trait_id, s.n_events, s.cold_start,"
     "  s.n_known_tokens, s.embedding, now()"
-    " FROM _tf_stage_profiles s"
+    " FROM {stage} s"
     " WHERE NOT EXISTS (SELECT 1 FROM customer_profiles c WHERE c.customer_id = s.customer_id)"
 )
 
@@ -318,18 +325,73 @@ def _upsert_current_profiles(conn: psycopg.Connection, prepared: PreparedProfile
     """
     params = {"as_of": prepared.as_of, "v": prepared.model_version}
     if not _any_current_row(conn):
-        return conn.execute(_INSERT_CURRENT, params).rowcount
+        return conn.execute(_INSERT_CURRENT.format(stage=_STAGE), params).rowcount
     moved = 0
     if _any_row_up_to(conn, prepared.as_of):
         with _primary_key_probes(conn):
-            moved = conn.execute(_MOVE_CURRENT, params).rowcount
+            moved = conn.execute(_MOVE_CURRENT.format(stage=_STAGE), params).rowcount
     if moved == prepared.n:  # every customer had a row (a full recompute): none is new
         return moved
-    return moved + conn.execute(_INSERT_NEW_CURRENT, params).rowcount
+    return moved + conn.execute(_INSERT_NEW_CURRENT.format(stage=_STAGE), params).rowcount
+
+
+# A batch of up to this many customers written with ``few_rows`` (the event update path writes one
+# or a few) takes the same statements with the rows as query parameters: no staging table to
+# create, copy into and analyze, no savepoint, no planner settings (a few index probes need none).
+MAX_PARAMETER_ROWS = 32
+
+
+def _parameter_rows(prepared: PreparedProfiles) -> tuple[sql.Composable, dict[str, Any]]:
+    """``(VALUES ...)`` holding the batch's rows as parameters (at most ``MAX_PARAMETER_ROWS``),
+    and those parameters: the values of the staging table's columns (``PreparedProfiles.columns``),
+    traits as float8[] (Python floats round-trip exactly), the embedding packed as big-endian
+    float4 bytes."""
+    ids, cold, known = prepared.ids.to_pylist(), prepared.cold_start.to_pylist(), prepared.n_known_tokens
+    params: dict[str, Any] = {}
+    rows = []
+    for i in range(prepared.n):
+        params |= {
+            f"c{i}": ids[i],
+            f"t{i}": prepared.traits[i].tolist(),
+            f"e{i}": prepared.embeddings[i].astype(">f4").tobytes(),
+            f"d{i}": int(prepared.dominant[i]),
+            f"n{i}": int(prepared.n_events[i]),
+            f"s{i}": cold[i],
+            f"k{i}": None if known is None else int(known[i]),
+        }
+        rows.append(
+            sql.SQL("({}::text, {}::float8[], {}::bytea, {}::int8, {}::int8, {}::text, {}::int8)").format(
+                *(sql.Placeholder(f"{column}{i}") for column in "ctednsk")
+            )
+        )
+    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
+        sql.SQL(", ").join(rows), sql.SQL(_STAGE_COLUMNS)
+    )
+    return source, params
+
+
+def _write_from_parameters(conn: psycopg.Connection, prepared: PreparedProfiles) -> tuple[int, int, int]:
+    """(history inserted, history replaced, current rows written) of a small batch, with the
+    re-run statements of the staged path: replace changed history rows, insert missing ones,
+    move current rows forward, insert new customers (exact under ``_lock_profiles``)."""
+    source, params = _parameter_rows(prepared)
+    params |= {"as_of": prepared.as_of, "v": prepared.model_version}
+
+    def run(statement: str) -> int:
+        return conn.execute(sql.SQL(statement).format(stage=source), params).rowcount
+
+    replaced = run(_REPLACE_HISTORY)
+    inserted = run(_INSERT_NEW_HISTORY)
+    written = run(_MOVE_CURRENT) + run(_INSERT_NEW_CURRENT)
+    return inserted, replaced, written
 
 
 def write_profiles(
-    conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool = False
+    conn: psycopg.Connection,
+    batch: ProfileBatch,
+    *,
+    require_selected_model: bool = False,
+    few_rows: bool = False,
 ) -> WriteReport:
     """Write ``batch`` (inside the caller's transaction); see the module docstring.
 
@@ -337,6 +399,8 @@ def write_profiles(
     selects for its ``as_of`` once the writers are serialised, else ``StaleModelError`` and
     nothing is written (``_check_selected_model``). For writers that picked the model themselves
     (the daily update); a promotion writes under a model that is not selected until it commits.
+    ``few_rows``: a batch of at most ``MAX_PARAMETER_ROWS`` customers is sent as query parameters
+    (``_write_from_parameters``: the same rows, fewer round trips); larger ones are staged.
     """
     require_transaction(conn)
     started = time.perf_counter()
@@ -354,10 +418,16 @@ def write_profiles(
         _lock_profiles(conn)
         if require_selected_model:
             _check_selected_model(conn, prepared)
-        conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
-        rows_in_range = _rows_in_range(conn, prepared)
+        as_parameters = few_rows and prepared.n <= MAX_PARAMETER_ROWS
+        if not as_parameters:
+            conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
+        rows_in_range = not as_parameters and _rows_in_range(conn, prepared)
         step("check")
-        if not rows_in_range:
+        if as_parameters:
+            written = _write_from_parameters(conn, prepared)
+            report.history_inserted, report.history_replaced, report.profiles_written = written
+            step("parameters")
+        elif not rows_in_range:
             report.history_inserted = _copy_history(conn, prepared)
             step("history")
             report.profiles_written = _copy_current_profiles(conn, prepared)

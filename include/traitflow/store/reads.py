@@ -21,6 +21,7 @@ from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, profile_confidence
 from ._util import utc
 from .errors import NotFoundError
 from .event_reads import customers_with_events as customers_with_events
+from .event_reads import event_counts as event_counts
 from .event_reads import event_snapshot as event_snapshot
 from .event_reads import read_events as read_events
 from .naming import trait_column
@@ -39,6 +40,7 @@ TABLES: tuple[str, ...] = (
     "customer_profile_history",
     "run_reports",
     "product_names",
+    "profile_shards",
 )
 
 # -------------------------------------------------------------------------- consumer queries
@@ -90,6 +92,12 @@ def _with_confidence(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+_SELECT_CURRENT_PROFILES = (
+    "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start,"
+    " n_known_tokens, updated_at, embedding FROM customer_profiles WHERE customer_id"
+)
+
+
 def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any] | None:
     """The current profile of a customer with trait ids and labels, or None if never profiled.
 
@@ -99,14 +107,27 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
     when not recorded) and ``confidence`` (``profiles.profile_confidence``; None likewise).
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
-        profile = cur.execute(
-            "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start,"
-            " n_known_tokens, updated_at, embedding FROM customer_profiles WHERE customer_id = %s",
-            (customer_id,),
-        ).fetchone()
+        profile = cur.execute(_SELECT_CURRENT_PROFILES + " = %s", (customer_id,)).fetchone()
     if profile is None:
         return None
-    components = _components(conn, profile["model_version"])
+    return _labelled_profile(profile, _components(conn, profile["model_version"]))
+
+
+def current_profiles(conn: psycopg.Connection, customer_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """``current_profile`` of each of ``customer_ids`` (None: never profiled), in one query for
+    the rows and one per model version among them for the labels."""
+    with conn.cursor(binary=True, row_factory=dict_row) as cur:
+        rows = cur.execute(
+            _SELECT_CURRENT_PROFILES + " = ANY(%s)",
+            ([str(c) for c in customer_ids],),
+        ).fetchall()
+    components = {v: _components(conn, v) for v in {row["model_version"] for row in rows}}
+    found = {row["customer_id"]: _labelled_profile(row, components[row["model_version"]]) for row in rows}
+    return {str(c): found.get(str(c)) for c in customer_ids}
+
+
+def _labelled_profile(profile: dict[str, Any], components: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ``customer_profiles`` row as ``current_profile`` returns it (``components``: its model's)."""
     scores = profile.pop("traits")
     labels = {c["trait_id"]: c["label"] for c in components}
     profile["dominant_label"] = labels.get(profile["dominant_trait_id"])

@@ -1,0 +1,238 @@
+"""``events.validate_columns``: a request's few rows validated without pandas per rule give exactly
+what ``validate_events`` gives for the same rows as a frame (events, rejects with reasons and
+raw text, row numbers), on a table of valid and hostile bodies and on random mixtures of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from traitflow import event_schema
+from traitflow.events import (
+    PRESETS,
+    ColumnMapping,
+    LoadResult,
+    mapping_from_dict,
+    validate_columns,
+    validate_events,
+)
+from traitflow.events import validation as validation_module
+
+CANONICAL = PRESETS["canonical"]
+FIELDS = event_schema.CANONICAL_COLUMNS
+GOOD = {
+    "customer_id": "c1",
+    "event_time": "2024-01-02T03:04:05Z",
+    "action": "view",
+    "product_id": "p1",
+    "category": "shoes",
+    "price": "9.5",
+    "session_id": "s1",
+}
+
+# One field changed per case: each rule, its edges, and values that look alike but are not.
+VARIANTS: dict[str, list[str]] = {
+    "customer_id": [
+        "",
+        " ",
+        "  c1  ",
+        "c\x001",
+        "c\t1",
+        "c\x7f",
+        "\u00e9l\u00e8ve",
+        "\u2003c1\u2003",
+        "c\x1c",
+        "x" * event_schema.MAX_ID_LENGTH,
+        "x" * (event_schema.MAX_ID_LENGTH + 1),
+        "\U0001f600" * 257,
+        "13085.0",
+        "nan",
+        "None",
+        'q"uote\\',
+        "\u0085c1",
+    ],
+    "event_time": [
+        "",
+        " ",
+        "not a time",
+        "2024-01-02",
+        "2024-01-02 03:04:05",
+        "2024-01-02T03:04:05+02:00",
+        "2024-01-02 03:04:05 UTC",
+        "2024-01-02T03:04:05+02:00 UTC",
+        "1989-12-31T23:59:59Z",
+        "1990-01-01T00:00:00Z",
+        "2999-01-01T00:00:00Z",
+        "2024-02-30T00:00:00Z",
+        "2024-01-02T03:04:05.123456789Z",
+        "1704164645",
+        "2024-01-02T03:04:05Z\n",
+    ],
+    "action": ["", "VIEW", " Purchase ", "teleport", "add_to_cart", "view\x00", "vi ew", "\u0130"],
+    "product_id": ["", "p\n1", " p1", "p" * 300, "p1 ", "\u00a0"],
+    "category": ["", "  ", "a\x1fb", "c" * 2000, "c" * 100_000, "\u00e9", "x\u2028y"],
+    "price": ["", "abc", "nan", "inf", "-inf", "1e3", " 2 ", "0x10", "1_000", "-0", "1,5", "\u0661", "1e400"],
+    "session_id": ["", "s\r", "s" * 2000, "  ", "s\u0000"],
+}
+
+
+def _rows_of(case: Sequence[Mapping[str, str]]) -> dict[str, list[str]]:
+    return {name: [row[name] for row in case] for name in FIELDS}
+
+
+def _single_field_cases() -> list[list[dict[str, str]]]:
+    return [[{**GOOD, field: value}] for field, values in VARIANTS.items() for value in values]
+
+
+def _multi_row_cases() -> list[list[dict[str, str]]]:
+    other = {**GOOD, "product_id": "p2", "event_time": "2024-01-02T03:04:06Z"}
+    return [
+        [],
+        [GOOD, GOOD],  # exact duplicate
+        [GOOD, {**GOOD, "price": "10"}],  # conflicting duplicate
+        [GOOD, {**GOOD, "price": ""}, {**GOOD, "category": ""}],
+        [{**GOOD, "price": ""}, {**GOOD, "price": " "}],  # missing equals missing
+        [{**GOOD, "action": "teleport"}, GOOD, GOOD, other],  # a rejected row is no duplicate's original
+        [GOOD, {**GOOD, "action": " VIEW "}],  # the same key once normalised
+        [{**GOOD, "customer_id": ""}, {**GOOD, "event_time": "x"}, other, {**other, "session_id": "s2"}],
+    ]
+
+
+def _random_cases(n_cases: int, seed: int) -> list[list[dict[str, str]]]:
+    """Bodies of 1-12 rows, each row GOOD with 0-3 fields swapped for a hostile variant, and now
+    and then a repeat of an earlier row (duplicates)."""
+    rng = np.random.default_rng(seed)
+    fields = list(VARIANTS)
+    cases = []
+    for _ in range(n_cases):
+        rows: list[dict[str, str]] = []
+        for _ in range(int(rng.integers(1, 13))):
+            if rows and rng.random() < 0.2:
+                rows.append(dict(rows[int(rng.integers(len(rows)))]))
+                continue
+            row = dict(GOOD)
+            for field in rng.choice(fields, size=int(rng.integers(0, 4)), replace=False):
+                row[str(field)] = str(rng.choice(VARIANTS[str(field)]))
+            rows.append(row)
+        cases.append(rows)
+    return cases
+
+
+def _assert_same(few: LoadResult, frame: LoadResult) -> None:
+    pd.testing.assert_frame_equal(few.events, frame.events)
+    pd.testing.assert_frame_equal(few.rejects, frame.rejects)
+    pd.testing.assert_frame_equal(few.products, frame.products)
+    assert few.event_row_numbers is not None and frame.event_row_numbers is not None
+    assert np.array_equal(few.event_row_numbers, frame.event_row_numbers)
+    assert few.event_row_numbers.dtype == frame.event_row_numbers.dtype == np.int64
+
+
+def _frame(columns: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(list(values), dtype="str") for name, values in columns.items()})
+
+
+@pytest.fixture
+def frame_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``validate_frame`` as the loaders call it, counted; the lengths of the frames it got."""
+    calls: list[int] = []
+    original = validation_module.validate_frame
+
+    def counted(raw: pd.DataFrame, *args: Any) -> Any:
+        calls.append(len(raw))
+        return original(raw, *args)
+
+    monkeypatch.setattr(validation_module, "validate_frame", counted)
+    return calls
+
+
+def _compare(
+    columns: Mapping[str, Sequence[str]], mapping: ColumnMapping, calls: list[int], first: int = 1
+) -> LoadResult:
+    """The few-row result, checked against the frame path's for the same rows; the few-row path
+    must have been taken (else the comparison compares the frame path with itself)."""
+    expected = validate_events(_frame(columns), mapping, source="req", first_row_number=first)
+    calls.clear()
+    got = validate_columns(columns, mapping, source="req", first_row_number=first)
+    assert calls == [], "validate_columns took the frame path"
+    _assert_same(got, expected)
+    return got
+
+
+@pytest.mark.parametrize("case", _single_field_cases() + _multi_row_cases(), ids=repr)
+def test_each_hostile_field_gets_the_loaders_verdict(
+    case: list[dict[str, str]], frame_path: list[int]
+) -> None:
+    _compare(_rows_of(case), CANONICAL, frame_path)
+
+
+def test_random_mixtures_of_hostile_rows_match(frame_path: list[int]) -> None:
+    for case in _random_cases(150, seed=17):
+        _compare(_rows_of(case), CANONICAL, frame_path, first=5)
+
+
+def test_the_cases_reach_every_rule_of_the_canonical_mapping() -> None:
+    """Not vacuous: the table reaches each reason a canonical body can get, and valid rows."""
+    reasons: set[str] = set()
+    n_events = 0
+    for case in _single_field_cases() + _multi_row_cases():
+        result = validate_columns(_rows_of(case), CANONICAL, source="req")
+        reasons |= set(result.rejects["reason"])
+        n_events += len(result.events)
+    expected = set(validation_module.REASON_PRECEDENCE) - {
+        event_schema.REASON_BAD_QUANTITY,
+        event_schema.REASON_NON_PRODUCT,
+        event_schema.REASON_CANCELLATION,
+        event_schema.REASON_NON_POSITIVE_QUANTITY,
+    }
+    assert reasons == expected
+    assert n_events > 20
+
+
+def test_a_mapping_with_synonyms_and_other_names_matches(frame_path: list[int]) -> None:
+    mapping = mapping_from_dict(
+        {
+            "columns": {
+                "customer_id": "user",
+                "event_time": "ts",
+                "action": "type",
+                "product_id": "item",
+                "price": "amount",
+            },
+            "action_synonyms": {"click": "view", "buy": "purchase"},
+        }
+    )
+    columns = {
+        "user": ["u1", "u1", "u2"],
+        "ts": ["2024-01-02T03:04:05Z"] * 3,
+        "type": ["Click", "zap", "buy"],
+        "item": ["i1", "i1", "i2"],
+        "amount": ["1", "x", ""],
+        "email": ["a@b", "c@d", ""],
+    }
+    got = _compare(columns, mapping, frame_path)
+    assert got.rejects["reason"].tolist() == [event_schema.REASON_UNKNOWN_ACTION]
+    assert "email" not in got.rejects["raw"].iloc[0]  # unmapped columns are never copied
+    assert got.events["action"].tolist() == ["view", "purchase"]
+
+
+def test_many_rows_or_an_order_line_mapping_take_the_frame_path(frame_path: list[int]) -> None:
+    many = [{**GOOD, "product_id": f"p{i}"} for i in range(validation_module.MAX_FEW_ROWS + 1)]
+    assert len(validate_columns(_rows_of(many), CANONICAL, source="req").events) == len(many)
+    retail = PRESETS["online_retail"]
+    row = {
+        "Invoice": "536365",
+        "StockCode": "85123A",
+        "Description": "HEART",
+        "Quantity": "6",
+        "InvoiceDate": "2010-12-01 08:26:00",
+        "Price": "2.55",
+        "Customer ID": "17850.0",
+        "Country": "UK",
+    }
+    columns = {name: [value] for name, value in row.items()}
+    assert validate_columns(columns, retail, source="req").events["customer_id"].tolist() == ["17850"]
+    assert frame_path == [len(many), 1]
