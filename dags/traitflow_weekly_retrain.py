@@ -241,7 +241,7 @@ def traitflow_weekly_retrain() -> None:
     def shard_ids(plan: dict) -> list[int]:
         return list(range(plan["n_shards"]))
 
-    @task(multiple_outputs=False, execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG, queue=task_queue("profiles"))
     @fail_fast
     def recompute_profiles(plan: dict, shard: int) -> dict:
         from traitflow import jobs

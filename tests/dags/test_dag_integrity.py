@@ -177,20 +177,28 @@ def test_a_misspelt_catchup_or_missing_input_setting_is_refused(monkeypatch: pyt
     assert missing_input_policy() == "skip"
 
 
-def test_training_goes_to_its_celery_queue_only_when_one_is_configured(
-    dagbag: Any, airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+# Tasks routed to a Celery queue of their own when the deployment names one (docker-compose's
+# celery profile does): the training task and the profile shards.
+QUEUED_TASKS = {
+    "traitflow_weekly_retrain": {"train_candidate": "training", "recompute_profiles": "profiles"},
+    "traitflow_daily": {"update_profiles": "profiles"},
+}
+
+
+@pytest.mark.parametrize("dag_id", sorted(QUEUED_TASKS))
+def test_heavy_tasks_go_to_their_celery_queue_only_when_one_is_configured(
+    dagbag: Any, airflow_db: Path, monkeypatch: pytest.MonkeyPatch, dag_id: str
 ) -> None:
-    """Every task is on Airflow's default queue unless the deployment names a training queue
-    (docker-compose's celery profile does); then the training task alone moves to it."""
+    """Every task is on Airflow's default queue unless the deployment names the training and
+    profile queues; then those tasks alone move to them."""
     from airflow.dag_processing.dagbag import DagBag
 
-    weekly = DAGS_DIR / "traitflow_weekly_retrain.py"
-    for dag_id in PROJECT_DAG_IDS:
-        assert {task.queue for task in dagbag.dags[dag_id].tasks} == {"default"}, dag_id
+    assert {task.queue for task in dagbag.dags[dag_id].tasks} == {"default"}
     monkeypatch.setenv("TRAITFLOW_TRAINING_QUEUE", "training")
-    parsed = DagBag(dag_folder=str(weekly)).dags["traitflow_weekly_retrain"]
+    monkeypatch.setenv("TRAITFLOW_PROFILES_QUEUE", "profiles")
+    parsed = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py")).dags[dag_id]
     queues = {task.task_id: task.queue for task in parsed.tasks}
-    assert queues.pop("train_candidate") == "training"
+    assert {task_id: queues.pop(task_id) for task_id in QUEUED_TASKS[dag_id]} == QUEUED_TASKS[dag_id]
     assert set(queues.values()) == {"default"}
 
 

@@ -4,15 +4,17 @@ An Airflow scheduler, dag-processor and api-server and two ``airflow celery work
 (``--celery-hostname`` worker-a / worker-b, concurrency 1 each) share a PostgreSQL metadata
 database of the test's own (``traitflow_celery_<random>``, dropped at the end) and use the Redis
 on 127.0.0.1:6379 as broker, on database 5 and under a key prefix of the test's own (only those
-keys are deleted at the end). The daily DAG processes one synthetic day (a backfill run: its
-dates need no start date before them, so the scheduler creates no run of its own meanwhile).
+keys are deleted at the end). The daily DAG processes one synthetic day in 4 customer shards
+(a backfill run: its dates need no start date before them, so the scheduler creates no run of
+its own meanwhile).
 
-Asserted: the run succeeds, its task instances ran on the workers (the ``hostname`` each
-records, tests/scripts/worker_hostname.py), and the profiles it wrote equal, row for row, those
-of ``airflow dags test`` (tasks in-process, no executor) of the same day on a second schema
-holding the same events and model. Every process started is stopped by process group, also on
-failure. Which worker ran which task and the wall times are printed and written to
-tests/artifacts/celery_executor.txt.
+Asserted: the run succeeds; its task instances ran on the workers (the ``hostname`` each
+records, tests/scripts/worker_hostname.py) and the 4 shards, sent to the profiles queue, on both
+(a worker running a task takes no other, so parallel shards must spread); the profiles it wrote
+equal, row for row, those of an unsharded ``airflow dags test`` (tasks in-process, no executor)
+of the same day on a second schema holding the same events and model. Every process started is
+stopped by process group, also on failure. Which worker ran which task and the wall times are
+printed and written to tests/artifacts/celery_executor.txt.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ EVENTS = SyntheticSpec(
 )
 MODEL = {"k": 4, "vector_size": 16, "epochs": 10, "workers": 1}  # workers=1: a reproducible model
 DAILY_CONF: dict[str, Any] = {"mapping": "canonical"}
+N_SHARDS = 4
+SHARD_TASK = "update_profiles"
 
 START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 420
@@ -324,13 +328,14 @@ def test_celery_workers_run_the_daily_dag_like_dag_test(
     reference.upgrade()
     input_dir = tmp_path / "input"
     _prepare([store, reference], _write_day_files(input_dir), tmp_path / "train")
-    conf = {**DAILY_CONF, "input_dir": str(input_dir)}
+    conf = {**DAILY_CONF, "input_dir": str(input_dir), "n_shards": N_SHARDS}
     traitflow = {
         "AIRFLOW_CONN_TRAITFLOW_DB": database_url,
         "TRAITFLOW_DATABASE_URL": database_url,
         "TRAITFLOW_DB_SCHEMA": store_schema,
         "TRAITFLOW_DATA_DIR": str(tmp_path / "data"),
         "TRAITFLOW_INPUT_ROOT": str(input_dir),
+        "TRAITFLOW_PROFILES_QUEUE": "profiles",  # read when the dag-processor parses the DAG
         # After today: the scheduler creates no run of its own; the backfill's run needs none.
         "TRAITFLOW_START_DATE": (datetime.now(UTC) + DAY).date().isoformat(),
     }
@@ -383,7 +388,7 @@ def test_celery_workers_run_the_daily_dag_like_dag_test(
     assert leftovers == []
 
     tasks = metadata.rows(
-        "SELECT task_id, map_index, state, hostname, start_date, end_date FROM task_instance"
+        "SELECT task_id, map_index, state, hostname, start_date, end_date, queue FROM task_instance"
         " WHERE dag_id = %s AND run_id = %s ORDER BY start_date",
         (DAG_ID, run_id),
     )
@@ -397,12 +402,18 @@ def test_celery_workers_run_the_daily_dag_like_dag_test(
 
     assert interval == (PROCESSED, PROCESSED + DAY, "success"), f"{interval}\n{_task_logs(home)}"
     assert {state for _, _, state, *_ in tasks} == {"success"}, tasks
-    # Each task ran on one of the two workers. Which one takes a task of this sequential graph is
-    # the broker's choice (whichever worker asks first), so either may take them all.
     assert {hostname for _, _, _, hostname, *_ in tasks} <= set(WORKERS), summary
+    # Which worker takes a task of the sequential part is the broker's choice; the shards run at
+    # once, and a worker running one (concurrency 1, acknowledged at the end) takes no other.
+    shards = [
+        (index, hostname, queue) for task_id, index, _, hostname, *_, queue in tasks if task_id == SHARD_TASK
+    ]
+    assert sorted(index for index, _, _ in shards) == list(range(N_SHARDS)), summary
+    assert {queue for _, _, queue in shards} == {"profiles"}
+    assert {hostname for _, hostname, _ in shards} == set(WORKERS), summary
 
-    # The same day through `airflow dags test` (no executor: every task in that one process) on
-    # the reference schema: the profiles must be the same rows.
+    # The same day through `airflow dags test` (no executor: every task in that one process) in
+    # one shard on the reference schema: the profiles must be the same rows.
     reference_env = {
         "TRAITFLOW_DB_SCHEMA": reference.schema,
         "TRAITFLOW_START_DATE": day,  # a manual run gets no task before the start date
@@ -416,7 +427,7 @@ def test_celery_workers_run_the_daily_dag_like_dag_test(
             "dags",
             "test",
             "-c",
-            json.dumps(conf),
+            json.dumps({**conf, "n_shards": 1}),
             DAG_ID,
             (PROCESSED + DAY).isoformat(),
         ],
@@ -442,9 +453,10 @@ def _task_logs(home: Path, n_chars: int = 2000) -> str:
 
 
 def _summary(tasks: list[tuple[Any, ...]], *, setup_s: float, run_s: float, total_s: float) -> str:
-    frame = pd.DataFrame(tasks, columns=["task_id", "map_index", "state", "worker", "start", "end"])
+    columns = ["task_id", "map_index", "state", "worker", "start", "end", "queue"]
+    frame = pd.DataFrame(tasks, columns=columns)
     frame["seconds"] = (frame["end"] - frame["start"]).dt.total_seconds().round(1)
-    table = frame[["task_id", "map_index", "worker", "state", "seconds"]].to_string(index=False)
+    table = frame[["task_id", "map_index", "queue", "worker", "state", "seconds"]].to_string(index=False)
     return (
         f"CeleryExecutor, {len(WORKERS)} workers x concurrency 1, daily run of {PROCESSED.date()}:\n"
         f"{table}\n"
