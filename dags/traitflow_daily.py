@@ -22,6 +22,7 @@ from traitflow_common import (
     run_params,
     skip_unless,
     start_date,
+    task_queue,
 )
 
 DOC_MD = """
@@ -194,7 +195,7 @@ def traitflow_daily() -> None:
     def shard_ids(plan: dict) -> list[int]:
         return list(range(plan["n_shards"]))
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, queue=task_queue("profiles"))
     @fail_fast
     def update_profiles(plan: dict, shard: int) -> dict:
         from traitflow import jobs

@@ -24,6 +24,7 @@ from traitflow_common import (
     run_context,
     run_params,
     start_date,
+    task_queue,
     training_timeout,
     upstream_result,
 )
@@ -165,7 +166,7 @@ def traitflow_weekly_retrain() -> None:
         # Nothing to do: the report records the reason from check_new_vocab's decision.
         return {"retrained": False}
 
-    @task(multiple_outputs=False, execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG, queue=task_queue("training"))
     @fail_fast
     def train_candidate(corpus_info: dict) -> dict:
         from traitflow import jobs
@@ -243,7 +244,7 @@ def traitflow_weekly_retrain() -> None:
     def shard_ids(plan: dict) -> list[int]:
         return list(range(plan["n_shards"]))
 
-    @task(multiple_outputs=False, execution_timeout=LONG)
+    @task(multiple_outputs=False, execution_timeout=LONG, queue=task_queue("profiles"))
     @fail_fast
     def recompute_profiles(plan: dict, shard: int) -> dict:
         from traitflow import jobs

@@ -1,11 +1,15 @@
 """docker-compose.yaml and Dockerfile are consistent with each other, the repo and Airflow 3.3.
 
 No Docker engine is needed: the compose file is parsed with PyYAML (which resolves the ``<<``
-merge keys the file uses) and checked structurally.
+merge keys the file uses), validated against the Compose Specification's JSON schema (vendored in
+tests/data, see its README) as written and as each profile's project with every variable at its
+default, and checked structurally.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,19 +17,34 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from jsonschema import Draft201909Validator
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
+COMPOSE_SPEC = REPO / "tests" / "data" / "compose-spec.json"
+# The Compose profiles the stack is started with: none (the default stack), "celery" (workers),
+# and "flower" beside it (Celery's monitoring UI).
+PROFILES = {
+    "default": frozenset(),
+    "celery": frozenset({"celery"}),
+    "celery+flower": frozenset({"celery", "flower"}),
+}
 
 DATABASES = {"airflow-db", "traitflow-db"}
 CACHES = {"redis"}
-AIRFLOW_RUNTIME = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+WORKERS = {"airflow-worker", "airflow-worker-training"}
+AIRFLOW_RUNTIME = {
+    "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-flower"
+} | WORKERS
 AIRFLOW_SERVICES = AIRFLOW_RUNTIME | {"airflow-init"}
 LONG_RUNNING = DATABASES | CACHES | AIRFLOW_RUNTIME
 PROJECT_MOUNTS = {"./dags", "./plugins", "./include", "./data"}
 # ${VAR}, ${VAR:-default}; not $${VAR}, which compose passes through to the container's shell.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+)(?::?-[^}]*)?\}")
+# What compose substitutes with no .env: ${VAR:-default} and ${VAR-default} -> default, ${VAR} ->
+# empty, $$ -> $.
+SUBSTITUTION = re.compile(r"\$\$|\$\{[A-Z0-9_]+(?::?-([^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +55,66 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Any]:
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def compose_spec() -> Draft201909Validator:
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    Draft201909Validator.check_schema(schema)  # the vendored file is a valid draft 2019-09 schema
+    return Draft201909Validator(schema)
+
+
+def _defaults(value: Any) -> Any:
+    """``value`` with every variable substituted as compose does without an .env file."""
+    if isinstance(value, str):
+        return SUBSTITUTION.sub(lambda m: "$" if m.group(0) == "$$" else m.group(1) or "", value)
+    if isinstance(value, dict):
+        return {key: _defaults(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_defaults(item) for item in value]
+    return value
+
+
+def project(compose: dict[str, Any], profiles: frozenset[str]) -> dict[str, Any]:
+    """The project ``docker compose --profile P config`` sees without an .env: variables at their
+    defaults, only the services without ``profiles`` or with one of ``profiles``."""
+    resolved = _defaults(compose)
+    resolved["services"] = {
+        name: service
+        for name, service in resolved["services"].items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
+    return resolved
+
+
+def spec_errors(validator: Draft201909Validator, document: dict[str, Any]) -> list[str]:
+    """Every schema violation as ``path: message``, with the reasons each alternative of a
+    ``oneOf`` failed (e.g. a long-syntax volume with an unknown key)."""
+    found: list[str] = []
+    pending = list(validator.iter_errors(document))
+    while pending:
+        error = pending.pop()
+        found.append(f"{error.json_path}: {error.message}")
+        pending.extend(error.context or [])
+    return sorted(found)
+
+
+def missing_references(document: dict[str, Any]) -> list[str]:
+    """``depends_on`` targets and named volumes the document's services use but it lacks."""
+    services = document["services"]
+    missing = [
+        f"{name} depends on {target}"
+        for name, service in services.items()
+        for target in service.get("depends_on") or {}
+        if target not in services
+    ]
+    missing += [
+        f"{name} mounts volume {volume}"
+        for name, service in services.items()
+        for volume in _named_volumes(service)
+        if volume not in (document.get("volumes") or {})
+    ]
+    return missing
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -71,6 +150,71 @@ def _named_volumes(service: dict[str, Any]) -> set[str]:
 def _gitignored_dirs() -> set[str]:
     lines = (REPO / ".gitignore").read_text().splitlines()
     return {line.strip().strip("/") for line in lines if line.strip() and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_profile_is_a_valid_compose_project(
+    compose: dict[str, Any], compose_spec: Draft201909Validator, profile: str
+) -> None:
+    assert spec_errors(compose_spec, compose) == []  # the file as written
+    resolved = project(compose, PROFILES[profile])
+    assert spec_errors(compose_spec, resolved) == []  # what compose validates after substitution
+    assert missing_references(resolved) == []  # no service needs one the profile leaves out
+    assert "version" not in compose  # obsolete under the Compose Specification (Compose v2)
+
+
+def _long_bind(service: dict[str, Any]) -> dict[str, Any]:
+    return next(v for v in service["volumes"] if isinstance(v, dict) and v["type"] == "bind")
+
+
+BROKEN = {
+    "misspelled service key": (
+        lambda c: c["services"]["redis"].update(helthcheck=c["services"]["redis"].pop("healthcheck")),
+        "'helthcheck' does not match any of the regexes",
+    ),
+    "unknown depends_on condition": (
+        lambda c: c["services"]["airflow-scheduler"]["depends_on"]["airflow-init"].update(condition="done"),
+        "is not valid under any of the given schemas",
+    ),
+    "unknown bind option": (
+        lambda c: _long_bind(c["services"]["airflow-apiserver"])["bind"].update(create_host_dir=True),
+        "bind: 'create_host_dir' does not match any of the regexes",
+    ),
+    "wrong value type": (
+        lambda c: c["services"]["redis"]["healthcheck"].update(retries="five"),
+        "'five' is not of type 'number'",
+    ),
+    "unknown top-level key": (
+        lambda c: c.update(service={}),
+        "'service' does not match any of the regexes",
+    ),
+    "profiles not a list": (
+        lambda c: c["services"]["redis"].update(profiles="celery"),
+        "'celery' is not of type 'array'",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", BROKEN)
+def test_the_schema_check_rejects_a_broken_file(
+    compose: dict[str, Any], compose_spec: Draft201909Validator, mistake: str
+) -> None:
+    broken = json.loads(json.dumps(compose))  # a deep copy without the shared merge-key objects
+    break_it, expected = BROKEN[mistake]
+    break_it(broken)
+    errors = spec_errors(compose_spec, broken)
+    assert any(expected in error for error in errors), errors
+
+
+def test_the_profile_check_rejects_a_default_service_needing_a_profile_only_one(
+    compose: dict[str, Any], compose_spec: Draft201909Validator
+) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["flower"] = {"image": "x", "profiles": ["celery"]}
+    broken["services"]["redis"]["depends_on"] = {"flower": {"condition": "service_started"}}
+    assert spec_errors(compose_spec, broken) == []  # valid Compose: only the profile set is broken
+    assert missing_references(project(broken, PROFILES["default"])) == ["redis depends on flower"]
+    assert missing_references(project(broken, PROFILES["celery"])) == []
 
 
 def test_services(services: dict[str, Any]) -> None:
@@ -140,7 +284,7 @@ def test_airflow_environment(services: dict[str, Any]) -> None:
         assert None not in values.values(), (key, values)
         assert len(set(values.values())) == 1, (key, values)  # e.g. one JWT secret for all
     env = envs["airflow-scheduler"]
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert _defaults(env["AIRFLOW__CORE__EXECUTOR"]) == "LocalExecutor"  # CeleryExecutor: set in .env
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     execution_api = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert execution_api.hostname == "airflow-apiserver" and execution_api.path == "/execution/"
@@ -243,9 +387,11 @@ def test_redis_is_a_private_cache_the_airflow_services_use(services: dict[str, A
         url = urlsplit(env["TRAITFLOW_REDIS_URL"])
         assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379), name
         assert int(env["TRAITFLOW_REDIS_TTL_SECONDS"]) >= 1, name
-    # Redis is optional: reads fall back to PostgreSQL, so nothing waits for it to start.
+    # Redis is optional for the cache (reads fall back to PostgreSQL): only the Celery services,
+    # for which it is the broker, wait for it.
     for name, service in services.items():
-        assert "redis" not in (service.get("depends_on") or {}), name
+        if "redis" in (service.get("depends_on") or {}):
+            assert service.get("profiles") and name in AIRFLOW_RUNTIME, name
 
 
 def test_metrics_of_all_api_server_workers_and_how_to_scrape_them(services: dict[str, Any]) -> None:
@@ -255,3 +401,57 @@ def test_metrics_of_all_api_server_workers_and_how_to_scrape_them(services: dict
     text = COMPOSE.read_text()
     assert "metrics_path: /traitflow/metrics" in text
     assert "STATSD_ON" in text and "OTEL_ON" in text
+
+
+def _worker_queues(service: dict[str, Any]) -> set[str]:
+    command = service["command"]
+    assert command[:2] == ["celery", "worker"], command  # the image's entrypoint prepends `airflow`
+    return set(command[command.index("--queues") + 1].split(","))
+
+
+def test_celery_profile(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    default = project(compose, PROFILES["default"])["services"]
+    celery = project(compose, PROFILES["celery"])["services"]
+    assert set(celery) - set(default) == WORKERS  # flower is its own opt-in profile
+    env = _defaults(_env(services["airflow-scheduler"]))
+    # Every queue the DAGs route to is served: Airflow's default one and the heavy tasks' ones.
+    routed = {"default", env["TRAITFLOW_TRAINING_QUEUE"], env["TRAITFLOW_PROFILES_QUEUE"]}
+    assert set().union(*(_worker_queues(celery[name]) for name in WORKERS)) == routed
+    # Training runs alone on its worker, never beside shards; the shard workers scale out.
+    training = celery["airflow-worker-training"]["command"]
+    assert _worker_queues(celery["airflow-worker-training"]) == {env["TRAITFLOW_TRAINING_QUEUE"]}
+    assert training[training.index("--concurrency") + 1] == "1"
+    scalable = celery["airflow-worker"]
+    assert not {"container_name", "ports", "hostname"} & set(scalable), "--scale needs unnamed replicas"
+    # Broker: the stack's Redis on its own database number, not the profile cache's.
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    cache = urlsplit(env["TRAITFLOW_REDIS_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+    assert broker.path != cache.path and broker.path.strip("/").isdigit()
+    # Results: the metadata database, with the same credentials as Airflow's own connection.
+    backend = env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    # A task not acknowledged in time is redelivered: longer than the 6 h training timeout.
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > 6 * 3600
+    for name in WORKERS:
+        deps = celery[name]["depends_on"]
+        assert deps["redis"]["condition"] == deps["airflow-apiserver"]["condition"] == "service_healthy"
+        assert _env(celery[name])["DUMB_INIT_SETSID"] == "0"  # TERM to Celery itself: a warm shutdown
+
+
+def test_flower_is_opt_in_and_local_only(compose: dict[str, Any]) -> None:
+    flower = project(compose, PROFILES["celery+flower"])["services"]["airflow-flower"]
+    assert flower["command"] == ["celery", "flower"]
+    assert [str(port).split(":")[0] for port in flower["ports"]] == ["127.0.0.1"]
+    assert "airflow-flower" not in project(compose, PROFILES["celery"])["services"]
+
+
+def test_celery_setup_is_documented() -> None:
+    doc = (REPO / "docs" / "celery.md").read_text()
+    header = COMPOSE.read_text().split("\nx-airflow-env")[0]
+    for text in (header, doc):
+        assert "COMPOSE_PROFILES=celery" in text and "AIRFLOW_EXECUTOR=CeleryExecutor" in text
+        assert "--scale airflow-worker=" in text
+    for remote_setting in ("CELERY__BROKER_URL", "API_AUTH__JWT_SECRET", "CORE__EXECUTION_API_SERVER_URL"):
+        assert f"AIRFLOW__{remote_setting}" in doc, remote_setting
+    assert "docs/celery.md" in (REPO / "README.md").read_text()

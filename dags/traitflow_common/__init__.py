@@ -392,6 +392,14 @@ def skip_unless(done: bool, result: dict[str, Any], reason: str | None) -> dict[
     raise AirflowSkipException(reason or "nothing to do")
 
 
+def task_queue(kind: str) -> str:
+    """Celery queue of one kind of heavy task (``TRAITFLOW_<KIND>_QUEUE``; ``kind`` is
+    ``training`` or ``profiles``), default Airflow's ``default`` queue. Only the CeleryExecutor
+    routes by queue: its workers serve the queues named in ``airflow celery worker --queues``
+    (docs/celery.md); the LocalExecutor ignores it. An env read, parse-safe."""
+    return env_str(f"TRAITFLOW_{kind.upper()}_QUEUE", "default") or "default"
+
+
 def env_input_dir() -> str:
     """Default ``input_dir`` of the daily form (``TRAITFLOW_INPUT_DIR``; empty = use the events table)."""
     return os.environ.get("TRAITFLOW_INPUT_DIR", "").strip()

@@ -178,6 +178,31 @@ def test_a_misspelt_catchup_or_missing_input_setting_is_refused(monkeypatch: pyt
     assert missing_input_policy() == "skip"
 
 
+# Tasks routed to a Celery queue of their own when the deployment names one (docker-compose's
+# celery profile does): the training task and the profile shards.
+QUEUED_TASKS = {
+    "traitflow_weekly_retrain": {"train_candidate": "training", "recompute_profiles": "profiles"},
+    "traitflow_daily": {"update_profiles": "profiles"},
+}
+
+
+@pytest.mark.parametrize("dag_id", sorted(QUEUED_TASKS))
+def test_heavy_tasks_go_to_their_celery_queue_only_when_one_is_configured(
+    dagbag: Any, airflow_db: Path, monkeypatch: pytest.MonkeyPatch, dag_id: str
+) -> None:
+    """Every task is on Airflow's default queue unless the deployment names the training and
+    profile queues; then those tasks alone move to them."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    assert {task.queue for task in dagbag.dags[dag_id].tasks} == {"default"}
+    monkeypatch.setenv("TRAITFLOW_TRAINING_QUEUE", "training")
+    monkeypatch.setenv("TRAITFLOW_PROFILES_QUEUE", "profiles")
+    parsed = DagBag(dag_folder=str(DAGS_DIR / f"{dag_id}.py")).dags[dag_id]
+    queues = {task.task_id: task.queue for task in parsed.tasks}
+    assert {task_id: queues.pop(task_id) for task_id in QUEUED_TASKS[dag_id]} == QUEUED_TASKS[dag_id]
+    assert set(queues.values()) == {"default"}
+
+
 def test_promotion_asset_links_weekly_and_refresh(dagbag: Any) -> None:
     from airflow.sdk import Asset
 
