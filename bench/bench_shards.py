@@ -42,14 +42,14 @@ from typing import Any
 
 import pandas as pd
 import workloads
+from pg_stages import INGEST_CHUNK_ROWS, _Loaded
 
-from traitflow import event_schema, jobs
+from traitflow import jobs
 from traitflow.config import PipelineConfig
-from traitflow.runs import FittedCandidate, RunContext, ShardPlan
+from traitflow.runs import DriftResult, FittedCandidate, GateResult, RunContext, ShardPlan
 from traitflow.store import Store
 
 WEEK = timedelta(weeks=1)
-INGEST_CHUNK_ROWS = 1_000_000  # as bench/pg_stages.py: bounded memory per ingest transaction
 # Current profiles without updated_at (a fresh schema writes them at another time).
 _CURRENT_CHECKSUM = (
     "SELECT md5(string_agg(t::text, E'\\n' ORDER BY customer_id)) FROM (SELECT customer_id, as_of,"
@@ -62,21 +62,13 @@ class ShardChecksumError(AssertionError):
     """Two shard counts left different profile tables."""
 
 
-@dataclass
-class _Loaded:
-    """The minimal loader result ``Store.ingest_events`` takes (validated canonical events)."""
-
-    events: pd.DataFrame
-    rejects: pd.DataFrame
-
-
 @dataclass(frozen=True)
 class Trained:
     """The candidate every shard count promotes, and its gate and drift results."""
 
     fitted: FittedCandidate
-    gate: Any
-    drift: Any
+    gate: GateResult
+    drift: DriftResult
     week: RunContext
 
 
@@ -145,9 +137,8 @@ class ShardBench:
         self.config = config
         self.prefix = f"bench_{uuid.uuid4().hex[:8]}_shards"
         self.schemas: list[str] = []
-        trained_through, self.day_start, self.day_end = workloads.data_window(events)
-        del trained_through  # the candidate is trained through the start of the last day
-        # Every event before the last day's end is ingested; the daily run profiles that day.
+        # The candidate is trained through the start of the last day; the daily run profiles that day.
+        _, self.day_start, self.day_end = workloads.data_window(events)
 
     def _store(self, name: str) -> Store:
         schema = f"{self.prefix}_{name}"
@@ -156,7 +147,7 @@ class ShardBench:
         store.upgrade()
         for first in range(0, len(self.events), INGEST_CHUNK_ROWS):
             chunk = self.events.iloc[first : first + INGEST_CHUNK_ROWS]
-            store.ingest_events(_Loaded(chunk, event_schema.empty_rejects()), "bench", f"bench-{name}")
+            store.ingest_events(_Loaded(chunk), "bench", f"bench-{name}")
         return store
 
     def _context(self, schema: str, run_id: str, start: datetime, end: datetime) -> RunContext:
