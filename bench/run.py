@@ -288,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=workloads.CACHE_DIR)
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-stage log lines")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render a saved report")
+    parser.add_argument(
+        "--shards",
+        metavar="N,N,...",
+        help="only the customer-sharded profile stages with these shard counts (bench/bench_shards.py)",
+    )
     return parser
 
 
@@ -296,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render is not None:
         print(reports.rerender(args.render))
         return 0
+    if args.shards:
+        import bench_shards
+
+        return bench_shards.run_tier(args.tier, bench_shards.shard_counts(args.shards), args.database_url)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
