@@ -70,14 +70,8 @@ def product_index(history: pd.DataFrame) -> pd.Index:
 
 def product_popularity(history: pd.DataFrame, index: pd.Index, actions: Sequence[str]) -> ScoreBatch:
     """Target-action events per product before ``T``, ties broken by all events."""
-    zeros = np.zeros(len(history), dtype=np.int64)
-    products = history["product_id"].to_numpy(dtype=object)
-    all_counts = item_matrix(zeros, products, index, np.ones(len(history)), 1).toarray()[0]
     is_target = history["action"].isin(list(actions)).to_numpy()
-    target_counts = item_matrix(
-        zeros[is_target], products[is_target], index, np.ones(int(is_target.sum())), 1
-    ).toarray()[0]
-    return popularity_scores(target_counts, all_counts)
+    return _weighted_popularity(history, index, is_target.astype(np.float64))
 
 
 def recent_product_popularity(
@@ -89,14 +83,17 @@ def recent_product_popularity(
     decay = AggregationParams(
         action_weights=dict.fromkeys(actions, 1.0), recency_half_life_days=half_life_days
     )
-    weights = event_weights(history, decay, as_of)
-    is_target = weights > 0
+    return _weighted_popularity(history, index, event_weights(history, decay, as_of))
+
+
+def _weighted_popularity(history: pd.DataFrame, index: pd.Index, target_weights: np.ndarray) -> ScoreBatch:
+    """Scores from the per-event ``target_weights`` (n_events,) summed per product over ``index``,
+    ties broken by all events per product."""
+    zeros = np.zeros(len(history), dtype=np.int64)
     products = history["product_id"].to_numpy(dtype=object)
-    zeros = np.zeros(int(is_target.sum()), dtype=np.int64)
-    recent = item_matrix(zeros, products[is_target], index, weights[is_target], 1).toarray()[0]
-    every = np.ones(len(history))
-    all_counts = item_matrix(np.zeros(len(history), dtype=np.int64), products, index, every, 1).toarray()[0]
-    return popularity_scores(recent, all_counts)
+    all_counts = item_matrix(zeros, products, index, np.ones(len(history)), 1).toarray()[0]
+    target = item_matrix(zeros, products, index, target_weights, 1).toarray()[0]
+    return popularity_scores(target, all_counts)
 
 
 def product_ranking(
