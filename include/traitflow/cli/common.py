@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -30,25 +30,35 @@ def parse_utc(value: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+def bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` to ``maximum`` (inclusive; no upper limit when
+    ``maximum`` is None). Its errors name the bound and the value, e.g. "must be between 1 and 64,
+    got 0"."""
+    if maximum is not None and maximum < minimum:
+        raise ValueError(f"maximum {maximum} is below minimum {minimum}")
+    allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {number}")
+        return number
+
+    return parse
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model parameters (defaults from traitflow.config)")
-    group.add_argument("--k", type=positive_int, help="number of traits (default 16)")
-    group.add_argument("--vector-size", type=positive_int, help="embedding size (default 64)")
-    group.add_argument("--epochs", type=positive_int, help="Word2Vec epochs (default 10)")
-    group.add_argument("--window", type=positive_int, help="Word2Vec window (default 5)")
+    group.add_argument("--k", type=bounded_int(1), help="number of traits (default 16)")
+    group.add_argument("--vector-size", type=bounded_int(1), help="embedding size (default 64)")
+    group.add_argument("--epochs", type=bounded_int(1), help="Word2Vec epochs (default 10)")
+    group.add_argument("--window", type=bounded_int(1), help="Word2Vec window (default 5)")
     group.add_argument("--ns-exponent", type=float, help="negative sampling exponent (default 0.75)")
     group.add_argument("--seed", type=int, help="Word2Vec seed (default 42)")
-    group.add_argument("--workers", type=positive_int, help="Word2Vec worker threads (default 2)")
+    group.add_argument("--workers", type=bounded_int(1), help="Word2Vec worker threads (default 2)")
     group.add_argument("--session-timeout-minutes", type=float, help="inactivity timeout (default 30)")
 
 
@@ -77,7 +87,7 @@ def add_increment_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--full-retrain-every-weeks",
-        type=positive_int,
+        type=bounded_int(1),
         help=(
             "auto: retrain from scratch once the last full retrain is this many weeks old "
             f"(default {defaults.full_retrain_every_weeks})"
@@ -85,7 +95,7 @@ def add_increment_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--increment-epochs",
-        type=positive_int,
+        type=bounded_int(1),
         help=f"epochs of an incremental update (default {defaults.increment_epochs})",
     )
     group.add_argument(
@@ -125,7 +135,7 @@ def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--training-window-days",
-        type=positive_int,
+        type=bounded_int(1),
         help=f"days of events before --as-of to train on (default {defaults.training_window_days})",
     )
 
@@ -151,12 +161,11 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def int_list(value: str) -> tuple[int, ...]:
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {value!r}") from None
-    if not numbers or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"need integers >= 1, got {value!r}")
+    """An argparse type: comma-separated integers >= 1 (e.g. ``--k-range 4,8,16``)."""
+    parse = bounded_int(1)
+    numbers = tuple(parse(part) for part in value.split(",") if part.strip())
+    if not numbers:
+        raise argparse.ArgumentTypeError(f"need at least one integer, got {value!r}")
     return numbers
 
 
