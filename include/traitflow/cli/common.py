@@ -7,9 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from traitflow.config import TRAINING_MODES, PipelineConfig
+from traitflow.bounds import BoundedField
+from traitflow.config import PipelineConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,71 +74,57 @@ INCREMENT_KEYS = (
 )
 
 
+def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
+    """The weekly retrain's thresholds (``TriggerParams``)."""
+    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
+    for key in TRIGGER_KEYS:
+        add_config_flag(group, key)
+
+
 def add_increment_flags(parser: argparse.ArgumentParser) -> None:
     """``--training-mode`` and the incremental update's settings (``IncrementParams``)."""
-    defaults = PipelineConfig().increment
     group = parser.add_argument_group("training mode (defaults from traitflow.config)")
+    for key in INCREMENT_KEYS:
+        add_config_flag(group, key)
+
+
+def add_config_flag(group: argparse._ArgumentGroup, key: str) -> None:
+    """``--<key>`` (underscores as dashes) for the flat config key ``key``, generated from its
+    field's declared bounds: the values, help text and default of the DAG trigger form's Param.
+    The flag defaults to None, so ``config_from_args`` leaves the config default in place."""
+    declared = PipelineConfig.bounded_field(key)
+    default = PipelineConfig().to_flat()[key]
     group.add_argument(
-        "--training-mode",
-        choices=TRAINING_MODES,
-        help=(
-            "auto: continue the active model unless a full retrain is due; full: from scratch; "
-            f"incremental: continue it whenever compatible (default {defaults.training_mode})"
-        ),
-    )
-    group.add_argument(
-        "--full-retrain-every-weeks",
-        type=bounded_int(1),
-        help=(
-            "auto: retrain from scratch once the last full retrain is this many weeks old "
-            f"(default {defaults.full_retrain_every_weeks})"
-        ),
-    )
-    group.add_argument(
-        "--increment-epochs",
-        type=bounded_int(1),
-        help=f"epochs of an incremental update (default {defaults.increment_epochs})",
-    )
-    group.add_argument(
-        "--increment-alpha",
-        type=float,
-        help=f"start learning rate of an incremental update (default {defaults.increment_alpha})",
-    )
-    group.add_argument(
-        "--replay-fraction",
-        type=float,
-        help=f"share of older sessions replayed in an increment (default {defaults.replay_fraction})",
-    )
-    group.add_argument(
-        "--increment-drift-threshold",
-        type=float,
-        help=f"refit traits above this drift of an increment (default {defaults.increment_drift_threshold})",
+        "--" + key.replace("_", "-"),
+        type=config_value(declared),
+        choices=declared.bounds.choices or None,
+        help=f"{declared.bounds.description} (default {default})".replace("%", "%%"),
     )
 
 
-def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = PipelineConfig().triggers
-    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
-    group.add_argument(
-        "--new-vocab-threshold",
-        type=float,
-        help=f"retrain when more than this share of tokens is new (default {defaults.new_vocab_threshold})",
-    )
-    group.add_argument(
-        "--drift-threshold",
-        type=float,
-        help=f"refit traits above this aligned drift (default {defaults.drift_threshold})",
-    )
-    group.add_argument(
-        "--quality-margin",
-        type=float,
-        help=f"reject a candidate this much worse in hit rate (default {defaults.quality_margin})",
-    )
-    group.add_argument(
-        "--training-window-days",
-        type=bounded_int(1),
-        help=f"days of events before --as-of to train on (default {defaults.training_window_days})",
-    )
+_CONVERTERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "integer": (int, "an integer"),
+    "number": (float, "a number"),
+    "string": (str, "a string"),
+}
+
+
+def config_value(declared: BoundedField) -> Callable[[str], Any]:
+    """An argparse type: a value of the config field ``declared`` within its declared bounds,
+    refused with the config's own message (e.g. "must be in (0, 1], got 0.0")."""
+    convert, kind = _CONVERTERS[declared.json_type]
+
+    def parse(value: str) -> Any:
+        try:
+            parsed = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {kind}: {value!r}") from None
+        problem = declared.problem(parsed)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"must be {problem}, got {parsed!r}")
+        return parsed
+
+    return parse
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
