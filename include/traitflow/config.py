@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from traitflow.bounds import bounded_fields, bounds, violation
+from traitflow.bounds import BoundedField, bounded_fields, bounds, violation
 
 DEFAULT_ACTION_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -350,14 +350,20 @@ class PipelineConfig:
         )
 
     @classmethod
-    def json_schema(cls, key: str) -> dict[str, Any]:
-        """JSON schema of the flat key ``key`` from its field's declared ``Bounds``, plus its
-        ``description``: what a DAG trigger form validates the value with."""
+    def bounded_field(cls, key: str) -> BoundedField:
+        """The field behind the flat key ``key`` with its type and declared ``Bounds``."""
         section, name = cls.FLAT_KEYS[key]
         for declared in bounded_fields(typing.get_type_hints(cls)[section]):
             if declared.name == name:
-                return {**declared.json_schema(), "description": declared.bounds.description}
+                return declared
         raise ConfigError(f"config key {key!r} ({section}.{name}) declares no bounds")
+
+    @classmethod
+    def json_schema(cls, key: str) -> dict[str, Any]:
+        """JSON schema of the flat key ``key`` from its field's declared ``Bounds``, plus its
+        ``description``: what a DAG trigger form validates the value with."""
+        declared = cls.bounded_field(key)
+        return {**declared.json_schema(), "description": declared.bounds.description}
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of ``from_mapping``: flat keys with this config's values."""

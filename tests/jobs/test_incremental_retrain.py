@@ -4,24 +4,19 @@ behaviour, and a planted behaviour shift that refits the traits and makes the ne
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-import pytest
-from test_jobs import recompute
+from test_jobs import START, run_weekly
 
-from traitflow import event_schema, jobs
+from traitflow import event_schema
 from traitflow.config import PipelineConfig
 from traitflow.events import LoadResult
-from traitflow.runs import RunContext
 from traitflow.store import Store
 from traitflow.store.cli import models_frame
 from traitflow.synthetic import SyntheticSpec, generate
 
-START = datetime(2026, 3, 1, tzinfo=UTC)
 WEEK = timedelta(weeks=1)
 PARAMS = {
     "k": 4,
@@ -43,35 +38,8 @@ SPEC = SyntheticSpec(
 )
 
 
-@pytest.fixture
-def env(store: Store, store_schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Jobs open their own Store: point them at the test's schema."""
-    monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
-    return {"url": database_url, "work": tmp_path, "store": store}
-
-
 def ingest(store: Store, events: pd.DataFrame) -> None:
     store.ingest_events(LoadResult(events=events, rejects=event_schema.empty_rejects()), "synthetic", "test")
-
-
-def run_weekly(env: dict[str, Any], end: datetime, config: PipelineConfig) -> dict[str, Any]:
-    """The weekly chain as the DAG runs it, forced to train (the vocabulary barely moves here)."""
-    name = f"weekly-{end:%Y%m%d}"
-    run = RunContext(name, end - WEEK, end, str(env["work"] / name), env["url"])
-    corpus = jobs.build_corpus(run, config)
-    retrain, _ = jobs.should_retrain(corpus, True, config.triggers.new_vocab_threshold)
-    assert retrain
-    candidate = jobs.train_candidate(run, corpus, config)
-    gate = jobs.quality_gate(run, candidate)
-    result: dict[str, Any] = {"candidate": candidate, "gate": gate}
-    if not gate.passed:
-        result["rejected"] = jobs.reject_candidate(run, candidate, gate)
-        return result
-    drift = jobs.measure_drift(run, candidate)
-    refit, _ = jobs.should_refit(drift, config.triggers.drift_threshold)
-    fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
-    promoted = jobs.promote(run, recompute(run, fitted), gate, drift)
-    return {**result, "drift": drift, "refit": refit, "version": promoted.model_version}
 
 
 def lineage(store: Store) -> list[tuple[int, str, int | None, datetime | None]]:
@@ -87,11 +55,12 @@ def lineage(store: Store) -> list[tuple[int, str, int | None, datetime | None]]:
     ]
 
 
-def test_full_then_two_increments_then_a_full_retrain_on_schedule(env):
-    store: Store = env["store"]
+def test_full_then_two_increments_then_a_full_retrain_on_schedule(store_env):
+    store: Store = store_env["store"]
     ingest(store, generate(SPEC).events)
     config = PipelineConfig.from_mapping(PARAMS)
-    weeks = [run_weekly(env, START + n * WEEK, config) for n in (2, 3, 4, 5)]
+    # Every week is forced to train: the vocabulary barely moves here.
+    weeks = [run_weekly(store_env, START + n * WEEK, force=True, config=config) for n in (2, 3, 4, 5)]
     plans = [week["candidate"].training for week in weeks]
     assert [plan.mode for plan in plans] == ["full", "incremental", "incremental", "full"]
     assert plans[0].reason == "no active model to continue"
@@ -117,8 +86,8 @@ def test_full_then_two_increments_then_a_full_retrain_on_schedule(env):
     assert store.load_model(3).metrics["training"]["refit"] is False
 
 
-def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(env):
-    store: Store = env["store"]
+def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(store_env):
+    store: Store = store_env["store"]
     events = generate(SPEC).events
     # From the third week on every product behaves like another one (a permutation of the ids).
     ids = np.sort(events["product_id"].unique())
@@ -128,17 +97,19 @@ def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(e
     ingest(store, events)
     # The default thresholds: the increment is judged by increment_drift_threshold.
     config = PipelineConfig.from_mapping({**PARAMS, "full_retrain_every_weeks": 8})
-    first = run_weekly(env, START + 2 * WEEK, config)
-    shift = run_weekly(env, START + 3 * WEEK, config)
+    first = run_weekly(store_env, START + 2 * WEEK, force=True, config=config)
+    shift = run_weekly(store_env, START + 3 * WEEK, force=True, config=config)
     assert shift["candidate"].training.mode == "incremental"
     assert shift["gate"].passed, shift["gate"].reason
     threshold = config.increment.increment_drift_threshold
     assert shift["drift"].increment_threshold == threshold < config.triggers.drift_threshold
     assert threshold < shift["drift"].weighted_mean_drift < config.triggers.drift_threshold
     assert shift["refit"]
-    after = run_weekly(env, START + 4 * WEEK, config)
+    after = run_weekly(store_env, START + 4 * WEEK, force=True, config=config)
     plan = after["candidate"].training
     assert plan.mode == "full"
-    assert plan.reason == f"v{shift['version']} was an increment whose drift refitted the traits"
+    assert (
+        plan.reason == f"v{shift['promoted'].model_version} was an increment whose drift refitted the traits"
+    )
     modes = [row[1:3] for row in lineage(store)]
-    assert modes == [("full", None), ("incremental", first["version"]), ("full", None)]
+    assert modes == [("full", None), ("incremental", first["promoted"].model_version), ("full", None)]

@@ -63,21 +63,22 @@ def weekly_context(env, end: datetime, name: str | None = None) -> RunContext:
     return context(env, name, end, env["work"] / name, start=end - 7 * DAY)
 
 
-def run_weekly(env, end: datetime, *, force: bool = False) -> dict:
+def run_weekly(env, end: datetime, *, force: bool = False, config: PipelineConfig = CONFIG) -> dict:
+    """The weekly DAG's chain on the week before ``end``, with ``config``'s thresholds."""
     run = weekly_context(env, end)
-    corpus = jobs.build_corpus(run, CONFIG)
-    retrain, why = jobs.should_retrain(corpus, force, 0.05)
+    corpus = jobs.build_corpus(run, config)
+    retrain, why = jobs.should_retrain(corpus, force, config.triggers.new_vocab_threshold)
     result = {"corpus": corpus, "retrain": retrain, "retrain_reason": why}
     if not retrain:
         return result
-    candidate = jobs.train_candidate(run, corpus, CONFIG)
+    candidate = jobs.train_candidate(run, corpus, config)
     gate = jobs.quality_gate(run, candidate)
-    result["gate"] = gate
+    result.update(candidate=candidate, gate=gate)
     if not gate.passed:
         result["rejected"] = jobs.reject_candidate(run, candidate, gate)
         return result
     drift = jobs.measure_drift(run, candidate)
-    refit, why = jobs.should_refit(drift, 0.1)
+    refit, why = jobs.should_refit(drift, config.triggers.drift_threshold)
     result.update(drift=drift, refit=refit, refit_reason=why)
     fitted = jobs.refit_traits(run, candidate) if refit else jobs.keep_traits(run, candidate)
     plan = recompute(run, fitted)

@@ -18,7 +18,6 @@ SPEC = SyntheticSpec(n_customers=300, n_products=150, n_categories=12, n_segment
 MODEL_FLAGS = ("--k", "6", "--vector-size", "16", "--epochs", "3", "--workers", "1")
 
 
-
 @pytest.fixture
 def events_csv(tmp_path: Path) -> Path:
     write_sample(tmp_path / "sample", SPEC)
@@ -86,7 +85,7 @@ def test_ingest_retrain_update_traits_customer(
     for table in ("customer_profiles", "customer_profile_history", "profile_shards"):
         assert after[table] == before[table], table
     code, out, err = cli("update", "--shards", "65")
-    assert code == 2 and "must be <= 64" in err
+    assert code == 2 and "must be between 1 and 64, got 65" in err
 
     code, out, err = cli("traits", "--json")
     assert code == 0, err

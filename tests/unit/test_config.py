@@ -1,8 +1,10 @@
-"""Config bounds are declared once on the dataclass fields; the dataclass check and the JSON schema
-of the DAG trigger form (validated with jsonschema, as Airflow's Param does) agree on them."""
+"""Config bounds are declared once on the dataclass fields; the dataclass check, the JSON schema
+of the DAG trigger form (validated with jsonschema, as Airflow's Param does) and the CLI flags
+generated from them agree on them."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from jsonschema import FormatChecker
 
 from traitflow.bounds import bounded_fields
+from traitflow.cli.common import INCREMENT_KEYS, TRIGGER_KEYS, add_increment_flags, add_trigger_flags
 from traitflow.config import (
     AggregationParams,
     ConfigError,
@@ -25,6 +28,7 @@ from traitflow.config import (
 )
 
 FLAT_KEYS = sorted(PipelineConfig.FLAT_KEYS)
+FLAG_KEYS = [*TRIGGER_KEYS, *INCREMENT_KEYS]  # the flat keys whose CLI flags are generated
 
 
 def _edges(schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -72,6 +76,22 @@ def _dataclass_accepts(key: str, value: Any) -> bool:
     return True
 
 
+def _flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_trigger_flags(parser)
+    add_increment_flags(parser)
+    return parser
+
+
+def _flag_accepts(key: str, value: Any) -> bool:
+    try:
+        args = _flag_parser().parse_args([f"--{key.replace('_', '-')}", str(value)])
+    except argparse.ArgumentError:
+        return False
+    assert getattr(args, key) == value
+    return True
+
+
 @pytest.mark.parametrize("key", FLAT_KEYS)
 def test_every_flat_key_declares_bounds_and_help_text(key: str) -> None:
     schema = PipelineConfig.json_schema(key)
@@ -82,14 +102,14 @@ def test_every_flat_key_declares_bounds_and_help_text(key: str) -> None:
 
 
 @pytest.mark.parametrize("key", FLAT_KEYS)
-def test_dataclass_and_form_schema_agree_at_every_bound(key: str) -> None:
+def test_dataclass_form_schema_and_generated_flag_agree_at_every_bound(key: str) -> None:
     outside, inside = _edges(PipelineConfig.json_schema(key))
-    for value in outside:
-        assert not _dataclass_accepts(key, value), (key, value)
-        assert not _form_accepts(key, value), (key, value)
-    for value in inside:
-        assert _dataclass_accepts(key, value), (key, value)
-        assert _form_accepts(key, value), (key, value)
+    checks = [_dataclass_accepts, _form_accepts, *([_flag_accepts] if key in FLAG_KEYS else [])]
+    for accepts in checks:
+        for value in outside:
+            assert not accepts(key, value), (accepts.__name__, key, value)
+        for value in inside:
+            assert accepts(key, value), (accepts.__name__, key, value)
 
 
 @pytest.mark.parametrize("key", FLAT_KEYS)
@@ -161,3 +181,33 @@ def test_config_module_imports_no_heavy_modules() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("key", FLAG_KEYS)
+def test_generated_flags_show_the_form_description_and_keep_the_config_default(key: str) -> None:
+    (action,) = [a for a in _flag_parser()._actions if a.dest == key]
+    assert action.option_strings == [f"--{key.replace('_', '-')}"]
+    default = PipelineConfig().to_flat()[key]
+    assert action.help == f"{PipelineConfig.json_schema(key)['description']} (default {default})"
+    assert action.default is None  # unset flags leave the config default to PipelineConfig
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--increment-alpha", "0"], r"argument --increment-alpha: must be in \(0, 1\], got 0\.0"),
+        (["--replay-fraction", "half"], r"argument --replay-fraction: not a number: 'half'"),
+        (
+            ["--full-retrain-every-weeks", "521"],
+            r"argument --full-retrain-every-weeks: must be an integer in \[1, 520\], got 521",
+        ),
+        (["--training-window-days", "7.5"], r"argument --training-window-days: not an integer: '7\.5'"),
+        (
+            ["--training-mode", "fast"],
+            r"argument --training-mode: must be one of \('auto', 'full', 'incremental'\), got 'fast'",
+        ),
+    ],
+)
+def test_generated_flags_refuse_with_the_config_message(argv: list[str], message: str) -> None:
+    with pytest.raises(argparse.ArgumentError, match=message):
+        _flag_parser().parse_args(argv)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from traitflow.config import TRAINING_MODES, PipelineConfig
+from traitflow.bounds import BoundedField
+from traitflow.config import PipelineConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,25 +31,35 @@ def parse_utc(value: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+def bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` to ``maximum`` (inclusive; no upper limit when
+    ``maximum`` is None). Its errors name the bound and the value, e.g. "must be between 1 and 64,
+    got 0"."""
+    if maximum is not None and maximum < minimum:
+        raise ValueError(f"maximum {maximum} is below minimum {minimum}")
+    allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {number}")
+        return number
+
+    return parse
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model parameters (defaults from traitflow.config)")
-    group.add_argument("--k", type=positive_int, help="number of traits (default 16)")
-    group.add_argument("--vector-size", type=positive_int, help="embedding size (default 64)")
-    group.add_argument("--epochs", type=positive_int, help="Word2Vec epochs (default 10)")
-    group.add_argument("--window", type=positive_int, help="Word2Vec window (default 5)")
+    group.add_argument("--k", type=bounded_int(1), help="number of traits (default 16)")
+    group.add_argument("--vector-size", type=bounded_int(1), help="embedding size (default 64)")
+    group.add_argument("--epochs", type=bounded_int(1), help="Word2Vec epochs (default 10)")
+    group.add_argument("--window", type=bounded_int(1), help="Word2Vec window (default 5)")
     group.add_argument("--ns-exponent", type=float, help="negative sampling exponent (default 0.75)")
     group.add_argument("--seed", type=int, help="Word2Vec seed (default 42)")
-    group.add_argument("--workers", type=positive_int, help="Word2Vec worker threads (default 2)")
+    group.add_argument("--workers", type=bounded_int(1), help="Word2Vec worker threads (default 2)")
     group.add_argument("--session-timeout-minutes", type=float, help="inactivity timeout (default 30)")
 
 
@@ -63,71 +74,57 @@ INCREMENT_KEYS = (
 )
 
 
+def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
+    """The weekly retrain's thresholds (``TriggerParams``)."""
+    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
+    for key in TRIGGER_KEYS:
+        add_config_flag(group, key)
+
+
 def add_increment_flags(parser: argparse.ArgumentParser) -> None:
     """``--training-mode`` and the incremental update's settings (``IncrementParams``)."""
-    defaults = PipelineConfig().increment
     group = parser.add_argument_group("training mode (defaults from traitflow.config)")
+    for key in INCREMENT_KEYS:
+        add_config_flag(group, key)
+
+
+def add_config_flag(group: argparse._ArgumentGroup, key: str) -> None:
+    """``--<key>`` (underscores as dashes) for the flat config key ``key``, generated from its
+    field's declared bounds: the values, help text and default of the DAG trigger form's Param.
+    The flag defaults to None, so ``config_from_args`` leaves the config default in place."""
+    declared = PipelineConfig.bounded_field(key)
+    default = PipelineConfig().to_flat()[key]
     group.add_argument(
-        "--training-mode",
-        choices=TRAINING_MODES,
-        help=(
-            "auto: continue the active model unless a full retrain is due; full: from scratch; "
-            f"incremental: continue it whenever compatible (default {defaults.training_mode})"
-        ),
-    )
-    group.add_argument(
-        "--full-retrain-every-weeks",
-        type=positive_int,
-        help=(
-            "auto: retrain from scratch once the last full retrain is this many weeks old "
-            f"(default {defaults.full_retrain_every_weeks})"
-        ),
-    )
-    group.add_argument(
-        "--increment-epochs",
-        type=positive_int,
-        help=f"epochs of an incremental update (default {defaults.increment_epochs})",
-    )
-    group.add_argument(
-        "--increment-alpha",
-        type=float,
-        help=f"start learning rate of an incremental update (default {defaults.increment_alpha})",
-    )
-    group.add_argument(
-        "--replay-fraction",
-        type=float,
-        help=f"share of older sessions replayed in an increment (default {defaults.replay_fraction})",
-    )
-    group.add_argument(
-        "--increment-drift-threshold",
-        type=float,
-        help=f"refit traits above this drift of an increment (default {defaults.increment_drift_threshold})",
+        "--" + key.replace("_", "-"),
+        type=config_value(declared),
+        choices=declared.bounds.choices or None,
+        help=f"{declared.bounds.description} (default {default})".replace("%", "%%"),
     )
 
 
-def add_trigger_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = PipelineConfig().triggers
-    group = parser.add_argument_group("retrain thresholds (defaults from traitflow.config)")
-    group.add_argument(
-        "--new-vocab-threshold",
-        type=float,
-        help=f"retrain when more than this share of tokens is new (default {defaults.new_vocab_threshold})",
-    )
-    group.add_argument(
-        "--drift-threshold",
-        type=float,
-        help=f"refit traits above this aligned drift (default {defaults.drift_threshold})",
-    )
-    group.add_argument(
-        "--quality-margin",
-        type=float,
-        help=f"reject a candidate this much worse in hit rate (default {defaults.quality_margin})",
-    )
-    group.add_argument(
-        "--training-window-days",
-        type=positive_int,
-        help=f"days of events before --as-of to train on (default {defaults.training_window_days})",
-    )
+_CONVERTERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "integer": (int, "an integer"),
+    "number": (float, "a number"),
+    "string": (str, "a string"),
+}
+
+
+def config_value(declared: BoundedField) -> Callable[[str], Any]:
+    """An argparse type: a value of the config field ``declared`` within its declared bounds,
+    refused with the config's own message (e.g. "must be in (0, 1], got 0.0")."""
+    convert, kind = _CONVERTERS[declared.json_type]
+
+    def parse(value: str) -> Any:
+        try:
+            parsed = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {kind}: {value!r}") from None
+        problem = declared.problem(parsed)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"must be {problem}, got {parsed!r}")
+        return parsed
+
+    return parse
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -151,12 +148,11 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def int_list(value: str) -> tuple[int, ...]:
-    try:
-        numbers = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {value!r}") from None
-    if not numbers or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"need integers >= 1, got {value!r}")
+    """An argparse type: comma-separated integers >= 1 (e.g. ``--k-range 4,8,16``)."""
+    parse = bounded_int(1)
+    numbers = tuple(parse(part) for part in value.split(",") if part.strip())
+    if not numbers:
+        raise argparse.ArgumentTypeError(f"need at least one integer, got {value!r}")
     return numbers
 
 

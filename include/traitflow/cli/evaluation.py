@@ -8,12 +8,12 @@ from pathlib import Path
 from traitflow.cli.common import (
     CliError,
     add_config_flags,
+    bounded_int,
     config_from_args,
     fraction,
     int_list,
     load_events,
     parse_utc,
-    positive_int,
     quiet_gensim,
 )
 
@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     evaluate.add_argument("--no-stability", action="store_true", help="skip the retrain stability check")
     evaluate.add_argument(
         "--min-customers",
-        type=positive_int,
+        type=bounded_int(1),
         default=20,
         help="fewest customers with history and purchases (or carts) after the split (default 20)",
     )
@@ -56,7 +56,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "customers purchase), carts, or any action",
     )
     evaluate.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples of customers for the 95%% intervals"
+        "--bootstrap",
+        type=bounded_int(1),
+        default=1000,
+        help="bootstrap resamples of customers for the 95%% intervals",
     )
     evaluate.add_argument("--json-out", help="also write the report as JSON to this file")
     evaluate.add_argument("--work-dir", help="keep corpora and models here (default: a temporary folder)")
@@ -74,10 +77,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--grid",
         help="JSON object of flat config keys -> values (default: ns_exponent, window, sample, epochs)",
     )
-    tune.add_argument("--n-trials", type=positive_int, help="random subset of the grid (default: all)")
+    tune.add_argument("--n-trials", type=bounded_int(1), help="random subset of the grid (default: all)")
     tune.add_argument("--random-state", type=int, default=0, help="sample, hold-out and subset seed")
     tune.add_argument(
-        "--tune-workers", type=positive_int, default=1, help="Word2Vec threads per trial (1: reproducible)"
+        "--tune-workers", type=bounded_int(1), default=1, help="Word2Vec threads per trial (1: reproducible)"
     )
     tune.add_argument("--json-out", help="also write best params and the full table as JSON")
     add_config_flags(tune)

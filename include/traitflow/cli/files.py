@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from traitflow.cli.common import (
     add_config_flags,
+    bounded_int,
     config_from_args,
     load_events,
     log,
     one_microsecond,
     parse_utc,
-    positive_int,
 )
 from traitflow.config import data_dir
 
@@ -28,11 +28,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     sample = sub.add_parser("sample", help="generate synthetic events with planted segments")
     sample.add_argument("--out", default=str(data_dir() / "sample"), help="output folder")
-    sample.add_argument("--customers", type=positive_int, default=1000)
-    sample.add_argument("--products", type=positive_int, default=500)
-    sample.add_argument("--events", type=positive_int, default=50_000)
-    sample.add_argument("--segments", type=positive_int, default=6)
-    sample.add_argument("--days", type=positive_int, default=30)
+    sample.add_argument("--customers", type=bounded_int(1), default=1000)
+    sample.add_argument("--products", type=bounded_int(1), default=500)
+    sample.add_argument("--events", type=bounded_int(1), default=50_000)
+    sample.add_argument("--segments", type=bounded_int(1), default=6)
+    sample.add_argument("--days", type=bounded_int(1), default=30)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--per-day", action="store_true", help="one events file per day")
     sample.set_defaults(func=cmd_sample)

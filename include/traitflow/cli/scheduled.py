@@ -13,11 +13,12 @@ from traitflow.cli.common import (
     add_config_flags,
     add_increment_flags,
     add_trigger_flags,
+    bounded_int,
     config_from_args,
     fraction,
     parse_utc,
-    positive_int,
 )
+from traitflow.config import MAX_SHARDS
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +50,7 @@ def _add_retrain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--force", action="store_true", help="train a candidate even if the vocabulary has not moved"
     )
     retrain.add_argument("--tune", action="store_true", help="tune Item2Vec first (traitflow.tuning)")
-    retrain.add_argument("--tune-trials", type=positive_int, default=8, help="settings tried (default 8)")
+    retrain.add_argument("--tune-trials", type=bounded_int(1), default=8, help="settings tried (default 8)")
     retrain.add_argument(
         "--tune-sample-fraction",
         type=fraction,
@@ -92,19 +93,10 @@ def _add_update(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     update.set_defaults(func=cmd_update)
 
 
-def _n_shards(value: str) -> int:
-    from traitflow.config import MAX_SHARDS
-
-    number = positive_int(value)
-    if number > MAX_SHARDS:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_SHARDS}, got {number}")
-    return number
-
-
 def _add_shards_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shards",
-        type=_n_shards,
+        type=bounded_int(1, MAX_SHARDS),
         default=1,
         help="compute the profiles in this many customer shards, one after the other, as the "
         "DAG's n_shards mapped tasks do (default 1; the rows are the same for any number)",

@@ -24,6 +24,7 @@ import pandas as pd
 import psycopg
 
 from traitflow import formatting
+from traitflow.cli.common import bounded_int
 from traitflow.config import ConfigError
 from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
 from traitflow.redaction import redact, secrets_of
@@ -120,8 +121,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"rejected by reason: {by_reason} (rows with their reason in {rejects_table})")
         if report.n_already_present:
             print(
-                "already present: identical to a stored event (a re-read or overlapping file): "
-                "nothing added"
+                "already present: identical to a stored event (a re-read or overlapping file): nothing added"
             )
     return 0
 
@@ -273,24 +273,10 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _min_events_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-events",
-        type=_non_negative_int,
+        type=bounded_int(0),
         default=MIN_EVIDENCE_EVENTS,
         help="leave out customers with fewer events: their profile is a guess"
         f" (default {MIN_EVIDENCE_EVENTS}; 0 shows everyone, with cold_start and confidence beside each)",
@@ -379,7 +365,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     p.add_argument(
         "--force", action="store_true", help="re-read a file already ingested (adds nothing twice)"
     )
-    p.add_argument("--chunksize", type=_positive_int, default=500_000, help="rows per chunk")
+    p.add_argument("--chunksize", type=bounded_int(1), default=500_000, help="rows per chunk")
     add_reject_share_flag(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -396,7 +382,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
 
     p = subparsers.add_parser(name("top"), parents=[common, as_json], help="top customers of a trait")
     p.add_argument("trait_id", type=int)
-    p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
+    p.add_argument("-n", type=bounded_int(1), default=10, help="how many (default 10)")
     p.add_argument("--model-version", type=int, default=None)
     _min_events_option(p)
     p.set_defaults(func=cmd_top)
@@ -405,7 +391,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
         name("similar"), parents=[common, as_json], help="customers with the most similar profile"
     )
     p.add_argument("customer_id")
-    p.add_argument("-n", type=_positive_int, default=10, help="how many (default 10)")
+    p.add_argument("-n", type=bounded_int(1), default=10, help="how many (default 10)")
     _min_events_option(p)
     p.set_defaults(func=cmd_similar)
 
@@ -418,7 +404,7 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
 
     p = subparsers.add_parser(name("reports"), parents=[common, as_json], help="recent run reports")
     p.add_argument("--kind", default=None, help="only reports of this kind")
-    p.add_argument("--limit", type=_positive_int, default=20)
+    p.add_argument("--limit", type=bounded_int(1), default=20)
     p.set_defaults(func=cmd_reports)
 
 
