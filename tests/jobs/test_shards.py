@@ -13,7 +13,7 @@ import pytest
 from test_jobs import CONFIG, DAY, START, context, ingest_days, weekly_context
 
 from traitflow import jobs
-from traitflow.runs import RunContext
+from traitflow.runs import FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
 from traitflow.store import ShardsNotReadyError, Store
 
@@ -107,13 +107,18 @@ def test_weekly_recompute_with_1_3_8_shards_promotes_identical_profiles(env, mak
         for day in range(7):
             ingest = replace(run, start=START + day * DAY, end=START + (day + 1) * DAY)
             jobs.ingest_interval(ingest, jobs_input(env))
-        plan = jobs.plan_recompute(run, fitted, n_shards)
-        plan = replace(plan, event_snapshot=store.event_snapshot())  # this schema's events
+        plan = jobs.plan_recompute(run, with_snapshot(fitted, store.event_snapshot()), n_shards)
         run_shards_shuffled(jobs.recompute_profiles, run, plan, n_shards)
         promoted = jobs.promote(run, plan, gate, drift)
         assert promoted.n_profiles == len(store.customers_with_events(None, end)) > 0
         states[n_shards] = profile_state(store)
     assert states[3] == states[8] == states[1]
+
+
+def with_snapshot(fitted: FittedCandidate, snapshot: str) -> FittedCandidate:
+    """``fitted`` reading another snapshot (a fresh schema's events)."""
+    corpus = replace(fitted.candidate.corpus, event_snapshot=snapshot)
+    return replace(fitted, candidate=replace(fitted.candidate, corpus=corpus))
 
 
 def jobs_input(env):
