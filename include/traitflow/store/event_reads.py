@@ -147,7 +147,8 @@ def read_events(
     if shard is not None:
         conditions.append(
             sql.SQL(
-                "e.customer_id IN (SELECT m.customer_id FROM shard_members m WHERE m.plan_id = %s AND m.shard = %s)"
+                "e.customer_id IN (SELECT m.customer_id FROM shard_members m"
+                " WHERE m.plan_id = %s AND m.shard = %s)"
             )
         )
         params.extend([int(shard.plan_id), int(shard.shard)])
