@@ -18,6 +18,7 @@ SPEC = SyntheticSpec(n_customers=300, n_products=150, n_categories=12, n_segment
 MODEL_FLAGS = ("--k", "6", "--vector-size", "16", "--epochs", "3", "--workers", "1")
 
 
+
 @pytest.fixture
 def events_csv(tmp_path: Path) -> Path:
     write_sample(tmp_path / "sample", SPEC)
