@@ -120,8 +120,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"rejected by reason: {by_reason} (rows with their reason in {rejects_table})")
         if report.n_already_present:
             print(
-                "already present: identical to a stored event (a re-read or overlapping file): "
-                "nothing added"
+                "already present: identical to a stored event (a re-read or overlapping file): nothing added"
             )
     return 0
 

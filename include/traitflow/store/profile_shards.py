@@ -19,6 +19,7 @@ from traitflow.shards import check_n_shards
 
 from ._util import require_transaction, utc
 from .errors import StoreInputError
+from .shard_members import delete_plans
 
 # Staged batches of runs that never committed (a run failed for good, a changed shard count)
 # are deleted by the next commit once they are this old.
@@ -109,7 +110,7 @@ def clear_staged(conn: psycopg.Connection, run_key: str) -> int:
     and plan older than ``STALE_AFTER``; returns the staged batches deleted."""
     require_transaction(conn)
     stale = (_check_key(run_key), STALE_AFTER)
-    conn.execute("DELETE FROM shard_plans WHERE run_key = %s OR created_at < now() - %s", stale)
+    delete_plans(conn, run_key, STALE_AFTER)
     return conn.execute(
         "DELETE FROM profile_shards WHERE run_key = %s OR created_at < now() - %s", stale
     ).rowcount

@@ -4,12 +4,13 @@ The run's plan task assigns its customers to shards once (``write_plan``: ``trai
 over the ids, one COPY of ``(plan_id, shard, customer_id)``); each shard task reads its own
 customers (``shard_customers``) and their events (``traitflow.store.event_reads.read_events``
 with a ``ShardRef``) by joining on the membership. The commit deletes the run's plan with its
-staged batches (``profile_shards.clear_staged``), in its own transaction.
+staged batches (``profile_shards.clear_staged``, ``delete_plans``), in the commit's transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -52,8 +53,12 @@ def write_plan(
     (``profile_shards.clear_staged``)."""
     require_transaction(conn)
     n_shards = check_n_shards(n_shards)
-    ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).astype(str).to_numpy())
+    ids = pd.unique(np.asarray(customer_ids, dtype=object))
     shards = shards_of(ids, n_shards)
+    # Rows in (shard, id) order when the ids come sorted (they come from an ORDER BY): the
+    # primary key then grows at one end per shard instead of taking random inserts.
+    order = np.argsort(shards, kind="stable")
+    ids, shards = ids[order], shards[order]
     row = conn.execute(
         "INSERT INTO shard_plans (run_key, n_shards) VALUES (%s, %s) RETURNING plan_id", (run_key, n_shards)
     ).fetchone()
@@ -70,6 +75,18 @@ def write_plan(
     )
     sizes = np.bincount(shards, minlength=n_shards)
     return ShardMembership(plan_id, tuple(int(n) for n in sizes))
+
+
+def delete_plans(conn: psycopg.Connection, run_key: str, older_than: timedelta) -> None:
+    """Delete the run's plan and every plan created more than ``older_than`` ago, with their
+    members, inside the caller's transaction."""
+    require_transaction(conn)
+    rows = conn.execute(
+        "DELETE FROM shard_plans WHERE run_key = %s OR created_at < now() - %s RETURNING plan_id",
+        (run_key, older_than),
+    ).fetchall()
+    if rows:  # the plans this statement deleted: a plan committed meanwhile keeps its members
+        conn.execute("DELETE FROM shard_members WHERE plan_id = ANY(%s)", ([int(row[0]) for row in rows],))
 
 
 def lock_plan(conn: psycopg.Connection, plan_id: int, run_key: str, n_shards: int) -> None:
