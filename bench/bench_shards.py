@@ -170,7 +170,10 @@ class ShardBench:
             schema = store.schema
             snapshot = store.event_snapshot()
             week = replace(trained.week, schema=schema, run_id=f"weekly-{n_shards}")
-            plan = replace(jobs.plan_recompute(week, trained.fitted, n_shards), event_snapshot=snapshot)
+            # This schema's events: the plan assigns, and the shards read, what its snapshot holds.
+            corpus = replace(trained.fitted.candidate.corpus, event_snapshot=snapshot)
+            fitted = replace(trained.fitted, candidate=replace(trained.fitted.candidate, corpus=corpus))
+            plan = jobs.plan_recompute(week, fitted, n_shards)
             weekly = _run_shards("weekly", week, plan)
             promoted, promote = _timed(
                 lambda: jobs.promote(week, plan, trained.gate, trained.drift), lambda r: r.n_profiles

@@ -50,12 +50,14 @@ instance per customer shard) -> `commit_update` -> `monitor` -> `maintain_histor
   the day's files (late events, dated before their file's day); files dated after the interval
   are ignored, so backfills in any order select and read the same events.
 * **plan_update** picks the newest model trained through the interval end or earlier
-  (backfill-safe); **update_profiles** runs once per customer shard (`n_shards`, a stable hash
-  of the customer id) and stages its shard's profiles in the database (a retried shard replaces
-  its own batch); **commit_update** writes every shard in one transaction (a missing shard fails
-  it, nothing written) and never overwrites a newer current profile; if a newer model is
-  promoted for the same date meanwhile, it recomputes with that model instead of writing over
-  its rows. Any `n_shards` writes the same rows.
+  (backfill-safe) and assigns the selected customers to `n_shards` customer shards (a stable
+  hash of the customer id), once, in the database; **update_profiles** runs once per shard,
+  reads its own customers and their events from the database (no file of the run's folder) and
+  stages its shard's profiles there (a retried shard replaces its own batch); **commit_update**
+  writes every shard in one transaction that also deletes the run's shard assignment (a
+  missing shard fails it, nothing written) and never overwrites a newer current profile; if a
+  newer model is promoted for the same date meanwhile, it recomputes with that model instead of
+  writing over its rows. Any `n_shards` writes the same rows.
 * **monitor** stores a run report (OOV rate, profile-distribution drift). When nothing was written
   (no promoted model yet, no customers with events in the day) it stores the reason with
   `outcome: skipped` and ends skipped: a green run that says why, never retried.
@@ -201,10 +203,7 @@ def traitflow_daily() -> None:
         from traitflow import jobs
         from traitflow.runs import ShardPlan
 
-        shard_plan = ShardPlan.from_xcom(plan)
-        return jobs.update_profiles(
-            run_context(), shard_plan, shard, run_params()["input_dir"] or None
-        ).to_xcom()
+        return jobs.update_profiles(run_context(), ShardPlan.from_xcom(plan), shard).to_xcom()
 
     @task(multiple_outputs=False)
     @fail_fast
@@ -212,8 +211,7 @@ def traitflow_daily() -> None:
         from traitflow import jobs
         from traitflow.runs import ShardPlan
 
-        shard_plan = ShardPlan.from_xcom(plan)
-        return jobs.commit_update(run_context(), shard_plan, run_params()["input_dir"] or None).to_xcom()
+        return jobs.commit_update(run_context(), ShardPlan.from_xcom(plan)).to_xcom()
 
     @task(multiple_outputs=False)
     @fail_fast

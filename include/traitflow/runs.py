@@ -188,10 +188,15 @@ class IngestResult(_XComForm):
 
 @dataclass(frozen=True)
 class CustomerSelection(_XComForm):
-    """The customers a daily run updates, in a Parquet file (column ``customer_id``)."""
+    """The customers a daily run updates, in a Parquet file (column ``customer_id``).
+
+    exclude_sources : the event files not delivered yet for the run's interval (dated its end's
+        day or later): their events are left out of the run's reads
+    """
 
     customers_path: str
     n_customers: int
+    exclude_sources: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -441,8 +446,11 @@ class ShardPlan(_XComForm):
     under ``run_key`` and committed together.
 
     as_of : the profiles' instant (ISO)
-    model_version, customers_path : daily: the model selected for ``as_of`` (None: none yet) and
-        the selected customers' file
+    plan_id, shard_sizes : the shard membership the plan task wrote (``Store.plan_shards``) and
+        its customers per shard; plan_id None: no membership (nothing to compute, or a weekly
+        recompute in one shard, which reads every customer)
+    model_version, exclude_sources : daily: the model selected for ``as_of`` (None: none yet)
+        and the event files not delivered yet for the interval (``CustomerSelection``)
     fitted, event_snapshot : weekly: the candidate every customer is profiled with, and the
         run's event snapshot
     reason : set when there is nothing to compute (no model yet, no customers); shards skip
@@ -451,8 +459,10 @@ class ShardPlan(_XComForm):
     run_key: str
     n_shards: int
     as_of: str
+    plan_id: int | None = None
+    shard_sizes: list[int] = field(default_factory=list)
     model_version: int | None = None
-    customers_path: str | None = None
+    exclude_sources: list[str] = field(default_factory=list)
     fitted: FittedCandidate | None = None
     event_snapshot: str | None = None
     reason: str | None = None

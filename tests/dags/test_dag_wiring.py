@@ -110,17 +110,24 @@ class JobsDouble:
     def _select_customers(self, context: RunContext, input_dir: str | None = None) -> CustomerSelection:
         path = Path(context.work_dir) / "customers.parquet"
         path.write_text("fake")
-        return CustomerSelection(str(path), 3)
+        return CustomerSelection(str(path), 3, [f"{input_dir}/later.csv"] if input_dir else [])
 
     def _plan_update(self, context: RunContext, selection: CustomerSelection, n_shards: int = 1) -> ShardPlan:
-        return ShardPlan(f"daily:{context.run_id}", n_shards, iso(context.end), 1, selection.customers_path)
+        sizes = [3] + [0] * (n_shards - 1)
+        return ShardPlan(
+            f"daily:{context.run_id}",
+            n_shards,
+            iso(context.end),
+            plan_id=5,
+            shard_sizes=sizes,
+            model_version=1,
+            exclude_sources=selection.exclude_sources,
+        )
 
-    def _update_profiles(
-        self, context: RunContext, plan: ShardPlan, shard: int, input_dir=None
-    ) -> ShardResult:
+    def _update_profiles(self, context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
         return ShardResult(shard, 1)
 
-    def _commit_update(self, context: RunContext, plan: ShardPlan, input_dir=None) -> UpdateResult:
+    def _commit_update(self, context: RunContext, plan: ShardPlan) -> UpdateResult:
         return UpdateResult(plan.as_of, plan.model_version, 3)
 
     def _monitor_daily(self, context: RunContext, update: UpdateResult) -> DailyReport:
@@ -263,15 +270,18 @@ def test_daily_hands_the_day_params_and_connection_to_the_library(run_dag: Any, 
     work_dir = Path(context.work_dir)
     assert work_dir.is_dir() and work_dir.parts[-3:-1] == ("runs", "traitflow_daily")
     plan = calls["plan_update"]
-    assert plan["selection"] == CustomerSelection(str(work_dir / "customers.parquet"), 3)
+    assert plan["selection"] == CustomerSelection(
+        str(work_dir / "customers.parquet"), 3, ["/data/in/later.csv"]
+    )
     assert plan["n_shards"] == 1  # the form's default
     update = calls["update_profiles"]
     assert update["context"].end == D
     assert update["plan"] == fake.returned["plan_update"] == calls["commit_update"]["plan"]
     assert update["shard"] == 0
-    # The day's files decide which late events are picked up and which files are not yet due.
-    assert calls["select_customers"]["input_dir"] == update["input_dir"] == "/data/in"
-    assert calls["commit_update"]["input_dir"] == "/data/in"
+    # The day's files decide which late events are picked up and which files are not yet due;
+    # the shards and the commit get the files to leave out with the plan, not the folder.
+    assert calls["select_customers"]["input_dir"] == "/data/in"
+    assert update["plan"].exclude_sources == ["/data/in/later.csv"]
     assert calls["monitor_daily"]["update"] == UpdateResult(D.isoformat(), 1, 3)
     assert (
         result.xcom("monitor")
@@ -325,8 +335,8 @@ def test_daily_without_input_dir_ingests_nothing_but_still_updates(
     assert result.state == "success"
     assert fake.args("ingest_interval")["source"].input_dir is None
     assert fake.args("ingest_interval")["context"].database_url is None  # embedded Postgres
-    assert fake.args("update_profiles")["input_dir"] is None
-    assert fake.args("commit_update")["input_dir"] is None
+    assert fake.args("select_customers")["input_dir"] is None
+    assert fake.args("update_profiles")["plan"].exclude_sources == []
     assert result.xcom("ingest")["skipped"] is True
 
 

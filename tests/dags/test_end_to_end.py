@@ -132,10 +132,11 @@ def test_weekly_branches_daily_updates_and_every_table(pipeline, store: Store):
     assert refresh().state == "success"
 
     counts = store.table_counts()
-    # No names in the sample; the commits took every staged shard batch.
-    filled = {table: n for table, n in counts.items() if table not in ("product_names", "profile_shards")}
+    # No names in the sample; the commits took every staged shard batch and shard plan.
+    emptied = ("product_names", "profile_shards", "shard_plans", "shard_members")
+    filled = {table: n for table, n in counts.items() if table not in emptied}
     assert all(n > 0 for n in filled.values()), counts
-    assert counts["product_names"] == counts["profile_shards"] == 0, counts
+    assert [counts[table] for table in emptied] == [0, 0, 0, 0], counts
     rejects = store.connection.execute("SELECT reason FROM rejected_events").fetchall()
     assert rejects == [("unknown_action",)]
     assert store.model_version_for(START + 10 * DAY) == 2  # a date between retrains keeps its model

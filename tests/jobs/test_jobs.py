@@ -37,17 +37,17 @@ def run_daily(env, day: int) -> dict:
     run = context(env, f"daily-{day}", start + DAY)
     ingested = jobs.ingest_interval(run, EventInput(env["input"], "canonical"))
     selected = jobs.select_customers(run, env["input"])
-    updated = update(run, selected, env["input"])
+    updated = update(run, selected)
     monitored = jobs.monitor_daily(run, updated)
     return {"ingested": ingested, "selected": selected, "updated": updated, "monitored": monitored}
 
 
-def update(run: RunContext, selected, input_dir: str | None = None, n_shards: int = 1):
+def update(run: RunContext, selected, n_shards: int = 1):
     """The daily DAG's plan -> update_profiles per shard -> commit_update."""
     plan = jobs.plan_update(run, selected, n_shards)
     for shard in plan.shards():
-        jobs.update_profiles(run, plan, shard, input_dir)
-    return jobs.commit_update(run, plan, input_dir)
+        jobs.update_profiles(run, plan, shard)
+    return jobs.commit_update(run, plan)
 
 
 def recompute(run: RunContext, fitted, n_shards: int = 1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 from test_jobs import CONFIG, DAY, START, context, ingest_days, weekly_context
 
 from traitflow import jobs
-from traitflow.runs import RunContext
+from traitflow.profile_batch import ProfileBatch
+from traitflow.runs import FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
-from traitflow.store import ShardsNotReadyError, Store
+from traitflow.store import PlanNotFoundError, ShardsNotReadyError, Store
+from traitflow.store.profile_shards import STALE_AFTER
 
 PROFILE_TABLES = ("customer_profiles", "customer_profile_history", "profile_shards")
 
@@ -75,7 +78,8 @@ def test_daily_update_with_1_3_8_shards_writes_identical_tables(env):
     # differed with more shards would change a checksum.
     for n_shards in (3, 8, 64, 1):  # 64: more shards than some have customers (empty batches)
         assert daily_checksums(env, run, selected, n_shards) == one, n_shards
-    assert env["store"].table_counts()["profile_shards"] == 0
+    counts = env["store"].table_counts()
+    assert counts["profile_shards"] == counts["shard_plans"] == counts["shard_members"] == 0
     ids = pd.read_parquet(selected.customers_path)["customer_id"].to_numpy(dtype=object)
     assert len(set(shards_of(ids, 64))) < 64  # some of the 64 shards were empty
 
@@ -107,13 +111,18 @@ def test_weekly_recompute_with_1_3_8_shards_promotes_identical_profiles(env, mak
         for day in range(7):
             ingest = replace(run, start=START + day * DAY, end=START + (day + 1) * DAY)
             jobs.ingest_interval(ingest, jobs_input(env))
-        plan = jobs.plan_recompute(run, fitted, n_shards)
-        plan = replace(plan, event_snapshot=store.event_snapshot())  # this schema's events
+        plan = jobs.plan_recompute(run, with_snapshot(fitted, store.event_snapshot()), n_shards)
         run_shards_shuffled(jobs.recompute_profiles, run, plan, n_shards)
         promoted = jobs.promote(run, plan, gate, drift)
         assert promoted.n_profiles == len(store.customers_with_events(None, end)) > 0
         states[n_shards] = profile_state(store)
     assert states[3] == states[8] == states[1]
+
+
+def with_snapshot(fitted: FittedCandidate, snapshot: str) -> FittedCandidate:
+    """``fitted`` reading another snapshot (a fresh schema's events)."""
+    corpus = replace(fitted.candidate.corpus, event_snapshot=snapshot)
+    return replace(fitted, candidate=replace(fitted.candidate, corpus=corpus))
 
 
 def jobs_input(env):
@@ -190,3 +199,175 @@ def test_commit_refuses_shards_staged_for_another_shard_count(env):
         jobs.promote(week, two, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
     assert store.table_checksums() == before
     assert store.model_versions().empty
+
+
+# --- the shard plan: customers assigned once per run, each shard reading its own ---------------
+
+
+def promote_first_model(env) -> None:
+    """Nine days ingested and a model trained through day 7 promoted (one shard)."""
+    ingest_days(env, range(9))
+    week = weekly_context(env, START + 7 * DAY)
+    candidate = jobs.train_candidate(week, jobs.build_corpus(week, CONFIG), CONFIG)
+    plan = jobs.plan_recompute(week, jobs.refit_traits(week, candidate), 1)
+    jobs.recompute_profiles(week, plan, 0)
+    jobs.promote(week, plan, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
+
+
+def membership(store: Store, run_key: str) -> dict[int, list[str]]:
+    """``{shard: customer ids}`` of the run's plan in ``shard_members``."""
+    rows = store.connection.execute(
+        "SELECT m.shard, m.customer_id FROM shard_plans p JOIN shard_members m USING (plan_id)"
+        " WHERE p.run_key = %s ORDER BY m.shard, m.customer_id",
+        (run_key,),
+    ).fetchall()
+    found: dict[int, list[str]] = {}
+    for shard, customer in rows:
+        found.setdefault(int(shard), []).append(customer)
+    return found
+
+
+def hash_split(ids: np.ndarray, n_shards: int) -> dict[int, list[str]]:
+    """``{shard: sorted ids}`` by ``traitflow.shards``, empty shards left out."""
+    parts = {shard: sorted(in_shard(ids, shard, n_shards)) for shard in range(n_shards)}
+    return {shard: part for shard, part in parts.items() if part}
+
+
+def staged_ids(store: Store, run_key: str) -> dict[int, list[str]]:
+    """``{shard: customer ids}`` of the batches staged under ``run_key``."""
+    rows = store.connection.execute(
+        "SELECT shard, batch FROM profile_shards WHERE run_key = %s ORDER BY shard", (run_key,)
+    ).fetchall()
+    return {int(shard): ProfileBatch.from_bytes(bytes(data)).customer_ids.tolist() for shard, data in rows}
+
+
+def plan_tables(store: Store) -> tuple[int, int, int]:
+    counts = store.table_counts()
+    return counts["shard_plans"], counts["shard_members"], counts["profile_shards"]
+
+
+class EventReads:
+    """Records the customers of every ``Store.read_events`` result; a shard that asks for every
+    customer (``customers_with_events``) fails the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.customers: list[set[str]] = []
+        real = Store.read_events
+
+        def read_events(store: Store, *args, **kwargs) -> pd.DataFrame:
+            events = real(store, *args, **kwargs)
+            self.customers.append(set(events["customer_id"]))
+            return events
+
+        def everyone(*args, **kwargs):
+            raise AssertionError("a shard read every customer of the run")
+
+        monkeypatch.setattr(Store, "read_events", read_events)
+        monkeypatch.setattr(Store, "customers_with_events", everyone)
+
+
+def test_each_daily_shard_reads_only_its_members_and_no_file_of_the_run(env, monkeypatch):
+    promote_first_model(env)
+    store: Store = env["store"]
+    run = context(env, "daily", START + 9 * DAY)
+    selected = jobs.select_customers(run)
+    ids = pd.read_parquet(selected.customers_path)["customer_id"].to_numpy(dtype=object)
+    plan = jobs.plan_update(run, selected, 3)
+    split = hash_split(ids, 3)
+    assert len(split) == 3
+    assert membership(store, plan.run_key) == split  # the plan hashed every selected id once
+    assert plan.shard_sizes == [len(split[shard]) for shard in range(3)]
+
+    shutil.rmtree(run.work_dir)  # the shards need no file of the run's folder
+    reads = EventReads(monkeypatch)
+    for shard in plan.shards():
+        assert jobs.update_profiles(run, plan, shard).n_profiles == len(split[shard])
+        assert reads.customers[-1] == set(split[shard])  # the events of its members, only
+    assert staged_ids(store, plan.run_key) == split
+    assert jobs.commit_update(run, plan).n_profiles == selected.n_customers
+    assert plan_tables(store) == (0, 0, 0)  # the commit deleted the plan with the batches
+
+
+def test_each_weekly_shard_reads_only_its_members(env, monkeypatch):
+    end = START + 7 * DAY
+    ingest_days(env, range(7))
+    week = weekly_context(env, end)
+    corpus = jobs.build_corpus(week, CONFIG)
+    candidate = jobs.train_candidate(week, corpus, CONFIG)
+    fitted = jobs.refit_traits(week, candidate)
+    store: Store = env["store"]
+    plan = jobs.plan_recompute(week, fitted, 3)
+    split = hash_split(store.customers_with_events(None, end, snapshot=corpus.event_snapshot), 3)
+    assert membership(store, plan.run_key) == split
+    assert plan.shard_sizes == [len(split[shard]) for shard in range(3)]
+
+    reads = EventReads(monkeypatch)
+    for shard in plan.shards():
+        jobs.recompute_profiles(week, plan, shard)
+        assert reads.customers[-1] == set(split[shard])
+    assert staged_ids(store, plan.run_key) == split
+    promoted = jobs.promote(
+        week, plan, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
+    )
+    assert promoted.n_profiles == sum(len(part) for part in split.values())
+    assert plan_tables(store) == (0, 0, 0)
+
+
+def test_a_retried_plan_gives_the_same_membership_and_retires_the_earlier_attempt(env):
+    promote_first_model(env)
+    store: Store = env["store"]
+    run = context(env, "retried", START + 9 * DAY)
+    selected = jobs.select_customers(run)
+    first = jobs.plan_update(run, selected, 3)
+    assigned = membership(store, first.run_key)
+    jobs.update_profiles(run, first, 0)
+    second, third = jobs.plan_update(run, selected, 3), jobs.plan_update(run, selected, 3)
+    assert membership(store, first.run_key) == assigned
+    assert second.shard_sizes == third.shard_sizes == first.shard_sizes
+    assert len({first.plan_id, second.plan_id, third.plan_id}) == 3  # one id per attempt
+    # One plan of the run left; the batch staged from the first attempt went with it.
+    assert plan_tables(store) == (1, selected.n_customers, 0)
+
+    # A shard still holding an earlier attempt's plan stages nothing.
+    with pytest.raises(PlanNotFoundError):
+        jobs.update_profiles(run, second, 1)
+    assert store.staged_shards(third.run_key) == []
+    with pytest.raises(ShardsNotReadyError):
+        jobs.commit_update(run, third)
+    for shard in third.shards():
+        jobs.update_profiles(run, third, shard)
+    assert jobs.commit_update(run, third).n_profiles == selected.n_customers
+    assert plan_tables(store) == (0, 0, 0)
+
+
+def test_an_abandoned_plan_stays_its_own_run_s_and_goes_once_stale(env):
+    promote_first_model(env)
+    store: Store = env["store"]
+    end = START + 9 * DAY
+    abandoned_run = context(env, "abandoned", end)
+    selected = jobs.select_customers(abandoned_run)
+    abandoned = jobs.plan_update(abandoned_run, selected, 3)
+    jobs.update_profiles(abandoned_run, abandoned, 0)
+    left = membership(store, abandoned.run_key)
+
+    # The next run of the day plans, computes and commits with its own plan only.
+    run = context(env, "next", end)
+    plan = jobs.plan_update(run, selected, 2)
+    assert plan.plan_id != abandoned.plan_id
+    ids = pd.read_parquet(selected.customers_path)["customer_id"].to_numpy(dtype=object)
+    assert membership(store, plan.run_key) == hash_split(ids, 2)
+    for shard in plan.shards():
+        jobs.update_profiles(run, plan, shard)
+    assert jobs.commit_update(run, plan).n_profiles == selected.n_customers
+    assert membership(store, abandoned.run_key) == left  # a recent plan of another run is kept
+    assert store.staged_shards(abandoned.run_key) == [0]
+
+    # Older than STALE_AFTER: the next plan (of any run) deletes it with its batch.
+    aged = (STALE_AFTER + DAY,)
+    store.connection.execute("UPDATE shard_plans SET created_at = created_at - %s", aged)
+    store.connection.execute("UPDATE profile_shards SET created_at = created_at - %s", aged)
+    later = context(env, "later", end)
+    jobs.plan_update(later, selected, 1)
+    assert membership(store, abandoned.run_key) == {}
+    assert store.staged_shards(abandoned.run_key) == []
+    assert plan_tables(store) == (1, selected.n_customers, 0)

@@ -58,7 +58,9 @@ FIRST_GATE = GateResult(
 DRIFT = DriftResult(True, None, 0.1, 0.12, 0.3, 0.5, 50, 55, 52, 5)
 FITTED = FittedCandidate(CANDIDATE, "/w/candidate/model", True, {"n_matched": 5})
 WEEKLY_PLAN = ShardPlan("weekly:w-1", 3, END.isoformat(), fitted=FITTED, event_snapshot="9:12:10")
-DAILY_PLAN = ShardPlan("daily:d-1", 1, END.isoformat(), 2, "/w/customers.parquet")
+DAILY_PLAN = ShardPlan(
+    "daily:d-1", 2, END.isoformat(), 7, [4, 3], model_version=2, exclude_sources=["/in/2026-01-12.csv"]
+)
 UPDATE = UpdateResult(
     END.isoformat(), 2, 3, None, {"oov_rate": 0.1}, [0.5, 0.5], [1, 2], [1], "model 1 was replaced by 2"
 )
@@ -76,6 +78,7 @@ VALUES = [
     IngestResult(skipped=True, reason="no input_dir"),
     IngestResult(False, None, 3, 1, ["/in/a.csv"], 1, 10, 8, 1, 1, 0, 1, 2),
     CustomerSelection("/w/customers.parquet", 7),
+    CustomerSelection("/w/customers.parquet", 7, ["/in/2026-01-12.csv"]),
     UPDATE,
     UpdateResult(END.isoformat(), None, 0, "no promoted model"),
     DailyReport("daily-1", UPDATE, 0.1, 0.3, 0.02),
@@ -96,8 +99,9 @@ VALUES = [
     DriftResult(False, "no active model"),
     FITTED,
     WEEKLY_PLAN,
+    replace(WEEKLY_PLAN, plan_id=8, shard_sizes=[5, 6, 4]),
     DAILY_PLAN,
-    replace(DAILY_PLAN, model_version=None, reason="no promoted model"),
+    ShardPlan("daily:d-1", 1, END.isoformat(), model_version=None, reason="no promoted model"),
     ShardResult(2, 40),
     ShardResult(0, 0, skipped=True),
     PromotionResult(4, 40, "candidate-sha256:ab"),

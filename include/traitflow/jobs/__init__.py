@@ -2,9 +2,10 @@
 
 Every job takes the run's ``traitflow.runs.RunContext`` and the typed result of the job before it,
 opens its own ``Store`` (a task may run on any worker), passes large data between tasks only as
-files under the run's ``work_dir`` and returns a frozen dataclass of ``traitflow.runs`` (ids,
-paths and counts; ``to_xcom()`` for Airflow). No Airflow imports: the DAG files adapt these to
-tasks.
+files under the run's ``work_dir`` or as staging rows in the database (a sharded run's customer
+shards and staged batches: ``Store.plan_shards``, ``Store.stage_profiles``) and returns a frozen
+dataclass of ``traitflow.runs`` (ids, paths and counts; ``to_xcom()`` for Airflow). No Airflow
+imports: the DAG files adapt these to tasks.
 
 daily : ingest, customer selection, profile update (in customer shards), monitoring and history
     maintenance of one day

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from traitflow.runs import (
     iso,
     utc,
 )
-from traitflow.shards import check_n_shards, in_shard
+from traitflow.shards import check_n_shards
+from traitflow.store import ShardRef
 
 
 def _fit_candidate(context: RunContext, candidate: Candidate, refit: bool) -> FittedCandidate:
@@ -111,35 +113,42 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
 
 
 def plan_recompute(context: RunContext, fitted: FittedCandidate, n_shards: int = 1) -> ShardPlan:
-    """The shard plan of profiling every customer as of the run's end under the fitted candidate:
-    ``n_shards`` customer shards (``traitflow.shards``) reading the run's event snapshot."""
-    return ShardPlan(
-        run_key=f"weekly:{context.run_id}",
-        n_shards=check_n_shards(n_shards),
-        as_of=iso(context.end),
-        fitted=fitted,
-        event_snapshot=fitted.candidate.corpus.event_snapshot,
-    )
+    """The shard plan of profiling every customer as of the run's end under the fitted candidate,
+    reading the run's event snapshot: with ``n_shards`` > 1, every customer with an event before
+    the end in the snapshot (like the model's fit) assigned to a shard (``traitflow.shards``),
+    once for the run, in the database (``Store.plan_shards``: a retry replaces the run's plan).
+    One shard reads every customer: no membership is written, and the run's earlier plan and
+    staged shards are deleted."""
+    run_key = f"weekly:{context.run_id}"
+    n_shards = check_n_shards(n_shards)
+    as_of = context.end
+    snapshot = fitted.candidate.corpus.event_snapshot
+    plan = ShardPlan(run_key, n_shards, iso(as_of), fitted=fitted, event_snapshot=snapshot)
+    with open_store(context) as store:
+        if n_shards == 1:
+            store.discard_staged(run_key)
+            return plan
+        customer_ids = store.customers_with_events(None, as_of, snapshot=snapshot)
+        membership = store.plan_shards(run_key, n_shards, customer_ids)
+    return replace(plan, plan_id=membership.plan_id, shard_sizes=list(membership.shard_sizes))
 
 
 def recompute_profiles(context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
-    """Profiles of shard ``shard``'s customers (every customer with an event before the run's
-    end in its snapshot, like the model's fit) under the candidate, staged for ``promote``
+    """Profiles of shard ``shard``'s customers (its members in the plan's ``shard_members``, and
+    only theirs; every customer with one shard) under the candidate, staged for ``promote``
     (``Store.stage_profiles``: a retry replaces the shard's batch)."""
     if plan.fitted is None:
         raise ValueError("a weekly shard plan needs its fitted candidate")
+    if plan.plan_id is None and plan.n_shards > 1:
+        raise ValueError("a weekly plan of several shards needs its plan_id")
     model = TraitflowModel.load(plan.fitted.model_dir)
     as_of = utc(plan.as_of)
+    members = None if plan.plan_id is None else ShardRef(plan.plan_id, shard)
     with open_store(context) as store:
-        if plan.n_shards == 1:  # every customer: no id list to send
-            events = store.read_events(end=as_of, snapshot=plan.event_snapshot)
-        else:
-            everyone = store.customers_with_events(None, as_of, snapshot=plan.event_snapshot)
-            customers = in_shard(everyone, shard, plan.n_shards)
-            events = store.read_events(end=as_of, customer_ids=customers, snapshot=plan.event_snapshot)
+        events = store.read_events(end=as_of, snapshot=plan.event_snapshot, shard=members)
         batch = profile_customers(events, model, as_of)
         batch.model_version = None  # the candidate has no version until promote saves it
-        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch)
+        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch, plan_id=plan.plan_id)
     return ShardResult(shard=shard, n_profiles=len(batch))
 
 

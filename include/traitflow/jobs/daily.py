@@ -15,7 +15,6 @@ for its date (``StaleModelError`` otherwise) and recomputes once with the newer 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,8 @@ from traitflow.runs import (
     iso,
     utc,
 )
-from traitflow.shards import check_n_shards, in_shard
-from traitflow.store import StaleModelError, Store
+from traitflow.shards import check_n_shards
+from traitflow.store import ShardRef, StaleModelError, Store
 from traitflow.store.partitions import DEFAULT_MONTHS_AHEAD
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,9 @@ def stop_without_day_file(context: RunContext, source: EventInput, listing: Even
 
 
 def select_customers(context: RunContext, input_dir: str | None = None) -> CustomerSelection:
-    """Customers with events in [start, end), written to ``customers.parquet`` in the run's folder.
+    """Customers with events in [start, end), written to ``customers.parquet`` in the run's folder
+    (read by ``plan_update``), and the files not delivered yet for the interval (dated its end's
+    day or later, ``CustomerSelection.exclude_sources``), which every read of the run leaves out.
 
     With ``input_dir``: also the customers with events in the files dated ``start``'s day, whatever
     their event times (late events: a Jan-8 event in the Jan-9 file updates its customer on
@@ -171,83 +172,83 @@ def select_customers(context: RunContext, input_dir: str | None = None) -> Custo
     path = Path(context.work_dir) / "customers.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"customer_id": pd.Series(customer_ids, dtype="str")}).to_parquet(path, index=False)
-    return CustomerSelection(customers_path=str(path), n_customers=len(customer_ids))
-
-
-def _not_yet_delivered(input_dir: str | None, as_of: datetime) -> list[str]:
-    """Sources dated ``as_of``'s day or later: not delivered yet for an interval ending at ``as_of``."""
-    return event_files(input_dir).from_day(_day(as_of)) if input_dir else []
+    return CustomerSelection(customers_path=str(path), n_customers=len(customer_ids), exclude_sources=later)
 
 
 def plan_update(context: RunContext, selection: CustomerSelection, n_shards: int = 1) -> ShardPlan:
-    """The daily update's shard plan: the model selected for the interval end, the customers'
-    file and ``n_shards`` (``traitflow.shards``); ``reason`` says why there is nothing to compute
-    (no promoted model trained through the end yet, no customers with events)."""
+    """The daily update's shard plan: the model selected for the interval end and the selected
+    customers assigned to ``n_shards`` shards (``traitflow.shards``), once for the run, in the
+    database (``Store.plan_shards``: a retry replaces the run's plan); ``reason`` says why there
+    is nothing to compute (no promoted model trained through the end yet, no customers with
+    events)."""
     as_of = context.end
+    run_key = f"daily:{context.run_id}"
+    n_shards = check_n_shards(n_shards)
     with open_store(context) as store:
         version = store.model_version_for(as_of)
-    reason = None
-    if version is None:
-        reason = f"no promoted model trained before {iso(as_of)}: run the weekly retrain first"
-    elif selection.n_customers == 0:
-        reason = "no customers with events"
+        reason = None
+        if version is None:
+            reason = f"no promoted model trained before {iso(as_of)}: run the weekly retrain first"
+        elif selection.n_customers == 0:
+            reason = "no customers with events"
+        if reason is not None:
+            return ShardPlan(run_key, n_shards, iso(as_of), model_version=version, reason=reason)
+        customer_ids = pd.read_parquet(selection.customers_path)["customer_id"].to_numpy(dtype=object)
+        membership = store.plan_shards(run_key, n_shards, customer_ids)
     return ShardPlan(
-        run_key=f"daily:{context.run_id}",
-        n_shards=check_n_shards(n_shards),
+        run_key=run_key,
+        n_shards=n_shards,
         as_of=iso(as_of),
+        plan_id=membership.plan_id,
+        shard_sizes=list(membership.shard_sizes),
         model_version=version,
-        customers_path=selection.customers_path,
-        reason=reason,
+        exclude_sources=list(selection.exclude_sources),
     )
 
 
-def update_profiles(
-    context: RunContext, plan: ShardPlan, shard: int, input_dir: str | None = None
-) -> ShardResult:
-    """Compute the profiles of shard ``shard``'s customers from their whole history before the
-    interval end with the plan's model, and stage them (``Store.stage_profiles``: a retry
-    replaces the shard's batch). The profile tables are written by ``commit_update``.
+def update_profiles(context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
+    """Compute the profiles of shard ``shard``'s customers (its members in the plan's
+    ``shard_members``, and only theirs) from their whole history before the interval end with
+    the plan's model, and stage them (``Store.stage_profiles``: a retry replaces the shard's
+    batch). The profile tables are written by ``commit_update``.
 
-    With ``input_dir``, events from files dated the end's day or later are left out (not
-    delivered yet for this interval; see ``select_customers``).
+    Events from files not delivered yet for the interval (``plan.exclude_sources``) are left out
+    (see ``select_customers``). Reads the database only: no file of the run's folder.
     """
     if plan.reason is not None or plan.model_version is None:
         return ShardResult(shard=shard, n_profiles=0, skipped=True)
+    if plan.plan_id is None:
+        raise ValueError("a daily shard plan needs its plan_id")
     as_of = utc(plan.as_of)
+    members = ShardRef(plan.plan_id, shard)
     with open_store(context) as store:
-        batch = _daily_batch(store, _shard_customers(plan, shard), as_of, plan.model_version, input_dir)
-        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch)
+        customer_ids = store.shard_customers(plan.plan_id, shard)
+        events = store.read_events(end=as_of, shard=members, exclude_sources=plan.exclude_sources)
+        batch = _daily_batch(store, customer_ids, events, as_of, plan.model_version)
+        store.stage_profiles(plan.run_key, shard, plan.n_shards, batch, plan_id=plan.plan_id)
     return ShardResult(shard=shard, n_profiles=len(batch))
 
 
-def _shard_customers(plan: ShardPlan, shard: int) -> np.ndarray:
-    """The selected customers of ``shard`` (ndarray of str, shape (n,))."""
-    if plan.customers_path is None:
-        raise ValueError("a daily shard plan needs its customers_path")
-    ids = pd.read_parquet(plan.customers_path)["customer_id"].to_numpy(dtype=object)
-    return in_shard(ids, shard, plan.n_shards)
-
-
 def _daily_batch(
-    store: Store, customer_ids: np.ndarray, as_of: datetime, version: int, input_dir: str | None
+    store: Store, customer_ids: np.ndarray, events: pd.DataFrame, as_of: datetime, version: int
 ) -> ProfileBatch:
-    """Profiles of ``customer_ids`` as of ``as_of`` with model ``version`` (events delivered by then)."""
-    later = _not_yet_delivered(input_dir, as_of)
-    events = store.read_events(end=as_of, customer_ids=list(customer_ids), exclude_sources=later)
+    """Profiles of ``customer_ids`` as of ``as_of`` from their ``events`` with model ``version``."""
     batch = profile_customers(events, store.load_model(version), as_of, customer_ids=customer_ids)
     batch.model_version = version
     return batch
 
 
-def commit_update(context: RunContext, plan: ShardPlan, input_dir: str | None = None) -> UpdateResult:
-    """Write every staged shard of the plan in one transaction (``Store.write_staged_profiles``),
-    checking under the writers' locks that the plan's model is still the one selected for the date.
+def commit_update(context: RunContext, plan: ShardPlan) -> UpdateResult:
+    """Write every staged shard of the plan in one transaction (``Store.write_staged_profiles``,
+    which also deletes the run's staged batches and shard plan), checking under the writers'
+    locks that the plan's model is still the one selected for the date.
 
     A missing shard raises ``ShardsNotReadyError`` and writes nothing. If a newer model was
     promoted for the date meanwhile (a weekly run finishing), the write is refused
     (``StaleModelError``) and every customer of the plan is recomputed here, once, with the newer
-    model; should that happen again, the run skips with the reason (the promotion's own recompute
-    and the refresh DAG cover these customers).
+    model, then the run's staged batches and plan are deleted; should that happen again, the run
+    skips with the reason (the promotion's own recompute and the refresh DAG cover these
+    customers).
     """
     as_of = utc(plan.as_of)
     if plan.reason is not None or plan.model_version is None:
@@ -261,17 +262,19 @@ def commit_update(context: RunContext, plan: ShardPlan, input_dir: str | None = 
             )
             stale_versions: list[int] = []
         except StaleModelError as stale:
-            store.discard_staged(plan.run_key)
             if stale.selected is None:
+                store.discard_staged(plan.run_key)
                 return _stale_skip(as_of, [plan.model_version], stale)
             log.warning("%s; recomputing with model %s", stale, stale.selected)
-            customers = _shard_customers(replace(plan, n_shards=1), 0)  # all of them
-            batch = _daily_batch(store, customers, as_of, stale.selected, input_dir)
+            batch = _recomputed(store, plan, stale.selected)
             stale_versions = [plan.model_version]
             try:
                 store.write_profiles(batch, require_selected_model=True)
             except StaleModelError as again:
+                store.discard_staged(plan.run_key)
                 return _stale_skip(as_of, [plan.model_version, stale.selected], again)
+            # After the write: a retry of this task before it finds the staged shards again.
+            store.discard_staged(plan.run_key)
         profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
     recomputed = None
     if stale_versions:
@@ -288,6 +291,15 @@ def commit_update(context: RunContext, plan: ShardPlan, input_dir: str | None = 
         stale_versions=stale_versions,
         recomputed=recomputed,
     )
+
+
+def _recomputed(store: Store, plan: ShardPlan, version: int) -> ProfileBatch:
+    """Every customer of the plan (all its shards) profiled with model ``version`` instead."""
+    assert plan.plan_id is not None  # a plan with a model and customers has its membership
+    customer_ids = store.shard_customers(plan.plan_id)
+    as_of = utc(plan.as_of)
+    events = store.read_events(end=as_of, customer_ids=customer_ids, exclude_sources=plan.exclude_sources)
+    return _daily_batch(store, customer_ids, events, as_of, version)
 
 
 def _stale_skip(as_of: datetime, stale_versions: list[int], stale: StaleModelError) -> UpdateResult:

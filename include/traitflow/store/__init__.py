@@ -40,6 +40,7 @@ from .errors import (
 from .ingest import IngestReport
 from .profile_shards import ShardsNotReadyError
 from .profiles import WriteReport
+from .shard_members import PlanNotFoundError, ShardMembership, ShardRef
 
 __all__ = [
     "DatabaseConnectionLostError",
@@ -48,7 +49,10 @@ __all__ = [
     "MigrationError",
     "ModelStateError",
     "NotFoundError",
+    "PlanNotFoundError",
     "SchemaNotReadyError",
+    "ShardMembership",
+    "ShardRef",
     "ShardsNotReadyError",
     "StaleModelError",
     "Store",

@@ -226,9 +226,7 @@ def encode_rows(columns: Sequence[Column]) -> pa.Buffer:
     return joined.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
-def _flush_fields(
-    fields: list[_Field], fills: dict[str, Any], n: int, segments: list[pa.Array]
-) -> None:
+def _flush_fields(fields: list[_Field], fills: dict[str, Any], n: int, segments: list[pa.Array]) -> None:
     """Append the pending fixed-width fields as one block (sub-field keys use ``name.sub``)."""
     if not fields:
         return

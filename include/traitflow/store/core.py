@@ -37,6 +37,7 @@ from . import profiles as _profiles
 from . import reads as _reads
 from . import reports as _reports
 from . import serving as _serving
+from . import shard_members as _shard_members
 from .db import GuardedConnection, Timeouts, connect, mask_url, resolve_url, validate_schema
 from .errors import DatabaseConnectionLostError, SchemaNotReadyError
 from .ingest import IngestReport, LoadResultLike
@@ -225,15 +226,24 @@ class Store:
         *,
         snapshot: str | None = None,
         exclude_sources: Sequence[str] | None = None,
+        shard: _shard_members.ShardRef | None = None,
     ) -> pd.DataFrame:
         """Canonical events with ``start <= event_time < end`` (end exclusive), ordered by customer, time.
 
         ``snapshot`` (from ``event_snapshot``): only events committed when it was taken.
         ``exclude_sources``: leave out events ingested from these sources.
+        ``shard``: only the events of that shard's customers (``plan_shards``), instead of
+        ``customer_ids``.
         """
         with self._transaction() as conn:
             return _reads.read_events(
-                conn, start, end, customer_ids, snapshot=snapshot, exclude_sources=exclude_sources
+                conn,
+                start,
+                end,
+                customer_ids,
+                snapshot=snapshot,
+                exclude_sources=exclude_sources,
+                shard=shard,
             )
 
     def event_counts(self, customer_ids: Sequence[str]) -> dict[str, int]:
@@ -418,14 +428,38 @@ class Store:
 
     # ------------------------------------------------------------------- sharded profiles
 
-    def stage_profiles(self, run_key: str, shard: int, n_shards: int, batch: ProfileBatch) -> None:
-        """Stage customer shard ``shard`` of ``n_shards`` of run ``run_key`` (``profile_shards``),
-        replacing an earlier attempt of the same shard; the profile tables are not touched."""
+    def plan_shards(
+        self, run_key: str, n_shards: int, customer_ids: Sequence[str] | np.ndarray
+    ) -> _shard_members.ShardMembership:
+        """Assign ``customer_ids`` to ``n_shards`` customer shards (``traitflow.shards``) for run
+        ``run_key`` (``shard_members``), in one transaction that first deletes the run's earlier
+        plan and staged shards (computed from it) and those of runs abandoned ``STALE_AFTER`` ago.
+        Returns the new plan's id, for ``shard_customers``, ``read_events(shard=...)`` and
+        ``stage_profiles``, and its shard sizes."""
         with self._transaction() as conn:
+            _profile_shards.clear_staged(conn, run_key)
+            return _shard_members.write_plan(conn, run_key, n_shards, np.asarray(customer_ids, dtype=object))
+
+    def shard_customers(self, plan_id: int, shard: int | None = None) -> np.ndarray:
+        """Customer ids of ``shard`` of plan ``plan_id`` (None: of every shard), in byte order."""
+        return _shard_members.shard_customers(self._ensure_ready(), plan_id, shard)
+
+    def stage_profiles(
+        self, run_key: str, shard: int, n_shards: int, batch: ProfileBatch, *, plan_id: int | None = None
+    ) -> None:
+        """Stage customer shard ``shard`` of ``n_shards`` of run ``run_key`` (``profile_shards``),
+        replacing an earlier attempt of the same shard; the profile tables are not touched.
+
+        ``plan_id``: the shard plan the batch was computed from; ``PlanNotFoundError`` (nothing
+        staged) when it is no longer the run's plan (a retried plan replaced it)."""
+        with self._transaction() as conn:
+            if plan_id is not None:
+                _shard_members.lock_plan(conn, plan_id, run_key, n_shards)
             _profile_shards.stage_shard(conn, run_key, shard, n_shards, batch)
 
     def discard_staged(self, run_key: str) -> None:
-        """Delete the run's staged shards (and stale ones of abandoned runs), in one transaction."""
+        """Delete the run's staged shards and shard plan (and stale ones of abandoned runs), in
+        one transaction."""
         with self._transaction() as conn:
             _profile_shards.clear_staged(conn, run_key)
 
@@ -443,7 +477,8 @@ class Store:
         require_selected_model: bool = False,
     ) -> tuple[ProfileBatch, WriteReport]:
         """Write the run's ``n_shards`` staged batches as one batch (``write_profiles``) and delete
-        them, in one transaction; returns the batch written (customer id order) and the report.
+        them and the run's shard plan, in one transaction; returns the batch written (customer id
+        order) and the report.
 
         ``ShardsNotReadyError`` when a shard is missing or was staged for another as_of, model or
         shard count; ``StaleModelError`` as ``write_profiles``. Either way nothing changes.
@@ -465,7 +500,8 @@ class Store:
         run_key: str,
     ) -> tuple[int, int]:
         """``publish`` with the profiles of the ``n_shards`` batches staged under ``staged_key``
-        (model version None), deleting them, all in one transaction; returns (version, profiles).
+        (model version None), deleting them and the run's shard plan, all in one transaction;
+        returns (version, profiles).
 
         Idempotent through ``run_key`` like ``publish``: once published, a retry returns the same
         version and its profile count, and deletes what shards re-run after the commit staged.

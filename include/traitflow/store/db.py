@@ -315,7 +315,6 @@ class GuardedConnection(psycopg.Connection):
                 "transaction left uncommitted. Retry once the database answers again."
             ) from None
 
-
     def _lost(self, exc: psycopg.OperationalError) -> bool:
         """Whether ``exc`` means the session is gone (not a timeout, not a query's own error)."""
         if type(exc).__name__ == "_WaitTimeout":

@@ -21,6 +21,7 @@ from traitflow import event_schema
 
 from . import copybin
 from ._util import copy_in, copy_out_csv, require_transaction, utc
+from .shard_members import ShardRef
 
 _EVENT_CSV_COLUMNS = {
     "customer_id": "str",
@@ -123,8 +124,11 @@ def read_events(
     *,
     snapshot: str | None = None,
     exclude_sources: Sequence[str] | None = None,
+    shard: ShardRef | None = None,
 ) -> pd.DataFrame:
-    """Events with ``start <= event_time < end`` (either bound optional), optionally for some customers.
+    """Events with ``start <= event_time < end`` (either bound optional), optionally for some
+    customers: those of ``customer_ids``, or the members of ``shard`` (``shard_members``, joined
+    on the server: no id list travels). Not both.
 
     ``snapshot`` (``event_snapshot``): only events committed when it was taken, so every read of
     a weekly run sees the same events. ``exclude_sources``: leave out events ingested from these
@@ -138,6 +142,16 @@ def read_events(
     require_transaction(conn)
     conditions, params = _time_filter(start, end)
     _delivery_filter(conditions, params, snapshot, exclude_sources)
+    if customer_ids is not None and shard is not None:
+        raise ValueError("read_events takes customer_ids or a shard, not both")
+    if shard is not None:
+        conditions.append(
+            sql.SQL(
+                "e.customer_id IN (SELECT m.customer_id FROM shard_members m"
+                " WHERE m.plan_id = %s AND m.shard = %s)"
+            )
+        )
+        params.extend([int(shard.plan_id), int(shard.shard)])
     if customer_ids is not None:
         ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).dropna().astype(str).to_numpy())
         if len(ids) == 0:

@@ -4,8 +4,8 @@ Each shard task stores its ``ProfileBatch`` under ``(run_key, shard)`` (``stage_
 statement that replaces the shard's own row, so a retry overwrites, never duplicates). The
 commit (``Store.write_staged_profiles`` / ``Store.publish_staged``) reads every shard of the run
 (``load_staged``: all present, all computed for the same as_of, model and shard count), writes
-the concatenated batch and deletes the run's rows (``clear_staged``) in its one transaction, so
-the profile tables receive all shards or none.
+the concatenated batch and deletes the run's rows and its shard plan (``clear_staged``;
+``shard_members``) in its one transaction, so the profile tables receive all shards or none.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from traitflow.shards import check_n_shards
 
 from ._util import require_transaction, utc
 from .errors import StoreInputError
+from .shard_members import delete_plans
 
 # Staged batches of runs that never committed (a run failed for good, a changed shard count)
 # are deleted by the next commit once they are this old.
@@ -105,9 +106,11 @@ def load_staged(
 
 
 def clear_staged(conn: psycopg.Connection, run_key: str) -> int:
-    """Delete the run's staged shards and every row older than ``STALE_AFTER``; rows deleted."""
+    """Delete the run's staged shards and shard plan (``shard_members``), and every staged batch
+    and plan older than ``STALE_AFTER``; returns the staged batches deleted."""
     require_transaction(conn)
+    stale = (_check_key(run_key), STALE_AFTER)
+    delete_plans(conn, run_key, STALE_AFTER)
     return conn.execute(
-        "DELETE FROM profile_shards WHERE run_key = %s OR created_at < now() - %s",
-        (_check_key(run_key), STALE_AFTER),
+        "DELETE FROM profile_shards WHERE run_key = %s OR created_at < now() - %s", stale
     ).rowcount

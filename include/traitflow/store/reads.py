@@ -41,6 +41,8 @@ TABLES: tuple[str, ...] = (
     "run_reports",
     "product_names",
     "profile_shards",
+    "shard_plans",
+    "shard_members",
 )
 
 # -------------------------------------------------------------------------- consumer queries
