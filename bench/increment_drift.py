@@ -4,10 +4,12 @@ For every seed a synthetic workload is drawn (``traitflow.synthetic``, the seed 
 Word2Vec); a parent is trained from scratch on the weeks before the last one. The last week is
 then shifted with each strength in turn and the model for the whole window is trained
 incrementally (the product's ``train_increment`` with the default ``IncrementParams``) and, for
-comparison, from scratch. Each row records the drift report of the increment from the parent (the
-weighted mean drift is what ``should_refit`` compares with ``increment_drift_threshold``), the
-same drift weighted by the new week's token counts, the full retrain's drift, and next-item hit@10
-of both models on the held-out sessions of the new week.
+comparison, from scratch. Each row records the drift report of the increment from the parent
+(``traitflow.drift.measure_drift`` with the increment corpus's token counts:
+``recent_weighted_drift`` is what ``should_refit`` compares with ``increment_drift_threshold``; the
+weighted mean by the parent's counts, the plain mean and the 95th percentile beside it), the full
+retrain's weighted mean drift, and next-item hit@10 of the increment, the full retrain and the
+parent on the held-out sessions of the new week.
 
 Shift kinds (``--shift``), applied to the last week only:
 
@@ -28,7 +30,6 @@ each signal and the gap between the smallest shifted value and the largest unshi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import pandas as pd
 from traitflow.config import IncrementParams, Item2VecParams, SessionParams
 from traitflow.drift import measure_drift
 from traitflow.item2vec import train_item2vec
-from traitflow.item2vec_incremental import train_increment
+from traitflow.item2vec_incremental import increment_token_counts, train_increment
 from traitflow.model import TokenTable
 from traitflow.pipeline import Corpus, IncrementSelection, build_corpus
 from traitflow.quality import next_item_hit_rate
@@ -126,18 +127,6 @@ def hit_rate(tokens: TokenTable, holdout: pd.DataFrame) -> float:
     return next_item_hit_rate(tokens, sessions, session_tokens)["hit_rate"]
 
 
-def recent_weighted_drift(candidate: TokenTable, parent: TokenTable, corpus: Corpus) -> float:
-    """The candidate's weighted mean drift from the parent with each token weighted by its count
-    in the increment corpus (what the update trained on) instead of the parent's counts."""
-    assert corpus.increment_path is not None
-    codes = np.fromfile(corpus.increment_path, dtype=np.int64, sep=" ")
-    vocabulary = corpus.vocabulary().tokens
-    recent = pd.Series(np.bincount(codes, minlength=len(vocabulary)), index=pd.Index(vocabulary))
-    counts = recent.reindex(pd.Index(parent.tokens), fill_value=0).to_numpy(dtype=np.int64)
-    reweighted = dataclasses.replace(parent, counts=counts, _index=None, _arrow_tokens=None)
-    return measure_drift(candidate, reweighted).weighted_mean_drift
-
-
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
     spec = SyntheticSpec(
         n_customers=args.customers,
@@ -149,7 +138,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
         seed=seed,
     )
     workload = Workload(generate(spec), pd.Timestamp(spec.start + timedelta(weeks=args.weeks - 1)), seed)
-    params = Item2VecParams(vector_size=args.vector_size, workers=1, seed=seed)
+    params = Item2VecParams(vector_size=args.vector_size, epochs=args.epochs, workers=1, seed=seed)
     increment = IncrementParams()
     sessions = SessionParams()
     earlier = workload.data.events[workload.data.events["event_time"] < workload.cut]
@@ -172,7 +161,8 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
             corpus.increment_path, corpus.corpus_path, corpus.vocabulary(), parent, params, increment
         )
         full = train_item2vec(corpus.corpus_path, corpus.vocabulary(), params)
-        report = measure_drift(tokens, parent)
+        recent = increment_token_counts(corpus.increment_path, corpus.vocabulary())
+        report = measure_drift(tokens, parent, recent_counts=recent)
         holdout = new_week_holdout(events, corpus, sessions, workload.cut)
         row = {
             "seed": seed,
@@ -182,7 +172,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
             "weighted_mean_drift": report.weighted_mean_drift,
             "mean_drift": report.mean_drift,
             "p95_drift": report.p95_drift,
-            "recent_weighted_drift": recent_weighted_drift(tokens, parent, corpus),
+            "recent_weighted_drift": report.recent_weighted_drift,
             "full_drift": measure_drift(full, parent).weighted_mean_drift,
             "hit_increment": hit_rate(tokens, holdout),
             "hit_full": hit_rate(full, holdout),
@@ -226,6 +216,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--weeks", type=int, default=5)
     parser.add_argument("--vector-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=Item2VecParams().epochs, help="of the full trainings")
     args = parser.parse_args()
     rows = []
     for seed in (int(part) for part in args.seeds.split(",")):
