@@ -274,14 +274,21 @@ class IncrementParams:
             description="Share of the window's older sessions replayed in an incremental update.",
         ),
     )
-    # An increment starts from the parent's vectors and moves them far less than a full retrain
-    # (docs/results.md), so its drift is judged on its own scale.
+    # An increment starts from the parent's vectors and moves them far less than a full retrain,
+    # so its drift is judged on its own scale, and on the drift weighted by the increment corpus's
+    # token counts (``drift.DriftReport.recent_weighted_drift``). The default sits between the
+    # largest drift of increments on unchanged behaviour and the smallest under a planted shift of
+    # a third of the products, with about the same factor to each, over several seeds and workload
+    # sizes (bench/increment_drift.py, docs/method-variants.md).
     increment_drift_threshold: float = field(
-        default=0.01,
+        default=0.015,
         metadata=bounds(
             minimum=0,
             maximum=1,
-            description="Refit traits when an incremental candidate's aligned drift exceeds this.",
+            description=(
+                "Refit traits when an incremental candidate's aligned drift, weighted by the"
+                " increment's token counts, exceeds this."
+            ),
         ),
     )
 

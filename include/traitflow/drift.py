@@ -1,11 +1,21 @@
 """Retrain triggers: the new-vocabulary ratio, and drift between two Item2Vec spaces after
-alignment (``traitflow.alignment``)."""
+alignment (``traitflow.alignment``).
+
+The drift of a token is ``1 - cos`` between its aligned candidate vector and its active vector; the
+report averages it over the shared tokens three ways. ``weighted_mean_drift`` weights each token by
+its count in the active model's window. ``recent_weighted_drift`` weights it by its count in the
+sessions the candidate was last trained on (an incremental update's corpus): a changed behaviour
+moves the tokens those sessions use, and a product that became popular only in them has a small
+count in the active window, so with the active counts its movement is averaged away with the
+weight of a rarely used token (docs/method-variants.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 from traitflow.alignment import fit_alignment, shared_rows, unit_rows
 from traitflow.model import TokenTable
@@ -34,13 +44,21 @@ class DriftReport:
     n_candidate_tokens: int
     n_active_tokens: int
     min_count: int
+    recent_weighted_drift: float | None = None  # weighted by ``recent_counts``; None without them
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int = 5) -> DriftReport:
-    """Drift of ``candidate`` from ``active`` after Procrustes alignment on their shared vocabulary."""
+def measure_drift(
+    candidate: TokenTable, active: TokenTable, *, min_count: int = 5, recent_counts: pd.Series | None = None
+) -> DriftReport:
+    """Drift of ``candidate`` from ``active`` after Procrustes alignment on their shared vocabulary.
+
+    recent_counts : int, indexed by token -- occurrences in the sessions ``candidate`` was last
+        trained on (tokens missing count 0); gives ``recent_weighted_drift`` over the same shared
+        tokens (None when none of them occurs there)
+    """
     alignment = fit_alignment(candidate, active, min_count)
     source_rows, target_rows = shared_rows(candidate, active, min_count)
     if len(source_rows) == 0:
@@ -49,6 +67,12 @@ def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int =
     reference = unit_rows(active.vectors[target_rows] - alignment.target_mean)
     drift = 1.0 - np.sum(aligned * reference, axis=1)
     weights = active.counts[target_rows].astype(np.float64)
+    recent_weighted = None
+    if recent_counts is not None:
+        recent = recent_counts.reindex(pd.Index(active.tokens[target_rows]), fill_value=0)
+        recent_weights = recent.to_numpy(dtype=np.float64)
+        if recent_weights.sum() > 0:
+            recent_weighted = float(np.average(drift, weights=recent_weights))
     return DriftReport(
         mean_drift=float(drift.mean()),
         weighted_mean_drift=float(np.average(drift, weights=weights)),
@@ -58,4 +82,5 @@ def measure_drift(candidate: TokenTable, active: TokenTable, *, min_count: int =
         n_candidate_tokens=len(candidate),
         n_active_tokens=len(active),
         min_count=min_count,
+        recent_weighted_drift=recent_weighted,
     )

@@ -63,6 +63,14 @@ def corpus_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return lines, codes
 
 
+def increment_token_counts(increment_path: Path, vocabulary: Vocabulary) -> pd.Series:
+    """Occurrences of every vocabulary token in an increment corpus (int64, indexed by token; the
+    corpus's codes index ``vocabulary.tokens``), for ``drift.measure_drift``'s ``recent_counts``."""
+    codes = np.fromfile(increment_path, dtype=np.int64, sep=" ")
+    counts = np.bincount(codes, minlength=len(vocabulary.tokens)).astype(np.int64)
+    return pd.Series(counts, index=pd.Index(vocabulary.tokens))
+
+
 @dataclass(frozen=True)
 class MergedVocabulary:
     """The updated model's vocabulary: every parent token (in parent order), then the window's new

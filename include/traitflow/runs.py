@@ -415,6 +415,8 @@ class DriftResult(_XComForm):
 
     increment_threshold : for an incremental candidate, the drift above which its traits are
         refitted (its ``increment_drift_threshold``), used instead of the run's ``drift_threshold``
+    recent_weighted_drift : for an incremental candidate, the drift weighted by the tokens' counts
+        in its increment corpus; what ``increment_threshold`` is compared with
     """
 
     measured: bool
@@ -428,6 +430,7 @@ class DriftResult(_XComForm):
     n_active_tokens: int | None = None
     min_count: int | None = None
     increment_threshold: float | None = None
+    recent_weighted_drift: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,12 @@ behaviour, and a planted behaviour shift that refits the traits and makes the ne
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_jobs import START, run_weekly
 
 from traitflow import event_schema
@@ -36,6 +38,16 @@ SPEC = SyntheticSpec(
     days=35,
     seed=3,
 )
+
+
+def permuted_from(events: pd.DataFrame, since: datetime, seed: int) -> pd.DataFrame:
+    """``events`` where from ``since`` on every product behaves like another (a permutation of the ids)."""
+    events = events.copy()
+    ids = np.sort(events["product_id"].unique())
+    swap = dict(zip(ids, np.random.default_rng(seed).permutation(ids), strict=True))
+    shifted = events["event_time"] >= since
+    events.loc[shifted, "product_id"] = events.loc[shifted, "product_id"].map(swap)
+    return events
 
 
 def ingest(store: Store, events: pd.DataFrame) -> None:
@@ -76,7 +88,8 @@ def test_full_then_two_increments_then_a_full_retrain_on_schedule(store_env):
     for week in weeks[1:3]:
         assert week["gate"].passed, week["gate"].reason
         assert week["drift"].increment_threshold == config.increment.increment_drift_threshold
-        assert not week["refit"] and week["drift"].weighted_mean_drift < week["drift"].increment_threshold
+        recent = week["drift"].recent_weighted_drift
+        assert not week["refit"] and recent is not None and recent < week["drift"].increment_threshold
     ids = [set(store.traits(version)["trait_id"]) for version in (1, 2, 3)]
     assert ids[0] == ids[1] == ids[2]
     # The lineage travels with the loaded model and is listed by `traitflow models`.
@@ -88,13 +101,8 @@ def test_full_then_two_increments_then_a_full_retrain_on_schedule(store_env):
 
 def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(store_env):
     store: Store = store_env["store"]
-    events = generate(SPEC).events
-    # From the third week on every product behaves like another one (a permutation of the ids).
-    ids = np.sort(events["product_id"].unique())
-    swap = dict(zip(ids, np.random.default_rng(1).permutation(ids), strict=True))
-    shifted = events["event_time"] >= START + 2 * WEEK
-    events.loc[shifted, "product_id"] = events.loc[shifted, "product_id"].map(swap)
-    ingest(store, events)
+    # From the third week on every product behaves like another one.
+    ingest(store, permuted_from(generate(SPEC).events, START + 2 * WEEK, seed=1))
     # The default thresholds: the increment is judged by increment_drift_threshold.
     config = PipelineConfig.from_mapping({**PARAMS, "full_retrain_every_weeks": 8})
     first = run_weekly(store_env, START + 2 * WEEK, force=True, config=config)
@@ -103,8 +111,9 @@ def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(s
     assert shift["gate"].passed, shift["gate"].reason
     threshold = config.increment.increment_drift_threshold
     assert shift["drift"].increment_threshold == threshold < config.triggers.drift_threshold
-    assert threshold < shift["drift"].weighted_mean_drift < config.triggers.drift_threshold
-    assert shift["refit"]
+    recent = shift["drift"].recent_weighted_drift
+    assert recent is not None and threshold < recent < config.triggers.drift_threshold
+    assert shift["refit"] and shift["refit_reason"].startswith("recent-weighted drift"), shift["refit_reason"]
     after = run_weekly(store_env, START + 4 * WEEK, force=True, config=config)
     plan = after["candidate"].training
     assert plan.mode == "full"
@@ -113,3 +122,25 @@ def test_a_planted_behaviour_shift_refits_the_traits_and_the_next_week_is_full(s
     )
     modes = [row[1:3] for row in lineage(store)]
     assert modes == [("full", None), ("incremental", first["promoted"].model_version), ("full", None)]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.parametrize("shifted", [False, True], ids=["unchanged", "shifted"])
+def test_the_increment_drift_threshold_separates_a_planted_shift_on_other_seeds(store_env, seed, shifted):
+    """One increment after a full retrain, on workloads drawn with other seeds (the data's and
+    Word2Vec's): unchanged behaviour keeps the traits and their ids; every product behaving like
+    another one from the increment's week on refits them."""
+    store: Store = store_env["store"]
+    events = generate(dataclasses.replace(SPEC, seed=seed)).events
+    ingest(store, permuted_from(events, START + 2 * WEEK, seed=seed) if shifted else events)
+    config = PipelineConfig.from_mapping({**PARAMS, "seed": seed, "full_retrain_every_weeks": 8})
+    first = run_weekly(store_env, START + 2 * WEEK, force=True, config=config)
+    week = run_weekly(store_env, START + 3 * WEEK, force=True, config=config)
+    assert week["candidate"].training.mode == "incremental" and week["gate"].passed, week["gate"].reason
+    threshold = config.increment.increment_drift_threshold
+    recent = week["drift"].recent_weighted_drift
+    assert recent is not None and (recent > threshold) is shifted, recent
+    assert week["refit"] is shifted, week["refit_reason"]
+    if not shifted:
+        versions = (first["promoted"].model_version, week["promoted"].model_version)
+        assert set(store.traits(versions[0])["trait_id"]) == set(store.traits(versions[1])["trait_id"])

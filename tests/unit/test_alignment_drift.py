@@ -13,8 +13,10 @@ import pytest
 from traitflow.alignment import align_tokens, fit_alignment, shared_rows
 from traitflow.config import Item2VecParams, PipelineConfig, TriggerParams
 from traitflow.drift import measure_drift, new_vocab_ratio
+from traitflow.jobs.weekly import should_refit
 from traitflow.model import TokenTable
 from traitflow.pipeline import build_corpus, train_tokens
+from traitflow.runs import DriftResult
 from traitflow.synthetic import SyntheticSpec, generate
 
 # ----------------------------------------------------------------------------------- new vocab
@@ -159,6 +161,54 @@ def test_weighted_drift_weights_by_the_active_counts():
     report = measure_drift(candidate, table)
     assert report.weighted_mean_drift > 5 * report.mean_drift
     assert report.max_drift > 1.0  # the flipped token points (nearly) the other way
+
+
+def test_recent_weighted_drift_weights_by_the_recent_counts_over_the_same_tokens():
+    table = _table(n=100, d=8)
+    table.counts[:] = 10
+    candidate = _transformed(table, np.eye(8), 1.0, np.arange(100))
+    candidate.vectors[0] = -candidate.vectors[0]  # a token rare in the active window, flipped
+    without = measure_drift(candidate, table)
+    assert without.recent_weighted_drift is None
+    # Recently token 0 is as frequent as the 99 others together; tokens not listed count 0.
+    recent = pd.Series([99, 1, 1, 5], index=["view_p0", "view_p1", "view_p2", "view_unknown"])
+    recent = pd.concat([recent, pd.Series(1, index=[f"view_p{i}" for i in range(3, 100)])])
+    report = measure_drift(candidate, table, recent_counts=recent)
+    assert report.weighted_mean_drift == pytest.approx(without.weighted_mean_drift)
+    per_token = np.zeros(100)
+    per_token[0] = without.max_drift  # the other tokens stay put up to the alignment's rounding
+    assert report.recent_weighted_drift == pytest.approx(
+        np.average(per_token, weights=[99] + [1] * 99), abs=1e-3
+    )
+    assert report.recent_weighted_drift > 0.45 and without.weighted_mean_drift < 0.03
+    # No shared token occurs recently: nothing to weigh by.
+    silent = measure_drift(candidate, table, recent_counts=pd.Series([3], index=["view_unknown"]))
+    assert silent.recent_weighted_drift is None
+
+
+def _drift(weighted: float, recent: float | None, increment_threshold: float | None) -> DriftResult:
+    return DriftResult(
+        True, None, weighted, weighted, weighted, weighted, 100, 100, 100, 5, increment_threshold, recent
+    )
+
+
+@pytest.mark.parametrize(
+    ("drift", "refit", "reason"),
+    [
+        # A full retrain: the weighted mean drift against the run's drift_threshold (0.1 here).
+        (_drift(0.05, None, None), False, "weighted mean drift 0.050 <= drift_threshold 0.1"),
+        (_drift(0.15, None, None), True, "weighted mean drift 0.150 > drift_threshold 0.1"),
+        # An increment: its recent-weighted drift against its increment_drift_threshold.
+        (_drift(0.005, 0.03, 0.02), True, "recent-weighted drift 0.030 > increment_drift_threshold 0.02"),
+        (_drift(0.03, 0.01, 0.02), False, "recent-weighted drift 0.010 <= increment_drift_threshold 0.02"),
+        # An increment measured without recent counts: the weighted mean against its threshold.
+        (_drift(0.03, None, 0.02), True, "weighted mean drift 0.030 > increment_drift_threshold 0.02"),
+        (DriftResult(measured=False, reason="no active model"), True, "refit: no active model"),
+    ],
+)
+def test_should_refit_compares_each_kind_of_candidate_with_its_own_signal(drift, refit, reason):
+    decided, why = should_refit(drift, 0.1)
+    assert decided is refit and why.startswith(reason), why
 
 
 def test_alignment_errors():

@@ -25,6 +25,7 @@ from traitflow.item2vec_incremental import (
     co_session_means,
     corpus_tokens,
     fresh_word2vec,
+    increment_token_counts,
     merge_vocabulary,
     train_increment,
 )
@@ -51,6 +52,15 @@ def test_corpus_tokens_gives_each_token_its_line(tmp_path: Path) -> None:
     lines, codes = corpus_tokens(path)
     assert lines.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
     assert codes.tolist() == [0, 1, 2, 3, 4, 5, 5, 6]
+
+
+def test_increment_token_counts_counts_each_vocabulary_token_in_the_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "increment.txt"
+    path.write_text("0 2 2\n2 3\n")
+    tokens = _strings("a", "b", "c", "d", "e")
+    vocabulary = Vocabulary(tokens, tokens, tokens, tokens, np.ones(5, dtype=np.int64))
+    counts = increment_token_counts(path, vocabulary)
+    assert counts.to_dict() == {"a": 1, "b": 0, "c": 3, "d": 1, "e": 0}
 
 
 def test_merged_vocabulary_keeps_every_parent_token_and_takes_the_window_counts() -> None:

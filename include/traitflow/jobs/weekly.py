@@ -394,30 +394,41 @@ def quality_gate(context: RunContext, candidate: Candidate) -> GateResult:
 
 def measure_drift(context: RunContext, candidate: Candidate) -> DriftResult:
     """Drift of the candidate from the active model after Procrustes alignment; an incremental
-    candidate carries its ``increment_drift_threshold`` for ``should_refit``."""
+    candidate also gets the drift weighted by its increment corpus's token counts and carries its
+    ``increment_drift_threshold`` for ``should_refit``."""
     active_version = candidate.corpus.active_version
     if active_version is None:
         return DriftResult(measured=False, reason="no active model")
-    report = _measure_drift(load_tokens(candidate.tokens_path), _active_tokens(context, active_version))
+    files = candidate.corpus.corpus
+    incremental = candidate.training is not None and candidate.training.mode == "incremental"
+    recent_counts = None
+    if incremental and files is not None and files.increment_path is not None:
+        from traitflow.item2vec_incremental import increment_token_counts
+
+        recent_counts = increment_token_counts(Path(files.increment_path), _corpus(files).vocabulary())
+    report = _measure_drift(
+        load_tokens(candidate.tokens_path),
+        _active_tokens(context, active_version),
+        recent_counts=recent_counts,
+    )
     increment_threshold = None
-    if candidate.training is not None and candidate.training.mode == "incremental":
+    if incremental:
         increment = PipelineConfig.from_mapping(candidate.config).increment
         increment_threshold = increment.increment_drift_threshold
     return DriftResult(measured=True, increment_threshold=increment_threshold, **report.to_dict())
 
 
 def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
-    """(refit the traits?, why): without a measured drift always; else above ``threshold``, or
-    above the drift's ``increment_threshold`` for an incremental candidate."""
+    """(refit the traits?, why): without a measured drift always; else when the weighted mean drift
+    is above ``threshold``, or, for an incremental candidate, when its recent-weighted drift (the
+    weighted mean without one) is above the drift's ``increment_threshold``."""
     if not drift.measured or drift.weighted_mean_drift is None:
         return True, f"refit: {drift.reason or 'drift not measured'}"
-    name = "drift_threshold"
+    name, value, signal = "drift_threshold", drift.weighted_mean_drift, "weighted mean drift"
     if drift.increment_threshold is not None:
         threshold, name = drift.increment_threshold, "increment_drift_threshold"
-    if drift.weighted_mean_drift > threshold:
-        return True, f"weighted mean drift {drift.weighted_mean_drift:.3f} > {name} {threshold}"
-    return (
-        False,
-        f"weighted mean drift {drift.weighted_mean_drift:.3f} <= {name} {threshold}:"
-        " keep the trait components",
-    )
+        if drift.recent_weighted_drift is not None:
+            value, signal = drift.recent_weighted_drift, "recent-weighted drift"
+    if value > threshold:
+        return True, f"{signal} {value:.3f} > {name} {threshold}"
+    return False, f"{signal} {value:.3f} <= {name} {threshold}: keep the trait components"
