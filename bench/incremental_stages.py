@@ -19,9 +19,10 @@ The comparison with the full retrain of the same week (untimed):
 * next-item hit@10 on the window's held-out sessions (the same sessions are held out of both
   corpora), paired, with the 95% interval of the ratio incremental / full;
 * the profile's lift over popularity (``traitflow.product_eval``, 95% bootstrap interval) on a
-  customer slice, profiles as of the last day's start and that day's target actions to predict;
-  both models were trained through the end of that day, so the lift is a like-for-like
-  comparison of the two, not an out-of-time estimate of either;
+  customer slice: profiles as of the week's start from the events before it, the week's target
+  actions to predict. Both models were trained through the week's end, so this compares the two
+  like for like rather than estimating either out of time; the parent, trained through the
+  week's start, is scored beside them as the out-of-time reference;
 * the share of the parent's trait ids the incremental model kept, and its drift from the parent
   after alignment against ``increment_drift_threshold``.
 """
@@ -238,18 +239,20 @@ def _hit_rates(incremental: TokenTable, full: TokenTable, holdout_path: str) -> 
     }
 
 
-def _profile_lift(events: pd.DataFrame, models: dict[str, TraitflowModel]) -> dict[str, Any]:
+def _profile_lift(
+    events: pd.DataFrame, split_at: datetime, models: dict[str, TraitflowModel]
+) -> dict[str, Any]:
     """Each model's hit@10 lift of the profile over popularity (95% bootstrap interval) on a
-    customer slice: profiles as of the last day's start, that day's target actions as targets."""
+    customer slice: profiles as of ``split_at``, the target actions after it as targets."""
     sample = workloads.customer_slice(events, LIFT_EVENTS)
-    _, split_at, day_end = workloads.data_window(sample)
     history = events_before(sample, split_at)
     future = sample[sample["event_time"] >= pd.Timestamp(split_at)]
     try:
         target = choose_target(history, future, None, MIN_CUSTOMERS, column="product_id")
     except EvaluationError as error:
         return {"skipped": str(error)}
-    out: dict[str, Any] = {"target": target, "split_at": split_at.isoformat(), "lift_hit@10": {}}
+    lifts: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"target": target, "split_at": split_at.isoformat(), "lift_hit@10": lifts}
     for name, model in models.items():
         batch = profile_customers(history, model, split_at)
         order = np.argsort(batch.customer_ids)
@@ -268,11 +271,10 @@ def _profile_lift(events: pd.DataFrame, models: dict[str, TraitflowModel]) -> di
         if "skipped" in ranking:
             return {"skipped": ranking["skipped"]}
         out["n_customers"] = ranking["n_customers"]
-        out["lift_hit@10"][name] = {
+        lifts[name] = {
             "lift": ranking["profile_lift_vs_popularity"]["hit@10"],
             "ci95": list(ranking["profile_lift_vs_popularity_ci95"]["hit@10"]),
         }
-    lifts = out["lift_hit@10"]
     full = lifts["full"]["lift"]
     out["ratio"] = lifts["incremental"]["lift"] / full if full > 0 else None
     return out
@@ -292,7 +294,11 @@ def compare_with_full(events: pd.DataFrame, full: TraitflowModel, increment: Inc
         "refit_reason": increment.refit_reason,
         "increment": increment.model.metrics["training"]["increment"],
         "next_item_hit@10": _hit_rates(increment.model.tokens, full.tokens, increment.holdout_path),
-        "profile_lift": _profile_lift(events, {"full": full, "incremental": increment.model}),
+        "profile_lift": _profile_lift(
+            events,
+            increment.parent.trained_through,
+            {"full": full, "incremental": increment.model, "parent": increment.parent},
+        ),
         "trait_ids_kept": len(kept) / len(parent_ids),
         "n_parent_traits": len(parent_ids),
         "drift": {

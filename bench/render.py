@@ -231,14 +231,16 @@ def _incremental(report: dict[str, Any]) -> list[str]:
     if "skipped" in lift:
         rows.append(["profile lift over popularity (hit@10)", "-", "-", f"not measured: {lift['skipped']}"])
     else:
-        full, incremental = lift["lift_hit@10"]["full"], lift["lift_hit@10"]["incremental"]
+        lifts = lift["lift_hit@10"]
+        full, incremental, parent = lifts["full"], lifts["incremental"], lifts["parent"]
         rows.append(
             [
                 f"profile lift over popularity, hit@10 ({lift['n_customers']:,} customers, "
-                f"target {lift['target']}; 95% bootstrap)",
+                f"target {lift['target']} in the week; 95% bootstrap)",
                 f"{_fmt(full['lift'])} {_interval(full['ci95'])}",
                 f"{_fmt(incremental['lift'])} {_interval(incremental['ci95'])}",
-                f"{_fmt(lift['ratio'])}x",
+                f"{_fmt(lift['ratio'])}x (parent, out of time: {_fmt(parent['lift'])} "
+                f"{_interval(parent['ci95'])})",
             ]
         )
     rows.append(

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from comparisons import ONLINE_PATH
-from measure import DAILY, INCREMENTAL, PARENT, WEEKLY, Bench
 from limits import extrapolate_limits
+from measure import DAILY, INCREMENTAL, PARENT, WEEKLY, Bench
 from render import render_markdown
 from scaling import fit_exponent
 from targets import evaluate_targets

@@ -38,8 +38,9 @@ More stages plug in through ``stages.STAGE_HOOKS`` without touching the rest.
 
 The modules: ``measure`` (timing and RSS sampling), ``stages`` (the weekly retrain and daily
 run, composed of the pipeline's stages; ``StageHook``), ``comparisons`` (seed-literal baseline,
-single-customer latency), ``incremental_stages``, ``scaling``, ``limits``, ``targets``, ``report`` (summary and files), ``render``
-(Markdown); this one loads the workload, runs them in order and holds the CLI.
+single-customer latency), ``incremental_stages``, ``scaling``, ``limits``, ``targets``,
+``report`` (summary and files), ``render`` (Markdown); this one loads the workload, runs them in
+order and holds the CLI.
 """
 
 from __future__ import annotations
