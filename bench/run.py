@@ -5,7 +5,7 @@ Usage (from the repository root, with the project's virtualenv)::
     .venv/bin/python bench/run.py --tier smoke          # seconds; what tests/test_bench_smoke.py runs
     .venv/bin/python bench/run.py --tier S              # ~1 minute: stages + baseline + gensim + latency
     .venv/bin/python bench/run.py --tier M              # 10M events: ~15+ minutes, several GiB
-    .venv/bin/python bench/run.py --tier M --scaling    # + full retrain at 1M and 3M events (10M reused)
+    .venv/bin/python bench/run.py --tier M --scaling    # + retrain and daily run at 1M, 3M (10M reused)
     .venv/bin/python bench/run.py --tier M --incremental --database-url postgresql://postgres@127.0.0.1:5432/test
     .venv/bin/python bench/run.py --tier L --incremental --scaling   # 30M events: the L targets
     .venv/bin/python bench/run.py --tier S --events FILE.csv --mapping rees46 --max-events 2000000
