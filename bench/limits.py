@@ -4,9 +4,10 @@ From the scaling points (``scaling.scaling_run``: the full weekly retrain and th
 customer slices), each stage's wall time is extrapolated as a power law through its time at the
 largest point with the exponent fitted over all points; a stage's budget is that of its group
 (weekly retrain, daily run). The group totals are the sums of their stages' laws. Peak RSS is
-extrapolated as the largest point's resident memory at a stage's start scaled linearly with the
-events (the workload and what the earlier stages keep) plus the stage's own growth scaled with
-its fitted exponent. The size at which each crosses its budget is found by bisection in log
+extrapolated as the process before any workload (interpreter and libraries, fixed), plus the
+rest of the largest point's resident memory at a stage's start scaled linearly with the events
+(the workload and what the earlier stages keep), plus the stage's own growth scaled with its
+fitted exponent. The size at which each crosses its budget is found by bisection in log
 space; the report lists them from the first to be hit.
 """
 
@@ -70,8 +71,9 @@ def _row(what: str, budget: str, limit: float, law: Law, predict: Callable[[floa
     }
 
 
-def extrapolate_limits(scaling: dict[str, Any]) -> dict[str, Any]:
-    """The crossing size of every stage, group total and stage peak RSS (see the module doc)."""
+def extrapolate_limits(scaling: dict[str, Any], fixed_rss_mib: float = 0.0) -> dict[str, Any]:
+    """The crossing size of every stage, group total and stage peak RSS (see the module doc);
+    ``fixed_rss_mib``: the process's RSS before the workload was loaded."""
     points = sorted(scaling["points"], key=lambda p: p["events"])
     sizes = [float(p["events"]) for p in points]
     largest = points[-1]
@@ -97,6 +99,7 @@ def extrapolate_limits(scaling: dict[str, Any]) -> dict[str, Any]:
             )
     for name, growth_mib in largest.get("stages_rss_growth_mib", {}).items():
         start_mib = largest["stages_peak_rss_mib"][name] - growth_mib
+        scaled_mib = max(start_mib - fixed_rss_mib, 0.0)
         growth = _law(sizes, [p["stages_rss_growth_mib"].get(name, 0.0) for p in points])
         rows.append(
             _row(
@@ -104,7 +107,7 @@ def extrapolate_limits(scaling: dict[str, Any]) -> dict[str, Any]:
                 f"peak RSS {RSS_BUDGET_MIB / 1024:.0f} GiB",
                 RSS_BUDGET_MIB,
                 Law(largest["stages_peak_rss_mib"][name], sizes[-1], growth.exponent),
-                lambda n, s=start_mib, g=growth: s * n / g.largest + g(n),
+                lambda n, s=scaled_mib, g=growth: fixed_rss_mib + s * n / g.largest + g(n),
             )
         )
     reached = [r for r in rows if r["limit_events"] is not None]
@@ -112,6 +115,7 @@ def extrapolate_limits(scaling: dict[str, Any]) -> dict[str, Any]:
     return {
         "largest_events": int(sizes[-1]),
         "budgets": {"weekly_s": WEEKLY_BUDGET_S, "daily_s": DAILY_BUDGET_S, "peak_rss_mib": RSS_BUDGET_MIB},
+        "fixed_rss_mib": fixed_rss_mib,
         "rows": reached + [r for r in rows if r["limit_events"] is None],
         "first": reached[0] if reached else None,
     }

@@ -164,7 +164,9 @@ def build_report(
         "baseline": base,
         "latency": latency,
         "scaling": scaling,
-        "limits": extrapolate_limits(scaling) if scaling else None,
+        "limits": extrapolate_limits(scaling, head["host"].get("rss_after_imports_mib", 0.0))
+        if scaling
+        else None,
         "incremental": incremental,
         "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "profiles": sorted(bench.profiles),

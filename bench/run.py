@@ -64,7 +64,7 @@ import report as reports
 import workloads
 from comparisons import baseline_comparison, single_customer_latency
 from incremental_stages import incremental_run
-from measure import LOAD, Bench, RssSampler
+from measure import LOAD, MIB, Bench, RssSampler
 from render import render_markdown
 from scaling import scaling_run
 from stages import STAGE_HOOKS, Context, StageHook, daily_run, retrain, run_hooks
@@ -227,6 +227,8 @@ def run_bench(options: Options) -> dict[str, Any]:
     started = time.perf_counter()
     _warm_imports()
     host = reports.host_info(imports_s=time.perf_counter() - started)
+    # The process before any workload: the part of every stage's RSS that does not grow with size.
+    host["rss_after_imports_mib"] = sampler.read() / MIB
     try:
         workload = _load_workload(bench, options, workloads.TIERS[options.tier])
         trained_through, _, _ = workloads.data_window(workload.events)

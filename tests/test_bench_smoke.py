@@ -292,8 +292,10 @@ def test_limit_crossing_of_known_power_laws(bench_run):
     points = []
     for n in sizes:
         walls = {"a": 1e-3 * n, "b": 1e-8 * n * n}
-        points.append({**point, "events": n, "stages_wall_s": walls})
-    result = limits.extrapolate_limits({"points": points})
+        # Stage "c": 1,100 MiB resident at the largest size, 100 of them before any workload.
+        rss = {"stages_peak_rss_mib": {"c": 100 + 1e-2 * n}, "stages_rss_growth_mib": {"c": 0.0}}
+        points.append({**point, **rss, "events": n, "stages_wall_s": walls})
+    result = limits.extrapolate_limits({"points": points}, fixed_rss_mib=100.0)
     rows = {r["what"]: r for r in result["rows"]}
     assert rows["a"]["exponent"] == pytest.approx(1.0)
     assert rows["a"]["limit_events"] == pytest.approx(9e5, rel=1e-6)
@@ -302,6 +304,8 @@ def test_limit_crossing_of_known_power_laws(bench_run):
     total = rows["weekly retrain (sum)"]["limit_events"]
     assert 1e-3 * total + 1e-8 * total**2 == pytest.approx(900.0, rel=1e-6)
     assert result["first"]["what"] == "weekly retrain (sum)"
+    # The resident memory beyond the fixed 100 MiB grows with the events: 16 GiB at 1.6284M.
+    assert rows["c peak RSS"]["limit_events"] == pytest.approx((16 * 1024 - 100) / 1e-2, rel=1e-6)
     assert limits.crossing(lambda n: 1.0, 2.0, 1.0) is None  # never reaches the budget
 
 
