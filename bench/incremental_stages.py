@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import workloads
 from measure import INCREMENTAL, PARENT, Bench
-from stages import Context, StageHook
+from stages import Context, StageHook, run_hooks
 
 from traitflow.alignment import align_tokens
 from traitflow.config import PipelineConfig
@@ -91,19 +91,6 @@ class GroupTimer:
         return result
 
 
-def _run_group_hooks(
-    bench: Bench, ctx: Context, after: str, hooks: Sequence[StageHook], prefix: str, group: str
-) -> None:
-    """The hooks placed at ``after`` ("weekly_start" / "weekly"), as stages of ``group``."""
-    for hook in hooks:
-        if hook.after == after:
-            if hook.setup is not None:
-                hook.setup(ctx)
-            bench.measure(
-                prefix + hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n
-            )
-
-
 @dataclass(frozen=True)
 class Increment:
     """What the incremental retrain produced, for the comparison."""
@@ -132,7 +119,7 @@ def train_parent(bench: Bench, ctx: Context, cut: datetime, hooks: Sequence[Stag
     sub = Context(config, _before(ctx.events, cut), ctx.work_dir / "parent", cut, ctx.options)
     parent_hooks = [h for h in hooks if h.name in PARENT_HOOKS]
     timer = GroupTimer(bench, "parent_", PARENT)
-    _run_group_hooks(bench, sub, "weekly_start", parent_hooks, "parent_", PARENT)
+    run_hooks(bench, sub, "weekly_start", parent_hooks, prefix="parent_", group=PARENT)
     corpus = timer(
         "corpus",
         lambda: build_corpus(
@@ -146,7 +133,7 @@ def train_parent(bench: Bench, ctx: Context, cut: datetime, hooks: Sequence[Stag
     tokens = timer("item2vec", lambda: train_tokens(corpus, config))
     sub.model = fit_model(sub.events, tokens, config, cut, run_stage=timer)
     sub.model.lineage = Lineage("full", None, None)
-    _run_group_hooks(bench, sub, "weekly", parent_hooks, "parent_", PARENT)
+    run_hooks(bench, sub, "weekly", parent_hooks, prefix="parent_", group=PARENT)
     if sub.model.version is None:  # no store: a version for plan_training's lineage check
         sub.model.version = 0
     return sub.model
@@ -171,9 +158,8 @@ def train_incremental(
     """The weekly job's incremental path from ``parent`` through ``ctx.trained_through``
     (stages ``inc_*``); ``ctx`` is a context of its own (its model and batch are the increment's)."""
     config, end = ctx.config, ctx.trained_through
-    weekly_hooks = [h for h in hooks if h.after in ("weekly_start", "weekly")]
     timer = GroupTimer(bench, "inc_", INCREMENTAL)
-    _run_group_hooks(bench, ctx, "weekly_start", weekly_hooks, "inc_", INCREMENTAL)
+    run_hooks(bench, ctx, "weekly_start", hooks, prefix="inc_", group=INCREMENTAL)
     window_start = end - timedelta(days=config.triggers.training_window_days)
     plan = plan_training(parent, _lineage(parent), config, window_start, end)
     if plan.mode != "incremental" or plan.trained_since is None:
@@ -212,7 +198,7 @@ def train_incremental(
     embeddings = timer.results["aggregate"]
     ctx.model = model
     ctx.weekly_batch = profiles_from_embeddings(model, embeddings, end, run_stage=timer)
-    _run_group_hooks(bench, ctx, "weekly", weekly_hooks, "inc_", INCREMENTAL)
+    run_hooks(bench, ctx, "weekly", hooks, prefix="inc_", group=INCREMENTAL)
     ctx.weekly_batch = None
     return Increment(parent, model, plan, drift, refit, refit_reason, str(corpus.holdout_path))
 

@@ -98,13 +98,25 @@ HOOK_GROUPS = {
 STAGE_HOOKS: list[StageHook] = []
 
 
-def run_hooks(bench: Bench, ctx: Context, after: str, hooks: Sequence[StageHook]) -> None:
-    group = HOOK_GROUPS[after]
+def run_hooks(
+    bench: Bench,
+    ctx: Context,
+    after: str,
+    hooks: Sequence[StageHook],
+    *,
+    prefix: str = "",
+    group: str | None = None,
+) -> None:
+    """The hooks placed at ``after``, as stages ``prefix + name`` of ``group`` (default: the
+    group ``after`` counts towards)."""
+    group = group or HOOK_GROUPS[after]
     for hook in hooks:
         if hook.after == after:
             if hook.setup is not None:
                 hook.setup(ctx)
-            bench.measure(hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n)
+            bench.measure(
+                prefix + hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n
+            )
 
 
 def _fit_extra(fit: TraitFit) -> dict[str, Any]:
