@@ -7,7 +7,8 @@ largest point with the exponent fitted over all points; a stage's budget is that
 extrapolated as the process before any workload (interpreter and libraries, fixed), plus the
 rest of the largest point's resident memory at a stage's start scaled linearly with the events
 (the workload and what the earlier stages keep), plus the stage's own growth scaled with its
-fitted exponent. The size at which each crosses its budget is found by bisection in log
+fitted exponent, at most 1: no stage holds more than arrays proportional to the events, and a
+steeper fit comes from small sizes, where a stage reuses memory freed before it and barely grows. The size at which each crosses its budget is found by bisection in log
 space; the report lists them from the first to be hit.
 """
 
@@ -100,7 +101,8 @@ def extrapolate_limits(scaling: dict[str, Any], fixed_rss_mib: float = 0.0) -> d
     for name, growth_mib in largest.get("stages_rss_growth_mib", {}).items():
         start_mib = largest["stages_peak_rss_mib"][name] - growth_mib
         scaled_mib = max(start_mib - fixed_rss_mib, 0.0)
-        growth = _law(sizes, [p["stages_rss_growth_mib"].get(name, 0.0) for p in points])
+        fitted = _law(sizes, [p["stages_rss_growth_mib"].get(name, 0.0) for p in points])
+        growth = Law(growth_mib, sizes[-1], min(fitted.exponent, 1.0))
         rows.append(
             _row(
                 f"{name} peak RSS",
