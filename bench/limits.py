@@ -8,8 +8,9 @@ extrapolated as the process before any workload (interpreter and libraries, fixe
 rest of the largest point's resident memory at a stage's start scaled linearly with the events
 (the workload and what the earlier stages keep), plus the stage's own growth scaled with its
 fitted exponent, at most 1: no stage holds more than arrays proportional to the events, and a
-steeper fit comes from small sizes, where a stage reuses memory freed before it and barely grows. The size at which each crosses its budget is found by bisection in log
-space; the report lists them from the first to be hit.
+steeper fit comes from small sizes, where a stage reuses memory freed before it and barely
+grows. The size at which each crosses its budget is found by bisection in log space; the report
+lists them from the first to be hit.
 """
 
 from __future__ import annotations
