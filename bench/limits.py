@@ -90,15 +90,10 @@ def extrapolate_limits(scaling: dict[str, Any], fixed_rss_mib: float = 0.0) -> d
         rows += [_row(name, label, budget, law, law) for name, law in laws.items()]
         if laws:
             total = Law(sum(law.at_largest for law in laws.values()), sizes[-1], 1.0)
-            rows.append(
-                _row(
-                    f"{group} (sum)",
-                    label,
-                    budget,
-                    total,
-                    lambda n, ls=laws: sum(law(n) for law in ls.values()),
-                )
+            summed = _row(
+                f"{group} (sum)", label, budget, total, lambda n, ls=laws: sum(law(n) for law in ls.values())
             )
+            rows.append({**summed, "exponent": None})  # a sum of power laws has no single exponent
     for name, growth_mib in largest.get("stages_rss_growth_mib", {}).items():
         start_mib = largest["stages_peak_rss_mib"][name] - growth_mib
         scaled_mib = max(start_mib - fixed_rss_mib, 0.0)
