@@ -18,9 +18,10 @@ The comparison with the full retrain of the same week (untimed):
 
 * next-item hit@10 on the window's held-out sessions (the same sessions are held out of both
   corpora), paired, with the 95% interval of the ratio incremental / full;
-* the profile's lift over popularity (``traitflow.product_eval``, 95% bootstrap interval) on a
-  customer slice: profiles as of the week's start from the events before it, the week's target
-  actions to predict. Both models were trained through the week's end, so this compares the two
+* the profile's lift over popularity (``traitflow.product_eval``, 95% bootstrap interval) and
+  the paired ratio incremental / full with its 95% bootstrap interval, on a customer slice:
+  profiles as of the week's start from the events before it, the week's target actions to
+  predict. Both models were trained through the week's end, so this compares the two
   like for like rather than estimating either out of time; the parent, trained through the
   week's start, is scored beside them as the out-of-time reference;
 * the share of the parent's trait ids the incremental model kept, and its drift from the parent
@@ -43,6 +44,7 @@ from measure import INCREMENTAL, PARENT, Bench
 from stages import Context, StageHook, run_hooks
 
 from traitflow.alignment import align_tokens
+from traitflow.bootstrap import compare
 from traitflow.config import PipelineConfig
 from traitflow.drift import measure_drift
 from traitflow.evaluate.split import MIN_CUSTOMERS, TARGET_ACTIONS, EvaluationError, choose_target
@@ -58,8 +60,9 @@ from traitflow.pipeline import (
     profiles_from_embeddings,
     train_tokens,
 )
-from traitflow.product_eval import product_ranking
+from traitflow.product_eval import _stored_weights, product_index, product_ranking
 from traitflow.quality import compare_hit_rates
+from traitflow.ranking import item_targets, mixture_scores, per_customer_metrics
 from traitflow.runs import DriftResult, TrainingPlan
 
 log = logging.getLogger("traitflow.bench")
@@ -248,15 +251,17 @@ def _profile_lift(
         return {"skipped": str(error)}
     lifts: dict[str, dict[str, Any]] = {}
     out: dict[str, Any] = {"target": target, "split_at": split_at.isoformat(), "lift_hit@10": lifts}
+    profiled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, model in models.items():
         batch = profile_customers(history, model, split_at)
         order = np.argsort(batch.customer_ids)
+        profiled[name] = batch.customer_ids[order], batch.profiles[order]
         products = model.traits.products
         ranking = product_ranking(
             history,
             future,
-            customer_ids=batch.customer_ids[order],
-            profiles=batch.profiles[order],
+            customer_ids=profiled[name][0],
+            profiles=profiled[name][1],
             config=model.config,
             split_at=split_at,
             actions=TARGET_ACTIONS[target],
@@ -270,9 +275,33 @@ def _profile_lift(
             "lift": ranking["profile_lift_vs_popularity"]["hit@10"],
             "ci95": list(ranking["profile_lift_vs_popularity_ci95"]["hit@10"]),
         }
-    full = lifts["full"]["lift"]
-    out["ratio"] = lifts["incremental"]["lift"] / full if full > 0 else None
+    out["ratio"], out["ratio_ci95"] = _paired_ratio(history, future, TARGET_ACTIONS[target], models, profiled)
     return out
+
+
+def _paired_ratio(
+    history: pd.DataFrame,
+    future: pd.DataFrame,
+    actions: Sequence[str],
+    models: dict[str, TraitflowModel],
+    profiled: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[float, list[float]]:
+    """Lift of the incremental model's profiles over the full one's, hit@10, with the 95%
+    bootstrap interval of the paired ratio (same customers, same resamples). Both lifts are over
+    the same popularity, so the ratio of their lifts is the ratio of their profiles' hit rates."""
+    index = product_index(history)
+    targets = item_targets(history, future, index, actions)
+    per_customer = {}
+    for name in ("incremental", "full"):
+        customer_ids, profiles = profiled[name]
+        products = models[name].traits.products
+        assert products is not None  # fit_model always fits the trait product distributions
+        weights = _stored_weights((products.product_ids, products.weights), profiles.shape[1], index)
+        rows = np.searchsorted(customer_ids, targets.customer_ids)
+        scores = mixture_scores(profiles[rows], weights)
+        per_customer[name] = per_customer_metrics(scores, targets.relevant, exclude=targets.exclude)
+    paired = compare(per_customer, focus="incremental", baseline="full", n_resamples=LIFT_RESAMPLES)
+    return paired.lift["hit@10"], paired.lift_intervals["hit@10"]
 
 
 def compare_with_full(events: pd.DataFrame, full: TraitflowModel, increment: Increment) -> dict[str, Any]:

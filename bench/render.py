@@ -245,7 +245,8 @@ def _incremental(report: dict[str, Any]) -> list[str]:
                 f"target {lift['target']} in the week; 95% bootstrap)",
                 f"{_fmt(full['lift'])} {_interval(full['ci95'])}",
                 f"{_fmt(incremental['lift'])} {_interval(incremental['ci95'])}",
-                f"{_fmt(lift['ratio'])}x (parent, out of time: {_fmt(parent['lift'])} "
+                f"{_fmt(lift['ratio'])}x, 95% {_interval(lift['ratio_ci95'])} "
+                f"(parent, out of time: {_fmt(parent['lift'])} "
                 f"{_interval(parent['ci95'])})",
             ]
         )

@@ -43,7 +43,7 @@ TARGETS: tuple[Target, ...] = tuple(
         ("incremental_hit_rate_ratio", "next-item hit@10, incremental / full (x)", ">=", 0.95, "any"),
         (
             "incremental_profile_lift_ratio",
-            "profile lift over popularity, incremental / full (x)",
+            "profile lift over popularity, incremental / full (x), paired",
             ">=",
             0.95,
             "any",

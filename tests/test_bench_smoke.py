@@ -251,7 +251,9 @@ def test_incremental_comparison_holds_real_figures(smoke_report):
     for measured in lift["lift_hit@10"].values():
         assert measured["ci95"][0] <= measured["lift"] <= measured["ci95"][1]
     lifts = lift["lift_hit@10"]
+    # Same customers, same popularity: the paired ratio is the ratio of the two lifts.
     assert lift["ratio"] == pytest.approx(lifts["incremental"]["lift"] / lifts["full"]["lift"])
+    assert lift["ratio_ci95"][0] <= lift["ratio"] <= lift["ratio_ci95"][1]
     drift = inc["drift"]
     assert drift["threshold"] == config.increment.increment_drift_threshold
     assert drift["vs_threshold"] == pytest.approx(drift["weighted_mean"] / drift["threshold"])
