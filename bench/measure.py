@@ -30,6 +30,9 @@ LOAD, WEEKLY, DAILY, REFERENCE, BASELINE = "load", "weekly", "daily", "reference
 # "refit": the NMF refit a weekly retrain runs when a previous model exists (warm start from its
 # components); the "weekly retrain, refit path" total swaps it in for ``nmf_fit``.
 REFIT = "refit"
+# The incremental weekly retrain (``incremental_stages``) and the full retrain of the week before
+# it continues ("parent"), measured apart from the full weekly retrain.
+PARENT, INCREMENTAL = "parent", "incremental"
 
 
 def _rss_reader() -> Callable[[], int]:

@@ -151,7 +151,13 @@ class PostgresStages:
         """
         as_of = ctx.weekly_batch.as_of - timedelta(days=7)
         batch = dataclasses.replace(ctx.weekly_batch, model_version=ctx.model.version, as_of=as_of)
-        self.store_for(ctx).write_profiles(batch)
+        store = self.store_for(ctx)
+        # Current rows never move back: a second weekly group on the same schema (the incremental
+        # retrain after the full one) first empties them, so that its promotion is the same
+        # rewrite of every row from the week before.
+        with store.connection.transaction():
+            store.connection.execute("TRUNCATE customer_profiles")
+        store.write_profiles(batch)
 
     def promote(self, ctx: Any) -> int:
         batch = dataclasses.replace(ctx.weekly_batch, model_version=ctx.model.version)

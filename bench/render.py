@@ -11,6 +11,8 @@ _TOTALS = (
     ("**weekly retrain (sum)**", "weekly_retrain"),
     ("**weekly retrain, refit path (sum)**", "weekly_retrain_refit"),
     ("**daily run (sum)**", "daily_run"),
+    ("**parent: full retrain of the week before (sum)**", "parent"),
+    ("**weekly retrain, incremental (sum)**", "weekly_incremental"),
 )
 
 
@@ -206,6 +208,94 @@ def _scaling(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _interval(values: Sequence[float] | None) -> str:
+    return f"[{_fmt(values[0])}, {_fmt(values[1])}]" if values else "-"
+
+
+def _incremental(report: dict[str, Any]) -> list[str]:
+    inc = report.get("incremental")
+    if not inc:
+        return []
+    hit, lift, drift = inc["next_item_hit@10"], inc["profile_lift"], inc["drift"]
+    totals = report["totals"]
+    full_s, inc_s = totals["weekly_retrain"].get("wall_s"), totals["weekly_incremental"].get("wall_s")
+    rows: list[list[Any]] = [
+        ["weekly retrain wall s", full_s, inc_s, f"{inc_s / full_s:.3f}x" if full_s and inc_s else "-"],
+        [
+            "  of which trait_products (left unmeasured, outside the full total)",
+            "-",
+            report["stage_walls"].get("inc_trait_products"),
+            "",
+        ],
+        [
+            f"next-item hit@10 ({hit['n_pairs']:,} held-out pairs)",
+            hit["full"],
+            hit["incremental"],
+            f"{_fmt(hit['ratio'])}x, 95% {_interval(hit['ratio_ci95'])}",
+        ],
+    ]
+    if "skipped" in lift:
+        rows.append(["profile lift over popularity (hit@10)", "-", "-", f"not measured: {lift['skipped']}"])
+    else:
+        lifts = lift["lift_hit@10"]
+        full, incremental, parent = lifts["full"], lifts["incremental"], lifts["parent"]
+        rows.append(
+            [
+                f"profile lift over popularity, hit@10 ({lift['n_customers']:,} customers, "
+                f"target {lift['target']} in the week; 95% bootstrap)",
+                f"{_fmt(full['lift'])} {_interval(full['ci95'])}",
+                f"{_fmt(incremental['lift'])} {_interval(incremental['ci95'])}",
+                f"{_fmt(lift['ratio'])}x, 95% {_interval(lift['ratio_ci95'])} "
+                f"(parent, out of time: {_fmt(parent['lift'])} "
+                f"{_interval(parent['ci95'])})",
+            ]
+        )
+    rows.append(
+        [
+            "drift from the parent after alignment (weighted mean)",
+            drift["full_retrain_weighted_mean"],
+            drift["weighted_mean"],
+            f"threshold {_fmt(drift['threshold'])}",
+        ]
+    )
+    rows.append(["trait ids of the parent kept", "-", inc["trait_ids_kept"], f"of {inc['n_parent_traits']}"])
+    increment = inc["increment"]
+    return [
+        "## Incremental vs full weekly retrain (same week)",
+        "",
+        f"Plan: {inc['plan']}. Traits: {inc['refit_reason']}. Increment: {increment['n_sessions']:,} "
+        f"sessions, {increment['n_words']:,} tokens, {increment['n_new_tokens']:,} new tokens, "
+        f"{increment['epochs']} epochs.",
+        "",
+        *_table(["measure", "full", "incremental", "comparison"], rows),
+        "",
+    ]
+
+
+def _limits(report: dict[str, Any]) -> list[str]:
+    limits = report.get("limits")
+    if not limits:
+        return []
+    rows = [
+        [r["what"], r["budget"], r["exponent"], r["at_largest"], r["limit_events"]] for r in limits["rows"]
+    ]
+    first = limits["first"]
+    verdict = (
+        f"First limit beyond {limits['largest_events']:,} events: {first['what']} ({first['budget']}) "
+        f"at about {first['limit_events']:,.0f} events."
+        if first
+        else f"No stage reaches its budget below {1e13:.0e} events."
+    )
+    return [
+        "## Limits (extrapolated from the scaling points)",
+        "",
+        *_table(["stage", "budget", "exponent", "at largest size", "reaches budget at events"], rows),
+        "",
+        verdict,
+        "",
+    ]
+
+
 def _targets(report: dict[str, Any]) -> list[str]:
     rows = [[t["target"], _limit(t), t["value"], t["status"]] for t in report["targets"]]
     return ["## Targets", "", *_table(["target", "limit", "measured", "status"], rows), ""]
@@ -213,5 +303,5 @@ def _targets(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (works on the JSON written by ``run_bench``)."""
-    sections = (_heading, _stages, _comparisons, _latency, _scaling, _targets)
+    sections = (_heading, _stages, _comparisons, _incremental, _latency, _scaling, _limits, _targets)
     return "\n".join(line for section in sections for line in section(report))

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from comparisons import ONLINE_PATH
-from measure import DAILY, WEEKLY, Bench
+from limits import extrapolate_limits
+from measure import DAILY, INCREMENTAL, PARENT, WEEKLY, Bench
 from render import render_markdown
 from scaling import fit_exponent
 from targets import evaluate_targets
@@ -82,10 +83,25 @@ def _paired_ratio(bench: Bench, name: str, reference: str, kind: str) -> float |
     return float(statistics.median(a / b for a, b in zip(ours, theirs, strict=False) if b > 0))
 
 
+def _incremental_summary(totals: dict[str, Any], incremental: dict[str, Any] | None) -> dict[str, Any]:
+    """The incremental retrain's figures the targets are judged on (None where not measured)."""
+    group = totals.get("weekly_incremental") or {}
+    hit = (incremental or {}).get("next_item_hit@10") or {}
+    lift = (incremental or {}).get("profile_lift") or {}
+    return {
+        "weekly_incremental_wall_s": group.get("wall_s"),
+        "weekly_incremental_peak_rss_gib": group["peak_rss_mib"] / 1024 if group else None,
+        "incremental_hit_rate_ratio": hit.get("ratio"),
+        "incremental_profile_lift_ratio": lift.get("ratio"),
+        "incremental_trait_ids_kept": incremental["trait_ids_kept"] if incremental else None,
+        "incremental_drift_vs_threshold": incremental["drift"]["vs_threshold"] if incremental else None,
+    }
+
+
 def _summary(
     bench: Bench, totals: dict[str, Any], latency: dict | None, base: dict | None, scaling: dict | None
 ) -> dict[str, Any]:
-    """The figures the targets are judged on."""
+    """The figures the targets are judged on (the incremental ones: ``_incremental_summary``)."""
     weekly, weekly_refit, daily = (
         totals["weekly_retrain"],
         totals["weekly_retrain_refit"],
@@ -122,25 +138,36 @@ def build_report(
     base: dict[str, Any] | None,
     scaling: dict[str, Any] | None,
     tail: dict[str, Any],
+    incremental: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a run: ``head`` (tier, started_at, command, host, workload, config) first,
-    then the stages, totals, summary and side measurements, ``tail`` (hooks, Postgres run id)
-    and the targets last."""
+    then the stages, totals, summary and side measurements (``limits``: extrapolated from the
+    scaling points; ``incremental``: ``incremental_stages.compare_with_full``), ``tail`` (hooks,
+    Postgres run id) and the targets last."""
     weekly = bench.group_total(WEEKLY)
     totals = {
         "weekly_retrain": weekly,
         "weekly_retrain_refit": _refit_total(bench, weekly),
         "daily_run": bench.group_total(DAILY),
+        "weekly_incremental": bench.group_total(INCREMENTAL),
+        "parent": bench.group_total(PARENT),
     }
     report: dict[str, Any] = {
         **head,
         "stages": [s.to_dict() for s in bench.results.values()],
         "stage_walls": {name: s.wall_s for name, s in bench.results.items()},
         "totals": totals,
-        "summary": _summary(bench, totals, latency, base, scaling),
+        "summary": {
+            **_summary(bench, totals, latency, base, scaling),
+            **_incremental_summary(totals, incremental),
+        },
         "baseline": base,
         "latency": latency,
         "scaling": scaling,
+        "limits": extrapolate_limits(scaling, head["host"].get("rss_after_imports_mib", 0.0))
+        if scaling
+        else None,
+        "incremental": incremental,
         "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "profiles": sorted(bench.profiles),
         "unlisted_pipeline_stages_wall_s": dict(bench.unlisted_wall_s),

@@ -5,7 +5,9 @@ Usage (from the repository root, with the project's virtualenv)::
     .venv/bin/python bench/run.py --tier smoke          # seconds; what tests/test_bench_smoke.py runs
     .venv/bin/python bench/run.py --tier S              # ~1 minute: stages + baseline + gensim + latency
     .venv/bin/python bench/run.py --tier M              # 10M events: ~15+ minutes, several GiB
-    .venv/bin/python bench/run.py --tier M --scaling    # + full retrain at 1M and 3M events (10M reused)
+    .venv/bin/python bench/run.py --tier M --scaling    # + retrain and daily run at 1M, 3M (10M reused)
+    .venv/bin/python bench/run.py --tier M --incremental --database-url postgresql://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/run.py --tier L --incremental --scaling   # 30M events: the L targets
     .venv/bin/python bench/run.py --tier S --events FILE.csv --mapping rees46 --max-events 2000000
 
 What is measured (see bench/README.md for the definitions):
@@ -20,7 +22,11 @@ What is measured (see bench/README.md for the definitions):
   a 1M-event customer slice), side by side with Traitflow's;
 * single-customer profile latency (p50/p95/p99) of the batch library path and of
   ``traitflow.online.CustomerProfiler``;
-* ``--scaling``: the full retrain at several sizes and the fitted log-log exponent.
+* ``--scaling``: the full retrain and the daily run at several sizes, the fitted log-log
+  exponents, and which stage would hit its budget first beyond the largest size (``limits``);
+* ``--incremental``: the incremental weekly retrain (``incremental_stages``: its parent, then
+  the update from it on the last week, end to end with the Postgres stages) beside the full
+  one, compared on the same week (next-item hit rate, profile lift, trait ids kept, drift).
 * the Postgres stages (``pg_stages``): ingest, the weekly read/save/promote, the daily read/write
   and the persistence of the baseline slice against the seed's one INSERT per row
   (``--database-url``, else ``TRAITFLOW_DATABASE_URL``, else the embedded server).
@@ -32,8 +38,9 @@ More stages plug in through ``stages.STAGE_HOOKS`` without touching the rest.
 
 The modules: ``measure`` (timing and RSS sampling), ``stages`` (the weekly retrain and daily
 run, composed of the pipeline's stages; ``StageHook``), ``comparisons`` (seed-literal baseline,
-single-customer latency), ``scaling``, ``targets``, ``report`` (summary and files), ``render``
-(Markdown); this one loads the workload, runs them in order and holds the CLI.
+single-customer latency), ``incremental_stages``, ``scaling``, ``limits``, ``targets``,
+``report`` (summary and files), ``render`` (Markdown); this one loads the workload, runs them in
+order and holds the CLI.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ import pg_stages
 import report as reports
 import workloads
 from comparisons import baseline_comparison, single_customer_latency
-from measure import LOAD, Bench, RssSampler
+from incremental_stages import incremental_run
+from measure import LOAD, MIB, Bench, RssSampler
 from render import render_markdown
 from scaling import scaling_run
 from stages import STAGE_HOOKS, Context, StageHook, daily_run, retrain, run_hooks
@@ -79,6 +87,7 @@ class Options:
     latency_customers: int | None = None
     repeats: int | None = None
     scaling: bool = False
+    incremental: bool = False  # the incremental weekly retrain beside the full one (incremental_stages)
     scaling_sizes: tuple[int, ...] | None = None
     profile: tuple[str, ...] = ()
     results_dir: Path | None = workloads.RESULTS_DIR
@@ -148,12 +157,14 @@ class SideResults:
     latency: dict[str, Any] | None
     baseline: dict[str, Any] | None
     scaling: dict[str, Any] | None
+    incremental: dict[str, Any] | None
 
 
 def _run_stages(
     bench: Bench, sampler: RssSampler, ctx: Context, options: Options, hooks: Sequence[StageHook]
 ) -> SideResults:
-    """The weekly retrain, the daily run, then latency, the baseline and scaling, in that order."""
+    """The weekly retrain, the daily run, the incremental weekly retrain, then latency, the
+    baseline and scaling, in that order."""
     tier = workloads.TIERS[options.tier]
     repeats = options.repeats or tier.repeats
     _, day_start, day_end = workloads.data_window(ctx.events)
@@ -167,6 +178,8 @@ def _run_stages(
     gc.collect()
     daily_run(bench, ctx, day_start, day_end, hooks)
     ctx.daily_batch = None
+    incremental = incremental_run(bench, ctx, hooks) if options.incremental else None
+    gc.collect()
     latency = (
         single_customer_latency(ctx, options.latency_customers or tier.latency_customers, day_end)
         if options.latency
@@ -178,7 +191,7 @@ def _run_stages(
     if options.scaling:
         sizes = options.scaling_sizes or tier.scaling_sizes
         scaling = scaling_run(sampler, ctx, sizes, bench, hooks)
-    return SideResults(n_customers, latency, base, scaling)
+    return SideResults(n_customers, latency, base, scaling, incremental)
 
 
 def _workload_info(options: Options, workload: Workload, n_customers: int) -> dict[str, Any]:
@@ -214,6 +227,8 @@ def run_bench(options: Options) -> dict[str, Any]:
     started = time.perf_counter()
     _warm_imports()
     host = reports.host_info(imports_s=time.perf_counter() - started)
+    # The process before any workload: the part of every stage's RSS that does not grow with size.
+    host["rss_after_imports_mib"] = sampler.read() / MIB
     try:
         workload = _load_workload(bench, options, workloads.TIERS[options.tier])
         trained_through, _, _ = workloads.data_window(workload.events)
@@ -240,7 +255,13 @@ def run_bench(options: Options) -> dict[str, Any]:
         "postgres_run_id": postgres.run_id if postgres is not None else None,
     }
     report = reports.build_report(
-        bench, head=head, latency=side.latency, base=side.baseline, scaling=side.scaling, tail=tail
+        bench,
+        head=head,
+        latency=side.latency,
+        base=side.baseline,
+        scaling=side.scaling,
+        tail=tail,
+        incremental=side.incremental,
     )
     if options.results_dir is not None:
         options.results_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-customers", type=int, help="customers timed one at a time")
     parser.add_argument("--repeats", type=int, help="repeats of item2vec/gensim and of the baseline pair")
     parser.add_argument("--scaling", action="store_true", help="full retrain at the tier's scaling sizes")
+    parser.add_argument(
+        "--incremental",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the incremental weekly retrain (parent on the window minus the last week, then the "
+        "update) beside the full one, compared on the same week",
+    )
     parser.add_argument("--scaling-sizes", type=_sizes, help="e.g. 1M,3M,10M (overrides the tier's)")
     parser.add_argument(
         "--profile", default="", help="comma-separated stage names to run under cProfile (text dump)"
@@ -322,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_customers=args.latency_customers,
             repeats=args.repeats,
             scaling=args.scaling,
+            incremental=args.incremental,
             scaling_sizes=args.scaling_sizes,
             profile=tuple(p for p in args.profile.split(",") if p),
             results_dir=args.results_dir,

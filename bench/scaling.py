@@ -1,5 +1,6 @@
-"""Scaling: the full weekly retrain on customer slices of several sizes, and the fitted log-log
-exponent of its time against the number of events."""
+"""Scaling: the full weekly retrain and the daily run on customer slices of several sizes, and
+the fitted log-log exponent of their time against the number of events (``limits`` extrapolates
+each stage from these points)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import workloads
-from measure import WEEKLY, Bench, RssSampler
-from stages import Context, StageHook, retrain
+from measure import DAILY, WEEKLY, Bench, RssSampler
+from stages import Context, StageHook, daily_run, retrain
 
 
 def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float | None:
@@ -22,7 +23,8 @@ def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float | No
 
 
 def _point(bench: Bench, n_events: int, n_customers: int, target: int, reused: bool) -> dict[str, Any]:
-    weekly = bench.group_total(WEEKLY)
+    weekly, daily = bench.group_total(WEEKLY), bench.group_total(DAILY)
+    measured = [s for s in bench.results.values() if s.group in (WEEKLY, DAILY)]
     return {
         "target_events": target,
         "events": n_events,
@@ -32,6 +34,11 @@ def _point(bench: Bench, n_events: int, n_customers: int, target: int, reused: b
         "peak_rss_mib": weekly["peak_rss_mib"],
         "stages_wall_s": {s.name: s.wall_s for s in bench.results.values() if s.group == WEEKLY},
         "stages_cpu_s": {s.name: s.cpu_s for s in bench.results.values() if s.group == WEEKLY},
+        "daily_wall_s": daily.get("wall_s"),
+        "daily_stages_wall_s": {s.name: s.wall_s for s in bench.results.values() if s.group == DAILY},
+        # Per stage (weekly and daily): the process's peak RSS and what the stage added to it.
+        "stages_peak_rss_mib": {s.name: s.peak_rss_mib for s in measured},
+        "stages_rss_growth_mib": {s.name: s.peak_rss_mib - s.rss_start_mib for s in measured},
         "nmf_n_iter": bench.results["nmf_fit"].extra.get("n_iter"),
         "reused_main_run": reused,
     }
@@ -44,9 +51,11 @@ def scaling_run(
     main: Bench | None,
     hooks: Sequence[StageHook] = (),
 ) -> dict[str, Any]:
-    """Full retrain on customer slices of ``ctx.events`` of about each size (whole histories);
-    the weekly hooks run too (each slice gets its own schema, ingested untimed)."""
-    hooks = [h for h in hooks if h.after in ("weekly_start", "weekly")]
+    """Full retrain, then the daily run of the workload's last day, on customer slices of
+    ``ctx.events`` of about each size (whole histories); the weekly and daily hooks run too (each
+    slice gets its own schema, ingested untimed)."""
+    hooks = [h for h in hooks if h.after in ("weekly_start", "weekly", "daily_start", "daily")]
+    _, day_start, day_end = workloads.data_window(ctx.events)
     points = []
     for size in sizes:
         # The largest size is usually the whole workload: reuse the main run's measurement.
@@ -57,6 +66,8 @@ def scaling_run(
             bench, reused = Bench(sampler), False
             sub = Context(ctx.config, events, ctx.work_dir / f"scaling-{size}", ctx.trained_through)
             retrain(bench, sub, refit=False, hooks=hooks)
+            sub.embeddings = sub.weekly_batch = None
+            daily_run(bench, sub, day_start, day_end, hooks)
             del sub
         points.append(_point(bench, len(events), int(events["customer_id"].nunique()), size, reused))
         del events

@@ -21,6 +21,7 @@ from measure import DAILY, REFERENCE, REFIT, WEEKLY, Bench
 
 from traitflow.aggregate import CustomerEmbeddings
 from traitflow.config import PipelineConfig
+from traitflow.jobs.weekly import HOLDOUT_FRACTION, HOLDOUT_SEED
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.pipeline import (
     Corpus,
@@ -97,13 +98,25 @@ HOOK_GROUPS = {
 STAGE_HOOKS: list[StageHook] = []
 
 
-def run_hooks(bench: Bench, ctx: Context, after: str, hooks: Sequence[StageHook]) -> None:
-    group = HOOK_GROUPS[after]
+def run_hooks(
+    bench: Bench,
+    ctx: Context,
+    after: str,
+    hooks: Sequence[StageHook],
+    *,
+    prefix: str = "",
+    group: str | None = None,
+) -> None:
+    """The hooks placed at ``after``, as stages ``prefix + name`` of ``group`` (default: the
+    group ``after`` counts towards)."""
+    group = group or HOOK_GROUPS[after]
     for hook in hooks:
         if hook.after == after:
             if hook.setup is not None:
                 hook.setup(ctx)
-            bench.measure(hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n)
+            bench.measure(
+                prefix + hook.name, group, lambda h=hook: h.fn(ctx), units=hook.units, n_units=lambda n: n
+            )
 
 
 def _fit_extra(fit: TraitFit) -> dict[str, Any]:
@@ -235,11 +248,22 @@ def retrain(
     refit: bool = True,
 ) -> None:
     """corpus -> item2vec (+ standalone gensim) -> aggregation -> nmf_fit -> labels -> projection:
-    the pipeline's functions as the weekly job chains them (every customer's profile last)."""
+    the pipeline's functions as the weekly job chains them (every customer's profile last). The
+    corpus holds out the weekly job's share of sessions (``HOLDOUT_FRACTION``, the same sessions
+    as the incremental retrain's corpus) for its quality gate."""
     timer = PipelineTimer(bench, ctx, gensim_repeats=gensim_repeats, refit=refit)
     config = ctx.config
     run_hooks(bench, ctx, "weekly_start", hooks)
-    corpus = timer("corpus", lambda: build_corpus(ctx.events, config.sessions, ctx.work_dir))
+    corpus = timer(
+        "corpus",
+        lambda: build_corpus(
+            ctx.events,
+            config.sessions,
+            ctx.work_dir,
+            holdout_fraction=HOLDOUT_FRACTION,
+            random_state=HOLDOUT_SEED,
+        ),
+    )
     tokens = timer("item2vec", lambda: train_tokens(corpus, config))
     ctx.model = fit_model(ctx.events, tokens, config, ctx.trained_through, run_stage=timer)
     assert ctx.embeddings is not None
