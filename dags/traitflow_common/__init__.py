@@ -262,13 +262,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def non_retryable() -> tuple[type[BaseException], ...]:
-    """Exceptions no retry can fix: bad configuration and a bad events file (mostly-rejected ones
-    and a missing day file included). Imported on failure only (``traitflow.events`` pulls in
-    pandas)."""
+    """Exceptions no retry can fix: bad configuration, a bad events file (mostly-rejected ones
+    and a missing day file included), and a shard whose plan is gone (replaced by a later plan
+    attempt or committed: only clearing the run from its plan task can help). Imported on
+    failure only (``traitflow.events`` pulls in pandas)."""
     from traitflow.config import ConfigError
     from traitflow.events import EventsFileError
+    from traitflow.store import PlanNotFoundError
 
-    return (ConfigError, EventsFileError)
+    return (ConfigError, EventsFileError, PlanNotFoundError)
 
 
 def skip_with(reason: str, error: BaseException) -> NoReturn:

@@ -556,6 +556,25 @@ def test_a_config_error_fails_the_task_at_once_without_retries(
     assert tries == 1
 
 
+def test_a_shard_whose_plan_is_gone_fails_at_once_and_other_errors_keep_their_retries() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from traitflow.store import PlanNotFoundError
+    from traitflow_common import fail_fast
+
+    def raising(error: Exception) -> Callable[[], None]:
+        @fail_fast
+        def task_body() -> None:
+            raise error
+
+        return task_body
+
+    with pytest.raises(AirflowFailException, match="PlanNotFoundError: plan 7 is gone"):
+        raising(PlanNotFoundError("plan 7 is gone"))()
+    with pytest.raises(ConnectionError):  # a database hiccup: Airflow retries it
+        raising(ConnectionError("server closed the connection"))()
+
+
 def test_too_few_customers_skips_the_rest_of_the_week_and_reports_why(run_dag: Any, fake_jobs: Any) -> None:
     from traitflow.config import ThinDataError
 
