@@ -45,11 +45,10 @@ from stages import Context, StageHook, run_hooks
 
 from traitflow.alignment import align_tokens
 from traitflow.bootstrap import compare
-from traitflow.config import PipelineConfig
 from traitflow.drift import measure_drift
 from traitflow.evaluate.split import MIN_CUSTOMERS, TARGET_ACTIONS, EvaluationError, choose_target
 from traitflow.item2vec_incremental import train_increment
-from traitflow.jobs.weekly import HOLDOUT_FRACTION, HOLDOUT_SEED, plan_training, should_refit
+from traitflow.jobs.weekly import HOLDOUT_FRACTION, HOLDOUT_SEED, increment_drift, plan_training, should_refit
 from traitflow.model import Lineage, TokenTable, TraitflowModel
 from traitflow.pipeline import (
     IncrementSelection,
@@ -192,7 +191,16 @@ def train_incremental(
             config.increment,
         ),
     )
-    drift = timer("drift", lambda: _drift(tokens, parent.tokens, config))
+    drift = timer(
+        "drift",
+        lambda: increment_drift(
+            tokens,
+            parent.tokens,
+            increment_path,
+            corpus.vocabulary(),
+            config.increment.increment_drift_threshold,
+        ),
+    )
     refit, refit_reason = should_refit(drift, config.triggers.drift_threshold)
     aligned = timer("align", lambda: align_tokens(tokens, parent.tokens))
     model = fit_model(ctx.events, aligned, config, end, previous=parent, refit_traits=refit, run_stage=timer)
@@ -204,13 +212,6 @@ def train_incremental(
     run_hooks(bench, ctx, "weekly", hooks, prefix="inc_", group=INCREMENTAL)
     ctx.weekly_batch = None
     return Increment(parent, model, plan, drift, refit, refit_reason, str(corpus.holdout_path))
-
-
-def _drift(candidate: TokenTable, parent: TokenTable, config: PipelineConfig) -> DriftResult:
-    """As the weekly job's ``measure_drift`` for an incremental candidate."""
-    report = measure_drift(candidate, parent)
-    threshold = config.increment.increment_drift_threshold
-    return DriftResult(measured=True, increment_threshold=threshold, **report.to_dict())
 
 
 def _hit_rates(incremental: TokenTable, full: TokenTable, holdout_path: str) -> dict[str, Any]:
@@ -310,7 +311,8 @@ def compare_with_full(events: pd.DataFrame, full: TraitflowModel, increment: Inc
     kept = parent_ids & set(increment.model.traits.trait_ids.tolist())
     threshold = increment.drift.increment_threshold
     drift = increment.drift.weighted_mean_drift
-    assert drift is not None and threshold is not None
+    recent = increment.drift.recent_weighted_drift  # what should_refit judges an increment by
+    assert drift is not None and recent is not None and threshold is not None
     return {
         "trained_since": increment.plan.trained_since.isoformat() if increment.plan.trained_since else None,
         "plan": increment.plan.reason,
@@ -327,8 +329,9 @@ def compare_with_full(events: pd.DataFrame, full: TraitflowModel, increment: Inc
         "n_parent_traits": len(parent_ids),
         "drift": {
             "weighted_mean": drift,
+            "recent_weighted": recent,
             "threshold": threshold,
-            "vs_threshold": drift / threshold,
+            "vs_threshold": recent / threshold,
             "full_retrain_weighted_mean": measure_drift(
                 full.tokens, increment.parent.tokens
             ).weighted_mean_drift,
@@ -348,10 +351,11 @@ def incremental_run(bench: Bench, ctx: Context, hooks: Sequence[StageHook]) -> d
     gc.collect()
     comparison = compare_with_full(ctx.events, ctx.model, increment)
     log.info(
-        "incremental vs full: hit@10 ratio %s, trait ids kept %.2f, drift %.3f (threshold %.3f)",
+        "incremental vs full: hit@10 ratio %s, trait ids kept %.2f, recent-weighted drift %.3f"
+        " (threshold %.3f)",
         comparison["next_item_hit@10"]["ratio"],
         comparison["trait_ids_kept"],
-        comparison["drift"]["weighted_mean"],
+        comparison["drift"]["recent_weighted"],
         comparison["drift"]["threshold"],
     )
     return comparison

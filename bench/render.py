@@ -255,6 +255,14 @@ def _incremental(report: dict[str, Any]) -> list[str]:
             "drift from the parent after alignment (weighted mean)",
             drift["full_retrain_weighted_mean"],
             drift["weighted_mean"],
+            "-",
+        ]
+    )
+    rows.append(
+        [
+            "recent-weighted drift (what the increment's refit decision compares)",
+            "-",
+            drift["recent_weighted"],
             f"threshold {_fmt(drift['threshold'])}",
         ]
     )

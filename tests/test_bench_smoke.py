@@ -256,8 +256,8 @@ def test_incremental_comparison_holds_real_figures(smoke_report):
     assert lift["ratio_ci95"][0] <= lift["ratio"] <= lift["ratio_ci95"][1]
     drift = inc["drift"]
     assert drift["threshold"] == config.increment.increment_drift_threshold
-    assert drift["vs_threshold"] == pytest.approx(drift["weighted_mean"] / drift["threshold"])
-    assert inc["refit"] == (drift["weighted_mean"] > drift["threshold"])
+    assert drift["vs_threshold"] == pytest.approx(drift["recent_weighted"] / drift["threshold"])
+    assert inc["refit"] == (drift["recent_weighted"] > drift["threshold"])
     assert 0 <= inc["trait_ids_kept"] <= 1 and inc["n_parent_traits"] == config.traits.n_traits
     if not inc["refit"]:  # components carried over: every trait keeps its id
         assert inc["trait_ids_kept"] == 1.0

@@ -38,7 +38,7 @@ from traitflow.runs import (
     iso,
     utc,
 )
-from traitflow.sessions import CorpusStats
+from traitflow.sessions import CorpusStats, Vocabulary
 
 HOLDOUT_FRACTION = 0.1
 # Fixed, not the Word2Vec seed: a candidate and the active model must be judged on sessions
@@ -400,22 +400,27 @@ def measure_drift(context: RunContext, candidate: Candidate) -> DriftResult:
     if active_version is None:
         return DriftResult(measured=False, reason="no active model")
     files = candidate.corpus.corpus
+    tokens = load_tokens(candidate.tokens_path)
+    active = _active_tokens(context, active_version)
     incremental = candidate.training is not None and candidate.training.mode == "incremental"
-    recent_counts = None
     if incremental and files is not None and files.increment_path is not None:
-        from traitflow.item2vec_incremental import increment_token_counts
+        threshold = PipelineConfig.from_mapping(candidate.config).increment.increment_drift_threshold
+        vocabulary = _corpus(files).vocabulary()
+        return increment_drift(tokens, active, Path(files.increment_path), vocabulary, threshold)
+    return DriftResult(measured=True, **_measure_drift(tokens, active).to_dict())
 
-        recent_counts = increment_token_counts(Path(files.increment_path), _corpus(files).vocabulary())
-    report = _measure_drift(
-        load_tokens(candidate.tokens_path),
-        _active_tokens(context, active_version),
-        recent_counts=recent_counts,
-    )
-    increment_threshold = None
-    if incremental:
-        increment = PipelineConfig.from_mapping(candidate.config).increment
-        increment_threshold = increment.increment_drift_threshold
-    return DriftResult(measured=True, increment_threshold=increment_threshold, **report.to_dict())
+
+def increment_drift(
+    tokens: TokenTable, parent: TokenTable, increment_path: Path, vocabulary: Vocabulary, threshold: float
+) -> DriftResult:
+    """Drift of an incremental model from its parent, with the recent-weighted drift (tokens
+    weighted by their counts in the increment corpus at ``increment_path``, coded by
+    ``vocabulary``) that ``should_refit`` compares with ``threshold``."""
+    from traitflow.item2vec_incremental import increment_token_counts
+
+    recent_counts = increment_token_counts(increment_path, vocabulary)
+    report = _measure_drift(tokens, parent, recent_counts=recent_counts)
+    return DriftResult(measured=True, increment_threshold=threshold, **report.to_dict())
 
 
 def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
