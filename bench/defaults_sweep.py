@@ -1,9 +1,11 @@
 """Item2Vec defaults: training time against quality for settings around ``Item2VecParams``.
 
 Each setting changes one Item2Vec parameter from the current defaults (or a few together, the
-combinations); each is trained on the planted synthetic events of a bench tier and on the
-Online Retail II export, both split at 80% of their events (``evaluate.split_events``), with 10%
-of the training sessions held out of the corpus. Per setting and dataset:
+combinations); each is trained on the planted synthetic events of a bench tier (default k), on
+the pipeline tests' planted workload (one trait per segment: long histories, where the dominant
+trait should recover the segment) and on the Online Retail II export, each split at 80% of its
+events (``evaluate.split_events``), with 10% of the training sessions held out of the corpus.
+Per setting and dataset:
 
 * ``train_s``: gensim training time with the product's default ``workers``, timed once;
 * with ``workers=1`` (reproducible vectors), seed 42: next-item hit@10 on the held-out sessions
@@ -43,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from traitflow.alignment import align_tokens
-from traitflow.config import IncrementParams, Item2VecParams, PipelineConfig
+from traitflow.config import IncrementParams, Item2VecParams, PipelineConfig, TraitParams
 from traitflow.evaluate import _profile_all, product_sections, segment_report, split_events
 from traitflow.evaluate.stability import profile_change
 from traitflow.item2vec import train_item2vec
@@ -89,15 +91,23 @@ INCREMENT_SETTINGS: tuple[IncrementParams, ...] = tuple(
         (0.01, 5, 0.5),
     )
 )
+DATASETS = ("synthetic", "planted", "retail")
 HOLDOUT_FRACTION = 0.1
 RETRAIN_SEED_OFFSET = 1
 N_RESAMPLES = 500
 
 
+# The planted-segment workload of the pipeline tests (tests/unit/test_pipeline.py): long
+# histories, one trait per segment, so the dominant trait's ARI is the recovery measure.
+PLANTED_SPEC = SyntheticSpec(
+    n_customers=800, n_products=400, n_categories=18, n_segments=6, n_events=40_000, seed=1
+)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Events split at 80%, the corpus of the history (held-out sessions apart) and, for planted
-    synthetic data, the customers' segments."""
+    """Events split at 80%, the corpus of the history (held-out sessions apart), the number of
+    traits to fit and, for planted synthetic data, the customers' segments."""
 
     name: str
     history: pd.DataFrame
@@ -106,16 +116,35 @@ class Dataset:
     corpus: Corpus
     holdout: pd.DataFrame
     segments: pd.DataFrame | None
+    n_traits: int
 
 
-def load_dataset(name: str, events: pd.DataFrame, segments: pd.DataFrame | None, work: Path) -> Dataset:
+def load_dataset(
+    name: str,
+    events: pd.DataFrame,
+    segments: pd.DataFrame | None,
+    work: Path,
+    n_traits: int = TraitParams().n_traits,
+) -> Dataset:
     split = split_events(events, fraction=0.8)
     corpus = build_corpus(
         split.history, PipelineConfig().sessions, work / name, holdout_fraction=HOLDOUT_FRACTION
     )
     assert corpus.holdout_path is not None
     holdout = pd.read_parquet(corpus.holdout_path)
-    return Dataset(name, split.history, split.future, split.at, corpus, holdout, segments)
+    return Dataset(name, split.history, split.future, split.at, corpus, holdout, segments, n_traits)
+
+
+def named_dataset(name: str, tier: str, work: Path) -> Dataset:
+    """``synthetic``: the tier's planted events at the default k; ``planted``: the tests' planted
+    workload with one trait per segment; ``retail``: the Online Retail II export."""
+    if name == "retail":
+        return load_dataset("online_retail_ii", retail_events(), None, work)
+    spec = TIERS[tier].spec if name == "synthetic" else PLANTED_SPEC
+    data = generate(spec)
+    label = f"synthetic-{tier}" if name == "synthetic" else f"planted-k{spec.n_segments}"
+    n_traits = TraitParams().n_traits if name == "synthetic" else spec.n_segments
+    return load_dataset(label, data.events, data.segments, work, n_traits)
 
 
 def hit_at_10(tokens: TokenTable, holdout: pd.DataFrame) -> float:
@@ -161,7 +190,7 @@ def measure(
     started = time.perf_counter()
     tokens = train_item2vec(data.corpus.corpus_path, vocabulary, serial)
     train_s_serial = time.perf_counter() - started
-    config = dataclasses.replace(PipelineConfig(), item2vec=serial)
+    config = PipelineConfig(item2vec=serial, traits=TraitParams(n_traits=data.n_traits))
     model = fit_model(data.history, tokens, config, data.split_at)
     profiled = _profile_all(model, data.history, data.split_at)
     sections = product_sections(
@@ -254,7 +283,7 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--tier", choices=sorted(TIERS), default="S", help="synthetic tier (planted)")
     parser.add_argument(
-        "--data", choices=("synthetic", "retail"), action="append", help="datasets (default: both)"
+        "--data", choices=DATASETS, action="append", help=f"datasets (default: all): {named_dataset.__doc__}"
     )
     parser.add_argument(
         "--settings", help=f"comma-separated setting names (default: all): {', '.join(SETTINGS)}"
@@ -279,12 +308,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.only_incremental:
-            for data_name in args.data or ("synthetic", "retail"):
-                if data_name == "synthetic":
-                    planted = generate(spec)
-                    data = load_dataset(f"synthetic-{args.tier}", planted.events, planted.segments, work)
-                else:
-                    data = load_dataset("online_retail_ii", retail_events(), None, work)
+            for data_name in args.data or DATASETS:
+                data = named_dataset(data_name, args.tier, work)
                 for row in sweep(data, names, args.workers):
                     print(json.dumps(row), flush=True)
                     rows.append(row)
