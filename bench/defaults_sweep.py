@@ -70,7 +70,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "sample=0": {"sample": 0.0},
     "sample=1e-4": {"sample": 1e-4},
     "negative=5": {"negative": 5},
-    "negative=10": {"negative": 10},
     "negative=20": {"negative": 20},
     "min_count=2": {"min_count": 2},
     "min_count=5": {"min_count": 5},
