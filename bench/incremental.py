@@ -18,7 +18,8 @@ import argparse
 import json
 import tempfile
 import time
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,9 @@ from traitflow.pipeline import IncrementSelection, build_corpus
 from traitflow.quality import next_item_hit_rate
 from traitflow.synthetic import SyntheticSpec, generate
 
-SETTINGS = (  # (increment_alpha, increment_epochs, replay_fraction)
-    (0.01, 5, 0.2),
-    (0.025, 5, 0.2),
-    (0.025, 10, 0.2),
-    (0.025, 5, 0.0),
+SETTINGS = tuple(
+    IncrementParams(increment_alpha=alpha, increment_epochs=epochs, replay_fraction=replay)
+    for alpha, epochs, replay in ((0.01, 5, 0.2), (0.025, 5, 0.2), (0.025, 10, 0.2), (0.025, 5, 0.0))
 )
 
 
@@ -67,63 +66,75 @@ def main() -> None:
     )
     events = generate(spec).events
     cut = spec.start + timedelta(weeks=args.weeks - 1)
-    params = Item2VecParams(workers=args.workers)
-    sessions = SessionParams()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        # The same sessions are held out of every corpus (holdout_sessions hashes their identity).
-        earlier = events[events["event_time"] < cut]
-        before = build_corpus(earlier, sessions, work / "before", holdout_fraction=0.1, random_state=7)
-        parent = train_item2vec(before.corpus_path, before.vocabulary(), params)
-        window = build_corpus(events, sessions, work / "window", holdout_fraction=0.1, random_state=7)
-        assert window.holdout_path is not None
-        holdout = pd.read_parquet(window.holdout_path)
-        last_week = _new_week_holdout(events, window.holdout_path, sessions, cut)
-
-        def report(name: str, tokens: TokenTable, seconds: float, **extra: object) -> None:
-            row = {
-                "model": name,
-                "seconds": round(seconds, 2),
-                "n_tokens": len(tokens),
-                "hit_at_10": round(_hit_rate(tokens, holdout), 4),
-                "hit_at_10_new_week": round(_hit_rate(tokens, last_week), 4),
-                "drift_from_parent": round(measure_drift(tokens, parent).weighted_mean_drift, 4),
-                **extra,
-            }
+        for row in compare_incremental(
+            events, cut, Item2VecParams(workers=args.workers), SETTINGS, Path(tmp)
+        ):
             print(json.dumps(row), flush=True)
 
-        report("parent (weeks before)", parent, 0.0)
+
+def compare_incremental(
+    events: pd.DataFrame,
+    cut: datetime,
+    params: Item2VecParams,
+    settings: Sequence[IncrementParams],
+    work: Path,
+) -> Iterator[dict[str, object]]:
+    """One row per trained model: the parent (events before ``cut``), the full retrain on every
+    event, and an incremental update of the parent per entry of ``settings``; each timed (gensim
+    only) and scored on next-item hit@10 over the window's held-out sessions, overall and on those
+    of the new week, with the aligned drift from the parent."""
+    sessions = SessionParams()
+    # The same sessions are held out of every corpus (holdout_sessions hashes their identity).
+    earlier = events[events["event_time"] < cut]
+    before = build_corpus(earlier, sessions, work / "before", holdout_fraction=0.1, random_state=7)
+    parent = train_item2vec(before.corpus_path, before.vocabulary(), params)
+    window = build_corpus(events, sessions, work / "window", holdout_fraction=0.1, random_state=7)
+    assert window.holdout_path is not None
+    holdout = pd.read_parquet(window.holdout_path)
+    last_week = _new_week_holdout(events, window.holdout_path, sessions, cut)
+
+    def report(name: str, tokens: TokenTable, seconds: float, **extra: object) -> dict[str, object]:
+        return {
+            "model": name,
+            "seconds": round(seconds, 2),
+            "n_tokens": len(tokens),
+            "hit_at_10": round(_hit_rate(tokens, holdout), 4),
+            "hit_at_10_new_week": round(_hit_rate(tokens, last_week), 4),
+            "drift_from_parent": round(measure_drift(tokens, parent).weighted_mean_drift, 4),
+            **extra,
+        }
+
+    yield report("parent (weeks before)", parent, 0.0)
+    started = time.perf_counter()
+    full = train_item2vec(window.corpus_path, window.vocabulary(), params)
+    yield report("full", full, time.perf_counter() - started)
+    for setting in settings:
+        alpha, epochs, replay = setting.increment_alpha, setting.increment_epochs, setting.replay_fraction
+        corpus = build_corpus(
+            events,
+            sessions,
+            work / f"inc-{alpha}-{epochs}-{replay}",
+            holdout_fraction=0.1,
+            random_state=7,
+            increment=IncrementSelection(cut, replay, 0),
+        )
+        assert corpus.increment_path is not None
         started = time.perf_counter()
-        full = train_item2vec(window.corpus_path, window.vocabulary(), params)
-        report("full", full, time.perf_counter() - started)
-        for alpha, epochs, replay in SETTINGS:
-            increment = IncrementSelection(cut, replay, 0)
-            corpus = build_corpus(
-                events,
-                sessions,
-                work / f"inc-{alpha}-{epochs}-{replay}",
-                holdout_fraction=0.1,
-                random_state=7,
-                increment=increment,
-            )
-            assert corpus.increment_path is not None
-            started = time.perf_counter()
-            tokens, stats = train_increment(
-                corpus.increment_path,
-                corpus.corpus_path,
-                corpus.vocabulary(),
-                parent,
-                params,
-                IncrementParams(increment_alpha=alpha, increment_epochs=epochs, replay_fraction=replay),
-            )
-            report(
-                f"incremental alpha={alpha} epochs={epochs} replay={replay}",
-                tokens,
-                time.perf_counter() - started,
-                new_tokens=stats.n_new_tokens,
-                increment_words=stats.n_words,
-                window_words=corpus.stats.n_tokens_written,
-            )
+        tokens, stats = train_increment(
+            corpus.increment_path, corpus.corpus_path, corpus.vocabulary(), parent, params, setting
+        )
+        yield report(
+            f"incremental alpha={alpha} epochs={epochs} replay={replay}",
+            tokens,
+            time.perf_counter() - started,
+            increment_alpha=alpha,
+            increment_epochs=epochs,
+            replay_fraction=replay,
+            new_tokens=stats.n_new_tokens,
+            increment_words=stats.n_words,
+            window_words=corpus.stats.n_tokens_written,
+        )
 
 
 def _new_week_holdout(
