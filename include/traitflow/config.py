@@ -85,8 +85,8 @@ class Item2VecParams:
     window: int = field(
         default=5, metadata=bounds(minimum=1, maximum=100, description="Word2Vec context window.")
     )
-    # 5 trains 1.4-1.8x faster at equal quality, but incremental updates then drift less and a
-    # shifted week falls under increment_drift_threshold; both change together or neither
+    # 5 trains 1.4-1.8x faster at equal quality, but incremental updates then drift less: the
+    # increment_drift_threshold was measured at 10 and moves with it, in one change
     # (docs/method-variants.md, "Item2Vec defaults").
     negative: int = field(
         default=10, metadata=bounds(minimum=0, maximum=100, description="Negative samples per token.")
