@@ -16,7 +16,18 @@ from traitflow.event_schema import as_canonical
 
 RETAIL_PATH = Path(__file__).resolve().parents[1] / "examples" / "data" / "online_retail_ii_2009_2010.parquet"
 NON_PRODUCT_CODES = (
-    "POST", "DOT", "M", "D", "C2", "BANK CHARGES", "AMAZONFEE", "PADS", "CRUK", "S", "B", "m",
+    "POST",
+    "DOT",
+    "M",
+    "D",
+    "C2",
+    "BANK CHARGES",
+    "AMAZONFEE",
+    "PADS",
+    "CRUK",
+    "S",
+    "B",
+    "m",
 )
 NON_PRODUCT_PREFIXES = ("ADJUST", "TEST", "gift_")
 

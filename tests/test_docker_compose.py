@@ -35,7 +35,11 @@ DATABASES = {"airflow-db", "traitflow-db"}
 CACHES = {"redis"}
 WORKERS = {"airflow-worker", "airflow-worker-training"}
 AIRFLOW_RUNTIME = {
-    "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-flower"
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-flower",
 } | WORKERS
 AIRFLOW_SERVICES = AIRFLOW_RUNTIME | {"airflow-init"}
 LONG_RUNNING = DATABASES | CACHES | AIRFLOW_RUNTIME

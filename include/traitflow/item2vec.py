@@ -68,9 +68,7 @@ def train_item2vec(corpus_path: Path, vocabulary: Vocabulary, params: Item2VecPa
         raise ValueError(f"corpus file {corpus_path} is missing or empty: no session has 2+ events")
     started = time.perf_counter()
     log.info("item2vec: training %d epochs on %s", params.epochs, corpus_path)
-    model = Word2Vec(
-        corpus_file=str(corpus_path), **word2vec_arguments(params), callbacks=[EpochProgress()]
-    )
+    model = Word2Vec(corpus_file=str(corpus_path), **word2vec_arguments(params), callbacks=[EpochProgress()])
     codes = np.asarray(model.wv.index_to_key, dtype=np.int64)
     order = np.argsort(codes, kind="stable")
     codes = codes[order]

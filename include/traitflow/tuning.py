@@ -268,9 +268,7 @@ def _trial_rows(
                 raise TuningError(
                     f"cannot train on the sample: {error}; use a larger --sample-fraction"
                 ) from None
-            scores = _hit_rates(
-                tokens, halves, top_n=top_n, max_pairs=max_pairs, random_state=random_state
-            )
+            scores = _hit_rates(tokens, halves, top_n=top_n, max_pairs=max_pairs, random_state=random_state)
             trained[config.item2vec] = scores, time.perf_counter() - started
             log.info("tune %s %s: %s", role, values, scores)
         scores, seconds = trained[config.item2vec]

@@ -26,7 +26,10 @@ SETTINGS = {
         f"host=127.0.0.1 port={CLOSED_PORT} user=tf password={PASSWORD} dbname=tf",
     ),
     "env_url_without_scheme": ("TRAITFLOW_DATABASE_URL", f"tf:{PASSWORD}@127.0.0.1:{CLOSED_PORT}/tf"),
-    "env_malformed_uri": ("TRAITFLOW_DATABASE_URL", f"postgresql://tf:{PASSWORD}@[127.0.0.1:{CLOSED_PORT}/tf"),
+    "env_malformed_uri": (
+        "TRAITFLOW_DATABASE_URL",
+        f"postgresql://tf:{PASSWORD}@[127.0.0.1:{CLOSED_PORT}/tf",
+    ),
     "airflow_conn_json": (
         "AIRFLOW_CONN_TRAITFLOW_DB",
         json.dumps(

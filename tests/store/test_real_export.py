@@ -55,7 +55,6 @@ def test_loader_counts_on_the_real_file() -> None:
     assert set(names["product_id"]) <= set(products)
 
 
-
 def _scalar(store: Store, query: str, *params: object) -> object:
     return store.connection.execute(query, params).fetchone()[0]
 
@@ -115,9 +114,7 @@ def test_real_export_from_ingest_to_served_profiles(
         "SELECT count(*), count(*) FILTER (WHERE as_of = '2010-12-10Z'), count(DISTINCT model_version) "
         "FROM customer_profiles"
     ).fetchone()
-    after = _scalar(
-        store, "SELECT count(DISTINCT customer_id) FROM events WHERE event_time >= '2010-12-01Z'"
-    )
+    after = _scalar(store, "SELECT count(DISTINCT customer_id) FROM events WHERE event_time >= '2010-12-01Z'")
     assert current == (N_CUSTOMERS, after, 1)  # every customer with history has a current profile
     # Customers whose every event is after the model's training end: profiled from known tokens.
     new = store.connection.execute(

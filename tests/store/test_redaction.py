@@ -28,8 +28,10 @@ CLOSED_PORT = 1  # nothing listens: connection refused at once
             "postgresql://db/tf?sslmode=require&password=s3cr3t-pw&x=1",
             "postgresql://db/tf?sslmode=require&password=***&x=1",
         ),
-        ('{"login": "tf", "password": "s3\\"cr3t", "port": 5}',
-         '{"login": "tf", "password": "***", "port": 5}'),
+        (
+            '{"login": "tf", "password": "s3\\"cr3t", "port": 5}',
+            '{"login": "tf", "password": "***", "port": 5}',
+        ),
         ("{'password': 's3cr3t-pw', 'host': 'db'}", "{'password': '***', 'host': 'db'}"),
         ("postgresql://tf:@/tf?host=/tmp/x", "postgresql://tf:@/tf?host=/tmp/x"),  # no password: unchanged
         ("at 12:30 the job ended", "at 12:30 the job ended"),

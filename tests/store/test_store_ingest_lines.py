@@ -30,7 +30,12 @@ def stored(store: Store) -> tuple[list[str], list[tuple[int, str, str]]]:
 
 @pytest.mark.parametrize(("suffix", "chunksize"), [(".csv", "500000"), (".csv", "4"), (".csv.gz", "7")])
 def test_hostile_file_ingest_stores_good_rows_and_every_reject(
-    tmp_path: Path, store: Store, database_url: str, hostile_events, suffix: str, chunksize: str,
+    tmp_path: Path,
+    store: Store,
+    database_url: str,
+    hostile_events,
+    suffix: str,
+    chunksize: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = hostile_events.write(tmp_path / "hostile.csv")

@@ -278,7 +278,8 @@ def test_version_5_records_the_evidence_of_new_profiles_and_leaves_old_ones_unkn
                 cur.execute(
                     f"INSERT INTO {table} (customer_id, as_of, model_version, traits, dominant_trait_id,"
                     f" n_events, cold_start{extra}) VALUES (%s, %s, 1, '{{1,0,0}}', 3, 4, 'none'"
-                    + (", '\\x00000000'" if extra else "") + ")",
+                    + (", '\\x00000000'" if extra else "")
+                    + ")",
                     (cid, as_of),
                 )
     assert _upgrade_to(store, 5, monkeypatch) == [5]

@@ -67,9 +67,7 @@ def test_train_with_an_order_line_file_labels_traits_by_product_name(
 
 
 def test_without_names_labels_name_product_ids(events: pd.DataFrame, tmp_path: Path) -> None:
-    config = PipelineConfig.from_mapping(
-        {"k": 4, "vector_size": 16, "epochs": 3, "workers": 1}
-    )
+    config = PipelineConfig.from_mapping({"k": 4, "vector_size": 16, "epochs": 3, "workers": 1})
     lines = events.assign(category="")
     end = (lines["event_time"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
     names = {p: _name(p) for p in lines["product_id"]}
