@@ -318,3 +318,23 @@ def test_fallback_matrix_serves_pandas_string_categories(table):
         np.array(["view", "view"], dtype=object),
     )
     np.testing.assert_array_equal(result.source, [SOURCE_CATEGORY, SOURCE_ACTION])
+
+
+def test_most_similar_default_batches_stay_within_the_memory_budget(monkeypatch):
+    import traitflow.item2vec as item2vec
+
+    table = _random_table(n=40)
+    queries = np.arange(40)
+    expected = most_similar(table, queries, 5, batch_size=40)
+    seen: list[int] = []
+    real_partition = np.argpartition
+
+    def recording_partition(scores, kth, axis):
+        seen.append(scores.nbytes + scores.size * 8)  # the scores and the partition's indices
+        return real_partition(scores, kth, axis=axis)
+
+    monkeypatch.setattr(item2vec, "SIMILARITY_BATCH_BYTES", 12 * 40 * 7)  # 7 queries per batch
+    monkeypatch.setattr(item2vec.np, "argpartition", recording_partition)
+    got = most_similar(table, queries, 5)
+    np.testing.assert_array_equal(got, expected)
+    assert len(seen) == 6 and max(seen) <= 12 * 40 * 7  # ceil(40 / 7) batches, each within budget
