@@ -51,8 +51,9 @@ from traitflow.store import Store
 
 WEEK = timedelta(weeks=1)
 # Current profiles without updated_at (a fresh schema writes them at another time).
+# Rows hashed first: the rows' own text of 1M profiles passes PostgreSQL's 1 GiB limit on a value.
 _CURRENT_CHECKSUM = (
-    "SELECT md5(string_agg(t::text, E'\\n' ORDER BY customer_id)) FROM (SELECT customer_id, as_of,"
+    "SELECT md5(string_agg(md5(t::text), '' ORDER BY customer_id)) FROM (SELECT customer_id, as_of,"
     " model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens, embedding"
     " FROM customer_profiles) t"
 )

@@ -390,3 +390,18 @@ def test_few_rows_falls_back_to_staging_above_the_limit(
     assert len(big) > store_ingest.MAX_PARAMETER_ROWS
     report = store.ingest_events(result(big), "big", "run", few_rows=True)
     assert copies and report.n_inserted == len(big) - len(small)
+
+
+def test_table_checksums_change_with_the_rows_and_only_with_them(store: Store) -> None:
+    events = sample_events()
+    store.ingest_events(result(events), source="unit", run_id="r1")
+    before = store.table_checksums()
+    reversed_events = events.iloc[::-1].reset_index(drop=True)
+    store.ingest_events(result(reversed_events), source="unit", run_id="r1")  # already stored
+    assert store.table_checksums() == before
+
+    extra = events.iloc[:1].assign(product_id="p-extra").reset_index(drop=True)
+    store.ingest_events(result(extra), source="unit", run_id="r2")
+    after = store.table_checksums()
+    assert after["events"] != before["events"]
+    assert after["rejected_events"] == before["rejected_events"]  # nothing rejected: unchanged

@@ -642,9 +642,13 @@ class Store:
         return _reads.table_counts(self._ensure_ready())
 
     def table_checksums(self) -> dict[str, str]:
-        """md5 over each table's rows in a canonical order: equal checksums = identical contents.
+        """md5 over each table's row hashes in a canonical order: equal checksums = identical
+        contents.
 
         Meant for tests and audits ("re-running this date changed nothing"); it reads every row.
+        Each row is hashed first, so the aggregated text is 32 bytes per row, far below
+        PostgreSQL's 1 GiB limit on one text value (the rows' own text passes it at about 1M
+        current profiles).
         """
         conn = self._ensure_ready()
         out: dict[str, str] = {}
@@ -655,8 +659,8 @@ class Store:
                     continue
                 row = conn.execute(
                     sql.SQL(
-                        "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text COLLATE \"C\"), ''))"
-                        " FROM {} t"
+                        "SELECT md5(coalesce(string_agg(h, '' ORDER BY h COLLATE \"C\"), ''))"
+                        " FROM (SELECT md5(t::text) AS h FROM {} t) rows"
                     ).format(sql.Identifier(table))
                 ).fetchone()
                 out[table] = str(row[0]) if row else ""
