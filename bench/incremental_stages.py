@@ -1,14 +1,14 @@
 """The incremental weekly retrain, measured beside the full one on the same week.
 
-The parent (group ``parent``) is the full retrain of the week before: ``build_corpus`` with the
-weekly job's holdout, ``train_tokens`` and ``fit_model`` on the events before ``trained_through``
+The parent (group ``parent``) is the full retrain of the week before: ``jobs.weekly.weekly_corpus`` (the
+weekly job's holdout), ``train_tokens`` and ``fit_model`` on the events before ``trained_through``
 minus ``INCREMENT_DAYS``, read from and saved to the store by the weekly Postgres hooks (it is
 not promoted: the store already holds the full retrain's later profiles). Its time is reported
 apart from the incremental group.
 
 The incremental retrain (group ``incremental``) then continues the parent on the last week as
 the weekly job does (``traitflow.jobs.weekly``): ``plan_training`` decides (it must say
-"incremental" with the config's ``IncrementParams``), ``pipeline.build_corpus`` with an
+"incremental" with the config's ``IncrementParams``), ``weekly_corpus`` with an
 ``IncrementSelection`` (new sessions + replayed sample), ``train_increment``, the drift after
 alignment and ``should_refit``, ``align_tokens``, ``fit_model`` (traits kept or refitted and
 matched, as ``should_refit`` said), every customer's profile, and the weekly Postgres hooks
@@ -48,11 +48,10 @@ from traitflow.bootstrap import compare
 from traitflow.drift import measure_drift
 from traitflow.evaluate.split import MIN_CUSTOMERS, TARGET_ACTIONS, EvaluationError, choose_target
 from traitflow.item2vec_incremental import train_increment
-from traitflow.jobs.weekly import HOLDOUT_FRACTION, HOLDOUT_SEED, increment_drift, plan_training, should_refit
+from traitflow.jobs.weekly import increment_drift, plan_training, should_refit, weekly_corpus
 from traitflow.model import Lineage, TokenTable, TraitflowModel
 from traitflow.pipeline import (
     IncrementSelection,
-    build_corpus,
     events_before,
     fit_model,
     profile_customers,
@@ -122,16 +121,7 @@ def train_parent(bench: Bench, ctx: Context, cut: datetime, hooks: Sequence[Stag
     parent_hooks = [h for h in hooks if h.name in PARENT_HOOKS]
     timer = GroupTimer(bench, "parent_", PARENT)
     run_hooks(bench, sub, "weekly_start", parent_hooks, prefix="parent_", group=PARENT)
-    corpus = timer(
-        "corpus",
-        lambda: build_corpus(
-            sub.events,
-            config.sessions,
-            sub.work_dir,
-            holdout_fraction=HOLDOUT_FRACTION,
-            random_state=HOLDOUT_SEED,
-        ),
-    )
+    corpus = timer("corpus", lambda: weekly_corpus(sub.events, config, sub.work_dir))
     tokens = timer("item2vec", lambda: train_tokens(corpus, config))
     sub.model = fit_model(sub.events, tokens, config, cut, run_stage=timer)
     sub.model.lineage = Lineage("full", None, None)
@@ -167,17 +157,7 @@ def train_incremental(
     if plan.mode != "incremental" or plan.trained_since is None:
         raise RuntimeError(f"the weekly job would not train incrementally here: {plan.reason}")
     selection = IncrementSelection(plan.trained_since, config.increment.replay_fraction, config.item2vec.seed)
-    corpus = timer(
-        "corpus",
-        lambda: build_corpus(
-            ctx.events,
-            config.sessions,
-            ctx.work_dir,
-            holdout_fraction=HOLDOUT_FRACTION,
-            random_state=HOLDOUT_SEED,
-            increment=selection,
-        ),
-    )
+    corpus = timer("corpus", lambda: weekly_corpus(ctx.events, config, ctx.work_dir, selection))
     assert corpus.increment_path is not None and corpus.holdout_path is not None
     increment_path = corpus.increment_path
     tokens, stats = timer(

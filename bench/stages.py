@@ -1,7 +1,7 @@
 """The measured runs: the weekly retrain and the daily run, composed of the pipeline's own stages,
 and the extra stages (``StageHook``) that plug in around them.
 
-The weekly retrain runs ``pipeline.build_corpus``, ``pipeline.train_tokens``,
+The weekly retrain runs ``jobs.weekly.weekly_corpus``, ``pipeline.train_tokens``,
 ``pipeline.fit_model`` and ``pipeline.profiles_from_embeddings`` as the weekly job does, with a
 ``PipelineTimer`` as their ``run_stage``: each pipeline stage becomes a bench stage.
 """
@@ -21,11 +21,10 @@ from measure import DAILY, REFERENCE, REFIT, WEEKLY, Bench
 
 from traitflow.aggregate import CustomerEmbeddings
 from traitflow.config import PipelineConfig
-from traitflow.jobs.weekly import HOLDOUT_FRACTION, HOLDOUT_SEED
+from traitflow.jobs.weekly import weekly_corpus
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.pipeline import (
     Corpus,
-    build_corpus,
     fit_model,
     profile_customers,
     profiles_from_embeddings,
@@ -254,16 +253,7 @@ def retrain(
     timer = PipelineTimer(bench, ctx, gensim_repeats=gensim_repeats, refit=refit)
     config = ctx.config
     run_hooks(bench, ctx, "weekly_start", hooks)
-    corpus = timer(
-        "corpus",
-        lambda: build_corpus(
-            ctx.events,
-            config.sessions,
-            ctx.work_dir,
-            holdout_fraction=HOLDOUT_FRACTION,
-            random_state=HOLDOUT_SEED,
-        ),
-    )
+    corpus = timer("corpus", lambda: weekly_corpus(ctx.events, config, ctx.work_dir))
     tokens = timer("item2vec", lambda: train_tokens(corpus, config))
     ctx.model = fit_model(ctx.events, tokens, config, ctx.trained_through, run_stage=timer)
     assert ctx.embeddings is not None

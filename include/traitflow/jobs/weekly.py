@@ -147,6 +147,22 @@ def plan_training(
     )
 
 
+def weekly_corpus(
+    events: pd.DataFrame, config: PipelineConfig, work_dir: Path, increment: IncrementSelection | None = None
+) -> Corpus:
+    """The weekly retrain's corpus of ``events`` under ``work_dir``: ``HOLDOUT_FRACTION`` of the
+    sessions held out (the same sessions for every model trained on the window, by
+    ``HOLDOUT_SEED``), and with ``increment`` the increment's sessions apart."""
+    return _build_corpus(
+        events,
+        config.sessions,
+        work_dir,
+        holdout_fraction=HOLDOUT_FRACTION,
+        random_state=HOLDOUT_SEED,
+        increment=increment,
+    )
+
+
 def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
     """Sessions of the training window ending at the run's end -> corpus file (held-out sessions
     set aside) + new-vocabulary ratio.
@@ -186,14 +202,7 @@ def build_corpus(context: RunContext, config: PipelineConfig) -> CorpusInfo:
         increment = IncrementSelection(
             plan.trained_since, config.increment.replay_fraction, config.item2vec.seed
         )
-    corpus = _build_corpus(
-        events,
-        config.sessions,
-        Path(context.work_dir) / "corpus",
-        holdout_fraction=HOLDOUT_FRACTION,
-        random_state=HOLDOUT_SEED,
-        increment=increment,
-    )
+    corpus = weekly_corpus(events, config, Path(context.work_dir) / "corpus", increment)
     if corpus.increment_stats is not None and corpus.increment_stats.n_sessions_written == 0:
         plan = TrainingPlan("full", plan.requested, "no session to train an increment on")
     vocabulary = corpus.vocabulary()
