@@ -51,11 +51,10 @@ from traitflow.evaluate.stability import profile_change
 from traitflow.item2vec import train_item2vec
 from traitflow.model import TokenTable, TraitflowModel
 from traitflow.pipeline import Corpus, build_corpus, fit_model
-from traitflow.quality import next_item_hit_rate
 from traitflow.synthetic import SyntheticSpec, generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from incremental import compare_incremental
+from incremental import compare_incremental, holdout_hit_rate
 from retail_events import retail_events
 from workloads import TIERS
 
@@ -147,11 +146,6 @@ def named_dataset(name: str, tier: str, work: Path) -> Dataset:
     return load_dataset(label, data.events, data.segments, work, n_traits)
 
 
-def hit_at_10(tokens: TokenTable, holdout: pd.DataFrame) -> float:
-    tokens_of_sessions = holdout["token"].to_numpy(dtype=object)
-    return float(next_item_hit_rate(tokens, holdout["session"].to_numpy(), tokens_of_sessions)["hit_rate"])
-
-
 def trait_ids_kept(model: TraitflowModel, other_tokens: TokenTable, data: Dataset) -> dict[str, float]:
     """Align ``other_tokens`` to ``model``'s, refit the traits with ``previous=model`` (as the weekly
     retrain does) and compare: share of trait ids kept, of customers keeping their dominant trait."""
@@ -205,8 +199,8 @@ def measure(
         "train_s": round(train_s, 2),
         "train_s_workers1": round(train_s_serial, 2),
         "n_tokens": len(tokens),
-        "hit_at_10": round(hit_at_10(tokens, data.holdout), 4),
-        "hit_at_10_reseed": round(hit_at_10(retrained, data.holdout), 4),
+        "hit_at_10": round(holdout_hit_rate(tokens, data.holdout), 4),
+        "hit_at_10_reseed": round(holdout_hit_rate(retrained, data.holdout), 4),
         "product_lift": _lift(sections["product_ranking"]),
         "product_lift_new": _lift(sections["product_ranking_new"]),
         "ari": None,

@@ -38,14 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from incremental import holdout_hit_rate
 
 from traitflow.config import IncrementParams, Item2VecParams, SessionParams
 from traitflow.drift import measure_drift
 from traitflow.item2vec import train_item2vec
 from traitflow.item2vec_incremental import increment_token_counts, train_increment
-from traitflow.model import TokenTable
 from traitflow.pipeline import Corpus, IncrementSelection, build_corpus
-from traitflow.quality import next_item_hit_rate
 from traitflow.sessions import sessionize
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 
@@ -122,11 +121,6 @@ def new_week_holdout(
     return holdout[np.isin(holdout["session"].to_numpy(), new)]
 
 
-def hit_rate(tokens: TokenTable, holdout: pd.DataFrame) -> float:
-    sessions, session_tokens = holdout["session"].to_numpy(), holdout["token"].to_numpy(dtype=object)
-    return next_item_hit_rate(tokens, sessions, session_tokens)["hit_rate"]
-
-
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, object]]:
     spec = SyntheticSpec(
         n_customers=args.customers,
@@ -174,9 +168,9 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
             "p95_drift": report.p95_drift,
             "recent_weighted_drift": report.recent_weighted_drift,
             "full_drift": measure_drift(full, parent).weighted_mean_drift,
-            "hit_increment": hit_rate(tokens, holdout),
-            "hit_full": hit_rate(full, holdout),
-            "hit_parent": hit_rate(parent, holdout),
+            "hit_increment": holdout_hit_rate(tokens, holdout),
+            "hit_full": holdout_hit_rate(full, holdout),
+            "hit_parent": holdout_hit_rate(parent, holdout),
         }
         print(
             json.dumps({key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()}),

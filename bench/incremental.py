@@ -40,7 +40,9 @@ SETTINGS = tuple(
 )
 
 
-def _hit_rate(tokens: TokenTable, holdout: pd.DataFrame) -> float:
+def holdout_hit_rate(tokens: TokenTable, holdout: pd.DataFrame) -> float:
+    """Next-item hit@10 of ``tokens`` on a held-out sessions frame (``session``, ``token``); NaN
+    when it holds no session."""
     if holdout.empty:
         return float("nan")
     tokens_of_sessions = holdout["token"].to_numpy(dtype=object)
@@ -99,8 +101,8 @@ def compare_incremental(
             "model": name,
             "seconds": round(seconds, 2),
             "n_tokens": len(tokens),
-            "hit_at_10": round(_hit_rate(tokens, holdout), 4),
-            "hit_at_10_new_week": round(_hit_rate(tokens, last_week), 4),
+            "hit_at_10": round(holdout_hit_rate(tokens, holdout), 4),
+            "hit_at_10_new_week": round(holdout_hit_rate(tokens, last_week), 4),
             "drift_from_parent": round(measure_drift(tokens, parent).weighted_mean_drift, 4),
             **extra,
         }
