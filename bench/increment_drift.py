@@ -132,7 +132,9 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
         seed=seed,
     )
     workload = Workload(generate(spec), pd.Timestamp(spec.start + timedelta(weeks=args.weeks - 1)), seed)
-    params = Item2VecParams(vector_size=args.vector_size, epochs=args.epochs, workers=1, seed=seed)
+    params = Item2VecParams(
+        vector_size=args.vector_size, epochs=args.epochs, negative=args.negative, workers=1, seed=seed
+    )
     increment = IncrementParams()
     sessions = SessionParams()
     earlier = workload.data.events[workload.data.events["event_time"] < workload.cut]
@@ -211,6 +213,7 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=5)
     parser.add_argument("--vector-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=Item2VecParams().epochs, help="of the full trainings")
+    parser.add_argument("--negative", type=int, default=Item2VecParams().negative, help="negative samples")
     args = parser.parse_args()
     rows = []
     for seed in (int(part) for part in args.seeds.split(",")):
