@@ -260,8 +260,8 @@ def retrain(
 ) -> None:
     """corpus -> item2vec (+ standalone gensim) -> aggregation -> nmf_fit -> labels -> trait_products
     -> projection: the pipeline's functions as the weekly job chains them (every customer's profile
-    last). The corpus holds out the weekly job's share of sessions (``HOLDOUT_FRACTION``, the same sessions
-    as the incremental retrain's corpus) for its quality gate."""
+    last). The corpus holds out the weekly job's share of sessions (``HOLDOUT_FRACTION``, the same
+    sessions as the incremental retrain's corpus) for its quality gate."""
     timer = PipelineTimer(bench, ctx, gensim_repeats=gensim_repeats, refit=refit)
     config = ctx.config
     run_hooks(bench, ctx, "weekly_start", hooks)
