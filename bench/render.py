@@ -222,8 +222,8 @@ def _incremental(report: dict[str, Any]) -> list[str]:
     rows: list[list[Any]] = [
         ["weekly retrain wall s", full_s, inc_s, f"{inc_s / full_s:.3f}x" if full_s and inc_s else "-"],
         [
-            "  of which trait_products (left unmeasured, outside the full total)",
-            "-",
+            "  of which trait_products",
+            report["stage_walls"].get("trait_products"),
             report["stage_walls"].get("inc_trait_products"),
             "",
         ],

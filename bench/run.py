@@ -14,9 +14,9 @@ What is measured (see bench/README.md for the definitions):
 
 * stages: ``load`` (read_events + validation of a cached canonical CSV slice, or of ``--events``),
   the weekly retrain ``corpus`` -> ``item2vec`` -> ``aggregation`` -> ``nmf_fit`` -> ``labels`` ->
-  ``projection`` and the daily run ``daily_select`` -> ``daily_profile`` (customers with events
-  on the last day, with their whole history); wall time, CPU time (all threads and children),
-  per-stage peak RSS (sampled every 50 ms) and throughput;
+  ``trait_products`` -> ``projection`` and the daily run ``daily_select`` -> ``daily_profile``
+  (customers with events on the last day, with their whole history); wall time, CPU time (all
+  threads and children), per-stage peak RSS (sampled every 50 ms) and throughput;
 * ``gensim_standalone``: the same Word2Vec call on the same corpus file outside the pipeline;
 * the seed-literal baseline of aggregation + projection on the same customers (``--tier M``:
   a 1M-event customer slice), side by side with Traitflow's;

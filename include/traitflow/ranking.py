@@ -159,7 +159,7 @@ def per_customer_metrics(
 # k=16 (1.46x to 1.61x at k=32); further steps added nothing or lost a little
 # (docs/method-variants.md).
 EM_STEPS = 1
-_EM_BLOCK = 1_000_000  # (customer, item) pairs per block of responsibilities
+_EM_BLOCK = 1_000_000  # (customer, item) pairs per block of the (pairs, k) product in _em_step
 
 
 def trait_item_distribution(
@@ -205,18 +205,26 @@ def trait_item_distribution(
 
 
 def _em_step(profiles: np.ndarray, shares: sp.csr_matrix, distribution: np.ndarray) -> np.ndarray:
-    """One EM step of ``P(item | trait)`` (k, I) for customers' item shares (n, I), profiles fixed."""
-    pairs = shares.tocoo()
-    n_items = distribution.shape[1]
-    mass = np.zeros((n_items, distribution.shape[0]))
-    for start in range(0, pairs.nnz, _EM_BLOCK):
-        rows, cols = pairs.row[start : start + _EM_BLOCK], pairs.col[start : start + _EM_BLOCK]
-        responsibility = profiles[rows] * distribution[:, cols].T  # (b, k)
-        totals = responsibility.sum(axis=1)
-        responsibility *= (pairs.data[start : start + _EM_BLOCK] / np.maximum(totals, _EPS))[:, None]
-        gather = sp.csr_matrix((np.ones(len(cols)), (cols, np.arange(len(cols)))), shape=(n_items, len(cols)))
-        mass += gather @ responsibility
-    return (mass / np.maximum(mass.sum(axis=0), _EPS)).T
+    """One EM step of ``P(item | trait)`` (k, I) for customers' item shares (n, I), profiles (n, k) fixed.
+
+    Customer c's share s_cp of item p goes to trait t by responsibility w_ct D_tp / z_cp, with
+    z_cp = sum_t w_ct D_tp; summed over customers, trait t's new mass on p is
+    D_tp sum_c w_ct s_cp / z_cp: ``D * (W.T @ R)`` for R the shares divided by z. Only z needs a
+    (pairs, k) product, so no per-pair responsibility array is built or scattered.
+    """
+    by_item = np.ascontiguousarray(distribution.T)  # (I, k): rows gathered per pair
+    rows = np.repeat(np.arange(shares.shape[0]), np.diff(shares.indptr))
+    explained = np.empty(shares.nnz)  # z at every non-zero of shares
+    for start in range(0, shares.nnz, _EM_BLOCK):
+        block = slice(start, start + _EM_BLOCK)
+        explained[block] = np.einsum(
+            "ij,ij->i", profiles[rows[block]], by_item[shares.indices[block]], optimize=False
+        )
+    ratio = sp.csr_matrix(
+        (shares.data / np.maximum(explained, _EPS), shares.indices, shares.indptr), shape=shares.shape
+    )
+    mass = distribution * np.asarray(ratio.T @ profiles).T  # (k, I)
+    return mass / np.maximum(mass.sum(axis=1, keepdims=True), _EPS)
 
 
 def mixture_scores(profiles: np.ndarray, distribution: np.ndarray) -> ScoreBatch:

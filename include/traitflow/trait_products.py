@@ -15,11 +15,15 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from traitflow.aggregate import event_weights
 from traitflow.config import AggregationParams
 from traitflow.model import TraitProducts
-from traitflow.ranking import item_matrix, trait_item_distribution
+from traitflow.ranking import trait_item_distribution
+from traitflow.sessions import arrow_strings, factorize_sorted
 
 # Products kept per trait: the rest of a distribution's mass is a long tail that ranks below
 # every kept product anyway (one trait's tail could still matter in a mixture; 500 per trait
@@ -37,20 +41,25 @@ def fit_trait_products(
     *,
     top_n: int = TOP_N,
 ) -> TraitProducts:
-    """``P(product | trait)`` from the events of ``customer_ids`` (sorted, shape (n,)) and their
+    """``P(product | trait)`` from the events of ``customer_ids`` (unique str, shape (n,)) and their
     profiles (n, k); events of other customers are ignored. Each trait keeps its ``top_n`` products.
+
+    Returns ``TraitProducts``: the products some trait keeps, sorted (object (P,)), and their
+    weights (k, P).
     """
     if profiles.shape[0] != len(customer_ids):
         raise ValueError(f"profiles have {profiles.shape[0]} rows for {len(customer_ids)} customers")
-    mine = events[events["customer_id"].isin(customer_ids)]
-    index = pd.Index(np.sort(pd.unique(mine["product_id"].to_numpy(dtype=object))))
-    usage = item_matrix(
-        np.searchsorted(customer_ids, mine["customer_id"].to_numpy(dtype=object)),
-        mine["product_id"].to_numpy(dtype=object),
-        index,
-        event_weights(mine, aggregation, as_of),
-        len(customer_ids),
+    # Customers and products become integer codes inside Arrow (a hash look-up, a dictionary
+    # encoding): no Python string per event, which is what object-array look-ups cost.
+    found = pc.index_in(arrow_strings(events["customer_id"]), value_set=arrow_strings(customer_ids))
+    rows = found.fill_null(-1).to_numpy(zero_copy_only=False)
+    mine = rows >= 0
+    cols, product_ids = factorize_sorted(arrow_strings(events["product_id"]).filter(pa.array(mine)))
+    usage = sp.csr_matrix(
+        (event_weights(events, aggregation, as_of)[mine], (rows[mine], cols)),
+        shape=(len(customer_ids), len(product_ids)),
     )
+    usage.sum_duplicates()
     distribution = trait_item_distribution(profiles, usage)  # (k, P)
     keep = min(top_n, distribution.shape[1])
     if keep < distribution.shape[1]:
@@ -59,7 +68,7 @@ def fit_trait_products(
         np.put_along_axis(mask, top, True, axis=1)
         distribution = np.where(mask & (distribution > 0), distribution, 0.0)
     used = distribution.any(axis=0)
-    return TraitProducts(np.asarray(index[used], dtype=object), distribution[:, used])
+    return TraitProducts(product_ids[used], distribution[:, used])
 
 
 def characteristic_products(products: TraitProducts, top_n: int = 5) -> list[list[str]]:
