@@ -7,6 +7,7 @@ import hashlib
 import random
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ import pytest
 from test_jobs import CONFIG, DAY, START, context, ingest_days, weekly_context
 
 from traitflow import jobs
+from traitflow.model import TraitflowModel
+from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import Candidate, FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
@@ -118,6 +121,33 @@ def test_weekly_recompute_with_1_3_8_shards_promotes_identical_profiles(env, mak
     assert states[3] == states[8] == states[1]
 
 
+def test_weekly_shards_and_promote_read_the_candidate_from_the_database_not_the_run_folder(env, make_store):
+    """The run folder deleted after the plan: the shards and promote still run, and give the
+    profiles of the candidate's model directory itself (computed and published in a fresh schema)."""
+    end = START + 7 * DAY
+    week, candidate, fitted = weekly_candidate(env, 7)
+    store: Store = env["store"]
+    on_disk = TraitflowModel.load(fitted.model_dir)
+    events = store.read_events(end=end, snapshot=candidate.corpus.event_snapshot)
+    reference = make_store(fresh=True)
+    reference.upgrade()
+    reference.publish(on_disk, profile_customers(events, on_disk, end))
+    gate, drift = jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
+
+    plan = jobs.plan_recompute(week, fitted, 3)
+    assert plan.model_version == store.model_versions()["model_version"].item()  # saved as staging
+    assert Path(fitted.model_dir).is_relative_to(week.work_dir)
+    shutil.rmtree(week.work_dir)  # the candidate's model directory with the rest of the run's folder
+    run_shards_shuffled(jobs.recompute_profiles, week, plan, 3)
+    promoted = jobs.promote(week, plan, gate, drift)
+    assert promoted.model_version == plan.model_version == store.active_model_version()
+    assert promoted.n_profiles == len(events["customer_id"].unique()) > 0
+    assert profile_state(store) == profile_state(reference)
+    model = store.load_model(promoted.model_version)
+    assert model.metrics["quality_gate"] == gate.to_xcom() and model.metrics["event_snapshot"]
+    assert store.model_versions()["drift"].item() == drift.to_xcom()
+
+
 def with_snapshot(fitted: FittedCandidate, snapshot: str) -> FittedCandidate:
     """``fitted`` reading another snapshot (a fresh schema's events)."""
     corpus = replace(fitted.candidate.corpus, event_snapshot=snapshot)
@@ -186,7 +216,8 @@ def test_commit_refuses_shards_staged_for_another_shard_count(env):
     with pytest.raises(ShardsNotReadyError, match="n_shards=3"):
         jobs.promote(week, two, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
     assert store.table_checksums() == before
-    assert store.model_versions().empty
+    # Only the candidate the plan saved, still staging: nothing was promoted.
+    assert store.model_versions()["status"].tolist() == ["staging"] and store.active_model_version() is None
 
 
 # --- the shard plan: customers assigned once per run, each shard reading its own ---------------
