@@ -57,13 +57,16 @@ Every path ends in **report**:
   the gate's result in its metrics, so `traitflow models` shows what the gate refused.
 * **check_drift** measures drift after aligning the candidate to the active model (Procrustes) and
   refits the NMF traits (keeping trait ids stable) only above `drift_threshold`.
-* **plan_recompute** assigns every customer of the run's event snapshot to one of `n_shards`
-  customer shards (a stable hash of the customer id), once, in the database (with one shard:
-  no assignment, the shard reads everyone). **recompute_profiles** reads the customers of its
-  shard and their events (only theirs) and stages their profiles in the database; a retried
-  shard replaces its own batch. Any `n_shards` gives the same rows.
-* **promote** writes the profiles of every shard and deletes the run's shard assignment in one
-  transaction (a missing shard fails it, nothing written),
+* **plan_recompute** saves the fitted candidate as a `staging` model version (a retry finds it
+  by the candidate's fingerprint) and assigns every customer of the run's event snapshot to one
+  of `n_shards` customer shards (a stable hash of the customer id), once, in the database (with
+  one shard: no assignment, the shard reads everyone). **recompute_profiles** loads the candidate
+  from the database, reads the customers of its shard and their events (only theirs) and stages
+  their profiles in the database; it reads no file of the run's folder, and a retried shard
+  replaces its own batch. Any `n_shards` gives the same rows.
+* **promote** records the gate and drift with the candidate's version, writes the profiles of
+  every shard and deletes the run's shard assignment in one transaction (a missing shard fails
+  it, nothing written),
   switches the active model atomically and emits the asset `traitflow://models/active`,
   which triggers `traitflow_refresh_on_promotion`.
 * An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with

@@ -33,7 +33,9 @@ What it registers (``TraitflowPlugin``)
   ``GET /traitflow/api/charts/trait-sizes?times=``  trait sizes at the newest profile times
                                                     (times in 1..365)
   ``GET /traitflow/api/charts/model-quality``       per model version: held-out hit rate, its
-                                                    baseline and margin, drift and its threshold
+                                                    baseline and margin, weighted mean and
+                                                    recent-weighted drift, the refit threshold
+                                                    of its mode (full or incremental)
   ``GET /traitflow/api/charts/trait-map?n=``        2-D map of a deterministic sample of current
                                                     profiles (n in 1..5000), by dominant trait
   ``POST /traitflow/api/customers/{id}/events``    a customer's events (``{"events": [...]}``,

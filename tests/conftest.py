@@ -37,8 +37,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from traitflow.config import PipelineConfig, TraitParams
-from traitflow.model import TokenTable, TraitflowModel, TraitModel, TraitProducts
+from traitflow.config import IncrementParams, PipelineConfig, TraitParams, TriggerParams
+from traitflow.model import Lineage, TokenTable, TraitflowModel, TraitModel, TraitProducts
 from traitflow.profile_batch import COLD_START_VALUES, ProfileBatch
 from traitflow.store import Store, embedded_url, normalize_url, stop_embedded
 
@@ -213,9 +213,59 @@ def _build_model_fixture() -> Callable[..., TraitflowModel]:
     return build_model
 
 
+@pytest.fixture(name="save_drifted_versions")
+def _save_drifted_versions_fixture() -> Callable[[Store], DriftedVersions]:
+    return save_drifted_versions
+
+
 @pytest.fixture(name="build_profile_batch")
 def _build_profile_batch_fixture() -> Callable[..., ProfileBatch]:
     return build_profile_batch
+
+
+@dataclass(frozen=True)
+class DriftedVersions:
+    """``save_drifted_versions``'s two versions and what each must show: a full retrain (weighted
+    mean drift 0.15 against its ``drift_threshold`` 0.2) and an increment of it (weighted mean
+    0.01, recent-weighted 0.04, against its ``increment_drift_threshold`` 0.03)."""
+
+    full: int
+    incremental: int
+    # model version -> (drift, recent_weighted_drift, drift_threshold, refit_on)
+    expected: dict[int, tuple[float, float | None, float, str]]
+
+
+def save_drifted_versions(store: Store) -> DriftedVersions:
+    """Save a full and an incremental version with known drift and thresholds (the incremental
+    one's config threshold differs from the one its drift recorded: the recorded one applies)."""
+    config = PipelineConfig(
+        traits=TraitParams(n_traits=3),
+        triggers=TriggerParams(drift_threshold=0.2),
+        increment=IncrementParams(increment_drift_threshold=0.5),
+    )
+    full = build_model(trained_through=datetime(2024, 1, 7, tzinfo=UTC))
+    full.config, full.lineage = config, Lineage("full")
+    full_version = store.save_model(full)
+    store.update_model_metadata(full_version, drift={"measured": True, "weighted_mean_drift": 0.15})
+    increment = build_model(trained_through=datetime(2024, 1, 14, tzinfo=UTC), seed=1)
+    increment.config = config
+    increment.lineage = Lineage("incremental", full_version, datetime(2024, 1, 7, tzinfo=UTC))
+    increment_version = store.save_model(increment)
+    drift = {
+        "measured": True,
+        "weighted_mean_drift": 0.01,
+        "recent_weighted_drift": 0.04,
+        "increment_threshold": 0.03,
+    }
+    store.update_model_metadata(increment_version, drift=drift)
+    return DriftedVersions(
+        full_version,
+        increment_version,
+        {
+            full_version: (0.15, None, 0.2, "weighted_mean_drift"),
+            increment_version: (0.01, 0.04, 0.03, "recent_weighted_drift"),
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ sessions the candidate was last trained on (an incremental update's corpus): a c
 moves the tokens those sessions use, and a product that became popular only in them has a small
 count in the active window, so with the active counts its movement is averaged away with the
 weight of a rarely used token (docs/method-variants.md).
+
+``refit_figure`` names the figure a refit decision compares with its threshold, for the weekly
+retrain's decision and for everything that shows it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from traitflow.alignment import fit_alignment, shared_rows, unit_rows
 from traitflow.model import TokenTable
 
 
@@ -30,6 +32,26 @@ def new_vocab_ratio(candidate_tokens: np.ndarray, active_tokens: np.ndarray | No
         return 1.0
     known = np.isin(candidate, np.asarray(active_tokens, dtype=object))
     return float(1.0 - known.mean())
+
+
+# The figures a refit decision can compare with its threshold, as they read in its reason.
+FIGURE_NAMES = {
+    "weighted_mean_drift": "weighted mean drift",
+    "recent_weighted_drift": "recent-weighted drift",
+}
+
+
+def refit_figure(
+    weighted_mean_drift: float | None, recent_weighted_drift: float | None, *, incremental: bool
+) -> str | None:
+    """The key (in ``FIGURE_NAMES``) of the drift figure a refit decision compares with its
+    threshold: an incremental candidate's recent-weighted drift when it has one, else the weighted
+    mean drift; None when no drift was measured (the traits are then refitted regardless)."""
+    if weighted_mean_drift is None:
+        return None
+    if incremental and recent_weighted_drift is not None:
+        return "recent_weighted_drift"
+    return "weighted_mean_drift"
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,9 @@ def measure_drift(
         trained on (tokens missing count 0); gives ``recent_weighted_drift`` over the same shared
         tokens (None when none of them occurs there)
     """
+    # Imported here, not at the top: the store reads ``refit_figure`` and needs no scipy for it.
+    from traitflow.alignment import fit_alignment, shared_rows, unit_rows
+
     alignment = fit_alignment(candidate, active, min_count)
     source_rows, target_rows = shared_rows(candidate, active, min_count)
     if len(source_rows) == 0:

@@ -150,12 +150,18 @@ def _quality_chart(quality: list[ModelQuality]) -> str:
             else np.nan
             for q in quality
         ]
-        drift = [q.drift if q.drift is not None else np.nan for q in quality]
+        # The figure each version's refit decision compared with its threshold.
+        compared = [
+            q.recent_weighted_drift if q.refit_on == "recent_weighted_drift" else q.drift for q in quality
+        ]
+        drift = [value if value is not None else np.nan for value in compared]
         threshold = [q.drift_threshold if q.drift_threshold is not None else np.nan for q in quality]
         ax.bar(x - 0.2, hit, width=0.4, color="#4363d8", label="held-out hit@10")
         ax.scatter(x - 0.2, floor, marker="_", s=400, color="#e6194b", label="gate: baseline - margin")
-        ax.bar(x + 0.2, drift, width=0.4, color="#f58231", label="drift")
-        ax.scatter(x + 0.2, threshold, marker="_", s=400, color="black", label="refit threshold")
+        ax.bar(x + 0.2, drift, width=0.4, color="#f58231", label="drift (recent-weighted for an increment)")
+        ax.scatter(
+            x + 0.2, threshold, marker="_", s=400, color="black", label="refit threshold (of the mode)"
+        )
         ax.set_xticks(x, [f"v{q.model_version} ({q.status})" for q in quality], fontsize=8)
         ax.set_title("Quality gate and drift per model version", fontsize=10)
         ax.legend(fontsize=7)

@@ -456,6 +456,8 @@ class ShardPlan(_XComForm):
         and the event files not delivered yet for the interval (``CustomerSelection``)
     fitted, event_snapshot : weekly: the candidate every customer is profiled with, and the
         run's event snapshot
+    model_version, model_key : weekly: the candidate's ``staging`` version, saved by the plan task
+        under its fingerprint (``jobs.candidate_key``), which the shards and ``promote`` read
     reason : set when there is nothing to compute (no model yet, no customers); shards skip
     """
 
@@ -468,6 +470,7 @@ class ShardPlan(_XComForm):
     exclude_sources: list[str] = field(default_factory=list)
     fitted: FittedCandidate | None = None
     event_snapshot: str | None = None
+    model_key: str | None = None
     reason: str | None = None
 
     def shards(self) -> list[int]:

@@ -176,8 +176,19 @@ class ModelQuality(BaseModel):
     baseline: str | None = Field(description="what the gate compared with: active | popularity")
     baseline_hit_rate: float | None
     quality_margin: float | None = Field(description="how much below the baseline the gate tolerates")
+    training_mode: str | None = Field(description="full | incremental; null if not recorded (judged as full)")
     drift: float | None = Field(description="weighted mean aligned drift from the model it replaced")
-    drift_threshold: float | None = Field(description="traits are refitted above this drift")
+    recent_weighted_drift: float | None = Field(
+        description="an increment's drift weighted by its corpus's token counts; null for a full retrain"
+    )
+    drift_threshold: float | None = Field(
+        description="traits are refitted above this drift: increment_drift_threshold for an increment,"
+        " else drift_threshold"
+    )
+    refit_on: str | None = Field(
+        description="the drift compared with drift_threshold: weighted_mean_drift | recent_weighted_drift;"
+        " null if not measured"
+    )
 
 
 class ModelQualities(BaseModel):

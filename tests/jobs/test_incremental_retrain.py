@@ -94,7 +94,7 @@ def test_full_then_two_increments_then_a_full_retrain_on_schedule(store_env):
     assert ids[0] == ids[1] == ids[2]
     # The lineage travels with the loaded model and is listed by `traitflow models`.
     assert store.load_model(3).lineage.parent_version == 2  # type: ignore[union-attr]
-    listed = models_frame(store.model_versions()).set_index("model_version")
+    listed = models_frame(store.model_versions(), store.model_quality()).set_index("model_version")
     assert listed.loc[3, "training_mode"] == "incremental" and listed.loc[3, "parent_version"] == 2
     assert store.load_model(3).metrics["training"]["refit"] is False
 

@@ -348,7 +348,7 @@ def test_a_weekly_run_reads_one_event_snapshot_whatever_is_ingested_meanwhile(en
     fitted = jobs.refit_traits(run, candidate)
     plan = recompute(run, fitted)
     with store.connection.transaction():
-        batch = load_staged(store.connection, plan.run_key, 1, end, None)
+        batch = load_staged(store.connection, plan.run_key, 1, end, plan.model_version)
     assert "zz-late" not in set(batch.customer_ids)
     assert len(batch) == seen["customer_id"].nunique()
     model = TraitflowModel.load(fitted.model_dir)

@@ -7,6 +7,7 @@ import hashlib
 import random
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,10 @@ import pytest
 from test_jobs import CONFIG, DAY, START, context, ingest_days, weekly_context
 
 from traitflow import jobs
+from traitflow.model import TraitflowModel
+from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch
-from traitflow.runs import FittedCandidate, RunContext
+from traitflow.runs import Candidate, FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
 from traitflow.store import PlanNotFoundError, ShardsNotReadyError, Store
 from traitflow.store.profile_shards import STALE_AFTER
@@ -51,6 +54,23 @@ def run_shards_shuffled(job, run: RunContext, plan, seed: int, *args) -> None:
         job(run, plan, shard, *args)
 
 
+def weekly_candidate(env, days: int) -> tuple[RunContext, Candidate, FittedCandidate]:
+    """The first ``days`` days ingested, and the weekly run through day 7 with its candidate
+    trained and its traits fitted (corpus -> candidate -> refit): (run, candidate, fitted)."""
+    ingest_days(env, range(days))
+    week = weekly_context(env, START + 7 * DAY)
+    candidate = jobs.train_candidate(week, jobs.build_corpus(week, CONFIG), CONFIG)
+    return week, candidate, jobs.refit_traits(week, candidate)
+
+
+def promote_first_model(env) -> None:
+    """Nine days ingested and a model trained through day 7 promoted (one shard)."""
+    week, candidate, fitted = weekly_candidate(env, 9)
+    plan = jobs.plan_recompute(week, fitted, 1)
+    jobs.recompute_profiles(week, plan, 0)
+    jobs.promote(week, plan, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
+
+
 def daily_checksums(env, run: RunContext, selected, n_shards: int) -> dict[str, str]:
     plan = jobs.plan_update(run, selected, n_shards)
     run_shards_shuffled(jobs.update_profiles, run, plan, n_shards)
@@ -61,15 +81,7 @@ def daily_checksums(env, run: RunContext, selected, n_shards: int) -> dict[str, 
 
 
 def test_daily_update_with_1_3_8_shards_writes_identical_tables(env):
-    ingest_days(env, range(9))
-    week = weekly_context(env, START + 7 * DAY)
-    corpus = jobs.build_corpus(week, CONFIG)
-    candidate = jobs.train_candidate(week, corpus, CONFIG)
-    fitted = jobs.refit_traits(week, candidate)
-    plan = jobs.plan_recompute(week, fitted, 1)
-    jobs.recompute_profiles(week, plan, 0)
-    gate, drift = jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
-    jobs.promote(week, plan, gate, drift)
+    promote_first_model(env)
     end = START + 9 * DAY
     run = context(env, "daily", end)
     selected = jobs.select_customers(run)
@@ -84,25 +96,15 @@ def test_daily_update_with_1_3_8_shards_writes_identical_tables(env):
     assert len(set(shards_of(ids, 64))) < 64  # some of the 64 shards were empty
 
 
-def profile_state(store: Store) -> tuple:
-    """The profile tables without ``updated_at`` (a fresh schema writes them at another time)."""
-    current = store.connection.execute(
-        "SELECT md5(string_agg(t::text, E'\\n' ORDER BY customer_id)) FROM (SELECT customer_id, as_of,"
-        " model_version, traits, dominant_trait_id, n_events, cold_start, n_known_tokens, embedding"
-        " FROM customer_profiles) t"
-    ).fetchone()
-    checksums = store.table_checksums()
-    return current, checksums["customer_profile_history"], checksums["profile_shards"]
+def profile_state(store: Store) -> dict[str, str]:
+    """The profile tables' checksums without ``updated_at`` (a fresh schema writes them at another time)."""
+    return store.table_checksums(PROFILE_TABLES, without=("updated_at",))
 
 
 def test_weekly_recompute_with_1_3_8_shards_promotes_identical_profiles(env, make_store):
     """Each shard count promotes the same trained candidate into a fresh schema with the same events."""
     end = START + 7 * DAY
-    ingest_days(env, range(7))
-    week = weekly_context(env, end)
-    corpus = jobs.build_corpus(week, CONFIG)
-    candidate = jobs.train_candidate(week, corpus, CONFIG)
-    fitted = jobs.refit_traits(week, candidate)
+    week, candidate, fitted = weekly_candidate(env, 7)
     gate, drift = jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
     states = {}
     for n_shards in (1, 3, 8):
@@ -119,6 +121,33 @@ def test_weekly_recompute_with_1_3_8_shards_promotes_identical_profiles(env, mak
     assert states[3] == states[8] == states[1]
 
 
+def test_weekly_shards_and_promote_read_the_candidate_from_the_database_not_the_run_folder(env, make_store):
+    """The run folder deleted after the plan: the shards and promote still run, and give the
+    profiles of the candidate's model directory itself (computed and published in a fresh schema)."""
+    end = START + 7 * DAY
+    week, candidate, fitted = weekly_candidate(env, 7)
+    store: Store = env["store"]
+    on_disk = TraitflowModel.load(fitted.model_dir)
+    events = store.read_events(end=end, snapshot=candidate.corpus.event_snapshot)
+    reference = make_store(fresh=True)
+    reference.upgrade()
+    reference.publish(on_disk, profile_customers(events, on_disk, end))
+    gate, drift = jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
+
+    plan = jobs.plan_recompute(week, fitted, 3)
+    assert plan.model_version == store.model_versions()["model_version"].item()  # saved as staging
+    assert Path(fitted.model_dir).is_relative_to(week.work_dir)
+    shutil.rmtree(week.work_dir)  # the candidate's model directory with the rest of the run's folder
+    run_shards_shuffled(jobs.recompute_profiles, week, plan, 3)
+    promoted = jobs.promote(week, plan, gate, drift)
+    assert promoted.model_version == plan.model_version == store.active_model_version()
+    assert promoted.n_profiles == len(events["customer_id"].unique()) > 0
+    assert profile_state(store) == profile_state(reference)
+    model = store.load_model(promoted.model_version)
+    assert model.metrics["quality_gate"] == gate.to_xcom() and model.metrics["event_snapshot"]
+    assert store.model_versions()["drift"].item() == drift.to_xcom()
+
+
 def with_snapshot(fitted: FittedCandidate, snapshot: str) -> FittedCandidate:
     """``fitted`` reading another snapshot (a fresh schema's events)."""
     corpus = replace(fitted.candidate.corpus, event_snapshot=snapshot)
@@ -132,14 +161,7 @@ def jobs_input(env):
 
 
 def test_a_shard_killed_mid_write_leaves_nothing_and_its_retry_commits_everything(env, monkeypatch):
-    ingest_days(env, range(9))
-    week = weekly_context(env, START + 7 * DAY)
-    corpus = jobs.build_corpus(week, CONFIG)
-    candidate = jobs.train_candidate(week, corpus, CONFIG)
-    fitted = jobs.refit_traits(week, candidate)
-    plan1 = jobs.plan_recompute(week, fitted, 1)
-    jobs.recompute_profiles(week, plan1, 0)
-    jobs.promote(week, plan1, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
+    promote_first_model(env)
     store: Store = env["store"]
     end = START + 9 * DAY
     selected = jobs.select_customers(context(env, "daily", end))
@@ -184,11 +206,7 @@ def test_a_shard_killed_mid_write_leaves_nothing_and_its_retry_commits_everythin
 
 
 def test_commit_refuses_shards_staged_for_another_shard_count(env):
-    ingest_days(env, range(8))
-    week = weekly_context(env, START + 7 * DAY)
-    corpus = jobs.build_corpus(week, CONFIG)
-    candidate = jobs.train_candidate(week, corpus, CONFIG)
-    fitted = jobs.refit_traits(week, candidate)
+    week, candidate, fitted = weekly_candidate(env, 8)
     three = jobs.plan_recompute(week, fitted, 3)
     for shard in three.shards():
         jobs.recompute_profiles(week, three, shard)
@@ -198,20 +216,11 @@ def test_commit_refuses_shards_staged_for_another_shard_count(env):
     with pytest.raises(ShardsNotReadyError, match="n_shards=3"):
         jobs.promote(week, two, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
     assert store.table_checksums() == before
-    assert store.model_versions().empty
+    # Only the candidate the plan saved, still staging: nothing was promoted.
+    assert store.model_versions()["status"].tolist() == ["staging"] and store.active_model_version() is None
 
 
 # --- the shard plan: customers assigned once per run, each shard reading its own ---------------
-
-
-def promote_first_model(env) -> None:
-    """Nine days ingested and a model trained through day 7 promoted (one shard)."""
-    ingest_days(env, range(9))
-    week = weekly_context(env, START + 7 * DAY)
-    candidate = jobs.train_candidate(week, jobs.build_corpus(week, CONFIG), CONFIG)
-    plan = jobs.plan_recompute(week, jobs.refit_traits(week, candidate), 1)
-    jobs.recompute_profiles(week, plan, 0)
-    jobs.promote(week, plan, jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate))
 
 
 def membership(store: Store, run_key: str) -> dict[int, list[str]]:
@@ -290,14 +299,10 @@ def test_each_daily_shard_reads_only_its_members_and_no_file_of_the_run(env, mon
 
 def test_each_weekly_shard_reads_only_its_members(env, monkeypatch):
     end = START + 7 * DAY
-    ingest_days(env, range(7))
-    week = weekly_context(env, end)
-    corpus = jobs.build_corpus(week, CONFIG)
-    candidate = jobs.train_candidate(week, corpus, CONFIG)
-    fitted = jobs.refit_traits(week, candidate)
+    week, candidate, fitted = weekly_candidate(env, 7)
     store: Store = env["store"]
     plan = jobs.plan_recompute(week, fitted, 3)
-    split = hash_split(store.customers_with_events(None, end, snapshot=corpus.event_snapshot), 3)
+    split = hash_split(store.customers_with_events(None, end, snapshot=candidate.corpus.event_snapshot), 3)
     assert membership(store, plan.run_key) == split
     assert plan.shard_sizes == [len(split[shard]) for shard in range(3)]
 

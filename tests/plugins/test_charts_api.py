@@ -138,6 +138,21 @@ def test_model_quality_with_thresholds(client: TestClient, charted: Charted) -> 
     assert {m["quality_margin"] for m in (first, second, rejected)} == {0.02}
 
 
+def test_model_quality_shows_both_drifts_with_the_threshold_of_the_mode(
+    client: TestClient, empty_db: Any, save_drifted_versions: Any
+) -> None:
+    saved = save_drifted_versions(empty_db)
+    response = client.get("/api/charts/model-quality")
+    assert response.status_code == 200, response.text
+    models = response.json()["models"]
+    shown = {
+        m["model_version"]: (m["drift"], m["recent_weighted_drift"], m["drift_threshold"], m["refit_on"])
+        for m in models
+    }
+    assert shown == saved.expected
+    assert [m["training_mode"] for m in models] == ["full", "incremental"]
+
+
 def test_trait_map_of_a_deterministic_sample(client: TestClient, charted: Charted) -> None:
     response = client.get("/api/charts/trait-map", params={"n": 4})
     assert response.status_code == 200, response.text

@@ -1,9 +1,10 @@
 """Fault suite: a write killed at any point, or a database shut down mid-write, leaves nothing half-done.
 
 The scenario is the store's part of a daily and a weekly run, on files prepared once per module:
-``ingest`` (``Store.ingest_file`` of a CSV in several chunks, with rejects), ``publish`` (the
-weekly promotion itself, ``jobs.promote``: ``Store.publish_staged`` under the candidate's run key,
-of the batch ``stage`` put in the shard staging table) and
+``ingest`` (``Store.ingest_file`` of a CSV in several chunks, with rejects), ``plan`` (the
+weekly candidate saved as a staging version under its key, ``Store.save_candidate``), ``stage``
+(its profiles put in the shard staging table), ``publish`` (the weekly promotion itself,
+``jobs.promote``: ``Store.publish_candidate`` of the staged batch) and
 ``daily`` (``Store.write_profiles`` with ``require_selected_model``, as ``jobs.update_profiles``).
 
 * kill -9: the scenario runs in a child process (``python -c``) that SIGKILLs itself right after
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -50,6 +51,7 @@ import pytest
 from psycopg import sql
 
 from traitflow import jobs
+from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import (
     Candidate,
@@ -70,7 +72,7 @@ from traitflow.store import (
 
 pytestmark = pytest.mark.fault
 
-STEPS = ("ingest", "stage", "publish", "daily")
+STEPS = ("ingest", "plan", "stage", "publish", "daily")
 N_EVENTS = 3_000
 CHUNK_ROWS = 500  # the CSV goes in 6 chunks, so a kill after the second is mid-file
 KILL_STAMP = "TRAITFLOW_FAULT_KILL_STAMP"  # file the child writes the wall-clock time of its kill to
@@ -101,18 +103,29 @@ def _ingest(store: Store, scenario: Scenario) -> None:
 WEEKLY_END = datetime(2024, 1, 8, tzinfo=UTC)
 
 
-def _weekly_plan(scenario: Scenario) -> ShardPlan:
+def _weekly_plan(store: Store, scenario: Scenario) -> ShardPlan:
+    """The weekly run's one-shard plan, with the candidate's staging version (``_plan``)."""
     corpus = CorpusInfo(datetime(2024, 1, 1, tzinfo=UTC), WEEKLY_END, N_EVENTS, None, "")
     candidate = Candidate(corpus, str(Path(scenario.model_dir).parent / "tokens.npz"), 0, {})
     fitted = FittedCandidate(candidate, scenario.model_dir, refit=True)
-    return ShardPlan("weekly:fault-run", 1, WEEKLY_END.isoformat(), fitted=fitted, event_snapshot="")
+    plan = ShardPlan("weekly:fault-run", 1, WEEKLY_END.isoformat(), fitted=fitted, event_snapshot="")
+    key = jobs.candidate_key(plan)
+    # Idempotent: after the plan step this finds the version it saved and writes nothing.
+    version = store.save_candidate(TraitflowModel.load(scenario.model_dir), run_key=key)
+    return replace(plan, model_version=version, model_key=key)
+
+
+def _plan(store: Store, scenario: Scenario) -> None:
+    # What the weekly plan_recompute saves before any shard runs.
+    _weekly_plan(store, scenario)
 
 
 def _stage(store: Store, scenario: Scenario) -> None:
     # What the weekly run's one recompute_profiles shard stages for promote.
+    plan = _weekly_plan(store, scenario)
     batch = ProfileBatch.load(scenario.weekly_profiles)
-    batch.model_version = None
-    store.stage_profiles(_weekly_plan(scenario).run_key, 0, 1, batch)
+    batch.model_version = plan.model_version
+    store.stage_profiles(plan.run_key, 0, 1, batch)
 
 
 def _publish(store: Store, scenario: Scenario) -> None:
@@ -124,7 +137,7 @@ def _publish(store: Store, scenario: Scenario) -> None:
         True, "passes", "popularity", 0.02, 0.3, 0.05, 0.02, 100, popularity_hit_rate=0.25, lower=0.01
     )
     drift = DriftResult(measured=False, reason="no active model")
-    jobs.promote(context, _weekly_plan(scenario), gate, drift)
+    jobs.promote(context, _weekly_plan(store, scenario), gate, drift)
 
 
 def _daily(store: Store, scenario: Scenario) -> None:
@@ -135,6 +148,7 @@ def _daily(store: Store, scenario: Scenario) -> None:
 
 STEP_FUNCTIONS: dict[str, Callable[[Store, Scenario], None]] = {
     "ingest": _ingest,
+    "plan": _plan,
     "stage": _stage,
     "publish": _publish,
     "daily": _daily,
@@ -170,8 +184,8 @@ KILL_POINTS = {
     "mid-COPY of the events (chunk 2)": KillPoint(
         "ingest", "traitflow.store.copybin", ("iter_payload",), 3, mid_copy=True
     ),
-    "weekly mid-COPY of the token vectors": KillPoint(
-        "publish", "traitflow.store.copybin", ("iter_payload",), 1, mid_copy=True
+    "candidate save mid-COPY of the token vectors": KillPoint(
+        "plan", "traitflow.store.copybin", ("iter_payload",), 1, mid_copy=True
     ),
 }
 
@@ -350,7 +364,8 @@ def _drop(url: str, schema: str) -> None:
 
 
 def _clean_prefixes(url: str, schema: str, scenario: Scenario) -> list[dict[str, str]]:
-    """Checksums of a clean run after 0, 1, 2 and 3 steps (the schema is left migrated and run)."""
+    """Checksums of a clean run after 0, 1, ... ``len(STEPS)`` steps (the schema is left migrated
+    and run)."""
     store = Store(url, schema)
     try:
         store.upgrade()
@@ -376,12 +391,14 @@ def clean_states(database_url: str, scenario: Scenario) -> Iterator[list[dict[st
         # The scenario must change every table it writes, or "equal to the state before" proves little.
         for table in ("events", "rejected_events", "ingested_files"):
             assert states[1][table] != states[0][table], table
-        assert states[2]["profile_shards"] != states[1]["profile_shards"]
-        for table in ("model_versions", "token_vectors", "customer_profiles", "customer_profile_history"):
-            assert states[3][table] != states[2][table], table
-        assert states[3]["profile_shards"] == states[1]["profile_shards"]  # the commit took the batch
-        for table in ("customer_profiles", "customer_profile_history"):
+        for table in ("model_versions", "token_vectors", "trait_components"):
+            assert states[2][table] != states[1][table], table
+        assert states[3]["profile_shards"] != states[2]["profile_shards"]
+        for table in ("model_versions", "customer_profiles", "customer_profile_history"):
             assert states[4][table] != states[3][table], table
+        assert states[4]["profile_shards"] == states[2]["profile_shards"]  # the commit took the batch
+        for table in ("customer_profiles", "customer_profile_history"):
+            assert states[5][table] != states[4][table], table
         yield states
     finally:
         _drop(database_url, schema)

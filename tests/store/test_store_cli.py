@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from traitflow.model import Lineage, TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store, migrations
-from traitflow.store.cli import add_commands, main
+from traitflow.store.cli import MODEL_COLUMNS, add_commands, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,6 +167,29 @@ def test_models_lists_the_lineage_of_each_version(
     header, *lines = out.splitlines()
     assert "training_mode" in header and "parent_version" in header
     assert "incremental" in lines[1] and "full" in lines[2]
+
+
+def test_models_shows_both_drifts_with_the_threshold_of_the_mode(
+    cli: Callable[..., tuple[int, str, str]], store: Store, save_drifted_versions: Callable[[Store], Any]
+) -> None:
+    saved = save_drifted_versions(store)
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    rows = {r["model_version"]: r for r in json.loads(out)}
+    shown = {
+        version: (r["drift"], r["recent_weighted_drift"], r["drift_threshold"], r["refit_on"])
+        for version, r in rows.items()
+    }
+    assert shown == saved.expected
+    code, out, _ = cli("models")
+    header, *lines = out.splitlines()
+    assert header.split() == MODEL_COLUMNS
+    # The rows end with drift, recent_weighted_drift, drift_threshold, refit_on, status_reason.
+    text = {int(line.split()[0]): line.split()[-5:] for line in lines}
+    assert text == {
+        saved.incremental: ["0.01", "0.04", "0.03", "recent_weighted_drift", "None"],
+        saved.full: ["0.15", "NaN", "0.20", "weighted_mean_drift", "None"],
+    }
 
 
 def test_add_commands_mounts_under_other_names() -> None:

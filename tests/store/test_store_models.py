@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError, model_io
 from traitflow.store import models as store_models
 
@@ -232,3 +233,34 @@ def test_a_model_without_trait_products_round_trips(store: Store, build_model: B
     loaded = store.load_model(store.save_model(model))
     assert loaded.traits.products is None
     assert_same_model(model, loaded)
+
+
+def test_a_saved_candidate_is_staging_until_publish_candidate_promotes_it_once(
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+) -> None:
+    model = build_model()
+    model.metrics = {"event_snapshot": "9:12:", "training": {"mode": "full"}}
+    version = store.save_candidate(model, run_key="candidate-1")
+    assert store.save_candidate(build_model(), run_key="candidate-1") == version  # a retried plan
+    assert store.model_versions()["status"].tolist() == ["staging"]
+    assert store.model_version_for(WEEK1 + timedelta(days=1)) is None  # never selected for profiles
+    as_of = WEEK1 + timedelta(days=1)
+    batch = build_profile_batch(version, ["a", "b", "c"], as_of=as_of)
+    store.stage_profiles("weekly:r", 0, 1, batch)
+    gate = {"passed": True, "candidate_hit_rate": 0.3}
+    drift = {"measured": True, "weighted_mean_drift": 0.05}
+    assert (
+        store.publish_candidate(version, "weekly:r", 1, as_of, metrics={"quality_gate": gate}, drift=drift)
+        == 3
+    )
+    assert store.active_model_version() == version
+    loaded = store.load_model(version)
+    assert loaded.metrics == {**model.metrics, "quality_gate": gate}  # merged, the plan's keys kept
+    assert store.model_versions()["drift"].item() == drift
+    # A retry after the commit: nothing written again, what a re-run shard staged is deleted.
+    store.stage_profiles("weekly:r", 0, 1, batch)
+    before = store.table_checksums(without=("updated_at",))
+    assert store.publish_candidate(version, "weekly:r", 1, as_of, metrics={"quality_gate": {}}) == 3
+    assert store.staged_shards("weekly:r") == []
+    after = store.table_checksums(without=("updated_at",))
+    assert {t for t in before if before[t] != after[t]} == {"profile_shards"}

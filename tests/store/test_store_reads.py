@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -297,3 +298,21 @@ def test_reject_counts_by_source(store: Store) -> None:
     assert store.reject_counts("f1") == {"cancellation": 2, "non_product": 1}
     assert list(store.reject_counts("f1")) == ["cancellation", "non_product"]  # most frequent first
     assert store.reject_counts("f2") == {"non_product": 1} and store.reject_counts("f3") == {}
+
+
+def test_table_checksums_of_chosen_tables_without_chosen_columns_known_answer(store: Store) -> None:
+    rows = [("p2", "Mug", "a.csv", "r1"), ("p1", "Tin", "b.csv", "r2")]
+    for row in rows:
+        store.connection.execute(
+            "INSERT INTO product_names (product_id, product_name, source, run_id) VALUES (%s, %s, %s, %s)",
+            row,
+        )
+    # Each row's text as PostgreSQL writes a record, hashed; the hashes sorted, joined and hashed.
+    hashes = sorted(hashlib.md5(f"({','.join(row)})".encode()).hexdigest() for row in rows)
+    expected = hashlib.md5("".join(hashes).encode()).hexdigest()
+    chosen = store.table_checksums(("product_names", "no_such_table"), without=("updated_at",))
+    assert chosen == {"product_names": expected}
+    everything = store.table_checksums()
+    store.connection.execute("UPDATE product_names SET updated_at = updated_at + interval '1 day'")
+    assert store.table_checksums(("product_names",), without=("updated_at",)) == chosen
+    assert store.table_checksums()["product_names"] != everything["product_names"]

@@ -203,12 +203,16 @@ def test_model_quality_reads_gate_drift_and_thresholds(store: Store, build_model
         baseline="popularity",
         baseline_hit_rate=0.2,
         quality_margin=0.02,
+        training_mode=None,
         drift=None,
+        recent_weighted_drift=None,
         drift_threshold=triggers.drift_threshold,
+        refit_on=None,
     )
     assert (second_q.model_version, second_q.status, second_q.passed) == (second_version, "rejected", False)
     assert (second_q.hit_rate, second_q.baseline, second_q.baseline_hit_rate) == (0.29, "active", 0.3)
     assert (second_q.quality_margin, second_q.drift) == (0.005, 0.15)  # the gate's own margin wins
+    assert (second_q.drift_threshold, second_q.refit_on) == (triggers.drift_threshold, "weighted_mean_drift")
     assert ungated_q.model_version == ungated_version
     assert (ungated_q.passed, ungated_q.hit_rate, ungated_q.baseline, ungated_q.baseline_hit_rate) == (
         None,

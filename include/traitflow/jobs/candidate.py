@@ -4,6 +4,10 @@ customer with it and promote it, and the run report.
 A retrain trained through ``end`` writes every profile as of ``end`` under the new model in the
 same transaction that promotes it; a daily run for the same instant computes identical rows for
 its customers, so the two converge whichever finishes first.
+
+The fitted candidate is a directory in the run's folder until ``plan_recompute`` saves it as a
+``staging`` model version (``Store.save_candidate``); from there on the profile shards and
+``promote`` read it from PostgreSQL by version, so they need no file of the run's folder.
 """
 
 from __future__ import annotations
@@ -114,17 +118,24 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
 
 def plan_recompute(context: RunContext, fitted: FittedCandidate, n_shards: int = 1) -> ShardPlan:
     """The shard plan of profiling every customer as of the run's end under the fitted candidate,
-    reading the run's event snapshot: with ``n_shards`` > 1, every customer with an event before
-    the end in the snapshot (like the model's fit) assigned to a shard (``traitflow.shards``),
-    once for the run, in the database (``Store.plan_shards``: a retry replaces the run's plan).
-    One shard reads every customer: no membership is written, and the run's earlier plan and
-    staged shards are deleted."""
+    reading the run's event snapshot.
+
+    The candidate is saved as a ``staging`` model version under its fingerprint
+    (``candidate_key``; ``Store.save_candidate``, so a retry finds the version it saved), and the
+    plan carries that version: the last read of the candidate's model directory. With
+    ``n_shards`` > 1, every customer with an event before the end in the snapshot (like the
+    model's fit) is assigned to a shard (``traitflow.shards``), once for the run, in the database
+    (``Store.plan_shards``: a retry replaces the run's plan). One shard reads every customer: no
+    membership is written, and the run's earlier plan and staged shards are deleted."""
     run_key = f"weekly:{context.run_id}"
     n_shards = check_n_shards(n_shards)
     as_of = context.end
     snapshot = fitted.candidate.corpus.event_snapshot
     plan = ShardPlan(run_key, n_shards, iso(as_of), fitted=fitted, event_snapshot=snapshot)
+    key = candidate_key(plan)
+    model = TraitflowModel.load(fitted.model_dir)
     with open_store(context) as store:
+        plan = replace(plan, model_version=store.save_candidate(model, run_key=key), model_key=key)
         if n_shards == 1:
             store.discard_staged(run_key)
             return plan
@@ -133,21 +144,26 @@ def plan_recompute(context: RunContext, fitted: FittedCandidate, n_shards: int =
     return replace(plan, plan_id=membership.plan_id, shard_sizes=list(membership.shard_sizes))
 
 
+def _candidate_version(plan: ShardPlan) -> int:
+    if plan.model_version is None:
+        raise ValueError("a weekly shard plan needs its candidate's model version (plan_recompute)")
+    return plan.model_version
+
+
 def recompute_profiles(context: RunContext, plan: ShardPlan, shard: int) -> ShardResult:
     """Profiles of shard ``shard``'s customers (its members in the plan's ``shard_members``, and
-    only theirs; every customer with one shard) under the candidate, staged for ``promote``
-    (``Store.stage_profiles``: a retry replaces the shard's batch)."""
-    if plan.fitted is None:
-        raise ValueError("a weekly shard plan needs its fitted candidate")
+    only theirs; every customer with one shard) under the candidate's staging version, read from
+    the database, staged for ``promote`` (``Store.stage_profiles``: a retry replaces the shard's
+    batch). No file of the run's folder is read."""
+    version = _candidate_version(plan)
     if plan.plan_id is None and plan.n_shards > 1:
         raise ValueError("a weekly plan of several shards needs its plan_id")
-    model = TraitflowModel.load(plan.fitted.model_dir)
     as_of = utc(plan.as_of)
     members = None if plan.plan_id is None else ShardRef(plan.plan_id, shard)
     with open_store(context) as store:
+        model = store.load_model(version)
         events = store.read_events(end=as_of, snapshot=plan.event_snapshot, shard=members)
         batch = profile_customers(events, model, as_of)
-        batch.model_version = None  # the candidate has no version until promote saves it
         store.stage_profiles(plan.run_key, shard, plan.n_shards, batch, plan_id=plan.plan_id)
     return ShardResult(shard=shard, n_profiles=len(batch))
 
@@ -175,27 +191,26 @@ def candidate_key(plan: ShardPlan) -> str:
 
 
 def promote(context: RunContext, plan: ShardPlan, gate: GateResult, drift: DriftResult) -> PromotionResult:
-    """In one transaction: save the candidate with its gate, drift and tuning results, write the
-    profiles of every staged shard, delete the staged batches and make the candidate the active
-    model (``Store.publish_staged``; a missing shard raises ``ShardsNotReadyError``, nothing
-    written).
+    """In one transaction: record the gate, drift and tuning results with the candidate's staging
+    version, write the profiles of every staged shard, delete the staged batches and make the
+    candidate the active model (``Store.publish_candidate``; a missing shard raises
+    ``ShardsNotReadyError``, nothing written). No file of the run's folder is read.
 
-    Idempotent: the candidate's fingerprint (``candidate_key``) is stored with the version, so a
-    retry of this task after its COMMIT publishes nothing again and returns the same version.
+    Idempotent: a retry of this task after its COMMIT finds the version promoted, publishes
+    nothing again and returns the same version.
     """
-    if plan.fitted is None:
-        raise ValueError("a weekly shard plan needs its fitted candidate")
-    model = TraitflowModel.load(plan.fitted.model_dir)
-    model.metrics["quality_gate"] = gate.to_xcom()
-    tuning = plan.fitted.candidate.tuning
+    version = _candidate_version(plan)
+    if plan.model_key is None:
+        raise ValueError("a weekly shard plan needs its candidate's key (plan_recompute)")
+    metrics = {"quality_gate": gate.to_xcom()}
+    tuning = plan.fitted.candidate.tuning if plan.fitted is not None else None
     if tuning is not None:
-        model.metrics["tuning"] = tuning.to_xcom()
-    key = candidate_key(plan)
+        metrics["tuning"] = tuning.to_xcom()
     with open_store(context) as store:
-        version, n_profiles = store.publish_staged(
-            model, plan.run_key, plan.n_shards, utc(plan.as_of), drift=drift.to_xcom(), run_key=key
+        n_profiles = store.publish_candidate(
+            version, plan.run_key, plan.n_shards, utc(plan.as_of), metrics=metrics, drift=drift.to_xcom()
         )
-    return PromotionResult(model_version=version, n_profiles=n_profiles, run_key=key)
+    return PromotionResult(model_version=version, n_profiles=n_profiles, run_key=plan.model_key)
 
 
 def weekly_report(context: RunContext, steps: Mapping[str, Any], runner: str | None = None) -> WeeklyReport:

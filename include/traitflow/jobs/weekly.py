@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from traitflow.config import PipelineConfig
+from traitflow.drift import FIGURE_NAMES, new_vocab_ratio, refit_figure
 from traitflow.drift import measure_drift as _measure_drift
-from traitflow.drift import new_vocab_ratio
 from traitflow.jobs._common import open_store
 from traitflow.model import TokenTable, TraitflowModel, load_tokens, save_tokens
 from traitflow.pipeline import Corpus, IncrementSelection, train_tokens
@@ -435,14 +435,15 @@ def increment_drift(
 def should_refit(drift: DriftResult, threshold: float) -> tuple[bool, str]:
     """(refit the traits?, why): without a measured drift always; else when the weighted mean drift
     is above ``threshold``, or, for an incremental candidate, when its recent-weighted drift (the
-    weighted mean without one) is above the drift's ``increment_threshold``."""
-    if not drift.measured or drift.weighted_mean_drift is None:
-        return True, f"refit: {drift.reason or 'drift not measured'}"
-    name, value, signal = "drift_threshold", drift.weighted_mean_drift, "weighted mean drift"
+    weighted mean without one) is above the drift's ``increment_threshold`` (``refit_figure``)."""
+    name = "drift_threshold"
     if drift.increment_threshold is not None:
         threshold, name = drift.increment_threshold, "increment_drift_threshold"
-        if drift.recent_weighted_drift is not None:
-            value, signal = drift.recent_weighted_drift, "recent-weighted drift"
+    incremental = drift.increment_threshold is not None
+    figure = refit_figure(drift.weighted_mean_drift, drift.recent_weighted_drift, incremental=incremental)
+    if not drift.measured or figure is None:
+        return True, f"refit: {drift.reason or 'drift not measured'}"
+    value, signal = getattr(drift, figure), FIGURE_NAMES[figure]
     if value > threshold:
         return True, f"{signal} {value:.3f} > {name} {threshold}"
     return False, f"{signal} {value:.3f} <= {name} {threshold}: keep the trait components"

@@ -32,6 +32,7 @@ from traitflow.redaction import redact, secrets_of
 from .core import Store
 from .db import mask_url, resolve_url
 from .errors import StoreError
+from .serving import ModelQuality
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -225,31 +226,38 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 MODEL_COLUMNS = [
     "model_version", "status", "trained_through", "training_mode", "parent_version", "trained_since",
-    "n_tokens", "n_traits", "hit_rate", "drift", "status_reason",
+    "n_tokens", "n_traits", "hit_rate", "drift", "recent_weighted_drift", "drift_threshold", "refit_on",
+    "status_reason",
 ]  # fmt: skip
 
 
-def models_frame(versions: pd.DataFrame) -> pd.DataFrame:
-    """``Store.model_versions`` as shown by ``traitflow models``: lineage (how the vectors were
-    trained, from which parent), the gate's held-out hit rate and the weighted mean drift."""
+def models_frame(versions: pd.DataFrame, quality: Sequence[ModelQuality]) -> pd.DataFrame:
+    """``Store.model_versions`` as shown by ``traitflow models``, one row per version in its order:
+    lineage (how the vectors were trained, from which parent), the gate's held-out hit rate, the
+    weighted mean and recent-weighted drift with the refit threshold of the version's mode and
+    which of the two was compared with it (``Store.model_quality``: ``ModelQuality``)."""
+    drift_columns = ["drift", "recent_weighted_drift", "drift_threshold", "refit_on"]
+    drift = pd.DataFrame(
+        [[q.model_version] + [getattr(q, column) for column in drift_columns] for q in quality],
+        columns=["model_version", *drift_columns],
+    ).set_index("model_version")
 
     def number(value: Any, key: str) -> float | None:
         found = value.get(key) if isinstance(value, dict) else None
         return float(found) if isinstance(found, int | float) else None
 
     gates = versions["metrics"].map(lambda m: (m or {}).get("quality_gate"))
-    frame = versions.assign(
+    frame = versions.drop(columns=["drift"]).assign(
         hit_rate=gates.map(lambda g: number(g, "candidate_hit_rate")),
-        drift=versions["drift"].map(lambda d: number(d, "weighted_mean_drift")),
         parent_version=versions["parent_version"].astype("Int64"),
     )
-    return frame[MODEL_COLUMNS]
+    return frame.join(drift, on="model_version")[MODEL_COLUMNS]
 
 
 @_handle_errors
 def cmd_models(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        frame = models_frame(store.model_versions())
+        frame = models_frame(store.model_versions(), store.model_quality())
     if args.json:
         rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
         print_json(rows)
@@ -398,7 +406,8 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     p = subparsers.add_parser(
         name("models"),
         parents=[common, as_json],
-        help="model versions, newest first, with lineage (full or incremental, parent), hit rate and drift",
+        help="model versions, newest first, with lineage (full or incremental, parent), hit rate, and the"
+        " weighted mean and recent-weighted drift with the refit threshold of the version's mode",
     )
     p.set_defaults(func=cmd_models)
 

@@ -489,45 +489,65 @@ class Store:
             _profile_shards.clear_staged(conn, run_key)
         return batch, report
 
-    def publish_staged(
+    def save_candidate(self, model: TraitflowModel, *, run_key: str) -> int:
+        """Save ``model`` as a ``staging`` version under ``run_key`` (e.g. the candidate's
+        fingerprint, ``traitflow.jobs.candidate_key``), in one transaction; returns the version.
+
+        The weekly candidate, saved before its profiles are computed: the shard tasks load it by
+        version from the database, on any machine, and ``publish_candidate`` promotes it. A
+        staging version is never selected for profiles (``model_version_for``). Idempotent: when
+        a version is already stored under ``run_key`` (a retried plan task, whatever happened to
+        the version since), nothing is written and that version is returned. Sets ``model.version``.
+        """
+        with self._transaction() as conn:
+            _models._lock_lifecycle(conn)  # a concurrent call with the same key waits, then finds it
+            version = _models.published_version(conn, run_key)
+            if version is None:
+                version = _models.save_model(conn, model)
+                _models.set_run_key(conn, version, run_key)
+        model.version = version
+        return version
+
+    def publish_candidate(
         self,
-        model: TraitflowModel,
+        version: int,
         staged_key: str,
         n_shards: int,
         as_of: datetime,
         *,
+        metrics: dict[str, Any] | None = None,
         drift: dict[str, Any] | None = None,
-        run_key: str,
-    ) -> tuple[int, int]:
-        """``publish`` with the profiles of the ``n_shards`` batches staged under ``staged_key``
-        (model version None), deleting them and the run's shard plan, all in one transaction;
-        returns (version, profiles).
+    ) -> int:
+        """Promote the staging ``version`` (``save_candidate``) with the profiles of the
+        ``n_shards`` batches staged for it under ``staged_key``, deleting them and the run's shard
+        plan, all in one transaction; returns the number of profiles written.
 
-        Idempotent through ``run_key`` like ``publish``: once published, a retry returns the same
-        version and its profile count, and deletes what shards re-run after the commit staged.
+        ``metrics`` (top-level keys set, the others kept) and ``drift`` are recorded with the
+        version in the same transaction. ``ShardsNotReadyError`` when a shard is missing or was
+        staged for another as_of, model or shard count: nothing changes. Idempotent: once the
+        version was promoted (active, or retired by a later promotion since), a retry writes no
+        profile and changes no status, deletes what shards re-run after the commit staged, and
+        returns the version's profile count as of ``as_of``.
         """
         with self._transaction() as conn:
             _models._lock_lifecycle(conn)
-            existing = _models.published_version(conn, run_key)
-            if existing is not None:
-                model.version = existing
+            if _models.model_row(conn, version, lock=True)["promoted_at"] is not None:
                 _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
                 row = conn.execute(
                     "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
-                    (existing, as_of),
+                    (int(version), as_of),
                 ).fetchone()
-                return existing, int(row[0]) if row else 0
-            profiles = _profile_shards.load_staged(conn, staged_key, n_shards, as_of, None)
-            version = _models.save_model(conn, model)
-            _models.set_run_key(conn, version, run_key)
+                return int(row[0]) if row else 0
+            profiles = _profile_shards.load_staged(conn, staged_key, n_shards, as_of, version)
+            if metrics:
+                _models.merge_metrics(conn, version, metrics)
             if drift is not None:
                 _models.update_model_metadata(conn, version, drift=drift)
-            profiles.model_version = version
             _profiles.write_profiles(conn, profiles)
             _models.promote(conn, version)
             _profile_shards.clear_staged(conn, staged_key)
-        model.version = version
-        return version, len(profiles)
+        _active_model_changed(self)
+        return len(profiles)
 
     def current_profile(self, customer_id: str) -> dict[str, Any] | None:
         return _reads.current_profile(self._ensure_ready(), customer_id)
@@ -641,27 +661,46 @@ class Store:
     def table_counts(self) -> dict[str, int]:
         return _reads.table_counts(self._ensure_ready())
 
-    def table_checksums(self) -> dict[str, str]:
+    def table_checksums(
+        self, tables: Sequence[str] | None = None, *, without: Sequence[str] = ()
+    ) -> dict[str, str]:
         """md5 over each table's row hashes in a canonical order: equal checksums = identical
         contents.
 
-        Meant for tests and audits ("re-running this date changed nothing"); it reads every row.
-        Each row is hashed first, so the aggregated text is 32 bytes per row, far below
+        tables : the tables to read (default: every table, ``reads.TABLES``); a table the schema
+            does not have is left out of the result
+        without : columns left out of the rows of every table that has them, e.g.
+            ``("updated_at",)`` to compare the profiles of two schemas written at other times
+
+        Meant for tests, audits ("re-running this date changed nothing") and benchmarks; it reads
+        every row. Each row is hashed first, so the aggregated text is 32 bytes per row, far below
         PostgreSQL's 1 GiB limit on one text value (the rows' own text passes it at about 1M
         current profiles).
         """
         conn = self._ensure_ready()
         out: dict[str, str] = {}
         with conn.transaction():  # one snapshot for all tables
-            for table in _reads.TABLES:
+            for table in _reads.TABLES if tables is None else tables:
                 # A schema held at an older version (migration tests) lacks the later tables.
                 if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
                     continue
+                columns = [
+                    name
+                    for (name,) in conn.execute(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        (table,),
+                    ).fetchall()
+                    if name not in without
+                ]
                 row = conn.execute(
                     sql.SQL(
                         "SELECT md5(coalesce(string_agg(h, '' ORDER BY h COLLATE \"C\"), ''))"
-                        " FROM (SELECT md5(t::text) AS h FROM {} t) rows"
-                    ).format(sql.Identifier(table))
+                        " FROM (SELECT md5(ROW({})::text) AS h FROM {} t) rows"
+                    ).format(
+                        sql.SQL(", ").join(sql.Identifier("t", name) for name in columns),
+                        sql.Identifier(table),
+                    )
                 ).fetchone()
                 out[table] = str(row[0]) if row else ""
         return out

@@ -92,7 +92,7 @@ def reject_model(conn: psycopg.Connection, version: int, reason: str) -> bool:
 
 
 def published_version(conn: psycopg.Connection, run_key: str) -> int | None:
-    """The version published under ``run_key`` (``Store.publish``), or None."""
+    """The version stored under ``run_key`` (``Store.publish``, ``Store.save_candidate``), or None."""
     row = conn.execute(
         "SELECT model_version FROM model_versions WHERE run_key = %s", (str(run_key),)
     ).fetchone()
@@ -104,6 +104,15 @@ def set_run_key(conn: psycopg.Connection, version: int, run_key: str) -> None:
     if not isinstance(run_key, str) or not 1 <= len(run_key) <= 256 or "\x00" in run_key:
         raise StoreInputError(f"run_key must be 1-256 characters without NUL, got {run_key!r:.80}")
     conn.execute("UPDATE model_versions SET run_key = %s WHERE model_version = %s", (run_key, int(version)))
+
+
+def merge_metrics(conn: psycopg.Connection, version: int, metrics: dict[str, Any]) -> None:
+    """Set the top-level keys of ``metrics`` in the version's metrics, keeping its other keys."""
+    require_transaction(conn)
+    conn.execute(
+        "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE model_version = %s",
+        (dumps(metrics), int(version)),
+    )
 
 
 def active_model_version(conn: psycopg.Connection) -> int | None:

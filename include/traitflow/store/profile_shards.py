@@ -2,7 +2,7 @@
 
 Each shard task stores its ``ProfileBatch`` under ``(run_key, shard)`` (``stage_shard``: one
 statement that replaces the shard's own row, so a retry overwrites, never duplicates). The
-commit (``Store.write_staged_profiles`` / ``Store.publish_staged``) reads every shard of the run
+commit (``Store.write_staged_profiles`` / ``Store.publish_candidate``) reads every shard of the run
 (``load_staged``: all present, all computed for the same as_of, model and shard count), writes
 the concatenated batch and deletes the run's rows and its shard plan (``clear_staged``;
 ``shard_members``) in its one transaction, so the profile tables receive all shards or none.

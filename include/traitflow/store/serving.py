@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from traitflow.drift import refit_figure
+
 from . import reads as _reads
 from .naming import trait_id_of_column
 
@@ -197,8 +199,15 @@ class ModelQuality:
     hit_rate : the quality gate's held-out hit@10 of the model (None if it was not gated)
     baseline, baseline_hit_rate : what the gate compared it with ("active" or "popularity")
     quality_margin : how much worse than the baseline the gate tolerates
+    training_mode : "full", "incremental", or None (not recorded: judged as full)
     drift : weighted mean aligned drift from the model it replaced (None if not measured)
-    drift_threshold : the drift above which traits are refitted (the model's stored config)
+    recent_weighted_drift : the same drift weighted by the token counts of an increment's corpus
+        (None for a full retrain, or when none of the shared tokens occurs in it)
+    drift_threshold : the drift above which traits are refitted, for the version's mode: the
+        ``increment_drift_threshold`` an increment was judged by, else the ``drift_threshold`` of
+        the model's stored config
+    refit_on : which of "weighted_mean_drift" and "recent_weighted_drift" was compared with
+        ``drift_threshold`` (``traitflow.drift.refit_figure``); None if drift was not measured
     """
 
     model_version: int
@@ -209,8 +218,11 @@ class ModelQuality:
     baseline: str | None
     baseline_hit_rate: float | None
     quality_margin: float | None
+    training_mode: str | None
     drift: float | None
+    recent_weighted_drift: float | None
     drift_threshold: float | None
+    refit_on: str | None
 
 
 def _number(mapping: Mapping[str, Any] | None, key: str) -> float | None:
@@ -219,10 +231,19 @@ def _number(mapping: Mapping[str, Any] | None, key: str) -> float | None:
 
 
 def _model_quality(row: tuple[Any, ...]) -> ModelQuality:
-    version, status, trained_through, gate, drift, triggers = row
+    version, status, trained_through, gate, drift, triggers, increment, training_mode = row
     gate = gate or {}
     baseline = gate.get("baseline")
     margin = _number(gate, "margin")
+    weighted, recent = _number(drift, "weighted_mean_drift"), _number(drift, "recent_weighted_drift")
+    incremental = training_mode == "incremental"
+    if incremental:
+        # The threshold the drift step recorded with the drift; the stored config's otherwise.
+        threshold = _number(drift, "increment_threshold")
+        if threshold is None:
+            threshold = _number(increment, "increment_drift_threshold")
+    else:
+        threshold = _number(triggers, "drift_threshold")
     return ModelQuality(
         model_version=int(version),
         status=str(status),
@@ -232,8 +253,11 @@ def _model_quality(row: tuple[Any, ...]) -> ModelQuality:
         baseline=baseline if isinstance(baseline, str) else None,
         baseline_hit_rate=_number(gate, f"{baseline}_hit_rate") if isinstance(baseline, str) else None,
         quality_margin=margin if margin is not None else _number(triggers, "quality_margin"),
-        drift=_number(drift, "weighted_mean_drift"),
-        drift_threshold=_number(triggers, "drift_threshold"),
+        training_mode=training_mode,
+        drift=weighted,
+        recent_weighted_drift=recent,
+        drift_threshold=threshold,
+        refit_on=refit_figure(weighted, recent, incremental=incremental),
     )
 
 
@@ -241,7 +265,8 @@ def model_quality(conn: psycopg.Connection) -> list[ModelQuality]:
     """Quality and drift of every model version, oldest first (rejected versions included)."""
     rows = conn.execute(
         "SELECT model_version, status, trained_through, metrics -> 'quality_gate', drift,"
-        " params -> 'triggers' FROM model_versions ORDER BY model_version"
+        " params -> 'triggers', params -> 'increment', training_mode"
+        " FROM model_versions ORDER BY model_version"
     ).fetchall()
     return [_model_quality(row) for row in rows]
 

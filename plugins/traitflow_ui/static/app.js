@@ -285,6 +285,11 @@ async function loadModels() {
       if (m.drift && m.drift.weighted_mean_drift !== undefined) {
         notes.push(`drift ${fmtNum(m.drift.weighted_mean_drift)}`);
       }
+      // An increment's refit is judged on this one, against its increment_threshold.
+      if (m.drift && typeof m.drift.recent_weighted_drift === "number") {
+        const threshold = typeof m.drift.increment_threshold === "number" ? ` (refit above ${fmtNum(m.drift.increment_threshold)})` : "";
+        notes.push(`recent-weighted drift ${fmtNum(m.drift.recent_weighted_drift)}${threshold}`);
+      }
       if (m.trait_match && Array.isArray(m.trait_match.new) && m.trait_match.new.length) {
         notes.push(`${m.trait_match.new.length} new trait(s)`);
       }

@@ -148,8 +148,15 @@ const TraitflowCharts = (() => {
     });
   }
 
-  // (c) Drift of each model version from the one it replaced, against the refit threshold.
+  // (c) Drift of each model version from the one it replaced: the weighted mean and, for an
+  // increment, the recent-weighted drift, against the refit threshold of the version's mode. The
+  // figure that was compared with the threshold (refit_on) is drawn in the refit colour above it.
   function drift(models) {
+    // figure: "weighted_mean_drift" (field m.drift) or "recent_weighted_drift" (same-named field).
+    const value = (m, figure) => (figure === "weighted_mean_drift" ? m.drift : m[figure]);
+    const colours = (figure, base) => models.map((m) =>
+      (m.refit_on === figure && m.drift_threshold !== null && value(m, figure) > m.drift_threshold ? traitColor(1, 0.8) : traitColor(base, 0.8)));
+    const names = { weighted_mean_drift: "weighted mean drift", recent_weighted_drift: "recent-weighted drift" };
     return draw("chart-drift", {
       type: "bar",
       data: {
@@ -159,15 +166,24 @@ const TraitflowCharts = (() => {
             label: "weighted mean drift",
             order: 2,
             data: models.map((m) => m.drift),
-            backgroundColor: models.map((m) =>
-              m.drift !== null && m.drift_threshold !== null && m.drift > m.drift_threshold ? traitColor(1, 0.8) : traitColor(3, 0.8)),
+            backgroundColor: colours("weighted_mean_drift", 3),
           },
-          thresholdMarks("refit threshold", models.map((m) => m.drift_threshold)),
+          {
+            label: "recent-weighted drift (increments)",
+            order: 2,
+            data: models.map((m) => m.recent_weighted_drift),
+            backgroundColor: colours("recent_weighted_drift", 4),
+          },
+          thresholdMarks("refit threshold (of the version's mode)", models.map((m) => m.drift_threshold)),
         ],
       },
       options: {
-        plugins: { legend: POINT_LEGEND, tooltip: { callbacks: { afterBody: (items) =>
-          (models[items[0].dataIndex].drift === null ? "not measured (no model to compare with)" : "") } } },
+        plugins: { legend: POINT_LEGEND, tooltip: { callbacks: { afterBody: (items) => {
+          const m = models[items[0].dataIndex];
+          if (m.refit_on === null) return "not measured (no model to compare with)";
+          const name = m.training_mode === "incremental" ? "increment_drift_threshold" : "drift_threshold";
+          return `${names[m.refit_on]} compared with ${name} ${m.drift_threshold}`;
+        } } } },
         scales: { y: { beginAtZero: true, title: { display: true, text: "drift" } } },
       },
     });
