@@ -341,16 +341,17 @@ def test_publishing_a_candidate_rejects_the_older_staging_ones_and_then_refuses_
     assert store.table_checksums() == checksums
 
 
+@pytest.mark.usefixtures("history")
 def test_a_candidate_rejected_by_the_gate_supersedes_the_older_staging_ones(
-    store: Store, history: list[int], build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
 ) -> None:
-    retired, active, rejected = history
     older = stage_candidate(store, build_model, build_profile_batch, "old")
     before = lifecycle(store)
     refused = store.record_rejected(build_model(), "drifted too far", run_key="rejected-sha256:ab")
     after = lifecycle(store)
     assert after[:3] == before[:3]  # retired, active and rejected rows untouched
-    assert after[3] == (older, "rejected", f"superseded by version {refused} before its run promoted it", None, None)
+    reason = f"superseded by version {refused} before its run promoted it"
+    assert after[3] == (older, "rejected", reason, None, None)
     assert after[4][:3] == (refused, "rejected", "drifted too far")
     assert store.superseded_by(refused) == [older]
     # The gate task retried: nothing written, the same version and the same superseded list.
@@ -360,10 +361,10 @@ def test_a_candidate_rejected_by_the_gate_supersedes_the_older_staging_ones(
     assert store.superseded_by(refused) == [older]
 
 
+@pytest.mark.usefixtures("history")
 def test_publishing_without_stale_staging_versions_rejects_nothing(
-    store: Store, history: list[int], build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
 ) -> None:
-    retired, active, rejected = history
     candidate = stage_candidate(store, build_model, build_profile_batch, "only")
     before = lifecycle(store)
     assert store.publish_candidate(candidate, "weekly:only", 1, WEEK1 + timedelta(days=1)) == 3

@@ -101,8 +101,9 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
     to make it a complete, inspectable version; ``metrics["quality_gate"]`` holds the gate result.
     Older ``staging`` versions (candidates of runs that never promoted them) are rejected as
     superseded by it, counted in ``n_superseded``. Idempotent: the run key is a fingerprint of
-    the candidate's token file, so a retried task returns the version the first attempt stored. Data too thin for the trait fit leaves no row
-    (``model_version`` None, ``not_saved`` says why): the gate's decision stands either way.
+    the candidate's token file, so a retried task returns the version the first attempt stored.
+    Data too thin for the trait fit leaves no row (``model_version`` None, ``not_saved`` says
+    why): the gate's decision stands either way.
     """
     try:
         fitted = _fit_candidate(context, candidate, refit=True)

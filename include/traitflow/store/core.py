@@ -544,10 +544,10 @@ class Store:
         """
         with self._transaction() as conn:
             _models._lock_lifecycle(conn)
-            row = _models.model_row(conn, version, lock=True)
+            model = _models.model_row(conn, version, lock=True)
             # Before the staged shards are read: a superseded run's shards may be gone already.
-            _models.refuse_rejected(row)
-            if row["promoted_at"] is not None:
+            _models.refuse_rejected(model)
+            if model["promoted_at"] is not None:
                 _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
                 row = conn.execute(
                     "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
