@@ -68,13 +68,16 @@ Every path ends in **report**:
   every shard and deletes the run's shard assignment in one transaction (a missing shard fails
   it, nothing written),
   switches the active model atomically and emits the asset `traitflow://models/active`,
-  which triggers `traitflow_refresh_on_promotion`.
+  which triggers `traitflow_refresh_on_promotion`. The same transaction (and reject_candidate's)
+  rejects the older staging candidates of runs that never promoted theirs, as superseded
+  (`n_superseded` in the report); such a run's promote then fails at once (ModelRejectedError).
 * An empty training window is a branch, not a failure: build_corpus returns `n_events: 0` with
   an `empty_reason`, check_new_vocab skips with it (even when forced) and the report stores it.
 * Data too thin for a fit (ThinDataError: fewer customers than traits, every session held out)
   is a data condition too: that task ends skipped with the reason, the tasks after it skip, the
   run is green and the report stores the reason under the skipped task's id. No retries.
-* Data and configuration errors (ConfigError, EventsFileError) fail a task at once
+* Data and configuration errors (ConfigError, EventsFileError), a shard whose plan is gone
+  (PlanNotFoundError) and a superseded candidate (ModelRejectedError) fail a task at once
   (`fail_fast`); other errors (database, network) keep the retries.
 * **report** is written on every path (skip, reject, promote, a skipped step; trigger rule
   `none_failed`); a failed task fails the run instead of being hidden behind an `all_done` report.

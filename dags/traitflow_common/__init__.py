@@ -263,14 +263,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def non_retryable() -> tuple[type[BaseException], ...]:
     """Exceptions no retry can fix: bad configuration, a bad events file (mostly-rejected ones
-    and a missing day file included), and a shard whose plan is gone (replaced by a later plan
-    attempt or committed: only clearing the run from its plan task can help). Imported on
-    failure only (``traitflow.events`` pulls in pandas)."""
+    and a missing day file included), a shard whose plan is gone (replaced by a later plan
+    attempt or committed: only clearing the run from its plan task can help) and a rejected
+    candidate (superseded by a newer one published first: only a new run can promote a model).
+    Imported on failure only (``traitflow.events`` pulls in pandas)."""
     from traitflow.config import ConfigError
     from traitflow.events import EventsFileError
-    from traitflow.store import PlanNotFoundError
+    from traitflow.store import ModelRejectedError, PlanNotFoundError
 
-    return (ConfigError, EventsFileError, PlanNotFoundError)
+    return (ConfigError, EventsFileError, PlanNotFoundError, ModelRejectedError)
 
 
 def skip_with(reason: str, error: BaseException) -> NoReturn:

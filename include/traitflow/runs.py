@@ -490,12 +490,16 @@ class ShardResult(_XComForm):
 
 @dataclass(frozen=True)
 class PromotionResult(_XComForm):
-    """The promoted model version, its profiles and the run key that makes a retry a no-op."""
+    """The promoted model version, its profiles and the run key that makes a retry a no-op.
+
+    n_superseded : older staging versions rejected as superseded by this one (``Store.superseded_by``)
+    """
 
     model_version: int
     n_profiles: int
     run_key: str
     promoted: bool = True
+    n_superseded: int = 0
 
 
 @dataclass(frozen=True)
@@ -503,6 +507,7 @@ class RejectionResult(_XComForm):
     """A candidate the gate refused, stored as a ``rejected`` model version.
 
     model_version : None when the data was too thin to fit its traits (``not_saved`` says why)
+    n_superseded : older staging versions rejected as superseded by this one (``Store.superseded_by``)
     """
 
     reason: str
@@ -510,6 +515,7 @@ class RejectionResult(_XComForm):
     run_key: str | None = None
     not_saved: str | None = None
     promoted: bool = False
+    n_superseded: int = 0
 
 
 @dataclass(frozen=True)

@@ -556,10 +556,10 @@ def test_a_config_error_fails_the_task_at_once_without_retries(
     assert tries == 1
 
 
-def test_a_shard_whose_plan_is_gone_fails_at_once_and_other_errors_keep_their_retries() -> None:
+def test_a_gone_plan_or_rejected_candidate_fails_at_once_and_other_errors_keep_their_retries() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from traitflow.store import PlanNotFoundError
+    from traitflow.store import ModelRejectedError, PlanNotFoundError
     from traitflow_common import fail_fast
 
     def raising(error: Exception) -> Callable[[], None]:
@@ -571,6 +571,8 @@ def test_a_shard_whose_plan_is_gone_fails_at_once_and_other_errors_keep_their_re
 
     with pytest.raises(AirflowFailException, match="PlanNotFoundError: plan 7 is gone"):
         raising(PlanNotFoundError("plan 7 is gone"))()
+    with pytest.raises(AirflowFailException, match="ModelRejectedError: model 3 was rejected"):
+        raising(ModelRejectedError("model 3 was rejected"))()
     with pytest.raises(ConnectionError):  # a database hiccup: Airflow retries it
         raising(ConnectionError("server closed the connection"))()
 

@@ -20,7 +20,7 @@ from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import Candidate, FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
-from traitflow.store import PlanNotFoundError, ShardsNotReadyError, Store
+from traitflow.store import ModelRejectedError, PlanNotFoundError, ShardsNotReadyError, Store
 from traitflow.store.profile_shards import STALE_AFTER
 
 PROFILE_TABLES = ("customer_profiles", "customer_profile_history", "profile_shards")
@@ -343,6 +343,39 @@ def test_a_retried_plan_gives_the_same_membership_and_retires_the_earlier_attemp
         jobs.update_profiles(run, third, shard)
     assert jobs.commit_update(run, third).n_profiles == selected.n_customers
     assert plan_tables(store) == (0, 0, 0)
+
+
+def test_a_weekly_run_abandoned_after_its_plan_is_superseded_by_the_next_promotion(env):
+    """The abandoned run's staging candidate is rejected when the next run promotes its own; the
+    abandoned run's promote, retried afterwards, fails with the non-retryable error."""
+    end = START + 7 * DAY
+    week, candidate, fitted = weekly_candidate(env, 7)
+    gate, drift = jobs.quality_gate(week, candidate), jobs.measure_drift(week, candidate)
+    abandoned = jobs.plan_recompute(week, fitted, 1)
+    jobs.recompute_profiles(week, abandoned, 0)
+
+    # The next run reads a later event snapshot (one more day ingested): another candidate.
+    ingest_days(env, range(7, 8))
+    rerun = weekly_context(env, end, "weekly-rerun")
+    candidate2 = jobs.train_candidate(rerun, jobs.build_corpus(rerun, CONFIG), CONFIG)
+    plan = jobs.plan_recompute(rerun, jobs.refit_traits(rerun, candidate2), 1)
+    assert plan.model_version == abandoned.model_version + 1
+    jobs.recompute_profiles(rerun, plan, 0)
+    promoted = jobs.promote(rerun, plan, gate, drift)
+    assert promoted.n_superseded == 1
+    assert jobs.promote(rerun, plan, gate, drift) == promoted  # a retry after the commit: same counts
+    store: Store = env["store"]
+    models = store.model_versions().set_index("model_version")
+    assert models.loc[abandoned.model_version, "status"] == "rejected"
+    assert models.loc[abandoned.model_version, "status_reason"] == (
+        f"superseded by version {plan.model_version} before its run promoted it"
+    )
+
+    checksums = store.table_checksums()
+    with pytest.raises(ModelRejectedError, match="superseded by version"):
+        jobs.promote(week, abandoned, gate, drift)
+    assert store.table_checksums() == checksums
+    assert store.active_model_version() == plan.model_version
 
 
 def test_an_abandoned_plan_stays_its_own_run_s_and_goes_once_stale(env):

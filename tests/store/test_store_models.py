@@ -13,7 +13,14 @@ import pytest
 
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profile_batch import ProfileBatch
-from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError, model_io
+from traitflow.store import (
+    ModelRejectedError,
+    ModelStateError,
+    NotFoundError,
+    Store,
+    StoreInputError,
+    model_io,
+)
 from traitflow.store import models as store_models
 
 Build = Callable[..., TraitflowModel]
@@ -264,3 +271,110 @@ def test_a_saved_candidate_is_staging_until_publish_candidate_promotes_it_once(
     assert store.staged_shards("weekly:r") == []
     after = store.table_checksums(without=("updated_at",))
     assert {t for t in before if before[t] != after[t]} == {"profile_shards"}
+
+
+def lifecycle(store: Store) -> list[tuple]:
+    """(version, status, status_reason, promoted_at, retired_at) of every version, ascending."""
+    return store.connection.execute(
+        "SELECT model_version, status, status_reason, promoted_at, retired_at FROM model_versions"
+        " ORDER BY model_version"
+    ).fetchall()
+
+
+def stage_candidate(
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch], name: str
+) -> int:
+    """A weekly candidate saved as staging under ``candidate-<name>`` with its one shard staged
+    under ``weekly:<name>`` (as of WEEK1 + 1 day); returns its version."""
+    version = store.save_candidate(build_model(), run_key=f"candidate-{name}")
+    batch = build_profile_batch(version, ["a", "b", "c"], as_of=WEEK1 + timedelta(days=1))
+    store.stage_profiles(f"weekly:{name}", 0, 1, batch)
+    return version
+
+
+@pytest.fixture
+def history(store: Store, build_model: Build) -> list[int]:
+    """Versions 1 retired, 2 active, 3 rejected by the gate: [1, 2, 3]."""
+    retired, active = store.save_model(build_model()), store.save_model(build_model())
+    store.promote(retired)
+    store.promote(active)
+    rejected = store.record_rejected(build_model(), "hit rate below the gate")
+    assert [retired, active, rejected] == [1, 2, 3]
+    return [retired, active, rejected]
+
+
+def test_publishing_a_candidate_rejects_the_older_staging_ones_and_then_refuses_them(
+    store: Store, history: list[int], build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+) -> None:
+    retired, active, rejected = history
+    older = stage_candidate(store, build_model, build_profile_batch, "old")  # its run never promoted it
+    newer = stage_candidate(store, build_model, build_profile_batch, "new")
+    later = store.save_candidate(build_model(), run_key="candidate-later")  # saved after the newer one
+    before = lifecycle(store)
+    as_of = WEEK1 + timedelta(days=1)
+
+    assert store.publish_candidate(newer, "weekly:new", 1, as_of) == 3
+    after = lifecycle(store)
+    reason = f"superseded by version {newer} before its run promoted it"
+    assert [(r[0], r[1], r[2]) for r in after] == [
+        (retired, "retired", None),
+        (active, "retired", None),
+        (rejected, "rejected", "hit rate below the gate"),
+        (older, "rejected", reason),
+        (newer, "active", None),
+        (later, "staging", None),  # newer than the published version: its run may still promote it
+    ]
+    assert after[0] == before[0] and after[2] == before[2]  # the retired and rejected rows untouched
+    assert after[1][3] == before[1][3] and after[1][4] is not None  # promoted_at kept; retired now
+    assert after[3][3] is None and after[3][4] is None
+    assert store.superseded_by(newer) == [older]
+    assert store.superseded_by(older) == []
+
+    # The older run retried: refused before anything is read or written, its shard left in place.
+    checksums = store.table_checksums()
+    with pytest.raises(ModelRejectedError, match=f"model {older} was rejected \\({reason}\\)"):
+        store.publish_candidate(older, "weekly:old", 1, as_of, metrics={"quality_gate": {}})
+    assert store.table_checksums() == checksums
+    assert store.staged_shards("weekly:old") == [0]
+    with pytest.raises(ModelRejectedError):
+        store.promote(older)
+    assert store.table_checksums() == checksums
+
+
+@pytest.mark.usefixtures("history")
+def test_a_candidate_rejected_by_the_gate_supersedes_the_older_staging_ones(
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+) -> None:
+    older = stage_candidate(store, build_model, build_profile_batch, "old")
+    before = lifecycle(store)
+    refused = store.record_rejected(build_model(), "drifted too far", run_key="rejected-sha256:ab")
+    after = lifecycle(store)
+    assert after[:3] == before[:3]  # retired, active and rejected rows untouched
+    reason = f"superseded by version {refused} before its run promoted it"
+    assert after[3] == (older, "rejected", reason, None, None)
+    assert after[4][:3] == (refused, "rejected", "drifted too far")
+    assert store.superseded_by(refused) == [older]
+    # The gate task retried: nothing written, the same version and the same superseded list.
+    checksums = store.table_checksums()
+    assert store.record_rejected(build_model(), "drifted too far", run_key="rejected-sha256:ab") == refused
+    assert store.table_checksums() == checksums
+    assert store.superseded_by(refused) == [older]
+
+
+@pytest.mark.usefixtures("history")
+def test_publishing_without_stale_staging_versions_rejects_nothing(
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+) -> None:
+    candidate = stage_candidate(store, build_model, build_profile_batch, "only")
+    before = lifecycle(store)
+    assert store.publish_candidate(candidate, "weekly:only", 1, WEEK1 + timedelta(days=1)) == 3
+    after = lifecycle(store)
+    assert after[0] == before[0] and after[2] == before[2]
+    assert [r[1] for r in after] == ["retired", "retired", "rejected", "active"]
+    assert store.superseded_by(candidate) == []
+    # Nothing left to supersede: the set-based update changes no row.
+    checksums = store.table_checksums()
+    conn = store.connection
+    with conn.transaction():
+        assert store_models.supersede_staging(conn, candidate + 1) == 0
+    assert store.table_checksums() == checksums

@@ -99,9 +99,11 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
 
     The candidate has token vectors only, so its traits are fitted (fresh NMF, as ``refit_traits``)
     to make it a complete, inspectable version; ``metrics["quality_gate"]`` holds the gate result.
-    Idempotent: the run key is a fingerprint of the candidate's token file, so a retried task
-    returns the version the first attempt stored. Data too thin for the trait fit leaves no row
-    (``model_version`` None, ``not_saved`` says why): the gate's decision stands either way.
+    Older ``staging`` versions (candidates of runs that never promoted them) are rejected as
+    superseded by it, counted in ``n_superseded``. Idempotent: the run key is a fingerprint of
+    the candidate's token file, so a retried task returns the version the first attempt stored.
+    Data too thin for the trait fit leaves no row (``model_version`` None, ``not_saved`` says
+    why): the gate's decision stands either way.
     """
     try:
         fitted = _fit_candidate(context, candidate, refit=True)
@@ -113,7 +115,10 @@ def reject_candidate(context: RunContext, candidate: Candidate, gate: GateResult
     key = f"rejected-sha256:{digest}"
     with open_store(context) as store:
         version = store.record_rejected(model, gate.reason, run_key=key)
-    return RejectionResult(reason=gate.reason, model_version=version, run_key=key)
+        superseded = store.superseded_by(version)
+    return RejectionResult(
+        reason=gate.reason, model_version=version, run_key=key, n_superseded=len(superseded)
+    )
 
 
 def plan_recompute(context: RunContext, fitted: FittedCandidate, n_shards: int = 1) -> ShardPlan:
@@ -196,8 +201,11 @@ def promote(context: RunContext, plan: ShardPlan, gate: GateResult, drift: Drift
     candidate the active model (``Store.publish_candidate``; a missing shard raises
     ``ShardsNotReadyError``, nothing written). No file of the run's folder is read.
 
-    Idempotent: a retry of this task after its COMMIT finds the version promoted, publishes
-    nothing again and returns the same version.
+    Older ``staging`` versions (candidates of runs that never promoted them) are rejected as
+    superseded in that transaction, counted in ``n_superseded``; a candidate superseded so
+    raises ``ModelRejectedError`` (no retry can promote it). Idempotent: a retry of this task
+    after its COMMIT finds the version promoted, publishes nothing again and returns the same
+    version and counts.
     """
     version = _candidate_version(plan)
     if plan.model_key is None:
@@ -210,7 +218,10 @@ def promote(context: RunContext, plan: ShardPlan, gate: GateResult, drift: Drift
         n_profiles = store.publish_candidate(
             version, plan.run_key, plan.n_shards, utc(plan.as_of), metrics=metrics, drift=drift.to_xcom()
         )
-    return PromotionResult(model_version=version, n_profiles=n_profiles, run_key=plan.model_key)
+        superseded = store.superseded_by(version)
+    return PromotionResult(
+        model_version=version, n_profiles=n_profiles, run_key=plan.model_key, n_superseded=len(superseded)
+    )
 
 
 def weekly_report(context: RunContext, steps: Mapping[str, Any], runner: str | None = None) -> WeeklyReport:

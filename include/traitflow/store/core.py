@@ -360,9 +360,11 @@ class Store:
         """Save ``model`` as a version with status ``rejected`` and ``reason``, in one transaction.
 
         For a candidate that failed the quality gate: its row (metrics included) shows that the
-        gate worked, and ``promote`` refuses it. ``run_key`` makes the call idempotent like
-        ``publish``: a version already stored under that key is returned and nothing is written.
-        Sets ``model.version``; returns the version.
+        gate worked, and ``promote`` refuses it. Every older ``staging`` version is rejected as
+        superseded by it in the same transaction (``models.supersede_staging``; listed by
+        ``superseded_by``). ``run_key`` makes the call idempotent like ``publish``: a version
+        already stored under that key is returned and nothing is written. Sets ``model.version``;
+        returns the version.
         """
         with self._transaction() as conn:
             if run_key is not None:
@@ -375,6 +377,7 @@ class Store:
             if run_key is not None:
                 _models.set_run_key(conn, version, run_key)
             _models.reject_model(conn, version, reason)
+            _models.supersede_staging(conn, version)
         model.version = version
         return version
 
@@ -382,6 +385,11 @@ class Store:
         """Mark a staging model as rejected (e.g. failed the quality gate), with the reason."""
         with self._transaction() as conn:
             _models.reject_model(conn, version, reason)
+
+    def superseded_by(self, version: int) -> list[int]:
+        """The staging versions rejected because ``version`` was published after them
+        (``publish_candidate``, ``record_rejected``), ascending."""
+        return _models.superseded_by(self._ensure_ready(), version)
 
     def active_model_version(self) -> int | None:
         return _models.active_model_version(self._ensure_ready())
@@ -524,14 +532,22 @@ class Store:
 
         ``metrics`` (top-level keys set, the others kept) and ``drift`` are recorded with the
         version in the same transaction. ``ShardsNotReadyError`` when a shard is missing or was
-        staged for another as_of, model or shard count: nothing changes. Idempotent: once the
-        version was promoted (active, or retired by a later promotion since), a retry writes no
-        profile and changes no status, deletes what shards re-run after the commit staged, and
-        returns the version's profile count as of ``as_of``.
+        staged for another as_of, model or shard count: nothing changes. Every older ``staging``
+        version is rejected as superseded by ``version`` in the same transaction
+        (``models.supersede_staging``; listed by ``superseded_by``).
+
+        ``ModelRejectedError``, nothing changed, when ``version`` is ``rejected`` (superseded by
+        a newer candidate published first, or rejected by hand): no retry can publish it.
+        Idempotent: once the version was promoted (active, or retired by a later promotion
+        since), a retry writes no profile and changes no status, deletes what shards re-run after
+        the commit staged, and returns the version's profile count as of ``as_of``.
         """
         with self._transaction() as conn:
             _models._lock_lifecycle(conn)
-            if _models.model_row(conn, version, lock=True)["promoted_at"] is not None:
+            model = _models.model_row(conn, version, lock=True)
+            # Before the staged shards are read: a superseded run's shards may be gone already.
+            _models.refuse_rejected(model)
+            if model["promoted_at"] is not None:
                 _profile_shards.clear_staged(conn, staged_key)  # shards re-run after the commit
                 row = conn.execute(
                     "SELECT count(*) FROM customer_profile_history WHERE model_version = %s AND as_of = %s",
@@ -545,6 +561,7 @@ class Store:
                 _models.update_model_metadata(conn, version, drift=drift)
             _profiles.write_profiles(conn, profiles)
             _models.promote(conn, version)
+            _models.supersede_staging(conn, version)
             _profile_shards.clear_staged(conn, staged_key)
         _active_model_changed(self)
         return len(profiles)

@@ -23,6 +23,11 @@ class ModelStateError(StoreError):
     """A model-version transition is not allowed (e.g. promoting a rejected model)."""
 
 
+class ModelRejectedError(ModelStateError):
+    """The model version is ``rejected`` (by the quality gate, or superseded by a newer candidate
+    before its run promoted it): no retry can promote it; a new run fits a new candidate."""
+
+
 class NotFoundError(StoreError, LookupError):
     """A requested model version, customer or trait does not exist."""
 

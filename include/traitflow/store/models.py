@@ -4,9 +4,14 @@ Lifecycle (``model_versions.status``)::
 
     staging --promote--> active --(another model promoted)--> retired --promote--> active
        \\--reject--> rejected
+       \\--(a newer candidate published: supersede_staging)--> rejected
 
 * At most one ``active`` model (partial unique index); promotion is one transaction that retires
   the previous active model and activates the new one, so readers see either the old or the new.
+* A candidate of the weekly run stays ``staging`` until its run publishes it. Once a newer
+  candidate is published (promoted, or rejected by the gate), the older staging versions are
+  rejected in that transaction (``supersede_staging``): a run that failed after saving its
+  candidate leaves no staging version behind, and a retry of it cannot promote the older model.
 * ``model_version_for(as_of)`` = the newest *promoted* (active or retired) model with
   ``trained_through <= as_of``: a backfill of date D picks the same model whenever it runs.
 """
@@ -22,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from ._util import dumps, require_transaction, utc
-from .errors import ModelStateError, StoreInputError
+from .errors import ModelRejectedError, ModelStateError, StoreInputError
 
 # Saving and loading are ``model_io``'s; the Store reaches every model operation through here.
 from .model_io import load_model as load_model
@@ -65,14 +70,21 @@ def promote(conn: psycopg.Connection, version: int) -> bool:
     require_transaction(conn)
     _lock_lifecycle(conn)
     row = model_row(conn, version, lock=True)
-    status = row["status"]
-    if status == "active":
+    if row["status"] == "active":
         return False
-    if status == "rejected":
-        raise ModelStateError(f"model {version} was rejected ({row['status_reason']}); it cannot be promoted")
+    refuse_rejected(row)
     _retire_active(conn)
     _activate(conn, version)
     return True
+
+
+def refuse_rejected(row: dict[str, Any]) -> None:
+    """Raise ``ModelRejectedError`` when ``row`` (``model_io.model_row``) is a rejected model."""
+    if row["status"] == "rejected":
+        raise ModelRejectedError(
+            f"model {row['model_version']} was rejected ({row['status_reason']}); it cannot be"
+            " promoted, and retrying will not change that: run the retrain again for a new candidate"
+        )
 
 
 def reject_model(conn: psycopg.Connection, version: int, reason: str) -> bool:
@@ -89,6 +101,40 @@ def reject_model(conn: psycopg.Connection, version: int, reason: str) -> bool:
         (str(reason), int(version)),
     )
     return True
+
+
+def superseded_reason(version: int) -> str:
+    """The ``status_reason`` of a staging version that ``supersede_staging(version)`` rejected."""
+    return f"superseded by version {int(version)} before its run promoted it"
+
+
+def supersede_staging(conn: psycopg.Connection, version: int) -> int:
+    """Reject every ``staging`` version older than ``version`` (a lower number) with
+    ``superseded_reason(version)``, in the caller's transaction; returns how many.
+
+    Called when the newer candidate ``version`` is published (promoted, or rejected by the gate):
+    an older candidate's run failed or was abandoned before promoting it, and promoting it now
+    would replace a newer decision with an older model. Active, retired and rejected versions
+    are not touched.
+    """
+    require_transaction(conn)
+    _lock_lifecycle(conn)
+    cur = conn.execute(
+        "UPDATE model_versions SET status = 'rejected', status_reason = %s"
+        " WHERE status = 'staging' AND model_version < %s",
+        (superseded_reason(version), int(version)),
+    )
+    return cur.rowcount
+
+
+def superseded_by(conn: psycopg.Connection, version: int) -> list[int]:
+    """The versions ``supersede_staging(version)`` rejected, ascending (also after a retry)."""
+    rows = conn.execute(
+        "SELECT model_version FROM model_versions WHERE status = 'rejected' AND status_reason = %s"
+        " ORDER BY model_version",
+        (superseded_reason(version),),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def published_version(conn: psycopg.Connection, run_key: str) -> int | None:
