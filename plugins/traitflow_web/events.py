@@ -28,10 +28,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import CustomerId
-from .auth import RESOURCE_NAME, current_user
+from .auth import RESOURCE_NAME, WRITE, authorized_user, bearer
 from .pool import StoreDep
 from .schemas import (
     CustomerEvents,
@@ -69,10 +70,12 @@ def authorize_write(user: Any) -> None:
         )
 
 
-def require_write_access(user: Annotated[Any, Depends(current_user)]) -> Any:
-    """Authenticated and allowed to post events (sync: auth managers may query their database)."""
-    authorize_write(user)
-    return user
+async def require_write_access(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Any:
+    """Authenticated and allowed to post events (granted decisions cached: see ``auth``)."""
+    return await authorized_user(request, credentials, WRITE, authorize_write)
 
 
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
