@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi import Path as PathParam
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from .auth import require_access
 from .metrics import count_cache_read
@@ -31,6 +30,7 @@ from .schemas import (
     Traits,
     TraitScore,
     evidence,
+    json_response,
     plain,
     records,
 )
@@ -174,12 +174,6 @@ def get_customer(
     profile["embedding"] = [plain(x) for x in vector.tolist()] if embedding and vector is not None else None
     model = Profile(**{k: plain(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
     return json_response(model)
-
-
-def json_response(model: BaseModel) -> Response:
-    """``model`` as its JSON response, built here: returned as a model, FastAPI would validate
-    it against the route's ``response_model`` once more, in one more trip to the thread pool."""
-    return Response(model.model_dump_json(), media_type="application/json")
 
 
 @api.get("/models", response_model=ModelVersions, summary="Model versions, newest first")
