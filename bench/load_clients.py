@@ -1,5 +1,17 @@
 """The load generator's clients: N threads, each with its own keep-alive HTTP client, drawing
-requests from the mix until the deadline and recording every one.
+requests from the mix and recording every one.
+
+Two modes (``LoadPlan.rate``):
+
+* **closed loop** (``rate`` None): each client sends its next request when the last one is
+  answered, until the deadline. Latency is send to answer; on a saturated server the clients
+  slow down with it, so the offered load falls and queueing is hidden (coordinated omission).
+* **open loop** (``rate`` R requests/s in total): each client follows a schedule of its own, a
+  Poisson process of R / N per second (``poisson_schedule``; together a Poisson process of R), fixed
+  before the run. Latency is measured from the **scheduled** send time, so a request that had to
+  wait for its client's previous answer counts that wait too (``Sample.late``: how late it was
+  sent). At most N requests are in flight. Requests still unsent ``drain_s`` after the end are
+  recorded as errors (status ``NOT_SENT``) with the time they waited so far, a lower bound.
 
 Routes (``ROUTES``): ``profile`` (``GET /api/customers/{id}``), ``similar``
 (``GET /api/customers/{id}/similar``), both for a Zipf-distributed customer (rank 1 the most
@@ -25,6 +37,7 @@ from load_server import Product
 ROUTES = ("profile", "similar", "post")
 BAD_ACTION = "teleport"  # not in event_schema.ACTIONS: rejected as unknown_action
 TRANSPORT_ERROR = 0  # the status recorded when no response came back
+NOT_SENT = -1  # open loop: still scheduled when the drain after the end ran out
 
 
 @dataclass(frozen=True)
@@ -66,14 +79,21 @@ class LoadPlan:
     reject_share: float = 0.05
     seed: int = 0
     api_prefix: str = "/traitflow"  # "" against the plugin's own app
+    rate: float | None = None  # open loop: requests/s over all clients (None: closed loop)
+    drain_s: float = 10.0  # open loop: how long after the end scheduled requests may still go
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One request. ``seconds``: from the send (closed loop) or the scheduled send (open loop) to
+    the answer; ``late``: how much later than scheduled it was sent (0 in a closed loop), so
+    ``seconds - late`` is the server's turnaround as the client saw it."""
+
     route: str
     status: int
     seconds: float
-    at: float  # seconds since the measured phase began (negative: warm-up)
+    at: float  # when it was sent or scheduled, in seconds since the measured phase began (< 0: warm-up)
+    late: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,19 @@ class ClientResults:
     errors: dict[str, int] = field(default_factory=dict)  # transport exception type -> count
 
 
+def poisson_schedule(rate: float, start: float, end: float, rng: np.random.Generator) -> np.ndarray:
+    """Send times in ``[start, end)`` of a Poisson process of ``rate`` per second (exponential
+    gaps, the first one after ``start``), ascending; same clock as ``start`` and ``end``."""
+    if rate <= 0:
+        raise ValueError(f"the rate must be positive, got {rate}")
+    expected = rate * max(end - start, 0.0)
+    gaps = rng.exponential(1.0 / rate, int(expected + 6 * np.sqrt(expected) + 16))
+    times = start + np.cumsum(gaps)
+    while len(times) and times[-1] < end:  # a rare long draw: extend until past the end
+        times = np.concatenate([times, times[-1] + np.cumsum(rng.exponential(1.0 / rate, len(gaps)))])
+    return times[times < end]
+
+
 def zipf_weights(n: int, exponent: float) -> np.ndarray:
     """Cumulative probabilities of ranks 1..n under Zipf(``exponent``) (0: uniform)."""
     weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
@@ -113,17 +146,37 @@ class _Client:
         self.results = ClientResults()
 
     def run(self, until: float) -> ClientResults:
+        """Closed loop: the next request as soon as the last one is answered, until ``until``."""
         while time.perf_counter() < until:
-            route = ROUTES[min(int(np.searchsorted(self.routes, self.rng.random())), 2)]
-            customer = self.plan.customer_ids[int(np.searchsorted(self.ranks, self.rng.random()))]
-            self._request(route, customer)
+            self._request(*self._draw())
         return self.results
 
-    def _request(self, route: str, customer: str) -> None:
+    def run_schedule(self, schedule: Sequence[float], cutoff: float) -> ClientResults:
+        """Open loop: one request at each time of ``schedule`` (``time.perf_counter`` clock), or
+        as soon after it as the previous answer allows; those not sent by ``cutoff`` are recorded
+        as ``NOT_SENT``."""
+        for i, when in enumerate(schedule):
+            if time.perf_counter() >= cutoff:
+                for rest in schedule[i:]:
+                    route, _ = self._draw()
+                    waited = max(cutoff - rest, 0.0)
+                    self.results.samples.append(Sample(route, NOT_SENT, waited, rest - self.begin, waited))
+                break
+            _sleep_until(when)
+            self._request(*self._draw(), scheduled=when)
+        return self.results
+
+    def _draw(self) -> tuple[str, str]:
+        route = ROUTES[min(int(np.searchsorted(self.routes, self.rng.random())), 2)]
+        customer = self.plan.customer_ids[int(np.searchsorted(self.ranks, self.rng.random()))]
+        return route, customer
+
+    def _request(self, route: str, customer: str, scheduled: float | None = None) -> None:
         path = f"{self.plan.api_prefix}/api/customers/{quote(customer, safe='')}"
         good: list[dict[str, Any]] = []
         n_bad = 0
         started = time.perf_counter()
+        origin = started if scheduled is None else min(scheduled, started)
         try:
             if route == "post":
                 good, bad = self._events()
@@ -137,7 +190,9 @@ class _Client:
             name = type(exc).__name__
             self.results.errors[name] = self.results.errors.get(name, 0) + 1
         finished = time.perf_counter()
-        self.results.samples.append(Sample(route, status, finished - started, started - self.begin))
+        self.results.samples.append(
+            Sample(route, status, finished - origin, origin - self.begin, started - origin)
+        )
         if route == "post":
             self.results.posts.append(_post_record(customer, good, n_bad, status, response))
 
@@ -181,12 +236,22 @@ def run_clients(
 ) -> ClientResults:
     """Warm up for ``warmup_s``, call ``at_start``, then load for ``duration_s``; ``timers`` are
     (seconds after the measured start, callback) run meanwhile (e.g. killing Redis). Each client
-    thread opens its HTTP client with ``make_http()`` (closed at the end)."""
+    thread opens its HTTP client with ``make_http()`` (closed at the end). Closed loop, or open
+    loop at ``plan.rate`` (see the module docstring)."""
     times = itertools.count(1)  # next() on a count is atomic under the GIL: unique event times
-    begin = time.perf_counter() + plan.warmup_s
-    clients = [_Client(plan, make_http(), i, times, begin) for i in range(plan.concurrency)]
+    clients = [_Client(plan, make_http(), i, times, 0.0) for i in range(plan.concurrency)]
+    start = time.perf_counter()
+    begin = start + plan.warmup_s
     end = begin + plan.duration_s
-    threads = [threading.Thread(target=c.run, args=(end,), daemon=True) for c in clients]
+    threads = []
+    for client in clients:
+        client.begin = begin
+        if plan.rate is None:
+            threads.append(threading.Thread(target=client.run, args=(end,), daemon=True))
+        else:
+            schedule = poisson_schedule(plan.rate / plan.concurrency, start, end, client.rng)
+            args = (schedule, end + plan.drain_s)
+            threads.append(threading.Thread(target=client.run_schedule, args=args, daemon=True))
     for thread in threads:
         thread.start()
     _sleep_until(begin)
@@ -196,7 +261,7 @@ def run_clients(
         _sleep_until(begin + delay)
         callback()
     for thread in threads:
-        thread.join(max(0.0, end - time.perf_counter()) + 120)
+        thread.join(max(0.0, end - time.perf_counter()) + plan.drain_s + 120)
     merged = ClientResults()
     for client in clients:
         merged.samples += client.results.samples

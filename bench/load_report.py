@@ -48,19 +48,35 @@ class RouteStats:
     p99_ms: float | None
     errors: int
     statuses: dict[str, int]
+    late_p50_ms: float | None = None  # how late the sends were (open loop; 0 in a closed loop)
+    late_p99_ms: float | None = None
 
 
 def route_stats(samples: Sequence[Sample], duration_s: float) -> list[RouteStats]:
-    """Per route over the measured phase (``at >= 0``): throughput, percentiles, statuses."""
+    """Per route over the measured phase (``at >= 0``): throughput, percentiles (of
+    ``Sample.seconds``: from the scheduled send in an open loop), how late sends were, statuses."""
     out = []
     for route in ROUTES:
         mine = [s for s in samples if s.route == route and s.at >= 0]
         ms = np.array([s.seconds * 1000 for s in mine])
+        late = np.array([s.late * 1000 for s in mine])
         p50, p95, p99 = (float(np.percentile(ms, q)) for q in (50, 95, 99)) if len(ms) else (None,) * 3
+        late50, late99 = (float(np.percentile(late, q)) for q in (50, 99)) if len(late) else (None, None)
         statuses = Counter(str(s.status) for s in mine)
         errors = sum(n for status, n in statuses.items() if status != str(OK_STATUS))
         out.append(
-            RouteStats(route, len(mine), len(mine) / duration_s, p50, p95, p99, errors, dict(statuses))
+            RouteStats(
+                route,
+                len(mine),
+                len(mine) / duration_s,
+                p50,
+                p95,
+                p99,
+                errors,
+                dict(statuses),
+                late50,
+                late99,
+            )
         )
     return out
 
@@ -205,28 +221,36 @@ def _ms(value: float | None) -> str:
 
 def render(report: Mapping[str, Any]) -> str:
     cfg = report["config"]
+    open_loop = cfg.get("rate") is not None
+    mode = (
+        f"open loop at {cfg['rate']:g} requests/s (Poisson; latency from the scheduled send)"
+        if open_loop
+        else "closed loop"
+    )
     lines = [
         f"## Load test {report['started']} (commit {report['commit']})",
         "",
         f"`{report['command']}`",
         "",
-        f"{cfg['concurrency']} clients, {cfg['duration_s']:.0f} s measured after"
+        f"{cfg['concurrency']} clients, {mode}, {cfg['duration_s']:.0f} s measured after"
         f" {cfg['warmup_s']:.0f} s warm-up (after reading the {cfg['prewarm_customers']} most read"
         f" profiles once: {report.get('prewarm_statuses')}),"
         f" mix {cfg['mix']}, Zipf {cfg['zipf_exponent']} over {cfg['n_customers']} customers,"
         f" {cfg['workers']} api-server worker(s); load average {report['load_average']}.",
         "",
         "| route | requests | req/s | p50 ms | p95 ms | p99 ms | server p50 | server p99 | errors"
-        " | statuses |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        + (" | sent late p50 / p99 ms" if open_loop else "")
+        + " | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if open_loop else "") + "---|",
     ]
     for r in report["routes"]:
         server = report["server_latency"].get(r["route"], {})
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+        late = f" | {_ms(r.get('late_p50_ms'))} / {_ms(r.get('late_p99_ms'))}" if open_loop else ""
         lines.append(
             f"| {r['route']} | {r['n']} | {r['per_second']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])}"
             f" | {_ms(r['p99_ms'])} | {_ms(server.get('p50_ms'))} | {_ms(server.get('p99_ms'))}"
-            f" | {r['errors']} | {statuses} |"
+            f" | {r['errors']}{late} | {statuses} |"
         )
     cache, events = report["cache"], report["events"]
     hit_rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.1%}"

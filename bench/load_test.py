@@ -12,6 +12,7 @@ Store). Output: a Markdown table and JSON in ``bench/results/load-<UTC timestamp
 
     .venv/bin/python bench/load_test.py --concurrency 32 --duration 60 \\
         --database-url postgresql://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/load_test.py --concurrency 32 --rate 100 ...   # open loop, 100 requests/s
 """
 
 from __future__ import annotations
@@ -56,12 +57,25 @@ class LoadOptions:
     daily_interval_s: float = 10.0
     prewarm_customers: int = 3000
     seed: int = 0
+    rate: float | None = None  # open loop: requests/s over all clients (None: closed loop)
+    drain_s: float = 10.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, default=32, help="concurrent clients (threads)")
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="open loop: R requests/s in total, Poisson arrivals spread over the clients, latency from"
+        " the scheduled send (default: closed loop)",
+    )
+    p.add_argument(
+        "--drain", type=float, default=10.0, help="open loop: seconds after the end to send what is late"
+    )
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of the same load before measuring")
     p.add_argument("--mix", default=DEFAULT_MIX, help=f"route shares (default {DEFAULT_MIX})")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the customers read (0: uniform)")
@@ -135,6 +149,8 @@ def measure(
         reject_share=options.reject_share,
         seed=options.seed,
         api_prefix=api_prefix,
+        rate=options.rate,
+        drain_s=options.drain_s,
     )
     scraper = make_http()
     top = quote(data.customer_ids[0], safe="")
@@ -254,6 +270,8 @@ def _options(args: argparse.Namespace) -> LoadOptions:
         daily_interval_s=args.daily_interval,
         prewarm_customers=args.prewarm,
         seed=args.seed,
+        rate=args.rate,
+        drain_s=args.drain,
     )
 
 

@@ -5,8 +5,9 @@ the **active model version**::
 
     traitflow:p1:<schema>:g<generation>:v<active model version>:<customer id>
 
-A read asks Redis for the generation, then for the customer's key: no PostgreSQL query when the
-profile is cached. The active version comes from PostgreSQL once per generation and at most
+A read asks Redis for the generation and the customer's key, in one MGET while the process
+knows a fresh active version for the generation it saw last (else two GETs): no PostgreSQL
+query when the profile is cached. The active version comes from PostgreSQL once per generation and at most
 ``CacheSettings.active_ttl_seconds`` old (kept in the process). Every promotion bumps the
 generation after its commit (``Store.promote`` and ``Store.publish`` call ``profiles_changed``),
 so the next read re-reads the active version and looks in a key space no earlier read filled: a
@@ -208,10 +209,25 @@ class ProfileCache:
     # ------------------------------------------------------------------------------- reads
 
     def current_profile(self, store: Store, customer_id: str) -> ProfileRead:
-        """The customer's current profile, from Redis when cached under the active model."""
-        generation = self._redis(lambda r: _generation(r, store.schema))
-        if generation is _FAILED:
-            return ProfileRead(store.current_profile(customer_id), FALLBACK)
+        """The customer's current profile, from Redis when cached under the active model.
+
+        One round trip when this process knows a fresh active version: the generation and the
+        key it would lead to are read together (MGET), and the value is used only if the
+        generation is still the one the key was built from; else the generation is read first."""
+        known = self._fresh_active(store.schema)
+        if known is not None:
+            key = _version_prefix(store.schema, *known) + customer_id
+            both = self._redis(lambda r: r.mget([_generation_key(store.schema), key]))
+            if both is _FAILED:
+                return ProfileRead(store.current_profile(customer_id), FALLBACK)
+            generation = int(both[0] or 0)
+            if generation == known[0]:
+                return self._served(store, customer_id, key, both[1])
+        else:
+            read = self._redis(lambda r: _generation(r, store.schema))
+            if read is _FAILED:
+                return ProfileRead(store.current_profile(customer_id), FALLBACK)
+            generation = read
         version = self._active_version(store, generation)
         if version is None:
             return ProfileRead(store.current_profile(customer_id), UNCACHED)
@@ -219,6 +235,10 @@ class ProfileCache:
         cached = self._redis(lambda r: r.get(key))
         if cached is _FAILED:
             return ProfileRead(store.current_profile(customer_id), FALLBACK)
+        return self._served(store, customer_id, key, cached)
+
+    def _served(self, store: Store, customer_id: str, key: str, cached: bytes | None) -> ProfileRead:
+        """The profile Redis held under ``key`` (``cached``), else read from the Store and cached."""
         if cached is not None:
             try:
                 return ProfileRead(decode_profile(cached), HIT)
@@ -231,6 +251,14 @@ class ProfileCache:
             value, ttl = encode_profile(profile), self.settings.ttl_seconds
             self._redis(lambda r: r.set(key, value, ex=ttl, nx=True))
         return ProfileRead(profile, MISS)
+
+    def _fresh_active(self, schema: str) -> tuple[int, int] | None:
+        """(generation, active version) as this process last read them, unless older than
+        ``active_ttl_seconds`` or without an active model."""
+        known = self._active.get(schema)
+        if known is None or known[1] is None or self._clock() - known[2] >= self.settings.active_ttl_seconds:
+            return None
+        return known[0], known[1]
 
     def _active_version(self, store: Store, generation: int) -> int | None:
         """The active model version: the one read for this generation unless older than

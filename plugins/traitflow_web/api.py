@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi import Path as PathParam
+from fastapi.responses import Response
 
 from .auth import require_access
 from .metrics import count_cache_read
@@ -29,6 +30,7 @@ from .schemas import (
     Traits,
     TraitScore,
     evidence,
+    json_response,
     plain,
     records,
 )
@@ -163,14 +165,15 @@ def get_customer(
     store: StoreDep,
     customer_id: CustomerId,
     embedding: Annotated[bool, Query(description="include the customer embedding")] = False,
-) -> Profile:
+) -> Response:
     profile = current_profile(store, customer_id)
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
     vector = profile.pop("embedding")
     profile["traits"] = [TraitScore(**{k: plain(v) for k, v in t.items()}) for t in profile["traits"]]
     profile["embedding"] = [plain(x) for x in vector.tolist()] if embedding and vector is not None else None
-    return Profile(**{k: plain(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
+    model = Profile(**{k: plain(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
+    return json_response(model)
 
 
 @api.get("/models", response_model=ModelVersions, summary="Model versions, newest first")

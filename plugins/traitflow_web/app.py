@@ -8,17 +8,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow.configuration import conf
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import api
 from .auth import LoginRequiredError, login_redirect
 from .charts import charts
 from .events import BodySizeLimit, events, validation_error
-from .metrics import metrics, time_requests
+from .metrics import TimeRequests, metrics
 from .page import UI_DIR, index
 from .pool import POOL
 
@@ -43,13 +45,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: ARG001 (the l
     POOL.clear()  # the api-server enters mounted FastAPI apps' lifespans
 
 
-async def _no_store_for_api(request: Request, call_next: Any) -> Response:
-    """``Cache-Control: no-store`` on API responses: they hold customer data."""
-    response = await call_next(request)
-    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-    if path.startswith("/api/"):
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+class NoStoreForApi:
+    """ASGI middleware: ``Cache-Control: no-store`` on API responses (they hold customer data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        if scope["type"] != "http" or not path.startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, no_store)
 
 
 def api_docs() -> HTMLResponse:
@@ -90,9 +103,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(LoginRequiredError, login_redirect)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.mount("/static", StaticFiles(directory=UI_DIR / "static"), name="static")
-    app.middleware("http")(_no_store_for_api)
+    app.add_middleware(NoStoreForApi)
     app.add_middleware(BodySizeLimit)
-    app.middleware("http")(time_requests)  # added last: outermost, so it times the whole request
+    app.add_middleware(TimeRequests)  # added last: outermost, so it times the whole request
     return app
 
 

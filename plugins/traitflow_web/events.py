@@ -28,10 +28,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import CustomerId
-from .auth import RESOURCE_NAME, current_user
+from .auth import RESOURCE_NAME, WRITE, authorized_user, bearer
 from .pool import StoreDep
 from .schemas import (
     CustomerEvents,
@@ -42,6 +43,7 @@ from .schemas import (
     TraitScore,
     UnprofiledCustomer,
     UpdatedProfile,
+    json_response,
 )
 
 if TYPE_CHECKING:  # imported on the first post: traitflow is heavy (see the package docstring)
@@ -69,10 +71,12 @@ def authorize_write(user: Any) -> None:
         )
 
 
-def require_write_access(user: Annotated[Any, Depends(current_user)]) -> Any:
-    """Authenticated and allowed to post events (sync: auth managers may query their database)."""
-    authorize_write(user)
-    return user
+async def require_write_access(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Any:
+    """Authenticated and allowed to post events (granted decisions cached: see ``auth``)."""
+    return await authorized_user(request, credentials, WRITE, authorize_write)
 
 
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -90,14 +94,13 @@ def _run_id(user: Any) -> str:
     return f"api:{_CONTROL.sub('?', str(name))[:64]}:{datetime.now(UTC).isoformat()}"
 
 
-def _posted(store: Store, rows: list[dict[str, Any]], user: Any) -> EventsPosted | JSONResponse:
+def _posted(store: Store, rows: list[dict[str, Any]], user: Any) -> Response:
     """Validate, store and profile ``rows``; the result as a response (200, 409 or 422)."""
     from traitflow.online_update import update_from_events
 
     update = update_from_events(store, rows, run_id=_run_id(user))
     if update.n_stored == 0:
-        body = jsonable_encoder(_response(update))
-        return JSONResponse(body, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return json_response(_response(update), status.HTTP_422_UNPROCESSABLE_CONTENT)
     if update.unprofiled and not update.profiles:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -105,7 +108,7 @@ def _posted(store: Store, rows: list[dict[str, Any]], user: Any) -> EventsPosted
             f" but no profile was updated: {update.unprofiled[0].reason}. The first daily run after a"
             " model is promoted profiles these customers.",
         )
-    return _response(update)
+    return json_response(_response(update))
 
 
 def _response(update: EventUpdate) -> EventsPosted:
@@ -154,7 +157,7 @@ def post_customer_events(
     customer_id: CustomerId,
     body: CustomerEvents,
     user: Annotated[Any, Depends(require_write_access)],
-) -> Any:
+) -> Response:
     rows = [{"customer_id": customer_id, **event.model_dump()} for event in body.events]
     return _posted(store, rows, user)
 
@@ -166,7 +169,7 @@ def post_customer_events(
 )
 def post_events(
     store: StoreDep, body: ManyCustomersEvents, user: Annotated[Any, Depends(require_write_access)]
-) -> Any:
+) -> Response:
     return _posted(store, [event.model_dump() for event in body.events], user)
 
 

@@ -40,6 +40,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .pool import borrow_store
 
@@ -71,19 +72,35 @@ def count_cache_read(outcome: str) -> None:
     CACHE_READS.labels(outcome=outcome).inc()
 
 
-async def time_requests(request: Request, call_next: Any) -> Response:
-    """Middleware: observe every request's latency under its route template."""
-    started = time.perf_counter()
-    code = 500
-    try:
-        response: Response = await call_next(request)
-        code = response.status_code
-        return response
-    finally:
-        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        REQUEST_SECONDS.labels(route=route, method=request.method, status=str(code)).observe(
-            time.perf_counter() - started
-        )
+class TimeRequests:
+    """ASGI middleware: observe every HTTP request's latency under its route template (a plain
+    ASGI class, not ``BaseHTTPMiddleware``, which would run the app in a task of its own and
+    stream its body: a cost on every request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        code = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            # the router put the matched route into the (shared) scope
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            REQUEST_SECONDS.labels(route=route, method=scope["method"], status=str(code)).observe(
+                time.perf_counter() - started
+            )
 
 
 class StoreStatsCollector(Collector):

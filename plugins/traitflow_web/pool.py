@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
 
 from .errors import http_error, is_db_failure
 
@@ -62,6 +63,15 @@ class StorePool:
                 self._key, self._key_read_at = key, now
             return self._key
 
+    def take_idle(self) -> tuple[Any, StoreKey] | None:
+        """An idle Store while the settings are fresh, without any I/O; else None (``acquire``)."""
+        with self._lock:
+            fresh = self._key is not None and time.monotonic() - self._key_read_at <= self.ttl_seconds
+            if fresh and self._idle:
+                assert self._key is not None  # for mypy: fresh says so
+                return self._idle.pop(), self._key
+        return None
+
     def acquire(self) -> tuple[Any, StoreKey]:
         key = self.settings()
         with self._lock:
@@ -72,12 +82,17 @@ class StorePool:
         with self._create_lock:
             return Store(key[0], key[1]), key
 
-    def release(self, store: Any, key: StoreKey, reusable: bool) -> None:
+    def keep(self, store: Any, key: StoreKey, reusable: bool) -> bool:
+        """Take ``store`` back as idle (no I/O); False: not kept, the caller closes it."""
         with self._lock:
             if reusable and key == self._key and len(self._idle) < self.max_idle:
                 self._idle.append(store)
-                return
-        store.close()
+                return True
+        return False
+
+    def release(self, store: Any, key: StoreKey, reusable: bool) -> None:
+        if not self.keep(store, key, reusable):
+            store.close()
 
     def _close_idle(self) -> None:
         idle, self._idle = self._idle, []
@@ -121,16 +136,26 @@ def borrow_store() -> Iterator[Any]:
         POOL.release(store, key, reusable)
 
 
-def get_store() -> Iterator[Any]:
-    """FastAPI dependency: a pooled ``Store``; store errors raised by the endpoint become 404/503."""
-    with borrow_store() as store:
-        try:
-            yield store
-        except Exception as exc:
-            translated = http_error(exc)
-            if translated is None or translated is exc:
-                raise
-            raise translated from exc
+async def get_store() -> AsyncIterator[Any]:
+    """FastAPI dependency: a pooled ``Store``, returned to the pool unless a database error
+    happened; store errors raised by the endpoint become 404/503. Taking an idle Store and
+    giving it back need no I/O, so they stay on the event loop (a trip to the thread pool and
+    back costs every request time); opening and closing connections run in the thread pool."""
+    taken = POOL.take_idle()
+    store, key = taken if taken is not None else await run_in_threadpool(acquire_store)
+    reusable = False
+    try:
+        yield store
+        reusable = True
+    except Exception as exc:
+        reusable = not (is_db_failure(exc) or is_db_failure(exc.__cause__))
+        translated = http_error(exc)
+        if translated is None or translated is exc:
+            raise
+        raise translated from exc
+    finally:
+        if not POOL.keep(store, key, reusable):
+            await run_in_threadpool(store.close)
 
 
 StoreDep = Annotated[Any, Depends(get_store)]

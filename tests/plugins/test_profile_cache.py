@@ -130,6 +130,41 @@ def test_warm_reads_do_not_query_postgres(profiled: Any, redis_server: Any) -> N
         cache.close()
 
 
+def test_a_warm_read_is_one_redis_round_trip_until_the_generation_moves(
+    profiled: Any, redis_server: Any
+) -> None:
+    import redis
+
+    commands: list[str] = []
+
+    class CountingRedis(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            commands.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+    client = CountingRedis(port=redis_server.port)
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=3600), client=client)
+    other = ProfileCache(CacheSettings(redis_server.url))  # another process's writes
+    try:
+        assert cache.current_profile(profiled, "c1").outcome == MISS
+        assert commands == ["GET", "GET", "SET"]  # generation, key, fill
+        commands.clear()
+        assert [cache.current_profile(profiled, c).outcome for c in ("c1", "c1")] == [HIT, HIT]
+        assert commands == ["MGET", "MGET"]
+        commands.clear()
+        assert other.profiles_changed(profiled) == "invalidated"  # the generation moves on
+        read = cache.current_profile(profiled, "c1")
+        assert read.outcome == MISS  # the new key space: the old generation's value was not used
+        _same_profile(read.profile, profiled.current_profile("c1"))
+        assert commands == ["MGET", "GET", "SET"]
+        commands.clear()
+        assert cache.current_profile(profiled, "c1").outcome == HIT
+        assert commands == ["MGET"]
+    finally:
+        cache.close()
+        other.close()
+
+
 def test_a_promotion_that_did_not_reach_redis_is_seen_within_the_ttl(
     profiled: Any, redis_server: Any, build_model: Any, build_profile_batch: Any
 ) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -607,6 +608,24 @@ def test_pool_reuses_connections_and_drops_broken_ones(
     store.connection.close()  # e.g. the server restarted: the Store reconnects on next use
     assert client.get("/api/models").status_code == 200
     assert pool._idle[0].connection.info.backend_pid != pid
+
+
+def test_idle_stores_are_taken_and_kept_without_io_only_while_the_settings_are_fresh() -> None:
+    from traitflow_web.pool import StorePool
+
+    pool = StorePool(max_idle=1, ttl_seconds=60.0)
+    key = ("postgresql://db/x", "traitflow")
+    assert pool.take_idle() is None  # the settings were never read: acquire() reads them
+    pool._key, pool._key_read_at = key, time.monotonic()
+    assert pool.keep("a", key, reusable=True)
+    assert not pool.keep("b", key, reusable=True)  # max_idle reached: the caller closes it
+    assert not pool.keep("c", ("postgresql://db/other", "traitflow"), reusable=True)  # settings changed
+    assert not pool.keep("d", key, reusable=False)  # a database error: closed
+    assert pool.take_idle() == ("a", key)
+    assert pool.take_idle() is None  # none idle
+    assert pool.keep("a", key, reusable=True)
+    pool._key_read_at -= 61.0
+    assert pool.take_idle() is None  # stale settings: acquire() reads them again
 
 
 # ------------------------------------------------------------- through Airflow's api-server app

@@ -84,6 +84,38 @@ def test_day_end_is_the_daily_runs_as_of() -> None:
     assert day_end(pd.Timestamp("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("unit", ["us", "ns"])
+def test_customers_are_grouped_by_the_day_after_their_newest_event(unit: str) -> None:
+    import pandas as pd
+
+    from traitflow.online_update import _customers_by_day
+
+    history = pd.DataFrame(
+        {
+            "customer_id": ["bo", "al", "bo", "cy", "al", "di"],
+            "event_time": pd.to_datetime(
+                [
+                    "2024-01-09T23:59:59.999999Z",  # bo's newest: still the 9th
+                    "2024-01-08T10:00:00Z",
+                    "2024-01-09T01:00:00Z",
+                    "2024-01-10T00:00:00Z",  # cy: midnight starts the 10th
+                    "2024-01-09T00:00:00Z",  # al's newest
+                    "1999-12-31T12:00:00Z",
+                ],
+                utc=True,
+                format="ISO8601",
+            ).astype(f"datetime64[{unit}, UTC]"),
+        }
+    )
+    groups = _customers_by_day(history)
+    assert list(groups) == [
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2024, 1, 10, tzinfo=UTC),
+        datetime(2024, 1, 11, tzinfo=UTC),
+    ]
+    assert [list(ids) for ids in groups.values()] == [["di"], ["al", "bo"], ["cy"]]
+
+
 def test_the_online_profiler_gives_the_posted_profile(store: Store, build_model: Any) -> None:
     """``online.CustomerProfiler`` (one customer, model prepared once) agrees with the batch path
     the update uses, recency weighting included."""

@@ -27,3 +27,32 @@ def test_listed_and_staged_ids_read_the_same_events(store: Store) -> None:
     expected = staged[staged["customer_id"].isin(few)].reset_index(drop=True)
     pd.testing.assert_frame_equal(listed.reset_index(drop=True), expected)
     assert set(listed["customer_id"]) == set(few) - {"absent"}
+
+
+def test_the_read_frame_has_the_canonical_columns_dtypes_and_missing_values() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from traitflow.store.event_reads import events_frame
+
+    table = pa.table(
+        {
+            "customer_id": pa.array(["c1", "c2"], pa.large_string()),
+            "event_us": pa.array([1_704_164_645_000_001, 1_704_164_646_000_000], pa.int64()),
+            "action": pa.array(["view", "purchase"], pa.large_string()),
+            "product_id": pa.array(["p1", "p2"], pa.large_string()),
+            "category": pa.array([None, "shoes"], pa.large_string()),
+            "price": pa.array([None, 9.5], pa.float64()),
+            "session_id": pa.array(["s1", None], pa.large_string()),
+        }
+    )
+    frame = events_frame(table)
+    assert list(frame.columns) == list(event_schema.CANONICAL_COLUMNS)
+    assert frame.dtypes.to_dict() == event_schema.empty_events().dtypes.to_dict()
+    assert list(frame["event_time"]) == [
+        pd.Timestamp("2024-01-02T03:04:05.000001Z"),
+        pd.Timestamp("2024-01-02T03:04:06Z"),
+    ]
+    assert frame["category"].isna().tolist() == [True, False] and frame["category"].iloc[1] == "shoes"
+    assert np.isnan(frame["price"].iloc[0]) and frame["price"].iloc[1] == 9.5
+    assert frame["session_id"].isna().tolist() == [False, True]

@@ -71,6 +71,20 @@ VARIANTS: dict[str, list[str]] = {
         "2024-01-02T03:04:05.123456789Z",
         "1704164645",
         "2024-01-02T03:04:05Z\n",
+        # the plain forms parsed without pandas, and their neighbours
+        "2024-01-02T03:04:05.5Z",
+        "2024-01-02T03:04:05.123456Z",
+        "2024-01-02T03:04:05.1234567Z",
+        "2024-01-02T03:04:05-05:30",
+        "2024-01-02 03:04:05+00:00",
+        "2024-01-02T03:04:05+0200",
+        "2024-01-02T24:00:00Z",
+        "2024-01-02T03:04:60Z",
+        "2024-13-02T03:04:05Z",
+        "1990-01-01T00:00:00+01:00",
+        "2199-12-31T23:59:59Z",
+        "2200-01-01T00:00:00Z",
+        "\u0662024-01-02T03:04:05Z",
     ],
     "action": ["", "VIEW", " Purchase ", "teleport", "add_to_cart", "view\x00", "vi ew", "\u0130"],
     "product_id": ["", "p\n1", " p1", "p" * 300, "p1 ", "\u00a0"],
@@ -236,3 +250,25 @@ def test_many_rows_or_an_order_line_mapping_take_the_frame_path(frame_path: list
     columns = {name: [value] for name, value in row.items()}
     assert validate_columns(columns, retail, source="req").events["customer_id"].tolist() == ["17850"]
     assert frame_path == [len(many), 1]
+
+
+def test_plain_iso_times_skip_pandas_and_others_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: the table's plain times take the path without pandas, the rest pandas'."""
+    calls: list[list[str]] = []
+    original = validation_module._parse_times_any
+
+    def counted(text: pd.Series, time_format: Any) -> Any:
+        calls.append(list(text))
+        return original(text, time_format)
+
+    monkeypatch.setattr(validation_module, "_parse_times_any", counted)
+    plain = ["2024-01-02T03:04:05Z", "2024-01-02 03:04:05.5-05:30", "1990-01-01T00:00:00+01:00"]
+    result = validate_columns(_rows_of([{**GOOD, "event_time": t} for t in plain]), CANONICAL, source="req")
+    assert calls == []
+    assert list(result.events["event_time"]) == [
+        pd.Timestamp("2024-01-02T03:04:05Z"),
+        pd.Timestamp("2024-01-02T08:34:05.5Z"),
+    ]
+    assert list(result.rejects["reason"]) == [event_schema.REASON_TIME_RANGE]
+    validate_columns(_rows_of([{**GOOD, "event_time": "2024-02-30T00:00:00Z"}]), CANONICAL, source="req")
+    assert calls == [["2024-02-30T00:00:00Z"]]

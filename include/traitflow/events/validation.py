@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import reduce
 
 import numpy as np
@@ -390,6 +392,38 @@ def _parse_times_any(
     return times, bad, out_of_range
 
 
+# ISO 8601 times of the plain form a posting client sends (date, "T" or " ", time, at most 6
+# decimals, "Z" / an offset / nothing for UTC), years 1990-2199 (within pandas' nanosecond range).
+_PLAIN_ISO = re.compile(
+    r"(199[0-9]|2[01][0-9][0-9])-[0-9]{2}-[0-9]{2}[T ]"
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
+def _parse_few_times(
+    texts: Sequence[str], time_format: str | tuple[str, ...]
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """``_parse_times_any`` of a few stripped texts. When the format is "iso" and every text has
+    the plain form ``_PLAIN_ISO`` accepts, ``datetime.fromisoformat`` parses them to the instants
+    pandas' ISO 8601 parser gives (pandas costs a millisecond per call); otherwise pandas does."""
+    parsed: list[datetime] = []
+    if time_format == "iso" and all(_PLAIN_ISO.fullmatch(text) for text in texts):
+        try:
+            parsed = [datetime.fromisoformat(text) for text in texts]
+        except ValueError:  # e.g. February 30th: pandas gives the verdict
+            parsed = []
+    if len(parsed) != len(texts) or not texts:
+        return _parse_times_any(pd.Series(list(texts), dtype="str"), time_format)
+    utc = [t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in parsed]
+    latest = (pd.Timestamp.now(tz="UTC") + MAX_FUTURE).to_pydatetime()
+    earliest = MIN_EVENT_TIME.to_pydatetime()
+    in_range = [earliest <= t <= latest for t in utc]
+    times = pd.Series(
+        [t if ok else None for t, ok in zip(utc, in_range, strict=True)], dtype=event_schema.TIME_DTYPE
+    )
+    return times, pd.Series(False, index=times.index), pd.Series([not ok for ok in in_range], dtype=bool)
+
+
 def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
     """Membership by binary search: np.isin re-sorts both arrays (its cost dominated chunked reads)."""
     if not len(sorted_values):
@@ -462,9 +496,7 @@ def _validate_few(
             pd.Series(np.nan, index=range(n), dtype="float64"),
             pd.Series(False, index=range(n)),
         )
-    times, bad_time, out_of_range = _parse_times_any(
-        pd.Series(when.to_pylist(), dtype="str"), mapping.time_format
-    )
+    times, bad_time, out_of_range = _parse_few_times(when.to_pylist(), mapping.time_format)
     category, session = optional("category"), optional("session_id")
     fields = _Fields(
         customer,
