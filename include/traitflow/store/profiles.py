@@ -27,6 +27,11 @@ One ``ProfileBatch`` is written in the caller's transaction:
      so a backfill of an old date never overwrites a newer current row; new customers get a
      plain INSERT.
 
+A batch of a few customers written with ``few_rows`` (the event update path) skips the staging:
+its rows go as query parameters to the re-run statements of step 5, in two pipelined round
+trips (``_write_from_parameters``): the locks, the model check and the model's trait ids, then
+the four row statements.
+
 Rows whose content is unchanged are never updated, so a re-run leaves every row as it was
 (including ``updated_at``) and takes no row locks on them. Its only physical trace is the
 history INSERT it tries first: the rows before the first conflicting customer (the stage is in
