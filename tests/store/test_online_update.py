@@ -4,11 +4,14 @@ profiled, no model, a promotion racing the write, the request limit."""
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
+from psycopg import pq
 
 from traitflow.model import TraitflowModel
 from traitflow.online_update import (
@@ -167,3 +170,38 @@ def test_events_stored_by_a_concurrent_post_are_in_the_last_profile_written(
     assert written == [3, 4]  # the first write missed the other post's event; the second has it
     current = store.current_profile("ann")
     assert current is not None and profile.n_events == 4 == current["n_events"]
+
+
+def _round_trips(store: Store, call: Callable[[], Any]) -> int:
+    """Round trips to the server during ``call``: the times the client sends after it has read
+    (libpq's protocol trace: ``F`` lines are messages sent, ``B`` lines messages received)."""
+    conn = store.connection
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            call()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        directions = [line[0] for line in trace.read().splitlines() if line[:1] in ("F", "B")]
+    return sum(
+        1 for before, now in zip(["B", *directions], directions, strict=False) if (before, now) == ("B", "F")
+    )
+
+
+def test_a_single_event_post_takes_ten_round_trips(store: Store, build_model: Any) -> None:
+    """Pinned: a round trip added to the post path fails here. Once the model is cached: ingest
+    (BEGIN; the events insert and conflict check, pipelined; COMMIT), the history (one COPY, no
+    transaction), the model for the day, the write (BEGIN; the locks, model check, partitions
+    and model traits, pipelined; the four row statements, pipelined; COMMIT), the event count."""
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    update_from_events(store, EVENTS, run_id="test")  # loads the model into the process's cache
+    event = {"customer_id": "ann", "event_time": "2024-01-09T11:00:00Z", "action": "view", "product_id": "p3"}
+    posted: list[Any] = []
+    assert _round_trips(store, lambda: posted.append(update_from_events(store, [event], run_id="test"))) == 10
+    [update] = posted
+    assert (update.n_inserted, update.n_rejected) == (1, 0)
+    assert [p.n_events for p in update.profiles] == [4]
+    assert store.current_profile("ann")["n_events"] == 4

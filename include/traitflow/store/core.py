@@ -12,7 +12,7 @@ task/thread (connections are cheap next to the work they do).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,12 @@ class Store:
         ``shard``: only the events of that shard's customers (``plan_shards``), instead of
         ``customer_ids``.
         """
-        with self._transaction() as conn:
+        # One statement needs no transaction (a round trip each for BEGIN and COMMIT).
+        with (
+            self._transaction()
+            if _reads.stages_ids(customer_ids)
+            else nullcontext(self._ensure_ready()) as conn
+        ):
             return _reads.read_events(
                 conn,
                 start,

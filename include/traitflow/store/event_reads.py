@@ -86,6 +86,12 @@ def event_snapshot(conn: psycopg.Connection) -> str:
 MAX_LISTED_IDS = 100
 
 
+def stages_ids(customer_ids: Sequence[str] | np.ndarray | None) -> bool:
+    """Whether ``read_events`` of ``customer_ids`` puts them in a temporary table (more than
+    ``MAX_LISTED_IDS``, counting repeats: an upper bound), so it needs a transaction."""
+    return customer_ids is not None and len(customer_ids) > MAX_LISTED_IDS
+
+
 def _stage_ids(conn: psycopg.Connection, ids: np.ndarray) -> None:
     """Put a set of customer ids in a temp table (joined instead of a giant literal array)."""
     conn.execute("DROP TABLE IF EXISTS pg_temp._tf_read_ids")
@@ -132,10 +138,10 @@ def read_events(
     run in).
 
     Ordered by customer_id (byte order), event_time, then action and product_id: the natural key,
-    so the order is total and identical on every run. Runs inside the caller's transaction (a
-    temp table holds the customer ids).
+    so the order is total and identical on every run. One statement, in autocommit or the
+    caller's transaction, unless ``stages_ids(customer_ids)``: then a temporary table holds the
+    ids and the caller's transaction is required.
     """
-    require_transaction(conn)
     conditions, params = _time_filter(start, end)
     _delivery_filter(conditions, params, snapshot, exclude_sources)
     if customer_ids is not None and shard is not None:
@@ -156,6 +162,7 @@ def read_events(
             conditions.append(sql.SQL("e.customer_id = ANY(%s)"))
             params.append([str(i) for i in ids])
         else:
+            require_transaction(conn)  # the temporary table lives until the transaction ends
             _stage_ids(conn, np.asarray(ids, dtype=object))
             conditions.append(sql.SQL("e.customer_id IN (SELECT customer_id FROM _tf_read_ids)"))
     # No ORDER BY: the server streams a plain scan, and pyarrow sorts (multi-threaded C++, byte

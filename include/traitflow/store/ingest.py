@@ -327,6 +327,10 @@ _INSERT_REJECTS = (
 MAX_PARAMETER_ROWS = 32
 
 
+def _fits_parameters(n_events: int, n_rejects: int) -> bool:
+    return max(n_events, n_rejects) <= MAX_PARAMETER_ROWS
+
+
 def _values(columns: str, types: str, rows: list[list[Any]]) -> tuple[sql.Composable, dict[str, Any]]:
     """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``rows`` as named parameters, each
     value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
@@ -422,31 +426,52 @@ def ingest_frames(
         raise StoreInputError("source and run_id must be non-empty strings")
     rejects = rejects if rejects is not None else event_schema.empty_rejects()
     report = IngestReport(source=source, run_id=run_id)
-    as_parameters = few_rows and max(len(events), len(rejects)) <= MAX_PARAMETER_ROWS
+    as_parameters = few_rows and _fits_parameters(len(events), len(rejects))
     params: dict[str, Any] = {"source": source, "run_id": run_id}
     # Check everything before writing anything (a bad reject must not follow inserted events).
     checked = None
+    numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
     if len(events):
         numbers = _batch_row_numbers(events, event_row_numbers)
         # Loader output has no repeated key; a frame from elsewhere may.
         _, in_batch = event_schema.duplicate_masks(events)
         checked = _checked_events(events)
     checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
+    if as_parameters:
+        _insert_from_parameters(conn, report, checked, numbers, in_batch, checked_rejects, params)
+    else:
+        _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
+    report.n_rejected = len(rejects) + report.n_conflicting
+    report.n_read = len(events) + len(rejects)
+    report.n_already_present = len(events) - report.n_inserted - report.n_conflicting
+    return report
+
+
+_CheckedRejects = tuple[pa.Array, np.ndarray, pa.Array, pa.Array]  # _checked_rejects' answer
+
+
+def _insert_staged(
+    conn: psycopg.Connection,
+    report: IngestReport,
+    checked: _EventArrays | None,
+    numbers: np.ndarray,
+    in_batch: np.ndarray,
+    checked_rejects: _CheckedRejects | None,
+    params: dict[str, Any],
+) -> None:
+    """Insert a batch through staging tables (binary COPY), counting into ``report``: the events,
+    their conflicts (looked for only when some candidate was not inserted or the batch repeats a
+    key), then the rejects."""
+    stage = sql.SQL(_STAGE_EVENTS)
     if checked is not None:
-        stage: sql.Composable = sql.SQL(_STAGE_EVENTS)
-        if as_parameters:
-            stage, rows = _event_rows(checked, numbers, in_batch)
-            params |= rows
-        else:
-            _stage_events(conn, _copy_columns(checked, numbers, in_batch))
+        _stage_events(conn, _copy_columns(checked, numbers, in_batch))
         report.n_inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params).rowcount
-        n_candidates = len(events) - int(in_batch.sum())
+        n_candidates = len(numbers) - int(in_batch.sum())
         if report.n_inserted < n_candidates or in_batch.any():
             # Every candidate inserted means no key was stored before: no stored conflict to look for.
             stored = ""
             if report.n_inserted < n_candidates:
-                if not as_parameters:
-                    conn.execute("ANALYZE _tf_stage_events")  # row counts and key statistics for the join
+                conn.execute("ANALYZE _tf_stage_events")  # row counts and key statistics for the join
                 stored = _STORED_CONFLICT_SQL
             conflicts = sql.SQL(_CONFLICTS_SQL.format(stored=stored, stage="{stage}")).format(stage=stage)
             row = conn.execute(
@@ -455,9 +480,39 @@ def ingest_frames(
             assert row is not None  # one aggregate row
             report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
     if checked_rejects is not None:
-        reject_stage: sql.Composable = sql.SQL(_STAGE_REJECTS)
-        reject_params = {"run_id": run_id}
-        if as_parameters:
+        _stage_rejects(conn, _reject_copy_columns(checked_rejects))
+        cur = conn.execute(
+            sql.SQL(_INSERT_REJECTS).format(stage=sql.SQL(_STAGE_REJECTS)), {"run_id": report.run_id}
+        )
+        report.n_rejects_recorded += cur.rowcount
+
+
+def _insert_from_parameters(
+    conn: psycopg.Connection,
+    report: IngestReport,
+    checked: _EventArrays | None,
+    numbers: np.ndarray,
+    in_batch: np.ndarray,
+    checked_rejects: _CheckedRejects | None,
+    params: dict[str, Any],
+) -> None:
+    """Insert a small batch with its rows as query parameters, counting into ``report``: the
+    statements of ``_insert_staged`` in the same order, in one pipeline (one round trip). The
+    conflicts query always runs, with the stored-conflict part: it cannot wait for the insert's
+    count, and on events all new it finds nothing (each inserted row equals itself), so the
+    rows written and the counts are those of the staged path."""
+    counted = None
+    recorded = None
+    with conn.pipeline():
+        if checked is not None:
+            stage, rows = _event_rows(checked, numbers, in_batch)
+            inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params | rows)
+            conflicts = sql.SQL(_CONFLICTS_SQL.format(stored=_STORED_CONFLICT_SQL, stage="{stage}"))
+            counted = conn.execute(
+                conflicts.format(stage=stage),
+                params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
+            )
+        if checked_rejects is not None:
             sources, row_numbers, raws, reasons = checked_rejects
             reject_rows = [
                 list(row)
@@ -469,18 +524,19 @@ def ingest_frames(
                     strict=True,
                 )
             ]
-            reject_stage, rows = _values(
+            reject_stage, reject_params = _values(
                 "source, row_number, raw, reason", "text, int8, text, text", reject_rows
             )
-            reject_params |= rows
-        else:
-            _stage_rejects(conn, _reject_copy_columns(checked_rejects))
-        cur = conn.execute(sql.SQL(_INSERT_REJECTS).format(stage=reject_stage), reject_params)
-        report.n_rejects_recorded += cur.rowcount
-    report.n_rejected = len(rejects) + report.n_conflicting
-    report.n_read = len(events) + len(rejects)
-    report.n_already_present = len(events) - report.n_inserted - report.n_conflicting
-    return report
+            recorded = conn.execute(
+                sql.SQL(_INSERT_REJECTS).format(stage=reject_stage), reject_params | {"run_id": report.run_id}
+            )
+    if counted is not None:
+        report.n_inserted = inserted.rowcount
+        row = counted.fetchone()
+        assert row is not None  # one aggregate row
+        report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
+    if recorded is not None:
+        report.n_rejects_recorded += recorded.rowcount
 
 
 def file_sha256(path: str | Path) -> str:

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from ._util import dumps, require_transaction, utc
-from .errors import ModelRejectedError, ModelStateError, StoreInputError
+from .errors import ModelRejectedError, ModelStateError, NotFoundError, StoreInputError
 
 # Saving and loading are ``model_io``'s; the Store reaches every model operation through here.
 from .model_io import load_model as load_model
@@ -166,6 +166,12 @@ def active_model_version(conn: psycopg.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
+MODEL_VERSION_FOR = (
+    "SELECT model_version FROM model_versions WHERE status IN ('active', 'retired')"
+    " AND trained_through <= %s ORDER BY trained_through DESC, model_version DESC LIMIT 1"
+)
+
+
 def model_version_for(conn: psycopg.Connection, as_of: datetime) -> int | None:
     """Newest promoted (active or retired) model with ``trained_through <= as_of``, else None.
 
@@ -173,11 +179,12 @@ def model_version_for(conn: psycopg.Connection, as_of: datetime) -> int | None:
     are never chosen, and the current active status does not matter, so the answer for a date
     does not depend on when it is asked (backfills are reproducible).
     """
-    row = conn.execute(
-        "SELECT model_version FROM model_versions WHERE status IN ('active', 'retired')"
-        " AND trained_through <= %s ORDER BY trained_through DESC, model_version DESC LIMIT 1",
-        (utc(as_of),),
-    ).fetchone()
+    return selected_version(conn.execute(MODEL_VERSION_FOR, (utc(as_of),)))
+
+
+def selected_version(cursor: psycopg.Cursor[Any]) -> int | None:
+    """The answer of a cursor that ran ``MODEL_VERSION_FOR`` (sent earlier in a pipeline, say)."""
+    row = cursor.fetchone()
     return None if row is None else int(row[0])
 
 
@@ -226,16 +233,35 @@ def list_models(conn: psycopg.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def model_trait_ids(conn: psycopg.Connection, version: int) -> tuple[np.ndarray, list[str], int, str]:
-    """(trait ids in position order, labels, vector_size, status) of a model."""
-    row = model_row(conn, version)
-    comps = conn.execute(
-        "SELECT trait_id, label FROM trait_components WHERE model_version = %s ORDER BY position",
+ModelTraits = tuple[
+    np.ndarray, list[str], int, str
+]  # trait ids in position order, labels, vector_size, status
+
+
+def model_trait_ids(conn: psycopg.Connection, version: int) -> ModelTraits:
+    """(trait ids in position order, labels, vector_size, status) of a model, in one statement
+    (``NotFoundError`` for an unknown version)."""
+    return model_traits(send_model_traits_query(conn, version), version)
+
+
+def send_model_traits_query(conn: psycopg.Connection, version: int) -> psycopg.Cursor[Any]:
+    """The cursor of the query ``model_traits`` reads: in a pipeline, its answer comes with the
+    other statements sent before the next sync."""
+    return conn.execute(
+        "SELECT m.vector_size, m.status,"
+        " ARRAY(SELECT c.trait_id FROM trait_components c WHERE c.model_version = m.model_version"
+        "  ORDER BY c.position),"
+        " ARRAY(SELECT c.label FROM trait_components c WHERE c.model_version = m.model_version"
+        "  ORDER BY c.position)"
+        " FROM model_versions m WHERE m.model_version = %s",
         (int(version),),
-    ).fetchall()
-    return (
-        np.array([c[0] for c in comps], dtype=np.int64),
-        [c[1] for c in comps],
-        int(row["vector_size"]),
-        str(row["status"]),
     )
+
+
+def model_traits(cursor: psycopg.Cursor[Any], version: int) -> ModelTraits:
+    """``model_trait_ids`` of ``version`` from the cursor ``send_model_traits_query`` returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise NotFoundError(f"model version {version} does not exist")
+    vector_size, status, trait_ids, labels = row
+    return np.array(trait_ids, dtype=np.int64), list(labels), int(vector_size), str(status)

@@ -25,7 +25,7 @@ dropping months never interleaves with a profile write.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -71,12 +71,22 @@ def month_of(name: str) -> datetime | None:
 def history_partitions(conn: psycopg.Connection) -> dict[str, datetime]:
     """``{name: month start}`` of the history's monthly partitions, oldest first (other
     partitions, should anyone attach one, are not listed)."""
-    rows = conn.execute(
+    return listed_partitions(send_partitions_query(conn))
+
+
+def send_partitions_query(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+    """The cursor of the query ``listed_partitions`` reads: in a pipeline, its answer comes with
+    the other statements sent before the next sync."""
+    return conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = %s::regclass",
         (PARENT,),
-    ).fetchall()
-    ours = [(month, name) for (name,) in rows if (month := month_of(name)) is not None]
+    )
+
+
+def listed_partitions(cursor: psycopg.Cursor[Any]) -> dict[str, datetime]:
+    """``history_partitions`` from the cursor ``send_partitions_query`` returned."""
+    ours = [(month, name) for (name,) in cursor.fetchall() if (month := month_of(name)) is not None]
     return {name: month for month, name in sorted(ours)}
 
 
@@ -93,11 +103,14 @@ def _create_month(conn: psycopg.Connection, month: datetime) -> str:
     return name
 
 
-def ensure_months(conn: psycopg.Connection, instants: Iterable[datetime]) -> list[str]:
+def ensure_months(
+    conn: psycopg.Connection, instants: Iterable[datetime], existing: Mapping[str, datetime] | None = None
+) -> list[str]:
     """Create the partitions of the months holding ``instants`` that do not exist yet, in the
-    caller's transaction; returns the names created, oldest first (``[]``: all existed)."""
+    caller's transaction; returns the names created, oldest first (``[]``: all existed).
+    ``existing``: ``history_partitions`` read already in this transaction (else read here)."""
     require_transaction(conn)
-    existing = history_partitions(conn)
+    existing = history_partitions(conn) if existing is None else existing
     wanted = sorted({month_start(i) for i in instants})
     return [_create_month(conn, m) for m in wanted if partition_name(m) not in existing]
 

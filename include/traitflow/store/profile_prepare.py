@@ -19,7 +19,7 @@ from . import copybin
 from ._util import utc
 from .errors import ModelStateError, StoreInputError
 from .ingest import as_text_array, check_text
-from .models import model_trait_ids
+from .models import ModelTraits, model_trait_ids
 
 
 @dataclass
@@ -100,12 +100,20 @@ def _check_cold_start(values: np.ndarray) -> pa.Array:
     return array
 
 
-def prepare_batch(conn: psycopg.Connection, batch: ProfileBatch) -> PreparedProfiles:
-    """Check ``batch`` against its model and the storage contract; sort it by customer_id."""
+def batch_version(batch: ProfileBatch) -> int:
+    """The batch's model version (``StoreInputError`` when it has none)."""
     if batch.model_version is None:
         raise StoreInputError("ProfileBatch.model_version is None: save the model first (Store.save_model)")
-    version = int(batch.model_version)
-    trait_ids, _labels, vector_size, status = model_trait_ids(conn, version)
+    return int(batch.model_version)
+
+
+def prepare_batch(
+    conn: psycopg.Connection, batch: ProfileBatch, model: ModelTraits | None = None
+) -> PreparedProfiles:
+    """Check ``batch`` against its model and the storage contract; sort it by customer_id.
+    ``model``: ``model_trait_ids`` of the batch's version, read already (else read here)."""
+    version = batch_version(batch)
+    trait_ids, _labels, vector_size, status = model_trait_ids(conn, version) if model is None else model
     if status == "rejected":
         raise ModelStateError(f"model {version} is rejected; profiles cannot be written with it")
     batch_ids = np.asarray(batch.trait_ids)

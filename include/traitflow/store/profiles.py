@@ -27,6 +27,11 @@ One ``ProfileBatch`` is written in the caller's transaction:
      so a backfill of an old date never overwrites a newer current row; new customers get a
      plain INSERT.
 
+A batch of a few customers written with ``few_rows`` (the event update path) skips the staging:
+its rows go as query parameters to the re-run statements of step 5, in two pipelined round
+trips (``_write_from_parameters``): the locks, the model check and the model's trait ids, then
+the four row statements.
+
 Rows whose content is unchanged are never updated, so a re-run leaves every row as it was
 (including ``updated_at``) and takes no row locks on them. Its only physical trace is the
 history INSERT it tries first: the rows before the first conflicting customer (the stage is in
@@ -55,11 +60,18 @@ from psycopg import sql
 
 from traitflow.profile_batch import ProfileBatch
 
-from ._util import copy_in, require_transaction
+from ._util import copy_in, require_transaction, utc
 from .errors import StaleModelError
-from .models import _lock_lifecycle, model_version_for
-from .partitions import ensure_months
-from .profile_prepare import PreparedProfiles, prepare_batch
+from .models import (
+    MODEL_VERSION_FOR,
+    _lock_lifecycle,
+    model_traits,
+    model_version_for,
+    selected_version,
+    send_model_traits_query,
+)
+from .partitions import ensure_months, listed_partitions, send_partitions_query
+from .profile_prepare import PreparedProfiles, batch_version, prepare_batch
 
 
 @dataclass
@@ -123,7 +135,12 @@ def _check_selected_model(conn: psycopg.Connection, prepared: PreparedProfiles) 
     weekly run of several minutes, and only the seconds of writing are ordered.
     """
     _lock_lifecycle(conn)
-    selected = model_version_for(conn, prepared.as_of)
+    _refuse_stale(model_version_for(conn, prepared.as_of), prepared)
+
+
+def _refuse_stale(selected: int | None, prepared: PreparedProfiles) -> None:
+    """``StaleModelError`` unless ``selected`` (``model_version_for`` the batch's as_of, read under
+    the locks) is the batch's model."""
     if selected != prepared.model_version:
         raise StaleModelError(prepared.as_of, prepared.model_version, selected)
 
@@ -343,6 +360,11 @@ def _upsert_current_profiles(conn: psycopg.Connection, prepared: PreparedProfile
 MAX_PARAMETER_ROWS = 32
 
 
+def fits_parameters(batch: ProfileBatch) -> bool:
+    """Whether ``write_profiles(few_rows=True)`` sends ``batch`` as parameters (no COPY)."""
+    return 0 < len(batch) <= MAX_PARAMETER_ROWS
+
+
 def _parameter_rows(prepared: PreparedProfiles) -> tuple[sql.Composable, dict[str, Any]]:
     """``(VALUES ...)`` holding the batch's rows as parameters (at most ``MAX_PARAMETER_ROWS``),
     and those parameters: the values of the staging table's columns (``PreparedProfiles.columns``),
@@ -372,20 +394,54 @@ def _parameter_rows(prepared: PreparedProfiles) -> tuple[sql.Composable, dict[st
     return source, params
 
 
-def _write_from_parameters(conn: psycopg.Connection, prepared: PreparedProfiles) -> tuple[int, int, int]:
-    """(history inserted, history replaced, current rows written) of a small batch, with the
-    re-run statements of the staged path: replace changed history rows, insert missing ones,
-    move current rows forward, insert new customers (exact under ``_lock_profiles``)."""
+def _write_from_parameters(
+    conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool
+) -> WriteReport:
+    """Write a small batch with its rows as query parameters, in two pipelines (round trips; the
+    caller's BEGIN, when it opened the transaction in a pipeline, goes with the first).
+
+    1. The writers' lock (and with ``require_selected_model`` the model-lifecycle lock, then the
+       model selected for the batch's date), the history's partitions and the batch's model
+       (``prepare_batch``): the locks are taken first, so what the queries after them find stays
+       true until commit, as in the staged path.
+    2. The re-run statements of the staged path: replace changed history rows, insert missing
+       ones, move current rows forward, insert new customers (exact under ``_lock_profiles``).
+       Each reads only the parameters, so none waits for another's answer; the server runs them
+       in order.
+    """
+    started = time.perf_counter()
+    with conn.pipeline():
+        _lock_profiles(conn)
+        selected = None
+        if require_selected_model:
+            _lock_lifecycle(conn)
+            selected = conn.execute(MODEL_VERSION_FOR, (utc(batch.as_of),))
+        partitions = send_partitions_query(conn)
+        version = batch_version(batch)
+        model = send_model_traits_query(conn, version)
+    prepared = prepare_batch(conn, batch, model_traits(model, version))
+    if selected is not None:
+        _refuse_stale(selected_version(selected), prepared)
+    ensure_months(conn, [prepared.as_of], listed_partitions(partitions))
+    checked = time.perf_counter()
     source, params = _parameter_rows(prepared)
     params |= {"as_of": prepared.as_of, "v": prepared.model_version}
-
-    def run(statement: str) -> int:
-        return conn.execute(sql.SQL(statement).format(stage=source), params).rowcount
-
-    replaced = run(_REPLACE_HISTORY)
-    inserted = run(_INSERT_NEW_HISTORY)
-    written = run(_MOVE_CURRENT) + run(_INSERT_NEW_CURRENT)
-    return inserted, replaced, written
+    with conn.pipeline():
+        replaced, inserted, moved, new = [
+            conn.execute(sql.SQL(statement).format(stage=source), params)
+            for statement in (_REPLACE_HISTORY, _INSERT_NEW_HISTORY, _MOVE_CURRENT, _INSERT_NEW_CURRENT)
+        ]
+    done = time.perf_counter()
+    return WriteReport(
+        as_of=prepared.as_of,
+        model_version=prepared.model_version,
+        n_customers=prepared.n,
+        history_inserted=inserted.rowcount,
+        history_replaced=replaced.rowcount,
+        profiles_written=moved.rowcount + new.rowcount,
+        seconds=done - started,
+        timings={"check": round(checked - started, 4), "parameters": round(done - checked, 4)},
+    )
 
 
 def write_profiles(
@@ -402,9 +458,12 @@ def write_profiles(
     nothing is written (``_check_selected_model``). For writers that picked the model themselves
     (the daily update); a promotion writes under a model that is not selected until it commits.
     ``few_rows``: a batch of at most ``MAX_PARAMETER_ROWS`` customers is sent as query parameters
-    (``_write_from_parameters``: the same rows, fewer round trips); larger ones are staged.
+    in two pipelined round trips (``_write_from_parameters``: the same rows and checks); larger
+    ones are staged.
     """
     require_transaction(conn)
+    if few_rows and fits_parameters(batch):
+        return _write_from_parameters(conn, batch, require_selected_model=require_selected_model)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -421,16 +480,10 @@ def write_profiles(
         if require_selected_model:
             _check_selected_model(conn, prepared)
         ensure_months(conn, [prepared.as_of])
-        as_parameters = few_rows and prepared.n <= MAX_PARAMETER_ROWS
-        if not as_parameters:
-            conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
-        rows_in_range = not as_parameters and _rows_in_range(conn, prepared)
+        conn.execute("SELECT set_config('work_mem', %s, true)", (WRITE_WORK_MEM,))
+        rows_in_range = _rows_in_range(conn, prepared)
         step("check")
-        if as_parameters:
-            written = _write_from_parameters(conn, prepared)
-            report.history_inserted, report.history_replaced, report.profiles_written = written
-            step("parameters")
-        elif not rows_in_range:
+        if not rows_in_range:
             report.history_inserted = _copy_history(conn, prepared)
             step("history")
             report.profiles_written = _copy_current_profiles(conn, prepared)

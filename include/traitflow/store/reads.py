@@ -24,6 +24,7 @@ from .event_reads import customers_with_events as customers_with_events
 from .event_reads import event_counts as event_counts
 from .event_reads import event_snapshot as event_snapshot
 from .event_reads import read_events as read_events
+from .event_reads import stages_ids as stages_ids
 from .naming import trait_column
 
 # Every table the store owns (table_counts, test checksums). Constant: never from input.
