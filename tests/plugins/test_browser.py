@@ -243,8 +243,10 @@ def _check_page(driver: Any, base: str, built: Built, store: Store) -> None:
     assert history["labels"] >= 5 and sum(history["marks"]) >= history["labels"]  # profile times
     hit_rate, baseline, floor = marks["chart-quality"]["marks"]
     assert hit_rate == baseline == floor == len(built.model_versions)
-    drift, threshold = marks["chart-drift"]["marks"]
+    drift, recent, threshold = marks["chart-drift"]["marks"]
+    quality = store.model_quality()
     assert drift == 1 and threshold == len(built.model_versions)  # drift needs a model to compare with
+    assert recent == sum(q.recent_weighted_drift is not None for q in quality)  # increments only
     assert (
         sum(marks["chart-map"]["marks"]) == min(500, store.profile_sample(limit=5000).n_profiled) + n_traits
     )
