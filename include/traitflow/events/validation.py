@@ -470,8 +470,8 @@ def _validate_few(
     """``validate_frame`` for a few rows of a plain mapping without a pandas call per rule.
 
     Text fields go through the Arrow kernels pandas' ``str`` methods run (strip, lower), the
-    rules through ``_rule_masks``; times and prices through the loaders' own parsers
-    (``_parse_times_any``, ``_parse_prices``) on the few values, so what parses is pandas' call.
+    rules through ``_rule_masks``; times through the loaders' own parser (``_parse_times_any``)
+    and prices through pandas' number parser (``_parse_few_prices``), so what parses is pandas' call.
     """
 
     def stripped(canonical: str) -> pa.Array:
@@ -490,12 +490,9 @@ def _validate_few(
     names = _action_names(mapping)
     actions = [names.get(a) for a in action_text.to_pylist()]
     if "price" in mapping.columns:
-        price, bad_price = _parse_prices(pd.Series(stripped("price").to_pylist(), dtype="str"))
+        price, bad_price = _parse_few_prices(stripped("price").to_pylist())
     else:
-        price, bad_price = (
-            pd.Series(np.nan, index=range(n), dtype="float64"),
-            pd.Series(False, index=range(n)),
-        )
+        price, bad_price = np.full(n, np.nan), np.zeros(n, dtype=bool)
     times, bad_time, out_of_range = _parse_few_times(when.to_pylist(), mapping.time_format)
     category, session = optional("category"), optional("session_id")
     fields = _Fields(
@@ -507,7 +504,7 @@ def _validate_few(
         unknown_action=np.array([a is None for a in actions], dtype=bool),
         bad_time=bad_time.to_numpy(dtype=bool),
         time_out_of_range=out_of_range.to_numpy(dtype=bool),
-        bad_price=bad_price.to_numpy(dtype=bool),
+        bad_price=bad_price,
     )
     codes = _reason_codes(n, _rule_masks(fields))
     valid = codes < 0
@@ -522,7 +519,7 @@ def _validate_few(
             "action": pd.Series(valid_actions, dtype="str"),
             "product_id": pd.Series(products, dtype="str"),
             "category": pd.Series(category.filter(keep).to_pylist(), dtype="str"),
-            "price": price[valid].reset_index(drop=True),
+            "price": pd.Series(price[valid], dtype="float64"),
             "session_id": pd.Series(session.filter(keep).to_pylist(), dtype="str"),
         }
     )
@@ -543,6 +540,16 @@ def _validate_few(
         event_schema.empty_product_names(),
         event_row_numbers=(first_row_number + valid_at[~duplicate]).astype(np.int64),
     )
+
+
+def _parse_few_prices(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``_parse_prices`` of a few stripped texts, as (float64 prices, bool mask) arrays.
+
+    ``pd.to_numeric`` of a list runs the kernel it runs on a ``str`` Series (object values,
+    NaN for the blanks, coerced) without building the three Series the frame path needs.
+    """
+    number = np.asarray(pd.to_numeric([t if t else np.nan for t in texts], errors="coerce"), dtype="float64")
+    return number, np.array([t != "" for t in texts], dtype=bool) & ~np.isfinite(number)
 
 
 def _few_rejects(
