@@ -511,21 +511,23 @@ def _validate_few(
     keep = pa.array(valid)
     customers, products = customer.filter(keep).to_pylist(), product.filter(keep).to_pylist()
     valid_actions = [a for a, ok in zip(actions, valid, strict=True) if ok]
-    event_times = times[valid].reset_index(drop=True)
+    event_times = times.array[valid]
+    # Columns as arrays, not Series: a frame of Series aligns and copies each (half its cost).
     events = pd.DataFrame(
         {
-            "customer_id": pd.Series(customers, dtype="str"),
+            "customer_id": pd.array(customers, dtype="str"),
             "event_time": event_times,
-            "action": pd.Series(valid_actions, dtype="str"),
-            "product_id": pd.Series(products, dtype="str"),
-            "category": pd.Series(category.filter(keep).to_pylist(), dtype="str"),
-            "price": pd.Series(price[valid], dtype="float64"),
-            "session_id": pd.Series(session.filter(keep).to_pylist(), dtype="str"),
-        }
+            "action": pd.array(valid_actions, dtype="str"),
+            "product_id": pd.array(products, dtype="str"),
+            "category": pd.array(category.filter(keep).to_pylist(), dtype="str"),
+            "price": price[valid],
+            "session_id": pd.array(session.filter(keep).to_pylist(), dtype="str"),
+        },
+        copy=False,
     )
     # Valid rows have every key field (event_schema.NATURAL_KEY), so distinct key tuples mean no
     # duplicates; only a repeated key needs duplicate_masks' grouping (most of a 10-row call).
-    keys = zip(customers, event_times.array.asi8.tolist(), valid_actions, products, strict=True)
+    keys = zip(customers, event_times.asi8.tolist(), valid_actions, products, strict=True)
     if len(set(keys)) == len(customers):
         exact = conflicting = np.zeros(len(customers), dtype=bool)
     else:
