@@ -89,7 +89,23 @@ VARIANTS: dict[str, list[str]] = {
     "action": ["", "VIEW", " Purchase ", "teleport", "add_to_cart", "view\x00", "vi ew", "\u0130"],
     "product_id": ["", "p\n1", " p1", "p" * 300, "p1 ", "\u00a0"],
     "category": ["", "  ", "a\x1fb", "c" * 2000, "c" * 100_000, "\u00e9", "x\u2028y"],
-    "price": ["", "abc", "nan", "inf", "-inf", "1e3", " 2 ", "0x10", "1_000", "-0", "1,5", "\u0661", "1e400"],
+    "price": [
+        "",
+        "abc",
+        "nan",
+        "inf",
+        "-inf",
+        "1e3",
+        " 2 ",
+        "0x10",
+        "1_000",
+        "-0",
+        "1,5",
+        "\u0661",
+        "1e400",
+        "12",
+        "18446744073709551616",
+    ],
     "session_id": ["", "s\r", "s" * 2000, "  ", "s\u0000"],
 }
 
@@ -112,6 +128,8 @@ def _multi_row_cases() -> list[list[dict[str, str]]]:
         [{**GOOD, "price": ""}, {**GOOD, "price": " "}],  # missing equals missing
         [{**GOOD, "action": "teleport"}, GOOD, GOOD, other],  # a rejected row is no duplicate's original
         [GOOD, {**GOOD, "action": " VIEW "}],  # the same key once normalised
+        [GOOD, {**GOOD, "event_time": "2024-01-02 04:04:05+01:00"}],  # the same instant, other text
+        [GOOD, {**GOOD, "event_time": "2024-01-02T03:04:05.000001Z"}, {**GOOD, "customer_id": "c2"}],
         [{**GOOD, "customer_id": ""}, {**GOOD, "event_time": "x"}, other, {**other, "session_id": "s2"}],
     ]
 
@@ -204,6 +222,27 @@ def test_the_cases_reach_every_rule_of_the_canonical_mapping() -> None:
     }
     assert reasons == expected
     assert n_events > 20
+
+
+def test_only_a_repeated_key_is_grouped_for_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: rows with distinct keys skip ``duplicate_masks``; a key repeated in another
+    time notation (equal instants, different texts) takes it and is an exact duplicate."""
+    calls: list[int] = []
+    original = event_schema.duplicate_masks
+
+    def counted(events: pd.DataFrame) -> Any:
+        calls.append(len(events))
+        return original(events)
+
+    monkeypatch.setattr(event_schema, "duplicate_masks", counted)
+    other = {**GOOD, "product_id": "p2"}
+    result = validate_columns(_rows_of([GOOD, other, {**GOOD, "action": "cart"}]), CANONICAL, source="req")
+    assert (calls, len(result.events)) == ([], 3)
+    same_instant = {**GOOD, "event_time": "2024-01-02 04:04:05+01:00"}
+    result = validate_columns(_rows_of([GOOD, other, same_instant]), CANONICAL, source="req")
+    assert calls == [3]
+    assert list(result.rejects["reason"]) == [event_schema.REASON_DUPLICATE]
+    assert list(result.rejects["row_number"]) == [3]
 
 
 def test_a_mapping_with_synonyms_and_other_names_matches(frame_path: list[int]) -> None:
