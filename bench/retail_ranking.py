@@ -2,8 +2,10 @@
 
 Trains on the first 80% of the events (``evaluate.split_events``), profiles every customer at the
 split and scores product rankings of purchases after it (``traitflow.product_eval``), on all
-products and on products new to the customer, with bootstrap 95% intervals. Besides the profile
-mixture it scores the token-loading ranking (each trait's products by their tokens' projected
+products and on products new to the customer, with bootstrap 95% intervals. The profile ranks as
+served (``ranking.profile_product_scores``: the traits' mixture tilted by the Item2Vec similarity,
+``--similarity-weight``) and the mixture alone is ``profile_traits``. Besides them it scores the
+token-loading ranking (each trait's products by their tokens' projected
 loadings, the design before the mixture) as ``profile_loadings``, and by the scores
 ``label_traits`` picks a trait's top products with as ``profile_label_scores``; with
 ``--variants`` also the Item2Vec similarity of customer and product, alone and blended with the
@@ -33,8 +35,9 @@ from traitflow.config import PipelineConfig
 from traitflow.evaluate import _profile_all, split_events
 from traitflow.model import TraitflowModel
 from traitflow.pipeline import train
-from traitflow.product_eval import customer_usage, product_index, product_ranking
+from traitflow.product_eval import ProfileVectors, customer_usage, product_index, product_ranking
 from traitflow.ranking import (
+    SIMILARITY_WEIGHT,
     ScoreBatch,
     blended_scores,
     embedding_similarity,
@@ -168,6 +171,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="flat config key=value (repeatable)")
     parser.add_argument("--smoothing", type=float, default=0.0)
     parser.add_argument("--em-steps", type=int, default=1)
+    parser.add_argument(
+        "--similarity-weight",
+        type=float,
+        default=SIMILARITY_WEIGHT,
+        help="the profile's Item2Vec tilt (0: the traits' mixture alone, as profile_traits is)",
+    )
     parser.add_argument("--fraction", type=float, default=0.8)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--name", default="")
@@ -233,6 +242,8 @@ def main() -> None:
         ],
         extra_scorers=variants,
         distribution=stored,
+        vectors=ProfileVectors(profiled.embeddings, model.tokens),
+        similarity_weight=args.similarity_weight,
         smoothing=args.smoothing,
         em_steps=args.em_steps,
         n_resamples=args.resamples,
@@ -242,6 +253,7 @@ def main() -> None:
         "overrides": overrides,
         "smoothing": args.smoothing,
         "em_steps": args.em_steps,
+        "similarity_weight": args.similarity_weight,
         "stored": args.stored,
         "validation": args.validation,
         "data": args.tier or "online_retail_ii",

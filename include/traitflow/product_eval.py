@@ -1,7 +1,11 @@
-"""Product-level ranking evaluation: profile mixture vs popularity, co-occurrence and own history.
+"""Product-level ranking evaluation: the profile vs popularity, co-occurrence and own history.
 
 For each test customer (events before the split ``T``, a target action after it) every method
-ranks the products known before ``T`` (``traitflow.ranking``); hit@5, hit@10, recall@50 and
+ranks the products known before ``T`` (``traitflow.ranking``). The profile ranks them the way a
+served profile does (``ranking.profile_product_scores``): the mixture of the customer's traits,
+tilted by the similarity of the customer's Item2Vec vector to each product's. Given those
+vectors, the traits' mixture alone is reported next to it as ``profile_traits``, with its own
+lift over popularity, so what the tilt adds is visible on every export. hit@5, hit@10, recall@50 and
 NDCG@10 are computed per customer and summarized with bootstrap 95% intervals over customers
 (``traitflow.bootstrap``), for every method and for the profile's lift over popularity.
 
@@ -13,6 +17,7 @@ without targets are not scored).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +28,10 @@ import scipy.sparse as sp
 from traitflow.aggregate import event_weights
 from traitflow.bootstrap import DEFAULT_RESAMPLES, compare
 from traitflow.config import AggregationParams, PipelineConfig
+from traitflow.model import TokenTable
 from traitflow.ranking import (
     EM_STEPS,
+    SIMILARITY_WEIGHT,
     ItemTargets,
     ScoreBatch,
     cooccurrence_matrix,
@@ -33,19 +40,41 @@ from traitflow.ranking import (
     mixture_scores,
     per_customer_metrics,
     popularity_scores,
+    product_vectors,
+    profile_product_scores,
     row_normalize,
     sparse_scores,
     trait_item_distribution,
 )
 
 PRODUCT_METHODS: tuple[str, ...] = ("profile", "popularity", "cooccurrence", "own_history")
-# Weight of the customer's own product distribution added to the profile mixture in the
+# The profile's trait mixture without the Item2Vec tilt, reported when the vectors are given.
+PROFILE_TRAITS = "profile_traits"
+# Weight of the customer's own product distribution added to the traits' mixture in the
 # ``profile_with_history`` method (repeat buying, which a k-trait profile cannot carry); on new
-# products that method is the profile mixture itself.
+# products that method is the mixture itself (``profile_traits``).
 HISTORY_WEIGHT = 0.5
 # A reference method reported when the profiles are recency-weighted: popularity with the same
 # decay (``recent_product_popularity``), with the profile's lift over it.
 RECENT_POPULARITY = "recent_popularity"
+
+
+@dataclass(frozen=True)
+class ProfileVectors:
+    """What the profile's Item2Vec tilt needs besides the profiles.
+
+    customers : ndarray, shape (n, d) -- the customers' vectors (the weighted means the profiles
+        are projected from), in the order of the profiles
+    tokens : the model's token table (each product's vector is the count-weighted mean of its
+        tokens' vectors)
+    """
+
+    customers: np.ndarray
+    tokens: TokenTable
+
+    def product_vectors(self, index: pd.Index) -> np.ndarray:
+        """The products of ``index`` as vectors, (len(index), d); zero rows for unknown products."""
+        return product_vectors(self.tokens.product_ids, self.tokens.counts, self.tokens.vectors, index)
 
 
 def customer_usage(
@@ -106,6 +135,8 @@ def product_ranking(
     split_at: datetime,
     actions: Sequence[str],
     distribution: tuple[np.ndarray, np.ndarray] | None = None,
+    vectors: ProfileVectors | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
     extra_profiles: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
     extra_scorers: Sequence[tuple[str, Callable[[np.ndarray], ScoreBatch]]] = (),
     smoothing: float = 0.0,
@@ -122,6 +153,10 @@ def product_ranking(
     actions : the target actions (what is predicted after ``T``)
     distribution : (product_ids (P',), weights (k, P')) -- the model's stored ``P(product | trait)``;
         estimated here from ``history`` and ``profiles`` (``trait_item_distribution``) when None
+    vectors : the customers' Item2Vec vectors and the model's token vectors: the profile is then
+        the mixture tilted by their similarity (``ranking.profile_product_scores``, weight
+        ``similarity_weight``) and the mixture alone is reported as ``profile_traits``; without
+        them the profile is the mixture
     extra_profiles : (name, profiles (n, k'), distribution (k', P)) further profile methods over
         ``product_index(history)`` (the k sweep, variants), reported next to the others
     extra_scorers : (name, build) further methods: ``build(rows)`` returns the scores over
@@ -131,7 +166,8 @@ def product_ranking(
     Returns ``{"product_ranking": ..., "product_ranking_new": ...}``, each with ``methods``,
     ``methods_ci95``, ``profile_lift_vs_popularity`` and ``profile_lift_vs_popularity_ci95`` (and
     the same for ``profile_with_history``: the mixture plus ``HISTORY_WEIGHT`` times the
-    customer's own product distribution). With a recency half-life in ``config``, also the
+    customer's own product distribution), and ``profile_method`` (how the profile ranked). With
+    a recency half-life in ``config``, also the
     ``recent_popularity`` method and ``profile_lift_vs_recent_popularity`` (with ``_ci95``).
     """
     index = product_index(history)
@@ -142,6 +178,8 @@ def product_ranking(
         weights = _stored_weights(distribution, profiles.shape[1], index)
     popularity = product_popularity(history, index, actions)
     transition = cooccurrence_matrix(history, config.sessions, index)
+    tilted = vectors is not None and similarity_weight > 0
+    item_vectors = vectors.product_vectors(index) if vectors is not None else None
     out: dict[str, Any] = {}
     for name, new_only in (("product_ranking", False), ("product_ranking_new", True)):
         targets = item_targets(history, future, index, actions, new_only=new_only)
@@ -152,7 +190,13 @@ def product_ranking(
         usage = row_normalize(usage_all[rows])
         mixture = mixture_scores(profiles[rows], weights)
         scorers: dict[str, ScoreBatch] = {
-            "profile": mixture,
+            "profile": profile_product_scores(
+                profiles[rows],
+                weights,
+                None if vectors is None else vectors.customers[rows],
+                item_vectors,
+                similarity_weight,
+            ),
             "popularity": popularity,
             "cooccurrence": sparse_scores(usage @ transition, popularity(0, 1)[0]),
             "own_history": sparse_scores(usage, popularity(0, 1)[0]),
@@ -162,17 +206,24 @@ def product_ranking(
         if half_life is not None:
             recent = recent_product_popularity(history, index, actions, half_life, split_at)
             scorers[RECENT_POPULARITY] = recent
+        if tilted:
+            scorers[PROFILE_TRAITS] = mixture
         for extra_name, extra, extra_weights in extra_profiles:
             scorers[extra_name] = mixture_scores(extra[rows], extra_weights)
         for extra_name, build in extra_scorers:
             scorers[extra_name] = build(rows)
-        extras = [name for name, *_ in extra_profiles] + [name for name, _ in extra_scorers]
+        extras = [PROFILE_TRAITS] if tilted else []
+        extras += [name for name, *_ in extra_profiles] + [name for name, _ in extra_scorers]
         out[name] = {
             "target_actions": list(actions),
             "n_customers": len(targets.customer_ids),
             "n_products": len(index),
             "n_unseen_products": targets.n_unseen_items,
             "mean_relevant_products": float(np.diff(targets.relevant.indptr).mean()),
+            "profile_method": {
+                "name": "traits_x_similarity" if tilted else "traits",
+                "similarity_weight": similarity_weight if tilted else 0.0,
+            },
             **_scored(scorers, targets, extras, n_resamples, random_state),
         }
     return out
@@ -249,7 +300,7 @@ def _with_history(mixture: ScoreBatch, usage: sp.csr_matrix) -> ScoreBatch:
     return lambda start, stop: mixture(start, stop) + HISTORY_WEIGHT * usage[start:stop].toarray()
 
 
-def mixture_metrics(
+def profile_metrics_per_set(
     history: pd.DataFrame,
     future: pd.DataFrame,
     *,
@@ -258,19 +309,27 @@ def mixture_metrics(
     config: PipelineConfig,
     split_at: datetime,
     actions: Sequence[str],
+    vectors: ProfileVectors | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
 ) -> list[dict[str, float]]:
-    """Mean product-ranking metrics (all products) of the profile mixture for each profile matrix
+    """Mean product-ranking metrics (all products) of the profile ranking for each profile matrix
     in ``profile_sets`` (each (n, k_i) over ``customer_ids``), every one with its own trait
-    product distribution estimated from ``history``: the k sweep re-ranks with each k's traits."""
+    product distribution estimated from ``history``: the k sweep re-ranks with each k's traits
+    (tilted by the same customer vectors as ``product_ranking`` when ``vectors`` are given)."""
     index = product_index(history)
     usage_all = customer_usage(history, customer_ids, index, config, split_at)
     targets = item_targets(history, future, index, actions)
     if len(targets.customer_ids) == 0:
         return [{} for _ in profile_sets]
     rows = np.searchsorted(customer_ids, targets.customer_ids)
+    item_vectors = None if vectors is None else vectors.product_vectors(index)
+    customer_vectors = None if vectors is None else vectors.customers[rows]
     out = []
     for profiles in profile_sets:
         distribution = trait_item_distribution(profiles, usage_all)
-        metrics = per_customer_metrics(mixture_scores(profiles[rows], distribution), targets.relevant)
+        scores = profile_product_scores(
+            profiles[rows], distribution, customer_vectors, item_vectors, similarity_weight
+        )
+        metrics = per_customer_metrics(scores, targets.relevant)
         out.append({name: float(values.mean()) for name, values in metrics.items()})
     return out

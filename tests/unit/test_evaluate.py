@@ -39,7 +39,8 @@ from traitflow.evaluate import (
     write_json,
 )
 from traitflow.model import TraitflowModel
-from traitflow.product_eval import RECENT_POPULARITY, recent_product_popularity
+from traitflow.product_eval import PROFILE_TRAITS, RECENT_POPULARITY, recent_product_popularity
+from traitflow.ranking import SIMILARITY_WEIGHT
 from traitflow.sessions import sessionize
 from traitflow.synthetic import SyntheticData, SyntheticSpec, generate
 
@@ -118,7 +119,20 @@ def test_product_rankings_follow_the_report_contract(report, section):
     ranking = report[section]
     assert ranking["target"] == "purchase" and ranking["n_customers"] >= 50
     # The default config weighs events by recency: popularity with the same decay is reported too.
-    assert set(ranking["methods"]) == {*PRODUCT_METHODS, "profile_with_history", RECENT_POPULARITY}
+    assert set(ranking["methods"]) == {
+        *PRODUCT_METHODS,
+        "profile_with_history",
+        RECENT_POPULARITY,
+        PROFILE_TRAITS,
+    }
+    # The profile ranks as served: the traits' mixture tilted by the Item2Vec similarity, and the
+    # mixture alone is reported beside it with its own lift.
+    tilted = {"name": "traits_x_similarity", "similarity_weight": SIMILARITY_WEIGHT}
+    assert ranking["profile_method"] == tilted
+    traits_lift = ranking["lifts_vs_popularity"][PROFILE_TRAITS]["hit@10"]
+    assert traits_lift == pytest.approx(
+        ranking["methods"][PROFILE_TRAITS]["hit@10"] / ranking["methods"]["popularity"]["hit@10"]
+    )
     for method in PRODUCT_METHODS:
         for metric in PRODUCT_METRICS:
             value = ranking["methods"][method][metric]
@@ -147,8 +161,8 @@ def test_discovery_excludes_what_customers_already_had(report):
     # On new products, a customer's own history has nothing to rank: it falls back to popularity.
     assert new["methods"]["own_history"] == pytest.approx(new["methods"]["popularity"])
     assert every["methods"]["own_history"]["hit@10"] > every["methods"]["popularity"]["hit@10"]
-    # ... and the profile with the customer's history is the profile alone.
-    assert new["methods"]["profile_with_history"] == pytest.approx(new["methods"]["profile"])
+    # ... and the traits' mixture with the customer's history is the mixture alone.
+    assert new["methods"]["profile_with_history"] == pytest.approx(new["methods"][PROFILE_TRAITS])
 
 
 def test_category_ranking_has_intervals_for_every_metric_and_lift(report):

@@ -19,6 +19,7 @@ from traitflow.ranking import (
     item_targets,
     per_customer_metrics,
     product_vectors,
+    profile_product_scores,
     sparse_scores,
     trait_item_distribution,
 )
@@ -163,6 +164,28 @@ def test_blended_scores_reorder_the_mixture_by_similarity():
     assert blend[3] == pytest.approx(np.log(0.01 / 4) + 1.0)  # unexplained: floored, then similarity
     plain = blended_scores(lambda a, b: mixture[a:b], lambda a, b: similarity[a:b], gamma=0.0)(0, 1)[0]
     assert list(np.argsort(-plain)) == [0, 1, 2, 3]  # gamma 0 is the mixture's order
+
+
+def test_profile_product_scores_tilt_the_mixture_towards_the_customers_vector():
+    profiles = np.array([[1.0, 0.0], [0.0, 1.0]])
+    distribution = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])  # trait 0 ties products 0 and 1
+    customers = np.array([[0.0, 1.0], [1.0, 0.0]])
+    items = np.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])  # product 2 has no vector
+    tilted = profile_product_scores(profiles, distribution, customers, items, similarity_weight=2.0)(0, 2)
+    # log P(p | c) + 2 cos(x_c, v_p): customer 0 points at product 1, customer 1 at product 0
+    floor = np.log(0.01 / 3)
+    expected = np.array([[np.log(0.5), np.log(0.5) + 2.0, floor], [floor + 2.0, np.log(0.2), np.log(0.8)]])
+    np.testing.assert_allclose(tilted, expected)
+    assert list(np.argsort(-tilted[0])) == [1, 0, 2]  # the tie is broken by the vector
+    mixture = profile_product_scores(profiles, distribution, customers, items, similarity_weight=0.0)(0, 2)
+    np.testing.assert_allclose(mixture, profiles @ distribution)
+    np.testing.assert_allclose(profile_product_scores(profiles, distribution)(0, 2), profiles @ distribution)
+    with pytest.raises(ValueError, match=r"similarity_weight must be >= 0, got -1\.0"):
+        profile_product_scores(profiles, distribution, customers, items, similarity_weight=-1.0)
+    with pytest.raises(ValueError, match="customer_vectors 1"):
+        profile_product_scores(profiles, distribution, customers[:1], items)
+    with pytest.raises(ValueError, match="item_vectors 2"):
+        profile_product_scores(profiles, distribution, customers, items[:2])
 
 
 def test_fold_in_moves_profiles_towards_what_the_customer_bought():

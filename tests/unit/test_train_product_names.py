@@ -66,6 +66,23 @@ def test_train_with_an_order_line_file_labels_traits_by_product_name(
         assert trait["top_product_names"] == [_name(p) for p in trait["top_products"]]
 
 
+def test_evaluate_with_an_order_line_file_reports_traits_by_product_name(
+    events: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "lines.csv"
+    _order_lines(events).to_csv(path, index=False)
+    report_path = tmp_path / "report.json"
+    options = ["--k-range", "4", "--no-stability", "--bootstrap", "50", "--json-out", str(report_path)]
+    assert main(["evaluate", str(path), "--mapping", "online_retail", *FLAGS, *options]) == 0
+    out = capsys.readouterr().out
+    traits = json.loads(report_path.read_text())["model"]["traits"]
+
+    assert [t["trait_id"] for t in traits] == [1, 2, 3, 4]
+    for trait in traits:
+        assert all(term.startswith("NAME OF ") for term in trait["label"].split(" + "))
+        assert f"  trait {trait['trait_id']}: {trait['label']}" in out
+
+
 def test_without_names_labels_name_product_ids(events: pd.DataFrame, tmp_path: Path) -> None:
     config = PipelineConfig.from_mapping({"k": 4, "vector_size": 16, "epochs": 3, "workers": 1})
     lines = events.assign(category="")

@@ -166,6 +166,17 @@ def fraction(value: str) -> float:
     return number
 
 
+def non_negative(value: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {number}")
+    return number
+
+
 def quiet_gensim(args: argparse.Namespace) -> None:
     """Commands that train many models keep per-epoch progress lines out of the report."""
     if not args.verbose:

@@ -13,6 +13,7 @@ from traitflow.cli.common import (
     fraction,
     int_list,
     load_events,
+    non_negative,
     parse_utc,
     quiet_gensim,
 )
@@ -56,6 +57,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "customers purchase), carts, or any action",
     )
     evaluate.add_argument(
+        "--similarity-weight",
+        type=non_negative,
+        help="weight of the Item2Vec similarity that tilts the profile's product ranking "
+        "(default: traitflow.ranking.SIMILARITY_WEIGHT; 0 ranks by the traits' mixture alone)",
+    )
+    evaluate.add_argument(
         "--bootstrap",
         type=bounded_int(1),
         default=1000,
@@ -91,10 +98,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from traitflow.evaluate import evaluate, format_report, write_json
+    from traitflow.ranking import SIMILARITY_WEIGHT
 
     quiet_gensim(args)
     config = config_from_args(args)
-    events = load_events(args.events, args.mapping, args.max_reject_share)
+    names: dict[str, str] = {}
+    events = load_events(args.events, args.mapping, args.max_reject_share, names=names)
     segments = None
     if args.segments:
         if not Path(args.segments).is_file():
@@ -112,6 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         work_dir=Path(args.work_dir) if args.work_dir else None,
         target=args.target,
         n_resamples=args.bootstrap,
+        product_names=names,
+        similarity_weight=SIMILARITY_WEIGHT if args.similarity_weight is None else args.similarity_weight,
     )
     print(format_report(report))
     if args.json_out:

@@ -22,8 +22,10 @@ purchase after ``T`` (sparse exports), carts and purchases together are the targ
 report says so. ``target`` ("purchase", "cart", "any") picks it explicitly.
 
 Products are ranked the same way (``traitflow.product_eval``; no categories needed): the
-profile mixture through the model's stored ``P(product | trait)`` (``traitflow.trait_products``)
-against popularity, product co-occurrence in sessions and the customer's own history (a ceiling
+profile mixture through the model's stored ``P(product | trait)`` (``traitflow.trait_products``),
+tilted by the Item2Vec similarity of the customer's vector and each product's
+(``ranking.profile_product_scores``; the mixture alone is reported as ``profile_traits``), against
+popularity, product co-occurrence in sessions and the customer's own history (a ceiling
 for repeat buying), on all products and on products new to the customer, with hit@5, hit@10,
 recall@50 and NDCG@10. Every ranking metric and the profile's lift over popularity come with a
 bootstrap 95% interval over customers (``traitflow.bootstrap``).

@@ -4,7 +4,7 @@ already trained model on a history/future pair."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,8 @@ from traitflow.evaluate.split import (
 from traitflow.evaluate.stability import stability_report
 from traitflow.evaluate.sweep import DEFAULT_K_RANGE, k_selection
 from traitflow.model import TraitflowModel
-from traitflow.product_eval import product_ranking
+from traitflow.product_eval import ProfileVectors, product_ranking
+from traitflow.ranking import SIMILARITY_WEIGHT
 
 
 def evaluate_model(
@@ -47,6 +48,7 @@ def evaluate_model(
     min_customers: int = MIN_CUSTOMERS,
     profiled: _Profiled | None = None,
     target: str | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
     n_resamples: int = DEFAULT_RESAMPLES,
     random_state: int = 0,
 ) -> dict[str, Any]:
@@ -54,7 +56,9 @@ def evaluate_model(
 
     ``history`` are the events before ``split_at`` (the model must not have seen later ones),
     ``future`` those at or after it. ``target`` (a key of ``TARGET_ACTIONS``; default: purchases,
-    carts too when too few customers purchase) is what is predicted. Returns a JSON-able dict
+    carts too when too few customers purchase) is what is predicted; ``similarity_weight`` is the
+    weight of the Item2Vec tilt in the profile's product ranking (0: the traits' mixture alone).
+    Returns a JSON-able dict
     with sections ``category_ranking``, ``product_ranking``, ``product_ranking_new``,
     ``next_item``, ``segments`` (None without ``segments``) and ``purity``; every ranking metric
     and lift comes with a bootstrap 95% interval over customers (``n_resamples``, ``random_state``).
@@ -71,7 +75,7 @@ def evaluate_model(
     report: dict[str, Any] = {
         "split": {"at": pd.Timestamp(split_at).isoformat()},
         "category_ranking": category_ranking(model, history, future, **options),
-        **product_sections(model, history, future, **options),
+        **product_sections(model, history, future, similarity_weight=similarity_weight, **options),
         "next_item": next_item_report(model.tokens, future, model.config),
         "segments": None,
         "purity": None,
@@ -95,12 +99,14 @@ def product_sections(
     profiled: _Profiled,
     min_customers: int = MIN_CUSTOMERS,
     target: str | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
     n_resamples: int = DEFAULT_RESAMPLES,
     random_state: int = 0,
 ) -> dict[str, Any]:
     """``product_ranking`` and ``product_ranking_new`` (``traitflow.product_eval``): the profile
     ranks products through the model's stored trait product distributions (estimated from
-    ``history`` when the model has none)."""
+    ``history`` when the model has none), tilted by the Item2Vec similarity of each customer's
+    vector and the products' (``similarity_weight``; ``ranking.profile_product_scores``)."""
     chosen = choose_target(history, future, target, min_customers, column="product_id")
     products = model.traits.products
     sections = product_ranking(
@@ -112,6 +118,8 @@ def product_sections(
         split_at=split_at,
         actions=TARGET_ACTIONS[chosen],
         distribution=None if products is None else (products.product_ids, products.weights),
+        vectors=ProfileVectors(profiled.embeddings, model.tokens),
+        similarity_weight=similarity_weight,
         n_resamples=n_resamples,
         random_state=random_state,
     )
@@ -132,6 +140,8 @@ def evaluate(
     min_customers: int = MIN_CUSTOMERS,
     work_dir: Path | None = None,
     target: str | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
+    product_names: Mapping[str, str] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     random_state: int = 0,
 ) -> dict[str, Any]:
@@ -141,18 +151,21 @@ def evaluate(
     have happened), then runs ``evaluate_model``, ``stability_report`` (unless ``stability`` is
     False) and ``k_selection`` over ``k_range`` (None or empty: skipped). Returns a JSON-able
     report; ``format_report`` renders it as text. Corpora and models go to ``work_dir`` (the
-    model is kept there, for ``traitflow inspect``), or to a temporary folder.
+    model is kept there, for ``traitflow inspect``), or to a temporary folder. ``product_names``
+    (product_id -> name) lets the trait labels name products.
 
     Raises ``EvaluationError`` when the split leaves a side empty or too few customers buy after
     it (the message says what is missing and how to fix it).
     """
     from traitflow.pipeline import train
 
+    if not 0 <= similarity_weight < float("inf"):
+        raise ValueError(f"similarity_weight must be a finite number >= 0, got {similarity_weight}")
     config = config or PipelineConfig()
     split = split_events(events, at=split_at, fraction=split_fraction)
     _check_before_training(split, config, min_customers, target)
     with _work_folder(work_dir) as (folder, keep_model):
-        model = train(split.history, config, split.at, folder / "model" / "work")
+        model = train(split.history, config, split.at, folder / "model" / "work", product_names=product_names)
         if keep_model:
             model.save(folder / "model")
         profiled = _profile_all(model, split.history, split.at)
@@ -165,6 +178,7 @@ def evaluate(
             min_customers=min_customers,
             profiled=profiled,
             target=target,
+            similarity_weight=similarity_weight,
             n_resamples=n_resamples,
             random_state=random_state,
         )
@@ -186,6 +200,7 @@ def evaluate(
                 segments=segments,
                 min_customers=min_customers,
                 target=target,
+                similarity_weight=similarity_weight,
             )
             if k_range
             else None
@@ -238,5 +253,9 @@ def _model_summary(model: TraitflowModel) -> dict[str, Any]:
         "vector_size": model.tokens.vector_size,
         "n_training_customers": model.metrics.get("n_training_customers"),
         "reconstruction_error": model.metrics.get("traits", {}).get("reconstruction_error"),
+        "traits": [
+            {"trait_id": int(trait_id), "label": label}
+            for trait_id, label in zip(model.traits.trait_ids, model.traits.labels, strict=True)
+        ],
         "params": model.config.to_flat(),
     }

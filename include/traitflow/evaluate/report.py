@@ -31,16 +31,27 @@ def _ranking_lines(section: dict[str, Any]) -> list[str]:
     lines = text_table(
         ["method", *metrics], [[m, *(cell(m, k) for k in metrics)] for m in section["methods"]], cell=_cell
     )
-    lift, lift_ci = section["profile_lift_vs_popularity"], section.get("profile_lift_vs_popularity_ci95", {})
-    lines.append(
-        "  profile vs popularity: "
-        + ", ".join(
-            f"{m} x{_cell(v, 2)}"
-            + (f" [{_cell(lift_ci[m][0], 2)}, {_cell(lift_ci[m][1], 2)}]" if m in lift_ci else "")
-            for m, v in lift.items()
+    profile_ci = section.get("profile_lift_vs_popularity_ci95", {})
+    lines.append(_lift_line("profile", section["profile_lift_vs_popularity"], profile_ci))
+    intervals = section.get("lifts_vs_popularity_ci95", {})
+    for method, lift in section.get("lifts_vs_popularity", {}).items():
+        lines.append(_lift_line(method, lift, intervals.get(method, {})))
+    method = section.get("profile_method")
+    if method and method["name"] == "traits_x_similarity":
+        lines.append(
+            f"  profile: the traits' mixture tilted by the Item2Vec similarity (weight "
+            f"{_cell(method['similarity_weight'], 2)}); profile_traits: the mixture alone"
         )
-    )
     return lines
+
+
+def _lift_line(method: str, lift: dict[str, float], intervals: dict[str, list[float]]) -> str:
+    """``"  <method> vs popularity: hit@5 x1.23 [1.10, 1.35], ..."``."""
+    return f"  {method} vs popularity: " + ", ".join(
+        f"{m} x{_cell(v, 2)}"
+        + (f" [{_cell(intervals[m][0], 2)}, {_cell(intervals[m][1], 2)}]" if m in intervals else "")
+        for m, v in lift.items()
+    )
 
 
 def _header_lines(report: dict[str, Any]) -> list[str]:
@@ -58,6 +69,7 @@ def _header_lines(report: dict[str, Any]) -> list[str]:
             f"{model['n_training_customers']} training customers, "
             f"NMF reconstruction error {_cell(model['reconstruction_error'])}"
         )
+        lines += [f"  trait {t['trait_id']}: {t['label']}" for t in model.get("traits", [])]
     return lines
 
 

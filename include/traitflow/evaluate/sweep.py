@@ -16,8 +16,9 @@ from traitflow.evaluate.metrics import NDCG_K, _mean_purity, segment_report, tra
 from traitflow.evaluate.profiles import _Profiled, _project_profiles
 from traitflow.evaluate.split import MIN_CUSTOMERS, TARGET_ACTIONS, choose_target
 from traitflow.model import TraitflowModel, TraitModel
-from traitflow.product_eval import mixture_metrics
+from traitflow.product_eval import ProfileVectors, profile_metrics_per_set
 from traitflow.profile_batch import COLD_START_NONE
+from traitflow.ranking import SIMILARITY_WEIGHT
 
 DEFAULT_K_RANGE: tuple[int, ...] = (4, 8, 16, 24)
 
@@ -33,6 +34,7 @@ def k_selection(
     segments: pd.DataFrame | None = None,
     min_customers: int = MIN_CUSTOMERS,
     target: str | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
 ) -> list[dict[str, Any]]:
     """Refit the traits with each k on the model's own training vectors (same tokens) and report
     reconstruction error, mean purity, silhouette (with segments), and the hit@10 and NDCG@10 of
@@ -42,7 +44,7 @@ def k_selection(
     if not fitted:
         return rows
     chosen = choose_target(history, future, target, min_customers, column="product_id")
-    products = mixture_metrics(
+    products = profile_metrics_per_set(
         history,
         future,
         customer_ids=profiled.customer_ids,
@@ -50,6 +52,8 @@ def k_selection(
         config=model.config,
         split_at=split_at,
         actions=TARGET_ACTIONS[chosen],
+        vectors=ProfileVectors(profiled.embeddings, model.tokens),
+        similarity_weight=similarity_weight,
     )
     ranking = category_ranking(
         model,
