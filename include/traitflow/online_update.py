@@ -25,7 +25,8 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   later ``as_of`` than the day of their newest event, the update rewrites that day's history row
   and the newer current row stays.
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
-  change): a post reads the model from PostgreSQL only the first time that version is used.
+  change): a post reads the model from PostgreSQL, and builds its token lookup matrix
+  (``item2vec.fallback_vectors``), only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
   and a post counts its customers' stored events after writing (``Store.event_counts``, not a
   second read of the history) and profiles again those whose history grew meanwhile
@@ -57,7 +58,7 @@ import pandas as pd
 
 from traitflow import event_schema
 from traitflow.events import PRESETS, validate_columns
-from traitflow.model_cache import load_model
+from traitflow.model_cache import load_fallback, load_model
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch, profile_confidence
 from traitflow.profile_cache import profiles_changed
@@ -244,7 +245,8 @@ def _profile_and_write(
     replaced: StaleModelError | None = None
     while version is not None:
         model = load_model(store, version)  # the process's cache: a saved version never changes
-        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
+        fallback = load_fallback(store, version)
+        batch = profile_customers(events, model, as_of, customer_ids=customer_ids, fallback=fallback)
         batch.model_version = version
         try:
             store.write_profiles(batch, require_selected_model=True, few_rows=True)
