@@ -14,7 +14,10 @@ number, with its canonical fields as a JSON object for ``raw`` (the loader keeps
 of valid rows). The stored event stays as it is: the first one in wins.
 
 These functions run inside the caller's transaction (``Store`` opens exactly one per public
-method); they never commit.
+method); they never commit. With ``synchronous_commit=False`` they make that transaction's commit
+asynchronous (``SET LOCAL synchronous_commit = off``: COMMIT returns before its WAL record is
+flushed); the caller must then make it durable before acknowledging anything (see
+``Store.ingest_events``).
 """
 
 from __future__ import annotations
@@ -325,6 +328,7 @@ _INSERT_REJECTS = (
 # statements above as query parameters instead of through staging tables: no temporary table to
 # create, copy into and analyze.
 MAX_PARAMETER_ROWS = 32
+_ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 
 def _fits_parameters(n_events: int, n_rejects: int) -> bool:
@@ -412,6 +416,7 @@ def ingest_frames(
     event_row_numbers: np.ndarray | None = None,
     *,
     few_rows: bool = False,
+    synchronous_commit: bool = True,
 ) -> IngestReport:
     """Stage and insert one batch of events and rejects (inside the caller's transaction).
 
@@ -420,6 +425,8 @@ def ingest_frames(
     ``conflicting_duplicate`` rejects (see the module docstring). ``few_rows``: a batch of at
     most ``MAX_PARAMETER_ROWS`` events and rejects is sent as query parameters of the same
     statements instead of staged (the same rows written, fewer round trips).
+    ``synchronous_commit=False``: the transaction's commit is asynchronous (module docstring);
+    sent in the same pipeline as the rows when they go as parameters.
     """
     require_transaction(conn)
     if not source or not run_id:
@@ -438,8 +445,12 @@ def ingest_frames(
         checked = _checked_events(events)
     checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
     if as_parameters:
-        _insert_from_parameters(conn, report, checked, numbers, in_batch, checked_rejects, params)
+        _insert_from_parameters(
+            conn, report, checked, numbers, in_batch, checked_rejects, params, synchronous_commit
+        )
     else:
+        if not synchronous_commit:
+            conn.execute(_ASYNCHRONOUS_COMMIT)
         _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
     report.n_rejected = len(rejects) + report.n_conflicting
     report.n_read = len(events) + len(rejects)
@@ -495,15 +506,19 @@ def _insert_from_parameters(
     in_batch: np.ndarray,
     checked_rejects: _CheckedRejects | None,
     params: dict[str, Any],
+    synchronous_commit: bool = True,
 ) -> None:
     """Insert a small batch with its rows as query parameters, counting into ``report``: the
-    statements of ``_insert_staged`` in the same order, in one pipeline (one round trip). The
+    statements of ``_insert_staged`` in the same order (after ``_ASYNCHRONOUS_COMMIT`` unless
+    ``synchronous_commit``), in one pipeline (one round trip). The
     conflicts query always runs, with the stored-conflict part: it cannot wait for the insert's
     count, and on events all new it finds nothing (each inserted row equals itself), so the
     rows written and the counts are those of the staged path."""
     counted = None
     recorded = None
     with conn.pipeline():
+        if not synchronous_commit:
+            conn.execute(_ASYNCHRONOUS_COMMIT)
         if checked is not None:
             stage, rows = _event_rows(checked, numbers, in_batch)
             inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params | rows)
@@ -592,6 +607,7 @@ def ingest_results(
     file_sha256: str | None = None,
     *,
     few_rows: bool = False,
+    synchronous_commit: bool = True,
 ) -> IngestReport:
     """Ingest a stream of load results (e.g. ``events.iter_events`` chunks) in the caller's transaction.
 
@@ -606,7 +622,16 @@ def ingest_results(
     for result in results:
         numbers = getattr(result, "event_row_numbers", None)  # loaders without numbers: positions
         total.add(
-            ingest_frames(conn, result.events, result.rejects, source, run_id, numbers, few_rows=few_rows)
+            ingest_frames(
+                conn,
+                result.events,
+                result.rejects,
+                source,
+                run_id,
+                numbers,
+                few_rows=few_rows,
+                synchronous_commit=synchronous_commit,
+            )
         )
         products = getattr(result, "products", None)  # loaders without names have no such frame
         if products is not None and len(products):
