@@ -26,6 +26,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -310,6 +311,7 @@ _STORED_CONFLICT_SQL = """UNION ALL
            OR e.session_id IS DISTINCT FROM s.session_id)"""
 
 
+_CONFLICTS_WITH_STORED = _CONFLICTS_SQL.format(stored=_STORED_CONFLICT_SQL, stage="{stage}")
 _STAGE_EVENTS = "_tf_stage_events"
 _STAGE_REJECTS = "_tf_stage_rejects"
 _INSERT_EVENTS = (
@@ -335,33 +337,50 @@ def _fits_parameters(n_events: int, n_rejects: int) -> bool:
     return max(n_events, n_rejects) <= MAX_PARAMETER_ROWS
 
 
-def _values(columns: str, types: str, rows: list[list[Any]]) -> tuple[sql.Composable, dict[str, Any]]:
-    """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``rows`` as named parameters, each
-    value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
-    casts = [t.strip() for t in types.split(",")]
+def _values(rows: list[list[Any]]) -> tuple[int, dict[str, Any]]:
+    """(the row count, the named parameters) of ``rows`` for ``_values_source``'s placeholders."""
     params: dict[str, Any] = {}
-    values = []
     for i, row in enumerate(rows):
-        names = [f"v{i}_{j}" for j in range(len(casts))]
-        params |= dict(zip(names, row, strict=True))
-        values.append(
-            sql.SQL("({})").format(
-                sql.SQL(", ").join(
-                    sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(cast))
-                    for name, cast in zip(names, casts, strict=True)
-                )
+        params |= {f"v{i}_{j}": value for j, value in enumerate(row)}
+    return len(rows), params
+
+
+def _values_source(columns: str, types: str, n_rows: int) -> sql.Composable:
+    """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``n_rows`` rows of named parameters,
+    each value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
+    casts = [t.strip() for t in types.split(",")]
+    values = [
+        sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Placeholder(f"v{i}_{j}"), sql.SQL(cast))
+                for j, cast in enumerate(casts)
             )
         )
-    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
+        for i in range(n_rows)
+    ]
+    return sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
         sql.SQL(", ").join(values), sql.SQL(columns)
     )
-    return source, params
+
+
+@lru_cache(maxsize=4 * MAX_PARAMETER_ROWS)
+def _statement(template: str, columns: str, types: str, n_rows: int) -> bytes:
+    """``template``'s ``{stage}`` replaced by ``_values_source(columns, types, n_rows)``, rendered
+    once per shape: composing the statement on every post cost about as much as the insert."""
+    return sql.SQL(template).format(stage=_values_source(columns, types, n_rows)).as_bytes(None)
+
+
+_EVENT_COLUMNS = (
+    "customer_id, event_time, action, product_id, category, price, session_id, row_number, conflict_in_batch"
+)
+_EVENT_TYPES = "text, timestamptz, text, text, text, float8, text, int8, bool"
+_REJECT_COLUMNS, _REJECT_TYPES = "source, row_number, raw, reason", "text, int8, text, text"
 
 
 def _event_rows(
     checked: _EventArrays, numbers: np.ndarray, in_batch: np.ndarray
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """The staging table's rows (``_stage_events``) as a parameter source."""
+) -> tuple[int, dict[str, Any]]:
+    """The staging table's rows (``_stage_events``) as the parameters of ``_values_source``."""
     text = {column: array.to_pylist() for column, array in checked.text.items()}
     times = [t.to_pydatetime() for t in checked.times.dt.tz_convert("UTC")]
     rows = [
@@ -378,12 +397,7 @@ def _event_rows(
         ]
         for i in range(len(times))
     ]
-    return _values(
-        "customer_id, event_time, action, product_id, category, price, session_id, row_number,"
-        " conflict_in_batch",
-        "text, timestamptz, text, text, text, float8, text, int8, bool",
-        rows,
-    )
+    return _values(rows)
 
 
 def _stage_events(conn: psycopg.Connection, columns: list[copybin.Column]) -> None:
@@ -520,11 +534,12 @@ def _insert_from_parameters(
         if not synchronous_commit:
             conn.execute(_ASYNCHRONOUS_COMMIT)
         if checked is not None:
-            stage, rows = _event_rows(checked, numbers, in_batch)
-            inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params | rows)
-            conflicts = sql.SQL(_CONFLICTS_SQL.format(stored=_STORED_CONFLICT_SQL, stage="{stage}"))
+            n, rows = _event_rows(checked, numbers, in_batch)
+            inserted = conn.execute(
+                _statement(_INSERT_EVENTS, _EVENT_COLUMNS, _EVENT_TYPES, n), params | rows
+            )
             counted = conn.execute(
-                conflicts.format(stage=stage),
+                _statement(_CONFLICTS_WITH_STORED, _EVENT_COLUMNS, _EVENT_TYPES, n),
                 params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
             )
         if checked_rejects is not None:
@@ -539,11 +554,10 @@ def _insert_from_parameters(
                     strict=True,
                 )
             ]
-            reject_stage, reject_params = _values(
-                "source, row_number, raw, reason", "text, int8, text, text", reject_rows
-            )
+            n_rejects, reject_params = _values(reject_rows)
             recorded = conn.execute(
-                sql.SQL(_INSERT_REJECTS).format(stage=reject_stage), reject_params | {"run_id": report.run_id}
+                _statement(_INSERT_REJECTS, _REJECT_COLUMNS, _REJECT_TYPES, n_rejects),
+                reject_params | {"run_id": report.run_id},
             )
     if counted is not None:
         report.n_inserted = inserted.rowcount
