@@ -2,7 +2,10 @@
 the run's ``event_snapshot``; ``event_counts`` per customer.
 
 They stream ``COPY (SELECT ...) TO STDOUT`` as CSV straight into pyarrow's C++ CSV parser: no
-Python object per row or per value, and timestamps travel as integer microseconds (exact).
+Python object per row or per value, and timestamps travel as integer microseconds (exact). The
+events of a few listed customers (an event post's history read) come from a plain binary
+``SELECT`` instead: for a few dozen rows the COPY and the CSV parser's setup cost more than
+the rows' Python values.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from psycopg import sql
 from traitflow import event_schema
 
 from . import copybin
-from ._util import copy_in, copy_out_csv, require_transaction, utc
+from ._util import COLUMN_TYPES, copy_in, copy_out_csv, require_transaction, utc
 from .shard_members import ShardRef
 
 _EVENT_CSV_COLUMNS = {
@@ -120,6 +123,19 @@ def events_frame(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
+def _selected(conn: psycopg.Connection, select: sql.Composed, params: list[Any]) -> pa.Table:
+    """``select``'s rows (the event columns of ``_EVENT_CSV_COLUMNS``) as the table
+    ``copy_out_csv`` would give: the same names and types, NULL as null."""
+    rows = conn.execute(select, params, binary=True).fetchall()
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(_EVENT_CSV_COLUMNS)
+    return pa.table(
+        {
+            name: pa.array(column, type=COLUMN_TYPES[kind])
+            for (name, kind), column in zip(_EVENT_CSV_COLUMNS.items(), values, strict=True)
+        }
+    )
+
+
 def read_events(
     conn: psycopg.Connection,
     start: datetime | None = None,
@@ -156,6 +172,7 @@ def read_events(
             )
         )
         params.extend([int(shard.plan_id), int(shard.shard)])
+    listed = False  # a few ids in the query: a plain SELECT (module docstring)
     if customer_ids is not None:
         ids = pd.unique(pd.Series(np.asarray(customer_ids, dtype=object)).dropna().astype(str).to_numpy())
         if len(ids) == 0:
@@ -163,6 +180,7 @@ def read_events(
         if len(ids) <= MAX_LISTED_IDS:  # a temp table costs more round trips than a few ids in the query
             conditions.append(sql.SQL("e.customer_id = ANY(%s)"))
             params.append([str(i) for i in ids])
+            listed = True
         else:
             require_transaction(conn)  # the temporary table lives until the transaction ends
             _stage_ids(conn, np.asarray(ids, dtype=object))
@@ -170,12 +188,15 @@ def read_events(
     # No ORDER BY: the server streams a plain scan, and pyarrow sorts (multi-threaded C++, byte
     # order = COLLATE "C"). A server-side sort of millions of rows either spills to disk with a
     # default work_mem or becomes a random-access full index scan (measured 3-5x slower).
-    query = sql.SQL(
-        "COPY (SELECT e.customer_id, (extract(epoch FROM e.event_time) * 1000000)::bigint,"
-        " e.action, e.product_id, e.category, e.price, e.session_id FROM events e{})"
-        " TO STDOUT (FORMAT csv, FORCE_QUOTE *)"
+    select = sql.SQL(
+        "SELECT e.customer_id, (extract(epoch FROM e.event_time) * 1000000)::bigint,"
+        " e.action, e.product_id, e.category, e.price, e.session_id FROM events e{}"
     ).format(_where(conditions))
-    table = copy_out_csv(conn, query, params, _EVENT_CSV_COLUMNS)
+    if listed:
+        table = _selected(conn, select, params)
+    else:
+        query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)").format(select)
+        table = copy_out_csv(conn, query, params, _EVENT_CSV_COLUMNS)
     if table.num_rows == 0:
         return event_schema.empty_events()
     table = table.sort_by([(key, "ascending") for key in ("customer_id", "event_us", "action", "product_id")])
