@@ -224,8 +224,11 @@ def _update_profiles(
         if not len(pending):
             break
         history = store.read_events(customer_ids=list(pending))
-        for as_of, ids in _customers_by_day(history).items():
-            done, skipped, wrote = _profile_and_write(store, history, ids, as_of)
+        days = _customers_by_day(history)
+        for as_of, ids in days.items():
+            # One day (the usual post) holds every customer read: no filtering copy of the history.
+            events = history if len(days) == 1 else history[history["customer_id"].isin(set(ids))]
+            done, skipped, wrote = _profile_and_write(store, events, ids, as_of)
             flushed = flushed or wrote
             for profile in done:
                 profiled[profile.customer_id] = profile
@@ -269,13 +272,13 @@ def _customers_by_day(history: pd.DataFrame) -> dict[datetime, np.ndarray]:
 
 
 def _profile_and_write(
-    store: Store, history: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
+    store: Store, events: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
 ) -> tuple[list[UpdatedProfile], list[Unprofiled], bool]:
-    """Profile ``customer_ids`` as of ``as_of`` with the model selected for it and write them;
+    """Profile ``customer_ids`` from ``events`` (their stored histories) as of ``as_of`` with the
+    model selected for it and write them;
     recomputed once when a promotion replaced that model meanwhile (as the daily run does). The
     flag: the write committed changed rows (so synchronously, with a commit record)."""
     version = store.model_version_for(as_of)
-    events = history[history["customer_id"].isin(set(customer_ids))]
     replaced: StaleModelError | None = None
     while version is not None:
         model = load_model(store, version)  # the process's cache: a saved version never changes
