@@ -4,7 +4,10 @@ A saved model version never changes (``Store.save_model`` writes it once; later 
 change its status), so once loaded its arrays can serve every later request of the process:
 the online update path (``traitflow.online_update``) profiles a customer in milliseconds, and
 reading the token table and components back from PostgreSQL would otherwise dominate each post.
-The cached model also keeps what it builds lazily (the token table's hash index).
+The cached model also keeps what it builds lazily (the token table's hash index), and the cache
+keeps each model's token lookup matrix (``item2vec.fallback_vectors``: the token vectors stacked
+with the category and action means), built on the first ``fallback`` call: rebuilding it per
+post copied the whole vocabulary's vectors every time (128 MB at 500K tokens of 64 floats).
 
 Bounded (``MAX_MODELS`` versions, least recently used dropped first) and thread-safe: the
 api-server serves requests from a thread pool. Two threads missing the same version at once
@@ -16,7 +19,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+
+from traitflow.item2vec import FallbackVectors, fallback_vectors
 
 if TYPE_CHECKING:
     from traitflow.model import TraitflowModel
@@ -28,6 +34,12 @@ MAX_MODELS: Final = 4  # the active model, the one it replaced, and room for a r
 ModelKey = tuple[str, str, int]
 
 
+@dataclass
+class _Entry:
+    model: TraitflowModel
+    fallback: FallbackVectors | None = None  # built by the first ``ModelCache.fallback`` call
+
+
 class ModelCache:
     """Loaded models by ``ModelKey``, at most ``max_models`` of them (least recently used evicted)."""
 
@@ -36,23 +48,48 @@ class ModelCache:
             raise ValueError(f"max_models must be >= 1, got {max_models}")
         self.max_models = max_models
         self._lock = threading.Lock()
-        self._models: OrderedDict[ModelKey, TraitflowModel] = OrderedDict()
+        self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self.hits = 0
         self.loads = 0
+        self.fallbacks_built = 0
 
     def load(self, store: Store, version: int) -> TraitflowModel:
         """``store.load_model(version)``, read from the database only the first time."""
+        return self._entry(store, version).model
+
+    def fallback(self, store: Store, version: int) -> FallbackVectors:
+        """``item2vec.fallback_vectors`` of the cached model's tokens, built only the first time.
+
+        Once built, the cached model's float32 ``tokens.vectors`` is rebound to the matrix's first
+        rows (``fallback_vectors`` stacks the token vectors first, as float32): the same values,
+        one copy in memory instead of two. Two threads building it at once both build, one result is kept.
+        """
+        entry = self._entry(store, version)
+        if entry.fallback is not None:
+            return entry.fallback
+        tokens = entry.model.tokens
+        built = fallback_vectors(tokens)
+        with self._lock:
+            if entry.fallback is None:
+                self.fallbacks_built += 1
+                entry.fallback = built
+                if tokens.vectors.dtype == built.matrix.dtype:
+                    tokens.vectors = built.matrix[: built.n_tokens]
+            return entry.fallback
+
+    def _entry(self, store: Store, version: int) -> _Entry:
         key: ModelKey = (str(store.url), store.schema, int(version))
         with self._lock:
-            model = self._models.get(key)
-            if model is not None:
+            entry = self._models.get(key)
+            if entry is not None:
                 self._models.move_to_end(key)
                 self.hits += 1
-                return model
+                return entry
         model = store.load_model(int(version))
         with self._lock:
             self.loads += 1
-            kept = self._models.setdefault(key, model)  # a concurrent load of the same key may have won
+            # a concurrent load of the same key may have won
+            kept = self._models.setdefault(key, _Entry(model))
             self._models.move_to_end(key)
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
@@ -73,3 +110,9 @@ MODELS = ModelCache()
 def load_model(store: Store, version: int) -> TraitflowModel:
     """``store.load_model(version)`` through the process's model cache."""
     return MODELS.load(store, version)
+
+
+def load_fallback(store: Store, version: int) -> FallbackVectors:
+    """The token lookup matrix of model ``version`` (``ModelCache.fallback``) through the
+    process's model cache."""
+    return MODELS.fallback(store, version)

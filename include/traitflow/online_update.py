@@ -11,6 +11,20 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   nothing. The source names the request by its content (``request_source``), so a re-post of
   the same body also records its rejects only once, and an event repeated with other fields is
   a ``conflicting_duplicate``, as for files.
+* **Durable before answered**, with one WAL flush per post instead of two: the ingest commits
+  asynchronously (``synchronous_commit=False``: COMMIT does not wait for its WAL record to
+  reach disk) and the profile write after it commits synchronously. PostgreSQL's WAL is one
+  sequence and a flush covers everything before the flushed position, so when the write's
+  commit returns, the ingest's commit record (earlier in the WAL) is on disk too. That holds
+  only for a write that changed rows (PostgreSQL flushes at commit only for a transaction that
+  has an id and wrote WAL; one that changed nothing flushes nothing), so every other way out
+  (no promoted model, a stale model skipped, a write that changed nothing, no valid event, an
+  exception) calls ``Store.flush_wal`` before returning or raising: nothing is answered before
+  it is durable. In the few milliseconds between the two commits other sessions can already
+  see the events; a server crash in that window loses them before anyone was told they were
+  stored (the client gets an error and re-posts; a re-post adds nothing twice), and anything
+  derived from them and committed (another post's profile, a daily run's) was flushed after
+  them, so it cannot outlive them.
 * **Profile** each affected customer from their whole stored history with the batch path
   (``pipeline.profile_customers``), as of the **end of the UTC day of their newest stored
   event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
@@ -25,7 +39,8 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   later ``as_of`` than the day of their newest event, the update rewrites that day's history row
   and the newer current row stays.
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
-  change): a post reads the model from PostgreSQL only the first time that version is used.
+  change): a post reads the model from PostgreSQL, and builds its token lookup matrix
+  (``item2vec.fallback_vectors``), only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
   and a post counts its customers' stored events after writing (``Store.event_counts``, not a
   second read of the history) and profiles again those whose history grew meanwhile
@@ -57,7 +72,7 @@ import pandas as pd
 
 from traitflow import event_schema
 from traitflow.events import PRESETS, validate_columns
-from traitflow.model_cache import load_model
+from traitflow.model_cache import load_fallback, load_model
 from traitflow.pipeline import profile_customers
 from traitflow.profile_batch import ProfileBatch, profile_confidence
 from traitflow.profile_cache import profiles_changed
@@ -163,9 +178,15 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
         raise TooManyEventsError(f"{len(rows)} events in one request; at most {MAX_EVENTS}")
     source = request_source(rows)
     result = validate_columns(event_columns(rows), PRESETS["canonical"], source=source)
-    report = store.ingest_events(result, source, run_id, few_rows=True)
+    report = store.ingest_events(result, source, run_id, few_rows=True, synchronous_commit=False)
     customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
-    profiled, unprofiled = _update_profiles(store, customer_ids)
+    try:
+        profiled, unprofiled, flushed = _update_profiles(store, customer_ids)
+    except BaseException:
+        _flush_after_failure(store)
+        raise
+    if not flushed:
+        store.flush_wal()
     return EventUpdate(
         source=source,
         n_received=report.n_read,
@@ -178,21 +199,37 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
     )
 
 
+def _flush_after_failure(store: Store) -> None:
+    """``store.flush_wal()`` on the way out of a failed post, which raises its own error: a
+    failure to flush is logged, not raised over it (the client gets an error either way and a
+    re-post adds nothing twice)."""
+    try:
+        store.flush_wal()
+    except Exception:
+        log.warning("flushing the WAL after a failed event post failed", exc_info=True)
+
+
 def _update_profiles(
     store: Store, customer_ids: np.ndarray
-) -> tuple[dict[str, UpdatedProfile], dict[str, Unprofiled]]:
+) -> tuple[dict[str, UpdatedProfile], dict[str, Unprofiled], bool]:
     """Profile and write ``customer_ids`` from their stored history, again for those whose history
     grew meanwhile (a concurrent post committed between reading and writing: the last write of a
-    customer then rests on every event), at most ``MAX_ROUNDS`` times."""
+    customer then rests on every event), at most ``MAX_ROUNDS`` times. The flag: some write
+    committed changed rows, so the WAL is flushed up to a commit after the ingest's."""
     profiled: dict[str, UpdatedProfile] = {}
     unprofiled: dict[str, Unprofiled] = {}
+    flushed = False
     pending = customer_ids
     for _ in range(MAX_ROUNDS):
         if not len(pending):
             break
         history = store.read_events(customer_ids=list(pending))
-        for as_of, ids in _customers_by_day(history).items():
-            done, skipped = _profile_and_write(store, history, ids, as_of)
+        days = _customers_by_day(history)
+        for as_of, ids in days.items():
+            # One day (the usual post) holds every customer read: no filtering copy of the history.
+            events = history if len(days) == 1 else history[history["customer_id"].isin(set(ids))]
+            done, skipped, wrote = _profile_and_write(store, events, ids, as_of)
+            flushed = flushed or wrote
             for profile in done:
                 profiled[profile.customer_id] = profile
                 unprofiled.pop(profile.customer_id, None)
@@ -200,7 +237,7 @@ def _update_profiles(
                 unprofiled[skip.customer_id] = skip
                 profiled.pop(skip.customer_id, None)
         pending = _grown(history, store.event_counts(list(pending)))
-    return profiled, unprofiled
+    return profiled, unprofiled, flushed
 
 
 def _grown(history: pd.DataFrame, counts: Mapping[str, int]) -> np.ndarray:
@@ -235,28 +272,31 @@ def _customers_by_day(history: pd.DataFrame) -> dict[datetime, np.ndarray]:
 
 
 def _profile_and_write(
-    store: Store, history: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
-) -> tuple[list[UpdatedProfile], list[Unprofiled]]:
-    """Profile ``customer_ids`` as of ``as_of`` with the model selected for it and write them;
-    recomputed once when a promotion replaced that model meanwhile (as the daily run does)."""
+    store: Store, events: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
+) -> tuple[list[UpdatedProfile], list[Unprofiled], bool]:
+    """Profile ``customer_ids`` from ``events`` (their stored histories) as of ``as_of`` with the
+    model selected for it and write them;
+    recomputed once when a promotion replaced that model meanwhile (as the daily run does). The
+    flag: the write committed changed rows (so synchronously, with a commit record)."""
     version = store.model_version_for(as_of)
-    events = history[history["customer_id"].isin(set(customer_ids))]
     replaced: StaleModelError | None = None
     while version is not None:
         model = load_model(store, version)  # the process's cache: a saved version never changes
-        batch = profile_customers(events, model, as_of, customer_ids=customer_ids)
+        fallback = load_fallback(store, version)
+        batch = profile_customers(events, model, as_of, customer_ids=customer_ids, fallback=fallback)
         batch.model_version = version
         try:
-            store.write_profiles(batch, require_selected_model=True, few_rows=True)
+            written = store.write_profiles(batch, require_selected_model=True, few_rows=True)
             profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
-            return _profiles(batch, model.traits.labels), []
+            changed = written.history_inserted + written.history_replaced + written.profiles_written
+            return _profiles(batch, model.traits.labels), [], changed > 0
         except StaleModelError as stale:
             if replaced is not None:
-                return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids]
+                return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids], False
             log.warning("%s; recomputing with model %s", stale, stale.selected)
             replaced, version = stale, stale.selected
     reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
-    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids]
+    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids], False
 
 
 def _profiles(batch: ProfileBatch, labels: Sequence[str]) -> list[UpdatedProfile]:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from traitflow.aggregate import CustomerEmbeddings, customer_embeddings
 from traitflow.config import ConfigError, PipelineConfig, SessionParams, ThinDataError, check_trait_count
-from traitflow.item2vec import train_item2vec
+from traitflow.item2vec import FallbackVectors, train_item2vec
 from traitflow.model import TokenTable, TraitflowModel, TraitModel
 from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
@@ -425,11 +425,13 @@ def profile_customers(
     as_of: datetime,
     *,
     customer_ids: np.ndarray | None = None,
+    fallback: FallbackVectors | None = None,
     run_stage: StageRunner = run_directly,
 ) -> ProfileBatch:
     """Profiles as of ``as_of`` from events before it, for the customers in ``events`` (and
     ``customer_ids``; those without events get the population profile, flagged no_history).
-    ``run_stage`` runs each stage (see the module's docstring)."""
+    ``fallback``: ``item2vec.fallback_vectors(model.tokens)`` when the caller keeps it (built
+    here otherwise). ``run_stage`` runs each stage (see the module's docstring)."""
     started = time.perf_counter()
     usable = events_before(events, as_of)
     embeddings = run_stage(
@@ -441,6 +443,7 @@ def profile_customers(
             model.config.sessions,
             as_of=as_of,
             customer_ids=customer_ids,
+            fallback=fallback,
         ),
     )
     batch = profiles_from_embeddings(model, embeddings, as_of, run_stage=run_stage)

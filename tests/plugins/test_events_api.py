@@ -106,6 +106,7 @@ def test_the_batch_form_profiles_every_customer_and_counts_add_up(client: TestCl
         ("bob", "2024-01-09T00:00:00Z"),
         ("carol/x", "2024-01-10T00:00:00Z"),
     ]
+    assert [p["n_events"] for p in body["profiles"]] == [2, 3]  # each day's profiles from their own events
     assert model_db.current_profile("carol/x")["n_events"] == 3
     assert model_db.reject_counts(body["source"]) == {"unknown_action": 1}
 

@@ -13,9 +13,17 @@ from traitflow.synthetic import SyntheticSpec, generate
 
 
 def test_listed_and_staged_ids_read_the_same_events(store: Store) -> None:
+    """The listed ids' plain SELECT gives the frame of the staged ids' COPY, missing values and
+    text that CSV must quote included."""
     events = generate(SyntheticSpec(n_customers=MAX_LISTED_IDS + 50, n_events=3000, n_products=50)).events
     hostile = events["customer_id"] == events["customer_id"].iloc[-1]
     events.loc[hostile, "customer_id"] = "x'); DROP TABLE events;--"
+    rows = events.index[hostile]
+    events.loc[rows[0], "category"] = None
+    events.loc[rows[1], "price"] = float("nan")
+    events.loc[rows[2], "session_id"] = None
+    events.loc[rows[3], "category"] = 'a "quoted", multi\nline category'
+    events.loc[rows[4], "price"] = 0.1 + 0.2  # no shorter decimal text
     store.ingest_events(LoadResult(events, event_schema.empty_rejects()), "synthetic", "test")
     ids = pd.unique(events["customer_id"])
     assert len(ids) > MAX_LISTED_IDS
@@ -27,6 +35,10 @@ def test_listed_and_staged_ids_read_the_same_events(store: Store) -> None:
     expected = staged[staged["customer_id"].isin(few)].reset_index(drop=True)
     pd.testing.assert_frame_equal(listed.reset_index(drop=True), expected)
     assert set(listed["customer_id"]) == set(few) - {"absent"}
+    mine = listed[listed["customer_id"] == "x'); DROP TABLE events;--"]
+    assert mine["category"].isna().sum() >= 1 and mine["price"].isna().sum() >= 1
+    assert mine["session_id"].isna().sum() >= 1 and (mine["price"] == 0.1 + 0.2).any()
+    assert (mine["category"] == 'a "quoted", multi\nline category').any()
 
 
 def test_the_read_frame_has_the_canonical_columns_dtypes_and_missing_values() -> None:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from traitflow import event_schema
@@ -405,3 +406,28 @@ def test_table_checksums_change_with_the_rows_and_only_with_them(store: Store) -
     after = store.table_checksums()
     assert after["events"] != before["events"]
     assert after["rejected_events"] == before["rejected_events"]  # nothing rejected: unchanged
+
+
+@pytest.mark.parametrize(
+    ("values", "required", "message"),
+    [
+        (["a", "b\x00", None, ""], True, "row 1 contains a NUL"),  # the NUL is reported first
+        (["a", None, "x" * 9], True, "row 1 is missing or empty"),
+        (["a", "", "x" * 9], True, "row 1 is missing or empty"),
+        (["a", None, "x" * 9], False, "row 2 is longer than 8"),
+        (["a", "é" * 8, "€" * 9], False, "row 2 is longer than 8"),  # characters, not bytes
+        (["a", None, "", "é" * 8], False, None),
+    ],
+)
+def test_few_and_many_texts_are_checked_alike(
+    values: list[str | None], required: bool, message: str | None
+) -> None:
+    """``check_text`` checks a few values in Python and more with Arrow kernels: same verdicts."""
+    few = pa.array(values, pa.large_string())
+    many = pa.array(values + ["ok"] * (store_ingest._FEW_TEXTS + 1), pa.large_string())
+    for array in (few, many):
+        if message is None:
+            store_ingest.check_text(array, "c", required=required, max_chars=8)
+        else:
+            with pytest.raises(StoreInputError, match=f"^column 'c' {message}"):
+                store_ingest.check_text(array, "c", required=required, max_chars=8)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from traitflow.item2vec import fallback_vectors
+from traitflow.model import TokenTable
 from traitflow.model_cache import ModelCache
 from traitflow.store import Store
 
@@ -75,6 +77,68 @@ def test_concurrent_misses_all_get_one_shared_model() -> None:
     assert all(r is results[0] for r in results)  # whichever load won, everyone got that one
     assert len(cache) == 1
     assert cache.load(store, 5) is results[0]  # type: ignore[arg-type]
+
+
+@dataclass
+class TokensModel:
+    """Stands in for a loaded model: only its token table is read by ``ModelCache.fallback``."""
+
+    tokens: TokenTable
+
+
+@dataclass
+class TokensStore(CountingStore):
+    """``load_model`` returns a fresh model whose token vectors depend on the version."""
+
+    def load_model(self, version: int) -> Any:
+        self.calls.append(version)
+        return TokensModel(
+            TokenTable(
+                tokens=np.array(["view_a", "view_b", "cart_a"], dtype=object),
+                actions=np.array(["view", "view", "cart"], dtype=object),
+                product_ids=np.array(["a", "b", "a"], dtype=object),
+                categories=np.array(["X", "", "X"], dtype=object),
+                counts=np.array([1, 3, 2], dtype=np.int64),
+                vectors=np.arange(6, dtype=np.float32).reshape(3, 2) * version,
+            )
+        )
+
+
+def test_a_fallback_matrix_is_built_once_per_model_and_shares_the_token_vectors() -> None:
+    cache, store = ModelCache(), TokensStore()
+    saved = store.load_model(2).tokens.vectors.copy()
+    store.calls.clear()
+    first = cache.fallback(store, 2)  # type: ignore[arg-type]
+    assert cache.fallback(store, 2) is first  # type: ignore[arg-type]
+    assert cache.fallbacks_built == 1 and store.calls == [2]
+    model = cache.load(store, 2)  # type: ignore[arg-type]
+    expected = fallback_vectors(store.load_model(2).tokens)
+    np.testing.assert_array_equal(first.matrix, expected.matrix)
+    assert list(first.category_index) == list(expected.category_index)
+    assert list(first.action_index) == list(expected.action_index)
+    # The model's token vectors are now the matrix's first rows: equal values, one copy.
+    np.testing.assert_array_equal(model.tokens.vectors, saved)
+    assert np.shares_memory(model.tokens.vectors, first.matrix)
+
+
+def test_another_model_gets_its_own_fallback_matrix() -> None:
+    cache, store = ModelCache(), TokensStore()
+    two = cache.fallback(store, 2)  # type: ignore[arg-type]
+    three = cache.fallback(store, 3)  # type: ignore[arg-type]
+    other_schema = cache.fallback(TokensStore(schema="other"), 2)  # type: ignore[arg-type]
+    assert cache.fallbacks_built == 3
+    assert two is not three and two is not other_schema
+    np.testing.assert_array_equal(three.matrix[:3], np.arange(6, dtype=np.float32).reshape(3, 2) * 3)
+    np.testing.assert_array_equal(two.matrix[:3], np.arange(6, dtype=np.float32).reshape(3, 2) * 2)
+
+
+def test_an_evicted_model_takes_its_fallback_matrix_with_it() -> None:
+    cache, store = ModelCache(max_models=1), TokensStore()
+    first = cache.fallback(store, 1)  # type: ignore[arg-type]
+    cache.fallback(store, 2)  # type: ignore[arg-type]  # evicts 1
+    again = cache.fallback(store, 1)  # type: ignore[arg-type]
+    assert again is not first and cache.fallbacks_built == 3
+    np.testing.assert_array_equal(again.matrix, first.matrix)
 
 
 def test_a_cached_model_is_the_saved_one(store: Store, build_model: Callable[..., Any]) -> None:

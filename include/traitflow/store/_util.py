@@ -20,7 +20,8 @@ from traitflow import formatting
 from . import copybin
 from .errors import StoreInputError
 
-_CSV_TYPES = {"str": pa.large_string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+# Arrow types of the column kinds of ``copy_out_csv``.
+COLUMN_TYPES = {"str": pa.large_string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
 
 
 def require_transaction(conn: psycopg.Connection) -> None:
@@ -113,13 +114,13 @@ def copy_out_csv(
     data = copy_out(conn, statement, params)
     names = list(columns)
     if not data:
-        return pa.table({name: pa.array([], type=_CSV_TYPES[kind]) for name, kind in columns.items()})
+        return pa.table({name: pa.array([], type=COLUMN_TYPES[kind]) for name, kind in columns.items()})
     return pa_csv.read_csv(
         pa.BufferReader(data),
         read_options=pa_csv.ReadOptions(column_names=names, block_size=64 << 20),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
-            column_types={name: _CSV_TYPES[kind] for name, kind in columns.items()},
+            column_types={name: COLUMN_TYPES[kind] for name, kind in columns.items()},
             null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,

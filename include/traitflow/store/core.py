@@ -157,6 +157,7 @@ class Store:
         file_sha256: str | None = None,
         *,
         few_rows: bool = False,
+        synchronous_commit: bool = True,
     ) -> IngestReport:
         """Insert a loader result's events and rejects; re-ingesting adds nothing twice.
 
@@ -169,9 +170,33 @@ class Store:
         when present (the loader sets them), else its position in ``events`` from 1.
         ``few_rows``: a result of a few rows (``ingest.MAX_PARAMETER_ROWS``) is sent as query
         parameters instead of staged (the same rows written, fewer round trips).
+        ``synchronous_commit=False``: the commit returns before its WAL record is flushed (no
+        fsync wait), so the rows are visible at once but not yet durable. The caller must not
+        acknowledge them before a later synchronous commit of a transaction that changed rows
+        has returned (its flush covers every WAL record before it), or ``flush_wal()``.
         """
         with self._transaction() as conn:
-            return _ingest.ingest_results(conn, [result], source, run_id, file_sha256, few_rows=few_rows)
+            return _ingest.ingest_results(
+                conn,
+                [result],
+                source,
+                run_id,
+                file_sha256,
+                few_rows=few_rows,
+                synchronous_commit=synchronous_commit,
+            )
+
+    def flush_wal(self) -> None:
+        """Make every transaction committed before this call durable, asynchronous ones included.
+
+        One autocommit statement that writes a transactional WAL record (an empty logical
+        decoding message, ``pg_logical_emit_message(true, ...)``; it also takes a transaction
+        id): PostgreSQL commits synchronously (the session's ``synchronous_commit``, on by
+        default) only a transaction that has an id and wrote WAL (an id alone commits
+        asynchronously), and then returns only once the WAL up to its commit record, and so
+        every record before it, is flushed. One round trip and one WAL flush; nothing stored.
+        """
+        self._ensure_ready().execute("SELECT pg_logical_emit_message(true, 'traitflow.flush', '')")
 
     def ingest_file(
         self,

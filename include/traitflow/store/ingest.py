@@ -14,7 +14,10 @@ number, with its canonical fields as a JSON object for ``raw`` (the loader keeps
 of valid rows). The stored event stays as it is: the first one in wins.
 
 These functions run inside the caller's transaction (``Store`` opens exactly one per public
-method); they never commit.
+method); they never commit. With ``synchronous_commit=False`` they make that transaction's commit
+asynchronous (``SET LOCAL synchronous_commit = off``: COMMIT returns before its WAL record is
+flushed); the caller must then make it durable before acknowledging anything (see
+``Store.ingest_events``).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import pandas as pd
@@ -115,23 +119,57 @@ def check_text(array: pa.Array, column: str, *, required: bool, max_chars: int |
     """
     if len(array) == 0:
         return
+    if len(array) <= _FEW_TEXTS:
+        _check_few_texts(array.to_pylist(), column, required=required, max_chars=max_chars)
+        return
     has_nul = pc.fill_null(pc.match_substring(array, "\x00"), False)
     if pc.any(has_nul).as_py():
-        row = _first_true(has_nul)
-        raise StoreInputError(
-            f"column {column!r} row {row} contains a NUL (\\x00) character, which PostgreSQL text "
-            "cannot store; validate input with traitflow.events (it rejects control characters)"
-        )
+        _raise_nul(column, _first_true(has_nul))
     if required:
-        missing = pc.or_(array.is_null(), pc.equal(pc.utf8_length(array), 0))
+        # Kleene or: or_ of a null is null, which pc.any skips (a NULL would pass as present).
+        missing = pc.or_kleene(array.is_null(), pc.equal(pc.utf8_length(array), 0))
         if pc.any(missing).as_py():
-            raise StoreInputError(f"column {column!r} row {_first_true(missing)} is missing or empty")
+            _raise_missing(column, _first_true(missing))
     if max_chars is not None:
         too_long = pc.fill_null(pc.greater(pc.utf8_length(array), max_chars), False)
         if pc.any(too_long).as_py():
-            raise StoreInputError(
-                f"column {column!r} row {_first_true(too_long)} is longer than {max_chars} characters"
-            )
+            _raise_too_long(column, _first_true(too_long), max_chars)
+
+
+# Up to this many values ``check_text`` checks the Python strings: each Arrow kernel call costs
+# tens of microseconds whatever the length, five per column, several columns per posted event.
+_FEW_TEXTS = 64
+
+
+def _check_few_texts(values: list[str | None], column: str, *, required: bool, max_chars: int | None) -> None:
+    """``check_text`` of a few values, in its order of checks (a NUL anywhere first, then a
+    missing value, then a long one). ``len`` counts code points, as Arrow's ``utf8_length``."""
+    for row, value in enumerate(values):
+        if value is not None and "\x00" in value:
+            _raise_nul(column, row)
+    if required:
+        for row, value in enumerate(values):
+            if not value:
+                _raise_missing(column, row)
+    if max_chars is not None:
+        for row, value in enumerate(values):
+            if value is not None and len(value) > max_chars:
+                _raise_too_long(column, row, max_chars)
+
+
+def _raise_nul(column: str, row: int) -> NoReturn:
+    raise StoreInputError(
+        f"column {column!r} row {row} contains a NUL (\\x00) character, which PostgreSQL text "
+        "cannot store; validate input with traitflow.events (it rejects control characters)"
+    )
+
+
+def _raise_missing(column: str, row: int) -> NoReturn:
+    raise StoreInputError(f"column {column!r} row {row} is missing or empty")
+
+
+def _raise_too_long(column: str, row: int, max_chars: int) -> NoReturn:
+    raise StoreInputError(f"column {column!r} row {row} is longer than {max_chars} characters")
 
 
 @dataclass
@@ -307,6 +345,7 @@ _STORED_CONFLICT_SQL = """UNION ALL
            OR e.session_id IS DISTINCT FROM s.session_id)"""
 
 
+_CONFLICTS_WITH_STORED = _CONFLICTS_SQL.format(stored=_STORED_CONFLICT_SQL, stage="{stage}")
 _STAGE_EVENTS = "_tf_stage_events"
 _STAGE_REJECTS = "_tf_stage_rejects"
 _INSERT_EVENTS = (
@@ -325,39 +364,57 @@ _INSERT_REJECTS = (
 # statements above as query parameters instead of through staging tables: no temporary table to
 # create, copy into and analyze.
 MAX_PARAMETER_ROWS = 32
+_ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 
 def _fits_parameters(n_events: int, n_rejects: int) -> bool:
     return max(n_events, n_rejects) <= MAX_PARAMETER_ROWS
 
 
-def _values(columns: str, types: str, rows: list[list[Any]]) -> tuple[sql.Composable, dict[str, Any]]:
-    """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``rows`` as named parameters, each
-    value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
-    casts = [t.strip() for t in types.split(",")]
+def _values(rows: list[list[Any]]) -> tuple[int, dict[str, Any]]:
+    """(the row count, the named parameters) of ``rows`` for ``_values_source``'s placeholders."""
     params: dict[str, Any] = {}
-    values = []
     for i, row in enumerate(rows):
-        names = [f"v{i}_{j}" for j in range(len(casts))]
-        params |= dict(zip(names, row, strict=True))
-        values.append(
-            sql.SQL("({})").format(
-                sql.SQL(", ").join(
-                    sql.SQL("{}::{}").format(sql.Placeholder(name), sql.SQL(cast))
-                    for name, cast in zip(names, casts, strict=True)
-                )
+        params |= {f"v{i}_{j}": value for j, value in enumerate(row)}
+    return len(rows), params
+
+
+def _values_source(columns: str, types: str, n_rows: int) -> sql.Composable:
+    """``(SELECT * FROM (VALUES ...) AS v(columns))`` of ``n_rows`` rows of named parameters,
+    each value cast to its column's type in ``types`` (comma-separated, in ``columns``' order)."""
+    casts = [t.strip() for t in types.split(",")]
+    values = [
+        sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Placeholder(f"v{i}_{j}"), sql.SQL(cast))
+                for j, cast in enumerate(casts)
             )
         )
-    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
+        for i in range(n_rows)
+    ]
+    return sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
         sql.SQL(", ").join(values), sql.SQL(columns)
     )
-    return source, params
+
+
+@lru_cache(maxsize=4 * MAX_PARAMETER_ROWS)
+def _statement(template: str, columns: str, types: str, n_rows: int) -> bytes:
+    """``template``'s ``{stage}`` replaced by ``_values_source(columns, types, n_rows)``, rendered
+    once per shape: composing the statement on every post cost about as much as the insert."""
+    return sql.SQL(template).format(stage=_values_source(columns, types, n_rows)).as_bytes(None)
+
+
+_EVENT_COLUMNS = (
+    "customer_id, event_time, action, product_id, category, price, session_id, row_number, conflict_in_batch"
+)
+_EVENT_TYPES = "text, timestamptz, text, text, text, float8, text, int8, bool"
+_REJECT_COLUMNS, _REJECT_TYPES = "source, row_number, raw, reason", "text, int8, text, text"
 
 
 def _event_rows(
     checked: _EventArrays, numbers: np.ndarray, in_batch: np.ndarray
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """The staging table's rows (``_stage_events``) as a parameter source."""
+) -> tuple[int, dict[str, Any]]:
+    """The staging table's rows (``_stage_events``) as the parameters of ``_values_source``."""
     text = {column: array.to_pylist() for column, array in checked.text.items()}
     times = [t.to_pydatetime() for t in checked.times.dt.tz_convert("UTC")]
     rows = [
@@ -374,12 +431,7 @@ def _event_rows(
         ]
         for i in range(len(times))
     ]
-    return _values(
-        "customer_id, event_time, action, product_id, category, price, session_id, row_number,"
-        " conflict_in_batch",
-        "text, timestamptz, text, text, text, float8, text, int8, bool",
-        rows,
-    )
+    return _values(rows)
 
 
 def _stage_events(conn: psycopg.Connection, columns: list[copybin.Column]) -> None:
@@ -412,6 +464,7 @@ def ingest_frames(
     event_row_numbers: np.ndarray | None = None,
     *,
     few_rows: bool = False,
+    synchronous_commit: bool = True,
 ) -> IngestReport:
     """Stage and insert one batch of events and rejects (inside the caller's transaction).
 
@@ -420,6 +473,8 @@ def ingest_frames(
     ``conflicting_duplicate`` rejects (see the module docstring). ``few_rows``: a batch of at
     most ``MAX_PARAMETER_ROWS`` events and rejects is sent as query parameters of the same
     statements instead of staged (the same rows written, fewer round trips).
+    ``synchronous_commit=False``: the transaction's commit is asynchronous (module docstring);
+    sent in the same pipeline as the rows when they go as parameters.
     """
     require_transaction(conn)
     if not source or not run_id:
@@ -438,8 +493,12 @@ def ingest_frames(
         checked = _checked_events(events)
     checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
     if as_parameters:
-        _insert_from_parameters(conn, report, checked, numbers, in_batch, checked_rejects, params)
+        _insert_from_parameters(
+            conn, report, checked, numbers, in_batch, checked_rejects, params, synchronous_commit
+        )
     else:
+        if not synchronous_commit:
+            conn.execute(_ASYNCHRONOUS_COMMIT)
         _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
     report.n_rejected = len(rejects) + report.n_conflicting
     report.n_read = len(events) + len(rejects)
@@ -495,21 +554,26 @@ def _insert_from_parameters(
     in_batch: np.ndarray,
     checked_rejects: _CheckedRejects | None,
     params: dict[str, Any],
+    synchronous_commit: bool = True,
 ) -> None:
     """Insert a small batch with its rows as query parameters, counting into ``report``: the
-    statements of ``_insert_staged`` in the same order, in one pipeline (one round trip). The
+    statements of ``_insert_staged`` in the same order (after ``_ASYNCHRONOUS_COMMIT`` unless
+    ``synchronous_commit``), in one pipeline (one round trip). The
     conflicts query always runs, with the stored-conflict part: it cannot wait for the insert's
     count, and on events all new it finds nothing (each inserted row equals itself), so the
     rows written and the counts are those of the staged path."""
     counted = None
     recorded = None
     with conn.pipeline():
+        if not synchronous_commit:
+            conn.execute(_ASYNCHRONOUS_COMMIT)
         if checked is not None:
-            stage, rows = _event_rows(checked, numbers, in_batch)
-            inserted = conn.execute(sql.SQL(_INSERT_EVENTS).format(stage=stage), params | rows)
-            conflicts = sql.SQL(_CONFLICTS_SQL.format(stored=_STORED_CONFLICT_SQL, stage="{stage}"))
+            n, rows = _event_rows(checked, numbers, in_batch)
+            inserted = conn.execute(
+                _statement(_INSERT_EVENTS, _EVENT_COLUMNS, _EVENT_TYPES, n), params | rows
+            )
             counted = conn.execute(
-                conflicts.format(stage=stage),
+                _statement(_CONFLICTS_WITH_STORED, _EVENT_COLUMNS, _EVENT_TYPES, n),
                 params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
             )
         if checked_rejects is not None:
@@ -524,11 +588,10 @@ def _insert_from_parameters(
                     strict=True,
                 )
             ]
-            reject_stage, reject_params = _values(
-                "source, row_number, raw, reason", "text, int8, text, text", reject_rows
-            )
+            n_rejects, reject_params = _values(reject_rows)
             recorded = conn.execute(
-                sql.SQL(_INSERT_REJECTS).format(stage=reject_stage), reject_params | {"run_id": report.run_id}
+                _statement(_INSERT_REJECTS, _REJECT_COLUMNS, _REJECT_TYPES, n_rejects),
+                reject_params | {"run_id": report.run_id},
             )
     if counted is not None:
         report.n_inserted = inserted.rowcount
@@ -592,6 +655,7 @@ def ingest_results(
     file_sha256: str | None = None,
     *,
     few_rows: bool = False,
+    synchronous_commit: bool = True,
 ) -> IngestReport:
     """Ingest a stream of load results (e.g. ``events.iter_events`` chunks) in the caller's transaction.
 
@@ -606,7 +670,16 @@ def ingest_results(
     for result in results:
         numbers = getattr(result, "event_row_numbers", None)  # loaders without numbers: positions
         total.add(
-            ingest_frames(conn, result.events, result.rejects, source, run_id, numbers, few_rows=few_rows)
+            ingest_frames(
+                conn,
+                result.events,
+                result.rejects,
+                source,
+                run_id,
+                numbers,
+                few_rows=few_rows,
+                synchronous_commit=synchronous_commit,
+            )
         )
         products = getattr(result, "products", None)  # loaders without names have no such frame
         if products is not None and len(products):

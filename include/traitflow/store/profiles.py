@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -365,14 +366,29 @@ def fits_parameters(batch: ProfileBatch) -> bool:
     return 0 < len(batch) <= MAX_PARAMETER_ROWS
 
 
-def _parameter_rows(prepared: PreparedProfiles) -> tuple[sql.Composable, dict[str, Any]]:
-    """``(VALUES ...)`` holding the batch's rows as parameters (at most ``MAX_PARAMETER_ROWS``),
-    and those parameters: the values of the staging table's columns (``PreparedProfiles.columns``),
-    traits as float8[] (Python floats round-trip exactly), the embedding packed as big-endian
-    float4 bytes."""
+@lru_cache(maxsize=4 * MAX_PARAMETER_ROWS)
+def _parameter_statement(template: str, n_rows: int) -> bytes:
+    """``template``'s ``{stage}`` replaced by ``(VALUES ...)`` of ``n_rows`` rows of the named
+    parameters of ``_parameter_rows``, rendered once per shape: composing the four statements
+    on every post cost about as much as running them."""
+    rows = [
+        sql.SQL("({}::text, {}::float8[], {}::bytea, {}::int8, {}::int8, {}::text, {}::int8)").format(
+            *(sql.Placeholder(f"{column}{i}") for column in "ctednsk")
+        )
+        for i in range(n_rows)
+    ]
+    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
+        sql.SQL(", ").join(rows), sql.SQL(_STAGE_COLUMNS)
+    )
+    return sql.SQL(template).format(stage=source).as_bytes(None)
+
+
+def _parameter_rows(prepared: PreparedProfiles) -> dict[str, Any]:
+    """The parameters of ``_parameter_statement(..., prepared.n)`` (at most ``MAX_PARAMETER_ROWS``
+    rows): the values of the staging table's columns (``PreparedProfiles.columns``), traits as
+    float8[] (Python floats round-trip exactly), the embedding packed as big-endian float4 bytes."""
     ids, cold, known = prepared.ids.to_pylist(), prepared.cold_start.to_pylist(), prepared.n_known_tokens
     params: dict[str, Any] = {}
-    rows = []
     for i in range(prepared.n):
         params |= {
             f"c{i}": ids[i],
@@ -383,15 +399,7 @@ def _parameter_rows(prepared: PreparedProfiles) -> tuple[sql.Composable, dict[st
             f"s{i}": cold[i],
             f"k{i}": None if known is None else int(known[i]),
         }
-        rows.append(
-            sql.SQL("({}::text, {}::float8[], {}::bytea, {}::int8, {}::int8, {}::text, {}::int8)").format(
-                *(sql.Placeholder(f"{column}{i}") for column in "ctednsk")
-            )
-        )
-    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
-        sql.SQL(", ").join(rows), sql.SQL(_STAGE_COLUMNS)
-    )
-    return source, params
+    return params
 
 
 def _write_from_parameters(
@@ -424,11 +432,10 @@ def _write_from_parameters(
         _refuse_stale(selected_version(selected), prepared)
     ensure_months(conn, [prepared.as_of], listed_partitions(partitions))
     checked = time.perf_counter()
-    source, params = _parameter_rows(prepared)
-    params |= {"as_of": prepared.as_of, "v": prepared.model_version}
+    params = _parameter_rows(prepared) | {"as_of": prepared.as_of, "v": prepared.model_version}
     with conn.pipeline():
         replaced, inserted, moved, new = [
-            conn.execute(sql.SQL(statement).format(stage=source), params)
+            conn.execute(_parameter_statement(statement, prepared.n), params)
             for statement in (_REPLACE_HISTORY, _INSERT_NEW_HISTORY, _MOVE_CURRENT, _INSERT_NEW_CURRENT)
         ]
     done = time.perf_counter()
