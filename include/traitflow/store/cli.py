@@ -247,7 +247,7 @@ def cmd_products(args: argparse.Namespace) -> int:
     frame = pd.DataFrame(
         [dataclasses.asdict(p) for p in result.products], columns=["rank", "product_id", "score", "name"]
     )
-    _print_frame(frame.assign(score=frame["score"].round(3)), False)
+    _print_frame(frame.assign(score=frame["score"].round(3), name=frame["name"].fillna("")), False)
     return 0
 
 
