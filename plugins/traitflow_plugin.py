@@ -22,9 +22,13 @@ What it registers (``TraitflowPlugin``)
                                                     profiled); ``?embedding=true`` adds the vector
   ``GET /traitflow/api/customers/{id}/history``     every stored profile, oldest first
   ``GET /traitflow/api/customers/{id}/similar?n=``  nearest current profiles (cosine, same model)
+  ``GET /traitflow/api/customers/{id}/products``    the products the profile ranks highest (the
+  ``?n=&new_only=``                                 ranking ``traitflow evaluate`` measures; n in
+                                                    1..500; new_only leaves out products the
+                                                    customer had events on)
                                                     (ids may contain "/", raw or as %2F; an id
-                                                    ending in "/history" or "/similar" is not
-                                                    addressable)
+                                                    ending in "/history", "/similar" or
+                                                    "/products" is not addressable)
   ``GET /traitflow/api/models``                     model versions: status, trained_through,
                                                     metrics, drift, trait_match
   ``GET /traitflow/api/reports?kind=&limit=``       newest run reports (limit in 1..200)

@@ -175,7 +175,7 @@ def product_ranking(
     if distribution is None:
         weights = trait_item_distribution(profiles, usage_all, smoothing=smoothing, em_steps=em_steps)
     else:
-        weights = _stored_weights(distribution, profiles.shape[1], index)
+        weights = stored_weights(distribution, profiles.shape[1], index)
     popularity = product_popularity(history, index, actions)
     transition = cooccurrence_matrix(history, config.sessions, index)
     tilted = vectors is not None and similarity_weight > 0
@@ -229,11 +229,11 @@ def product_ranking(
     return out
 
 
-def _stored_weights(
-    distribution: tuple[np.ndarray, np.ndarray], n_traits: int, index: pd.Index
-) -> np.ndarray:
+def stored_weights(distribution: tuple[np.ndarray, np.ndarray], n_traits: int, index: pd.Index) -> np.ndarray:
     """The model's stored ``P(product | trait)`` (product ids (P',), weights (k, P')) laid out over
-    ``index`` (k, P); products the model does not list get 0."""
+    ``index`` (k, P); products the model does not list get 0 (the ranking's mixture floor then
+    orders them by similarity alone, ``ranking.blended_scores``). Served rankings lay the stored
+    distribution out the same way (``traitflow.recommend``)."""
     stored_ids, stored = distribution
     weights = np.zeros((n_traits, len(index)))
     cols = index.get_indexer(pd.Index(np.asarray(stored_ids, dtype=object)))

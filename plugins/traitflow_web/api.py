@@ -13,12 +13,14 @@ from .auth import require_access
 from .metrics import count_cache_read
 from .pool import StoreDep
 from .schemas import (
+    CustomerProducts,
     Error,
     History,
     HistoryEntry,
     ModelVersion,
     ModelVersions,
     Profile,
+    RankedProduct,
     RunReport,
     RunReports,
     Similar,
@@ -39,6 +41,8 @@ MAX_TOP_N = 1000
 MAX_REPORTS = 200
 MAX_ID_LENGTH = 256  # customer_id CHECK constraint in the schema
 MAX_TRAIT_ID = 2**63 - 1  # trait_id is a bigint
+# traitflow.recommend.MAX_N, repeated (no traitflow import at top level); a test checks that they agree.
+MAX_PRODUCTS = 500
 
 Limit = Annotated[int, Query(ge=1, le=MAX_TOP_N, description=f"how many (1..{MAX_TOP_N})")]
 # traitflow.profile_batch.MIN_EVIDENCE_EVENTS, repeated here because this package imports no traitflow
@@ -126,8 +130,9 @@ def get_top_customers(
     )
 
 
-# Customer ids may contain "/": the routes take the rest of the path (``:path``), and the two with a
-# suffix are declared first, so ".../history" and ".../similar" are matched before the plain one.
+# Customer ids may contain "/": the routes take the rest of the path (``:path``), and those with a
+# suffix are declared first, so ".../history", ".../similar" and ".../products" are matched before
+# the plain one.
 @api.get("/customers/{customer_id:path}/history", response_model=History, summary="Profile history")
 def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
     entries = store.labelled_profile_history(customer_id)
@@ -158,6 +163,38 @@ def get_similar_customers(
     ]
     version = profile["model_version"]
     return Similar(customer_id=customer_id, model_version=version, min_events=min_events, similar=similar)
+
+
+@api.get(
+    "/customers/{customer_id:path}/products",
+    response_model=CustomerProducts,
+    summary="Products the customer's profile ranks highest",
+    responses={409: {"model": Error}},
+)
+def get_customer_products(
+    store: StoreDep,
+    customer_id: CustomerId,
+    n: Annotated[int, Query(ge=1, le=MAX_PRODUCTS, description=f"how many (1..{MAX_PRODUCTS})")] = 10,
+    new_only: Annotated[
+        bool, Query(description="leave out products the customer already had events on")
+    ] = False,
+) -> Response:
+    """The profile's product ranking (``traitflow.recommend``: what ``traitflow evaluate`` measures),
+    with the model of the profile from the process's model cache."""
+    from traitflow.recommend import NoProductRankingError, customer_products
+
+    profile = current_profile(store, customer_id)
+    if profile is None:
+        if store.active_model_version() is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "there is no active model yet")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
+    try:
+        result = customer_products(store, profile, n, new_only=new_only)
+    except NoProductRankingError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    body = asdict(result)
+    body["products"] = [RankedProduct(**p) for p in body["products"]]
+    return json_response(CustomerProducts(**{k: plain(v) if k != "products" else v for k, v in body.items()}))
 
 
 @api.get("/customers/{customer_id:path}", response_model=Profile, summary="Current profile of a customer")

@@ -116,6 +116,23 @@ class Similar(BaseModel):
     similar: list[SimilarCustomer]
 
 
+class RankedProduct(BaseModel):
+    rank: int
+    product_id: str
+    name: str | None = Field(description="stored at ingestion; null if unknown")
+    score: float = Field(
+        description="log P(product | profile's traits) + 3 cos(customer vector, product vector)"
+    )
+
+
+class CustomerProducts(Evidence):
+    customer_id: str
+    model_version: int = Field(description="the model of the customer's current profile")
+    as_of: datetime
+    new_only: bool = Field(description="products the customer had events on were left out")
+    products: list[RankedProduct] = Field(description="best first")
+
+
 class ModelVersion(BaseModel):
     model_version: int
     status: str

@@ -370,6 +370,24 @@ def test_api_reads_through_the_cache_and_survives_redis_dying(
     assert _reads(after, FALLBACK) - _reads(middle, FALLBACK) == 3
 
 
+def test_products_rank_the_same_from_a_cached_profile(
+    client: TestClient, profiled: Any, cache_env: Any
+) -> None:
+    """The embedding and traits the ranking needs survive the cache's JSON: a hit ranks as a miss
+    and as PostgreSQL after Redis died."""
+    before = _scrape(client)
+    bodies = [client.get("/api/customers/shop/c:3/products", params={"n": 5}) for _ in range(2)]
+    assert [b.status_code for b in bodies] == [200, 200] and bodies[0].json() == bodies[1].json()
+    assert len(bodies[0].json()["products"]) == 5
+    middle = _scrape(client)
+    assert _reads(middle, MISS) - _reads(before, MISS) == 1
+    assert _reads(middle, HIT) - _reads(before, HIT) == 1
+    cache_env.kill()
+    fallback = client.get("/api/customers/shop/c:3/products", params={"n": 5})
+    assert fallback.status_code == 200 and fallback.json() == bodies[0].json()
+    assert _reads(_scrape(client), FALLBACK) - _reads(middle, FALLBACK) == 1
+
+
 def test_metrics_expose_pipeline_cache_and_latency_families(
     client: TestClient, profiled: Any, tmp_path: Path, build_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

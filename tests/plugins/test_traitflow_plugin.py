@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,6 +108,7 @@ def test_plugin_registers_the_app_and_a_nav_view(plugin: ModuleType) -> None:
         "/api/customers/{customer_id:path}",
         "/api/customers/{customer_id:path}/history",
         "/api/customers/{customer_id:path}/similar",
+        "/api/customers/{customer_id:path}/products",
         "/api/models",
         "/api/reports",
         "/api/status",
@@ -347,7 +348,7 @@ def test_customer_ids_are_path_encoded_and_validated(client: TestClient, seeded:
     # NUL (which PostgreSQL text cannot hold) and other control characters: 422 on every route.
     # (A newline never reaches a route: the router's path pattern stops at it, so that is a 404.)
     for bad in ("c0290\x00", "a\tb", "\x7f", "x\ry"):
-        for suffix in ("", "/history", "/similar"):
+        for suffix in ("", "/history", "/similar", "/products"):
             response = client.get(f"/api/customers/{quote(bad, safe='')}{suffix}")
             assert response.status_code == 422, (bad, suffix, response.text)
             assert response.json()["detail"][0]["loc"] == ["path", "customer_id"]
@@ -372,6 +373,8 @@ def test_customer_ids_with_slashes_reach_every_customer_route(
         assert similar["customer_id"] == slashed
         nearest = [(s["customer_id"], s["similarity"]) for s in similar["similar"]]
         assert nearest == [("c2", pytest.approx(1.0))]
+        products = client.get(f"/api/customers/{path}/products", params={"n": 2}).json()
+        assert products["customer_id"] == slashed and len(products["products"]) == 2
     assert client.get("/api/customers/shop/43").status_code == 404
 
 
@@ -414,6 +417,78 @@ def test_similar_customers_by_cosine(client: TestClient, seeded: Seeded) -> None
 
     assert client.get("/api/customers/c1/similar", params={"n": 0}).status_code == 422
     assert client.get("/api/customers/nobody/similar").status_code == 404
+
+
+def test_customer_products_are_the_served_ranking(client: TestClient, seeded: Seeded) -> None:
+    from traitflow_web.api import MAX_PRODUCTS
+
+    from traitflow.model_cache import MODELS
+    from traitflow.recommend import MAX_N, rank_products
+
+    assert MAX_PRODUCTS == MAX_N
+    expected = rank_products(seeded.model, PROFILES[0], seeded.batch.embeddings[0], 4)
+    loads = MODELS.loads
+    response = client.get("/api/customers/c1/products", params={"n": 4})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["customer_id"] == "c1" and body["model_version"] == seeded.active
+    assert body["as_of"] == "2024-01-10T00:00:00Z" and body["new_only"] is False
+    assert (body["n_events"], body["n_known_tokens"]) == (EVENTS[0], KNOWN_TOKENS[0])
+    assert body["confidence"] == pytest.approx(KNOWN_TOKENS[0] / (KNOWN_TOKENS[0] + 3))
+    assert body["cold_start"] == seeded.batch.cold_start[0]
+    assert [p["product_id"] for p in body["products"]] == [p.product_id for p in expected]
+    assert [p["score"] for p in body["products"]] == pytest.approx([p.score for p in expected])
+    assert [p["rank"] for p in body["products"]] == [1, 2, 3, 4]
+    assert all(p["name"] is None for p in body["products"])  # no names ingested
+    # The model comes from the process's cache: at most one load for any number of requests.
+    for _ in range(3):
+        assert client.get("/api/customers/c2/products").status_code == 200
+    assert MODELS.loads - loads <= 1
+    default = client.get("/api/customers/c2/products").json()
+    assert len(default["products"]) == 10
+
+    for bad in (0, MAX_N + 1, "x"):
+        assert client.get("/api/customers/c1/products", params={"n": bad}).status_code == 422
+    assert client.get("/api/customers/c1/products", params={"new_only": "maybe"}).status_code == 422
+    missing = client.get("/api/customers/nobody/products")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "customer 'nobody' has no profile"}
+
+
+def test_customer_products_new_only_leaves_out_what_the_customer_had(
+    client: TestClient, seeded: Seeded, empty_db: Any
+) -> None:
+    import pandas as pd
+
+    from traitflow.event_schema import empty_rejects
+
+    everything = client.get("/api/customers/c1/products", params={"n": 500}).json()["products"]
+    owned = [everything[0]["product_id"], everything[2]["product_id"]]
+    events = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c1"],
+            "event_time": pd.to_datetime(["2024-01-05", "2024-01-06"], utc=True),
+            "action": ["purchase", "view"],
+            "product_id": owned,
+            "category": pd.array([None, None], dtype="str"),
+            "price": np.nan,
+            "session_id": pd.array([None, None], dtype="str"),
+        }
+    )
+    empty_db.ingest_events(SimpleNamespace(events=events, rejects=empty_rejects()), "test-products", "t")
+    response = client.get("/api/customers/c1/products", params={"n": 500, "new_only": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["new_only"] is True
+    expected = [p["product_id"] for p in everything if p["product_id"] not in owned]
+    assert [p["product_id"] for p in body["products"]] == expected
+    assert [p["rank"] for p in body["products"]] == list(range(1, len(expected) + 1))
+
+
+def test_customer_products_without_an_active_model(client: TestClient, empty_db: Any) -> None:
+    response = client.get("/api/customers/c1/products")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "there is no active model yet"}
 
 
 def test_models_with_status_metrics_drift_and_trait_match(client: TestClient, seeded: Seeded) -> None:
@@ -647,6 +722,9 @@ def test_airflow_mounts_the_app_and_enforces_its_auth(
         assert [t["label"] for t in response.json()["traits"]] == seeded.model.traits.labels
         assert api.get("/traitflow/api/traits/3/top", params={"n": 0}, headers=viewer).status_code == 422
         assert api.get("/traitflow/api/customers/nobody", headers=viewer).status_code == 404
+        products = api.get("/traitflow/api/customers/c1/products", params={"n": 3}, headers=viewer)
+        assert products.status_code == 200, products.text
+        assert len(products.json()["products"]) == 3
 
         no_role = api.get("/traitflow/api/models", headers={"Authorization": f"Bearer {role_token(None)}"})
         assert no_role.status_code == 403

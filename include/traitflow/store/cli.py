@@ -2,7 +2,7 @@
 
 Commands: ``db upgrade``, ``db url``, ``ingest PATH --mapping M``, ``profile ID [--history]``,
 ``traits [--model-version N]``, ``top TRAIT_ID [-n N] [--min-events M]``,
-``similar ID [-n N] [--min-events M]``,
+``similar ID [-n N] [--min-events M]``, ``products ID [--n N] [--new-only]``,
 ``reports [--kind K]``. Each takes ``--database-url`` (default ``TRAITFLOW_DATABASE_URL``, else
 the embedded server) and ``--schema``; each is a function ``(args) -> 0`` stored as ``args.func``.
 Read commands accept ``--json``. On an expected failure (store, config, connection, not found)
@@ -14,6 +14,7 @@ return value. ``python -m traitflow.store.cli ...`` runs them standalone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from traitflow import formatting
 from traitflow.cli.common import bounded_int
 from traitflow.config import ConfigError
 from traitflow.profile_batch import MIN_EVIDENCE_EVENTS
+from traitflow.recommend import MAX_N, check_n, customer_products
 from traitflow.redaction import redact, secrets_of
 
 from .core import Store
@@ -224,6 +226,31 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+@_handle_errors
+def cmd_products(args: argparse.Namespace) -> int:
+    n = check_n(args.n)
+    with _store(args) as store:
+        profile = store.current_profile(args.customer_id)
+        if profile is None:
+            if store.active_model_version() is None:
+                _fail("there is no active model yet (run `traitflow retrain`)")
+            _fail(f"customer {args.customer_id!r} has no profile")
+        result = customer_products(store, profile, n, new_only=args.new_only)
+    if args.json:
+        print_json(dataclasses.asdict(result))
+        return 0
+    which = "products new to the customer" if result.new_only else "products"
+    print(
+        f"customer {result.customer_id}  model {result.model_version}  as of {result.as_of:%Y-%m-%d %H:%M}"
+        f"  events {result.n_events}  cold start {result.cold_start}: top {len(result.products)} {which}"
+    )
+    frame = pd.DataFrame(
+        [dataclasses.asdict(p) for p in result.products], columns=["rank", "product_id", "score", "name"]
+    )
+    _print_frame(frame.assign(score=frame["score"].round(3), name=frame["name"].fillna("")), False)
+    return 0
+
+
 MODEL_COLUMNS = [
     "model_version", "status", "trained_through", "training_mode", "parent_version", "trained_since",
     "n_tokens", "n_traits", "hit_rate", "drift", "recent_weighted_drift", "drift_threshold", "refit_on",
@@ -327,7 +354,7 @@ def database_flags() -> argparse.ArgumentParser:
     return flags
 
 
-COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "reports")
+COMMANDS = ("db", "ingest", "profile", "traits", "top", "similar", "products", "reports")
 
 
 def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> None:
@@ -402,6 +429,21 @@ def add_commands(subparsers: Any, *, names: Mapping[str, str] | None = None) -> 
     p.add_argument("-n", type=bounded_int(1), default=10, help="how many (default 10)")
     _min_events_option(p)
     p.set_defaults(func=cmd_similar)
+
+    p = subparsers.add_parser(
+        name("products"),
+        parents=[common, as_json],
+        help="the products a customer's profile ranks highest (its traits' products, tilted towards"
+        " the customer's own vector)",
+    )
+    p.add_argument("customer_id")
+    p.add_argument(
+        "--n", "-n", type=bounded_int(1, MAX_N), default=10, help=f"how many (1..{MAX_N}, default 10)"
+    )
+    p.add_argument(
+        "--new-only", action="store_true", help="leave out products the customer already had events on"
+    )
+    p.set_defaults(func=cmd_products)
 
     p = subparsers.add_parser(
         name("models"),

@@ -316,6 +316,10 @@ class Store:
         """``{product_id: name}`` for those of ``product_ids`` with a stored name (from ingestion)."""
         return _products.product_names(self._ensure_ready(), product_ids)
 
+    def customer_product_ids(self, customer_id: str) -> list[str]:
+        """The distinct products ``customer_id`` has stored events on, sorted."""
+        return _products.customer_product_ids(self._ensure_ready(), customer_id)
+
     # -------------------------------------------------------------------------------- models
 
     def save_model(self, model: TraitflowModel) -> int:

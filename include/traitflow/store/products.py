@@ -1,4 +1,5 @@
-"""Product names: upserted with an ingestion, read back for labels, the CLI and the UI.
+"""Product names: upserted with an ingestion, read back for labels, the CLI and the UI; and the
+products a customer had events on.
 
 The names come from a loader's ``LoadResult.products`` (counts per product and name; see
 ``traitflow.event_schema.PRODUCT_NAME_COLUMNS``), reduced to each product's most frequent name over the
@@ -60,3 +61,12 @@ def product_names(conn: psycopg.Connection, product_ids: Iterable[str]) -> dict[
         "SELECT product_id, product_name FROM product_names WHERE product_id = ANY(%s)", (wanted,)
     ).fetchall()
     return {str(product_id): str(name) for product_id, name in rows}
+
+
+def customer_product_ids(conn: psycopg.Connection, customer_id: str) -> list[str]:
+    """The distinct products ``customer_id`` has stored events on, sorted (empty if none): an
+    index range scan of the events' natural key, which leads with ``customer_id``."""
+    rows = conn.execute(
+        "SELECT DISTINCT product_id FROM events WHERE customer_id = %s ORDER BY 1", (str(customer_id),)
+    ).fetchall()
+    return [str(row[0]) for row in rows]
