@@ -58,7 +58,7 @@ from traitflow.pipeline import (
     profiles_from_embeddings,
     train_tokens,
 )
-from traitflow.product_eval import _stored_weights, product_index, product_ranking
+from traitflow.product_eval import product_index, product_ranking, stored_weights
 from traitflow.quality import compare_hit_rates
 from traitflow.ranking import item_targets, mixture_scores, per_customer_metrics
 from traitflow.runs import DriftResult, TrainingPlan
@@ -277,7 +277,7 @@ def _paired_ratio(
         customer_ids, profiles = profiled[name]
         products = models[name].traits.products
         assert products is not None  # fit_model always fits the trait product distributions
-        weights = _stored_weights((products.product_ids, products.weights), profiles.shape[1], index)
+        weights = stored_weights((products.product_ids, products.weights), profiles.shape[1], index)
         rows = np.searchsorted(customer_ids, targets.customer_ids)
         scores = mixture_scores(profiles[rows], weights)
         per_customer[name] = per_customer_metrics(scores, targets.relevant, exclude=targets.exclude)
