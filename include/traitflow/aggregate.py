@@ -72,16 +72,56 @@ def event_weights(events: pd.DataFrame, params: AggregationParams, as_of: dateti
 
 
 def _float32_safe(weights: np.ndarray, codes: np.ndarray, n_customers: int) -> np.ndarray:
-    """``weights`` (n_events,), rescaled per customer to a largest weight of 1 when a positive one
-    would underflow float32 (recency decay over many half-lives: 2^-126 is ~10 years at 30 days).
-    A customer's mean vector does not change with a factor common to their events; without the
-    rescale a customer whose events are all that old would get a zero vector."""
-    positive = weights[weights > 0]
-    if len(positive) == 0 or positive.min() >= _FLOAT32_SAFE_WEIGHT:
+    """``weights`` (n_events,), rescaled to a largest weight of 1 for each customer with a positive
+    weight that would underflow float32 (recency decay over many half-lives: 2^-126 is ~10 years
+    at 30 days). A customer's mean vector does not change with a factor common to their events;
+    without the rescale a customer whose events are all that old would get a zero vector. Whether
+    a customer is rescaled depends on their own events only, so their vector is the same whichever
+    customers share the batch."""
+    tiny = (weights > 0) & (weights < _FLOAT32_SAFE_WEIGHT)
+    if not tiny.any():
         return weights
+    rescaled = np.zeros(n_customers, dtype=bool)
+    rescaled[codes[tiny]] = True
+    of_rescaled = rescaled[codes]
     largest = np.zeros(n_customers)
-    np.maximum.at(largest, codes, weights)
-    return weights / np.where(largest > 0, largest, 1.0)[codes]
+    np.maximum.at(largest, codes[of_rescaled], weights[of_rescaled])
+    # A rescaled customer has a positive weight, so their largest is > 0; the others keep theirs.
+    return np.where(of_rescaled, weights / np.where(rescaled, largest, 1.0)[codes], weights)
+
+
+def weighted_means(
+    codes: np.ndarray, rows: np.ndarray, weights: np.ndarray, n_customers: int, matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each customer's weighted mean of lookup-matrix rows: the arithmetic every profile rests on.
+
+    The batch path (``customer_embeddings``) and the event update path
+    (``online.CustomerProfiler.resolve``) both end here, so a customer's vector is bit-identical
+    whichever path computed it, given the customer's events in the same order.
+
+    Parameters
+    ----------
+    codes : ndarray of int, shape (n_events,) -- each event's customer, in [0, n_customers)
+    rows : ndarray of int, shape (n_events,) -- each event's row of ``matrix``
+    weights : ndarray of float64, shape (n_events,) -- zero for events that say nothing
+    matrix : ndarray of float32, shape (n_rows, d) -- the lookup matrix (``fallback_vectors``)
+
+    Returns
+    -------
+    vectors : ndarray of float32, shape (n_customers, d) -- zeros where ``has_vector`` is False
+    has_vector : ndarray of bool, shape (n_customers,) -- some event weighs more than zero
+    """
+    # float32 like the lookup matrix: a float64 sparse factor would make scipy copy the whole
+    # (vocabulary x d) matrix to float64 on every call (20 ms per call at 218K tokens).
+    weights = _float32_safe(weights, codes, n_customers)
+    assignment = sp.csr_matrix(
+        (weights.astype(np.float32), (codes, rows)), shape=(n_customers, matrix.shape[0])
+    )
+    totals = np.bincount(codes, weights=weights, minlength=n_customers)
+    has_vector = totals > 0
+    vectors = np.asarray(assignment @ matrix, dtype=np.float64)
+    vectors[has_vector] /= totals[has_vector, None]
+    return vectors.astype(np.float32), has_vector
 
 
 def _cold_start_counts(few_tokens: np.ndarray, has_vector: np.ndarray) -> dict[str, int]:
@@ -130,17 +170,7 @@ def customer_embeddings(
     )
     weights = event_weights(events, aggregation, as_of)
     weights[resolved.source == SOURCE_ZERO] = 0.0  # a zero vector says nothing: don't dilute the mean
-
-    # float32 like the lookup matrix: a float64 sparse factor would make scipy copy the whole
-    # (vocabulary x d) matrix to float64 on every call (20 ms per call at 218K tokens).
-    weights = _float32_safe(weights, codes, n_customers)
-    assignment = sp.csr_matrix(
-        (weights.astype(np.float32), (codes, resolved.rows)), shape=(n_customers, fallback.matrix.shape[0])
-    )
-    totals = np.bincount(codes, weights=weights, minlength=n_customers)
-    has_vector = totals > 0
-    vectors = np.asarray(assignment @ fallback.matrix, dtype=np.float64)
-    vectors[has_vector] /= totals[has_vector, None]
+    vectors, has_vector = weighted_means(codes, resolved.rows, weights, n_customers, fallback.matrix)
 
     cold_start = np.full(n_customers, COLD_START_NONE, dtype=object)
     cold_start[few_tokens] = COLD_START_FEW_TOKENS
@@ -154,7 +184,7 @@ def customer_embeddings(
     }
     return CustomerEmbeddings(
         customer_ids=all_ids,
-        vectors=vectors.astype(np.float32),
+        vectors=vectors,
         n_events=n_events,
         cold_start=cold_start,
         has_vector=has_vector,

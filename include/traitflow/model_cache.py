@@ -7,7 +7,9 @@ reading the token table and components back from PostgreSQL would otherwise domi
 The cached model also keeps what it builds lazily (the token table's hash index), and the cache
 keeps each model's token lookup matrix (``item2vec.fallback_vectors``: the token vectors stacked
 with the category and action means), built on the first ``fallback`` call: rebuilding it per
-post copied the whole vocabulary's vectors every time (128 MB at 500K tokens of 64 floats).
+post copied the whole vocabulary's vectors every time (128 MB at 500K tokens of 64 floats), and
+its ``online.CustomerProfiler`` (the row dictionaries of the tokens, categories and actions),
+built on the first ``profiler`` call.
 
 Bounded (``MAX_MODELS`` versions, least recently used dropped first) and thread-safe: the
 api-server serves requests from a thread pool. Two threads missing the same version at once
@@ -26,6 +28,7 @@ from traitflow.item2vec import FallbackVectors, fallback_vectors
 
 if TYPE_CHECKING:
     from traitflow.model import TraitflowModel
+    from traitflow.online import CustomerProfiler
     from traitflow.store import Store
 
 MAX_MODELS: Final = 4  # the active model, the one it replaced, and room for a rollback or two
@@ -38,6 +41,7 @@ ModelKey = tuple[str, str, int]
 class _Entry:
     model: TraitflowModel
     fallback: FallbackVectors | None = None  # built by the first ``ModelCache.fallback`` call
+    profiler: CustomerProfiler | None = None  # built by the first ``ModelCache.profiler`` call
 
 
 class ModelCache:
@@ -52,6 +56,7 @@ class ModelCache:
         self.hits = 0
         self.loads = 0
         self.fallbacks_built = 0
+        self.profilers_built = 0
 
     def load(self, store: Store, version: int) -> TraitflowModel:
         """``store.load_model(version)``, read from the database only the first time."""
@@ -76,6 +81,21 @@ class ModelCache:
                 if tokens.vectors.dtype == built.matrix.dtype:
                     tokens.vectors = built.matrix[: built.n_tokens]
             return entry.fallback
+
+    def profiler(self, store: Store, version: int) -> CustomerProfiler:
+        """``online.CustomerProfiler`` of the cached model over its cached lookup matrix, built
+        only the first time. Two threads building it at once both build, one result is kept."""
+        from traitflow.online import CustomerProfiler  # scipy and pandas: only where profiles are made
+
+        entry = self._entry(store, version)
+        if entry.profiler is not None:
+            return entry.profiler
+        built = CustomerProfiler(entry.model, self.fallback(store, version))
+        with self._lock:
+            if entry.profiler is None:
+                self.profilers_built += 1
+                entry.profiler = built
+            return entry.profiler
 
     def _entry(self, store: Store, version: int) -> _Entry:
         key: ModelKey = (str(store.url), store.schema, int(version))
@@ -110,6 +130,12 @@ MODELS = ModelCache()
 def load_model(store: Store, version: int) -> TraitflowModel:
     """``store.load_model(version)`` through the process's model cache."""
     return MODELS.load(store, version)
+
+
+def load_profiler(store: Store, version: int) -> CustomerProfiler:
+    """The ``online.CustomerProfiler`` of model ``version`` (``ModelCache.profiler``) through the
+    process's model cache."""
+    return MODELS.profiler(store, version)
 
 
 def load_fallback(store: Store, version: int) -> FallbackVectors:

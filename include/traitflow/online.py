@@ -1,12 +1,15 @@
 """Single-customer profile updates in-process, with the model loaded once (sub-millisecond).
 
 The batch path (``aggregate.customer_embeddings`` + ``traits.project``) is built for thousands of
-customers; for one customer its pandas and sparse-matrix set-up dominates (milliseconds).
+customers; for one customer its pandas and Arrow set-up dominates (milliseconds).
 ``CustomerProfiler`` prepares everything that does not depend on the customer once -- token,
 category and action row dictionaries, the stacked fallback matrix, the Cholesky factor of the
-trait Gram matrix -- so one update is a few dict look-ups over that customer's events, one
-small weighted mean and a k x k NNLS. It applies exactly the rules of the batch path and gives
-the same profile (tested).
+trait Gram matrix -- so one update is a few dict look-ups over that customer's events
+(``resolve``), one small weighted mean and a k x k NNLS. It applies exactly the rules of the
+batch path: ``resolve`` gives the lookup rows and weights ``customer_embeddings`` gives, and both
+paths take the weighted mean with ``aggregate.weighted_means``, so the customer's vector is
+bit-identical (tested). The event update path (``online_update``) uses ``resolve`` and then the
+batch projection, so a posted profile is the daily run's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import pandas as pd
 from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
-from traitflow.item2vec import fallback_vectors
+from traitflow.aggregate import weighted_means
+from traitflow.item2vec import FallbackVectors, fallback_vectors
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import (
     COLD_START_FEW_TOKENS,
@@ -50,13 +54,39 @@ class CustomerProfile:
         return float(profile_confidence(np.array([self.n_known_tokens]))[0])
 
 
+@dataclass(frozen=True)
+class ResolvedEvents:
+    """One customer's n events resolved against a model's lookup matrix, as the batch path does.
+
+    rows : ndarray of int64, shape (n,) -- each event's row of the lookup matrix
+    weights : ndarray of float64, shape (n,) -- action weight times recency decay; 0 for an
+        event that resolved to the zero row or has an unknown action
+    n_known_tokens : events whose token the model knows (counted also when ``few_tokens``)
+    few_tokens : fewer than ``min_tokens`` events: rows come from category averages
+    """
+
+    rows: np.ndarray
+    weights: np.ndarray
+    n_known_tokens: int
+    few_tokens: bool
+
+    @property
+    def cold_start(self) -> str:
+        """The profile's cold-start flag (``profile_batch.COLD_START_VALUES``)."""
+        if not self.weights.sum() > 0:
+            return COLD_START_NO_HISTORY
+        return COLD_START_FEW_TOKENS if self.few_tokens else COLD_START_NONE
+
+
 class CustomerProfiler:
     """Profiles one customer at a time under a fixed model (see the module docstring)."""
 
-    def __init__(self, model: TraitflowModel) -> None:
+    def __init__(self, model: TraitflowModel, fallback: FallbackVectors | None = None) -> None:
+        """``fallback``: ``item2vec.fallback_vectors(model.tokens)`` when the caller keeps it
+        (``model_cache``); built here otherwise."""
         tokens, traits, config = model.tokens, model.traits, model.config
-        fallback = fallback_vectors(tokens)
-        self._matrix = fallback.matrix.astype(np.float64)
+        fallback = fallback if fallback is not None else fallback_vectors(tokens)
+        self.matrix = fallback.matrix
         self._token_row = {str(token): row for row, token in enumerate(tokens.tokens)}
         self._category_row = {
             str(c): row + fallback.category_offset for row, c in enumerate(fallback.category_index)
@@ -92,6 +122,34 @@ class CustomerProfiler:
         actions, product_ids, categories : sequences of length n (category may be None/NaN)
         event_times : ndarray of datetime64, shape (n,) -- needed only with a recency half-life
         """
+        resolved = self.resolve(actions, product_ids, categories, event_times, as_of=as_of)
+        n = len(actions)
+        vectors, has_vector = weighted_means(
+            np.zeros(n, dtype=np.int64), resolved.rows, resolved.weights, 1, self.matrix
+        )
+        if not has_vector[0]:
+            return CustomerProfile(
+                self._traits.population_profile.copy(),
+                self._traits.population_vector.copy(),
+                COLD_START_NO_HISTORY,
+                n,
+                resolved.n_known_tokens,
+            )
+        return CustomerProfile(
+            self._project(vectors[0]), vectors[0], resolved.cold_start, n, resolved.n_known_tokens
+        )
+
+    def resolve(
+        self,
+        actions: Sequence[str],
+        product_ids: Sequence[str],
+        categories: Sequence[str | None],
+        event_times: np.ndarray | None = None,
+        *,
+        as_of: datetime | None = None,
+    ) -> ResolvedEvents:
+        """The lookup rows and weights of one customer's events (``profile``'s parameters): what
+        ``aggregate.customer_embeddings`` gives for them, for ``aggregate.weighted_means``."""
         n = len(actions)
         if not len(product_ids) == len(categories) == n:
             raise ValueError("actions, product_ids and categories must have the same length")
@@ -116,24 +174,9 @@ class CustomerProfiler:
                 raise ValueError("recency weighting needs event_times and as_of")
             reference = pd.Timestamp(as_of).value // 1_000  # ns -> us
             ages = np.maximum(reference - np.asarray(event_times, dtype="datetime64[us]").astype(np.int64), 0)
-            weights *= np.exp2(-(ages / _MICROS_PER_DAY) / self._half_life)
-        total = weights.sum()
-        if total <= 0:
-            return CustomerProfile(
-                self._traits.population_profile.copy(),
-                self._traits.population_vector.copy(),
-                COLD_START_NO_HISTORY,
-                n,
-                int(n_known),
-            )
-        vector = (weights @ self._matrix[rows] / total).astype(np.float32)
-        return CustomerProfile(
-            self._project(vector),
-            vector,
-            COLD_START_FEW_TOKENS if few_tokens else COLD_START_NONE,
-            n,
-            int(n_known),
-        )
+            # The batch path's arithmetic (aggregate.event_weights), operation for operation.
+            weights = weights * np.exp2(-(ages / _MICROS_PER_DAY) / self._half_life)
+        return ResolvedEvents(rows, weights, int(n_known), few_tokens)
 
     def _project(self, vector: np.ndarray) -> np.ndarray:
         traits = self._traits

@@ -25,12 +25,18 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   stored (the client gets an error and re-posts; a re-post adds nothing twice), and anything
   derived from them and committed (another post's profile, a daily run's) was flushed after
   them, so it cannot outlive them.
-* **Profile** each affected customer from their whole stored history with the batch path
-  (``pipeline.profile_customers``), as of the **end of the UTC day of their newest stored
+* **Profile** each affected customer from their whole stored history with the batch path's
+  rules (the lookup, the weighted mean ``aggregate.weighted_means`` and the projection
+  ``pipeline.profiles_from_embeddings``), as of the **end of the UTC day of their newest stored
   event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
   what the daily run for that day computes (interval ``[day, day + 1)``, ``as_of`` its end,
   events before it, the model of its date), so the daily run that follows rewrites the same
-  values. An ``as_of`` of "now" would differ from it whenever recency weighting is on.
+  values. An ``as_of`` of "now" would differ from it whenever recency weighting is on. A post of
+  a few customers (``FEW_CUSTOMERS``) reads their histories as plain columns
+  (``Store.customer_histories``) and resolves each event with the model's cached
+  ``online.CustomerProfiler`` (dict look-ups: pandas and Arrow set-up cost more than a few dozen
+  events); a post of more customers goes through the batch path's frames
+  (``pipeline.profile_customers``).
 * **Write** with ``Store.write_profiles(require_selected_model=True, few_rows=True)`` (one
   transaction per ``as_of``; the rows of a few customers go as query parameters, not staged): the
   history row of (customer, as_of) is replaced, the current row only moves
@@ -40,7 +46,8 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   and the newer current row stays.
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
   change): a post reads the model from PostgreSQL, and builds its token lookup matrix
-  (``item2vec.fallback_vectors``), only the first time that version is used.
+  (``item2vec.fallback_vectors``) and its ``CustomerProfiler``, only the first time that version
+  is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
   and a post counts its customers' stored events after writing (``Store.event_counts``, not a
   second read of the history) and profiles again those whose history grew meanwhile
@@ -61,7 +68,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,18 +77,26 @@ import numpy as np
 import pandas as pd
 
 from traitflow import event_schema
+from traitflow.aggregate import CustomerEmbeddings, weighted_means
 from traitflow.events import PRESETS, validate_columns
-from traitflow.model_cache import load_fallback, load_model
-from traitflow.pipeline import profile_customers
-from traitflow.profile_batch import ProfileBatch, profile_confidence
+from traitflow.model import TraitflowModel
+from traitflow.model_cache import load_fallback, load_model, load_profiler
+from traitflow.online import CustomerProfiler
+from traitflow.pipeline import profile_customers, profiles_from_embeddings
+from traitflow.profile_batch import COLD_START_NO_HISTORY, ProfileBatch, profile_confidence
 from traitflow.profile_cache import profiles_changed
 from traitflow.runs import utc
 from traitflow.store import StaleModelError, Store
+from traitflow.store.reads import CustomerHistories
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 10_000  # per request: validation, storage and profiling stay within a second or so
 MAX_ROUNDS = 3  # profile writes per customer and request when concurrent posts keep adding events
+# Up to this many customers a round reads plain columns and resolves events with dict look-ups;
+# more go through the batch path's frames (vectorized: cheaper per event, dearer to set up).
+FEW_CUSTOMERS = 100
+_MICROS_PER_DAY = 86_400 * 1_000_000
 SOURCE_PREFIX = "api:"
 _DAY = timedelta(days=1)
 _EVENT_FIELDS: tuple[str, ...] = event_schema.CANONICAL_COLUMNS
@@ -223,12 +237,9 @@ def _update_profiles(
     for _ in range(MAX_ROUNDS):
         if not len(pending):
             break
-        history = store.read_events(customer_ids=list(pending))
-        days = _customers_by_day(history)
-        for as_of, ids in days.items():
-            # One day (the usual post) holds every customer read: no filtering copy of the history.
-            events = history if len(days) == 1 else history[history["customer_id"].isin(set(ids))]
-            done, skipped, wrote = _profile_and_write(store, events, ids, as_of)
+        histories = _read_histories(store, pending)
+        for as_of, ids in _customers_by_day(histories.customer_ids, histories.newest_us()).items():
+            done, skipped, wrote = _profile_and_write(store, histories, ids, as_of)
             flushed = flushed or wrote
             for profile in done:
                 profiled[profile.customer_id] = profile
@@ -236,14 +247,61 @@ def _update_profiles(
             for skip in skipped:
                 unprofiled[skip.customer_id] = skip
                 profiled.pop(skip.customer_id, None)
-        pending = _grown(history, store.event_counts(list(pending)))
+        pending = _grown(histories.counts(), store.event_counts(list(pending)))
     return profiled, unprofiled, flushed
 
 
-def _grown(history: pd.DataFrame, counts: Mapping[str, int]) -> np.ndarray:
-    """Customers whose stored event count (``counts``) differs from their events in ``history``
-    (events are only ever added, so another count means events the profile missed)."""
-    profiled = Counter(history["customer_id"].to_numpy(dtype=object).tolist())  # a few customers: no pandas
+@dataclass(frozen=True)
+class FrameHistories:
+    """The stored events of many customers: the batch path's frame (``Store.read_events``).
+
+    events : the canonical events frame, ordered by customer, time
+    customer_ids : ndarray of object (str), shape (c,) -- sorted, distinct
+    codes : ndarray of int64, shape (n,) -- each event's position in ``customer_ids``
+    """
+
+    events: pd.DataFrame
+    customer_ids: np.ndarray
+    codes: np.ndarray
+
+    @classmethod
+    def of(cls, events: pd.DataFrame) -> FrameHistories:
+        ids, codes = np.unique(events["customer_id"].to_numpy(dtype=object), return_inverse=True)
+        return cls(events, ids.astype(object), codes.reshape(-1).astype(np.int64))
+
+    def counts(self) -> dict[str, int]:
+        """Events per customer."""
+        counts = np.bincount(self.codes, minlength=len(self.customer_ids))
+        return dict(zip(self.customer_ids.tolist(), counts.tolist(), strict=True))
+
+    def newest_us(self) -> np.ndarray:
+        """Each customer's newest event time, int64 microseconds since the epoch, shape (c,)."""
+        micros = self.events["event_time"].array.as_unit("us").asi8
+        newest = np.full(len(self.customer_ids), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(newest, self.codes, micros)
+        return newest
+
+    def events_of(self, customer_ids: np.ndarray) -> pd.DataFrame:
+        """The events of ``customer_ids`` (a subset of ``self.customer_ids``)."""
+        if len(customer_ids) == len(self.customer_ids):  # the usual post: no filtering copy
+            return self.events
+        return self.events[np.isin(self.codes, np.searchsorted(self.customer_ids, customer_ids))]
+
+
+Histories = CustomerHistories | FrameHistories
+
+
+def _read_histories(store: Store, customer_ids: np.ndarray) -> Histories:
+    """Every stored event of ``customer_ids``: plain columns for a few customers, else a frame."""
+    if len(customer_ids) <= FEW_CUSTOMERS:
+        return store.customer_histories(list(customer_ids))
+    return FrameHistories.of(store.read_events(customer_ids=list(customer_ids)))
+
+
+def _grown(profiled: Mapping[str, int], counts: Mapping[str, int]) -> np.ndarray:
+    """Customers whose stored event count (``counts``) differs from the events their profile
+    rests on (``profiled``): events are only ever added, so another count means events the
+    profile missed."""
     customers = sorted(set(profiled) | set(counts))
     return np.array([c for c in customers if counts.get(c, 0) != profiled.get(c, 0)], dtype=object)
 
@@ -257,24 +315,22 @@ def _rejects(store: Store, source: str, rejects: pd.DataFrame, n_conflicting: in
     return tuple(Reject(n, reason) for n, reason in sorted(set(found)))
 
 
-def _customers_by_day(history: pd.DataFrame) -> dict[datetime, np.ndarray]:
-    """Customer ids (sorted) grouped by the ``as_of`` of their newest stored event's day, oldest
-    first. The newest events are found on the integer times: a pandas group-by costs more than
-    the few customers of a post."""
-    ids, inverse = np.unique(history["customer_id"].to_numpy(dtype=object), return_inverse=True)
-    times = history["event_time"].array
-    newest = np.full(len(ids), np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(newest, inverse.reshape(-1), times.asi8)  # asi8: since the epoch, in times.unit
-    as_ofs = np.array(
-        [day_end(pd.Timestamp(int(t), unit=times.unit, tz="UTC")) for t in newest], dtype=object
-    )
-    return {as_of: ids[as_ofs == as_of] for as_of in sorted(set(as_ofs))}
+def _customers_by_day(customer_ids: np.ndarray, newest_us: np.ndarray) -> dict[datetime, np.ndarray]:
+    """``customer_ids`` (sorted) grouped by the ``as_of`` of their newest event's day, oldest first.
+
+    customer_ids : ndarray of object (str), shape (c,); newest_us : ndarray of int64, shape (c,) --
+    each customer's newest event time in microseconds since the epoch (UTC)."""
+    days = np.floor_divide(newest_us, _MICROS_PER_DAY)  # floor: days before 1970 too
+    return {
+        day_end(pd.Timestamp(int(day) * _MICROS_PER_DAY, unit="us", tz="UTC")): customer_ids[days == day]
+        for day in np.unique(days)
+    }
 
 
 def _profile_and_write(
-    store: Store, events: pd.DataFrame, customer_ids: np.ndarray, as_of: datetime
+    store: Store, histories: Histories, customer_ids: np.ndarray, as_of: datetime
 ) -> tuple[list[UpdatedProfile], list[Unprofiled], bool]:
-    """Profile ``customer_ids`` from ``events`` (their stored histories) as of ``as_of`` with the
+    """Profile ``customer_ids`` from ``histories`` (their stored events) as of ``as_of`` with the
     model selected for it and write them;
     recomputed once when a promotion replaced that model meanwhile (as the daily run does). The
     flag: the write committed changed rows (so synchronously, with a commit record)."""
@@ -282,8 +338,7 @@ def _profile_and_write(
     replaced: StaleModelError | None = None
     while version is not None:
         model = load_model(store, version)  # the process's cache: a saved version never changes
-        fallback = load_fallback(store, version)
-        batch = profile_customers(events, model, as_of, customer_ids=customer_ids, fallback=fallback)
+        batch = _profile(store, version, model, histories, customer_ids, as_of)
         batch.model_version = version
         try:
             written = store.write_profiles(batch, require_selected_model=True, few_rows=True)
@@ -297,6 +352,65 @@ def _profile_and_write(
             replaced, version = stale, stale.selected
     reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
     return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids], False
+
+
+def _profile(
+    store: Store,
+    version: int,
+    model: TraitflowModel,
+    histories: Histories,
+    customer_ids: np.ndarray,
+    as_of: datetime,
+) -> ProfileBatch:
+    """The profiles of ``customer_ids`` as of ``as_of`` under ``model`` (saved as ``version``)."""
+    if isinstance(histories, FrameHistories):
+        return profile_customers(
+            histories.events_of(customer_ids),
+            model,
+            as_of,
+            customer_ids=customer_ids,
+            fallback=load_fallback(store, version),
+        )
+    embeddings = resolved_embeddings(load_profiler(store, version), histories, customer_ids, as_of)
+    return profiles_from_embeddings(model, embeddings, as_of)
+
+
+def resolved_embeddings(
+    profiler: CustomerProfiler, histories: CustomerHistories, customer_ids: np.ndarray, as_of: datetime
+) -> CustomerEmbeddings:
+    """``aggregate.customer_embeddings`` of ``customer_ids`` (a subset of
+    ``histories.customer_ids``), each customer's events resolved by ``profiler.resolve``."""
+    positions = np.searchsorted(histories.customer_ids, customer_ids)
+    starts, stops = histories.starts[positions], histories.starts[positions + 1]
+    resolved = [
+        profiler.resolve(
+            histories.actions[start:stop],
+            histories.product_ids[start:stop],
+            histories.categories[start:stop],
+            histories.event_us[start:stop].astype("datetime64[us]"),
+            as_of=as_of,
+        )
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+    ]
+    n_events = (stops - starts).astype(np.int64)
+    codes = np.repeat(np.arange(len(customer_ids)), n_events)
+    vectors, has_vector = weighted_means(
+        codes,
+        np.concatenate([r.rows for r in resolved]),
+        np.concatenate([r.weights for r in resolved]),
+        len(customer_ids),
+        profiler.matrix,
+    )
+    cold_start = np.array([r.cold_start for r in resolved], dtype=object)
+    cold_start[~has_vector] = COLD_START_NO_HISTORY
+    return CustomerEmbeddings(
+        customer_ids=np.asarray(customer_ids, dtype=object),
+        vectors=vectors,
+        n_events=n_events,
+        cold_start=cold_start,
+        has_vector=has_vector,
+        n_known_tokens=np.array([r.n_known_tokens for r in resolved], dtype=np.int64),
+    )
 
 
 def _profiles(batch: ProfileBatch, labels: Sequence[str]) -> list[UpdatedProfile]:

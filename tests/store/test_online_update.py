@@ -91,7 +91,7 @@ def test_day_end_is_the_daily_runs_as_of() -> None:
 def test_customers_are_grouped_by_the_day_after_their_newest_event(unit: str) -> None:
     import pandas as pd
 
-    from traitflow.online_update import _customers_by_day
+    from traitflow.online_update import FrameHistories, _customers_by_day
 
     history = pd.DataFrame(
         {
@@ -110,7 +110,8 @@ def test_customers_are_grouped_by_the_day_after_their_newest_event(unit: str) ->
             ).astype(f"datetime64[{unit}, UTC]"),
         }
     )
-    groups = _customers_by_day(history)
+    histories = FrameHistories.of(history)
+    groups = _customers_by_day(histories.customer_ids, histories.newest_us())
     assert list(groups) == [
         datetime(2000, 1, 1, tzinfo=UTC),
         datetime(2024, 1, 10, tzinfo=UTC),
@@ -144,6 +145,44 @@ def test_the_online_profiler_gives_the_posted_profile(store: Store, build_model:
         posted.n_known_tokens,
         posted.cold_start,
     )
+
+
+def test_a_few_customers_are_profiled_as_the_batch_path_profiles_many(store: Store, build_model: Any) -> None:
+    """The two routes of a post (plain columns and the profiler's look-ups for a few customers,
+    the batch path's frames for more) give the same profiles, to the bit, recency weighting,
+    a category fallback and a few-tokens customer included."""
+    from traitflow.config import PipelineConfig
+    from traitflow.online_update import FrameHistories, _profile
+
+    config = PipelineConfig.from_mapping({"k": 3, "recency_half_life_days": 1.5})
+    model = dataclasses.replace(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)), config=config)
+    version = store.save_model(model)
+    store.promote(version)
+    unseen = {
+        "customer_id": "bea",
+        "event_time": "2024-01-09T12:00:00Z",
+        "action": "view",
+        "product_id": "new",
+    }
+    events = [
+        *EVENTS,
+        *({**e, "customer_id": "bea", "category": "cat 1 🛒"} for e in EVENTS),
+        {**unseen, "category": "cat 2 🛒"},
+        {**EVENTS[0], "customer_id": "cal"},  # one event: few tokens
+    ]
+    update_from_events(store, events, run_id="test")
+    ids = np.array(["ann", "bea", "cal"], dtype=object)
+    as_of = datetime(2024, 1, 10, tzinfo=UTC)
+    few = _profile(store, version, model, store.customer_histories(list(ids)), ids, as_of)
+    many = _profile(
+        store, version, model, FrameHistories.of(store.read_events(customer_ids=list(ids))), ids, as_of
+    )
+    assert few.customer_ids.tolist() == many.customer_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(few.embeddings, many.embeddings)
+    np.testing.assert_array_equal(few.profiles, many.profiles)
+    np.testing.assert_array_equal(few.n_events, many.n_events)
+    np.testing.assert_array_equal(few.n_known_tokens, many.n_known_tokens)
+    assert few.cold_start.tolist() == many.cold_start.tolist() == ["none", "none", "few_tokens"]
 
 
 def test_events_stored_by_a_concurrent_post_are_in_the_last_profile_written(

@@ -210,6 +210,6 @@ def test_a_failing_post_flushes_before_raising(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("profiling failed")
 
-    monkeypatch.setattr(online_update, "profile_customers", fail)
+    monkeypatch.setattr(online_update, "profiles_from_embeddings", fail)
     flushed, raised = _post_then_flushed(store, wal, ingested, [EVENT])
     assert flushed and isinstance(raised, RuntimeError) and str(raised) == "profiling failed"

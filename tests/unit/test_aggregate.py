@@ -230,6 +230,28 @@ def test_recency_weighting_keeps_the_mean_of_a_customer_whose_events_are_decades
     assert list(emb.cold_start) == [COLD_START_NONE, COLD_START_NONE]
 
 
+def test_a_customers_vector_does_not_depend_on_who_shares_the_batch():
+    """Only a customer with weights that would underflow float32 is rescaled: another customer's
+    vector is bit-identical with or without them in the batch (the event update path embeds a
+    customer alone, the daily run with everyone)."""
+    h = 30.0
+    # Ages where dividing d's weights by d's largest (as a batch-wide rescale would) moves the
+    # float32 mean by an ulp.
+    recent = [("d", "view", "a", "X", 1.5), ("d", "cart", "a", "X", 73.2), ("d", "view", "b", "X", 82.1)]
+    old = 40 * 365.0
+    ancient = [
+        ("c", "view", "a", "X", old),
+        ("c", "view", "b", "X", old + h),
+        ("c", "view", "a", "X", old + h),
+    ]
+    params = AggregationParams(recency_half_life_days=h)
+    alone = customer_embeddings(_events(recent), _table(), params, SessionParams(), as_of=AS_OF)
+    shared = customer_embeddings(_events(ancient + recent), _table(), params, SessionParams(), as_of=AS_OF)
+    assert shared.customer_ids.tolist() == ["c", "d"]
+    np.testing.assert_array_equal(shared.vectors[1], alone.vectors[0])
+    np.testing.assert_allclose(shared.vectors[0], np.array([1.5, 0.5]) / 2, rtol=1e-6)  # rescaled
+
+
 def test_recency_weighting_needs_as_of():
     with pytest.raises(ValueError, match="as_of"):
         event_weights(_events(TOY_EVENTS), AggregationParams(recency_half_life_days=1.0), None)

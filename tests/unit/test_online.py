@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from traitflow.aggregate import customer_embeddings
 from traitflow.config import AggregationParams, PipelineConfig
 from traitflow.online import CustomerProfiler
+from traitflow.online_update import resolved_embeddings
 from traitflow.pipeline import profile_customers, train
 from traitflow.profile_batch import COLD_START_FEW_TOKENS, COLD_START_NO_HISTORY
+from traitflow.store.reads import CustomerHistories
 from traitflow.synthetic import SyntheticSpec, generate
 
 AS_OF = datetime(2026, 1, 15, tzinfo=UTC)
@@ -52,10 +55,52 @@ def test_single_customer_profiles_equal_the_batch_path(trained, half_life: float
     for row in range(0, len(batch), 7):
         actions, products, categories, times = _customer_events(events, batch.customer_ids[row])
         single = profiler.profile(actions, products, categories, times, as_of=AS_OF)
-        np.testing.assert_allclose(single.vector, batch.embeddings[row], atol=1e-5)
+        # The same weighted mean (aggregate.weighted_means): the vectors agree to the bit; the
+        # projections differ by solver (exact NNLS here, coordinate descent in the batch).
+        np.testing.assert_array_equal(single.vector, batch.embeddings[row])
         np.testing.assert_allclose(single.profile, batch.profiles[row], atol=1e-4)
         assert single.cold_start == batch.cold_start[row]
         assert (single.n_events, single.n_known_tokens) == (batch.n_events[row], batch.n_known_tokens[row])
+
+
+@pytest.mark.parametrize("half_life", [None, 3.0])
+def test_the_event_update_path_embeds_several_customers_as_the_batch_path_does(trained, half_life):
+    """``online_update.resolved_embeddings`` (histories as plain columns, each customer's events
+    resolved by the profiler, one ``weighted_means``) equals ``customer_embeddings`` bit for bit,
+    on a subset of the customers and in their sorted order."""
+    events, model = trained
+    if half_life is not None:
+        aggregation = dataclasses.replace(model.config.aggregation, recency_half_life_days=half_life)
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config, aggregation=aggregation))
+    events = events.sort_values(["customer_id", "event_time", "action", "product_id"], ignore_index=True)
+    events.loc[::5, "product_id"] = "never-seen-" + events.loc[::5, "product_id"]  # category fallback
+    events.loc[::11, "category"] = None  # and the action's fallback
+    ids = np.unique(events["customer_id"].to_numpy(dtype=object))
+    codes = np.searchsorted(ids, events["customer_id"].to_numpy(dtype=object))
+    histories = CustomerHistories(
+        customer_ids=ids,
+        starts=np.searchsorted(codes, np.arange(len(ids) + 1)).astype(np.int64),
+        event_us=events["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64),
+        actions=events["action"].tolist(),
+        product_ids=events["product_id"].tolist(),
+        categories=[c if isinstance(c, str) else None for c in events["category"]],
+    )
+    chosen = ids[::3]
+    online = resolved_embeddings(CustomerProfiler(model), histories, chosen, AS_OF)
+    batch = customer_embeddings(
+        events[events["customer_id"].isin(set(chosen))],
+        model.tokens,
+        model.config.aggregation,
+        model.config.sessions,
+        as_of=AS_OF,
+    )
+    assert online.customer_ids.tolist() == batch.customer_ids.tolist()
+    np.testing.assert_array_equal(online.vectors, batch.vectors)
+    np.testing.assert_array_equal(online.has_vector, batch.has_vector)
+    np.testing.assert_array_equal(online.n_events, batch.n_events)
+    np.testing.assert_array_equal(online.n_known_tokens, batch.n_known_tokens)
+    assert online.cold_start.tolist() == batch.cold_start.tolist()
+    assert len(set(batch.cold_start.tolist())) > 1  # few_tokens and none both occur
 
 
 def test_cold_start_rules(trained):

@@ -276,6 +276,10 @@ class Store:
                 shard=shard,
             )
 
+    def customer_histories(self, customer_ids: Sequence[str]) -> _reads.CustomerHistories:
+        """Every stored event of a few customers, as plain columns (``event_reads.customer_histories``)."""
+        return _reads.customer_histories(self._ensure_ready(), customer_ids)
+
     def event_counts(self, customer_ids: Sequence[str]) -> dict[str, int]:
         """Stored events per customer of ``customer_ids`` (customers without any left out)."""
         return _reads.event_counts(self._ensure_ready(), customer_ids)

@@ -20,6 +20,8 @@ from traitflow.profile_batch import MIN_EVIDENCE_EVENTS, profile_confidence
 
 from ._util import utc
 from .errors import NotFoundError
+from .event_reads import CustomerHistories as CustomerHistories
+from .event_reads import customer_histories as customer_histories
 from .event_reads import customers_with_events as customers_with_events
 from .event_reads import event_counts as event_counts
 from .event_reads import event_snapshot as event_snapshot
