@@ -11,7 +11,7 @@ import pytest
 
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
-from traitflow.recommend import rank_products
+from traitflow.recommend import build_catalog, rank_products
 from traitflow.store import Store
 from traitflow.store.cli import main
 
@@ -57,7 +57,7 @@ def test_products_rank_as_the_library_and_name_them(
     cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
     model, batch = profiled
-    expected = rank_products(model, PROFILES[0], batch.embeddings[0], 5)
+    expected = rank_products(build_catalog(model), PROFILES[0], batch.embeddings[0], 5)
     code, out, err = cli("products", "alice", "--n", "5", "--json")
     assert code == 0, err
     body = json.loads(out)
