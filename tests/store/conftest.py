@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from traitflow.cli import main
+from traitflow.model import TraitflowModel
+from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store
 
 
@@ -37,3 +41,21 @@ def cli(
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def profiled(
+    store: Store, build_model: Callable[..., TraitflowModel], build_profile_batch: Callable[..., ProfileBatch]
+) -> tuple[TraitflowModel, ProfileBatch]:
+    """The test schema with an active model (``build_model()``, traits 3, 7, 11) and the current
+    profiles written with its promotion, as of 2024-01-10: alice (0.7, 0.2, 0.1; 30 events),
+    bob (0.1, 0.8, 0.1; 12 events) and o'hara 🛒 (0.6, 0.3, 0.1; one event), in that order."""
+    model = build_model()
+    version = store.save_model(model)
+    profiles = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    batch = build_profile_batch(
+        version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
+    )
+    batch.n_events[:], batch.n_known_tokens[:] = [30, 12, 1], [25, 10, 1]
+    store.promote(version, profiles=batch)
+    return model, batch

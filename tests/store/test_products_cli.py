@@ -6,7 +6,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from traitflow.model import TraitflowModel
@@ -14,8 +13,6 @@ from traitflow.profile_batch import ProfileBatch
 from traitflow.recommend import build_catalog, rank_products
 from traitflow.store import Store
 from traitflow.store.cli import main
-
-PROFILES = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
 
 
 @pytest.fixture
@@ -31,17 +28,10 @@ def cli(
 
 
 @pytest.fixture
-def profiled(
-    store: Store,
-    build_model: Callable[..., TraitflowModel],
-    build_profile_batch: Callable[..., ProfileBatch],
-    tmp_path: Path,
+def shopped(
+    store: Store, profiled: tuple[TraitflowModel, ProfileBatch], tmp_path: Path
 ) -> tuple[TraitflowModel, ProfileBatch]:
-    model = build_model()
-    version = store.save_model(model)
-    batch = build_profile_batch(version, ["alice", "o'hara 🛒"], profiles=PROFILES)
-    store.promote(version, profiles=batch)
-    # alice had events on two products, one of them named at ingestion
+    """``profiled``, and alice had events on two products, one of them named at ingestion."""
     path = tmp_path / "events.csv"
     path.write_text(
         "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
@@ -50,14 +40,14 @@ def profiled(
         encoding="utf-8",
     )
     store.ingest_file(str(path), "online_retail", "test")
-    return model, batch
+    return profiled
 
 
 def test_products_rank_as_the_library_and_name_them(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
+    cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
-    model, batch = profiled
-    expected = rank_products(build_catalog(model), PROFILES[0], batch.embeddings[0], 5)
+    model, batch = shopped
+    expected = rank_products(build_catalog(model), batch.profiles[0], batch.embeddings[0], 5)
     code, out, err = cli("products", "alice", "--n", "5", "--json")
     assert code == 0, err
     body = json.loads(out)
@@ -74,7 +64,7 @@ def test_products_rank_as_the_library_and_name_them(
 
 
 def test_new_only_leaves_out_what_the_customer_had(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
+    cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
     assert store.customer_product_ids("alice") == ["p1", "{x}"]
     code, out, err = cli("products", "alice", "--n", "500", "--new-only", "--json")

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from traitflow.model import Lineage, TraitflowModel
@@ -33,22 +32,6 @@ def cli(
         return code, out, err
 
     return run
-
-
-@pytest.fixture
-def profiled(
-    store: Store, build_model: Callable[..., TraitflowModel], build_profile_batch: Callable[..., ProfileBatch]
-) -> int:
-    version = store.save_model(build_model())
-    store.promote(version)
-    profiles = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
-    batch = build_profile_batch(
-        version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
-    )
-    batch.n_events[:], batch.n_known_tokens[:] = [30, 12, 1], [25, 10, 1]  # o'hara: one event
-    store.write_profiles(batch)
-    store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
-    return version
 
 
 def test_db_url_masks_the_password(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,17 +64,21 @@ def test_ingest_a_file(cli: Callable[..., tuple[int, str, str]], tmp_path: Path,
     assert code == 1 and err.startswith("traitflow: error:")
 
 
-def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
+def test_profile_traits_top_similar_reports(
+    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
+) -> None:
+    version = profiled[0].version
+    store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
     code, out, _ = cli("profile", "o'hara 🛒")
     assert code == 0 and "dominant trait 3" in out and "0.600" in out
     code, out, _ = cli("profile", "alice", "--json")
     data = json.loads(out)
-    assert [t["trait_id"] for t in data["traits"]] == [3, 7, 11] and data["model_version"] == profiled
+    assert [t["trait_id"] for t in data["traits"]] == [3, 7, 11] and data["model_version"] == version
     code, out, _ = cli("profile", "alice", "--history")
     assert code == 0 and "trait_11" in out
     code, out, _ = cli("traits", "--json")
     traits = json.loads(out)
-    assert traits["model_version"] == profiled and [t["trait_id"] for t in traits["traits"]] == [3, 7, 11]
+    assert traits["model_version"] == version and [t["trait_id"] for t in traits["traits"]] == [3, 7, 11]
     assert [t["size"] for t in traits["traits"]] == [2, 1, 0]
     code, out, _ = cli("top", "7", "-n", "1", "--json")
     assert [r["customer_id"] for r in json.loads(out)] == ["bob"]
@@ -102,7 +89,7 @@ def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, s
 
 
 def test_top_and_similar_show_thin_profiles_only_when_asked(
-    cli: Callable[..., tuple[int, str, str]], profiled: int
+    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
 ) -> None:
     code, out, _ = cli("top", "3", "--json")
     assert code == 0 and [r["customer_id"] for r in json.loads(out)] == ["alice", "bob"]
@@ -119,7 +106,9 @@ def test_top_and_similar_show_thin_profiles_only_when_asked(
         cli("top", "3", "--min-events", "-1")
 
 
-def test_clear_errors_and_exit_codes(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
+def test_clear_errors_and_exit_codes(
+    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
+) -> None:
     code, out, err = cli("profile", "nobody")
     assert (code, out) == (1, "") and "customer 'nobody' has no profile" in err
     code, _, err = cli("top", "99")
