@@ -13,6 +13,7 @@ from traitflow.cli import main
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import Store
+from traitflow.store.cli import main as store_main
 
 
 @pytest.fixture
@@ -26,8 +27,8 @@ def cli(
 ) -> Callable[..., tuple[int, str, str]]:
     """``traitflow <args>`` in-process against the test's fresh schema, returning (exit code,
     stdout, stderr). The database and schema come from the environment, as the jobs behind
-    ``retrain`` and ``update`` read them; the data dir is under tmp_path. (test_store_cli.py
-    overrides this with a variant that passes ``--database-url`` and ``--schema`` instead.)"""
+    ``retrain`` and ``update`` read them; the data dir is under tmp_path. ``store_cli`` passes
+    ``--database-url`` and ``--schema`` instead."""
     monkeypatch.setenv("TRAITFLOW_DB_SCHEMA", store_schema)
     monkeypatch.setenv("TRAITFLOW_DATABASE_URL", database_url)
     monkeypatch.setenv("TRAITFLOW_DATA_DIR", str(tmp_path / "data"))
@@ -37,6 +38,21 @@ def cli(
             code = main(list(args))
         except SystemExit as exc:  # the store commands exit 1 with their message on stderr
             code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def store_cli(
+    store: Store, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run the store's commands (``traitflow.store.cli``) in-process as ``traitflow <args>
+    --database-url <test db> --schema <test schema>``, returning (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = store_main([*args, "--database-url", database_url, "--schema", store.schema])
         out, err = capsys.readouterr()
         return code, out, err
 

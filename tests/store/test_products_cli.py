@@ -12,19 +12,6 @@ from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.recommend import build_catalog, rank_products
 from traitflow.store import Store
-from traitflow.store.cli import main
-
-
-@pytest.fixture
-def cli(
-    store: Store, database_url: str, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, str]]:
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([*args, "--database-url", database_url, "--schema", store.schema])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture
@@ -44,11 +31,11 @@ def shopped(
 
 
 def test_products_rank_as_the_library_and_name_them(
-    cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
+    store_cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
     model, batch = shopped
     expected = rank_products(build_catalog(model), batch.profiles[0], batch.embeddings[0], 5)
-    code, out, err = cli("products", "alice", "--n", "5", "--json")
+    code, out, err = store_cli("products", "alice", "--n", "5", "--json")
     assert code == 0, err
     body = json.loads(out)
     assert body["customer_id"] == "alice" and body["model_version"] == model.version
@@ -59,26 +46,26 @@ def test_products_rank_as_the_library_and_name_them(
     assert [p["name"] for p in body["products"]] == [names.get(p.product_id) for p in expected]
     assert "{x}" in [p.product_id for p in expected] and names["{x}"] == "CURLY THING"
 
-    code, out, _ = cli("products", "alice", "-n", "5")
+    code, out, _ = store_cli("products", "alice", "-n", "5")
     assert code == 0 and "top 5 products" in out and "CURLY THING" in out and "None" not in out
 
 
 def test_new_only_leaves_out_what_the_customer_had(
-    cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
+    store_cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
     assert store.customer_product_ids("alice") == ["p1", "{x}"]
-    code, out, err = cli("products", "alice", "--n", "500", "--new-only", "--json")
+    code, out, err = store_cli("products", "alice", "--n", "500", "--new-only", "--json")
     assert code == 0, err
     body = json.loads(out)
     ids = [p["product_id"] for p in body["products"]]
     assert body["new_only"] is True and ids and not {"p1", "{x}"} & set(ids)
-    code, out, _ = cli("products", "alice", "--n", "500", "--json")
+    code, out, _ = store_cli("products", "alice", "--n", "500", "--json")
     assert {"p1", "{x}"} <= {p["product_id"] for p in json.loads(out)["products"]}
     assert len(json.loads(out)["products"]) == len(ids) + 2  # every model product, the seen two back
 
 
-def test_no_active_model(cli: Callable[..., tuple[int, str, str]]) -> None:
-    code, _, err = cli("products", "alice")
+def test_no_active_model(store_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = store_cli("products", "alice")
     assert (
         code == 1
         and err.strip() == "traitflow: error: there is no active model yet (run `traitflow retrain`)"
@@ -86,13 +73,13 @@ def test_no_active_model(cli: Callable[..., tuple[int, str, str]]) -> None:
 
 
 def test_unknown_customer_and_bad_n(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
+    store_cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
 ) -> None:
-    code, _, err = cli("products", "nobody")
+    code, _, err = store_cli("products", "nobody")
     assert code == 1 and err.strip() == "traitflow: error: customer 'nobody' has no profile"
     for bad in ("0", "501", "x"):
         with pytest.raises(SystemExit) as exited:
-            cli("products", "alice", "--n", bad)
+            store_cli("products", "alice", "--n", bad)
         assert exited.value.code == 2
 
 
