@@ -9,7 +9,9 @@ keeps each model's token lookup matrix (``item2vec.fallback_vectors``: the token
 with the category and action means), built on the first ``fallback`` call: rebuilding it per
 post copied the whole vocabulary's vectors every time (128 MB at 500K tokens of 64 floats), and
 its ``online.CustomerProfiler`` (the row dictionaries of the tokens, categories and actions),
-built on the first ``profiler`` call.
+built on the first ``profiler`` call. Likewise each model's product catalog
+(``recommend.ProductCatalog``: the product index, the trait product distribution and the unit
+product vectors the served ranking reads), built on the first ``catalog`` call.
 
 Bounded (``MAX_MODELS`` versions, least recently used dropped first) and thread-safe: the
 api-server serves requests from a thread pool. Two threads missing the same version at once
@@ -29,6 +31,7 @@ from traitflow.item2vec import FallbackVectors, fallback_vectors
 if TYPE_CHECKING:
     from traitflow.model import TraitflowModel
     from traitflow.online import CustomerProfiler
+    from traitflow.recommend import ProductCatalog
     from traitflow.store import Store
 
 MAX_MODELS: Final = 4  # the active model, the one it replaced, and room for a rollback or two
@@ -42,6 +45,7 @@ class _Entry:
     model: TraitflowModel
     fallback: FallbackVectors | None = None  # built by the first ``ModelCache.fallback`` call
     profiler: CustomerProfiler | None = None  # built by the first ``ModelCache.profiler`` call
+    catalog: ProductCatalog | None = None  # built by the first ``ModelCache.catalog`` call
 
 
 class ModelCache:
@@ -57,6 +61,7 @@ class ModelCache:
         self.loads = 0
         self.fallbacks_built = 0
         self.profilers_built = 0
+        self.catalogs_built = 0
 
     def load(self, store: Store, version: int) -> TraitflowModel:
         """``store.load_model(version)``, read from the database only the first time."""
@@ -96,6 +101,24 @@ class ModelCache:
                 self.profilers_built += 1
                 entry.profiler = built
             return entry.profiler
+
+    def catalog(self, store: Store, version: int) -> ProductCatalog:
+        """``recommend.build_catalog`` of the cached model, built only the first time (raises
+        ``recommend.NoProductRankingError``, every time, for a model without trait product
+        distributions). Two threads building it at once both build, one result is kept."""
+        # Imported here: recommend imports this module, and the online update path that imports
+        # this module never ranks products.
+        from traitflow.recommend import build_catalog
+
+        entry = self._entry(store, version)
+        if entry.catalog is not None:
+            return entry.catalog
+        built = build_catalog(entry.model)
+        with self._lock:
+            if entry.catalog is None:
+                self.catalogs_built += 1
+                entry.catalog = built
+            return entry.catalog
 
     def _entry(self, store: Store, version: int) -> _Entry:
         key: ModelKey = (str(store.url), store.schema, int(version))
@@ -142,3 +165,9 @@ def load_fallback(store: Store, version: int) -> FallbackVectors:
     """The token lookup matrix of model ``version`` (``ModelCache.fallback``) through the
     process's model cache."""
     return MODELS.fallback(store, version)
+
+
+def load_catalog(store: Store, version: int) -> ProductCatalog:
+    """The product catalog of model ``version`` (``ModelCache.catalog``) through the process's
+    model cache."""
+    return MODELS.catalog(store, version)

@@ -361,6 +361,16 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(norms, _EPS)
 
 
+def unit_item_vectors(products: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """Item vectors (P, d) less ``center`` (d,), scaled to unit length: what the customers'
+    vectors are compared with (``embedding_similarity``). Items without a vector (zero rows)
+    stay zero, so they score 0. Returns float64 (P, d)."""
+    products = np.asarray(products, dtype=np.float64)
+    has_vector = np.linalg.norm(products, axis=1) > 0
+    centred = products if center is None else products - center[None, :]
+    return np.where(has_vector[:, None], _unit_rows(centred), 0.0)
+
+
 def embedding_similarity(
     customer_vectors: np.ndarray, products: np.ndarray, center: np.ndarray
 ) -> ScoreBatch:
@@ -370,8 +380,14 @@ def embedding_similarity(
     Centring removes the direction every customer shares, which otherwise makes the most
     frequent products the nearest to everyone. Products without a vector score 0.
     """
-    has_vector = np.linalg.norm(products, axis=1) > 0
-    unit_products = np.where(has_vector[:, None], _unit_rows(products - center[None, :]), 0.0)
+    return unit_similarity(customer_vectors, unit_item_vectors(products, center), center)
+
+
+def unit_similarity(
+    customer_vectors: np.ndarray, unit_products: np.ndarray, center: np.ndarray
+) -> ScoreBatch:
+    """``embedding_similarity`` over products already centred and scaled (``unit_item_vectors``
+    with the same ``center``, (P, d)): only the customer vectors (n, d) are normalised here."""
     unit_customers = _unit_rows(np.asarray(customer_vectors, dtype=np.float64) - center[None, :])
     return lambda start, stop: unit_customers[start:stop] @ unit_products.T
 
@@ -416,6 +432,7 @@ def profile_product_scores(
     customer shops; they cannot say which products within them, and the vector they are projected
     from can: on real exports the tilt is what lifts the ranking past popularity on all products
     (docs/method-variants.md). With ``similarity_weight`` 0, or without vectors, the mixture alone.
+    ``profile_product_scores_prenormalized`` is the same over item vectors scaled beforehand.
 
     Parameters
     ----------
@@ -425,21 +442,39 @@ def profile_product_scores(
     item_vectors : ndarray, shape (P, d), or None -- zero rows for items without a vector
     similarity_weight : float, >= 0
     """
+    unit_items = None
+    if similarity_weight != 0 and customer_vectors is not None and item_vectors is not None:
+        unit_items = unit_item_vectors(item_vectors)
+    return profile_product_scores_prenormalized(
+        profiles, distribution, customer_vectors, unit_items, similarity_weight
+    )
+
+
+def profile_product_scores_prenormalized(
+    profiles: np.ndarray,
+    distribution: np.ndarray,
+    customer_vectors: np.ndarray | None = None,
+    unit_items: np.ndarray | None = None,
+    similarity_weight: float = SIMILARITY_WEIGHT,
+) -> ScoreBatch:
+    """``profile_product_scores`` with the item vectors already ``unit_item_vectors(item_vectors)``,
+    (P, d): a caller ranking many customers one at a time (the served ranking) scales the items
+    once instead of per call. Shapes and the other parameters as ``profile_product_scores``."""
     if not similarity_weight >= 0:  # also refuses NaN
         raise ValueError(f"similarity_weight must be >= 0, got {similarity_weight}")
     mixture = mixture_scores(profiles, distribution)
-    if similarity_weight == 0 or customer_vectors is None or item_vectors is None:
+    if similarity_weight == 0 or customer_vectors is None or unit_items is None:
         return mixture
     if customer_vectors.shape[0] != profiles.shape[0]:
         raise ValueError(
             f"profiles have {profiles.shape[0]} rows, customer_vectors {customer_vectors.shape[0]}"
         )
-    if item_vectors.shape[0] != distribution.shape[1]:
+    if unit_items.shape[0] != distribution.shape[1]:
         raise ValueError(
-            f"distribution has {distribution.shape[1]} items, item_vectors {item_vectors.shape[0]}"
+            f"distribution has {distribution.shape[1]} items, item_vectors {unit_items.shape[0]}"
         )
     origin = np.zeros(customer_vectors.shape[1])  # uncentred: ranked better than centred on validation
-    similarity = embedding_similarity(customer_vectors, item_vectors, origin)
+    similarity = unit_similarity(customer_vectors, unit_items, origin)
     return blended_scores(mixture, similarity, similarity_weight)
 
 

@@ -9,16 +9,14 @@ over them as the evaluation lays it out (``product_eval.stored_weights``): a pro
 lists gets the mixture's floor and ranks by similarity among such products.
 
 What does not depend on the customer (the product index, the (k, P) distribution, the (P, d)
-product vectors) is built once per loaded model and kept (``ProductCatalog``, ``catalog_of``):
-a saved model never changes, and the process's model cache (``traitflow.model_cache``) hands out
-one object per version.
+product vectors scaled to unit length) is built once per model version and kept with the loaded
+model in the process's model cache (``ProductCatalog``, ``model_cache.load_catalog``): a saved
+model never changes, so a request only scores its one customer against it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
-from traitflow.model_cache import MAX_MODELS, load_model
+from traitflow.model_cache import load_catalog
 from traitflow.product_eval import stored_weights
-from traitflow.ranking import product_vectors, profile_product_scores, top_k
+from traitflow.ranking import product_vectors, profile_product_scores_prenormalized, top_k, unit_item_vectors
 
 if TYPE_CHECKING:
     from traitflow.model import TraitflowModel
@@ -60,12 +58,14 @@ class ProductCatalog:
         the token table's products
     distribution : ndarray of float64, shape (k, P) -- the stored ``P(product | trait)``, 0 for
         products no trait lists
-    vectors : ndarray of float64, shape (P, d) -- each product's count-weighted mean token vector
+    unit_vectors : ndarray of float64, shape (P, d) -- each product's count-weighted mean token
+        vector (``ranking.product_vectors``) scaled to unit length (``ranking.unit_item_vectors``);
+        zero for products without a token
     """
 
     product_ids: pd.Index
     distribution: np.ndarray
-    vectors: np.ndarray
+    unit_vectors: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,10 @@ class CustomerProducts:
 
 
 def build_catalog(model: TraitflowModel) -> ProductCatalog:
-    """The ``ProductCatalog`` of ``model``; raises ``NoProductRankingError`` without stored distributions."""
+    """The ``ProductCatalog`` of ``model``; raises ``NoProductRankingError`` without stored distributions.
+
+    Served through the process's model cache (``model_cache.load_catalog``), once per version.
+    """
     stored = model.traits.products
     if stored is None:
         raise NoProductRankingError(
@@ -99,45 +102,10 @@ def build_catalog(model: TraitflowModel) -> ProductCatalog:
     return ProductCatalog(
         product_ids=index,
         distribution=stored_weights((stored.product_ids, stored.weights), model.traits.n_traits, index),
-        vectors=product_vectors(tokens.product_ids, tokens.counts, tokens.vectors, index),
+        unit_vectors=unit_item_vectors(
+            product_vectors(tokens.product_ids, tokens.counts, tokens.vectors, index)
+        ),
     )
-
-
-class _Catalogs:
-    """Catalogs by model object (at most ``MAX_MODELS``, least recently used dropped). The entry
-    holds its model, so the ``id`` it is keyed by cannot be reused while it is kept."""
-
-    def __init__(self, max_models: int = MAX_MODELS) -> None:
-        self.max_models = max_models
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[int, tuple[TraitflowModel, ProductCatalog]] = OrderedDict()
-
-    def get(self, model: TraitflowModel) -> ProductCatalog:
-        key = id(model)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is model:
-                self._entries.move_to_end(key)
-                return entry[1]
-        catalog = build_catalog(model)  # outside the lock: two threads may both build; one is kept
-        with self._lock:
-            self._entries[key] = (model, catalog)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_models:
-                self._entries.popitem(last=False)
-        return catalog
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-CATALOGS = _Catalogs()
-
-
-def catalog_of(model: TraitflowModel) -> ProductCatalog:
-    """``build_catalog(model)``, built once per model object and kept (callers must not modify it)."""
-    return CATALOGS.get(model)
 
 
 def check_n(n: object) -> int:
@@ -150,28 +118,33 @@ def check_n(n: object) -> int:
 
 
 def rank_products(
-    model: TraitflowModel,
+    catalog: ProductCatalog,
     profile: np.ndarray,
     embedding: np.ndarray,
     n: int = 10,
     *,
     exclude: Sequence[str] | np.ndarray = (),
 ) -> list[RecommendedProduct]:
-    """The ``n`` products ``profile`` (k,) and ``embedding`` (d,) rank highest, best first.
+    """The ``n`` products of ``catalog`` that ``profile`` (k,) and ``embedding`` (d,) rank highest,
+    best first.
 
-    Scores are ``ranking.profile_product_scores`` over ``catalog_of(model)``; products in
+    Scores are ``ranking.profile_product_scores`` over the catalog's products (the catalog's
+    product vectors already scaled: only the customer's vector is normalised here); products in
     ``exclude`` (e.g. those the customer already had) are left out, so fewer than ``n`` come back
     only when the model has fewer products left. ``name`` is left None (the store knows names).
     """
     n = check_n(n)
-    catalog = catalog_of(model)
     weights = np.asarray(profile, dtype=np.float64).reshape(1, -1)
     vector = np.asarray(embedding, dtype=np.float64).reshape(1, -1)
     if weights.shape[1] != catalog.distribution.shape[0]:
         raise ValueError(f"profile has {weights.shape[1]} traits, the model {catalog.distribution.shape[0]}")
-    if vector.shape[1] != catalog.vectors.shape[1]:
-        raise ValueError(f"embedding has {vector.shape[1]} dimensions, the model {catalog.vectors.shape[1]}")
-    scores = profile_product_scores(weights, catalog.distribution, vector, catalog.vectors)(0, 1)
+    if vector.shape[1] != catalog.unit_vectors.shape[1]:
+        raise ValueError(
+            f"embedding has {vector.shape[1]} dimensions, the model {catalog.unit_vectors.shape[1]}"
+        )
+    scores = profile_product_scores_prenormalized(
+        weights, catalog.distribution, vector, catalog.unit_vectors
+    )(0, 1)
     if len(exclude):
         scores = scores.copy()
         dropped = catalog.product_ids.get_indexer(pd.Index(np.asarray(exclude, dtype=object)))
@@ -191,17 +164,17 @@ def customer_products(
     """The ranked products of a stored current profile (``Store.current_profile``'s dict), with
     names from the store.
 
-    The model is the profile's own version (its traits are that model's), read through the
-    process's model cache. ``new_only`` leaves out the products the customer had any stored
-    event on (discovery).
+    The model is the profile's own version (its traits are that model's), its catalog read
+    through the process's model cache (``model_cache.load_catalog``). ``new_only`` leaves out
+    the products the customer had any stored event on (discovery).
     """
     n = check_n(n)
     version = int(profile["model_version"])
-    model = load_model(store, version)
+    catalog = load_catalog(store, version)
     customer_id = str(profile["customer_id"])
     seen = store.customer_product_ids(customer_id) if new_only else ()
     ranked = rank_products(
-        model,
+        catalog,
         np.array([t["score"] for t in profile["traits"]], dtype=np.float64),
         profile["embedding"],
         n,

@@ -423,11 +423,11 @@ def test_customer_products_are_the_served_ranking(client: TestClient, seeded: Se
     from traitflow_web.api import MAX_PRODUCTS
 
     from traitflow.model_cache import MODELS
-    from traitflow.recommend import MAX_N, rank_products
+    from traitflow.recommend import MAX_N, build_catalog, rank_products
 
     assert MAX_PRODUCTS == MAX_N
-    expected = rank_products(seeded.model, PROFILES[0], seeded.batch.embeddings[0], 4)
-    loads = MODELS.loads
+    expected = rank_products(build_catalog(seeded.model), PROFILES[0], seeded.batch.embeddings[0], 4)
+    loads, catalogs = MODELS.loads, MODELS.catalogs_built
     response = client.get("/api/customers/c1/products", params={"n": 4})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -440,10 +440,11 @@ def test_customer_products_are_the_served_ranking(client: TestClient, seeded: Se
     assert [p["score"] for p in body["products"]] == pytest.approx([p.score for p in expected])
     assert [p["rank"] for p in body["products"]] == [1, 2, 3, 4]
     assert all(p["name"] is None for p in body["products"])  # no names ingested
-    # The model comes from the process's cache: at most one load for any number of requests.
+    # The model and its catalog come from the process's cache: at most one load and one catalog
+    # build for any number of requests.
     for _ in range(3):
         assert client.get("/api/customers/c2/products").status_code == 200
-    assert MODELS.loads - loads <= 1
+    assert MODELS.loads - loads <= 1 and MODELS.catalogs_built - catalogs <= 1
     default = client.get("/api/customers/c2/products").json()
     assert len(default["products"]) == 10
 

@@ -6,42 +6,19 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
-from traitflow.recommend import rank_products
+from traitflow.recommend import build_catalog, rank_products
 from traitflow.store import Store
-from traitflow.store.cli import main
-
-PROFILES = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
 
 
 @pytest.fixture
-def cli(
-    store: Store, database_url: str, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, str]]:
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([*args, "--database-url", database_url, "--schema", store.schema])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-def profiled(
-    store: Store,
-    build_model: Callable[..., TraitflowModel],
-    build_profile_batch: Callable[..., ProfileBatch],
-    tmp_path: Path,
+def shopped(
+    store: Store, profiled: tuple[TraitflowModel, ProfileBatch], tmp_path: Path
 ) -> tuple[TraitflowModel, ProfileBatch]:
-    model = build_model()
-    version = store.save_model(model)
-    batch = build_profile_batch(version, ["alice", "o'hara 🛒"], profiles=PROFILES)
-    store.promote(version, profiles=batch)
-    # alice had events on two products, one of them named at ingestion
+    """``profiled``, and alice had events on two products, one of them named at ingestion."""
     path = tmp_path / "events.csv"
     path.write_text(
         "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
@@ -50,15 +27,15 @@ def profiled(
         encoding="utf-8",
     )
     store.ingest_file(str(path), "online_retail", "test")
-    return model, batch
+    return profiled
 
 
 def test_products_rank_as_the_library_and_name_them(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
+    store_cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
-    model, batch = profiled
-    expected = rank_products(model, PROFILES[0], batch.embeddings[0], 5)
-    code, out, err = cli("products", "alice", "--n", "5", "--json")
+    model, batch = shopped
+    expected = rank_products(build_catalog(model), batch.profiles[0], batch.embeddings[0], 5)
+    code, out, err = store_cli("products", "alice", "--n", "5", "--json")
     assert code == 0, err
     body = json.loads(out)
     assert body["customer_id"] == "alice" and body["model_version"] == model.version
@@ -69,26 +46,26 @@ def test_products_rank_as_the_library_and_name_them(
     assert [p["name"] for p in body["products"]] == [names.get(p.product_id) for p in expected]
     assert "{x}" in [p.product_id for p in expected] and names["{x}"] == "CURLY THING"
 
-    code, out, _ = cli("products", "alice", "-n", "5")
+    code, out, _ = store_cli("products", "alice", "-n", "5")
     assert code == 0 and "top 5 products" in out and "CURLY THING" in out and "None" not in out
 
 
 def test_new_only_leaves_out_what_the_customer_had(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch], store: Store
+    store_cli: Callable[..., tuple[int, str, str]], shopped: tuple[TraitflowModel, ProfileBatch], store: Store
 ) -> None:
     assert store.customer_product_ids("alice") == ["p1", "{x}"]
-    code, out, err = cli("products", "alice", "--n", "500", "--new-only", "--json")
+    code, out, err = store_cli("products", "alice", "--n", "500", "--new-only", "--json")
     assert code == 0, err
     body = json.loads(out)
     ids = [p["product_id"] for p in body["products"]]
     assert body["new_only"] is True and ids and not {"p1", "{x}"} & set(ids)
-    code, out, _ = cli("products", "alice", "--n", "500", "--json")
+    code, out, _ = store_cli("products", "alice", "--n", "500", "--json")
     assert {"p1", "{x}"} <= {p["product_id"] for p in json.loads(out)["products"]}
     assert len(json.loads(out)["products"]) == len(ids) + 2  # every model product, the seen two back
 
 
-def test_no_active_model(cli: Callable[..., tuple[int, str, str]]) -> None:
-    code, _, err = cli("products", "alice")
+def test_no_active_model(store_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, _, err = store_cli("products", "alice")
     assert (
         code == 1
         and err.strip() == "traitflow: error: there is no active model yet (run `traitflow retrain`)"
@@ -96,13 +73,13 @@ def test_no_active_model(cli: Callable[..., tuple[int, str, str]]) -> None:
 
 
 def test_unknown_customer_and_bad_n(
-    cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
+    store_cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
 ) -> None:
-    code, _, err = cli("products", "nobody")
+    code, _, err = store_cli("products", "nobody")
     assert code == 1 and err.strip() == "traitflow: error: customer 'nobody' has no profile"
     for bad in ("0", "501", "x"):
         with pytest.raises(SystemExit) as exited:
-            cli("products", "alice", "--n", bad)
+            store_cli("products", "alice", "--n", bad)
         assert exited.value.code == 2
 
 

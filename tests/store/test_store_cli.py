@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from traitflow.model import Lineage, TraitflowModel
@@ -21,48 +20,18 @@ from traitflow.store.cli import MODEL_COLUMNS, add_commands, main
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cli(
-    store: Store, database_url: str, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, str]]:
-    """Run ``traitflow <args> --database-url <test db> --schema <test schema>``."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([*args, "--database-url", database_url, "--schema", store.schema])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-def profiled(
-    store: Store, build_model: Callable[..., TraitflowModel], build_profile_batch: Callable[..., ProfileBatch]
-) -> int:
-    version = store.save_model(build_model())
-    store.promote(version)
-    profiles = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
-    batch = build_profile_batch(
-        version, ["alice", "bob", "o'hara 🛒"], as_of=datetime(2024, 1, 10, tzinfo=UTC), profiles=profiles
-    )
-    batch.n_events[:], batch.n_known_tokens[:] = [30, 12, 1], [25, 10, 1]  # o'hara: one event
-    store.write_profiles(batch)
-    store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
-    return version
-
-
 def test_db_url_masks_the_password(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "url", "--database-url", "postgres://admin:hunter2@db.example:5432/prod"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == "postgresql://admin:***@db.example:5432/prod" and "hunter2" not in out
 
 
-def test_db_upgrade_is_idempotent(cli: Callable[..., tuple[int, str, str]]) -> None:
-    code, out, _ = cli("db", "upgrade")
+def test_db_upgrade_is_idempotent(store_cli: Callable[..., tuple[int, str, str]]) -> None:
+    code, out, _ = store_cli("db", "upgrade")
     assert code == 0 and f"already up to date (version {migrations.latest_version()})" in out
 
 
-def test_ingest_a_file(cli: Callable[..., tuple[int, str, str]], tmp_path: Path, store: Store) -> None:
+def test_ingest_a_file(store_cli: Callable[..., tuple[int, str, str]], tmp_path: Path, store: Store) -> None:
     path = tmp_path / "events.csv"
     path.write_text(
         "customer_id,event_time,action,product_id,category,price,session_id\n"
@@ -71,60 +40,68 @@ def test_ingest_a_file(cli: Callable[..., tuple[int, str, str]], tmp_path: Path,
         ",2024-03-01T10:00:00Z,view,p1,,,\n",
         encoding="utf-8",
     )
-    code, out, err = cli("ingest", str(path), "--mapping", "canonical", "--run-id", "cli-test")
+    code, out, err = store_cli("ingest", str(path), "--mapping", "canonical", "--run-id", "cli-test")
     assert code == 0, err
     assert "read 3 rows -> 2 new events, 0 already present, 1 rejected" in out
-    code, out, _ = cli("ingest", str(path), "--mapping", "canonical", "--json")
+    code, out, _ = store_cli("ingest", str(path), "--mapping", "canonical", "--json")
     assert code == 0 and json.loads(out)["skipped"] is True
     assert store.table_counts()["events"] == 2
-    code, _, err = cli("ingest", str(tmp_path / "missing.csv"), "--mapping", "canonical")
+    code, _, err = store_cli("ingest", str(tmp_path / "missing.csv"), "--mapping", "canonical")
     assert code == 1 and err.startswith("traitflow: error:")
 
 
-def test_profile_traits_top_similar_reports(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
-    code, out, _ = cli("profile", "o'hara 🛒")
+def test_profile_traits_top_similar_reports(
+    store_cli: Callable[..., tuple[int, str, str]],
+    profiled: tuple[TraitflowModel, ProfileBatch],
+    store: Store,
+) -> None:
+    version = profiled[0].version
+    store.write_run_report("daily", "2024-01-10", {"customers": 3, "oov_rate": 0.02})
+    code, out, _ = store_cli("profile", "o'hara 🛒")
     assert code == 0 and "dominant trait 3" in out and "0.600" in out
-    code, out, _ = cli("profile", "alice", "--json")
+    code, out, _ = store_cli("profile", "alice", "--json")
     data = json.loads(out)
-    assert [t["trait_id"] for t in data["traits"]] == [3, 7, 11] and data["model_version"] == profiled
-    code, out, _ = cli("profile", "alice", "--history")
+    assert [t["trait_id"] for t in data["traits"]] == [3, 7, 11] and data["model_version"] == version
+    code, out, _ = store_cli("profile", "alice", "--history")
     assert code == 0 and "trait_11" in out
-    code, out, _ = cli("traits", "--json")
+    code, out, _ = store_cli("traits", "--json")
     traits = json.loads(out)
-    assert traits["model_version"] == profiled and [t["trait_id"] for t in traits["traits"]] == [3, 7, 11]
+    assert traits["model_version"] == version and [t["trait_id"] for t in traits["traits"]] == [3, 7, 11]
     assert [t["size"] for t in traits["traits"]] == [2, 1, 0]
-    code, out, _ = cli("top", "7", "-n", "1", "--json")
+    code, out, _ = store_cli("top", "7", "-n", "1", "--json")
     assert [r["customer_id"] for r in json.loads(out)] == ["bob"]
-    code, out, _ = cli("similar", "alice", "-n", "1", "--json")
+    code, out, _ = store_cli("similar", "alice", "-n", "1", "--json")
     assert [r["customer_id"] for r in json.loads(out)] == ["bob"]  # o'hara (closer) has one event
-    code, out, _ = cli("reports", "--kind", "daily")
+    code, out, _ = store_cli("reports", "--kind", "daily")
     assert code == 0 and "2024-01-10" in out and "oov_rate" in out
 
 
 def test_top_and_similar_show_thin_profiles_only_when_asked(
-    cli: Callable[..., tuple[int, str, str]], profiled: int
+    store_cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
 ) -> None:
-    code, out, _ = cli("top", "3", "--json")
+    code, out, _ = store_cli("top", "3", "--json")
     assert code == 0 and [r["customer_id"] for r in json.loads(out)] == ["alice", "bob"]
-    code, out, _ = cli("top", "3", "--min-events", "1", "--json")
+    code, out, _ = store_cli("top", "3", "--min-events", "1", "--json")
     rows = json.loads(out)
     assert [r["customer_id"] for r in rows] == ["alice", "o'hara 🛒", "bob"]
     assert [(r["n_events"], r["n_known_tokens"]) for r in rows] == [(30, 25), (1, 1), (12, 10)]
     assert rows[1]["confidence"] == pytest.approx(1 / 4) and rows[0]["confidence"] == pytest.approx(25 / 28)
-    code, out, _ = cli("similar", "alice", "-n", "1", "--min-events", "1")
+    code, out, _ = store_cli("similar", "alice", "-n", "1", "--min-events", "1")
     assert code == 0 and "o'hara" in out and "cold_start" in out and "confidence" in out
-    code, out, _ = cli("profile", "alice")
+    code, out, _ = store_cli("profile", "alice")
     assert "evidence: 25 of 30 events with a known token, confidence 0.89" in out
     with pytest.raises(SystemExit):
-        cli("top", "3", "--min-events", "-1")
+        store_cli("top", "3", "--min-events", "-1")
 
 
-def test_clear_errors_and_exit_codes(cli: Callable[..., tuple[int, str, str]], profiled: int) -> None:
-    code, out, err = cli("profile", "nobody")
+def test_clear_errors_and_exit_codes(
+    store_cli: Callable[..., tuple[int, str, str]], profiled: tuple[TraitflowModel, ProfileBatch]
+) -> None:
+    code, out, err = store_cli("profile", "nobody")
     assert (code, out) == (1, "") and "customer 'nobody' has no profile" in err
-    code, _, err = cli("top", "99")
+    code, _, err = store_cli("top", "99")
     assert code == 1 and "trait 99 does not exist" in err
-    code, _, err = cli("traits", "--model-version", "42")
+    code, _, err = store_cli("traits", "--model-version", "42")
     assert code == 1 and "model version 42 does not exist" in err
     assert main(["traits", "--database-url", "mysql://x/y"]) == 1
 
@@ -140,7 +117,7 @@ def test_unmigrated_schema_and_unreachable_server(
 
 
 def test_models_lists_the_lineage_of_each_version(
-    cli: Callable[..., tuple[int, str, str]], store: Store, build_model: Callable[..., TraitflowModel]
+    store_cli: Callable[..., tuple[int, str, str]], store: Store, build_model: Callable[..., TraitflowModel]
 ) -> None:
     full = build_model(trained_through=datetime(2024, 1, 7, tzinfo=UTC))
     full.lineage = Lineage("full")
@@ -152,7 +129,7 @@ def test_models_lists_the_lineage_of_each_version(
     second = store.save_model(increment)
     store.reject_model(second, "clearly worse")
     unrecorded = store.save_model(build_model(trained_through=datetime(2024, 1, 21, tzinfo=UTC)))
-    code, out, _ = cli("models", "--json")
+    code, out, _ = store_cli("models", "--json")
     assert code == 0
     rows = json.loads(out)
     assert [r["model_version"] for r in rows] == [unrecorded, second, first]  # newest first
@@ -163,17 +140,19 @@ def test_models_lists_the_lineage_of_each_version(
     ]
     assert rows[1]["trained_since"].startswith("2024-01-07T00:00:00")
     assert rows[1]["hit_rate"] == 0.25 and rows[1]["status_reason"] == "clearly worse"
-    code, out, _ = cli("models")
+    code, out, _ = store_cli("models")
     header, *lines = out.splitlines()
     assert "training_mode" in header and "parent_version" in header
     assert "incremental" in lines[1] and "full" in lines[2]
 
 
 def test_models_shows_both_drifts_with_the_threshold_of_the_mode(
-    cli: Callable[..., tuple[int, str, str]], store: Store, save_drifted_versions: Callable[[Store], Any]
+    store_cli: Callable[..., tuple[int, str, str]],
+    store: Store,
+    save_drifted_versions: Callable[[Store], Any],
 ) -> None:
     saved = save_drifted_versions(store)
-    code, out, _ = cli("models", "--json")
+    code, out, _ = store_cli("models", "--json")
     assert code == 0
     rows = {r["model_version"]: r for r in json.loads(out)}
     shown = {
@@ -181,7 +160,7 @@ def test_models_shows_both_drifts_with_the_threshold_of_the_mode(
         for version, r in rows.items()
     }
     assert shown == saved.expected
-    code, out, _ = cli("models")
+    code, out, _ = store_cli("models")
     header, *lines = out.splitlines()
     assert header.split() == MODEL_COLUMNS
     # The rows end with drift, recent_weighted_drift, drift_threshold, refit_on, status_reason.

@@ -1,4 +1,5 @@
-"""traitflow.model_cache: one database read per model version, bounded, thread-safe."""
+"""traitflow.model_cache: one database read per model version, bounded, thread-safe; each
+model's token lookup matrix and product catalog built once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from traitflow.item2vec import fallback_vectors
 from traitflow.model import TokenTable
 from traitflow.model_cache import ModelCache
+from traitflow.recommend import NoProductRankingError, build_catalog
 from traitflow.store import Store
 
 
@@ -139,6 +141,51 @@ def test_an_evicted_model_takes_its_fallback_matrix_with_it() -> None:
     again = cache.fallback(store, 1)  # type: ignore[arg-type]
     assert again is not first and cache.fallbacks_built == 3
     np.testing.assert_array_equal(again.matrix, first.matrix)
+
+
+@dataclass
+class ModelStore(CountingStore):
+    """``load_model`` returns a fresh ``build_model(seed=version)`` per call; with ``bare`` the
+    model has no trait product distributions (it cannot rank products)."""
+
+    build: Callable[..., Any] = field(kw_only=True)
+    bare: bool = False
+
+    def load_model(self, version: int) -> Any:
+        self.calls.append(version)
+        model = self.build(seed=version)
+        if self.bare:
+            model.traits.products = None
+        return model
+
+
+def test_a_catalog_is_built_once_per_version_beside_the_fallback_matrix(
+    build_model: Callable[..., Any],
+) -> None:
+    cache, store = ModelCache(max_models=1), ModelStore(build=build_model)
+    fallback = cache.fallback(store, 1)  # type: ignore[arg-type]
+    first = cache.catalog(store, 1)  # type: ignore[arg-type]
+    assert cache.catalog(store, 1) is first  # type: ignore[arg-type]
+    assert cache.fallback(store, 1) is fallback  # type: ignore[arg-type]  # one entry holds both
+    assert (cache.catalogs_built, cache.fallbacks_built) == (1, 1) and store.calls == [1]
+    expected = build_catalog(store.load_model(1))
+    assert first.product_ids.equals(expected.product_ids)
+    np.testing.assert_array_equal(first.distribution, expected.distribution)
+    np.testing.assert_array_equal(first.unit_vectors, expected.unit_vectors)
+    cache.catalog(store, 2)  # type: ignore[arg-type]  # evicts 1 with its catalog
+    again = cache.catalog(store, 1)  # type: ignore[arg-type]
+    assert again is not first and cache.catalogs_built == 3
+    np.testing.assert_array_equal(again.unit_vectors, first.unit_vectors)
+
+
+def test_a_model_without_product_distributions_has_no_catalog(build_model: Callable[..., Any]) -> None:
+    cache, store = ModelCache(), ModelStore(build=build_model, bare=True)
+    for _ in range(2):
+        with pytest.raises(NoProductRankingError, match="without trait product distributions"):
+            cache.catalog(store, 1)  # type: ignore[arg-type]
+    assert cache.catalogs_built == 0 and store.calls == [
+        1
+    ]  # the model stays cached, the error is raised again
 
 
 def test_a_cached_model_is_the_saved_one(store: Store, build_model: Callable[..., Any]) -> None:

@@ -20,8 +20,10 @@ from traitflow.ranking import (
     per_customer_metrics,
     product_vectors,
     profile_product_scores,
+    profile_product_scores_prenormalized,
     sparse_scores,
     trait_item_distribution,
+    unit_item_vectors,
 )
 from traitflow.trait_products import characteristic_products, fit_trait_products
 
@@ -186,6 +188,26 @@ def test_profile_product_scores_tilt_the_mixture_towards_the_customers_vector():
         profile_product_scores(profiles, distribution, customers[:1], items)
     with pytest.raises(ValueError, match="item_vectors 2"):
         profile_product_scores(profiles, distribution, customers, items[:2])
+
+
+def test_prenormalized_item_vectors_score_as_the_raw_ones():
+    """The served ranking scales the items once (``unit_item_vectors``); the evaluation passes
+    them raw: the scores must agree, items without a vector included."""
+    rng = np.random.default_rng(7)
+    n, k, n_items, d = 9, 4, 60, 8
+    profiles = rng.dirichlet(np.ones(k), n)
+    distribution = rng.dirichlet(np.full(n_items, 0.3), k)
+    customers = rng.standard_normal((n, d)).astype(np.float32)
+    items = rng.standard_normal((n_items, d)) * rng.uniform(0.01, 50.0, (n_items, 1))
+    items[::7] = 0.0  # products without a token
+    units = unit_item_vectors(items)
+    np.testing.assert_allclose(np.linalg.norm(units, axis=1), np.where(np.arange(n_items) % 7, 1.0, 0.0))
+    for weight in (0.0, 0.5, 3.0):
+        raw = profile_product_scores(profiles, distribution, customers, items, weight)(0, n)
+        scaled = profile_product_scores_prenormalized(profiles, distribution, customers, units, weight)
+        np.testing.assert_allclose(scaled(2, n), raw[2:], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="item_vectors 59"):
+        profile_product_scores_prenormalized(profiles, distribution, customers, units[1:])
 
 
 def test_fold_in_moves_profiles_towards_what_the_customer_bought():

@@ -14,7 +14,7 @@ from traitflow.model import TokenTable, TraitflowModel, TraitModel, TraitProduct
 from traitflow.pipeline import profile_customers, train
 from traitflow.product_eval import ProfileVectors, stored_weights
 from traitflow.ranking import SIMILARITY_WEIGHT, profile_product_scores, top_k
-from traitflow.recommend import MAX_N, NoProductRankingError, catalog_of, check_n, rank_products
+from traitflow.recommend import MAX_N, NoProductRankingError, build_catalog, check_n, rank_products
 from traitflow.synthetic import SyntheticSpec, generate
 
 # Trait 0 buys "a" and "b" alike (0.4 each) and "c" less; trait 1 buys "c" only. "d" has a token
@@ -53,57 +53,57 @@ def tiny_model() -> TraitflowModel:
 
 
 def test_the_customer_vector_breaks_the_mixtures_tie() -> None:
-    model = tiny_model()
+    catalog = build_catalog(tiny_model())
     profile = np.array([1.0, 0.0])
-    towards_b = rank_products(model, profile, AXES[1], n=4)
+    towards_b = rank_products(catalog, profile, AXES[1], n=4)
     assert [p.product_id for p in towards_b] == ["b", "a", "c", "d"]
     floor = 0.01 / 4  # "d": no trait lists it, the mixture's floor at a hundredth of uniform
     expected = [np.log(0.4) + SIMILARITY_WEIGHT, np.log(0.4), np.log(0.2), np.log(floor)]
     assert [p.score for p in towards_b] == pytest.approx(expected)
     assert [p.rank for p in towards_b] == [1, 2, 3, 4] and all(p.name is None for p in towards_b)
-    towards_a = rank_products(model, profile, AXES[0], n=2)
+    towards_a = rank_products(catalog, profile, AXES[0], n=2)
     assert [p.product_id for p in towards_a] == ["a", "b"]
     # A product no trait lists ranks by similarity among the floor, below the listed ones here.
-    towards_d = rank_products(model, profile, AXES[3], n=4)
+    towards_d = rank_products(catalog, profile, AXES[3], n=4)
     assert [p.product_id for p in towards_d] == ["a", "b", "c", "d"]
     assert towards_d[-1].score == pytest.approx(np.log(floor) + SIMILARITY_WEIGHT)
 
 
 def test_excluded_products_are_left_out_and_the_list_may_run_short() -> None:
-    model = tiny_model()
-    ranked = rank_products(model, np.array([1.0, 0.0]), AXES[1], n=3, exclude=["b", "unknown"])
+    catalog = build_catalog(tiny_model())
+    ranked = rank_products(catalog, np.array([1.0, 0.0]), AXES[1], n=3, exclude=["b", "unknown"])
     assert [p.product_id for p in ranked] == ["a", "c", "d"]
     assert [p.rank for p in ranked] == [1, 2, 3]
-    everything_but_c = rank_products(model, np.array([0.0, 1.0]), AXES[2], n=10, exclude=["a", "b", "d"])
+    everything_but_c = rank_products(catalog, np.array([0.0, 1.0]), AXES[2], n=10, exclude=["a", "b", "d"])
     assert [p.product_id for p in everything_but_c] == ["c"]
 
 
 def test_n_and_shapes_are_checked() -> None:
-    model = tiny_model()
+    catalog = build_catalog(tiny_model())
     for bad in (0, MAX_N + 1, -1):
         with pytest.raises(ValueError, match=rf"n must be in 1\.\.{MAX_N}, got {bad}"):
-            rank_products(model, np.array([1.0, 0.0]), AXES[0], n=bad)
+            rank_products(catalog, np.array([1.0, 0.0]), AXES[0], n=bad)
     for bad in (True, 2.5, "3", None):
         with pytest.raises(ValueError, match="n must be an integer"):
             check_n(bad)
     assert check_n(np.int64(MAX_N)) == MAX_N
     with pytest.raises(ValueError, match="profile has 3 traits, the model 2"):
-        rank_products(model, np.ones(3) / 3, AXES[0])
+        rank_products(catalog, np.ones(3) / 3, AXES[0])
     with pytest.raises(ValueError, match="embedding has 3 dimensions, the model 4"):
-        rank_products(model, np.array([1.0, 0.0]), np.ones(3))
+        rank_products(catalog, np.array([1.0, 0.0]), np.ones(3))
 
 
-def test_the_catalog_is_built_once_per_model_and_needs_stored_distributions() -> None:
+def test_the_catalog_lays_out_the_stored_distribution_and_unit_vectors() -> None:
     model = tiny_model()
-    catalog = catalog_of(model)
-    assert catalog_of(model) is catalog
+    model.tokens.vectors = AXES * np.array([[2.0], [0.5], [1.0], [0.0]], dtype=np.float32)  # "d": none
+    catalog = build_catalog(model)
     assert catalog.product_ids.tolist() == PRODUCTS
-    assert catalog.distribution.shape == (2, 4) and catalog.vectors.shape == (4, 4)
-    assert catalog_of(tiny_model()) is not catalog  # another model object: its own catalog
+    np.testing.assert_array_equal(catalog.distribution, [[0.4, 0.4, 0.2, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(catalog.unit_vectors, np.diag([1.0, 1.0, 1.0, 0.0]))
     bare = tiny_model()
     bare.traits.products = None
     with pytest.raises(NoProductRankingError, match="without trait product distributions"):
-        rank_products(bare, np.array([1.0, 0.0]), AXES[0])
+        build_catalog(bare)
 
 
 SPEC = SyntheticSpec(n_customers=120, n_products=80, n_events=3_000, seed=3)
@@ -137,8 +137,9 @@ def test_served_ranking_is_the_evaluated_ranking(
     )
     n = 25
     expected = top_k(scores, n)
+    catalog = build_catalog(model)
     for row in range(0, len(profiles), 7):
-        served = rank_products(model, profiles[row], embeddings[row], n)
+        served = rank_products(catalog, profiles[row], embeddings[row], n)
         assert [p.product_id for p in served] == index[expected[row]].tolist()
         assert [p.score for p in served] == pytest.approx(scores[row, expected[row]].tolist(), rel=1e-12)
     # The tilt matters on this model: some customer's list differs from the mixture's alone.
@@ -150,10 +151,10 @@ def test_the_served_catalog_covers_every_stored_and_token_product(
     trained: tuple[TraitflowModel, np.ndarray, np.ndarray],
 ) -> None:
     model, profiles, embeddings = trained
-    catalog = catalog_of(model)
+    catalog = build_catalog(model)
     stored = model.traits.products
     assert stored is not None
     assert set(catalog.product_ids) == set(stored.product_ids) | set(model.tokens.product_ids)
-    full = rank_products(model, profiles[0], embeddings[0], n=min(MAX_N, len(catalog.product_ids)))
+    full = rank_products(catalog, profiles[0], embeddings[0], n=min(MAX_N, len(catalog.product_ids)))
     assert len(full) == min(MAX_N, len(catalog.product_ids))
     assert np.all(np.diff([p.score for p in full]) <= 0)
