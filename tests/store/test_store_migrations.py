@@ -313,3 +313,42 @@ def test_version_5_records_the_evidence_of_new_profiles_and_leaves_old_ones_unkn
     ]  # fmt: skip
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("UPDATE customer_profiles SET n_known_tokens = n_events + 1 WHERE customer_id = 'a'")
+
+
+def test_version_13_records_the_supersessions_written_as_reasons_only(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(fresh=True)
+    assert _upgrade_to(store, 12, monkeypatch) == list(range(1, 13))
+    conn = store.connection
+    reasons = {  # version: (status, status_reason) as version-12 code (or a person) wrote them
+        1: ("rejected", "superseded by version 3 before its run promoted it"),
+        2: ("rejected", "superseded by version 3 before its run promoted it."),  # not the wording
+        3: ("rejected", "hit rate below the gate"),
+        4: ("rejected", "superseded by version 99 before its run promoted it"),  # no version 99
+        5: ("rejected", "superseded by version 3 before its run promoted it"),  # 3 is older
+        6: ("staging", None),
+        7: ("rejected", "superseded by version 03 before its run promoted it"),  # never written so
+        8: ("rejected", "superseded by version 10 before its run promoted it"),
+        9: ("rejected", "Superseded by version 10 before its run promoted it"),
+        10: ("rejected", "drifted too far"),
+    }
+    with conn.transaction():
+        for version, (status, reason) in reasons.items():
+            inserted = conn.execute(
+                "INSERT INTO model_versions (trained_through, status, status_reason, format_version,"
+                " n_tokens, vector_size, n_traits, params, center, population_profile, population_vector)"
+                " VALUES (%s, %s, %s, 1, 0, 2, 1, '{}', '{0,0}', '{1}', '{0,0}') RETURNING model_version",
+                (datetime(2024, 1, 7, tzinfo=UTC), status, reason),
+            ).fetchone()
+            assert inserted == (version,)
+
+    assert _upgrade_to(store, 13, monkeypatch) == [13]
+    rows = conn.execute("SELECT model_version, superseded_by, status_reason FROM model_versions ORDER BY 1")
+    recorded = {version: superseded for version, superseded, _ in rows.fetchall()}
+    assert recorded == {1: 3, 2: None, 3: None, 4: None, 5: None, 6: None, 7: None, 8: 10, 9: None, 10: None}
+    after = conn.execute("SELECT model_version, status, status_reason FROM model_versions ORDER BY 1")
+    assert {v: (s, r) for v, s, r in after.fetchall()} == reasons  # the reasons stay, word for word
+    store.upgrade()
+    assert store.superseded_by(3) == [1] and store.superseded_by(10) == [8]
+    assert store.superseded_by(9) == []

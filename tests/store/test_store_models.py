@@ -378,3 +378,46 @@ def test_publishing_without_stale_staging_versions_rejects_nothing(
     with conn.transaction():
         assert store_models.supersede_staging(conn, candidate + 1) == 0
     assert store.table_checksums() == checksums
+
+
+@pytest.mark.usefixtures("history")
+def test_superseded_by_reads_the_column_whatever_the_reason_says(
+    store: Store, build_model: Build, build_profile_batch: Callable[..., ProfileBatch]
+) -> None:
+    older = stage_candidate(store, build_model, build_profile_batch, "old")
+    newer = stage_candidate(store, build_model, build_profile_batch, "new")
+    assert store.publish_candidate(newer, "weekly:new", 1, WEEK1 + timedelta(days=1)) == 3
+    conn = store.connection
+    conn.execute(
+        "UPDATE model_versions SET status_reason = 'replaced by a newer weekly candidate'"
+        " WHERE model_version = %s",
+        (older,),
+    )
+    assert store.superseded_by(newer) == [older]
+    # The old wording on a version rejected by hand records no supersession: it is only text.
+    by_hand = store.save_candidate(build_model(), run_key="candidate-by-hand")
+    store.reject_model(by_hand, store_models.superseded_reason(by_hand + 1))
+    later = store.record_rejected(build_model(), "drifted too far")
+    assert later == by_hand + 1
+    assert store.superseded_by(later) == []
+    rows = conn.execute(
+        "SELECT model_version, superseded_by FROM model_versions WHERE status = 'rejected' ORDER BY 1"
+    ).fetchall()
+    assert rows == [(3, None), (older, newer), (by_hand, None), (later, None)]
+
+
+@pytest.mark.usefixtures("history")
+def test_superseded_by_is_set_only_on_rejected_rows_and_points_to_a_newer_version(
+    store: Store, build_model: Build
+) -> None:
+    staging = store.save_candidate(build_model(), run_key="candidate-a")
+    newer = store.save_candidate(build_model(), run_key="candidate-b")
+    conn = store.connection
+    point = "UPDATE model_versions SET superseded_by = %s WHERE model_version = %s"
+    with pytest.raises(psycopg.errors.CheckViolation, match="model_versions_superseded_by_check"):
+        conn.execute(point, (newer, staging))  # a staging row
+    conn.execute("UPDATE model_versions SET status = 'rejected' WHERE model_version = %s", (newer,))
+    with pytest.raises(psycopg.errors.CheckViolation, match="model_versions_superseded_by_check"):
+        conn.execute(point, (staging, newer))  # an older version
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute(point, (newer + 9, newer))  # no such version

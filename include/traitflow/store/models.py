@@ -12,6 +12,8 @@ Lifecycle (``model_versions.status``)::
   candidate is published (promoted, or rejected by the gate), the older staging versions are
   rejected in that transaction (``supersede_staging``): a run that failed after saving its
   candidate leaves no staging version behind, and a retry of it cannot promote the older model.
+  Their ``superseded_by`` column names the newer candidate (set only on rejected rows, to a
+  higher version: a CHECK); rejected is final, so nothing clears it.
 * ``model_version_for(as_of)`` = the newest *promoted* (active or retired) model with
   ``trained_through <= as_of``: a backfill of date D picks the same model whenever it runs.
 """
@@ -104,13 +106,15 @@ def reject_model(conn: psycopg.Connection, version: int, reason: str) -> bool:
 
 
 def superseded_reason(version: int) -> str:
-    """The ``status_reason`` of a staging version that ``supersede_staging(version)`` rejected."""
+    """The ``status_reason`` of a staging version that ``supersede_staging(version)`` rejected
+    (text for people: ``superseded_by`` reads the ``superseded_by`` column, not this)."""
     return f"superseded by version {int(version)} before its run promoted it"
 
 
 def supersede_staging(conn: psycopg.Connection, version: int) -> int:
-    """Reject every ``staging`` version older than ``version`` (a lower number) with
-    ``superseded_reason(version)``, in the caller's transaction; returns how many.
+    """Reject every ``staging`` version older than ``version`` (a lower number), recording
+    ``version`` in its ``superseded_by`` column and ``superseded_reason(version)`` as its reason,
+    in the caller's transaction; returns how many.
 
     Called when the newer candidate ``version`` is published (promoted, or rejected by the gate):
     an older candidate's run failed or was abandoned before promoting it, and promoting it now
@@ -120,9 +124,9 @@ def supersede_staging(conn: psycopg.Connection, version: int) -> int:
     require_transaction(conn)
     _lock_lifecycle(conn)
     cur = conn.execute(
-        "UPDATE model_versions SET status = 'rejected', status_reason = %s"
+        "UPDATE model_versions SET status = 'rejected', status_reason = %s, superseded_by = %s"
         " WHERE status = 'staging' AND model_version < %s",
-        (superseded_reason(version), int(version)),
+        (superseded_reason(version), int(version), int(version)),
     )
     return cur.rowcount
 
@@ -130,9 +134,8 @@ def supersede_staging(conn: psycopg.Connection, version: int) -> int:
 def superseded_by(conn: psycopg.Connection, version: int) -> list[int]:
     """The versions ``supersede_staging(version)`` rejected, ascending (also after a retry)."""
     rows = conn.execute(
-        "SELECT model_version FROM model_versions WHERE status = 'rejected' AND status_reason = %s"
-        " ORDER BY model_version",
-        (superseded_reason(version),),
+        "SELECT model_version FROM model_versions WHERE superseded_by = %s ORDER BY model_version",
+        (int(version),),
     ).fetchall()
     return [int(r[0]) for r in rows]
 
