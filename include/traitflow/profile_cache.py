@@ -15,7 +15,9 @@ promotion between two reads is never hidden by the cache. A promotion that could
 (Redis down, or a promoting process without ``TRAITFLOW_REDIS_URL``) is seen within
 ``active_ttl_seconds``. Writes refresh the cache through ``profiles_changed``: a few customers
 are re-read from the Store in one query and rewritten (plain SET, while reads fill with SET NX,
-so a read that raced the write cannot put the older row back); many customers, or all of them,
+so a read that raced the write cannot put the older row back) under the generation and active
+version the process knows, as reads use them, with a GET of the generation in the same round
+trip (moved meanwhile: written again under the current one); many customers, or all of them,
 bump the generation (one INCR, the old keys expire by their TTL). Every key carries the TTL
 (``TRAITFLOW_REDIS_TTL_SECONDS``, default 300 s), which also bounds staleness after a write that
 could not reach Redis, and after a rollback that could not (an earlier version active again
@@ -283,26 +285,54 @@ class ProfileCache:
         if customer_ids is None or len(customer_ids) > MAX_REFRESHED_CUSTOMERS:
             done = self._redis(lambda r: r.incr(_generation_key(store.schema)), check_breaker=False)
             return "failed" if done is _FAILED else "invalidated"
-        version = store.active_model_version()
+        known = self._fresh_active(store.schema)
+        if known is None:
+            generation = self._redis(lambda r: _generation(r, store.schema), check_breaker=False)
+            if generation is _FAILED:
+                return "failed"
+            version = self._active_version(store, generation)
+        else:
+            generation, version = known
         if version is None:
             return "refreshed"  # nothing is cached without an active model
         profiles = store.current_profiles(list(dict.fromkeys(customer_ids)))
-        done = self._redis(
-            lambda r: self._write_profiles(r, store.schema, version, profiles), check_breaker=False
+        current = self._write(store.schema, generation, version, profiles)
+        if current is not _FAILED and current != generation:
+            # A promotion or a bulk write moved the generation: write under the current one.
+            version = self._active_version(store, current)
+            if version is None:
+                return "refreshed"
+            current = self._write(store.schema, current, version, profiles)
+        return "failed" if current is _FAILED else "refreshed"
+
+    def _write(
+        self, schema: str, generation: int, version: int, profiles: Mapping[str, dict[str, Any] | None]
+    ) -> Any:
+        """``_write_profiles`` through ``_redis``: the current generation, or ``_FAILED``."""
+        return self._redis(
+            lambda r: self._write_profiles(r, schema, generation, version, profiles), check_breaker=False
         )
-        return "failed" if done is _FAILED else "refreshed"
 
     def _write_profiles(
-        self, r: redis.Redis, schema: str, version: int, profiles: Mapping[str, dict[str, Any] | None]
-    ) -> None:
-        prefix = _version_prefix(schema, _generation(r, schema), version)
+        self,
+        r: redis.Redis,
+        schema: str,
+        generation: int,
+        version: int,
+        profiles: Mapping[str, dict[str, Any] | None],
+    ) -> int:
+        """Write ``profiles`` under (``generation``, ``version``) and read the current generation in
+        the same round trip; returns it. Keys written under a generation that had moved meanwhile
+        are never read, and expire by their TTL."""
+        prefix = _version_prefix(schema, generation, version)
         pipe = r.pipeline(transaction=False)
+        pipe.get(_generation_key(schema))
         for customer_id, profile in profiles.items():
             if profile is None:
                 pipe.delete(prefix + customer_id)
             else:
                 pipe.set(prefix + customer_id, encode_profile(profile), ex=self.settings.ttl_seconds)
-        pipe.execute()
+        return int(pipe.execute()[0] or 0)
 
     # ---------------------------------------------------------------------------- plumbing
 

@@ -217,6 +217,31 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
         cache.close()
 
 
+def test_a_refresh_after_the_generation_moved_lands_in_the_current_generation(
+    profiled: Any, redis_server: Any, build_profile_batch: Any
+) -> None:
+    """The refresh writes under the generation the process knows, reading the current one in the
+    same round trip; when another process moved it meanwhile, the rows are written again under
+    the current one, so the next read hits the refreshed row."""
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=3600))
+    other = ProfileCache(CacheSettings(redis_server.url))
+    later = datetime(2024, 1, 11, tzinfo=UTC)
+    try:
+        assert cache.current_profile(profiled, "c1").outcome == MISS  # the process knows generation 0
+        assert other.profiles_changed(profiled) == "invalidated"  # generation 1
+        profiled.write_profiles(
+            build_profile_batch(
+                profiled.active_model_version(), ["c1"], trait_ids=TRAITS, as_of=later, seed=5
+            )
+        )
+        assert cache.profiles_changed(profiled, ["c1"]) == "refreshed"
+        read = cache.current_profile(profiled, "c1")
+        assert read.outcome == HIT and read.profile["as_of"] == later  # type: ignore[index]
+    finally:
+        cache.close()
+        other.close()
+
+
 class _WriteDuringRead:
     """A Store whose profile read is overtaken by a committed write of every profile: the write's
     generation bump lands between the cache miss and the fill."""
