@@ -35,6 +35,7 @@ from urllib.parse import quote
 import load_report
 import numpy as np
 from load_clients import ClientResults, LoadPlan, Mix, prewarm, run_clients
+from load_http import KeepAliveClient
 from load_server import BuiltData, DailyJob, DailyRunner, Product, Workload, build_data, log_in
 from servers import ServerSettings, api_server, redis_server
 
@@ -246,13 +247,10 @@ def _daily_summary(runs: list[Any]) -> str:
 
 
 def _http_factory(base: str, token: str) -> Callable[[], Any]:
-    import httpx
+    """One keep-alive client per thread (``load_http``: the generator's own cost kept low)."""
 
-    def make() -> httpx.Client:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        return httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30.0, limits=limits
-        )
+    def make() -> KeepAliveClient:
+        return KeepAliveClient(base, {"Authorization": f"Bearer {token}"})
 
     return make
 
