@@ -239,6 +239,26 @@ class ProfileCache:
             return ProfileRead(store.current_profile(customer_id), FALLBACK)
         return self._served(store, customer_id, key, cached)
 
+    def hit(self, schema: str, customer_id: str) -> dict[str, Any] | None:
+        """The customer's cached profile when one Redis round trip settles it, else None.
+
+        It settles it when this process knows a fresh active version for ``schema``, the circuit
+        is closed, the generation has not moved and the key holds a value this code wrote. None
+        means "ask ``current_profile``", which may read PostgreSQL; this never does, so an async
+        caller can try it on its event loop and leave only the rest to a thread. A Redis failure
+        counts towards the circuit breaker as in ``current_profile``."""
+        known = self._fresh_active(schema)
+        if known is None or self.breaker.is_open:
+            return None
+        key = _version_prefix(schema, *known) + customer_id
+        both = self._redis(lambda r: r.mget([_generation_key(schema), key]))
+        if both is _FAILED or int(both[0] or 0) != known[0] or both[1] is None:
+            return None
+        try:
+            return decode_profile(both[1])
+        except (ValueError, TypeError, AttributeError):
+            return None  # current_profile replaces it
+
     def _served(self, store: Store, customer_id: str, key: str, cached: bytes | None) -> ProfileRead:
         """The profile Redis held under ``key`` (``cached``), else read from the Store and cached."""
         if cached is not None:
@@ -411,6 +431,13 @@ def cached_current_profile(store: Store, customer_id: str) -> ProfileRead:
     if cache is None:
         return ProfileRead(store.current_profile(customer_id), UNCACHED)
     return cache.current_profile(store, customer_id)
+
+
+def cached_hit(store: Store, customer_id: str) -> dict[str, Any] | None:
+    """``ProfileCache.hit`` through the process's cache (None when caching is off): a cached
+    profile from one Redis round trip, never a PostgreSQL query."""
+    cache = shared_cache()
+    return None if cache is None else cache.hit(store.schema, customer_id)
 
 
 def profiles_changed(store: Store, customer_ids: Sequence[str] | None = None) -> str:

@@ -165,6 +165,30 @@ def test_a_warm_read_is_one_redis_round_trip_until_the_generation_moves(
         other.close()
 
 
+def test_a_hit_is_answered_from_redis_alone_or_left_to_the_full_read(
+    profiled: Any, redis_server: Any
+) -> None:
+    """``hit`` (what the async route tries on its event loop) answers only a cached profile under
+    the generation and active version the process knows, and never queries PostgreSQL."""
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=3600))
+    other = ProfileCache(CacheSettings(redis_server.url))
+    try:
+        assert cache.hit(profiled.schema, "c1") is None  # no active version known yet
+        assert cache.current_profile(profiled, "c1").outcome == MISS  # fills the key
+        _same_profile(cache.hit(profiled.schema, "c1"), profiled.current_profile("c1"))
+        assert cache.hit(profiled.schema, "c2") is None  # not cached
+        assert other.profiles_changed(profiled) == "invalidated"
+        assert cache.hit(profiled.schema, "c1") is None  # the generation moved on
+        assert cache.current_profile(profiled, "c1").outcome == MISS
+        assert cache.hit(profiled.schema, "c1") is not None
+        for _ in range(cache.breaker.failures_to_open):
+            cache.breaker.failed()
+        assert cache.hit(profiled.schema, "c1") is None  # circuit open: not even tried
+    finally:
+        cache.close()
+        other.close()
+
+
 def test_a_promotion_that_did_not_reach_redis_is_seen_within_the_ttl(
     profiled: Any, redis_server: Any, build_model: Any, build_profile_batch: Any
 ) -> None:
