@@ -185,6 +185,33 @@ def test_a_few_customers_are_profiled_as_the_batch_path_profiles_many(store: Sto
     assert few.cold_start.tolist() == many.cold_start.tolist() == ["none", "none", "few_tokens"]
 
 
+def test_a_post_of_more_customers_than_few_takes_the_frame_route_to_the_same_profile(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-post profiles the customer again from the stored history: with ``FEW_CUSTOMERS`` at 0
+    that goes through ``Store.read_events`` and ``pipeline.profile_customers``, to the same bits."""
+    from traitflow import online_update
+    from traitflow.store.reads import CustomerHistories
+
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    routes: list[str] = []
+    read = online_update._read_histories
+
+    def recorded(*args: Any) -> Any:
+        histories = read(*args)
+        routes.append("few" if isinstance(histories, CustomerHistories) else "frame")
+        return histories
+
+    monkeypatch.setattr(online_update, "_read_histories", recorded)
+    [few] = update_from_events(store, EVENTS, run_id="test").profiles
+    monkeypatch.setattr(online_update, "FEW_CUSTOMERS", 0)
+    again = update_from_events(store, EVENTS, run_id="test")
+    assert routes == ["few", "frame"] and again.n_inserted == 0
+    [frame] = again.profiles
+    assert frame == few
+
+
 def test_events_stored_by_a_concurrent_post_are_in_the_last_profile_written(
     store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
