@@ -282,6 +282,7 @@ def test_traits_page_draws_every_chart_without_console_errors(
     screenshots = [_check_in_airflow_ui(browser, base)]
     _check_page(browser, base, built, store)
     screenshots += _screenshot_sections(browser)
+    screenshots.append(_check_products(browser, base, built, store))  # on the same built data
     screenshots.append(_check_api_docs(browser, base))
 
     assert all(p.stat().st_size > 10_000 for p in screenshots)
@@ -337,21 +338,3 @@ def _check_products(driver: Any, base: str, built: Built, store: Store) -> Path:
     assert _product_rows(driver) == everything
     assert not driver.find_element(By.ID, "error").is_displayed()
     return path
-
-
-def test_customer_lookup_lists_products_and_the_new_only_toggle(
-    browser: Any,
-    api_server: tuple[str, str],
-    store: Store,
-    store_schema: str,
-    database_url: str,
-    tmp_path: Path,
-) -> None:
-    built = _build_data(store, database_url, store_schema, tmp_path / "runs")
-    base, password = api_server
-    _log_in(browser, base, password)
-    screenshot = _check_products(browser, base, built, store)
-
-    assert screenshot.stat().st_size > 10_000
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert errors == []
