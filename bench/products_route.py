@@ -4,7 +4,8 @@ Airflow auth replaced by a fixed user), on a store holding a model of ``--produc
 
 The model is random but shaped like a retrained one: one purchase token per product (d=64),
 k=16 traits each keeping its 500 most likely products; ``--customers`` current profiles and 20
-stored events per customer (what ``new_only`` reads back). Builds a throw-away schema, measures
+stored events per customer (read back by every route call: ``new_only`` leaves them out, otherwise
+they are marked ``had_events``). Builds a throw-away schema, measures
 ``--calls`` calls per variant (20 of the catalog build) after 20 warm-up calls (the model and its
 catalog then cached), prints p50 / p90 / p99 in milliseconds and drops the schema:
 

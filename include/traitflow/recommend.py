@@ -42,12 +42,14 @@ class NoProductRankingError(LookupError):
 
 @dataclass(frozen=True)
 class RecommendedProduct:
-    """One ranked product: ``score`` is ``log P(p | c) + SIMILARITY_WEIGHT cos(x_c, v_p)``."""
+    """One ranked product: ``score`` is ``log P(p | c) + SIMILARITY_WEIGHT cos(x_c, v_p)``;
+    ``had_events``: the customer has stored events on it (what ``new_only`` leaves out)."""
 
     rank: int
     product_id: str
     score: float
     name: str | None = None
+    had_events: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,24 +164,26 @@ def customer_products(
     store: Store, profile: Mapping[str, Any], n: int = 10, *, new_only: bool = False
 ) -> CustomerProducts:
     """The ranked products of a stored current profile (``Store.current_profile``'s dict), with
-    names from the store.
+    names from the store and whether the customer had events on each.
 
     The model is the profile's own version (its traits are that model's), its catalog read
     through the process's model cache (``model_cache.load_catalog``). ``new_only`` leaves out
-    the products the customer had any stored event on (discovery).
+    the products the customer had any stored event on (discovery); without it they are ranked
+    and marked ``had_events``.
     """
     n = check_n(n)
     version = int(profile["model_version"])
     catalog = load_catalog(store, version)
     customer_id = str(profile["customer_id"])
-    seen = store.customer_product_ids(customer_id) if new_only else ()
+    seen = store.customer_product_ids(customer_id)
     ranked = rank_products(
         catalog,
         np.array([t["score"] for t in profile["traits"]], dtype=np.float64),
         profile["embedding"],
         n,
-        exclude=seen,
+        exclude=seen if new_only else (),
     )
+    had = set(seen)
     names = store.product_names([p.product_id for p in ranked])
     return CustomerProducts(
         customer_id=customer_id,
@@ -190,5 +194,8 @@ def customer_products(
         cold_start=str(profile["cold_start"]),
         n_known_tokens=profile.get("n_known_tokens"),
         confidence=profile.get("confidence"),
-        products=[dataclasses.replace(p, name=names.get(p.product_id)) for p in ranked],
+        products=[
+            dataclasses.replace(p, name=names.get(p.product_id), had_events=p.product_id in had)
+            for p in ranked
+        ],
     )

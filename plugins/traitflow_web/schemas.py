@@ -123,6 +123,7 @@ class RankedProduct(BaseModel):
     score: float = Field(
         description="log P(product | profile's traits) + 3 cos(customer vector, product vector)"
     )
+    had_events: bool = Field(description="the customer has stored events on it (never with new_only)")
 
 
 class CustomerProducts(Evidence):

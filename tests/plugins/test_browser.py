@@ -3,8 +3,10 @@ headless Chromium driven by Selenium, data built by the library's own weekly and
 
 It logs in through Airflow's login page, opens the page and a customer, and checks that every
 chart drew its marks (Chart.js's own element counts and non-blank canvas pixels), that the run
-reports show the weekly decisions and fold the idle daily runs, and that the browser console
-has no errors. Screenshots go to tests/artifacts/screenshots/ (gitignored).
+reports show the weekly decisions and fold the idle daily runs, that the customer lookup lists
+the customer's products as the library ranks them (those the customer had marked) and that its
+"new to this customer only" toggle re-queries them, and that the browser console has no errors.
+Screenshots go to tests/artifacts/screenshots/ (gitignored).
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); without them the
 test skips and says which is missing.
@@ -280,9 +282,59 @@ def test_traits_page_draws_every_chart_without_console_errors(
     screenshots = [_check_in_airflow_ui(browser, base)]
     _check_page(browser, base, built, store)
     screenshots += _screenshot_sections(browser)
+    screenshots.append(_check_products(browser, base, built, store))  # on the same built data
     screenshots.append(_check_api_docs(browser, base))
 
     assert all(p.stat().st_size > 10_000 for p in screenshots)
     # Everything the browser logged since it started, the login page included.
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+def _product_rows(driver: Any) -> list[tuple[str, bool]]:
+    """``(product id, marked "had events")`` of each item of the lookup's product list, in order."""
+    from selenium.webdriver.common.by import By
+
+    items = driver.find_elements(By.CSS_SELECTOR, "#products-list li[data-product-id]")
+    return [
+        (i.get_attribute("data-product-id"), bool(i.find_elements(By.CSS_SELECTOR, ".had"))) for i in items
+    ]
+
+
+def _check_products(driver: Any, base: str, built: Built, store: Store) -> Path:
+    """The lookup lists the customer's top 10 products as the library ranks them, the ones the
+    customer had events on marked; the toggle re-queries with new_only and back."""
+    from selenium.webdriver.common.by import By
+
+    from traitflow.recommend import customer_products
+
+    profile = store.current_profile(built.customer_id)
+    assert profile is not None
+    seen = set(store.customer_product_ids(built.customer_id))
+    assert seen  # the customer has events: new_only has something to leave out
+    ranked = customer_products(store, profile, 10).products
+    fresh = customer_products(store, profile, 10, new_only=True).products
+    everything = [(p.product_id, p.product_id in seen) for p in ranked]
+
+    driver.get(f"{base}/traitflow/?customer={built.customer_id}")
+    _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#products-list[data-new-only=false]"))
+    assert len(everything) == 10 and _product_rows(driver) == everything
+    first = driver.find_element(By.CSS_SELECTOR, "#products-list li[data-product-id]")
+    assert first.text.startswith(ranked[0].name or ranked[0].product_id)
+    toggle = driver.find_element(By.ID, "products-new-only")
+    assert not toggle.is_selected()
+
+    toggle.click()
+    _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#products-list[data-new-only=true]"))
+    assert fresh and _product_rows(driver) == [(p.product_id, False) for p in fresh]
+    assert not seen & {p.product_id for p in fresh}
+    assert "left out" in driver.find_element(By.ID, "products-note").text
+    path = SCREENSHOTS / "customer_products.png"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.find_element(By.ID, "customer-section").screenshot(str(path))
+
+    toggle.click()
+    _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#products-list[data-new-only=false]"))
+    assert _product_rows(driver) == everything
+    assert not driver.find_element(By.ID, "error").is_displayed()
+    return path

@@ -440,6 +440,7 @@ def test_customer_products_are_the_served_ranking(client: TestClient, seeded: Se
     assert [p["score"] for p in body["products"]] == pytest.approx([p.score for p in expected])
     assert [p["rank"] for p in body["products"]] == [1, 2, 3, 4]
     assert all(p["name"] is None for p in body["products"])  # no names ingested
+    assert not any(p["had_events"] for p in body["products"])  # no events ingested
     # The model and its catalog come from the process's cache: at most one load and one catalog
     # build for any number of requests.
     for _ in range(3):
@@ -484,12 +485,34 @@ def test_customer_products_new_only_leaves_out_what_the_customer_had(
     expected = [p["product_id"] for p in everything if p["product_id"] not in owned]
     assert [p["product_id"] for p in body["products"]] == expected
     assert [p["rank"] for p in body["products"]] == list(range(1, len(expected) + 1))
+    assert not any(p["had_events"] for p in body["products"])
+    # Without new_only the same ranking comes back, the owned products marked.
+    marked = client.get("/api/customers/c1/products", params={"n": 500}).json()["products"]
+    assert [p["product_id"] for p in marked] == [p["product_id"] for p in everything]
+    assert [p["product_id"] for p in marked if p["had_events"]] == owned
 
 
 def test_customer_products_without_an_active_model(client: TestClient, empty_db: Any) -> None:
     response = client.get("/api/customers/c1/products")
     assert response.status_code == 404
     assert response.json() == {"detail": "there is no active model yet"}
+
+
+def test_customer_products_of_a_model_without_product_ranking_are_409(
+    client: TestClient, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import traitflow.recommend
+    from traitflow.recommend import NoProductRankingError
+
+    def no_ranking(store: Any, version: int) -> Any:
+        raise NoProductRankingError(f"model version {version} was saved without trait product distributions")
+
+    monkeypatch.setattr(traitflow.recommend, "load_catalog", no_ranking)
+    response = client.get("/api/customers/c1/products")
+    assert response.status_code == 409  # the page shows this as a note, not an error
+    assert response.json() == {
+        "detail": f"model version {seeded.active} was saved without trait product distributions"
+    }
 
 
 def test_models_with_status_metrics_drift_and_trait_match(client: TestClient, seeded: Seeded) -> None:
@@ -561,7 +584,13 @@ def test_page_renders_traits_with_escaped_labels(client: TestClient, seeded: See
         assert label not in page  # never raw: labels are arbitrary text
     assert '<tr data-trait-id="3">' in page
     assert '<td class="num">4</td>' in page  # size of trait 3
+    for products in seeded.model.traits.top_products:  # each trait's top products, escaped
+        assert f'<td class="tags">{html.escape(", ".join(products), quote=True)}</td>' in page
     assert 'id="lookup"' in page  # the customer lookup form
+    # The lookup's product list and its toggle, filled by app.js from the products route.
+    assert 'id="products-list"' in page
+    assert '<input type="checkbox" id="products-new-only"' in page
+    assert '<label for="products-new-only">new to this customer only</label>' in page
     assert 'id="reports"' in page  # the run reports table
     assert '<script src="static/app.js" defer></script>' in page
 
@@ -569,6 +598,8 @@ def test_page_renders_traits_with_escaped_labels(client: TestClient, seeded: See
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
     assert "api/customers/" in script.text
+    assert "/products?n=10&new_only=${" in script.text
+    assert "innerHTML" not in script.text  # API text is only ever set as textContent
     assert client.get("/static/app.css").status_code == 200
     assert client.get("/static/icon.svg").headers["content-type"].startswith("image/svg+xml")
     assert client.get("/static/../traitflow_plugin.py").status_code == 404

@@ -61,6 +61,8 @@ def test_new_only_leaves_out_what_the_customer_had(
     assert body["new_only"] is True and ids and not {"p1", "{x}"} & set(ids)
     code, out, _ = store_cli("products", "alice", "--n", "500", "--json")
     assert {"p1", "{x}"} <= {p["product_id"] for p in json.loads(out)["products"]}
+    assert {p["product_id"] for p in json.loads(out)["products"] if p["had_events"]} == {"p1", "{x}"}
+    assert not any(p["had_events"] for p in body["products"])
     assert len(json.loads(out)["products"]) == len(ids) + 2  # every model product, the seen two back
 
 

@@ -53,10 +53,12 @@ function showError(message) {
   box.hidden = !message;
 }
 
+// message: "<detail> (HTTP <status>)" for the error area; detail alone for an inline note.
 class ApiError extends Error {
   constructor(status, detail) {
-    super(detail);
+    super(`${detail} (HTTP ${status})`);
     this.status = status;
+    this.detail = detail;
   }
 }
 
@@ -75,7 +77,7 @@ async function api(path) {
       detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
     }
     if (response.status === 401) detail = "Your Airflow session has expired: reload the page to log in again.";
-    throw new ApiError(response.status, `${detail} (HTTP ${response.status})`);
+    throw new ApiError(response.status, detail);
   }
   return body;
 }
@@ -208,8 +210,53 @@ async function lookup(customerId) {
     bars.appendChild(item);
   }
   $("profile").hidden = false;
+  loadProducts(id);
   loadSimilar(id);
   loadHistory(id);
+}
+
+// The customer whose products are listed (URL-encoded, as in the routes) and the last query sent:
+// the toggle re-queries that customer, and an answer to an earlier query is dropped.
+const productsShown = { customer: null, query: null };
+
+// The profile's top products, best first: name (or id), score, and a mark on those the customer
+// had events on. A 409 is a model saved without trait product distributions: a note, not an error.
+async function loadProducts(id) {
+  const query = `api/customers/${id}/products?n=10&new_only=${$("products-new-only").checked}`;
+  Object.assign(productsShown, { customer: id, query });
+  const list = $("products-list");
+  const note = $("products-note");
+  let data;
+  try {
+    data = await api(query);
+  } catch (e) {
+    if (productsShown.query !== query) return;
+    list.replaceChildren();
+    delete list.dataset.newOnly;
+    note.textContent = e.status === 409 ? `No product ranking: ${e.detail}` : "";
+    if (e.status !== 409) showError(e.message);
+    return;
+  }
+  if (productsShown.query !== query) return;
+  list.replaceChildren();
+  for (const p of data.products) {
+    const item = el("li");
+    item.dataset.productId = p.product_id;
+    item.appendChild(el("span", p.name ?? p.product_id, "name"));
+    item.appendChild(el("span", `${p.name === null ? "" : ` ${p.product_id} ·`} ${fmtNum(p.score)}`, "muted"));
+    if (p.had_events) {
+      const mark = el("span", "had events", "had");
+      mark.title = "The customer already had events on this product.";
+      item.appendChild(mark);
+    }
+    list.appendChild(item);
+  }
+  if (!data.products.length) list.appendChild(el("li", "no products left to rank", "muted"));
+  list.dataset.newOnly = String(data.new_only);
+  const had = data.products.filter((p) => p.had_events).length;
+  note.textContent = `model ${data.model_version} · ` +
+    (data.new_only ? "products the customer had events on are left out"
+      : `the customer had events on ${had} of these`);
 }
 
 async function loadSimilar(id) {
@@ -439,6 +486,9 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     const value = $("customer-id").value.trim();
     if (value) lookup(value);
+  });
+  $("products-new-only").addEventListener("change", () => {
+    if (productsShown.customer !== null) loadProducts(productsShown.customer);
   });
   loadModels();
   loadModelQuality();
