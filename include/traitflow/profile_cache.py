@@ -23,6 +23,12 @@ bump the generation (one INCR, the old keys expire by their TTL). Every key carr
 could not reach Redis, and after a rollback that could not (an earlier version active again
 within the TTL of what was cached under it).
 
+Similar-customers answers (``similar``: the JSON body of ``GET .../similar``) are cached too, in
+a key space of their own (``traitflow:s1:<schema>:g<generation>:v<version>:<n>:<min_events>:<id>``).
+An answer compares the customer with every profile, so no single write can refresh it: it is
+kept ``TRAITFLOW_REDIS_SIMILAR_TTL_SECONDS`` (default 30 s; 0: not cached) and may be that much
+older than the profiles it compares, unless a promotion or a bulk write moves the generation.
+
 Redis is an optimisation, never a dependency: every Redis call has a short socket timeout, a
 few failures in a row open a circuit breaker for a cooldown (no Redis call at all meanwhile), and the read
 falls back to PostgreSQL. ``ProfileRead.outcome`` says which path served a read, for metrics.
@@ -57,8 +63,12 @@ log = logging.getLogger(__name__)
 ENV_URL: Final = "TRAITFLOW_REDIS_URL"
 ENV_TTL: Final = "TRAITFLOW_REDIS_TTL_SECONDS"
 ENV_TIMEOUT: Final = "TRAITFLOW_REDIS_TIMEOUT_SECONDS"
+ENV_SIMILAR_TTL: Final = "TRAITFLOW_REDIS_SIMILAR_TTL_SECONDS"
 DEFAULT_TTL_SECONDS: Final = 300
 DEFAULT_TIMEOUT_SECONDS: Final = 0.1
+# A similar-customers answer compares the customer with everyone, so no single write can refresh
+# it: it is kept this long (0: not cached), and dropped with its generation.
+DEFAULT_SIMILAR_TTL_SECONDS: Final = 30
 # How long a process trusts the active model version it read for a generation (bounds a
 # promotion whose generation bump did not reach Redis).
 DEFAULT_ACTIVE_TTL_SECONDS: Final = 1.0
@@ -66,6 +76,7 @@ BREAKER_COOLDOWN_SECONDS: Final = 5.0
 # Above this many changed customers one generation bump is cheaper than re-reading each profile.
 MAX_REFRESHED_CUSTOMERS: Final = 1000
 KEY_FORMAT: Final = "p1"  # changes when the value encoding changes
+SIMILAR_KEY_FORMAT: Final = "s1"  # similar-customers answers: a key space of their own
 
 # ProfileRead.outcome values
 HIT: Final = "hit"  # served from Redis
@@ -86,6 +97,7 @@ class CacheSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     cooldown_seconds: float = BREAKER_COOLDOWN_SECONDS
     active_ttl_seconds: float = DEFAULT_ACTIVE_TTL_SECONDS
+    similar_ttl_seconds: int = DEFAULT_SIMILAR_TTL_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CacheSettings | None:
@@ -96,9 +108,22 @@ class CacheSettings:
             return None
         ttl = int(env.get(ENV_TTL) or DEFAULT_TTL_SECONDS)
         timeout = float(env.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_SECONDS)
-        if ttl < 1 or timeout <= 0:
-            raise ValueError(f"{ENV_TTL} must be >= 1 and {ENV_TIMEOUT} > 0 (got {ttl}, {timeout})")
-        return cls(url=url, ttl_seconds=ttl, timeout_seconds=timeout)
+        similar_ttl = int(env.get(ENV_SIMILAR_TTL) or DEFAULT_SIMILAR_TTL_SECONDS)
+        if ttl < 1 or timeout <= 0 or similar_ttl < 0:
+            raise ValueError(
+                f"{ENV_TTL} must be >= 1, {ENV_TIMEOUT} > 0 and {ENV_SIMILAR_TTL} >= 0"
+                f" (got {ttl}, {timeout}, {similar_ttl})"
+            )
+        return cls(url=url, ttl_seconds=ttl, timeout_seconds=timeout, similar_ttl_seconds=similar_ttl)
+
+
+@dataclass(frozen=True)
+class SimilarQuestion:
+    """A similar-customers request: the customer, how many, and the evidence floor."""
+
+    customer_id: str
+    n: int
+    min_events: int
 
 
 @dataclass(frozen=True)
@@ -293,6 +318,45 @@ class ProfileCache:
         self._active[store.schema] = (generation, version, now)
         return version
 
+    # --------------------------------------------------------------- similar-customers answers
+
+    def similar_hit(self, schema: str, question: SimilarQuestion) -> bytes | None:
+        """The cached answer to ``question`` when one Redis round trip settles it, else None:
+        ``hit``'s rules (a fresh known active version, a closed circuit, an unmoved generation),
+        and never a PostgreSQL query."""
+        known = self._fresh_active(schema)
+        if known is None or self.breaker.is_open or not self.settings.similar_ttl_seconds:
+            return None
+        key = _similar_key(schema, *known, question)
+        both = self._redis(lambda r: r.mget([_generation_key(schema), key]))
+        if both is _FAILED or int(both[0] or 0) != known[0]:
+            return None
+        return None if both[1] is None else bytes(both[1])
+
+    def similar(
+        self, store: Store, question: SimilarQuestion, answer: Callable[[], bytes]
+    ) -> tuple[bytes, str]:
+        """The answer to ``question`` (JSON bytes) and the path that served it (``OUTCOMES``):
+        from Redis under the generation and active model, else ``answer()``, cached for
+        ``similar_ttl_seconds`` (SET NX: an answer cached meanwhile is kept)."""
+        if not self.settings.similar_ttl_seconds:
+            return answer(), UNCACHED
+        generation = self._redis(lambda r: _generation(r, store.schema))
+        if generation is _FAILED:
+            return answer(), FALLBACK
+        version = self._active_version(store, generation)
+        if version is None:
+            return answer(), UNCACHED
+        key = _similar_key(store.schema, generation, version, question)
+        cached = self._redis(lambda r: r.get(key))
+        if cached is _FAILED:
+            return answer(), FALLBACK
+        if cached is not None:
+            return bytes(cached), HIT
+        body, ttl = answer(), self.settings.similar_ttl_seconds
+        self._redis(lambda r: r.set(key, body, ex=ttl, nx=True))
+        return body, MISS
+
     # ------------------------------------------------------------------------------ writes
 
     def profiles_changed(self, store: Store, customer_ids: Sequence[str] | None = None) -> str:
@@ -388,6 +452,13 @@ def _version_prefix(schema: str, generation: int, version: int) -> str:
     return f"traitflow:{KEY_FORMAT}:{schema}:g{generation}:v{int(version)}:"
 
 
+def _similar_key(schema: str, generation: int, version: int, question: SimilarQuestion) -> str:
+    return (
+        f"traitflow:{SIMILAR_KEY_FORMAT}:{schema}:g{generation}:v{int(version)}:"
+        f"{int(question.n)}:{int(question.min_events)}:{question.customer_id}"
+    )
+
+
 def _client_for(settings: CacheSettings) -> redis.Redis:
     """A client that gives up after one short timeout: no retries, no long connects."""
     import redis
@@ -438,6 +509,20 @@ def cached_hit(store: Store, customer_id: str) -> dict[str, Any] | None:
     profile from one Redis round trip, never a PostgreSQL query."""
     cache = shared_cache()
     return None if cache is None else cache.hit(store.schema, customer_id)
+
+
+def cached_similar_hit(store: Store, question: SimilarQuestion) -> bytes | None:
+    """``ProfileCache.similar_hit`` through the process's cache (None when caching is off)."""
+    cache = shared_cache()
+    return None if cache is None else cache.similar_hit(store.schema, question)
+
+
+def cached_similar(store: Store, question: SimilarQuestion, answer: Callable[[], bytes]) -> tuple[bytes, str]:
+    """``ProfileCache.similar`` through the process's cache (``answer()``, uncached, when it is off)."""
+    cache = shared_cache()
+    if cache is None:
+        return answer(), UNCACHED
+    return cache.similar(store, question, answer)
 
 
 def profiles_changed(store: Store, customer_ids: Sequence[str] | None = None) -> str:

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from .auth import require_access
-from .metrics import count_cache_read
+from .metrics import count_cache_read, count_similar_read
 from .pool import StoreDep
 from .schemas import (
     CustomerProducts,
@@ -143,13 +143,33 @@ def get_customer_history(store: StoreDep, customer_id: CustomerId) -> History:
 
 
 @api.get("/customers/{customer_id:path}/similar", response_model=Similar, summary="Customers like this one")
-def get_similar_customers(
+async def get_similar_customers(
     store: StoreDep, customer_id: CustomerId, n: Limit = 10, min_events: MinEvents = DEFAULT_MIN_EVENTS
-) -> Similar:
+) -> Response:
+    """Async like ``get_customer``: an answer cached in Redis (``profile_cache.cached_similar_hit``,
+    kept ``TRAITFLOW_REDIS_SIMILAR_TTL_SECONDS``) is one round trip on the event loop; the
+    comparison with every profile runs in the thread pool and is cached."""
+    from traitflow.profile_cache import HIT, SimilarQuestion, cached_similar, cached_similar_hit
+
+    question = SimilarQuestion(customer_id, n, min_events)
+    body = cached_similar_hit(store, question)
+    outcome = HIT
+    if body is None:
+        body, outcome = await run_in_threadpool(
+            cached_similar, store, question, lambda: _similar_answer(store, question)
+        )
+    count_similar_read(outcome)
+    return Response(body, media_type="application/json")
+
+
+def _similar_answer(store: Any, question: Any) -> bytes:
+    """The ``Similar`` body of ``question`` (a ``profile_cache.SimilarQuestion``), as JSON bytes."""
+    customer_id = question.customer_id
     profile = current_profile(store, customer_id)
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
     names = {t["trait_id"]: t["label"] for t in profile["traits"]}
+    rows = records(store.similar_customers(customer_id, n=question.n, min_events=question.min_events))
     similar = [
         SimilarCustomer(
             rank=i,
@@ -160,10 +180,15 @@ def get_similar_customers(
             as_of=r["as_of"],
             **evidence(r),
         )
-        for i, r in enumerate(records(store.similar_customers(customer_id, n=n, min_events=min_events)), 1)
+        for i, r in enumerate(rows, 1)
     ]
-    version = profile["model_version"]
-    return Similar(customer_id=customer_id, model_version=version, min_events=min_events, similar=similar)
+    answer = Similar(
+        customer_id=customer_id,
+        model_version=profile["model_version"],
+        min_events=question.min_events,
+        similar=similar,
+    )
+    return answer.model_dump_json().encode("utf-8")
 
 
 @api.get(

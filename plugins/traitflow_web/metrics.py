@@ -3,7 +3,8 @@
 Two kinds of families:
 
 * Counted in this process: ``traitflow_profile_cache_reads_total{outcome}`` (hit, miss, fallback,
-  uncached: see ``traitflow.profile_cache``) and ``traitflow_api_request_duration_seconds{route,
+  uncached: see ``traitflow.profile_cache``), ``traitflow_similar_cache_reads_total{outcome}``
+  (the same outcomes for similar-customers answers) and ``traitflow_api_request_duration_seconds{route,
   method,status}``, a histogram by route *template* (``/api/customers/{customer_id:path}``), so
   no customer id ever becomes a label.
 * Read from the Store at scrape time (``Store.pipeline_stats``, cached ``STATS_TTL_SECONDS`` per
@@ -59,6 +60,12 @@ CACHE_READS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+SIMILAR_READS = Counter(
+    "traitflow_similar_cache_reads",
+    "Similar-customers answers by the path that served them (the profile reads' outcomes)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 REQUEST_SECONDS = Histogram(
     "traitflow_api_request_duration_seconds",
     "Plugin request latency by route template, method and status code",
@@ -70,6 +77,10 @@ REQUEST_SECONDS = Histogram(
 
 def count_cache_read(outcome: str) -> None:
     CACHE_READS.labels(outcome=outcome).inc()
+
+
+def count_similar_read(outcome: str) -> None:
+    SIMILAR_READS.labels(outcome=outcome).inc()
 
 
 class TimeRequests:

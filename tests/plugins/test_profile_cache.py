@@ -16,7 +16,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from traitflow import profile_cache
-from traitflow.profile_cache import FALLBACK, HIT, MISS, CacheSettings, CircuitBreaker, ProfileCache
+from traitflow.profile_cache import (
+    FALLBACK,
+    HIT,
+    MISS,
+    UNCACHED,
+    CacheSettings,
+    CircuitBreaker,
+    ProfileCache,
+    SimilarQuestion,
+)
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -187,6 +196,41 @@ def test_a_hit_is_answered_from_redis_alone_or_left_to_the_full_read(
     finally:
         cache.close()
         other.close()
+
+
+def test_similar_answers_are_cached_per_question_until_the_generation_moves_or_they_expire(
+    profiled: Any, redis_server: Any
+) -> None:
+    cache = ProfileCache(CacheSettings(redis_server.url, active_ttl_seconds=3600, similar_ttl_seconds=1))
+    other = ProfileCache(CacheSettings(redis_server.url))
+    asked: list[str] = []
+
+    def answer(text: str) -> Any:
+        return lambda: asked.append(text) or text.encode()
+
+    question = SimilarQuestion("shop/c:3", 10, 3)
+    try:
+        assert cache.similar(profiled, question, answer("first")) == (b"first", MISS)
+        assert cache.similar(profiled, question, answer("second")) == (b"first", HIT)
+        assert cache.similar_hit(profiled.schema, question) == b"first"
+        assert cache.similar_hit(profiled.schema, SimilarQuestion("shop/c:3", 5, 3)) is None  # another n
+        assert cache.similar_hit(profiled.schema, SimilarQuestion("shop/c:3", 10, 0)) is None
+        assert cache.hit(profiled.schema, "shop/c:3") is None  # the profile key space is apart
+        assert other.profiles_changed(profiled) == "invalidated"
+        assert cache.similar_hit(profiled.schema, question) is None
+        assert cache.similar(profiled, question, answer("third")) == (b"third", MISS)
+        time.sleep(1.1)  # similar_ttl_seconds
+        assert cache.similar(profiled, question, answer("fourth")) == (b"fourth", MISS)
+        assert asked == ["first", "third", "fourth"]
+    finally:
+        cache.close()
+        other.close()
+    off = ProfileCache(CacheSettings(redis_server.url, similar_ttl_seconds=0))
+    try:
+        assert off.similar(profiled, question, answer("fifth")) == (b"fifth", UNCACHED)
+        assert off.similar_hit(profiled.schema, question) is None
+    finally:
+        off.close()
 
 
 def test_a_promotion_that_did_not_reach_redis_is_seen_within_the_ttl(
@@ -398,7 +442,13 @@ def _scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], 
 
 
 def _reads(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], outcome: str) -> float:
-    return metrics.get(("traitflow_profile_cache_reads_total", frozenset({("outcome", outcome)})), 0.0)
+    return _counter(metrics, "traitflow_profile_cache_reads", outcome)
+
+
+def _counter(
+    metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], family: str, outcome: str
+) -> float:
+    return metrics.get((f"{family}_total", frozenset({("outcome", outcome)})), 0.0)
 
 
 def test_api_reads_through_the_cache_and_survives_redis_dying(
@@ -417,6 +467,26 @@ def test_api_reads_through_the_cache_and_survives_redis_dying(
     assert client.get("/api/customers/shop/c:3/similar").status_code == 200
     after = _scrape(client)
     assert _reads(after, FALLBACK) - _reads(middle, FALLBACK) == 3
+
+
+def test_api_caches_similar_answers_and_counts_them(
+    client: TestClient, profiled: Any, cache_env: Any
+) -> None:
+    before = _scrape(client)
+    first, second = (client.get("/api/customers/c1/similar?n=2&min_events=0") for _ in range(2))
+    assert first.status_code == second.status_code == 200 and first.json() == second.json()
+    assert [s["customer_id"] for s in first.json()["similar"]] == [
+        r for r in profiled.similar_customers("c1", n=2, min_events=0)["customer_id"]
+    ]
+    assert client.get("/api/customers/nobody/similar").status_code == 404  # not cached: asked again
+    assert client.get("/api/customers/nobody/similar").status_code == 404
+    after = _scrape(client)
+    counts = {
+        outcome: _counter(after, "traitflow_similar_cache_reads", outcome)
+        - _counter(before, "traitflow_similar_cache_reads", outcome)
+        for outcome in (HIT, MISS)
+    }
+    assert counts == {HIT: 1, MISS: 1}
 
 
 def test_products_rank_the_same_from_a_cached_profile(
