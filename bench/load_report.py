@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import load_cpu
 import numpy as np
 import pandas as pd
 from load_clients import ROUTES, Post, Sample
@@ -267,6 +268,8 @@ def render(report: Mapping[str, Any]) -> str:
     if report.get("unloaded_p50_ms"):
         probes = ", ".join(f"{k} {v:.1f} ms" for k, v in report["unloaded_p50_ms"].items())
         lines.append(f"Unloaded, one client, p50: {probes}.")
+    if report.get("cpu"):
+        lines.append(load_cpu.describe(report["cpu"], int(report["cores"])))
     if "after_kill" in report:
         kill = report["after_kill"]
         lines.append(

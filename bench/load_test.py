@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import load_cpu
 import load_report
 import numpy as np
 from load_clients import ClientResults, LoadPlan, Mix, prewarm, run_clients
@@ -162,19 +163,28 @@ def measure(
         return load_report.parse_metrics(scraper.get(f"{api_prefix}/metrics").text)
 
     before: dict[load_report.MetricKey, float] = {}
+    cpu_before: list[load_cpu.CpuSnapshot] = []
+
+    def at_start() -> None:
+        before.update(scrape())
+        cpu_before.append(load_cpu.snapshot())
+
     timers = []
     if options.kill_redis_after_s is not None and kill_redis is not None:
         timers.append((options.kill_redis_after_s, kill_redis))
     if daily is not None:
         daily.start()
     try:
-        results = run_clients(plan, make_http, at_start=lambda: before.update(scrape()), timers=timers)
+        results = run_clients(plan, make_http, at_start=at_start, timers=timers)
+        cpu_after = load_cpu.snapshot()
     finally:
         daily_runs = daily.stop() if daily is not None else []
     after = load_report.delta(scrape(), before)
     scraper.close()
     report = _report(options, data, results, after, daily_runs, store)
     report["unloaded_p50_ms"] = unloaded
+    report["cpu"] = load_cpu.usage(cpu_before[0], cpu_after)
+    report["cores"] = os.cpu_count()
     report["prewarm_statuses"] = warmed
     return report
 

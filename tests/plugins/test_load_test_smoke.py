@@ -95,3 +95,6 @@ def test_the_load_test_runs_and_accounts_for_every_request_and_event(
     assert json.loads(json_path.read_text())["events"] == events
     markdown = md_path.read_text()
     assert "| profile |" in markdown and "| lost events | 0 | 0 | met |" in markdown
+    cpu = report["cpu"]
+    assert cpu["wall"] > 0 and cpu["load generator"] > 0  # the clients ran in this process
+    assert "CPU over the measured" in markdown and "steal" in markdown
