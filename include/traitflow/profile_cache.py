@@ -272,17 +272,27 @@ class ProfileCache:
         means "ask ``current_profile``", which may read PostgreSQL; this never does, so an async
         caller can try it on its event loop and leave only the rest to a thread. A Redis failure
         counts towards the circuit breaker as in ``current_profile``."""
+        cached = self._known_value(
+            schema, lambda generation, version: _version_prefix(schema, generation, version) + customer_id
+        )
+        if cached is None:
+            return None
+        try:
+            return decode_profile(cached)
+        except (ValueError, TypeError, AttributeError):
+            return None  # current_profile replaces it
+
+    def _known_value(self, schema: str, key_of: Callable[[int, int], str]) -> bytes | None:
+        """The value under ``key_of(generation, active version)`` for the pair this process knows,
+        read with the generation in one MGET; None when no fresh pair is known, the circuit is
+        open, Redis fails, the generation has moved or the key holds nothing."""
         known = self._fresh_active(schema)
         if known is None or self.breaker.is_open:
             return None
-        key = _version_prefix(schema, *known) + customer_id
-        both = self._redis(lambda r: r.mget([_generation_key(schema), key]))
+        both = self._redis(lambda r: r.mget([_generation_key(schema), key_of(*known)]))
         if both is _FAILED or int(both[0] or 0) != known[0] or both[1] is None:
             return None
-        try:
-            return decode_profile(both[1])
-        except (ValueError, TypeError, AttributeError):
-            return None  # current_profile replaces it
+        return bytes(both[1])
 
     def _served(self, store: Store, customer_id: str, key: str, cached: bytes | None) -> ProfileRead:
         """The profile Redis held under ``key`` (``cached``), else read from the Store and cached."""
@@ -324,14 +334,11 @@ class ProfileCache:
         """The cached answer to ``question`` when one Redis round trip settles it, else None:
         ``hit``'s rules (a fresh known active version, a closed circuit, an unmoved generation),
         and never a PostgreSQL query."""
-        known = self._fresh_active(schema)
-        if known is None or self.breaker.is_open or not self.settings.similar_ttl_seconds:
+        if not self.settings.similar_ttl_seconds:
             return None
-        key = _similar_key(schema, *known, question)
-        both = self._redis(lambda r: r.mget([_generation_key(schema), key]))
-        if both is _FAILED or int(both[0] or 0) != known[0]:
-            return None
-        return None if both[1] is None else bytes(both[1])
+        return self._known_value(
+            schema, lambda generation, version: _similar_key(schema, generation, version, question)
+        )
 
     def similar(
         self, store: Store, question: SimilarQuestion, answer: Callable[[], bytes]
