@@ -83,7 +83,7 @@ from traitflow.model import TraitflowModel
 from traitflow.model_cache import load_fallback, load_model, load_profiler
 from traitflow.online import CustomerProfiler
 from traitflow.pipeline import profile_customers, profiles_from_embeddings
-from traitflow.profile_batch import COLD_START_NO_HISTORY, ProfileBatch, profile_confidence
+from traitflow.profile_batch import ProfileBatch, profile_confidence
 from traitflow.profile_cache import profiles_changed
 from traitflow.runs import utc
 from traitflow.store import StaleModelError, Store
@@ -401,13 +401,12 @@ def resolved_embeddings(
         len(customer_ids),
         profiler.matrix,
     )
-    cold_start = np.array([r.cold_start for r in resolved], dtype=object)
-    cold_start[~has_vector] = COLD_START_NO_HISTORY
     return CustomerEmbeddings(
         customer_ids=np.asarray(customer_ids, dtype=object),
         vectors=vectors,
         n_events=n_events,
-        cold_start=cold_start,
+        # no_history exactly where has_vector is False: no event weighs more than zero
+        cold_start=np.array([r.cold_start for r in resolved], dtype=object),
         has_vector=has_vector,
         n_known_tokens=np.array([r.n_known_tokens for r in resolved], dtype=np.int64),
     )
