@@ -311,3 +311,117 @@ def test_plain_iso_times_skip_pandas_and_others_do_not(monkeypatch: pytest.Monke
     assert list(result.rejects["reason"]) == [event_schema.REASON_TIME_RANGE]
     validate_columns(_rows_of([{**GOOD, "event_time": "2024-02-30T00:00:00Z"}]), CANONICAL, source="req")
     assert calls == [["2024-02-30T00:00:00Z"]]
+
+
+@pytest.fixture
+def arrow_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``_validate_few`` (the few rows through Arrow kernels), counted: the row counts it got."""
+    calls: list[int] = []
+    original = validation_module._validate_few
+
+    def counted(columns: Mapping[str, Sequence[str]], n: int, *args: Any) -> Any:
+        calls.append(n)
+        return original(columns, n, *args)
+
+    monkeypatch.setattr(validation_module, "_validate_few", counted)
+    return calls
+
+
+SIMPLE = [
+    {**GOOD, "customer_id": "  c1  "},
+    {**GOOD, "customer_id": "c\x001"},  # a control character inside: rejected by the Python rules
+    {**GOOD, "customer_id": "c\t1"},
+    {**GOOD, "customer_id": "\u00e9l\u00e8ve"},
+    {**GOOD, "customer_id": "x" * (event_schema.MAX_ID_LENGTH + 1)},
+    {**GOOD, "customer_id": "\U0001f600" * 257},  # 257 characters, 1,028 UTF-8 bytes: oversized
+    {**GOOD, "action": " Purchase "},
+    {**GOOD, "price": "nan"},
+    {**GOOD, "category": "  "},
+    {**GOOD, "event_time": "2199-12-31T23:59:59Z"},  # out of range
+    {**GOOD, "event_time": "1990-01-01T00:00:00+01:00"},
+]
+NOT_SIMPLE = [
+    {**GOOD, "customer_id": "\u2003c1\u2003"},  # a space Arrow and Python may strip differently
+    {**GOOD, "customer_id": "c\x1c"},  # Python strips \x1c, a control character
+    {**GOOD, "customer_id": "\u0085c1"},
+    {**GOOD, "product_id": "\u00a0"},
+    {**GOOD, "category": "x\ud800y"},  # a lone surrogate
+    {**GOOD, "action": "\u0130"},  # lower-cased differently by Python and Arrow
+    {**GOOD, "event_time": "2024-02-30T00:00:00Z"},  # not a plain instant: pandas decides
+    {**GOOD, "event_time": ""},
+]
+
+
+@pytest.mark.parametrize("row", SIMPLE, ids=repr)
+def test_simple_texts_take_the_python_rules(
+    row: dict[str, str], arrow_path: list[int], frame_path: list[int]
+) -> None:
+    _compare(_rows_of([row, GOOD]), CANONICAL, frame_path)
+    assert arrow_path == []
+
+
+@pytest.mark.parametrize("row", NOT_SIMPLE, ids=repr)
+def test_other_texts_take_the_arrow_kernels(
+    row: dict[str, str], arrow_path: list[int], frame_path: list[int]
+) -> None:
+    if "\ud800" in row["category"]:  # no frame of it can be built: the paths are compared below
+        with pytest.raises(UnicodeEncodeError):
+            validate_columns(_rows_of([row, GOOD]), CANONICAL, source="req")
+    else:
+        _compare(_rows_of([row, GOOD]), CANONICAL, frame_path)
+    assert arrow_path == [2]
+
+
+_PRINTABLE = [chr(c) for c in range(0x20, 0x7F)]
+_AWKWARD = ["\x00", "\t", "\x1f", "\x7f", "\u00e9", "\u2003", "\U0001f600", "\u0085"]
+
+
+def _random_text(rng: np.random.Generator, limit: int) -> str:
+    """Mostly printable ASCII with spaces at the edges, now and then an awkward character inside
+    or at an edge, lengths around ``limit``."""
+    length = int(rng.choice([0, 1, 3, limit - 1, limit, limit + 1]))
+    chars = rng.choice(_PRINTABLE, size=length).tolist()
+    if chars and rng.random() < 0.3:
+        chars[int(rng.integers(len(chars)))] = str(rng.choice(_AWKWARD))
+    return " " * int(rng.integers(0, 3)) + "".join(chars) + " " * int(rng.integers(0, 3))
+
+
+def _random_row(rng: np.random.Generator) -> dict[str, str]:
+    row = dict(GOOD)
+    pick = int(rng.integers(8))
+    if pick == 0:
+        row["customer_id"] = _random_text(rng, event_schema.MAX_ID_LENGTH)
+    elif pick == 1:
+        row["product_id"] = _random_text(rng, event_schema.MAX_ID_LENGTH)
+    elif pick == 2:
+        row["category"] = _random_text(rng, event_schema.MAX_TEXT_LENGTH)
+    elif pick == 3:
+        row["session_id"] = _random_text(rng, event_schema.MAX_TEXT_LENGTH)
+    elif pick == 4:
+        action = str(rng.choice([*event_schema.ACTIONS, "Cart", "VIEW", "", "buy", "purchase "]))
+        row["action"] = " " * int(rng.integers(0, 2)) + action
+    elif pick == 5:
+        row["price"] = str(
+            rng.choice(["", "0", "-1.5", "1e3", " 7 ", "nan", "inf", "x", "1.000000000000000001"])
+        )
+    elif pick == 6:
+        year = int(rng.choice([1989, 1990, 2024, 2199]))
+        row["event_time"] = (
+            f"{year}-0{int(rng.integers(1, 10))}-1{int(rng.integers(0, 10))}T12:00:0{int(rng.integers(10))}Z"
+        )
+    return row
+
+
+def test_random_simple_and_awkward_texts_match_the_frame_path(
+    arrow_path: list[int], frame_path: list[int]
+) -> None:
+    """Random bodies of 1-6 rows around every rule's edges: each one's verdict is the loaders',
+    and both few-row paths are taken (most bodies by the Python rules)."""
+    rng = np.random.default_rng(23)
+    n_bodies = 150
+    for _ in range(n_bodies):
+        rows = [_random_row(rng) for _ in range(int(rng.integers(1, 7)))]
+        if rng.random() < 0.2:
+            rows.append(dict(rows[0]))
+        _compare(_rows_of(rows), CANONICAL, frame_path)
+    assert 0 < len(arrow_path) < n_bodies / 2

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ MAX_FUTURE = pd.Timedelta(days=1)  # tolerate clock skew between the source and 
 _CONTROL_CHARS = r"[\x00-\x1f\x7f]"
 # An integral number written as a float ("13085.0", "7."): the digits before the point are the id.
 _INTEGRAL_FLOAT = r"^(-?\d+)\.0*$"
+T = TypeVar("T")
 
 
 @dataclass
@@ -105,9 +107,11 @@ def _true(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _rule_masks(f: _Fields) -> dict[str, np.ndarray]:
     """The reject rules every mapping has, one mask per reason (bool, one value per row).
 
-    The one definition of these rules: the loaders' frames (``validate_frame``) and a request's
-    few rows (``validate_columns``) both apply it, with the Arrow kernels pandas' ``str``
-    methods run.
+    The loaders' frames (``validate_frame``) and a request's few rows of any text
+    (``_validate_few``) apply them with the Arrow kernels pandas' ``str`` methods run. A request
+    of simple texts (``_simple_texts``) applies the same rules in Python (``_simple_rule_masks``),
+    on the same limits and pattern; tests/unit/test_events_few_rows.py holds both to the loaders'
+    verdicts on hostile and random bodies.
     """
     ids, texts = (f.customer, f.product), (f.category, f.session)
     return {
@@ -400,24 +404,35 @@ _PLAIN_ISO = re.compile(
 )
 
 
+def _plain_iso_instants(texts: Sequence[str], time_format: str | tuple[str, ...]) -> list[datetime] | None:
+    """The UTC instants of ``texts`` when the format is "iso" and every text has the plain form
+    ``_PLAIN_ISO`` accepts: ``datetime.fromisoformat`` gives the instants pandas' ISO 8601 parser
+    gives (pandas costs a millisecond per call). None otherwise (pandas gives the verdict)."""
+    if time_format != "iso" or not texts or not all(_PLAIN_ISO.fullmatch(text) for text in texts):
+        return None
+    try:
+        parsed = [datetime.fromisoformat(text) for text in texts]
+    except ValueError:  # e.g. February 30th
+        return None
+    return [t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in parsed]
+
+
+def _in_time_range(instants: Sequence[datetime]) -> list[bool]:
+    """``_parse_times``' range check of UTC instants: from ``MIN_EVENT_TIME`` to now + ``MAX_FUTURE``."""
+    latest = (pd.Timestamp.now(tz="UTC") + MAX_FUTURE).to_pydatetime()
+    earliest = MIN_EVENT_TIME.to_pydatetime()
+    return [earliest <= t <= latest for t in instants]
+
+
 def _parse_few_times(
     texts: Sequence[str], time_format: str | tuple[str, ...]
 ) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """``_parse_times_any`` of a few stripped texts. When the format is "iso" and every text has
-    the plain form ``_PLAIN_ISO`` accepts, ``datetime.fromisoformat`` parses them to the instants
-    pandas' ISO 8601 parser gives (pandas costs a millisecond per call); otherwise pandas does."""
-    parsed: list[datetime] = []
-    if time_format == "iso" and all(_PLAIN_ISO.fullmatch(text) for text in texts):
-        try:
-            parsed = [datetime.fromisoformat(text) for text in texts]
-        except ValueError:  # e.g. February 30th: pandas gives the verdict
-            parsed = []
-    if len(parsed) != len(texts) or not texts:
+    """``_parse_times_any`` of a few stripped texts, without pandas' parser for plain ISO times
+    (``_plain_iso_instants``)."""
+    utc = _plain_iso_instants(texts, time_format)
+    if utc is None:
         return _parse_times_any(pd.Series(list(texts), dtype="str"), time_format)
-    utc = [t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in parsed]
-    latest = (pd.Timestamp.now(tz="UTC") + MAX_FUTURE).to_pydatetime()
-    earliest = MIN_EVENT_TIME.to_pydatetime()
-    in_range = [earliest <= t <= latest for t in utc]
+    in_range = _in_time_range(utc)
     times = pd.Series(
         [t if ok else None for t, ok in zip(utc, in_range, strict=True)], dtype=event_schema.TIME_DTYPE
     )
@@ -434,7 +449,7 @@ def _in_sorted(values: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
 
 # Up to this many rows of a plain mapping (``_is_plain``) skip pandas' fixed cost per call (a
 # request of one event took tens of milliseconds through ``validate_frame``, nearly all of it
-# pandas overhead): the rules stay ``_rule_masks``, applied to Arrow arrays of the few rows.
+# pandas overhead): the rules are applied to the few rows' values, not to a frame.
 MAX_FEW_ROWS = 64
 
 
@@ -443,10 +458,14 @@ def validate_columns(
 ) -> LoadResult:
     """Validate rows given column by column (source name -> texts, '' for missing, all of one
     length), as ``validate_frame`` validates the frame of these columns: the same events, rejects,
-    reasons and row numbers. A few rows of a plain mapping take ``_validate_few``."""
+    reasons and row numbers. A few rows of a plain mapping take ``_validate_few_simple`` when
+    their texts are simple, else ``_validate_few``."""
     n = len(next(iter(columns.values()), ()))
     mapping = mapping.resolve(list(columns), source)
     if n <= MAX_FEW_ROWS and _is_plain(mapping):
+        simple = _validate_few_simple(columns, n, mapping, source, first_row_number)
+        if simple is not None:
+            return simple
         return _validate_few(columns, n, mapping, source, first_row_number)
     frame = pd.DataFrame({name: pd.Series(list(values), dtype="str") for name, values in columns.items()})
     return validate_frame(frame, mapping, source, first_row_number, None)[0]
@@ -507,37 +526,215 @@ def _validate_few(
         bad_price=bad_price,
     )
     codes = _reason_codes(n, _rule_masks(fields))
-    valid = codes < 0
-    keep = pa.array(valid)
-    customers, products = customer.filter(keep).to_pylist(), product.filter(keep).to_pylist()
-    valid_actions = [a for a, ok in zip(actions, valid, strict=True) if ok]
-    event_times = times.array[valid]
+    keep = pa.array(codes < 0)
+    return _few_result(
+        columns,
+        mapping,
+        source,
+        first_row_number,
+        codes,
+        _FewEvents(
+            customer.filter(keep).to_pylist(),
+            times.array[codes < 0],
+            [a for a, ok in zip(actions, codes < 0, strict=True) if ok],
+            product.filter(keep).to_pylist(),
+            category.filter(keep).to_pylist(),
+            price[codes < 0],
+            session.filter(keep).to_pylist(),
+        ),
+    )
+
+
+# A text is simple when, once stripped of spaces, it is empty or starts and ends with a printable
+# character: Python's ``str.strip`` and Arrow's ``utf8_trim_whitespace`` then strip it alike
+# (their whitespace sets differ only among characters that are not printable: controls, line
+# and paragraph separators, other spaces). A lone surrogate has no UTF-8 form: not simple.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile(_CONTROL_CHARS)
+
+
+def _simple_texts(texts: Sequence[str]) -> list[str] | None:
+    """``texts`` stripped as the Arrow kernel strips them, or None unless every one is simple."""
+    stripped = []
+    for text in texts:
+        value = text.strip(" ")
+        if value and not (value[0].isprintable() and value[-1].isprintable()):
+            return None
+        if not text.isascii() and _SURROGATE.search(text):
+            return None
+        stripped.append(value)
+    return stripped
+
+
+def _simple_columns(
+    columns: Mapping[str, Sequence[str]], n: int, mapping: ColumnMapping
+) -> dict[str, list[str]] | None:
+    """The canonical fields' stripped texts ('' where unmapped), or None unless all are simple."""
+    texts: dict[str, list[str]] = {}
+    for canonical in event_schema.CANONICAL_COLUMNS:
+        if canonical not in mapping.columns:
+            texts[canonical] = [""] * n
+            continue
+        stripped = _simple_texts(columns[mapping.column(canonical)])
+        if stripped is None:
+            return None
+        texts[canonical] = stripped
+    return texts
+
+
+@dataclass(frozen=True)
+class _SimpleFields:
+    """``_Fields`` of simple texts as Python values: stripped texts (``category`` and ``session``
+    blank -> None) and the parsers' verdicts (bool arrays), one value per row."""
+
+    customer: list[str]
+    product: list[str]
+    when: list[str]
+    category: list[str | None]
+    session: list[str | None]
+    unknown_action: np.ndarray
+    bad_time: np.ndarray
+    time_out_of_range: np.ndarray
+    bad_price: np.ndarray
+
+
+def _simple_rule_masks(f: _SimpleFields) -> dict[str, np.ndarray]:
+    """``_rule_masks`` in Python, for simple texts (``_simple_texts``): the same masks."""
+    rows = list(zip(f.customer, f.product, f.category, f.session, strict=True))
+
+    def mask(values: Iterable[bool]) -> np.ndarray:
+        return np.fromiter(values, dtype=bool, count=len(rows))
+
+    def oversized(customer: str, product: str, category: str | None, session: str | None) -> bool:
+        return (
+            len(customer) > event_schema.MAX_ID_LENGTH
+            or len(product) > event_schema.MAX_ID_LENGTH
+            or len(category or "") > event_schema.MAX_TEXT_LENGTH
+            or len(session or "") > event_schema.MAX_TEXT_LENGTH
+        )
+
+    return {
+        event_schema.REASON_MISSING_CUSTOMER: mask(c == "" for c in f.customer),
+        event_schema.REASON_MISSING_PRODUCT: mask(p == "" for p in f.product),
+        event_schema.REASON_MISSING_TIME: mask(w == "" for w in f.when),
+        event_schema.REASON_CONTROL_CHARS: mask(
+            any(_CONTROL.search(text) for text in row if text) for row in rows
+        ),
+        event_schema.REASON_OVERSIZED: mask(oversized(*row) for row in rows),
+        event_schema.REASON_BAD_TIME: f.bad_time,
+        event_schema.REASON_TIME_RANGE: f.time_out_of_range,
+        event_schema.REASON_UNKNOWN_ACTION: f.unknown_action,
+        event_schema.REASON_BAD_PRICE: f.bad_price,
+    }
+
+
+def _validate_few_simple(
+    columns: Mapping[str, Sequence[str]], n: int, mapping: ColumnMapping, source: str, first_row_number: int
+) -> LoadResult | None:
+    """``_validate_few`` without Arrow, for rows whose texts are simple (``_simple_texts``), whose
+    actions are ASCII (lower-cased alike by Python and Arrow) and whose times are plain ISO
+    (``_plain_iso_instants``): the usual request. None for any other request."""
+    texts = _simple_columns(columns, n, mapping)
+    if texts is None or not all(a.isascii() for a in texts["action"]):
+        return None
+    when = texts["event_time"]
+    instants = _plain_iso_instants(when, mapping.time_format)
+    if instants is None:
+        return None
+    names = _action_names(mapping)
+    default = mapping.default_action
+    actions = [names.get(a.lower() if a or default is None else default) for a in texts["action"]]
+    if "price" in mapping.columns:
+        price, bad_price = _parse_few_prices(texts["price"])
+    else:
+        price, bad_price = np.full(n, np.nan), np.zeros(n, dtype=bool)
+    in_range = _in_time_range(instants)
+    customer, product = texts["customer_id"], texts["product_id"]
+    fields = _SimpleFields(
+        customer,
+        product,
+        when,
+        [c or None for c in texts["category"]],
+        [s or None for s in texts["session_id"]],
+        unknown_action=np.array([a is None for a in actions], dtype=bool),
+        bad_time=np.zeros(n, dtype=bool),
+        time_out_of_range=~np.array(in_range, dtype=bool),
+        bad_price=bad_price,
+    )
+    codes = _reason_codes(n, _simple_rule_masks(fields))
+    valid = (codes < 0).tolist()
+
+    def kept(values: Sequence[T]) -> list[T]:
+        return [v for v, ok in zip(values, valid, strict=True) if ok]
+
+    return _few_result(
+        columns,
+        mapping,
+        source,
+        first_row_number,
+        codes,
+        _FewEvents(
+            kept(customer),
+            pd.array(kept(instants), dtype=event_schema.TIME_DTYPE),
+            kept(actions),
+            kept(product),
+            kept(fields.category),
+            price[codes < 0],
+            kept(fields.session),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _FewEvents:
+    """The valid rows of a few-rows validation, column by column (``event_times`` UTC,
+    ``prices`` float64 with NaN for missing; ``None`` for a missing category or session)."""
+
+    customers: list[str]
+    event_times: Any  # a DatetimeArray, datetime64[us, UTC] (its asi8 is missing from pandas-stubs)
+    actions: list[str | None]
+    products: list[str]
+    categories: list[str | None]
+    prices: np.ndarray
+    sessions: list[str | None]
+
+
+def _few_result(
+    columns: Mapping[str, Sequence[str]],
+    mapping: ColumnMapping,
+    source: str,
+    first_row_number: int,
+    codes: np.ndarray,
+    valid: _FewEvents,
+) -> LoadResult:
+    """The ``LoadResult`` of a few rows from their reason codes (``_reason_codes``) and valid rows:
+    duplicates among the valid rows found and coded, events and rejects framed."""
     # Columns as arrays, not Series: a frame of Series aligns and copies each (half its cost).
     events = pd.DataFrame(
         {
-            "customer_id": pd.array(customers, dtype="str"),
-            "event_time": event_times,
-            "action": pd.array(valid_actions, dtype="str"),
-            "product_id": pd.array(products, dtype="str"),
-            "category": pd.array(category.filter(keep).to_pylist(), dtype="str"),
-            "price": price[valid],
-            "session_id": pd.array(session.filter(keep).to_pylist(), dtype="str"),
+            "customer_id": pd.array(valid.customers, dtype="str"),
+            "event_time": valid.event_times,
+            "action": pd.array(valid.actions, dtype="str"),
+            "product_id": pd.array(valid.products, dtype="str"),
+            "category": pd.array(valid.categories, dtype="str"),
+            "price": valid.prices,
+            "session_id": pd.array(valid.sessions, dtype="str"),
         },
         copy=False,
     )
     # Valid rows have every key field (event_schema.NATURAL_KEY), so distinct key tuples mean no
     # duplicates; only a repeated key needs duplicate_masks' grouping (most of a 10-row call).
-    keys = zip(customers, event_times.asi8.tolist(), valid_actions, products, strict=True)
-    if len(set(keys)) == len(customers):
-        exact = conflicting = np.zeros(len(customers), dtype=bool)
+    keys = zip(valid.customers, valid.event_times.asi8.tolist(), valid.actions, valid.products, strict=True)
+    if len(set(keys)) == len(valid.customers):
+        exact = conflicting = np.zeros(len(valid.customers), dtype=bool)
     else:
         exact, conflicting = event_schema.duplicate_masks(events)
-    valid_at = np.flatnonzero(valid)
+    valid_at = np.flatnonzero(codes < 0)
     codes[valid_at[exact]] = REASON_PRECEDENCE.index(event_schema.REASON_DUPLICATE)
     codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(event_schema.REASON_CONFLICTING_DUPLICATE)
     duplicate = exact | conflicting
     return LoadResult(
-        events[~duplicate].reset_index(drop=True),
+        events[~duplicate].reset_index(drop=True) if duplicate.any() else events,
         _few_rejects(columns, mapping, source, first_row_number, codes),
         event_schema.empty_product_names(),
         event_row_numbers=(first_row_number + valid_at[~duplicate]).astype(np.int64),
