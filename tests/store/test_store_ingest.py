@@ -431,3 +431,86 @@ def test_few_and_many_texts_are_checked_alike(
         else:
             with pytest.raises(StoreInputError, match=f"^column 'c' {message}"):
                 store_ingest.check_text(array, "c", required=required, max_chars=8)
+
+
+def _frames_breaking_the_contract() -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """(what is wrong, events, rejects): each one a ``StoreInputError`` on either path."""
+    events = sample_events(n_customers=1, per_customer=3)
+    ok_rejects = event_schema.empty_rejects()
+
+    def with_value(column: str, value: object, dtype: str | None = None) -> pd.DataFrame:
+        frame = events.copy()
+        if dtype is not None:
+            frame[column] = frame[column].astype(dtype)
+        frame.loc[1, column] = value
+        return frame
+
+    rejects = pd.DataFrame({"row_number": [4, 5], "raw": ["a", "b"], "reason": ["unknown_action", "x"]})
+    return [
+        *[
+            (f"NUL in {c}", with_value(c, "a\x00b"), ok_rejects)
+            for c in ("customer_id", "product_id", "session_id")
+        ],
+        ("oversized id", with_value("customer_id", "x" * (event_schema.MAX_ID_LENGTH + 1)), ok_rejects),
+        ("oversized category", with_value("category", "x" * (event_schema.MAX_TEXT_LENGTH + 1)), ok_rejects),
+        ("empty product", with_value("product_id", ""), ok_rejects),
+        ("missing product", with_value("product_id", None), ok_rejects),
+        ("unknown action", with_value("action", "click"), ok_rejects),
+        ("a number for an id", with_value("customer_id", 7, dtype="object"), ok_rejects),
+        ("no product column", events.drop(columns="product_id"), ok_rejects),
+        ("times as text", events.assign(event_time=events["event_time"].astype(str)), ok_rejects),
+        ("a missing time", with_value("event_time", pd.NaT), ok_rejects),
+        ("a reject without a reason", events, rejects.drop(columns="reason")),
+        ("a reject without a row number", events, rejects.assign(row_number=[4.0, np.nan])),
+        ("an empty reason", events, rejects.assign(reason=["x", ""])),
+        ("NUL in a reason", events, rejects.assign(reason=["x", "a\x00"])),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("what", "events", "rejects"),
+    _frames_breaking_the_contract(),
+    ids=[c[0] for c in _frames_breaking_the_contract()],
+)
+def test_few_rows_refuse_what_the_staged_path_refuses_with_its_error(
+    store: Store, what: str, events: pd.DataFrame, rejects: pd.DataFrame
+) -> None:
+    """Rows sent as parameters are checked in Python (``_parameter_event_rows``,
+    ``_parameter_reject_rows``): the same error as the staged path's checks, nothing written."""
+    store.ingest_events(result(sample_events(n_customers=2, per_customer=2)), "ok", "run")
+    before = store.table_checksums()
+    messages = []
+    for few_rows in (False, True):
+        with pytest.raises(StoreInputError) as refused:
+            store.ingest_events(result(events, rejects), "bad", "run", few_rows=few_rows)
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1], what
+    assert store.table_checksums() == before
+
+
+def test_few_rows_take_naive_times_missing_texts_and_object_columns_as_the_staged_path(
+    make_store: Callable[..., Store],
+) -> None:
+    """Naive times (UTC), NaN, None and ``pd.NA`` for missing texts, object columns: as staged."""
+    stores = [make_store(fresh=True), make_store(fresh=True)]
+    for s in stores:
+        s.upgrade()
+    events = sample_events(n_customers=1, per_customer=4)
+    odd = events.assign(
+        event_time=events["event_time"].dt.tz_localize(None),
+        category=pd.Series(["a", np.nan, None, pd.NA], dtype="object"),
+        session_id=events["session_id"].astype("object"),
+        price=["1.5", "x", None, 2],
+    )
+    reports = [
+        stores[0].ingest_events(result(odd), "s", "run"),
+        stores[1].ingest_events(result(odd), "s", "run", few_rows=True),
+    ]
+    assert reports[0].to_dict() | {"seconds": 0} == reports[1].to_dict() | {"seconds": 0}
+    query = (
+        "SELECT customer_id, event_time, action, product_id, category, price, session_id FROM events"
+        " ORDER BY 1, 2, 3, 4"
+    )
+    staged, few = (s.connection.execute(query).fetchall() for s in stores)
+    assert staged == few and len(few) == 4
+    assert [row[4] for row in few].count(None) == 3

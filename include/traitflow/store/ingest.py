@@ -26,6 +26,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import UTC
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -229,9 +230,7 @@ def _copy_columns(
 
 def _checked_events(events: pd.DataFrame) -> _EventArrays:
     """``events``' columns once the storage contract holds (else ``StoreInputError``)."""
-    missing = [c for c in event_schema.REQUIRED_COLUMNS if c not in events.columns]
-    if missing:
-        raise StoreInputError(f"events frame lacks required columns {missing}; has {list(events.columns)}")
+    _require_event_columns(events)
     n = len(events)
     text: dict[str, pa.Array] = {}
     for column, (required, limit) in _EVENT_TEXT_LIMITS.items():
@@ -246,10 +245,22 @@ def _checked_events(events: pd.DataFrame) -> _EventArrays:
         )
         if pc.any(unknown).as_py():
             row = _first_true(unknown)
-            raise StoreInputError(
-                f"row {row} has action {text['action'][row].as_py()!r}; "
-                f"expected one of {event_schema.ACTIONS}"
-            )
+            _raise_unknown_action(row, text["action"][row].as_py())
+    return _EventArrays(text, _checked_times(events), _checked_prices(events))
+
+
+def _require_event_columns(events: pd.DataFrame) -> None:
+    missing = [c for c in event_schema.REQUIRED_COLUMNS if c not in events.columns]
+    if missing:
+        raise StoreInputError(f"events frame lacks required columns {missing}; has {list(events.columns)}")
+
+
+def _raise_unknown_action(row: int, action: Any) -> NoReturn:
+    raise StoreInputError(f"row {row} has action {action!r}; expected one of {event_schema.ACTIONS}")
+
+
+def _checked_times(events: pd.DataFrame) -> pd.Series:
+    """``event_time`` as tz-aware times (naive ones are UTC), none missing."""
     times = events["event_time"]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):
         if pd.api.types.is_datetime64_dtype(times.dtype):
@@ -258,12 +269,26 @@ def _checked_events(events: pd.DataFrame) -> _EventArrays:
             raise StoreInputError(f"event_time must be a datetime column, got {times.dtype}")
     if times.isna().any():
         raise StoreInputError(f"event_time row {_first_true(times.isna().to_numpy())} is missing")
-    price = (
-        pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        if "price" in events.columns
-        else np.full(n, np.nan)
-    )
-    return _EventArrays(text, times, price)
+    return times
+
+
+def _checked_prices(events: pd.DataFrame) -> np.ndarray:
+    """``price`` as float64, NaN where missing, unparseable or absent."""
+    if "price" not in events.columns:
+        return np.full(len(events), np.nan)
+    return pd.to_numeric(events["price"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _text_values(values: pd.Series | None, n: int, column: str) -> list[str | None]:
+    """A text column's values as Python strings (None: missing; an absent column: all missing).
+    Anything but ``str`` and None (NaN, ``pd.NA``, numbers) goes through ``as_text_array``, which
+    maps missing values to None and refuses the rest."""
+    if values is None:
+        return [None] * n
+    texts = values.tolist()
+    if all(v is None or type(v) is str for v in texts):
+        return texts
+    return as_text_array(values, column).to_pylist()
 
 
 def reject_columns(rejects: pd.DataFrame, default_source: str) -> list[copybin.Column]:
@@ -411,27 +436,62 @@ _EVENT_TYPES = "text, timestamptz, text, text, text, float8, text, int8, bool"
 _REJECT_COLUMNS, _REJECT_TYPES = "source, row_number, raw, reason", "text, int8, text, text"
 
 
-def _event_rows(
-    checked: _EventArrays, numbers: np.ndarray, in_batch: np.ndarray
-) -> tuple[int, dict[str, Any]]:
-    """The staging table's rows (``_stage_events``) as the parameters of ``_values_source``."""
-    text = {column: array.to_pylist() for column, array in checked.text.items()}
-    times = [t.to_pydatetime() for t in checked.times.dt.tz_convert("UTC")]
-    rows = [
+def _parameter_event_rows(events: pd.DataFrame, numbers: np.ndarray, in_batch: np.ndarray) -> list[list[Any]]:
+    """The staging table's rows (``_stage_events``) of a batch that goes as query parameters (at
+    most ``MAX_PARAMETER_ROWS``), after ``_checked_events``' checks in its order and with its
+    errors, on the Python values: an Arrow or pandas call costs tens of microseconds whatever
+    the length, several per column."""
+    _require_event_columns(events)
+    n = len(events)
+    text: dict[str, list[str | None]] = {}
+    for column, (required, limit) in _EVENT_TEXT_LIMITS.items():
+        text[column] = _text_values(events[column] if column in events.columns else None, n, column)
+        _check_few_texts(text[column], column, required=required, max_chars=limit)
+    for row, action in enumerate(text["action"]):
+        if action not in _ACTIONS:
+            _raise_unknown_action(row, action)
+    times = [t.to_pydatetime().astimezone(UTC) for t in _checked_times(events)]
+    price = _checked_prices(events).tolist()
+    return [
         [
             text["customer_id"][i],
             times[i],
             text["action"][i],
             text["product_id"][i],
             text["category"][i],
-            None if np.isnan(checked.price[i]) else float(checked.price[i]),  # missing: NULL, not NaN
+            None if np.isnan(price[i]) else price[i],  # missing: NULL, not NaN
             text["session_id"][i],
             int(numbers[i]),
             bool(in_batch[i]),
         ]
-        for i in range(len(times))
+        for i in range(n)
     ]
-    return _values(rows)
+
+
+_ACTIONS = frozenset(event_schema.ACTIONS)
+
+
+def _parameter_reject_rows(rejects: pd.DataFrame, default_source: str) -> list[list[Any]]:
+    """(source, row_number, raw, reason) rows of a rejects frame that goes as query parameters,
+    after ``_checked_rejects``' checks in its order and with its errors, on the Python values."""
+    n = len(rejects)
+    for column in ("row_number", "reason"):
+        if column not in rejects.columns:
+            raise StoreInputError(f"rejects frame lacks column {column!r}; has {list(rejects.columns)}")
+    sources = _text_values(rejects["source"] if "source" in rejects.columns else None, n, "source")
+    raws = _text_values(rejects["raw"] if "raw" in rejects.columns else None, n, "raw")
+    if rejects["row_number"].isna().any():
+        raise StoreInputError("rejects frame has a missing row_number")
+    reasons = _text_values(rejects["reason"], n, "reason")
+    sources = [default_source if s is None else s for s in sources]
+    _check_few_texts(sources, "source", required=True, max_chars=None)
+    _check_few_texts(reasons, "reason", required=True, max_chars=None)
+    return [
+        [source, row_number, (raw or "").replace("\x00", NUL_ESCAPE), reason]
+        for source, row_number, raw, reason in zip(
+            sources, rejects["row_number"].to_numpy(dtype=np.int64).tolist(), raws, reasons, strict=True
+        )
+    ]
 
 
 def _stage_events(conn: psycopg.Connection, columns: list[copybin.Column]) -> None:
@@ -484,19 +544,19 @@ def ingest_frames(
     as_parameters = few_rows and _fits_parameters(len(events), len(rejects))
     params: dict[str, Any] = {"source": source, "run_id": run_id}
     # Check everything before writing anything (a bad reject must not follow inserted events).
-    checked = None
+    _require_event_columns(events)  # before duplicate_masks groups by them
     numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
     if len(events):
         numbers = _batch_row_numbers(events, event_row_numbers)
         # Loader output has no repeated key; a frame from elsewhere may.
         _, in_batch = event_schema.duplicate_masks(events)
-        checked = _checked_events(events)
-    checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
     if as_parameters:
-        _insert_from_parameters(
-            conn, report, checked, numbers, in_batch, checked_rejects, params, synchronous_commit
-        )
+        event_rows = _parameter_event_rows(events, numbers, in_batch) if len(events) else None
+        reject_rows = _parameter_reject_rows(rejects, source) if len(rejects) else None
+        _insert_from_parameters(conn, report, event_rows, reject_rows, params, synchronous_commit)
     else:
+        checked = _checked_events(events) if len(events) else None
+        checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
         if not synchronous_commit:
             conn.execute(_ASYNCHRONOUS_COMMIT)
         _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
@@ -549,16 +609,15 @@ def _insert_staged(
 def _insert_from_parameters(
     conn: psycopg.Connection,
     report: IngestReport,
-    checked: _EventArrays | None,
-    numbers: np.ndarray,
-    in_batch: np.ndarray,
-    checked_rejects: _CheckedRejects | None,
+    event_rows: list[list[Any]] | None,
+    reject_rows: list[list[Any]] | None,
     params: dict[str, Any],
     synchronous_commit: bool = True,
 ) -> None:
-    """Insert a small batch with its rows as query parameters, counting into ``report``: the
-    statements of ``_insert_staged`` in the same order (after ``_ASYNCHRONOUS_COMMIT`` unless
-    ``synchronous_commit``), in one pipeline (one round trip). The
+    """Insert a small batch with its rows as query parameters (``_parameter_event_rows``,
+    ``_parameter_reject_rows``), counting into ``report``: the statements of ``_insert_staged``
+    in the same order (after ``_ASYNCHRONOUS_COMMIT`` unless ``synchronous_commit``), in one
+    pipeline (one round trip). The
     conflicts query always runs, with the stored-conflict part: it cannot wait for the insert's
     count, and on events all new it finds nothing (each inserted row equals itself), so the
     rows written and the counts are those of the staged path."""
@@ -567,8 +626,8 @@ def _insert_from_parameters(
     with conn.pipeline():
         if not synchronous_commit:
             conn.execute(_ASYNCHRONOUS_COMMIT)
-        if checked is not None:
-            n, rows = _event_rows(checked, numbers, in_batch)
+        if event_rows is not None:
+            n, rows = _values(event_rows)
             inserted = conn.execute(
                 _statement(_INSERT_EVENTS, _EVENT_COLUMNS, _EVENT_TYPES, n), params | rows
             )
@@ -576,18 +635,7 @@ def _insert_from_parameters(
                 _statement(_CONFLICTS_WITH_STORED, _EVENT_COLUMNS, _EVENT_TYPES, n),
                 params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
             )
-        if checked_rejects is not None:
-            sources, row_numbers, raws, reasons = checked_rejects
-            reject_rows = [
-                list(row)
-                for row in zip(
-                    sources.to_pylist(),
-                    row_numbers.tolist(),
-                    raws.to_pylist(),
-                    reasons.to_pylist(),
-                    strict=True,
-                )
-            ]
+        if reject_rows is not None:
             n_rejects, reject_params = _values(reject_rows)
             recorded = conn.execute(
                 _statement(_INSERT_REJECTS, _REJECT_COLUMNS, _REJECT_TYPES, n_rejects),
