@@ -309,6 +309,8 @@ def _grown(profiled: Mapping[str, int], counts: Mapping[str, int]) -> np.ndarray
 def _rejects(store: Store, source: str, rejects: pd.DataFrame, n_conflicting: int) -> tuple[Reject, ...]:
     """The request's rejects by row number: the validator's, plus events that conflict with
     stored ones (recorded by the store under the same source)."""
+    if not len(rejects) and not n_conflicting:  # the usual post: no pandas column reads
+        return ()
     found = [(int(n), str(r)) for n, r in zip(rejects["row_number"], rejects["reason"], strict=True)]
     if n_conflicting:
         found += store.rejects_of(source, event_schema.REASON_CONFLICTING_DUPLICATE)
