@@ -21,6 +21,7 @@ from traitflow.profile_batch import ProfileBatch
 from traitflow.runs import Candidate, FittedCandidate, RunContext
 from traitflow.shards import N_BUCKETS, buckets_of, in_shard, shards_of
 from traitflow.store import ModelRejectedError, PlanNotFoundError, ShardsNotReadyError, Store
+from traitflow.store.cli import models_frame
 from traitflow.store.profile_shards import STALE_AFTER
 
 PROFILE_TABLES = ("customer_profiles", "customer_profile_history", "profile_shards")
@@ -370,6 +371,9 @@ def test_a_weekly_run_abandoned_after_its_plan_is_superseded_by_the_next_promoti
     assert models.loc[abandoned.model_version, "status_reason"] == (
         f"superseded by version {plan.model_version} before its run promoted it"
     )
+    listed = models_frame(models.reset_index(), store.model_quality()).set_index("model_version")
+    assert listed.loc[abandoned.model_version, "superseded_by"] == plan.model_version  # `traitflow models`
+    assert pd.isna(listed.loc[plan.model_version, "superseded_by"])
 
     checksums = store.table_checksums()
     with pytest.raises(ModelRejectedError, match="superseded by version"):

@@ -252,7 +252,8 @@ def cmd_products(args: argparse.Namespace) -> int:
 
 
 MODEL_COLUMNS = [
-    "model_version", "status", "trained_through", "training_mode", "parent_version", "trained_since",
+    "model_version", "status", "superseded_by", "trained_through", "training_mode", "parent_version",
+    "trained_since",
     "n_tokens", "n_traits", "hit_rate", "drift", "recent_weighted_drift", "drift_threshold", "refit_on",
     "status_reason",
 ]  # fmt: skip
@@ -277,6 +278,7 @@ def models_frame(versions: pd.DataFrame, quality: Sequence[ModelQuality]) -> pd.
     frame = versions.drop(columns=["drift"]).assign(
         hit_rate=gates.map(lambda g: number(g, "candidate_hit_rate")),
         parent_version=versions["parent_version"].astype("Int64"),
+        superseded_by=versions["superseded_by"].astype("Int64"),
     )
     return frame.join(drift, on="model_version")[MODEL_COLUMNS]
 

@@ -225,13 +225,13 @@ def list_models(conn: psycopg.Connection) -> pd.DataFrame:
         rows = cur.execute(
             "SELECT model_version, status, trained_through, created_at, promoted_at, retired_at,"
             " status_reason, n_tokens, vector_size, n_traits, metrics, drift,"
-            " training_mode, parent_version, trained_since"
+            " training_mode, parent_version, trained_since, superseded_by"
             " FROM model_versions ORDER BY model_version DESC"
         ).fetchall()
     columns = [
         "model_version", "status", "trained_through", "created_at", "promoted_at", "retired_at",
         "status_reason", "n_tokens", "vector_size", "n_traits", "metrics", "drift",
-        "training_mode", "parent_version", "trained_since",
+        "training_mode", "parent_version", "trained_since", "superseded_by",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
