@@ -31,7 +31,6 @@ from .schemas import (
     TopCustomers,
     Trait,
     Traits,
-    TraitScore,
     evidence,
     json_response,
     plain,
@@ -243,10 +242,10 @@ async def get_customer(
     if profile is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"customer {customer_id!r} has no profile")
     vector = profile.pop("embedding")
-    profile["traits"] = [TraitScore(**{k: plain(v) for k, v in t.items()}) for t in profile["traits"]]
-    profile["embedding"] = [plain(x) for x in vector.tolist()] if embedding and vector is not None else None
-    model = Profile(**{k: plain(v) if k not in ("traits", "embedding") else v for k, v in profile.items()})
-    return json_response(model)
+    fields = {k: plain(v) for k, v in profile.items() if k != "traits"}
+    fields["traits"] = [{k: plain(v) for k, v in t.items()} for t in profile["traits"]]
+    fields["embedding"] = [plain(x) for x in vector.tolist()] if embedding and vector is not None else None
+    return json_response(Profile.model_validate(fields))  # one call builds the nested TraitScores
 
 
 @api.get("/models", response_model=ModelVersions, summary="Model versions, newest first")

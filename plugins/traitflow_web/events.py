@@ -37,12 +37,8 @@ from .pool import StoreDep
 from .schemas import (
     CustomerEvents,
     Error,
-    EventReject,
     EventsPosted,
     ManyCustomersEvents,
-    TraitScore,
-    UnprofiledCustomer,
-    UpdatedProfile,
     json_response,
 )
 
@@ -112,39 +108,44 @@ def _posted(store: Store, rows: list[dict[str, Any]], user: Any) -> Response:
 
 
 def _response(update: EventUpdate) -> EventsPosted:
-    return EventsPosted(
-        source=update.source,
-        n_received=update.n_received,
-        n_stored=update.n_stored,
-        n_inserted=update.n_inserted,
-        n_already_present=update.n_already_present,
-        n_rejected=update.n_rejected,
-        rejects=[EventReject(row_number=r.row_number, reason=r.reason) for r in update.rejects],
-        profiles=[_profile(p) for p in update.profiles],
-        unprofiled=[
-            UnprofiledCustomer(customer_id=u.customer_id, as_of=u.as_of, reason=u.reason)
-            for u in update.unprofiled
-        ],
+    """The answer to a post, validated from plain values in one call: pydantic-core builds the
+    nested models, instead of a Python constructor call per reject, profile and trait."""
+    return EventsPosted.model_validate(
+        {
+            "source": update.source,
+            "n_received": update.n_received,
+            "n_stored": update.n_stored,
+            "n_inserted": update.n_inserted,
+            "n_already_present": update.n_already_present,
+            "n_rejected": update.n_rejected,
+            "rejects": [{"row_number": r.row_number, "reason": r.reason} for r in update.rejects],
+            "profiles": [_profile(p) for p in update.profiles],
+            "unprofiled": [
+                {"customer_id": u.customer_id, "as_of": u.as_of, "reason": u.reason}
+                for u in update.unprofiled
+            ],
+        }
     )
 
 
-def _profile(profile: WrittenProfile) -> UpdatedProfile:
+def _profile(profile: WrittenProfile) -> dict[str, Any]:
+    """An ``UpdatedProfile``'s fields."""
     names = dict(zip(profile.trait_ids, profile.labels, strict=True))
-    return UpdatedProfile(
-        customer_id=profile.customer_id,
-        as_of=profile.as_of,
-        model_version=profile.model_version,
-        dominant_trait_id=profile.dominant_trait_id,
-        dominant_label=names.get(profile.dominant_trait_id),
-        n_events=profile.n_events,
-        cold_start=profile.cold_start,
-        n_known_tokens=profile.n_known_tokens,
-        confidence=profile.confidence,
-        traits=[
-            TraitScore(trait_id=t, label=names[t], score=s)
+    return {
+        "customer_id": profile.customer_id,
+        "as_of": profile.as_of,
+        "model_version": profile.model_version,
+        "dominant_trait_id": profile.dominant_trait_id,
+        "dominant_label": names.get(profile.dominant_trait_id),
+        "n_events": profile.n_events,
+        "cold_start": profile.cold_start,
+        "n_known_tokens": profile.n_known_tokens,
+        "confidence": profile.confidence,
+        "traits": [
+            {"trait_id": t, "label": names[t], "score": s}
             for t, s in zip(profile.trait_ids, profile.scores, strict=True)
         ],
-    )
+    }
 
 
 @events.post(
