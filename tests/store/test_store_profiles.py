@@ -313,8 +313,11 @@ def test_invalid_batches_are_refused_before_anything_is_written(
         store.write_profiles(batch(cold_start=np.array(["none", 5, "none"], dtype=object)))
     with pytest.raises(StoreInputError, match="finite"):
         store.write_profiles(batch(embeddings=np.full((3, 5), np.inf, dtype=np.float32)))
-    with pytest.raises(StoreInputError, match="cold_start"):
+    with pytest.raises(StoreInputError, match="cold_start value 'maybe'"):
         store.write_profiles(batch(cold_start=np.array(["none", "maybe", "none"], dtype=object)))
+    for missing in (None, np.nan):
+        with pytest.raises(StoreInputError, match=f"cold_start value {missing!r}"):
+            store.write_profiles(batch(cold_start=np.array(["none", missing, "none"], dtype=object)))
     with pytest.raises(StoreInputError, match="longer than 256"):
         store.write_profiles(batch(customer_ids=np.array(["a", "b", "🧑" * 10_000], dtype=object)))
     with pytest.raises(StoreInputError, match="NUL"):
