@@ -11,7 +11,11 @@ post copied the whole vocabulary's vectors every time (128 MB at 500K tokens of 
 its ``online.CustomerProfiler`` (the row dictionaries of the tokens, categories and actions),
 built on the first ``profiler`` call. Likewise each model's product catalog
 (``recommend.ProductCatalog``: the product index, the trait product distribution and the unit
-product vectors the served ranking reads), built on the first ``catalog`` call.
+product vectors the served ranking reads), built on the first ``catalog`` call. Likewise what
+projecting onto its trait components needs beyond the customer vectors
+(``traits.ProjectionSetup``: the Gram matrix, its pseudo-inverse and coordinate steps), built on
+the first ``projection`` call: a post projects its customers one bucket at a time, mostly one
+customer per bucket, where that set-up is about a sixth of the projection's time.
 
 Bounded (``MAX_MODELS`` versions, least recently used dropped first) and thread-safe: the
 api-server serves requests from a thread pool. Two threads missing the same version at once
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     from traitflow.online import CustomerProfiler
     from traitflow.recommend import ProductCatalog
     from traitflow.store import Store
+    from traitflow.traits import ProjectionSetup
 
 MAX_MODELS: Final = 4  # the active model, the one it replaced, and room for a rollback or two
 
@@ -46,6 +51,7 @@ class _Entry:
     fallback: FallbackVectors | None = None  # built by the first ``ModelCache.fallback`` call
     profiler: CustomerProfiler | None = None  # built by the first ``ModelCache.profiler`` call
     catalog: ProductCatalog | None = None  # built by the first ``ModelCache.catalog`` call
+    projection: ProjectionSetup | None = None  # built by the first ``ModelCache.projection`` call
 
 
 class ModelCache:
@@ -62,6 +68,7 @@ class ModelCache:
         self.fallbacks_built = 0
         self.profilers_built = 0
         self.catalogs_built = 0
+        self.projections_built = 0
 
     def load(self, store: Store, version: int) -> TraitflowModel:
         """``store.load_model(version)``, read from the database only the first time."""
@@ -120,6 +127,21 @@ class ModelCache:
                 entry.catalog = built
             return entry.catalog
 
+    def projection(self, store: Store, version: int) -> ProjectionSetup:
+        """``traits.ProjectionSetup`` of the cached model's trait components, built only the first
+        time. Two threads building it at once both build, one result is kept."""
+        from traitflow.traits import ProjectionSetup  # scipy: only where profiles are made
+
+        entry = self._entry(store, version)
+        if entry.projection is not None:
+            return entry.projection
+        built = ProjectionSetup.of(entry.model.traits.components)
+        with self._lock:
+            if entry.projection is None:
+                self.projections_built += 1
+                entry.projection = built
+            return entry.projection
+
     def _entry(self, store: Store, version: int) -> _Entry:
         key: ModelKey = (str(store.url), store.schema, int(version))
         with self._lock:
@@ -171,3 +193,9 @@ def load_catalog(store: Store, version: int) -> ProductCatalog:
     """The product catalog of model ``version`` (``ModelCache.catalog``) through the process's
     model cache."""
     return MODELS.catalog(store, version)
+
+
+def load_projection(store: Store, version: int) -> ProjectionSetup:
+    """The ``traits.ProjectionSetup`` of model ``version``'s traits (``ModelCache.projection``)
+    through the process's model cache."""
+    return MODELS.projection(store, version)

@@ -46,8 +46,8 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   and the newer current row stays.
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
   change): a post reads the model from PostgreSQL, and builds its token lookup matrix
-  (``item2vec.fallback_vectors``) and its ``CustomerProfiler``, only the first time that version
-  is used.
+  (``item2vec.fallback_vectors``), its ``CustomerProfiler`` and its projection set-up
+  (``traits.ProjectionSetup``), only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
   and a post counts its customers' stored events after writing (``Store.event_counts``, not a
   second read of the history) and profiles again those whose history grew meanwhile
@@ -80,7 +80,7 @@ from traitflow import event_schema
 from traitflow.aggregate import CustomerEmbeddings, weighted_means
 from traitflow.events import PRESETS, validate_columns
 from traitflow.model import TraitflowModel
-from traitflow.model_cache import load_fallback, load_model, load_profiler
+from traitflow.model_cache import load_fallback, load_model, load_profiler, load_projection
 from traitflow.online import CustomerProfiler
 from traitflow.pipeline import profile_customers, profiles_from_embeddings
 from traitflow.profile_batch import ProfileBatch, profile_confidence
@@ -374,7 +374,7 @@ def _profile(
             fallback=load_fallback(store, version),
         )
     embeddings = resolved_embeddings(load_profiler(store, version), histories, customer_ids, as_of)
-    return profiles_from_embeddings(model, embeddings, as_of)
+    return profiles_from_embeddings(model, embeddings, as_of, setup=load_projection(store, version))
 
 
 def resolved_embeddings(

@@ -36,7 +36,15 @@ from traitflow.profile_batch import COLD_START_NONE, ProfileBatch
 from traitflow.sessions import CorpusStats, Vocabulary, build_vocabulary, sessionize, write_corpus
 from traitflow.shards import buckets_of
 from traitflow.trait_products import characteristic_products, fit_trait_products
-from traitflow.traits import REFIT_ANCHOR, TraitFit, fit_traits, label_traits, match_traits, project
+from traitflow.traits import (
+    REFIT_ANCHOR,
+    ProjectionSetup,
+    TraitFit,
+    fit_traits,
+    label_traits,
+    match_traits,
+    project,
+)
 
 log = logging.getLogger(__name__)
 
@@ -457,18 +465,23 @@ def profile_customers(
     return batch
 
 
-def project_by_bucket(traits: TraitModel, vectors: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+def project_by_bucket(
+    traits: TraitModel, vectors: np.ndarray, buckets: np.ndarray, setup: ProjectionSetup | None = None
+) -> np.ndarray:
     """``project`` of each customer bucket (``traitflow.shards``) on its own: a customer's profile
     is then bit-identical whichever other buckets share its batch (any number of shards).
 
     vectors : ndarray, shape (n, d); buckets : ndarray of int, shape (n,). Returns (n, k) float64.
+    setup : ``ProjectionSetup.of(traits.components)`` when the caller keeps it (a cached model's);
+    built here otherwise, once for all buckets.
     """
+    setup = setup if setup is not None else ProjectionSetup.of(traits.components)
     out = np.empty((len(vectors), traits.n_traits), dtype=np.float64)
     order = np.argsort(buckets, kind="stable")  # rows of a bucket keep their (customer id) order
     bounds = np.flatnonzero(np.diff(buckets[order])) + 1
     for rows in np.split(order, bounds):
         if len(rows):
-            out[rows] = project(traits, vectors[rows])
+            out[rows] = project(traits, vectors[rows], setup)
     return out
 
 
@@ -478,15 +491,17 @@ def profiles_from_embeddings(
     as_of: datetime,
     *,
     run_stage: StageRunner = run_directly,
+    setup: ProjectionSetup | None = None,
 ) -> ProfileBatch:
     """The profiles of the customers of ``embeddings`` (``customer_embeddings`` with ``model``'s
-    tokens, as of ``as_of``): projected where a customer has a vector, the population's otherwise."""
+    tokens, as of ``as_of``): projected where a customer has a vector, the population's otherwise.
+    ``setup``: ``ProjectionSetup.of(model.traits.components)`` when the caller keeps it."""
     profiles = np.empty((len(embeddings.customer_ids), model.traits.n_traits), dtype=np.float64)
     known = embeddings.has_vector
     profiles[known] = run_stage(
         "project",
         lambda: project_by_bucket(
-            model.traits, embeddings.vectors[known], buckets_of(embeddings.customer_ids[known])
+            model.traits, embeddings.vectors[known], buckets_of(embeddings.customer_ids[known]), setup
         ),
     )
     profiles[~known] = model.traits.population_profile

@@ -313,8 +313,11 @@ def test_invalid_batches_are_refused_before_anything_is_written(
         store.write_profiles(batch(cold_start=np.array(["none", 5, "none"], dtype=object)))
     with pytest.raises(StoreInputError, match="finite"):
         store.write_profiles(batch(embeddings=np.full((3, 5), np.inf, dtype=np.float32)))
-    with pytest.raises(StoreInputError, match="cold_start"):
+    with pytest.raises(StoreInputError, match="cold_start value 'maybe'"):
         store.write_profiles(batch(cold_start=np.array(["none", "maybe", "none"], dtype=object)))
+    for missing in (None, np.nan):
+        with pytest.raises(StoreInputError, match=f"cold_start value {missing!r}"):
+            store.write_profiles(batch(cold_start=np.array(["none", missing, "none"], dtype=object)))
     with pytest.raises(StoreInputError, match="longer than 256"):
         store.write_profiles(batch(customer_ids=np.array(["a", "b", "🧑" * 10_000], dtype=object)))
     with pytest.raises(StoreInputError, match="NUL"):
@@ -447,8 +450,8 @@ def test_few_rows_as_parameters_write_what_the_staged_path_writes(
     make_store: Callable[..., Store], build_model: BuildModel, build_profile_batch: BuildBatch
 ) -> None:
     """The same sequence of writes (first write, a re-run with changes, an identical re-run, a
-    backfill of an older date, a batch with a new customer, n_known_tokens unrecorded) leaves
-    both paths' tables identical, and the reports agree."""
+    re-run that also adds a customer, a backfill of an older date, a batch with a new customer,
+    n_known_tokens unrecorded) leaves both paths' tables identical, and the reports agree."""
     stores = [make_store(fresh=True), make_store(fresh=True)]
     for s in stores:
         s.upgrade()
@@ -461,19 +464,26 @@ def test_few_rows_as_parameters_write_what_the_staged_path_writes(
         build_profile_batch(version, IDS[:3], as_of=D1, seed=2),  # a re-run of D1 with changes
         build_profile_batch(version, IDS[:3], as_of=D1, seed=2),  # identical: nothing changes
         build_profile_batch(version, IDS[2:5], as_of=D2, seed=3),
+        # D2 again with changes and one more customer: history rows replaced and inserted, current
+        # rows moved forward and rewritten in place, all in one batch
+        build_profile_batch(version, IDS[1:4], as_of=D2, seed=6),
         build_profile_batch(version, IDS[2:5], as_of=D1, seed=4),  # a backfill: current rows stay
         unrecorded,
     ]
+    reports: list[list[int]] = []
     for batch in steps:
         staged = stores[0].write_profiles(batch)
         few = stores[1].write_profiles(batch, few_rows=True)
         assert "parameters" in few.timings and "parameters" not in staged.timings
         counts = ("history_inserted", "history_replaced", "profiles_written")
         assert [getattr(few, c) for c in counts] == [getattr(staged, c) for c in counts]
+        reports.append([getattr(few, c) for c in counts])
         (current_a, history_a), (current_b, history_b) = _tables(stores[0]), _tables(stores[1])
         assert history_a == history_b
         # updated_at is each transaction's start: compare which rows moved, not the instants
         assert [r[:-1] for r in current_a] == [r[:-1] for r in current_b]
+    # inserted, replaced, current rows written: every kind of change occurs, alone and together
+    assert reports == [[8, 0, 8], [0, 3, 3], [0, 0, 0], [3, 0, 3], [1, 2, 3], [0, 3, 0], [2, 0, 2]]
     big = build_profile_batch(
         version, [f"b{i}" for i in range(store_profiles.MAX_PARAMETER_ROWS + 1)], as_of=D2
     )

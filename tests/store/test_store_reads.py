@@ -193,6 +193,46 @@ def test_current_profile_and_history_across_models(
     assert store.traits(model_version=known)["size"].tolist() == [2, 2, 1]
 
 
+def test_current_profiles_label_each_row_with_its_own_models_traits(
+    store: Store, known: int, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    """Rows under two model versions and a customer without one, read together: each row's traits
+    carry its model's ids and labels in position order, as the models were saved."""
+    v2_model = build_model(seed=4, trait_ids=(12, 3, 7))
+    v2 = store.save_model(v2_model)
+    store.promote(v2)
+    store.write_profiles(
+        build_profile_batch(
+            v2,
+            ["c"],
+            as_of=D1 + timedelta(days=7),
+            trait_ids=(12, 3, 7),
+            profiles=np.array([[0.5, 0.3, 0.2]], dtype=np.float64),
+        )
+    )
+    v1_labels = store.load_model(known).traits.labels
+    profiles = store.current_profiles(["c", "nobody", "b"])
+    assert list(profiles) == ["c", "nobody", "b"] and profiles["nobody"] is None
+    c, b = profiles["c"], profiles["b"]
+    assert c is not None and b is not None
+    assert [(t["trait_id"], t["label"], t["score"]) for t in c["traits"]] == list(
+        zip([12, 3, 7], v2_model.traits.labels, [0.5, 0.3, 0.2], strict=True)
+    )
+    assert (c["model_version"], c["dominant_trait_id"], c["dominant_label"]) == (
+        v2,
+        12,
+        v2_model.traits.labels[0],
+    )
+    assert [(t["trait_id"], t["label"]) for t in b["traits"]] == list(zip([3, 7, 11], v1_labels, strict=True))
+    assert (b["dominant_trait_id"], b["dominant_label"]) == (7, v1_labels[1])
+    for customer, profile in (("c", c), ("b", b)):
+        alone = store.current_profile(customer)
+        assert alone is not None
+        np.testing.assert_array_equal(alone.pop("embedding"), profile["embedding"])
+        assert alone == {k: v for k, v in profile.items() if k != "embedding"}
+    assert not {"_trait_ids", "_labels"} & set(c)
+
+
 def test_reads_without_an_active_model(store: Store) -> None:
     with pytest.raises(NotFoundError, match="no active model"):
         store.traits()

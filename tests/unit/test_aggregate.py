@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
-from traitflow.aggregate import customer_embeddings, event_weights
+from traitflow.aggregate import assignment_matrix, customer_embeddings, event_weights
 from traitflow.config import DEFAULT_ACTION_WEIGHTS, AggregationParams, SessionParams
 from traitflow.event_schema import as_canonical, empty_events
 from traitflow.item2vec import fallback_vectors
@@ -320,3 +321,23 @@ def test_known_tokens_count_the_evidence_behind_each_embedding():
     # from category averages; c4 has no events; c5's only token is unknown.
     np.testing.assert_array_equal(emb.n_known_tokens, [3, 2, 2, 0, 0])
     assert emb.n_known_tokens.dtype == np.int64
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_assignment_matrix_is_scipys_coo_conversion_to_the_bit(seed: int) -> None:
+    """Unsorted and sorted rows, repeated (row, column) pairs summed, rows without entries, none
+    at all: the same CSR arrays as ``sp.csr_matrix((values, (codes, rows)))`` and the same
+    float32 product with a lookup matrix."""
+    rng = np.random.default_rng(seed)
+    n_customers, n = int(rng.integers(1, 7)), int(rng.integers(0, 80))
+    codes = rng.integers(0, n_customers, n)
+    if seed % 2:
+        codes = np.sort(codes)
+    rows = rng.integers(0, 6 if seed % 3 == 0 else 300, n)  # few columns: many repeated pairs
+    values = (rng.random(n) * (rng.random(n) > 0.2)).astype(np.float32)
+    lookup = rng.normal(size=(300, 8)).astype(np.float32)
+    built = assignment_matrix(codes, rows, values, (n_customers, 300))
+    expected = sp.csr_matrix((values, (codes, rows)), shape=(n_customers, 300))
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(built, name), getattr(expected, name))
+    np.testing.assert_array_equal(built @ lookup, expected @ lookup)

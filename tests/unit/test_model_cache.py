@@ -16,6 +16,7 @@ from traitflow.model import TokenTable
 from traitflow.model_cache import ModelCache
 from traitflow.recommend import NoProductRankingError, build_catalog
 from traitflow.store import Store
+from traitflow.traits import ProjectionSetup
 
 
 @dataclass
@@ -176,6 +177,22 @@ def test_a_catalog_is_built_once_per_version_beside_the_fallback_matrix(
     again = cache.catalog(store, 1)  # type: ignore[arg-type]
     assert again is not first and cache.catalogs_built == 3
     np.testing.assert_array_equal(again.unit_vectors, first.unit_vectors)
+
+
+def test_a_projection_setup_is_built_once_per_version_from_its_trait_components(
+    build_model: Callable[..., Any],
+) -> None:
+    cache, store = ModelCache(max_models=1), ModelStore(build=build_model)
+    first = cache.projection(store, 1)  # type: ignore[arg-type]
+    assert cache.projection(store, 1) is first  # type: ignore[arg-type]
+    assert cache.projections_built == 1 and store.calls == [1]
+    expected = ProjectionSetup.of(store.load_model(1).traits.components)
+    for name in ("transposed", "gram", "pseudo_inverse"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(expected, name))
+    np.testing.assert_array_equal(first.steps.directions, expected.steps.directions)
+    np.testing.assert_array_equal(first.steps.diag, expected.steps.diag)
+    cache.projection(store, 2)  # type: ignore[arg-type]  # evicts 1 with its setup
+    assert cache.projection(store, 1) is not first and cache.projections_built == 3  # type: ignore[arg-type]
 
 
 def test_a_model_without_product_distributions_has_no_catalog(build_model: Callable[..., Any]) -> None:

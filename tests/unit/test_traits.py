@@ -3,7 +3,9 @@ import pytest
 
 from traitflow.config import TraitParams
 from traitflow.model import TokenTable
+from traitflow.pipeline import project_by_bucket
 from traitflow.traits import (
+    ProjectionSetup,
     distinctiveness,
     fit_traits,
     label_traits,
@@ -15,6 +17,7 @@ from traitflow.traits import (
     project_weights,
 )
 from traitflow.traits.labels import _distinct_labels
+from traitflow.traits.projection import EPS, nonnegative_cd
 
 
 def _planted(n: int = 600, d: int = 12, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +152,74 @@ def test_project_weights_does_not_depend_on_batching():
     batched = project_weights(components, inputs, l1_penalty=0.3, tol=1e-10, batch_size=7)
     np.testing.assert_allclose(batched, whole, atol=1e-8)
     assert project_weights(components, inputs[:0]).shape == (0, 6)
+
+
+def _plain_coordinate_descent(
+    gram: np.ndarray, rhs: np.ndarray, weights: np.ndarray, *, max_iter: int, tol: float
+) -> np.ndarray:
+    """``nonnegative_cd``'s rule written out with every view and derived matrix made where it is
+    used: the reference its set-up kept per model and its views kept per set of rows must match
+    to the bit."""
+    n_rows, k = weights.shape
+    diag = np.maximum(np.diag(gram), EPS)
+    directions = np.ascontiguousarray((np.eye(k) - gram / diag).T)
+    targets = np.empty((n_rows, k), order="F")
+    np.divide(rhs, diag, out=targets)
+    current = np.asfortranarray(weights, dtype=np.float64)
+    active = np.arange(n_rows)
+    before = np.empty_like(current)
+    column = np.empty(n_rows)
+    for sweep in range(1, max_iter + 1):
+        if active.size == 0:
+            break
+        check = sweep % 3 == 0 or sweep == max_iter
+        if check:
+            np.copyto(before, current)
+        for j in range(k):
+            np.dot(current, directions[j], out=column)
+            column += targets[:, j]
+            np.maximum(column, 0.0, out=current[:, j])
+        if not check:
+            continue
+        np.subtract(current, before, out=before)
+        np.abs(before, out=before)
+        going = before.max(axis=1) > tol * np.maximum(current.max(axis=1), 1.0)
+        if 2 * int(np.count_nonzero(going)) > active.size:
+            continue
+        weights[active[~going]] = current[~going]
+        active = active[going]
+        current = np.asfortranarray(current[going])
+        targets = np.asfortranarray(targets[going])
+        before = np.empty_like(current)
+        column = np.empty(len(active))
+    weights[active] = current
+    return weights
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 2000])
+def test_coordinate_descent_takes_the_plain_loops_steps_to_the_bit(n_rows: int) -> None:
+    """One row, a few, and enough that converged rows drop out several times (views remade)."""
+    rng = np.random.default_rng(n_rows)
+    components = rng.random((7, 24))
+    inputs = np.maximum(rng.normal(size=(n_rows, 24)), 0.0)
+    gram, rhs = components @ components.T, inputs @ components.T
+    start = np.maximum(rhs @ np.linalg.pinv(gram), 0.0)
+    expected = _plain_coordinate_descent(gram, rhs, start.copy(), max_iter=60, tol=1e-9)
+    np.testing.assert_array_equal(nonnegative_cd(gram, rhs, start.copy(), max_iter=60, tol=1e-9), expected)
+
+
+def test_a_kept_projection_setup_projects_to_the_same_bits_as_one_built_per_call():
+    vectors, _ = _planted(seed=4)
+    traits = fit_traits(vectors, TraitParams(n_traits=4, sparsity=0.1)).traits
+    setup = ProjectionSetup.of(traits.components)
+    for rows in (slice(0, 1), slice(1, 4), slice(0, 600)):
+        np.testing.assert_array_equal(project(traits, vectors[rows], setup), project(traits, vectors[rows]))
+    buckets = np.arange(600) % 5
+    kept = project_by_bucket(traits, vectors, buckets, setup)
+    np.testing.assert_array_equal(kept, project_by_bucket(traits, vectors, buckets))
+    for bucket in range(5):  # one setup for every bucket: each still projected on its own
+        rows = buckets == bucket
+        np.testing.assert_array_equal(kept[rows], project(traits, vectors[rows]))
 
 
 def test_penalized_projection_matches_single_customer_solver():

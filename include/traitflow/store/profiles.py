@@ -28,9 +28,9 @@ One ``ProfileBatch`` is written in the caller's transaction:
      plain INSERT.
 
 A batch of a few customers written with ``few_rows`` (the event update path) skips the staging:
-its rows go as query parameters to the re-run statements of step 5, in two pipelined round
-trips (``_write_from_parameters``): the locks, the model check and the model's trait ids, then
-the four row statements.
+its rows go as query parameters to the re-run statements of step 5, in two round trips
+(``_write_from_parameters``): the locks, the model check and the model's trait ids (pipelined),
+then the four row statements as the parts of one statement.
 
 Rows whose content is unchanged are never updated, so a re-run leaves every row as it was
 (including ``updated_at``) and takes no row locks on them. Its only physical trace is the
@@ -366,21 +366,55 @@ def fits_parameters(batch: ProfileBatch) -> bool:
     return 0 < len(batch) <= MAX_PARAMETER_ROWS
 
 
-@lru_cache(maxsize=4 * MAX_PARAMETER_ROWS)
-def _parameter_statement(template: str, n_rows: int) -> bytes:
-    """``template``'s ``{stage}`` replaced by ``(VALUES ...)`` of ``n_rows`` rows of the named
-    parameters of ``_parameter_rows``, rendered once per shape: composing the four statements
-    on every post cost about as much as running them."""
+# The rows of a batch sent as parameters, named in ``_parameter_statement``.
+_ROWS = "_tf_rows"
+
+# The parts of ``_parameter_statement``, in the order of the staged path's statements.
+_PARAMETER_PARTS = (
+    ("replaced", _REPLACE_HISTORY),
+    ("inserted", _INSERT_NEW_HISTORY),
+    ("moved", _MOVE_CURRENT),
+    ("added", _INSERT_NEW_CURRENT),
+)
+
+
+@lru_cache(maxsize=MAX_PARAMETER_ROWS)
+def _parameter_statement(n_rows: int) -> bytes:
+    """The four re-run statements of the staged path (replace changed history rows, insert
+    missing ones, move current rows forward, insert new customers) as one statement over
+    ``n_rows`` rows of the named parameters of ``_parameter_rows``, rendered once per size. Its one
+    answer row: the rows each of the four wrote.
+
+    One statement whose four data-modifying parts all see the snapshot it starts with writes
+    what the four write one after the other: each update changes only rows that exist and
+    changes no key, each insert adds only rows missing from that snapshot, so none of them finds
+    anything other than it would after the one before it. Its parameters are adapted and sent
+    once instead of four times (four times cost about a third of the write's client CPU).
+    """
     rows = [
         sql.SQL("({}::text, {}::float8[], {}::bytea, {}::int8, {}::int8, {}::text, {}::int8)").format(
             *(sql.Placeholder(f"{column}{i}") for column in "ctednsk")
         )
         for i in range(n_rows)
     ]
-    source = sql.SQL("(SELECT * FROM (VALUES {}) AS v({}))").format(
-        sql.SQL(", ").join(rows), sql.SQL(_STAGE_COLUMNS)
+    parts = [
+        sql.SQL("{} AS ({} RETURNING 1)").format(
+            sql.SQL(name), sql.SQL(template).format(stage=sql.SQL(_ROWS))
+        )
+        for name, template in _PARAMETER_PARTS
+    ]
+    counts = [sql.SQL("(SELECT count(*) FROM {})").format(sql.SQL(name)) for name, _ in _PARAMETER_PARTS]
+    return (
+        sql.SQL("WITH {} ({}) AS (VALUES {}), {} SELECT {}")
+        .format(
+            sql.SQL(_ROWS),
+            sql.SQL(_STAGE_COLUMNS),
+            sql.SQL(", ").join(rows),
+            sql.SQL(", ").join(parts),
+            sql.SQL(", ").join(counts),
+        )
+        .as_bytes(None)
     )
-    return sql.SQL(template).format(stage=source).as_bytes(None)
 
 
 def _parameter_rows(prepared: PreparedProfiles) -> dict[str, Any]:
@@ -405,17 +439,16 @@ def _parameter_rows(prepared: PreparedProfiles) -> dict[str, Any]:
 def _write_from_parameters(
     conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool
 ) -> WriteReport:
-    """Write a small batch with its rows as query parameters, in two pipelines (round trips; the
-    caller's BEGIN, when it opened the transaction in a pipeline, goes with the first).
+    """Write a small batch with its rows as query parameters, in two round trips (the caller's
+    BEGIN, when it opened the transaction in a pipeline, goes with the first).
 
     1. The writers' lock (and with ``require_selected_model`` the model-lifecycle lock, then the
        model selected for the batch's date), the history's partitions and the batch's model
        (``prepare_batch``): the locks are taken first, so what the queries after them find stays
        true until commit, as in the staged path.
     2. The re-run statements of the staged path: replace changed history rows, insert missing
-       ones, move current rows forward, insert new customers (exact under ``_lock_profiles``).
-       Each reads only the parameters, so none waits for another's answer; the server runs them
-       in order.
+       ones, move current rows forward, insert new customers (exact under ``_lock_profiles``),
+       as one statement (``_parameter_statement``).
     """
     started = time.perf_counter()
     with conn.pipeline():
@@ -433,19 +466,17 @@ def _write_from_parameters(
     ensure_months(conn, [prepared.as_of], listed_partitions(partitions))
     checked = time.perf_counter()
     params = _parameter_rows(prepared) | {"as_of": prepared.as_of, "v": prepared.model_version}
-    with conn.pipeline():
-        replaced, inserted, moved, new = [
-            conn.execute(_parameter_statement(statement, prepared.n), params)
-            for statement in (_REPLACE_HISTORY, _INSERT_NEW_HISTORY, _MOVE_CURRENT, _INSERT_NEW_CURRENT)
-        ]
+    written = conn.execute(_parameter_statement(prepared.n), params).fetchone()
+    assert written is not None  # an aggregate's one row
+    replaced, inserted, moved, added = (int(count) for count in written)
     done = time.perf_counter()
     return WriteReport(
         as_of=prepared.as_of,
         model_version=prepared.model_version,
         n_customers=prepared.n,
-        history_inserted=inserted.rowcount,
-        history_replaced=replaced.rowcount,
-        profiles_written=moved.rowcount + new.rowcount,
+        history_inserted=inserted,
+        history_replaced=replaced,
+        profiles_written=moved + added,
         seconds=done - started,
         timings={"check": round(checked - started, 4), "parameters": round(done - checked, 4)},
     )
@@ -465,7 +496,7 @@ def write_profiles(
     nothing is written (``_check_selected_model``). For writers that picked the model themselves
     (the daily update); a promotion writes under a model that is not selected until it commits.
     ``few_rows``: a batch of at most ``MAX_PARAMETER_ROWS`` customers is sent as query parameters
-    in two pipelined round trips (``_write_from_parameters``: the same rows and checks); larger
+    in two round trips (``_write_from_parameters``: the same rows and checks); larger
     ones are staged.
     """
     require_transaction(conn)

@@ -97,9 +97,17 @@ def _with_confidence(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+# A current row with its model's trait ids and labels in trait-position order (NULL for a model
+# without components): the row and its labels in one round trip.
 _SELECT_CURRENT_PROFILES = (
-    "SELECT customer_id, as_of, model_version, traits, dominant_trait_id, n_events, cold_start,"
-    " n_known_tokens, updated_at, embedding FROM customer_profiles WHERE customer_id"
+    "SELECT p.customer_id, p.as_of, p.model_version, p.traits, p.dominant_trait_id, p.n_events,"
+    " p.cold_start, p.n_known_tokens, p.updated_at, p.embedding,"
+    " c.trait_ids AS _trait_ids, c.labels AS _labels"
+    " FROM customer_profiles p LEFT JOIN LATERAL ("
+    "  SELECT array_agg(t.trait_id ORDER BY t.position) AS trait_ids,"
+    "   array_agg(t.label ORDER BY t.position) AS labels"
+    "  FROM trait_components t WHERE t.model_version = p.model_version) c ON true"
+    " WHERE p.customer_id"
 )
 
 
@@ -113,32 +121,28 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
     """
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         profile = cur.execute(_SELECT_CURRENT_PROFILES + " = %s", (customer_id,)).fetchone()
-    if profile is None:
-        return None
-    return _labelled_profile(profile, _components(conn, profile["model_version"]))
+    return None if profile is None else _labelled_profile(profile)
 
 
 def current_profiles(conn: psycopg.Connection, customer_ids: list[str]) -> dict[str, dict[str, Any] | None]:
-    """``current_profile`` of each of ``customer_ids`` (None: never profiled), in one query for
-    the rows and one per model version among them for the labels."""
+    """``current_profile`` of each of ``customer_ids`` (None: never profiled), in one query."""
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         rows = cur.execute(
             _SELECT_CURRENT_PROFILES + " = ANY(%s)",
             ([str(c) for c in customer_ids],),
         ).fetchall()
-    components = {v: _components(conn, v) for v in {row["model_version"] for row in rows}}
-    found = {row["customer_id"]: _labelled_profile(row, components[row["model_version"]]) for row in rows}
+    found = {row["customer_id"]: _labelled_profile(row) for row in rows}
     return {str(c): found.get(str(c)) for c in customer_ids}
 
 
-def _labelled_profile(profile: dict[str, Any], components: list[dict[str, Any]]) -> dict[str, Any]:
-    """A ``customer_profiles`` row as ``current_profile`` returns it (``components``: its model's)."""
+def _labelled_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """A row of ``_SELECT_CURRENT_PROFILES`` as ``current_profile`` returns it."""
     scores = profile.pop("traits")
-    labels = {c["trait_id"]: c["label"] for c in components}
-    profile["dominant_label"] = labels.get(profile["dominant_trait_id"])
+    trait_ids, labels = profile.pop("_trait_ids") or [], profile.pop("_labels") or []
+    profile["dominant_label"] = dict(zip(trait_ids, labels, strict=True)).get(profile["dominant_trait_id"])
     profile["traits"] = [
-        {"trait_id": c["trait_id"], "label": c["label"], "score": float(score)}
-        for c, score in zip(components, scores, strict=True)
+        {"trait_id": trait_id, "label": label, "score": float(score)}
+        for trait_id, label, score in zip(trait_ids, labels, scores, strict=True)
     ]
     profile["embedding"] = np.frombuffer(profile.pop("embedding"), dtype=">f4").astype(np.float32)
     known = profile["n_known_tokens"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from traitflow.traits.fitting import REFIT_ANCHOR, TraitFit, fit_traits, match_traits
 from traitflow.traits.labels import LABEL_MIN_EVENTS, LABEL_PRIOR_EVENTS, distinctiveness, label_traits
 from traitflow.traits.projection import (
+    ProjectionSetup,
     fit_center,
     nmf_input,
     normalize_profiles,
@@ -34,6 +35,7 @@ __all__ = [
     "LABEL_MIN_EVENTS",
     "LABEL_PRIOR_EVENTS",
     "REFIT_ANCHOR",
+    "ProjectionSetup",
     "TraitFit",
     "distinctiveness",
     "fit_center",
