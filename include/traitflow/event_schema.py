@@ -23,6 +23,8 @@ first row is kept and the later one rejected with that reason, so no row vanishe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 import numpy as np
@@ -148,6 +150,55 @@ def empty_events() -> pd.DataFrame:
 def empty_rejects() -> pd.DataFrame:
     """A zero-row rejects frame (``REJECT_COLUMNS``; a fresh copy: callers may change it)."""
     return _EMPTY_REJECTS.copy()
+
+
+_TEXT_DTYPE = pd.StringDtype(na_value=np.nan)  # pandas' "str"
+
+
+@dataclass(frozen=True)
+class EventRows:
+    """Canonical events as Python values, one list per canonical column (a request's few rows:
+    building their frame and reading it back cost more than the rest of their validation and
+    storage). ``event_time``: aware datetimes in UTC; ``category``, ``session_id``: None when
+    missing; ``price``: NaN when missing. ``frame()`` is the canonical frame of the same events."""
+
+    customer_id: list[str]
+    event_time: list[datetime]
+    action: list[str]
+    product_id: list[str]
+    category: list[str | None]
+    price: list[float]
+    session_id: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.customer_id)
+
+    def keys(self) -> list[tuple[str, datetime, str, str]]:
+        """Each event's natural key (``NATURAL_KEY``)."""
+        return list(zip(self.customer_id, self.event_time, self.action, self.product_id, strict=True))
+
+    def subset(self, keep: np.ndarray) -> EventRows:
+        """The rows where ``keep`` (bool, one value per row) is True, in their order."""
+        kept = np.flatnonzero(keep).tolist()
+        return EventRows(
+            *([column[i] for i in kept] for column in (getattr(self, name) for name in CANONICAL_COLUMNS))
+        )
+
+    def frame(self) -> pd.DataFrame:
+        """The canonical events frame of these rows."""
+        # Columns as arrays, not Series: a frame of Series aligns and copies each (half its cost).
+        return pd.DataFrame(
+            {
+                "customer_id": pd.array(self.customer_id, dtype=_TEXT_DTYPE),
+                "event_time": pd.array(self.event_time, dtype=TIME_DTYPE),
+                "action": pd.array(self.action, dtype=_TEXT_DTYPE),
+                "product_id": pd.array(self.product_id, dtype=_TEXT_DTYPE),
+                "category": pd.array(self.category, dtype=_TEXT_DTYPE),
+                "price": np.array(self.price, dtype=np.float64),
+                "session_id": pd.array(self.session_id, dtype=_TEXT_DTYPE),
+            },
+            copy=False,
+        )
 
 
 def as_canonical(frame: pd.DataFrame) -> pd.DataFrame:

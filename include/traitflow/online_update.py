@@ -193,7 +193,9 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
     source = request_source(rows)
     result = validate_columns(event_columns(rows), PRESETS["canonical"], source=source)
     report = store.ingest_events(result, source, run_id, few_rows=True, synchronous_commit=False)
-    customer_ids = np.unique(result.events["customer_id"].to_numpy(dtype=object))
+    valid = result.event_rows  # the few rows of a usual post, as validated (no frame built)
+    posted = valid.customer_id if valid is not None else result.events["customer_id"].to_numpy(dtype=object)
+    customer_ids = np.unique(np.asarray(posted, dtype=object))
     try:
         profiled, unprofiled, flushed = _update_profiles(store, customer_ids)
     except BaseException:

@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from psycopg import pq
 
+from traitflow import event_schema
 from traitflow.model import TraitflowModel
 from traitflow.online_update import (
     MAX_EVENTS,
@@ -271,3 +273,22 @@ def test_a_single_event_post_takes_ten_round_trips(store: Store, build_model: An
     assert (update.n_inserted, update.n_rejected) == (1, 0)
     assert [p.n_events for p in update.profiles] == [4]
     assert store.current_profile("ann")["n_events"] == 4
+
+
+def test_a_usual_post_reads_no_events_frame(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not vacuous: a post of simple texts goes from validation to the store as ``EventRows``
+    (building their frame and reading it back cost more than the rest of both)."""
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    framed: list[int] = []
+    original = event_schema.EventRows.frame
+
+    def counted(rows: event_schema.EventRows) -> pd.DataFrame:
+        framed.append(len(rows))
+        return original(rows)
+
+    monkeypatch.setattr(event_schema.EventRows, "frame", counted)
+    update = update_from_events(store, EVENTS, run_id="test")
+    assert framed == [] and update.n_inserted == len(EVENTS) and update.profiles

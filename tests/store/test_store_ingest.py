@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -514,3 +515,77 @@ def test_few_rows_take_naive_times_missing_texts_and_object_columns_as_the_stage
     staged, few = (s.connection.execute(query).fetchall() for s in stores)
     assert staged == few and len(few) == 4
     assert [row[4] for row in few].count(None) == 3
+
+
+def _rows_of(frame: pd.DataFrame) -> event_schema.EventRows:
+    """A canonical frame's events as ``EventRows`` (what a request's validation hands the store)."""
+    return event_schema.EventRows(
+        customer_id=frame["customer_id"].tolist(),
+        event_time=[t.to_pydatetime() for t in frame["event_time"]],
+        action=frame["action"].tolist(),
+        product_id=frame["product_id"].tolist(),
+        category=[None if pd.isna(c) else c for c in frame["category"]],
+        price=frame["price"].astype("float64").tolist(),
+        session_id=[None if pd.isna(s) else s for s in frame["session_id"]],
+    )
+
+
+def test_event_rows_store_what_their_frame_stores(make_store: Callable[..., Store]) -> None:
+    """A result of ``EventRows`` (``LoadResult.of_rows``) stores what its frame stores, sent as
+    parameters or, above the limit, staged; a key repeated with other values in the batch is a
+    conflict either way."""
+    stores = [make_store(fresh=True), make_store(fresh=True)]
+    for s in stores:
+        s.upgrade()
+    events = sample_events(n_customers=2, per_customer=4)
+    repeated = pd.concat([events.iloc[:1], events.iloc[:1].assign(price=99.0)], ignore_index=True)
+    many = sample_events(n_customers=9, per_customer=4).assign(customer_id=lambda f: "m-" + f["customer_id"])
+    assert len(many) > store_ingest.MAX_PARAMETER_ROWS
+    queries = (
+        "SELECT customer_id, event_time, action, product_id, category, price, session_id FROM events"
+        " ORDER BY 1, 2, 3, 4",
+        "SELECT source, row_number, raw, reason FROM rejected_events ORDER BY 1, 2",
+    )
+    for source, frame in (("a", events), ("a", events), ("b", repeated.assign(customer_id="r")), ("c", many)):
+        numbers = np.arange(3, 3 + len(frame), dtype=np.int64)
+        reports = [
+            stores[0].ingest_events(
+                LoadResult(frame, event_schema.empty_rejects(), None, numbers), source, "run"
+            ),
+            stores[1].ingest_events(
+                LoadResult.of_rows(_rows_of(frame), event_schema.empty_rejects(), numbers),
+                source,
+                "run",
+                few_rows=True,
+            ),
+        ]
+        assert reports[0].to_dict() | {"seconds": 0} == reports[1].to_dict() | {"seconds": 0}, source
+        for query in queries:
+            framed, rows = (s.connection.execute(query).fetchall() for s in stores)
+            assert framed == rows, (source, query)
+    assert stores[1].table_counts()["rejected_events"] == 1  # the repeated key's conflict
+
+
+@pytest.mark.parametrize(
+    ("what", "change", "message"),
+    [
+        ("NUL", {"customer_id": "a\x00b"}, "column 'customer_id' row 1 contains a NUL"),
+        ("empty product", {"product_id": ""}, "column 'product_id' row 1 is missing or empty"),
+        ("long session", {"session_id": "s" * 1025}, "column 'session_id' row 1 is longer than 1024"),
+        ("unknown action", {"action": "click"}, "row 1 has action 'click'"),
+    ],
+)
+def test_event_rows_get_the_frames_contract_errors(
+    store: Store, what: str, change: dict[str, str], message: str
+) -> None:
+    events = sample_events(n_customers=1, per_customer=3)
+    bad = events.copy()
+    for column, value in change.items():
+        bad.loc[1, column] = value
+    before = store.table_checksums()
+    with pytest.raises(StoreInputError, match=re.escape(message)):
+        store.ingest_events(result(bad), "s", "run")
+    with pytest.raises(StoreInputError, match=re.escape(message)):
+        rows = LoadResult.of_rows(_rows_of(bad), event_schema.empty_rejects(), np.arange(1, 4))
+        store.ingest_events(rows, "s", "run", few_rows=True)
+    assert store.table_checksums() == before, what

@@ -10,10 +10,10 @@ import json
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,21 +52,47 @@ _INTEGRAL_FLOAT = r"^(-?\d+)\.0*$"
 T = TypeVar("T")
 
 
-@dataclass
 class LoadResult:
     """Canonical ``events`` (event_schema.CANONICAL_COLUMNS) and ``rejects`` (event_schema.REJECT_COLUMNS).
 
     ``products`` (event_schema.PRODUCT_NAME_COLUMNS) counts the product names carried by the events'
     rows when the mapping has a ``product_name`` column (else it is empty); ``product_names()``
-    picks one name per product. ``event_row_numbers`` holds each event's row number.
+    picks one name per product. ``event_row_numbers`` holds each event's row number (int64,
+    aligned with ``events``) so that the store can record an event conflicting with a stored one
+    as a reject of its row; None if unknown.
+
+    A result of a request's few rows (``of_rows``) holds its events as ``event_rows`` and builds
+    the ``events`` frame only when it is read: the store takes the rows as they are.
     """
 
-    events: pd.DataFrame
-    rejects: pd.DataFrame
-    products: pd.DataFrame = field(default_factory=event_schema.empty_product_names)
-    # Source row number of each event (int64, aligned with ``events``), so that the store can
-    # record an event conflicting with a stored one as a reject of its row; None if unknown.
-    event_row_numbers: np.ndarray | None = None
+    def __init__(
+        self,
+        events: pd.DataFrame,
+        rejects: pd.DataFrame,
+        products: pd.DataFrame | None = None,
+        event_row_numbers: np.ndarray | None = None,
+    ) -> None:
+        self._events: pd.DataFrame | None = events
+        self.rejects = rejects
+        self.products = event_schema.empty_product_names() if products is None else products
+        self.event_row_numbers = event_row_numbers
+        self.event_rows: event_schema.EventRows | None = None
+
+    @classmethod
+    def of_rows(
+        cls, rows: event_schema.EventRows, rejects: pd.DataFrame, event_row_numbers: np.ndarray
+    ) -> LoadResult:
+        """A result whose events are ``rows`` (no product names)."""
+        result = cls(event_schema.empty_events(), rejects, None, event_row_numbers)
+        result._events, result.event_rows = None, rows
+        return result
+
+    @property
+    def events(self) -> pd.DataFrame:
+        if self._events is None:
+            assert self.event_rows is not None  # one of the two is always set
+            self._events = self.event_rows.frame()
+        return self._events
 
     def product_names(self) -> pd.DataFrame:
         """(product_id, product_name): each product's most frequent name (ties: smallest name)."""
@@ -75,7 +101,8 @@ class LoadResult:
     @property
     def n_read(self) -> int:
         """Rows read from the source: every one is either an event or a reject."""
-        return len(self.events) + len(self.rejects)
+        n_events = len(self.event_rows) if self.event_rows is not None else len(self.events)
+        return n_events + len(self.rejects)
 
 
 @dataclass(frozen=True)
@@ -533,13 +560,13 @@ def _validate_few(
         source,
         first_row_number,
         codes,
-        _FewEvents(
+        event_schema.EventRows(
             customer.filter(keep).to_pylist(),
-            times.array[codes < 0],
-            [a for a, ok in zip(actions, codes < 0, strict=True) if ok],
+            times.array[codes < 0].to_pydatetime().tolist(),
+            _known(actions, codes < 0),
             product.filter(keep).to_pylist(),
             category.filter(keep).to_pylist(),
-            price[codes < 0],
+            price[codes < 0].tolist(),
             session.filter(keep).to_pylist(),
         ),
     )
@@ -673,30 +700,21 @@ def _validate_few_simple(
         source,
         first_row_number,
         codes,
-        _FewEvents(
+        event_schema.EventRows(
             kept(customer),
-            pd.array(kept(instants), dtype=event_schema.TIME_DTYPE),
-            kept(actions),
+            kept(instants),
+            _known(actions, codes < 0),
             kept(product),
             kept(fields.category),
-            price[codes < 0],
+            price[codes < 0].tolist(),
             kept(fields.session),
         ),
     )
 
 
-@dataclass(frozen=True)
-class _FewEvents:
-    """The valid rows of a few-rows validation, column by column (``event_times`` UTC,
-    ``prices`` float64 with NaN for missing; ``None`` for a missing category or session)."""
-
-    customers: list[str]
-    event_times: Any  # a DatetimeArray, datetime64[us, UTC] (its asi8 is missing from pandas-stubs)
-    actions: list[str | None]
-    products: list[str]
-    categories: list[str | None]
-    prices: np.ndarray
-    sessions: list[str | None]
+def _known(actions: Sequence[str | None], valid: np.ndarray) -> list[str]:
+    """The actions of the valid rows (each known: an unknown one is a reject reason)."""
+    return [a for a, ok in zip(actions, valid.tolist(), strict=True) if ok and a is not None]
 
 
 def _few_result(
@@ -705,39 +723,24 @@ def _few_result(
     source: str,
     first_row_number: int,
     codes: np.ndarray,
-    valid: _FewEvents,
+    valid: event_schema.EventRows,
 ) -> LoadResult:
     """The ``LoadResult`` of a few rows from their reason codes (``_reason_codes``) and valid rows:
-    duplicates among the valid rows found and coded, events and rejects framed."""
-    # Columns as arrays, not Series: a frame of Series aligns and copies each (half its cost).
-    events = pd.DataFrame(
-        {
-            "customer_id": pd.array(valid.customers, dtype="str"),
-            "event_time": valid.event_times,
-            "action": pd.array(valid.actions, dtype="str"),
-            "product_id": pd.array(valid.products, dtype="str"),
-            "category": pd.array(valid.categories, dtype="str"),
-            "price": valid.prices,
-            "session_id": pd.array(valid.sessions, dtype="str"),
-        },
-        copy=False,
-    )
+    duplicates among the valid rows found and coded, the rejects framed."""
     # Valid rows have every key field (event_schema.NATURAL_KEY), so distinct key tuples mean no
     # duplicates; only a repeated key needs duplicate_masks' grouping (most of a 10-row call).
-    keys = zip(valid.customers, valid.event_times.asi8.tolist(), valid.actions, valid.products, strict=True)
-    if len(set(keys)) == len(valid.customers):
-        exact = conflicting = np.zeros(len(valid.customers), dtype=bool)
+    if len(set(valid.keys())) == len(valid):
+        exact = conflicting = np.zeros(len(valid), dtype=bool)
     else:
-        exact, conflicting = event_schema.duplicate_masks(events)
+        exact, conflicting = event_schema.duplicate_masks(valid.frame())
     valid_at = np.flatnonzero(codes < 0)
     codes[valid_at[exact]] = REASON_PRECEDENCE.index(event_schema.REASON_DUPLICATE)
     codes[valid_at[conflicting]] = REASON_PRECEDENCE.index(event_schema.REASON_CONFLICTING_DUPLICATE)
     duplicate = exact | conflicting
-    return LoadResult(
-        events[~duplicate].reset_index(drop=True) if duplicate.any() else events,
+    return LoadResult.of_rows(
+        valid.subset(~duplicate) if duplicate.any() else valid,
         _few_rejects(columns, mapping, source, first_row_number, codes),
-        event_schema.empty_product_names(),
-        event_row_numbers=(first_row_number + valid_at[~duplicate]).astype(np.int64),
+        (first_row_number + valid_at[~duplicate]).astype(np.int64),
     )
 
 

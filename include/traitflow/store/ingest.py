@@ -26,7 +26,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -58,8 +58,11 @@ DEFAULT_CHUNKSIZE = 500_000
 
 
 class LoadResultLike(Protocol):
-    events: pd.DataFrame
-    rejects: pd.DataFrame
+    @property
+    def events(self) -> pd.DataFrame: ...
+
+    @property
+    def rejects(self) -> pd.DataFrame: ...
 
 
 @dataclass
@@ -323,7 +326,9 @@ def _checked_rejects(
     return source_array, rejects["row_number"].to_numpy(dtype=np.int64), raw_array, reason_array
 
 
-def _batch_row_numbers(events: pd.DataFrame, row_numbers: np.ndarray | None) -> np.ndarray:
+def _batch_row_numbers(
+    events: pd.DataFrame | event_schema.EventRows, row_numbers: np.ndarray | None
+) -> np.ndarray:
     """int64 row number per event: the given ones, else positions from 1 (a frame without any)."""
     if row_numbers is None:
         return np.arange(1, len(events) + 1, dtype=np.int64)
@@ -436,22 +441,32 @@ _EVENT_TYPES = "text, timestamptz, text, text, text, float8, text, int8, bool"
 _REJECT_COLUMNS, _REJECT_TYPES = "source, row_number, raw, reason", "text, int8, text, text"
 
 
-def _parameter_event_rows(events: pd.DataFrame, numbers: np.ndarray, in_batch: np.ndarray) -> list[list[Any]]:
+def _parameter_event_rows(
+    events: pd.DataFrame | event_schema.EventRows, numbers: np.ndarray, in_batch: np.ndarray
+) -> list[list[Any]]:
     """The staging table's rows (``_stage_events``) of a batch that goes as query parameters (at
     most ``MAX_PARAMETER_ROWS``), after ``_checked_events``' checks in its order and with its
     errors, on the Python values: an Arrow or pandas call costs tens of microseconds whatever
-    the length, several per column."""
-    _require_event_columns(events)
+    the length, several per column. Rows given as ``EventRows`` are taken as they are."""
+    frame = events if isinstance(events, pd.DataFrame) else None
     n = len(events)
     text: dict[str, list[str | None]] = {}
     for column, (required, limit) in _EVENT_TEXT_LIMITS.items():
-        text[column] = _text_values(events[column] if column in events.columns else None, n, column)
+        if frame is None:
+            text[column] = list(getattr(events, column))
+        else:
+            text[column] = _text_values(frame[column] if column in frame.columns else None, n, column)
         _check_few_texts(text[column], column, required=required, max_chars=limit)
     for row, action in enumerate(text["action"]):
         if action not in _ACTIONS:
             _raise_unknown_action(row, action)
-    times = [t.to_pydatetime().astimezone(UTC) for t in _checked_times(events)]
-    price = _checked_prices(events).tolist()
+    if frame is None:
+        assert isinstance(events, event_schema.EventRows)
+        times = [_utc(t) for t in events.event_time]
+        price = events.price
+    else:
+        times = [t.to_pydatetime().astimezone(UTC) for t in _checked_times(frame)]
+        price = _checked_prices(frame).tolist()
     return [
         [
             text["customer_id"][i],
@@ -466,6 +481,20 @@ def _parameter_event_rows(events: pd.DataFrame, numbers: np.ndarray, in_batch: n
         ]
         for i in range(n)
     ]
+
+
+def _utc(instant: datetime) -> datetime:
+    """An instant in UTC; a naive one is UTC (the canonical contract)."""
+    return instant.astimezone(UTC) if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def _repeated_keys(events: pd.DataFrame | event_schema.EventRows) -> np.ndarray:
+    """``duplicate_masks``' conflicting rows: a key repeated with other values (bool per row)."""
+    if isinstance(events, event_schema.EventRows):
+        if len(set(events.keys())) == len(events):  # no key twice: nothing to group
+            return np.zeros(len(events), dtype=bool)
+        events = events.frame()
+    return event_schema.duplicate_masks(events)[1]
 
 
 _ACTIONS = frozenset(event_schema.ACTIONS)
@@ -517,7 +546,7 @@ def _stage_rejects(conn: psycopg.Connection, columns: list[copybin.Column]) -> N
 
 def ingest_frames(
     conn: psycopg.Connection,
-    events: pd.DataFrame,
+    events: pd.DataFrame | event_schema.EventRows,
     rejects: pd.DataFrame | None,
     source: str,
     run_id: str,
@@ -542,19 +571,23 @@ def ingest_frames(
     rejects = rejects if rejects is not None else event_schema.empty_rejects()
     report = IngestReport(source=source, run_id=run_id)
     as_parameters = few_rows and _fits_parameters(len(events), len(rejects))
+    if isinstance(events, event_schema.EventRows) and not as_parameters:
+        events = events.frame()
     params: dict[str, Any] = {"source": source, "run_id": run_id}
     # Check everything before writing anything (a bad reject must not follow inserted events).
-    _require_event_columns(events)  # before duplicate_masks groups by them
+    if isinstance(events, pd.DataFrame):
+        _require_event_columns(events)  # before duplicate_masks groups by them
     numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
     if len(events):
         numbers = _batch_row_numbers(events, event_row_numbers)
         # Loader output has no repeated key; a frame from elsewhere may.
-        _, in_batch = event_schema.duplicate_masks(events)
+        in_batch = _repeated_keys(events)
     if as_parameters:
         event_rows = _parameter_event_rows(events, numbers, in_batch) if len(events) else None
         reject_rows = _parameter_reject_rows(rejects, source) if len(rejects) else None
         _insert_from_parameters(conn, report, event_rows, reject_rows, params, synchronous_commit)
     else:
+        assert isinstance(events, pd.DataFrame)  # rows are framed above unless sent as parameters
         checked = _checked_events(events) if len(events) else None
         checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
         if not synchronous_commit:
@@ -717,10 +750,11 @@ def ingest_results(
     name_counts: list[pd.DataFrame] = []
     for result in results:
         numbers = getattr(result, "event_row_numbers", None)  # loaders without numbers: positions
+        rows = getattr(result, "event_rows", None)  # a request's few rows, not framed
         total.add(
             ingest_frames(
                 conn,
-                result.events,
+                result.events if rows is None else rows,
                 result.rejects,
                 source,
                 run_id,
