@@ -683,3 +683,43 @@ def test_table_checksums_cover_every_table_of_the_schema(store: Store) -> None:
     assert "trait_products" in tables
     assert set(store.table_checksums()) == tables
     assert set(store.table_counts()) == tables
+
+
+def test_a_connection_lost_in_the_one_round_trip_ingest_is_uncertain_and_the_retry_stores_once(
+    private_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows``: BEGIN, the rows and COMMIT go out in one round trip, so a connection lost in
+    it may or may not have committed (``during_commit``); the retry stores every event once."""
+    from traitflow.events import PRESETS, validate_columns
+    from traitflow.store import ingest as store_ingest
+
+    url, pgdata = private_server
+    store = Store(url, "tf_one_trip")
+    try:
+        store.upgrade()
+        posted = {
+            "customer_id": ["c1"] * 3,
+            "event_time": [f"2024-01-0{day}T08:00:00Z" for day in (1, 2, 3)],
+            "action": ["view"] * 3,
+            "product_id": ["p1", "p2", "p3"],
+            **{optional: [""] * 3 for optional in ("category", "price", "session_id")},
+        }
+        events = validate_columns(posted, PRESETS["canonical"], source="post")
+        original = store_ingest.send_parameter_batch
+
+        def queue_then_stop(*args, **kwargs):
+            sent = original(*args, **kwargs)
+            _pg_ctl(pgdata, ["-m", "immediate", "stop"])
+            return sent
+
+        monkeypatch.setattr(store_ingest, "send_parameter_batch", queue_then_stop)
+        with pytest.raises(DatabaseConnectionLostError, match="during COMMIT") as failure:
+            store.ingest_events(events, "post", "run", few_rows=True)
+        assert failure.value.during_commit and "may or may not have committed" in str(failure.value)
+        monkeypatch.setattr(store_ingest, "send_parameter_batch", original)
+        _restart_stopped(pgdata, url)
+        retry = store.ingest_events(events, "post", "run", few_rows=True)
+        assert retry.n_inserted + retry.n_already_present == 3 and retry.n_rejected == 0
+        assert store.table_counts()["events"] == 3
+    finally:
+        store.close()

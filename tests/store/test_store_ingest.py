@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -589,3 +590,30 @@ def test_event_rows_get_the_frames_contract_errors(
         rows = LoadResult.of_rows(_rows_of(bad), event_schema.empty_rejects(), np.arange(1, 4))
         store.ingest_events(rows, "s", "run", few_rows=True)
     assert store.table_checksums() == before, what
+
+
+def test_a_statement_failing_in_the_one_round_trip_ingest_writes_nothing_and_rolls_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``few_rows``: BEGIN, the rows and COMMIT go out in one pipeline. A statement failing after
+    the insert (queued behind it) aborts the transaction: nothing written, the connection rolled
+    back and usable, and the same post stored once afterwards."""
+    import psycopg
+
+    events = sample_events(n_customers=1, per_customer=2)
+    before = store.table_checksums()
+    original = store_ingest.send_parameter_batch
+
+    def and_then_fail(conn: psycopg.Connection, *args: Any) -> Any:
+        sent = original(conn, *args)
+        conn.execute("SELECT 1 / 0")
+        return sent
+
+    monkeypatch.setattr(store_ingest, "send_parameter_batch", and_then_fail)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        store.ingest_events(result(events), "s", "run", few_rows=True)
+    assert store.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.table_checksums() == before
+    monkeypatch.setattr(store_ingest, "send_parameter_batch", original)
+    report = store.ingest_events(result(events), "s", "run", few_rows=True)
+    assert (report.n_inserted, report.n_already_present) == (2, 0)

@@ -147,6 +147,30 @@ class Store:
                 raise
             raise DatabaseConnectionLostError(exc.target, exc.reason, during_commit=True) from None
 
+    @contextmanager
+    def _one_round_trip(self) -> Iterator[psycopg.Connection]:
+        """One transaction sent as one pipeline: BEGIN, the statements the body queues and COMMIT
+        go out together and their results come back together (one round trip where
+        ``_transaction`` takes three). The body reads no result inside the block (that would
+        be a round trip of its own); the results are there after it. A failed statement leaves
+        the transaction aborted: it is rolled back before the error is raised."""
+        conn = self._ensure_ready()
+        committing = False
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                yield conn
+                committing = True
+                conn.execute("COMMIT")
+        except DatabaseConnectionLostError as exc:
+            if not committing:
+                raise
+            raise DatabaseConnectionLostError(exc.target, exc.reason, during_commit=True) from None
+        except BaseException:
+            if not conn.broken and conn.pgconn.transaction_status != _IDLE:
+                conn.execute("ROLLBACK")
+            raise
+
     # ---------------------------------------------------------------------------- ingestion
 
     def ingest_events(
@@ -175,6 +199,12 @@ class Store:
         acknowledge them before a later synchronous commit of a transaction that changed rows
         has returned (its flush covers every WAL record before it), or ``flush_wal()``.
         """
+        if few_rows and file_sha256 is None:
+            batch = _ingest.parameter_batch(result, source, run_id)  # checked: nothing sent yet
+            if batch is not None:
+                with self._one_round_trip() as conn:
+                    sent = _ingest.send_parameter_batch(conn, batch, synchronous_commit)
+                return sent.report()
         with self._transaction() as conn:
             return _ingest.ingest_results(
                 conn,

@@ -583,9 +583,10 @@ def ingest_frames(
         # Loader output has no repeated key; a frame from elsewhere may.
         in_batch = _repeated_keys(events)
     if as_parameters:
-        event_rows = _parameter_event_rows(events, numbers, in_batch) if len(events) else None
-        reject_rows = _parameter_reject_rows(rejects, source) if len(rejects) else None
-        _insert_from_parameters(conn, report, event_rows, reject_rows, params, synchronous_commit)
+        batch = _batch_of(events, rejects, numbers, in_batch, source, run_id)
+        with conn.pipeline():  # one round trip
+            sent = send_parameter_batch(conn, batch, synchronous_commit)
+        return sent.report()
     else:
         assert isinstance(events, pd.DataFrame)  # rows are framed above unless sent as parameters
         checked = _checked_events(events) if len(events) else None
@@ -639,48 +640,112 @@ def _insert_staged(
         report.n_rejects_recorded += cur.rowcount
 
 
-def _insert_from_parameters(
-    conn: psycopg.Connection,
-    report: IngestReport,
-    event_rows: list[list[Any]] | None,
-    reject_rows: list[list[Any]] | None,
-    params: dict[str, Any],
-    synchronous_commit: bool = True,
-) -> None:
-    """Insert a small batch with its rows as query parameters (``_parameter_event_rows``,
-    ``_parameter_reject_rows``), counting into ``report``: the statements of ``_insert_staged``
-    in the same order (after ``_ASYNCHRONOUS_COMMIT`` unless ``synchronous_commit``), in one
-    pipeline (one round trip). The
-    conflicts query always runs, with the stored-conflict part: it cannot wait for the insert's
-    count, and on events all new it finds nothing (each inserted row equals itself), so the
-    rows written and the counts are those of the staged path."""
-    counted = None
-    recorded = None
-    with conn.pipeline():
-        if not synchronous_commit:
-            conn.execute(_ASYNCHRONOUS_COMMIT)
-        if event_rows is not None:
-            n, rows = _values(event_rows)
-            inserted = conn.execute(
-                _statement(_INSERT_EVENTS, _EVENT_COLUMNS, _EVENT_TYPES, n), params | rows
-            )
-            counted = conn.execute(
-                _statement(_CONFLICTS_WITH_STORED, _EVENT_COLUMNS, _EVENT_TYPES, n),
-                params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
-            )
-        if reject_rows is not None:
-            n_rejects, reject_params = _values(reject_rows)
-            recorded = conn.execute(
-                _statement(_INSERT_REJECTS, _REJECT_COLUMNS, _REJECT_TYPES, n_rejects),
-                reject_params | {"run_id": report.run_id},
-            )
-    if counted is not None:
-        report.n_inserted = inserted.rowcount
-        row = counted.fetchone()
-        assert row is not None  # one aggregate row
-        report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
-    if recorded is not None:
-        report.n_rejects_recorded += recorded.rowcount
+@dataclass(frozen=True)
+class ParameterBatch:
+    """A few events and rejects, checked, as the query parameters of ``_insert_staged``'s
+    statements (``_parameter_event_rows``, ``_parameter_reject_rows``): at most
+    ``MAX_PARAMETER_ROWS`` of each, sent without staging."""
+
+    source: str
+    run_id: str
+    n_events: int
+    n_rejects: int
+    event_rows: list[list[Any]] | None
+    reject_rows: list[list[Any]] | None
+
+
+def parameter_batch(result: LoadResultLike, source: str, run_id: str) -> ParameterBatch | None:
+    """``result`` as a ``ParameterBatch``, checked as ``ingest_frames`` checks it (its
+    ``StoreInputError``), or None when it does not fit one (more rows than
+    ``MAX_PARAMETER_ROWS``, or product names to store): those take ``ingest_results``."""
+    if not source or not run_id:
+        raise StoreInputError("source and run_id must be non-empty strings")
+    rows = getattr(result, "event_rows", None)
+    events: pd.DataFrame | event_schema.EventRows = result.events if rows is None else rows
+    rejects = result.rejects
+    products = getattr(result, "products", None)
+    if not _fits_parameters(len(events), len(rejects)) or (products is not None and len(products)):
+        return None
+    if isinstance(events, pd.DataFrame):
+        _require_event_columns(events)
+    numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
+    if len(events):
+        numbers = _batch_row_numbers(events, getattr(result, "event_row_numbers", None))
+        in_batch = _repeated_keys(events)
+    return _batch_of(events, rejects, numbers, in_batch, source, run_id)
+
+
+def _batch_of(
+    events: pd.DataFrame | event_schema.EventRows,
+    rejects: pd.DataFrame,
+    numbers: np.ndarray,
+    in_batch: np.ndarray,
+    source: str,
+    run_id: str,
+) -> ParameterBatch:
+    return ParameterBatch(
+        source,
+        run_id,
+        len(events),
+        len(rejects),
+        _parameter_event_rows(events, numbers, in_batch) if len(events) else None,
+        _parameter_reject_rows(rejects, source) if len(rejects) else None,
+    )
+
+
+@dataclass(frozen=True)
+class SentBatch:
+    """The cursors of a ``ParameterBatch``'s statements, queued in pipeline mode; ``report()``
+    reads their counts once the pipeline has synced."""
+
+    batch: ParameterBatch
+    inserted: psycopg.Cursor[Any] | None
+    counted: psycopg.Cursor[Any] | None
+    recorded: psycopg.Cursor[Any] | None
+
+    def report(self) -> IngestReport:
+        batch = self.batch
+        report = IngestReport(source=batch.source, run_id=batch.run_id)
+        if self.inserted is not None and self.counted is not None:
+            report.n_inserted = self.inserted.rowcount
+            row = self.counted.fetchone()
+            assert row is not None  # one aggregate row
+            report.n_conflicting, report.n_rejects_recorded = int(row[0]), int(row[1])
+        if self.recorded is not None:
+            report.n_rejects_recorded += self.recorded.rowcount
+        report.n_rejected = batch.n_rejects + report.n_conflicting
+        report.n_read = batch.n_events + batch.n_rejects
+        report.n_already_present = batch.n_events - report.n_inserted - report.n_conflicting
+        return report
+
+
+def send_parameter_batch(
+    conn: psycopg.Connection, batch: ParameterBatch, synchronous_commit: bool
+) -> SentBatch:
+    """Queue the statements of ``_insert_staged`` with ``batch``'s rows as parameters, in the
+    same order (after ``_ASYNCHRONOUS_COMMIT`` unless ``synchronous_commit``), on ``conn`` in
+    pipeline mode inside the caller's transaction: they go out with whatever the caller queues
+    around them. The conflicts query always runs, with the stored-conflict part: it cannot wait
+    for the insert's count, and on events all new it finds nothing (each inserted row equals
+    itself), so the rows written and the counts are those of the staged path."""
+    params: dict[str, Any] = {"source": batch.source, "run_id": batch.run_id}
+    inserted = counted = recorded = None
+    if not synchronous_commit:
+        conn.execute(_ASYNCHRONOUS_COMMIT)
+    if batch.event_rows is not None:
+        n, rows = _values(batch.event_rows)
+        inserted = conn.execute(_statement(_INSERT_EVENTS, _EVENT_COLUMNS, _EVENT_TYPES, n), params | rows)
+        counted = conn.execute(
+            _statement(_CONFLICTS_WITH_STORED, _EVENT_COLUMNS, _EVENT_TYPES, n),
+            params | rows | {"reason": event_schema.REASON_CONFLICTING_DUPLICATE},
+        )
+    if batch.reject_rows is not None:
+        n_rejects, reject_params = _values(batch.reject_rows)
+        recorded = conn.execute(
+            _statement(_INSERT_REJECTS, _REJECT_COLUMNS, _REJECT_TYPES, n_rejects),
+            reject_params | {"run_id": batch.run_id},
+        )
+    return SentBatch(batch, inserted, counted, recorded)
 
 
 def file_sha256(path: str | Path) -> str:
