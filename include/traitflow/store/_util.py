@@ -25,7 +25,11 @@ COLUMN_TYPES = {"str": pa.large_string(), "int64": pa.int64(), "float64": pa.flo
 
 
 def require_transaction(conn: psycopg.Connection) -> None:
-    """Write helpers run inside the caller's transaction; refuse to run in autocommit."""
+    """Write helpers run inside the caller's transaction; refuse to run in autocommit. In
+    pipeline mode the server reports the transaction's state only at a sync, so there the
+    caller's word is taken (``Store._pipelined_transaction`` opens one before any helper)."""
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        return
     if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
         raise RuntimeError("store write helpers must run inside a transaction (use the Store methods)")
 

@@ -148,12 +148,12 @@ class Store:
             raise DatabaseConnectionLostError(exc.target, exc.reason, during_commit=True) from None
 
     @contextmanager
-    def _one_round_trip(self) -> Iterator[psycopg.Connection]:
-        """One transaction sent as one pipeline: BEGIN, the statements the body queues and COMMIT
-        go out together and their results come back together (one round trip where
-        ``_transaction`` takes three). The body reads no result inside the block (that would
-        be a round trip of its own); the results are there after it. A failed statement leaves
-        the transaction aborted: it is rolled back before the error is raised."""
+    def _pipelined_transaction(self) -> Iterator[psycopg.Connection]:
+        """One transaction in pipeline mode: BEGIN goes out with the body's first statements and
+        COMMIT with its last, two round trips fewer than ``_transaction``. A body that only
+        queues statements is one round trip; each result it reads inside the block is one more
+        (results it queued are there after the block). A failed statement leaves the
+        transaction aborted: it is rolled back before the error is raised."""
         conn = self._ensure_ready()
         committing = False
         try:
@@ -202,7 +202,7 @@ class Store:
         if few_rows and file_sha256 is None:
             batch = _ingest.parameter_batch(result, source, run_id)  # checked: nothing sent yet
             if batch is not None:
-                with self._one_round_trip() as conn:
+                with self._pipelined_transaction() as conn:
                     sent = _ingest.send_parameter_batch(conn, batch, synchronous_commit)
                 return sent.report()
         with self._transaction() as conn:
@@ -497,6 +497,12 @@ class Store:
         ``few_rows``: a batch of a few customers (``profiles.MAX_PARAMETER_ROWS``) is sent as query
         parameters instead of staged (the same rows written, fewer round trips).
         """
+        if few_rows and _profiles.fits_parameters(batch):
+            with self._pipelined_transaction() as conn:
+                pending = _profiles.send_parameter_write(
+                    conn, batch, require_selected_model=require_selected_model
+                )
+            return pending.report()
         with self._transaction() as conn:
             return _profiles.write_profiles(
                 conn, batch, require_selected_model=require_selected_model, few_rows=few_rows

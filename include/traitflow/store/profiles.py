@@ -439,47 +439,81 @@ def _parameter_rows(prepared: PreparedProfiles) -> dict[str, Any]:
 def _write_from_parameters(
     conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool
 ) -> WriteReport:
-    """Write a small batch with its rows as query parameters, in two round trips (the caller's
-    BEGIN, when it opened the transaction in a pipeline, goes with the first).
+    """Write a small batch with its rows as query parameters (``send_parameter_write``), in two
+    round trips inside the caller's transaction."""
+    with conn.pipeline():
+        pending = send_parameter_write(conn, batch, require_selected_model=require_selected_model)
+    return pending.report()
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A few-rows write whose statement is queued in pipeline mode (``send_parameter_write``):
+    ``report()`` reads its counts once the pipeline has synced."""
+
+    written: psycopg.Cursor[Any]
+    as_of: datetime
+    model_version: int
+    n_customers: int
+    started: float
+    checked: float
+
+    def report(self) -> WriteReport:
+        counts = self.written.fetchone()
+        assert counts is not None  # an aggregate's one row
+        replaced, inserted, moved, added = (int(count) for count in counts)
+        done = time.perf_counter()
+        return WriteReport(
+            as_of=self.as_of,
+            model_version=self.model_version,
+            n_customers=self.n_customers,
+            history_inserted=inserted,
+            history_replaced=replaced,
+            profiles_written=moved + added,
+            seconds=done - self.started,
+            timings={
+                "check": round(self.checked - self.started, 4),
+                "parameters": round(done - self.checked, 4),
+            },
+        )
+
+
+def send_parameter_write(
+    conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool
+) -> PendingWrite:
+    """A small batch's write with its rows as query parameters, on ``conn`` in the caller's
+    pipeline and transaction: one round trip here, and the write statement queued (it goes out
+    with whatever the caller queues after it, e.g. its COMMIT).
 
     1. The writers' lock (and with ``require_selected_model`` the model-lifecycle lock, then the
        model selected for the batch's date), the history's partitions and the batch's model
-       (``prepare_batch``): the locks are taken first, so what the queries after them find stays
-       true until commit, as in the staged path.
+       (``prepare_batch``), sent with anything the caller queued before (e.g. its BEGIN) and
+       read: the locks are taken first, so what the queries after them find stays true until
+       commit, as in the staged path.
     2. The re-run statements of the staged path: replace changed history rows, insert missing
        ones, move current rows forward, insert new customers (exact under ``_lock_profiles``),
-       as one statement (``_parameter_statement``).
+       as one statement (``_parameter_statement``), queued.
     """
     started = time.perf_counter()
-    with conn.pipeline():
-        _lock_profiles(conn)
-        selected = None
-        if require_selected_model:
-            _lock_lifecycle(conn)
-            selected = conn.execute(MODEL_VERSION_FOR, (utc(batch.as_of),))
-        partitions = send_partitions_query(conn)
-        version = batch_version(batch)
-        model = send_model_traits_query(conn, version)
+    # No nested pipeline block: entering one would first send what the caller queued, alone.
+    _lock_profiles(conn)
+    selected = None
+    if require_selected_model:
+        _lock_lifecycle(conn)
+        selected = conn.execute(MODEL_VERSION_FOR, (utc(batch.as_of),))
+    partitions = send_partitions_query(conn)
+    version = batch_version(batch)
+    model = send_model_traits_query(conn, version)
+    # Reading the last answer sends the queue (a flush, not a sync: the transaction stays open)
+    # and reads every answer before it.
     prepared = prepare_batch(conn, batch, model_traits(model, version))
     if selected is not None:
         _refuse_stale(selected_version(selected), prepared)
     ensure_months(conn, [prepared.as_of], listed_partitions(partitions))
     checked = time.perf_counter()
     params = _parameter_rows(prepared) | {"as_of": prepared.as_of, "v": prepared.model_version}
-    written = conn.execute(_parameter_statement(prepared.n), params).fetchone()
-    assert written is not None  # an aggregate's one row
-    replaced, inserted, moved, added = (int(count) for count in written)
-    done = time.perf_counter()
-    return WriteReport(
-        as_of=prepared.as_of,
-        model_version=prepared.model_version,
-        n_customers=prepared.n,
-        history_inserted=inserted,
-        history_replaced=replaced,
-        profiles_written=moved + added,
-        seconds=done - started,
-        timings={"check": round(checked - started, 4), "parameters": round(done - checked, 4)},
-    )
+    written = conn.execute(_parameter_statement(prepared.n), params)
+    return PendingWrite(written, prepared.as_of, prepared.model_version, prepared.n, started, checked)
 
 
 def write_profiles(
