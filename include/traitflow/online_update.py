@@ -49,11 +49,14 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   (``item2vec.fallback_vectors``), its ``CustomerProfiler`` and its projection set-up
   (``traits.ProjectionSetup``), only the first time that version is used.
 * **Concurrent posts** for one customer: events are stored before their profile is computed,
-  and a post counts its customers' stored events after writing (``Store.event_counts``, not a
-  second read of the history) and profiles again those whose history grew meanwhile
-  (``MAX_ROUNDS`` times at most), so the last profile written for a customer includes every
-  event stored before it was computed. The profile is computed before the write's transaction,
-  which holds the writers' lock only for the few statements of the write.
+  and a post's write counts its customers' stored events in its transaction after writing,
+  under the writers' lock (``write_profiles(count_events=True)``, not a second read of the
+  history); the customers whose history grew meanwhile are profiled again (``MAX_ROUNDS`` times
+  at most), so the last profile written for a customer includes every event stored before it
+  was computed. An event committed after that count was stored after the write took the
+  lock, so the post that stored it reads its history after that and writes after this write.
+  The profile is computed before the write's transaction, which holds the writers' lock only
+  for the few statements of the write.
 
 The daily run with an input folder also leaves out events of files dated its end's day or later
 (not delivered yet for it); events posted here are in the store at once, so a customer who also
@@ -240,16 +243,19 @@ def _update_profiles(
         if not len(pending):
             break
         histories = _read_histories(store, pending)
+        counted: dict[str, int] = {}  # stored events per written customer, counted by the write
         for as_of, ids in _customers_by_day(histories.customer_ids, histories.newest_us()).items():
-            done, skipped, wrote = _profile_and_write(store, histories, ids, as_of)
+            done, skipped, wrote, counts = _profile_and_write(store, histories, ids, as_of)
             flushed = flushed or wrote
+            counted |= counts
             for profile in done:
                 profiled[profile.customer_id] = profile
                 unprofiled.pop(profile.customer_id, None)
             for skip in skipped:
                 unprofiled[skip.customer_id] = skip
                 profiled.pop(skip.customer_id, None)
-        pending = _grown(histories.counts(), store.event_counts(list(pending)))
+        read = {customer: n for customer, n in histories.counts().items() if customer in counted}
+        pending = _grown(read, counted)
     return profiled, unprofiled, flushed
 
 
@@ -333,11 +339,12 @@ def _customers_by_day(customer_ids: np.ndarray, newest_us: np.ndarray) -> dict[d
 
 def _profile_and_write(
     store: Store, histories: Histories, customer_ids: np.ndarray, as_of: datetime
-) -> tuple[list[UpdatedProfile], list[Unprofiled], bool]:
+) -> tuple[list[UpdatedProfile], list[Unprofiled], bool, dict[str, int]]:
     """Profile ``customer_ids`` from ``histories`` (their stored events) as of ``as_of`` with the
     model selected for it and write them;
     recomputed once when a promotion replaced that model meanwhile (as the daily run does). The
-    flag: the write committed changed rows (so synchronously, with a commit record)."""
+    flag: the write committed changed rows (so synchronously, with a commit record). The
+    counts: the written customers' stored events, counted in the write's transaction."""
     version = store.model_version_for(as_of)
     replaced: StaleModelError | None = None
     while version is not None:
@@ -345,17 +352,21 @@ def _profile_and_write(
         batch = _profile(store, version, model, histories, customer_ids, as_of)
         batch.model_version = version
         try:
-            written = store.write_profiles(batch, require_selected_model=True, few_rows=True)
-            profiles_changed(store, list(batch.customer_ids))  # the API's profile cache, when configured
+            written = store.write_profiles(
+                batch, require_selected_model=True, few_rows=True, count_events=True, read_current=True
+            )
+            # The API's profile cache, when configured, from the rows the write read.
+            profiles_changed(store, list(batch.customer_ids), written.current_profiles)
             changed = written.history_inserted + written.history_replaced + written.profiles_written
-            return _profiles(batch, model.traits.labels), [], changed > 0
+            assert written.event_counts is not None  # asked for
+            return _profiles(batch, model.traits.labels), [], changed > 0, written.event_counts
         except StaleModelError as stale:
             if replaced is not None:
-                return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids], False
+                return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids], False, {}
             log.warning("%s; recomputing with model %s", stale, stale.selected)
             replaced, version = stale, stale.selected
     reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
-    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids], False
+    return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids], False, {}
 
 
 def _profile(

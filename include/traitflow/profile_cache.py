@@ -366,10 +366,17 @@ class ProfileCache:
 
     # ------------------------------------------------------------------------------ writes
 
-    def profiles_changed(self, store: Store, customer_ids: Sequence[str] | None = None) -> str:
+    def profiles_changed(
+        self,
+        store: Store,
+        customer_ids: Sequence[str] | None = None,
+        current: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> str:
         """Make the cache agree with the Store after a committed write of these customers' profiles
-        (None: any or all customers). Never raises for Redis problems; returns what it did:
-        ``refreshed``, ``invalidated`` (generation bumped), ``skipped`` (circuit open) or ``failed``.
+        (None: any or all customers). ``current``: their ``Store.current_profiles`` as of that
+        commit when the writer read them (``write_profiles(read_current=True)``), else read here.
+        Never raises for Redis problems; returns what it did: ``refreshed``, ``invalidated``
+        (generation bumped), ``skipped`` (circuit open) or ``failed``.
         """
         if not self.breaker.allow():
             return "skipped"  # the TTL bounds what Redis may still hold
@@ -386,15 +393,16 @@ class ProfileCache:
             generation, version = known
         if version is None:
             return "refreshed"  # nothing is cached without an active model
-        profiles = store.current_profiles(list(dict.fromkeys(customer_ids)))
-        current = self._write(store.schema, generation, version, profiles)
-        if current is not _FAILED and current != generation:
+        if current is None:
+            current = store.current_profiles(list(dict.fromkeys(customer_ids)))
+        written = self._write(store.schema, generation, version, current)
+        if written is not _FAILED and written != generation:
             # A promotion or a bulk write moved the generation: write under the current one.
-            version = self._active_version(store, current)
+            version = self._active_version(store, written)
             if version is None:
                 return "refreshed"
-            current = self._write(store.schema, current, version, profiles)
-        return "failed" if current is _FAILED else "refreshed"
+            written = self._write(store.schema, written, version, current)
+        return "failed" if written is _FAILED else "refreshed"
 
     def _write(
         self, schema: str, generation: int, version: int, profiles: Mapping[str, dict[str, Any] | None]
@@ -532,10 +540,15 @@ def cached_similar(store: Store, question: SimilarQuestion, answer: Callable[[],
     return cache.similar(store, question, answer)
 
 
-def profiles_changed(store: Store, customer_ids: Sequence[str] | None = None) -> str:
+def profiles_changed(
+    store: Store,
+    customer_ids: Sequence[str] | None = None,
+    current: Mapping[str, dict[str, Any] | None] | None = None,
+) -> str:
     """Call after committing profile writes for ``customer_ids`` (None: any or all customers), so
-    reads through the cache see them. A no-op (``off``) when caching is off; never raises for Redis."""
+    reads through the cache see them (``current``: see ``ProfileCache.profiles_changed``). A
+    no-op (``off``) when caching is off; never raises for Redis."""
     cache = shared_cache()
     if cache is None:
         return "off"
-    return cache.profiles_changed(store, customer_ids)
+    return cache.profiles_changed(store, customer_ids, current)

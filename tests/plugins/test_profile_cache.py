@@ -285,6 +285,35 @@ def test_profiles_changed_refreshes_some_customers_and_invalidates_all(
         cache.close()
 
 
+def test_a_refresh_with_the_rows_the_write_read_needs_no_postgres_read(
+    profiled: Any, redis_server: Any, build_profile_batch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_profiles(read_current=True)`` hands the refresh the current rows it read in its
+    transaction: the refresh caches them without reading PostgreSQL again."""
+    cache = ProfileCache(CacheSettings(redis_server.url))
+    version = profiled.active_model_version()
+    later = datetime(2024, 1, 11, tzinfo=UTC)
+    try:
+        cache.current_profile(profiled, "c1")  # the active version known, c1 cached
+        written = profiled.write_profiles(
+            build_profile_batch(version, ["c1"], trait_ids=TRAITS, as_of=later, seed=5),
+            few_rows=True,
+            read_current=True,
+        )
+
+        def no_read(*args: Any) -> Any:
+            raise AssertionError("read PostgreSQL")
+
+        monkeypatch.setattr(profiled, "current_profiles", no_read)
+        assert cache.profiles_changed(profiled, ["c1"], written.current_profiles) == "refreshed"
+        monkeypatch.undo()
+        refreshed = cache.current_profile(profiled, "c1")
+        assert refreshed.outcome == HIT
+        _same_profile(refreshed.profile, profiled.current_profile("c1"))
+    finally:
+        cache.close()
+
+
 def test_a_refresh_after_the_generation_moved_lands_in_the_current_generation(
     profiled: Any, redis_server: Any, build_profile_batch: Any
 ) -> None:

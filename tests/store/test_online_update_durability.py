@@ -195,9 +195,12 @@ def test_a_write_that_changed_no_row_flushes_before_returning(
     """A transaction that changed nothing has no commit record: its commit flushes nothing."""
     store, wal, ingested = post_env
     version = _promote(store, build_model)
-    monkeypatch.setattr(
-        store, "write_profiles", lambda batch, **_: WriteReport(batch.as_of, version, len(batch.customer_ids))
-    )
+
+    def changing_nothing(batch: Any, **_: Any) -> WriteReport:
+        counts = store.event_counts(list(batch.customer_ids))  # what count_events=True answers
+        return WriteReport(batch.as_of, version, len(batch.customer_ids), event_counts=counts)
+
+    monkeypatch.setattr(store, "write_profiles", changing_nothing)
     assert _post_then_flushed(store, wal, ingested, [EVENT]) == (True, None)
 
 

@@ -7,9 +7,11 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
+from traitflow import event_schema
 from traitflow.model import TraitflowModel
 from traitflow.profile_batch import ProfileBatch
 from traitflow.store import ModelStateError, NotFoundError, Store, StoreInputError
@@ -488,3 +490,42 @@ def test_few_rows_as_parameters_write_what_the_staged_path_writes(
         version, [f"b{i}" for i in range(store_profiles.MAX_PARAMETER_ROWS + 1)], as_of=D2
     )
     assert "parameters" not in stores[1].write_profiles(big, few_rows=True).timings  # staged
+
+
+def test_a_write_counts_events_and_reads_current_rows_in_its_transaction(
+    store: Store, build_model: BuildModel, build_profile_batch: BuildBatch
+) -> None:
+    """``count_events`` and ``read_current`` answer, staged and with ``few_rows``, what
+    ``event_counts`` and ``current_profiles`` read once the write has committed (a backfill
+    included: the current row it leaves in place); without them the report holds neither."""
+    from traitflow.events import LoadResult
+
+    version = store.save_model(build_model())
+    store.promote(version)
+    events = pd.DataFrame(
+        {
+            "customer_id": ["c1", "c1", "c2"],
+            "event_time": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-02"], utc=True),
+            "action": ["view"] * 3,
+            "product_id": ["p1", "p2", "p1"],
+        }
+    )
+    store.ingest_events(LoadResult(event_schema.as_canonical(events), event_schema.empty_rejects()), "s", "r")
+    ids = ["c1", "c2", "c3"]
+    for few_rows, as_of in ((False, D2), (True, D2), (True, D1)):  # the last one a backfill
+        batch = build_profile_batch(version, ids, as_of=as_of, seed=int(few_rows))
+        report = store.write_profiles(batch, few_rows=few_rows, count_events=True, read_current=True)
+        assert report.event_counts == store.event_counts(ids) == {"c1": 2, "c2": 1}
+        assert report.current_profiles is not None
+        after = store.current_profiles(ids)
+        assert report.current_profiles.keys() == after.keys()
+        for customer, row in after.items():
+            got = report.current_profiles[customer]
+            assert row is not None and got is not None
+            assert {k: v for k, v in got.items() if k != "embedding"} == {
+                k: v for k, v in row.items() if k != "embedding"
+            }
+            assert np.array_equal(got["embedding"], row["embedding"])
+        assert "current_profiles" not in report.to_dict()
+    plain = store.write_profiles(build_profile_batch(version, ids, as_of=D2, seed=9), few_rows=True)
+    assert plain.event_counts is None and plain.current_profiles is None

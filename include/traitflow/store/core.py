@@ -192,8 +192,9 @@ class Store:
         is stored (or repeated in ``events``) with another category, price or session id is
         rejected as ``conflicting_duplicate`` under its row number: ``result.event_row_numbers``
         when present (the loader sets them), else its position in ``events`` from 1.
-        ``few_rows``: a result of a few rows (``ingest.MAX_PARAMETER_ROWS``) is sent as query
-        parameters instead of staged (the same rows written, fewer round trips).
+        ``few_rows``: a result of a few rows (``ingest.MAX_PARAMETER_ROWS``) without product
+        names or ``file_sha256`` is sent as query parameters instead of staged, with BEGIN and
+        COMMIT in one round trip (the same rows written; ``_pipelined_transaction``).
         ``synchronous_commit=False``: the commit returns before its WAL record is flushed (no
         fsync wait), so the rows are visible at once but not yet durable. The caller must not
         acknowledge them before a later synchronous commit of a transaction that changed rows
@@ -487,7 +488,13 @@ class Store:
     # ------------------------------------------------------------------------------ profiles
 
     def write_profiles(
-        self, batch: ProfileBatch, *, require_selected_model: bool = False, few_rows: bool = False
+        self,
+        batch: ProfileBatch,
+        *,
+        require_selected_model: bool = False,
+        few_rows: bool = False,
+        count_events: bool = False,
+        read_current: bool = False,
     ) -> WriteReport:
         """Write a batch: history replaced per (customer, as_of); current rows only move forward.
 
@@ -495,18 +502,34 @@ class Store:
         model is no longer the one ``model_version_for(batch.as_of)`` selects, checked under the
         writers' locks (a newer model was promoted since the batch's model was picked).
         ``few_rows``: a batch of a few customers (``profiles.MAX_PARAMETER_ROWS``) is sent as query
-        parameters instead of staged (the same rows written, fewer round trips).
+        parameters instead of staged, in two round trips with BEGIN and COMMIT (the same rows
+        written; ``profiles.send_parameter_write``).
+        ``count_events``: the report's ``event_counts`` holds the batch's stored events per
+        customer, counted in the write's transaction after it: an event committed before that
+        count is in it, one committed after it was stored after this write took the writers' lock.
+        ``read_current``: the report's ``current_profiles`` holds ``current_profiles`` of the
+        batch's customers, read in the write's transaction after it (what is current at commit).
         """
         if few_rows and _profiles.fits_parameters(batch):
             with self._pipelined_transaction() as conn:
                 pending = _profiles.send_parameter_write(
-                    conn, batch, require_selected_model=require_selected_model
+                    conn,
+                    batch,
+                    require_selected_model=require_selected_model,
+                    count_events=count_events,
+                    read_current=read_current,
                 )
             return pending.report()
+        customer_ids = [str(c) for c in batch.customer_ids]
         with self._transaction() as conn:
-            return _profiles.write_profiles(
+            report = _profiles.write_profiles(
                 conn, batch, require_selected_model=require_selected_model, few_rows=few_rows
             )
+            if count_events:
+                report.event_counts = _reads.event_counts(conn, customer_ids)
+            if read_current:
+                report.current_profiles = _reads.current_profiles(conn, customer_ids)
+            return report
 
     # ------------------------------------------------------------------- sharded profiles
 

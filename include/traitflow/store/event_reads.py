@@ -300,8 +300,17 @@ def event_counts(conn: psycopg.Connection, customer_ids: Sequence[str]) -> dict[
     One index-only aggregate: what the event update compares with the history it profiled, to
     find customers whose history grew meanwhile without reading it again.
     """
-    rows = conn.execute(
+    return event_counts_of(send_event_counts_query(conn, customer_ids))
+
+
+def send_event_counts_query(conn: psycopg.Connection, customer_ids: Sequence[str]) -> psycopg.Cursor[Any]:
+    """The cursor of ``event_counts``' query: in a pipeline, its answer comes with the other
+    statements sent before the next sync (``event_counts_of`` reads it)."""
+    return conn.execute(
         "SELECT customer_id, count(*) FROM events WHERE customer_id = ANY(%s) GROUP BY customer_id",
         ([str(c) for c in customer_ids],),
-    ).fetchall()
-    return {str(customer): int(n) for customer, n in rows}
+    )
+
+
+def event_counts_of(cursor: psycopg.Cursor[Any]) -> dict[str, int]:
+    return {str(customer): int(n) for customer, n in cursor.fetchall()}

@@ -63,6 +63,7 @@ from traitflow.profile_batch import ProfileBatch
 
 from ._util import copy_in, require_transaction, utc
 from .errors import StaleModelError
+from .event_reads import event_counts_of, send_event_counts_query
 from .models import (
     MODEL_VERSION_FOR,
     _lock_lifecycle,
@@ -73,6 +74,7 @@ from .models import (
 )
 from .partitions import ensure_months, listed_partitions, send_partitions_query
 from .profile_prepare import PreparedProfiles, batch_version, prepare_batch
+from .reads import current_profiles_of, send_current_profiles_query
 
 
 @dataclass
@@ -93,10 +95,17 @@ class WriteReport:
     profiles_written: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, for monitoring
+    # With ``count_events``: stored events per customer of the batch (none: left out), counted in
+    # the write's transaction after it, under the writers' lock.
+    event_counts: dict[str, int] | None = None
+    # With ``read_current``: ``Store.current_profiles`` of the batch's customers, read in the
+    # write's transaction after it, under the writers' lock: what is current once it commits.
+    current_profiles: dict[str, dict[str, Any] | None] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["as_of"] = self.as_of.isoformat()
+        del out["current_profiles"]  # rows, not a report
         return out
 
 
@@ -452,6 +461,9 @@ class PendingWrite:
     ``report()`` reads its counts once the pipeline has synced."""
 
     written: psycopg.Cursor[Any]
+    counted: psycopg.Cursor[Any] | None
+    current: psycopg.Cursor[dict[str, Any]] | None
+    customer_ids: list[str]
     as_of: datetime
     model_version: int
     n_customers: int
@@ -475,11 +487,20 @@ class PendingWrite:
                 "check": round(self.checked - self.started, 4),
                 "parameters": round(done - self.checked, 4),
             },
+            event_counts=None if self.counted is None else event_counts_of(self.counted),
+            current_profiles=None
+            if self.current is None
+            else current_profiles_of(self.current, self.customer_ids),
         )
 
 
 def send_parameter_write(
-    conn: psycopg.Connection, batch: ProfileBatch, *, require_selected_model: bool
+    conn: psycopg.Connection,
+    batch: ProfileBatch,
+    *,
+    require_selected_model: bool,
+    count_events: bool = False,
+    read_current: bool = False,
 ) -> PendingWrite:
     """A small batch's write with its rows as query parameters, on ``conn`` in the caller's
     pipeline and transaction: one round trip here, and the write statement queued (it goes out
@@ -492,7 +513,9 @@ def send_parameter_write(
        commit, as in the staged path.
     2. The re-run statements of the staged path: replace changed history rows, insert missing
        ones, move current rows forward, insert new customers (exact under ``_lock_profiles``),
-       as one statement (``_parameter_statement``), queued.
+       as one statement (``_parameter_statement``), queued; with ``count_events`` the batch's
+       stored events per customer after it (``WriteReport.event_counts``) and with
+       ``read_current`` its current profiles (``WriteReport.current_profiles``), queued.
     """
     started = time.perf_counter()
     # No nested pipeline block: entering one would first send what the caller queued, alone.
@@ -513,7 +536,12 @@ def send_parameter_write(
     checked = time.perf_counter()
     params = _parameter_rows(prepared) | {"as_of": prepared.as_of, "v": prepared.model_version}
     written = conn.execute(_parameter_statement(prepared.n), params)
-    return PendingWrite(written, prepared.as_of, prepared.model_version, prepared.n, started, checked)
+    ids = prepared.ids.to_pylist()
+    counted = send_event_counts_query(conn, ids) if count_events else None
+    current = send_current_profiles_query(conn, ids) if read_current else None
+    return PendingWrite(
+        written, counted, current, ids, prepared.as_of, prepared.model_version, prepared.n, started, checked
+    )
 
 
 def write_profiles(

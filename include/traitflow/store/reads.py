@@ -126,12 +126,23 @@ def current_profile(conn: psycopg.Connection, customer_id: str) -> dict[str, Any
 
 def current_profiles(conn: psycopg.Connection, customer_ids: list[str]) -> dict[str, dict[str, Any] | None]:
     """``current_profile`` of each of ``customer_ids`` (None: never profiled), in one query."""
-    with conn.cursor(binary=True, row_factory=dict_row) as cur:
-        rows = cur.execute(
-            _SELECT_CURRENT_PROFILES + " = ANY(%s)",
-            ([str(c) for c in customer_ids],),
-        ).fetchall()
-    found = {row["customer_id"]: _labelled_profile(row) for row in rows}
+    return current_profiles_of(send_current_profiles_query(conn, customer_ids), customer_ids)
+
+
+def send_current_profiles_query(
+    conn: psycopg.Connection, customer_ids: list[str]
+) -> psycopg.Cursor[dict[str, Any]]:
+    """The cursor of ``current_profiles``' query: in a pipeline, its answer comes with the other
+    statements sent before the next sync (``current_profiles_of`` reads it and closes it)."""
+    cursor = conn.cursor(binary=True, row_factory=dict_row)
+    return cursor.execute(_SELECT_CURRENT_PROFILES + " = ANY(%s)", ([str(c) for c in customer_ids],))
+
+
+def current_profiles_of(
+    cursor: psycopg.Cursor[dict[str, Any]], customer_ids: list[str]
+) -> dict[str, dict[str, Any] | None]:
+    with cursor:
+        found = {row["customer_id"]: _labelled_profile(row) for row in cursor.fetchall()}
     return {str(c): found.get(str(c)) for c in customer_ids}
 
 
