@@ -87,7 +87,7 @@ from traitflow.model_cache import load_fallback, load_model, load_profiler, load
 from traitflow.online import CustomerProfiler
 from traitflow.pipeline import profile_customers, profiles_from_embeddings
 from traitflow.profile_batch import ProfileBatch, profile_confidence
-from traitflow.profile_cache import profiles_changed
+from traitflow.profile_cache import profiles_changed, refreshes_rows
 from traitflow.runs import utc
 from traitflow.store import StaleModelError, Store
 from traitflow.store.reads import CustomerHistories
@@ -352,11 +352,16 @@ def _profile_and_write(
         batch = _profile(store, version, model, histories, customer_ids, as_of)
         batch.model_version = version
         try:
+            customers = list(batch.customer_ids)
             written = store.write_profiles(
-                batch, require_selected_model=True, few_rows=True, count_events=True, read_current=True
+                batch,
+                require_selected_model=True,
+                few_rows=True,
+                count_events=True,
+                read_current=refreshes_rows(len(customers)),
             )
             # The API's profile cache, when configured, from the rows the write read.
-            profiles_changed(store, list(batch.customer_ids), written.current_profiles)
+            profiles_changed(store, customers, written.current_profiles)
             changed = written.history_inserted + written.history_replaced + written.profiles_written
             assert written.event_counts is not None  # asked for
             return _profiles(batch, model.traits.labels), [], changed > 0, written.event_counts

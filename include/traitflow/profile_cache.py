@@ -540,6 +540,13 @@ def cached_similar(store: Store, question: SimilarQuestion, answer: Callable[[],
     return cache.similar(store, question, answer)
 
 
+def refreshes_rows(n_customers: int) -> bool:
+    """Whether ``profiles_changed`` for ``n_customers`` customers caches their current rows
+    (caching on, at most ``MAX_REFRESHED_CUSTOMERS``): only then does a writer read them for it
+    (``write_profiles(read_current=True)``)."""
+    return n_customers <= MAX_REFRESHED_CUSTOMERS and shared_cache() is not None
+
+
 def profiles_changed(
     store: Store,
     customer_ids: Sequence[str] | None = None,

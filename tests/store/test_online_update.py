@@ -293,3 +293,34 @@ def test_a_usual_post_reads_no_events_frame(
     monkeypatch.setattr(event_schema.EventRows, "frame", counted)
     update = update_from_events(store, EVENTS, run_id="test")
     assert framed == [] and update.n_inserted == len(EVENTS) and update.profiles
+
+
+def test_the_write_reads_current_rows_only_for_a_configured_cache(
+    store: Store, build_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_current`` costs a query in the writers' lock: asked for only when the profile cache
+    will write the rows (caching on, at most ``MAX_REFRESHED_CUSTOMERS`` customers)."""
+    from traitflow import online_update, profile_cache
+
+    version = store.save_model(_model(build_model, datetime(2024, 1, 7, tzinfo=UTC)))
+    store.promote(version)
+    write = store.write_profiles
+    asked: list[bool] = []
+
+    def recorded(batch: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["read_current"])
+        return write(batch, **kwargs)
+
+    monkeypatch.setattr(store, "write_profiles", recorded)
+    monkeypatch.delenv(profile_cache.ENV_URL, raising=False)
+    update_from_events(store, EVENTS, run_id="test")
+    monkeypatch.setenv(profile_cache.ENV_URL, "redis://127.0.0.1:1/0")  # configured; never reached here
+    try:
+        assert profile_cache.refreshes_rows(profile_cache.MAX_REFRESHED_CUSTOMERS)
+        assert not profile_cache.refreshes_rows(profile_cache.MAX_REFRESHED_CUSTOMERS + 1)
+        monkeypatch.setattr(online_update, "profiles_changed", lambda *args: "refreshed")
+        update_from_events(store, [{**EVENTS[0], "product_id": "p5"}], run_id="test")
+    finally:
+        monkeypatch.delenv(profile_cache.ENV_URL)
+        assert profile_cache.shared_cache() is None  # closes this test's client
+    assert asked == [False, True]
