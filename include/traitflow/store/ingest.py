@@ -569,31 +569,24 @@ def ingest_frames(
     if not source or not run_id:
         raise StoreInputError("source and run_id must be non-empty strings")
     rejects = rejects if rejects is not None else event_schema.empty_rejects()
-    report = IngestReport(source=source, run_id=run_id)
     as_parameters = few_rows and _fits_parameters(len(events), len(rejects))
     if isinstance(events, event_schema.EventRows) and not as_parameters:
         events = events.frame()
-    params: dict[str, Any] = {"source": source, "run_id": run_id}
     # Check everything before writing anything (a bad reject must not follow inserted events).
-    if isinstance(events, pd.DataFrame):
-        _require_event_columns(events)  # before duplicate_masks groups by them
-    numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
-    if len(events):
-        numbers = _batch_row_numbers(events, event_row_numbers)
-        # Loader output has no repeated key; a frame from elsewhere may.
-        in_batch = _repeated_keys(events)
     if as_parameters:
-        batch = _batch_of(events, rejects, numbers, in_batch, source, run_id)
+        batch = _batch_of(events, rejects, event_row_numbers, source, run_id)
         with conn.pipeline():  # one round trip
             sent = send_parameter_batch(conn, batch, synchronous_commit)
         return sent.report()
-    else:
-        assert isinstance(events, pd.DataFrame)  # rows are framed above unless sent as parameters
-        checked = _checked_events(events) if len(events) else None
-        checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
-        if not synchronous_commit:
-            conn.execute(_ASYNCHRONOUS_COMMIT)
-        _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
+    assert isinstance(events, pd.DataFrame)  # rows are framed above unless sent as parameters
+    numbers, in_batch = _numbered(events, event_row_numbers)
+    checked = _checked_events(events) if len(events) else None
+    checked_rejects = _checked_rejects(rejects, source) if len(rejects) else None
+    if not synchronous_commit:
+        conn.execute(_ASYNCHRONOUS_COMMIT)
+    report = IngestReport(source=source, run_id=run_id)
+    params: dict[str, Any] = {"source": source, "run_id": run_id}
+    _insert_staged(conn, report, checked, numbers, in_batch, checked_rejects, params)
     report.n_rejected = len(rejects) + report.n_conflicting
     report.n_read = len(events) + len(rejects)
     report.n_already_present = len(events) - report.n_inserted - report.n_conflicting
@@ -666,23 +659,30 @@ def parameter_batch(result: LoadResultLike, source: str, run_id: str) -> Paramet
     products = getattr(result, "products", None)
     if not _fits_parameters(len(events), len(rejects)) or (products is not None and len(products)):
         return None
+    return _batch_of(events, rejects, getattr(result, "event_row_numbers", None), source, run_id)
+
+
+def _numbered(
+    events: pd.DataFrame | event_schema.EventRows, event_row_numbers: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 row number, bool repeats an earlier key with other values) per event, once a
+    frame has the required columns (``duplicate_masks`` groups by them)."""
     if isinstance(events, pd.DataFrame):
         _require_event_columns(events)
-    numbers, in_batch = np.empty(0, np.int64), np.empty(0, bool)
-    if len(events):
-        numbers = _batch_row_numbers(events, getattr(result, "event_row_numbers", None))
-        in_batch = _repeated_keys(events)
-    return _batch_of(events, rejects, numbers, in_batch, source, run_id)
+    if not len(events):
+        return np.empty(0, np.int64), np.empty(0, bool)
+    # Loader output has no repeated key; a frame from elsewhere may.
+    return _batch_row_numbers(events, event_row_numbers), _repeated_keys(events)
 
 
 def _batch_of(
     events: pd.DataFrame | event_schema.EventRows,
     rejects: pd.DataFrame,
-    numbers: np.ndarray,
-    in_batch: np.ndarray,
+    event_row_numbers: np.ndarray | None,
     source: str,
     run_id: str,
 ) -> ParameterBatch:
+    numbers, in_batch = _numbered(events, event_row_numbers)
     return ParameterBatch(
         source,
         run_id,
