@@ -28,7 +28,9 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
 * **Profile** each affected customer from their whole stored history with the batch path's
   rules (the lookup, the weighted mean ``aggregate.weighted_means`` and the projection
   ``pipeline.profiles_from_embeddings``), as of the **end of the UTC day of their newest stored
-  event**, with the model ``Store.model_version_for`` selects for that instant. That is exactly
+  event**, with the model ``Store.model_version_for`` selects for that instant (asked once per
+  date and process: later posts take the version the last write found selected for that date,
+  ``SelectionHints``, which the write checks under its lock). That is exactly
   what the daily run for that day computes (interval ``[day, day + 1)``, ``as_of`` its end,
   events before it, the model of its date), so the daily run that follows rewrites the same
   values. An ``as_of`` of "now" would differ from it whenever recency weighting is on. A post of
@@ -39,11 +41,11 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   (``pipeline.profile_customers``).
 * **Write** with ``Store.write_profiles(require_selected_model=True, few_rows=True)`` (one
   transaction per ``as_of``; the rows of a few customers go as query parameters, not staged): the
-  history row of (customer, as_of) is replaced, the current row only moves
-  forward, and a model promoted for that date meanwhile makes the batch be recomputed once with
-  it, like the daily run. When a refresh or promotion has put the customer's current row at a
-  later ``as_of`` than the day of their newest event, the update rewrites that day's history row
-  and the newer current row stays.
+  history row of (customer, as_of) is replaced, the current row only moves forward, and a model
+  promoted for that date meanwhile makes the batch be recomputed once with it, like the daily
+  run (a recompute after an out-of-date hint does not count). When a refresh or promotion has
+  put the customer's current row at a later ``as_of`` than the day of their newest event, the
+  update rewrites that day's history row and the newer current row stays.
 * **Models** come from the process's ``traitflow.model_cache`` (a saved version's arrays never
   change): a post reads the model from PostgreSQL, and builds its token lookup matrix
   (``item2vec.fallback_vectors``), its ``CustomerProfiler`` and its projection set-up
@@ -71,9 +73,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -102,6 +106,7 @@ FEW_CUSTOMERS = 100
 _MICROS_PER_DAY = 86_400 * 1_000_000
 SOURCE_PREFIX = "api:"
 _DAY = timedelta(days=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_FIELDS: tuple[str, ...] = event_schema.CANONICAL_COLUMNS
 
 
@@ -331,10 +336,8 @@ def _customers_by_day(customer_ids: np.ndarray, newest_us: np.ndarray) -> dict[d
     customer_ids : ndarray of object (str), shape (c,); newest_us : ndarray of int64, shape (c,) --
     each customer's newest event time in microseconds since the epoch (UTC)."""
     days = np.floor_divide(newest_us, _MICROS_PER_DAY)  # floor: days before 1970 too
-    return {
-        day_end(pd.Timestamp(int(day) * _MICROS_PER_DAY, unit="us", tz="UTC")): customer_ids[days == day]
-        for day in np.unique(days)
-    }
+    # day_end of day d is the start of day d + 1 (plain datetimes: no Timestamp per group)
+    return {_EPOCH + _DAY * (int(day) + 1): customer_ids[days == day] for day in np.unique(days)}
 
 
 def _profile_and_write(
@@ -345,7 +348,10 @@ def _profile_and_write(
     recomputed once when a promotion replaced that model meanwhile (as the daily run does). The
     flag: the write committed changed rows (so synchronously, with a commit record). The
     counts: the written customers' stored events, counted in the write's transaction."""
-    version = store.model_version_for(as_of)
+    version = SELECTIONS.get(store, as_of)
+    hinted = version is not None  # then no query: the write checks it under the writers' lock
+    if not hinted:
+        version = store.model_version_for(as_of)
     replaced: StaleModelError | None = None
     while version is not None:
         model = load_model(store, version)  # the process's cache: a saved version never changes
@@ -360,18 +366,69 @@ def _profile_and_write(
                 count_events=True,
                 read_current=refreshes_rows(len(customers)),
             )
+            SELECTIONS.remember(store, as_of, version)  # the write found it selected
             # The API's profile cache, when configured, from the rows the write read.
             profiles_changed(store, customers, written.current_profiles)
             changed = written.history_inserted + written.history_replaced + written.profiles_written
             assert written.event_counts is not None  # asked for
             return _profiles(batch, model.traits.labels), [], changed > 0, written.event_counts
         except StaleModelError as stale:
+            SELECTIONS.remember(store, as_of, stale.selected)
+            if hinted:  # the hint was out of date: the write read the selection, as the query would
+                hinted, version = False, stale.selected
+                continue
             if replaced is not None:
                 return [], [Unprofiled(str(c), as_of, f"skipped: {stale}") for c in customer_ids], False, {}
             log.warning("%s; recomputing with model %s", stale, stale.selected)
             replaced, version = stale, stale.selected
     reason = f"no promoted model trained through {as_of.isoformat()} or earlier yet"
     return [], [Unprofiled(str(c), as_of, reason) for c in customer_ids], False, {}
+
+
+class SelectionHints:
+    """The model version last found selected for an ``as_of``, per database and schema: a post
+    that finds one here profiles with it without asking ``Store.model_version_for`` first.
+
+    Only a hint: the write checks, under the writers' lock, that the batch's model is the one
+    selected for its date (``write_profiles(require_selected_model=True)``), so an out-of-date
+    hint (a promotion since) costs a recompute with the version the write found, never a profile
+    of the wrong model. Versions found by a write or a ``StaleModelError`` are remembered; a date
+    without a selected model is forgotten (its posts ask again). At most ``max_dates`` dates per
+    process (least recently used dropped first); thread-safe.
+    """
+
+    def __init__(self, max_dates: int = 256) -> None:
+        if max_dates < 1:
+            raise ValueError(f"max_dates must be >= 1, got {max_dates}")
+        self.max_dates = max_dates
+        self._lock = threading.Lock()
+        self._versions: OrderedDict[tuple[str, str, datetime], int] = OrderedDict()
+
+    def get(self, store: Store, as_of: datetime) -> int | None:
+        key = (str(store.url), store.schema, as_of)
+        with self._lock:
+            version = self._versions.get(key)
+            if version is not None:
+                self._versions.move_to_end(key)
+            return version
+
+    def remember(self, store: Store, as_of: datetime, version: int | None) -> None:
+        key = (str(store.url), store.schema, as_of)
+        with self._lock:
+            if version is None:
+                self._versions.pop(key, None)
+                return
+            self._versions[key] = int(version)
+            self._versions.move_to_end(key)
+            while len(self._versions) > self.max_dates:
+                self._versions.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._versions.clear()
+
+
+SELECTIONS = SelectionHints()
 
 
 def _profile(
