@@ -7,10 +7,11 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   (``events.validate_columns``: the result of ``events.validate_events`` on the request's
   frame): every posted event is either stored or rejected with a reason of
   ``event_schema.REJECT_REASONS``, under its 1-based position in the request (``row_number``).
-* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction): a re-post adds
-  nothing. The source names the request by its content (``request_source``), so a re-post of
-  the same body also records its rejects only once, and an event repeated with other fields is
-  a ``conflicting_duplicate``, as for files.
+* **Store** with ``Store.ingest_events(few_rows=True)`` (one transaction; for a few customers
+  ``Store.ingest_and_read_histories``, which reads their stored histories in the same round
+  trip): a re-post adds nothing. The source names the request by its content
+  (``request_source``), so a re-post of the same body also records its rejects only once, and
+  an event repeated with other fields is a ``conflicting_duplicate``, as for files.
 * **Durable before answered**, with one WAL flush per post instead of two: the ingest commits
   asynchronously (``synchronous_commit=False``: COMMIT does not wait for its WAL record to
   reach disk) and the profile write after it commits synchronously. PostgreSQL's WAL is one
@@ -200,12 +201,18 @@ def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_i
         raise TooManyEventsError(f"{len(rows)} events in one request; at most {MAX_EVENTS}")
     source = request_source(rows)
     result = validate_columns(event_columns(rows), PRESETS["canonical"], source=source)
-    report = store.ingest_events(result, source, run_id, few_rows=True, synchronous_commit=False)
     valid = result.event_rows  # the few rows of a usual post, as validated (no frame built)
     posted = valid.customer_id if valid is not None else result.events["customer_id"].to_numpy(dtype=object)
     customer_ids = np.unique(np.asarray(posted, dtype=object))
+    histories: Histories | None = None
+    if 0 < len(customer_ids) <= FEW_CUSTOMERS:  # their histories read in the ingest's round trip
+        report, histories = store.ingest_and_read_histories(
+            result, source, run_id, customer_ids.tolist(), synchronous_commit=False
+        )
+    else:
+        report = store.ingest_events(result, source, run_id, few_rows=True, synchronous_commit=False)
     try:
-        profiled, unprofiled, flushed = _update_profiles(store, customer_ids)
+        profiled, unprofiled, flushed = _update_profiles(store, customer_ids, histories)
     except BaseException:
         _flush_after_failure(store)
         raise
@@ -234,12 +241,13 @@ def _flush_after_failure(store: Store) -> None:
 
 
 def _update_profiles(
-    store: Store, customer_ids: np.ndarray
+    store: Store, customer_ids: np.ndarray, first_read: Histories | None
 ) -> tuple[dict[str, UpdatedProfile], dict[str, Unprofiled], bool]:
-    """Profile and write ``customer_ids`` from their stored history, again for those whose history
-    grew meanwhile (a concurrent post committed between reading and writing: the last write of a
-    customer then rests on every event), at most ``MAX_ROUNDS`` times. The flag: some write
-    committed changed rows, so the WAL is flushed up to a commit after the ingest's."""
+    """Profile and write ``customer_ids`` from their stored history (``first_read``: read
+    already, with the ingest), again for those whose history grew meanwhile (a concurrent post
+    committed between reading and writing: the last write of a customer then rests on every
+    event), at most ``MAX_ROUNDS`` times. The flag: some write committed changed rows, so the
+    WAL is flushed up to a commit after the ingest's."""
     profiled: dict[str, UpdatedProfile] = {}
     unprofiled: dict[str, Unprofiled] = {}
     flushed = False
@@ -247,7 +255,8 @@ def _update_profiles(
     for _ in range(MAX_ROUNDS):
         if not len(pending):
             break
-        histories = _read_histories(store, pending)
+        histories = first_read if first_read is not None else _read_histories(store, pending)
+        first_read = None
         counted: dict[str, int] = {}  # stored events per written customer, counted by the write
         for as_of, ids in _customers_by_day(histories.customer_ids, histories.newest_us()).items():
             done, skipped, wrote, counts = _profile_and_write(store, histories, ids, as_of)

@@ -99,14 +99,18 @@ def post_env(
     ingested: list[int] = []
     with psycopg.connect(quiet_wal_url, autocommit=True) as observer:
         wal = Wal(observer)
-        ingest = store.ingest_events
 
-        def ingest_then_note_position(*args: Any, **kwargs: Any) -> Any:
-            report = ingest(*args, **kwargs)
-            ingested.append(wal.position("pg_current_wal_insert_lsn"))  # past the ingest's commit record
-            return report
+        def then_note_position(ingest: Callable[..., Any]) -> Callable[..., Any]:
+            def ingest_then_note_position(*args: Any, **kwargs: Any) -> Any:
+                answer = ingest(*args, **kwargs)
+                ingested.append(wal.position("pg_current_wal_insert_lsn"))  # past the ingest's commit
+                return answer
 
-        monkeypatch.setattr(store, "ingest_events", ingest_then_note_position)
+            return ingest_then_note_position
+
+        # a post of a few customers ingests with its history read, others with ingest_events
+        for name in ("ingest_events", "ingest_and_read_histories"):
+            monkeypatch.setattr(store, name, then_note_position(getattr(store, name)))
         try:
             yield store, wal, ingested
         finally:

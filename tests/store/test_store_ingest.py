@@ -617,3 +617,53 @@ def test_a_statement_failing_in_the_one_round_trip_ingest_writes_nothing_and_rol
     monkeypatch.setattr(store_ingest, "send_parameter_batch", original)
     report = store.ingest_events(result(events), "s", "run", few_rows=True)
     assert (report.n_inserted, report.n_already_present) == (2, 0)
+
+
+@pytest.mark.parametrize("n_customers", [1, 9])  # 4 rows as parameters; 36 rows staged
+def test_ingest_and_read_histories_reads_what_customer_histories_reads_after_the_ingest(
+    store: Store, n_customers: int
+) -> None:
+    earlier = sample_events(n_customers=2, per_customer=3)
+    earlier["event_time"] = earlier["event_time"] - pd.Timedelta(days=3)
+    store.ingest_events(result(earlier), "earlier", "run")
+    events = sample_events(n_customers=n_customers, per_customer=4)
+    ids = sorted({*events["customer_id"], "nobody"})
+    report, histories = store.ingest_and_read_histories(result(events), "s", "run", ids)
+    assert (report.n_inserted, report.n_already_present) == (len(events), 0)
+    expected = store.customer_histories(ids)
+    assert histories.customer_ids.tolist() == expected.customer_ids.tolist()
+    assert histories.customer_ids.tolist() == sorted(events["customer_id"].unique())  # not "nobody"
+    assert histories.starts.tolist() == expected.starts.tolist()
+    assert histories.event_us.tolist() == expected.event_us.tolist()
+    assert (histories.actions, histories.product_ids, histories.categories) == (
+        expected.actions,
+        expected.product_ids,
+        expected.categories,
+    )
+    # the posted events and the earlier ones of the same customers (3 each)
+    both = set(earlier["customer_id"]) & set(events["customer_id"])
+    assert int(histories.starts[-1]) == len(events) + 3 * len(both)
+
+
+def test_a_failing_ingest_with_its_history_read_writes_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history read queued in the ingest's pipeline: a statement failing there rolls the
+    whole transaction back, as for ``ingest_events``."""
+    import psycopg
+
+    events = sample_events(n_customers=1, per_customer=2)
+    before = store.table_checksums()
+    original = store_ingest.send_parameter_batch
+
+    def and_then_fail(conn: psycopg.Connection, *args: Any) -> Any:
+        sent = original(conn, *args)
+        conn.execute("SELECT 1 / 0")
+        return sent
+
+    monkeypatch.setattr(store_ingest, "send_parameter_batch", and_then_fail)
+    ids = list(events["customer_id"].unique())
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        store.ingest_and_read_histories(result(events), "s", "run", ids)
+    assert store.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert store.table_checksums() == before

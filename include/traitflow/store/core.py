@@ -217,6 +217,34 @@ class Store:
                 synchronous_commit=synchronous_commit,
             )
 
+    def ingest_and_read_histories(
+        self,
+        result: LoadResultLike,
+        source: str,
+        run_id: str,
+        customer_ids: Sequence[str],
+        *,
+        synchronous_commit: bool = True,
+    ) -> tuple[IngestReport, _reads.CustomerHistories]:
+        """``ingest_events(few_rows=True)``, then every stored event of ``customer_ids`` (a few:
+        ``customer_histories``), the stored and the just ingested ones.
+
+        For a result that goes as query parameters the read is queued in the ingest's
+        transaction after its statements, so both take one round trip: the read's snapshot
+        holds the transaction's own rows and what others committed before it, as a read after
+        the commit would (less what others commit in between, which a later read would add).
+        """
+        batch = _ingest.parameter_batch(result, source, run_id)  # checked: nothing sent yet
+        if batch is not None:
+            with self._pipelined_transaction() as conn:
+                sent = _ingest.send_parameter_batch(conn, batch, synchronous_commit)
+                read = _reads.send_customer_histories_query(conn, customer_ids)
+            return sent.report(), _reads.customer_histories_of(read)
+        report = self.ingest_events(
+            result, source, run_id, few_rows=True, synchronous_commit=synchronous_commit
+        )
+        return report, self.customer_histories(customer_ids)
+
     def flush_wal(self) -> None:
         """Make every transaction committed before this call durable, asynchronous ones included.
 

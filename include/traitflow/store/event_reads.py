@@ -273,12 +273,25 @@ def customer_histories(conn: psycopg.Connection, customer_ids: Sequence[str]) ->
 
     One binary ``SELECT`` in the natural key's order, which its unique index gives without a
     sort; no Arrow or pandas set-up, which costs more than a few dozen rows' Python values."""
-    rows = conn.execute(
+    return customer_histories_of(send_customer_histories_query(conn, customer_ids))
+
+
+def send_customer_histories_query(
+    conn: psycopg.Connection, customer_ids: Sequence[str]
+) -> psycopg.Cursor[Any]:
+    """The cursor of ``customer_histories``' query: in a pipeline, its answer comes with the
+    other statements sent before the next sync (``customer_histories_of`` reads it)."""
+    return conn.execute(
         "SELECT customer_id, (extract(epoch FROM event_time) * 1000000)::bigint, action, product_id, category"
         " FROM events WHERE customer_id = ANY(%s) ORDER BY customer_id, event_time, action, product_id",
         ([str(c) for c in customer_ids],),
         binary=True,
-    ).fetchall()
+    )
+
+
+def customer_histories_of(cursor: psycopg.Cursor[Any]) -> CustomerHistories:
+    """The ``CustomerHistories`` of a cursor that ran ``send_customer_histories_query``."""
+    rows = cursor.fetchall()
     if not rows:
         empty = np.empty(0, dtype=object)
         return CustomerHistories(empty, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), [], [], [])

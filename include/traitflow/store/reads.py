@@ -22,10 +22,12 @@ from ._util import utc
 from .errors import NotFoundError
 from .event_reads import CustomerHistories as CustomerHistories
 from .event_reads import customer_histories as customer_histories
+from .event_reads import customer_histories_of as customer_histories_of
 from .event_reads import customers_with_events as customers_with_events
 from .event_reads import event_counts as event_counts
 from .event_reads import event_snapshot as event_snapshot
 from .event_reads import read_events as read_events
+from .event_reads import send_customer_histories_query as send_customer_histories_query
 from .event_reads import stages_ids as stages_ids
 from .naming import trait_column
 
