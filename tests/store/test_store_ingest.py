@@ -592,15 +592,23 @@ def test_event_rows_get_the_frames_contract_errors(
     assert store.table_checksums() == before, what
 
 
+@pytest.mark.parametrize("with_histories", [False, True])
 def test_a_statement_failing_in_the_one_round_trip_ingest_writes_nothing_and_rolls_back(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch, with_histories: bool
 ) -> None:
-    """``few_rows``: BEGIN, the rows and COMMIT go out in one pipeline. A statement failing after
-    the insert (queued behind it) aborts the transaction: nothing written, the connection rolled
-    back and usable, and the same post stored once afterwards."""
+    """``few_rows``: BEGIN, the rows and COMMIT go out in one pipeline (with the history read of
+    ``ingest_and_read_histories`` queued after the rows). A statement failing after the insert
+    (queued behind it) aborts the transaction: nothing written, the connection rolled back and
+    usable, and the same post stored once afterwards."""
     import psycopg
 
     events = sample_events(n_customers=1, per_customer=2)
+
+    def ingest(source: str) -> Any:
+        if with_histories:
+            return store.ingest_and_read_histories(result(events), source, "run", ["c0"])[0]
+        return store.ingest_events(result(events), source, "run", few_rows=True)
+
     before = store.table_checksums()
     original = store_ingest.send_parameter_batch
 
@@ -611,11 +619,11 @@ def test_a_statement_failing_in_the_one_round_trip_ingest_writes_nothing_and_rol
 
     monkeypatch.setattr(store_ingest, "send_parameter_batch", and_then_fail)
     with pytest.raises(psycopg.errors.DivisionByZero):
-        store.ingest_events(result(events), "s", "run", few_rows=True)
+        ingest("s")
     assert store.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert store.table_checksums() == before
     monkeypatch.setattr(store_ingest, "send_parameter_batch", original)
-    report = store.ingest_events(result(events), "s", "run", few_rows=True)
+    report = ingest("s")
     assert (report.n_inserted, report.n_already_present) == (2, 0)
 
 
@@ -643,27 +651,3 @@ def test_ingest_and_read_histories_reads_what_customer_histories_reads_after_the
     # the posted events and the earlier ones of the same customers (3 each)
     both = set(earlier["customer_id"]) & set(events["customer_id"])
     assert int(histories.starts[-1]) == len(events) + 3 * len(both)
-
-
-def test_a_failing_ingest_with_its_history_read_writes_nothing(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The history read queued in the ingest's pipeline: a statement failing there rolls the
-    whole transaction back, as for ``ingest_events``."""
-    import psycopg
-
-    events = sample_events(n_customers=1, per_customer=2)
-    before = store.table_checksums()
-    original = store_ingest.send_parameter_batch
-
-    def and_then_fail(conn: psycopg.Connection, *args: Any) -> Any:
-        sent = original(conn, *args)
-        conn.execute("SELECT 1 / 0")
-        return sent
-
-    monkeypatch.setattr(store_ingest, "send_parameter_batch", and_then_fail)
-    ids = list(events["customer_id"].unique())
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        store.ingest_and_read_histories(result(events), "s", "run", ids)
-    assert store.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    assert store.table_checksums() == before
