@@ -87,10 +87,20 @@ def _all_finite(values: np.ndarray) -> bool:
 
 
 _COLD_START_SET = pa.array(COLD_START_VALUES, pa.large_string())
+# Up to this many values ``_check_cold_start`` checks the Python strings: an Arrow kernel call
+# costs more than a set look-up per value for the one or few customers of an event post.
+_FEW_COLD_STARTS = 64
+# The one-value arrays of a post of one customer, built once (Arrow arrays are immutable).
+_ONE_COLD_START = {value: pa.array([value], pa.large_string()) for value in COLD_START_VALUES}
 
 
 def _check_cold_start(values: np.ndarray) -> pa.Array:
     """``values`` as Arrow text, after checking each is one of ``COLD_START_VALUES``."""
+    if len(values) <= _FEW_COLD_STARTS:
+        few = values.tolist()
+        # Only plain ``str`` values of the set take this path (the general one decides the others).
+        if all(type(value) is str and value in _ONE_COLD_START for value in few):
+            return _ONE_COLD_START[few[0]] if len(few) == 1 else pa.array(few, pa.large_string())
     try:
         array = as_text_array(values, "cold_start")
         # One kernel: the position in COLD_START_VALUES is null for any other value and for null.

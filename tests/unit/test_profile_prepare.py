@@ -1,0 +1,78 @@
+"""``profile_prepare``'s checks of a few values against their general (Arrow) path, without a
+database: the same arrays, the same errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from traitflow.store import StoreInputError, profile_prepare
+
+
+def _both(values: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
+    """``_check_cold_start(values)`` with its few-values path, then with the general path only:
+    the array returned or the error's message."""
+    outcomes: list[object] = []
+    for few in (profile_prepare._FEW_COLD_STARTS, -1):
+        monkeypatch.setattr(profile_prepare, "_FEW_COLD_STARTS", few)
+        try:
+            outcomes.append(profile_prepare._check_cold_start(values))
+        except StoreInputError as exc:
+            outcomes.append(str(exc))
+    return outcomes[0], outcomes[1]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["none"],
+        ["few_tokens"],
+        ["no_history"],
+        ["none", "no_history", "few_tokens", "none"],
+        [np.str_("few_tokens")],
+        ["none"] * 64,
+        ["none"] * 65,
+    ],
+)
+def test_valid_cold_start_values_give_the_general_paths_array(
+    values: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    few, general = _both(np.array(values, dtype=object), monkeypatch)
+    assert isinstance(few, pa.Array) and isinstance(general, pa.Array)
+    assert few.type == general.type == pa.large_string()
+    assert few.equals(general)
+    assert few.to_pylist() == [str(v) for v in values]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["maybe"], "cold_start value 'maybe' is not one of"),
+        (["none", 5, "none"], "cold_start value 5 is not one of"),
+        ([None], "cold_start value None is not one of"),
+        (["none", np.nan], "cold_start value nan is not one of"),
+        (["None"], "cold_start value 'None' is not one of"),
+        (["none"] * 64 + ["maybe"], "cold_start value 'maybe' is not one of"),
+    ],
+)
+def test_invalid_cold_start_values_raise_the_general_paths_error(
+    values: list[object], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    few, general = _both(np.array(values, dtype=object), monkeypatch)
+    assert few == general
+    assert isinstance(few, str) and few.startswith(message)
+
+
+@pytest.mark.parametrize("values", [[b"none"], ["none", b"few_tokens"], [1.5], [["none"]]])
+def test_values_that_are_not_plain_strings_are_decided_by_the_general_path(
+    values: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values_array = np.empty(len(values), dtype=object)
+    values_array[:] = values
+    few, general = _both(values_array, monkeypatch)
+    if isinstance(general, pa.Array):
+        assert isinstance(few, pa.Array) and few.equals(general)
+    else:
+        assert few == general
