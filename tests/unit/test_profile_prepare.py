@@ -14,8 +14,8 @@ def _both(values: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> tuple[object, 
     """``_check_cold_start(values)`` with its few-values path, then with the general path only:
     the array returned or the error's message."""
     outcomes: list[object] = []
-    for few in (profile_prepare._FEW_COLD_STARTS, -1):
-        monkeypatch.setattr(profile_prepare, "_FEW_COLD_STARTS", few)
+    for few in (profile_prepare._FEW_TEXTS, -1):
+        monkeypatch.setattr(profile_prepare, "_FEW_TEXTS", few)
         try:
             outcomes.append(profile_prepare._check_cold_start(values))
         except StoreInputError as exc:
@@ -76,3 +76,43 @@ def test_values_that_are_not_plain_strings_are_decided_by_the_general_path(
         assert isinstance(few, pa.Array) and few.equals(general)
     else:
         assert few == general
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a", "b"],
+        ["b", "a"],
+        ["a", "a"],
+        ["a", "ab", "b"],
+        ["Z", "a", "é", "\uffff", "𝄞"],  # code point = UTF-8 byte order, past the BMP too
+        ["𝄞", "\uffff"],
+        ["c1", "c2", "c10"],
+        [f"c{i:03d}" for i in range(64)],
+        [f"c{i:03d}" for i in range(64)][::-1],
+        [f"c{i:03d}" for i in range(65)],
+        [f"c{i:03d}" for i in range(64)] + ["c000"],
+    ],
+)
+def test_few_ids_are_ordered_as_the_arrow_kernels_order_them(
+    ids: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array = pa.array(ids, pa.large_string())
+    few = profile_prepare._strictly_increasing(array)
+    monkeypatch.setattr(profile_prepare, "_FEW_TEXTS", 0)
+    assert few == profile_prepare._strictly_increasing(array)
+    assert few == (ids == sorted(set(ids), key=lambda i: i.encode("utf-8")))
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (1, 16), (3, 64), (65, 64), (1000, 64)])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_small_and_large_arrays_are_checked_finite_alike(
+    shape: tuple[int, int], bad: float | None, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = np.random.default_rng(1).normal(size=shape).astype(dtype)
+    if bad is not None and values.size:
+        values.flat[values.size // 2] = bad
+    small = profile_prepare._all_finite(values)
+    monkeypatch.setattr(profile_prepare, "_FEW_VALUES", -1)
+    assert small == profile_prepare._all_finite(values) == (bad is None or not values.size)
