@@ -116,3 +116,21 @@ def test_small_and_large_arrays_are_checked_finite_alike(
     small = profile_prepare._all_finite(values)
     monkeypatch.setattr(profile_prepare, "_FEW_VALUES", -1)
     assert small == profile_prepare._all_finite(values) == (bad is None or not values.size)
+
+
+@pytest.mark.parametrize(
+    "batch_ids",
+    [
+        np.array([3, 11, 7], dtype=np.int64),
+        np.array([3, 7, 11], dtype=np.int64),
+        np.array([3, 11, 7], dtype=np.int32),
+        np.array([3.0, 11.0, 7.0]),
+        np.array([3.5, 11.0, 7.0]),
+        np.array([[3, 11, 7]], dtype=np.int64).reshape(3),
+        np.array([3, 11, 7], dtype=np.uint8),
+    ],
+)
+def test_trait_ids_compare_as_the_int64_arrays_do(batch_ids: np.ndarray) -> None:
+    model_ids = np.array([3, 11, 7], dtype=np.int64)
+    expected = np.array_equal(batch_ids.astype(np.int64), model_ids)
+    assert profile_prepare._same_trait_ids(batch_ids, model_ids) is expected

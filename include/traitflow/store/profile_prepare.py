@@ -132,6 +132,14 @@ def _strictly_increasing(ids: pa.Array) -> bool:
     return bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
 
 
+def _same_trait_ids(batch_ids: np.ndarray, trait_ids: np.ndarray) -> bool:
+    """Whether a batch's trait ids (of the model's shape) equal the model's as int64. Those of
+    a model's batch are int64 already: their Python ints compare without numpy temporaries."""
+    if batch_ids.dtype == np.int64:
+        return bool(batch_ids.tolist() == trait_ids.tolist())
+    return np.array_equal(batch_ids.astype(np.int64), trait_ids)
+
+
 def batch_version(batch: ProfileBatch) -> int:
     """The batch's model version (``StoreInputError`` when it has none)."""
     if batch.model_version is None:
@@ -149,7 +157,7 @@ def prepare_batch(
     if status == "rejected":
         raise ModelStateError(f"model {version} is rejected; profiles cannot be written with it")
     batch_ids = np.asarray(batch.trait_ids)
-    if batch_ids.shape != trait_ids.shape or not np.array_equal(batch_ids.astype(np.int64), trait_ids):
+    if batch_ids.shape != trait_ids.shape or not _same_trait_ids(batch_ids, trait_ids):
         raise StoreInputError(
             f"batch trait_ids {batch_ids.tolist()} differ from model {version}'s trait ids "
             f"{trait_ids.tolist()} (same ids in the same position order are required)"
