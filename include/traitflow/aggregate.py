@@ -26,8 +26,6 @@ from traitflow.sessions import arrow_strings, factorize_sorted, tokenize_arrow
 _MICROS_PER_DAY = 86_400 * 1_000_000
 # Smallest event weight cast to float32 as it is (float32 normals end at 1.2e-38; margin for sums).
 _FLOAT32_SAFE_WEIGHT = 1e-30
-# Up to this many events ``_float32_safe`` looks for tiny weights among Python floats.
-_FEW_WEIGHTS = 256
 
 
 @dataclass
@@ -80,10 +78,6 @@ def _float32_safe(weights: np.ndarray, codes: np.ndarray, n_customers: int) -> n
     without the rescale a customer whose events are all that old would get a zero vector. Whether
     a customer is rescaled depends on their own events only, so their vector is the same whichever
     customers share the batch."""
-    # A post's few events: their Python floats compare as the float64 values, no temporaries.
-    few = weights.dtype == np.float64 and weights.ndim == 1 and len(weights) <= _FEW_WEIGHTS
-    if few and not any(0 < weight < _FLOAT32_SAFE_WEIGHT for weight in weights.tolist()):
-        return weights
     tiny = (weights > 0) & (weights < _FLOAT32_SAFE_WEIGHT)
     if not tiny.any():
         return weights

@@ -22,7 +22,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from traitflow import aggregate
 from traitflow.aggregate import assignment_matrix, customer_embeddings, event_weights
 from traitflow.config import DEFAULT_ACTION_WEIGHTS, AggregationParams, SessionParams
 from traitflow.event_schema import as_canonical, empty_events
@@ -342,31 +341,3 @@ def test_the_assignment_matrix_is_scipys_coo_conversion_to_the_bit(seed: int) ->
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(built, name), getattr(expected, name))
     np.testing.assert_array_equal(built @ lookup, expected @ lookup)
-
-
-@pytest.mark.parametrize(
-    "weights",
-    [
-        [],
-        [1.0, 0.5, 0.0],
-        [1e-31, 2e-40, 0.0],  # all tiny: rescaled
-        [1.0, 1e-30, 0.999e-30],  # the bound itself is safe, just below it is not
-        [0.0, -1e-31, 5e-324],  # negative, the smallest subnormal
-        [1.0, float("nan"), 0.5],  # NaN is not tiny
-        [0.25] * 256 + [1e-35],  # past the few-events size
-        [0.25] * 255 + [1e-35],
-    ],
-)
-def test_few_weights_are_rescaled_exactly_as_many_are(
-    weights: list[float], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    values = np.array(weights, dtype=np.float64)
-    codes = np.zeros(len(values), dtype=np.int64)
-    if len(values) > 2:
-        codes[len(values) // 2 :] = 1
-    few = aggregate._float32_safe(values, codes, 2)
-    monkeypatch.setattr(aggregate, "_FEW_WEIGHTS", -1)
-    general = aggregate._float32_safe(values, codes, 2)
-    assert few.dtype == general.dtype == np.float64
-    np.testing.assert_array_equal(few, general)  # NaN where NaN, bits otherwise
-    assert np.array_equal(few.view(np.int64), general.view(np.int64))

@@ -134,33 +134,3 @@ def test_trait_ids_compare_as_the_int64_arrays_do(batch_ids: np.ndarray) -> None
     model_ids = np.array([3, 11, 7], dtype=np.int64)
     expected = np.array_equal(batch_ids.astype(np.int64), model_ids)
     assert profile_prepare._same_trait_ids(batch_ids, model_ids) is expected
-
-
-def _arrays() -> list[np.ndarray]:
-    rng = np.random.default_rng(3)
-    arrays = [rng.integers(-2, 9, size=n) for n in (0, 1, 2, 5, 64, 65, 200) for _ in range(3)]
-    arrays += [
-        np.zeros(3, dtype=np.int32) - 1,
-        np.arange(4, dtype=np.uint16),
-        np.array(5),
-        np.ones((2, 3), int),
-    ]
-    return arrays
-
-
-def test_negative_counts_are_found_as_numpy_finds_them() -> None:
-    for values in _arrays():
-        assert profile_prepare._any_negative(values) is bool((values < 0).any()), values
-
-
-def test_counts_above_their_bounds_are_found_as_numpy_finds_them() -> None:
-    arrays = _arrays()
-    for values in arrays:
-        for bounds in arrays:
-            try:
-                expected = bool((values > bounds).any())
-            except ValueError:  # shapes that do not broadcast raise alike
-                with pytest.raises(ValueError):
-                    profile_prepare._any_greater(values, bounds)
-                continue
-            assert profile_prepare._any_greater(values, bounds) is expected, (values, bounds)

@@ -132,29 +132,6 @@ def _strictly_increasing(ids: pa.Array) -> bool:
     return bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
 
 
-def _few_int64(*arrays: np.ndarray) -> bool:
-    """Whether ``arrays`` are int64 vectors of one length of at most ``_FEW_TEXTS``: their Python
-    ints then compare exactly as the arrays do, without numpy temporaries."""
-    length = len(arrays[0]) if arrays[0].ndim == 1 else -1
-    return 0 <= length <= _FEW_TEXTS and all(
-        a.dtype == np.int64 and a.ndim == 1 and len(a) == length for a in arrays
-    )
-
-
-def _any_negative(values: np.ndarray) -> bool:
-    """Whether any of ``values`` (integers) is below zero."""
-    if _few_int64(values):
-        return min(values.tolist(), default=0) < 0
-    return bool((values < 0).any())
-
-
-def _any_greater(values: np.ndarray, bounds: np.ndarray) -> bool:
-    """Whether any of ``values`` exceeds its ``bounds`` (integers, broadcast)."""
-    if _few_int64(values, bounds):
-        return any(v > b for v, b in zip(values.tolist(), bounds.tolist(), strict=True))
-    return bool((values > bounds).any())
-
-
 def _same_trait_ids(batch_ids: np.ndarray, trait_ids: np.ndarray) -> bool:
     """Whether a batch's trait ids (of the model's shape) equal the model's as int64. Those of
     a model's batch are int64 already: their Python ints compare without numpy temporaries."""
@@ -198,11 +175,11 @@ def prepare_batch(
     if not _all_finite(profiles) or not _all_finite(embeddings):
         raise StoreInputError("profiles and embeddings must be finite (no NaN/inf)")
     n_events = np.asarray(batch.n_events)
-    if n_events.dtype.kind not in "iu" or _any_negative(n_events):
+    if n_events.dtype.kind not in "iu" or (n_events < 0).any():
         raise StoreInputError("n_events must be non-negative integers")
     n_known = None if batch.n_known_tokens is None else np.asarray(batch.n_known_tokens)
     if n_known is not None and (
-        n_known.dtype.kind not in "iu" or _any_negative(n_known) or _any_greater(n_known, n_events)
+        n_known.dtype.kind not in "iu" or (n_known < 0).any() or (n_known > n_events).any()
     ):
         raise StoreInputError("n_known_tokens must be integers between 0 and n_events")
     cold_start = _check_cold_start(np.asarray(batch.cold_start, dtype=object))
