@@ -476,6 +476,8 @@ def project_by_bucket(
     built here otherwise, once for all buckets.
     """
     setup = setup if setup is not None else ProjectionSetup.of(traits.components)
+    if len(vectors) == 1:  # one customer is one bucket (the event update's usual batch)
+        return project(traits, vectors, setup)
     out = np.empty((len(vectors), traits.n_traits), dtype=np.float64)
     order = np.argsort(buckets, kind="stable")  # rows of a bucket keep their (customer id) order
     bounds = np.flatnonzero(np.diff(buckets[order])) + 1
@@ -498,11 +500,11 @@ def profiles_from_embeddings(
     ``setup``: ``ProjectionSetup.of(model.traits.components)`` when the caller keeps it."""
     profiles = np.empty((len(embeddings.customer_ids), model.traits.n_traits), dtype=np.float64)
     known = embeddings.has_vector
+    ids = embeddings.customer_ids[known]
+    # One customer's bucket does not matter (``project_by_bucket`` projects one row alone).
+    buckets = buckets_of(ids) if len(ids) > 1 else np.zeros(len(ids), dtype=np.int64)
     profiles[known] = run_stage(
-        "project",
-        lambda: project_by_bucket(
-            model.traits, embeddings.vectors[known], buckets_of(embeddings.customer_ids[known]), setup
-        ),
+        "project", lambda: project_by_bucket(model.traits, embeddings.vectors[known], buckets, setup)
     )
     profiles[~known] = model.traits.population_profile
     vectors = embeddings.vectors.copy()

@@ -24,6 +24,8 @@ from traitflow.config import MISSING_INPUT_IGNORE, MISSING_INPUT_POLICIES, Confi
 
 def utc(value: datetime | str) -> datetime:
     """``value`` (a datetime or ISO string, naive = UTC) as a timezone-aware UTC ``datetime``."""
+    if type(value) is datetime and value.tzinfo is UTC and not value.fold:
+        return value  # already what the conversion below builds (datetimes are immutable)
     stamp = datetime.fromisoformat(value) if isinstance(value, str) else value
     stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
     # A plain datetime: Airflow hands pendulum ones, which compare equal but repr differently.

@@ -30,6 +30,7 @@ from traitflow.runs import (
     TuningSummary,
     UpdateResult,
     WeeklyReport,
+    utc,
 )
 
 END = datetime(2026, 3, 8, tzinfo=UTC)
@@ -174,3 +175,23 @@ def test_an_unknown_missing_input_policy_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="on_missing"):
         EventInput("/data/in", on_missing="retry")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 3, 4, 5, 6, 7, 891_011, tzinfo=UTC),
+        datetime(2026, 3, 4, tzinfo=UTC).replace(fold=1),
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(0))),
+        datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 3, 4, 5, 6, 7),
+        "2026-03-04T05:06:07.5+00:00",
+    ],
+)
+def test_utc_of_a_plain_utc_datetime_is_what_the_conversion_builds(value: datetime | str) -> None:
+    stamp = datetime.fromisoformat(value) if isinstance(value, str) else value
+    stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+    built = datetime(*stamp.timetuple()[:6], stamp.microsecond, tzinfo=UTC)
+    got = utc(value)
+    assert type(got) is datetime and got.tzinfo is UTC
+    assert (got, repr(got), got.fold, got.isoformat()) == (built, repr(built), built.fold, built.isoformat())

@@ -46,6 +46,26 @@ def test_a_customers_projection_is_bit_identical_in_any_shard():
     np.testing.assert_allclose(whole.sum(axis=1), 1.0)
 
 
+def test_one_customer_alone_is_projected_as_in_a_batch_of_other_buckets():
+    """A batch of one (the event update's) skips the bucketing: the same bits as that customer's
+    row of a batch whose other customers are all in other buckets (the general path projects
+    it alone there too), whatever bucket it is given."""
+    rng = np.random.default_rng(6)
+    traits = _traits(rng)
+    ids = np.array(sorted(f"c{i:06d}" for i in range(200)), dtype=object)
+    vectors = rng.normal(size=(200, D)).astype(np.float32)
+    buckets = buckets_of(ids)
+    for row in (0, 17, 199):
+        others = np.flatnonzero(buckets != buckets[row])[:5]
+        rows = np.sort(np.append(others, row))
+        whole = project_by_bucket(traits, vectors[rows], buckets[rows])
+        expected = whole[np.searchsorted(rows, row)]
+        for bucket in (buckets[row : row + 1], np.zeros(1, dtype=np.int64)):
+            alone = project_by_bucket(traits, vectors[row : row + 1], bucket)
+            assert alone.shape == (1, K) and alone.dtype == np.float64
+            assert np.array_equal(alone[0], expected), row  # bits, not a tolerance
+
+
 def _batch(ids: list[str], seed: int) -> ProfileBatch:
     rng = np.random.default_rng(seed)
     n = len(ids)

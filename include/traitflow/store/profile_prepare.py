@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 import numpy as np
 import psycopg
@@ -79,7 +80,14 @@ class PreparedProfiles:
         return [*self.history_columns(), copybin.packed_float4(self.embeddings)]
 
 
+# Up to this many values ``_all_finite`` checks each one directly: no temporary worth avoiding,
+# and no floating-point error state to set up around the sum.
+_FEW_VALUES = 4096
+
+
 def _all_finite(values: np.ndarray) -> bool:
+    if values.size <= _FEW_VALUES:
+        return bool(np.isfinite(values).all())
     # A float64 sum is finite when every value is and no overflow happened: then there is no need
     # for the elementwise check (and its n-sized temporary); otherwise that check decides.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -87,10 +95,21 @@ def _all_finite(values: np.ndarray) -> bool:
 
 
 _COLD_START_SET = pa.array(COLD_START_VALUES, pa.large_string())
+# Up to this many values ``_check_cold_start`` and ``_strictly_increasing`` check the Python
+# strings: an Arrow kernel call costs more than a comparison per value for the one or few
+# customers of an event post.
+_FEW_TEXTS = 64
+# The one-value arrays of a post of one customer, built once (Arrow arrays are immutable).
+_ONE_COLD_START = {value: pa.array([value], pa.large_string()) for value in COLD_START_VALUES}
 
 
 def _check_cold_start(values: np.ndarray) -> pa.Array:
     """``values`` as Arrow text, after checking each is one of ``COLD_START_VALUES``."""
+    if len(values) <= _FEW_TEXTS:
+        few = values.tolist()
+        # Only plain ``str`` values of the set take this path (the general one decides the others).
+        if all(type(value) is str and value in _ONE_COLD_START for value in few):
+            return _ONE_COLD_START[few[0]] if len(few) == 1 else pa.array(few, pa.large_string())
     try:
         array = as_text_array(values, "cold_start")
         # One kernel: the position in COLD_START_VALUES is null for any other value and for null.
@@ -101,6 +120,24 @@ def _check_cold_start(values: np.ndarray) -> pa.Array:
         bad = next(v for v in values.tolist() if not (isinstance(v, str) and v in COLD_START_VALUES))
         raise StoreInputError(f"cold_start value {bad!r} is not one of {COLD_START_VALUES}")
     return array
+
+
+def _strictly_increasing(ids: pa.Array) -> bool:
+    """Whether ``ids`` (two or more, no nulls: ``check_text`` refused them) are in strictly
+    increasing byte order. Up to ``_FEW_TEXTS`` ids compare as Python strings: code point order is
+    UTF-8's byte order."""
+    if len(ids) <= _FEW_TEXTS:
+        few = ids.to_pylist()
+        return all(a < b for a, b in pairwise(few))
+    return bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
+
+
+def _same_trait_ids(batch_ids: np.ndarray, trait_ids: np.ndarray) -> bool:
+    """Whether a batch's trait ids (of the model's shape) equal the model's as int64. Those of
+    a model's batch are int64 already: their Python ints compare without numpy temporaries."""
+    if batch_ids.dtype == np.int64:
+        return bool(batch_ids.tolist() == trait_ids.tolist())
+    return np.array_equal(batch_ids.astype(np.int64), trait_ids)
 
 
 def batch_version(batch: ProfileBatch) -> int:
@@ -120,7 +157,7 @@ def prepare_batch(
     if status == "rejected":
         raise ModelStateError(f"model {version} is rejected; profiles cannot be written with it")
     batch_ids = np.asarray(batch.trait_ids)
-    if batch_ids.shape != trait_ids.shape or not np.array_equal(batch_ids.astype(np.int64), trait_ids):
+    if batch_ids.shape != trait_ids.shape or not _same_trait_ids(batch_ids, trait_ids):
         raise StoreInputError(
             f"batch trait_ids {batch_ids.tolist()} differ from model {version}'s trait ids "
             f"{trait_ids.tolist()} (same ids in the same position order are required)"
@@ -154,7 +191,7 @@ def prepare_batch(
     # which makes duplicates neighbours.
     n_events = n_events.astype(np.int64)
     n_known = None if n_known is None else n_known.astype(np.int64)
-    if n > 1 and not pc.all(pc.less(id_array.slice(0, n - 1), id_array.slice(1))).as_py():
+    if n > 1 and not _strictly_increasing(id_array):
         order = pc.sort_indices(id_array)
         id_array, cold_start = id_array.take(order), cold_start.take(order)
         same = pc.equal(id_array.slice(1), id_array.slice(0, n - 1))
