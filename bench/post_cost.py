@@ -39,12 +39,14 @@ def timed(call: Callable[[], Any], n: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def measure(store: Any, data: BuiltData, redis_url: str, n_posts: int, n_reads: int) -> dict[str, float]:
+def poster(store: Any, data: BuiltData, seed: int = 0) -> Callable[[], None]:
+    """One post per call: a random profiled customer, one valid event at a time not posted
+    before (seeds 7,000 s apart), every fifth post one invalid event more."""
     from traitflow.online_update import update_from_events
-    from traitflow.profile_cache import CacheSettings, ProfileCache
 
-    rng = np.random.default_rng(0)
-    offsets = iter(range(int(time.time() * 1000) % 80_000_000, 10**9))  # unique event times
+    rng = np.random.default_rng(seed)
+    first = int(time.time() * 1000) % 80_000_000 + seed * 7_000_000
+    offsets = iter(range(first, 10**9))  # unique event times
 
     def post() -> None:
         customer = data.customer_ids[int(rng.integers(len(data.customer_ids)))]
@@ -64,6 +66,13 @@ def measure(store: Any, data: BuiltData, redis_url: str, n_posts: int, n_reads: 
         if not update_from_events(store, rows, run_id="post-cost").profiles:
             raise RuntimeError("a post profiled nobody")
 
+    return post
+
+
+def measure(store: Any, data: BuiltData, redis_url: str, n_posts: int, n_reads: int) -> dict[str, float]:
+    from traitflow.profile_cache import CacheSettings, ProfileCache
+
+    post = poster(store, data)
     timed(post, 3)  # the model cache and connections warm
     post_wall, post_cpu = timed(post, n_posts)
     cache = ProfileCache(CacheSettings(redis_url))
