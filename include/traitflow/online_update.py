@@ -57,9 +57,10 @@ events (a queue consumer, a script) can call it too. Each step reuses what the d
   history); the customers whose history grew meanwhile are profiled again (``MAX_ROUNDS`` times
   at most), so the last profile written for a customer includes every event stored before it
   was computed. An event committed after that count was stored after the write took the
-  lock, so the post that stored it reads its history after that and writes after this write.
-  The profile is computed before the write's transaction, which holds the writers' lock only
-  for the few statements of the write.
+  lock, so the post that stored it writes after this write, and its own count covers every
+  event committed before it (also those its history read, made before its ingest committed,
+  missed). The profile is computed before the write's transaction, which holds the writers'
+  lock only for the few statements of the write.
 
 The daily run with an input folder also leaves out events of files dated its end's day or later
 (not delivered yet for it); events posted here are in the store at once, so a customer who also
