@@ -186,9 +186,10 @@ def event_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return {name: [_text(row.get(name)) for row in rows] for name in _EVENT_FIELDS}
 
 
-def day_end(instant: pd.Timestamp) -> datetime:
-    """The end of ``instant``'s UTC day: the ``as_of`` of the daily run whose interval holds it."""
-    return utc((instant.tz_convert("UTC").normalize() + _DAY).to_pydatetime())
+def day_end(instant_us: int) -> datetime:
+    """The end of the UTC day of ``instant_us`` (microseconds since the epoch): the ``as_of`` of
+    the daily run whose interval holds it."""
+    return _EPOCH + _DAY * (instant_us // _MICROS_PER_DAY + 1)  # floor: days before 1970 too
 
 
 def update_from_events(store: Store, rows: Sequence[Mapping[str, Any]], *, run_id: str) -> EventUpdate:
@@ -346,8 +347,7 @@ def _customers_by_day(customer_ids: np.ndarray, newest_us: np.ndarray) -> dict[d
     customer_ids : ndarray of object (str), shape (c,); newest_us : ndarray of int64, shape (c,) --
     each customer's newest event time in microseconds since the epoch (UTC)."""
     days = np.floor_divide(newest_us, _MICROS_PER_DAY)  # floor: days before 1970 too
-    # day_end of day d is the start of day d + 1 (plain datetimes: no Timestamp per group)
-    return {_EPOCH + _DAY * (int(day) + 1): customer_ids[days == day] for day in np.unique(days)}
+    return {day_end(int(day) * _MICROS_PER_DAY): customer_ids[days == day] for day in np.unique(days)}
 
 
 def _profile_and_write(

@@ -140,9 +140,13 @@ def test_the_source_names_the_content_and_the_limit_holds(store: Store) -> None:
 def test_day_end_is_the_daily_runs_as_of() -> None:
     import pandas as pd
 
-    assert day_end(pd.Timestamp("2024-01-09T23:59:59.999999Z")) == datetime(2024, 1, 10, tzinfo=UTC)
-    assert day_end(pd.Timestamp("2024-01-10T00:00:00Z")) == datetime(2024, 1, 11, tzinfo=UTC)
-    assert day_end(pd.Timestamp("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
+    def micros(text: str) -> int:
+        return int(pd.Timestamp(text).value) // 1000  # nanoseconds since the epoch
+
+    assert day_end(micros("2024-01-09T23:59:59.999999Z")) == datetime(2024, 1, 10, tzinfo=UTC)
+    assert day_end(micros("2024-01-10T00:00:00Z")) == datetime(2024, 1, 11, tzinfo=UTC)
+    assert day_end(micros("2024-01-10T01:00:00+02:00")) == datetime(2024, 1, 10, tzinfo=UTC)
+    assert day_end(micros("1969-12-31T12:00:00Z")) == datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("unit", ["us", "ns"])
