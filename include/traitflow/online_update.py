@@ -415,7 +415,7 @@ class SelectionHints:
         self._versions: OrderedDict[tuple[str, str, datetime], int] = OrderedDict()
 
     def get(self, store: Store, as_of: datetime) -> int | None:
-        key = (str(store.url), store.schema, as_of)
+        key = _selection_key(store, as_of)
         with self._lock:
             version = self._versions.get(key)
             if version is not None:
@@ -423,7 +423,7 @@ class SelectionHints:
             return version
 
     def remember(self, store: Store, as_of: datetime, version: int | None) -> None:
-        key = (str(store.url), store.schema, as_of)
+        key = _selection_key(store, as_of)
         with self._lock:
             if version is None:
                 self._versions.pop(key, None)
@@ -433,9 +433,10 @@ class SelectionHints:
             while len(self._versions) > self.max_dates:
                 self._versions.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._versions.clear()
+
+def _selection_key(store: Store, as_of: datetime) -> tuple[str, str, datetime]:
+    """(database URL, schema, as_of): model versions are per schema, as in ``model_cache``."""
+    return (str(store.url), store.schema, as_of)
 
 
 SELECTIONS = SelectionHints()
